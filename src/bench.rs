@@ -1,0 +1,85 @@
+//! `marnet bench`: milliseconds per training step and inference samples/s on random features,
+//! at the sizes of the PyTorch reference in `../shared/bench/` (compare like with like).
+
+use crate::checkpoint::LoadedModel;
+use crate::model::cdr::{SamplerConfig, SamplerMode};
+use crate::model::marnet::MarnetConfig;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::{randn, stream};
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub variant: String,
+    pub batch: usize,
+    pub params: usize,
+    pub train_step_ms_median: f64,
+    pub train_step_ms_min: f64,
+    /// (sampling steps, samples/s) for the inference batch.
+    pub infer_samples_per_s: Vec<(usize, f64)>,
+    pub threads: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn run(
+    cfg: &MarnetConfig,
+    batch: usize,
+    iters: usize,
+    infer_batch: usize,
+    sampling_steps: &[usize],
+    dev: &Device,
+) -> Result<BenchResult> {
+    let m = LoadedModel::init(cfg, 0, dev)?;
+    let params = m.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(m.named_vars(), AdamWConfig::default())?;
+    let mut rng = stream(0, "bench", 0);
+    let xv = randn(&mut rng, (batch, cfg.dv), dev)?;
+    let xs = randn(&mut rng, (batch, cfg.ds), dev)?;
+    let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..cfg.classes as u32)).collect();
+    let y = Tensor::from_vec(y, batch, dev)?;
+    let mut times = vec![];
+    for i in 0..iters + 3 {
+        let t0 = Instant::now();
+        let losses = m.model.losses(&xv, &xs, &y, &mut rng)?;
+        let mut total = losses[0].1.clone();
+        for (_, l) in &losses[1..] {
+            total = (total + l)?;
+        }
+        let grads = total.backward()?;
+        opt.step(&grads)?;
+        for (_, l) in &losses {
+            l.to_scalar::<f32>()?;
+        }
+        dev.synchronize()?;
+        if i >= 3 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
+    let mut infer = vec![];
+    let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
+    for s in steps {
+        let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1 };
+        let t0 = Instant::now();
+        let p = m.model.predict(&xv, &sampler, &mut rng)?;
+        p.logits.flatten_all()?.to_vec1::<f32>()?;
+        infer.push((s, infer_batch as f64 / t0.elapsed().as_secs_f64()));
+    }
+    Ok(BenchResult {
+        variant: cfg.variant.name().into(),
+        batch,
+        params,
+        train_step_ms_median: median(times.clone()),
+        train_step_ms_min: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        infer_samples_per_s: infer,
+        threads: candle_core::utils::get_num_threads(),
+    })
+}

@@ -1,0 +1,294 @@
+//! `FeatureCache`: the on-disk feature format every other stage reads.
+//!
+//! A cache is a folder with one safetensors file per split (`train`, `val`, `test`) holding
+//! `visual` f32 [N, Dv], `text` f32 [N, Ds] (optional outside train), `label` i64 [N], and
+//! `__metadata__` with `classes` (JSON list), `ids` (JSON list), `visual_encoder`,
+//! `text_encoder` and `dataset`. Reading validates everything and names the file at fault.
+
+use anyhow::{Context, Result, bail, ensure};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The three splits a cache may hold.
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// Descriptive metadata stored in each split file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SplitMeta {
+    pub classes: Vec<String>,
+    pub ids: Vec<String>,
+    pub visual_encoder: String,
+    pub text_encoder: String,
+    pub dataset: String,
+}
+
+/// One split held in host memory, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureSplit {
+    pub visual: Vec<f32>,
+    pub dv: usize,
+    pub text: Option<Vec<f32>>,
+    pub ds: usize,
+    pub label: Vec<u32>,
+    pub meta: SplitMeta,
+}
+
+impl FeatureSplit {
+    pub fn len(&self) -> usize {
+        self.label.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.label.is_empty()
+    }
+
+    /// Rows `idx` of the visual features, gathered into one [idx.len(), Dv] buffer.
+    pub fn gather_visual(&self, idx: &[usize]) -> Vec<f32> {
+        gather_rows(&self.visual, self.dv, idx)
+    }
+
+    /// Rows `idx` of the text features; `None` if this split has no text.
+    pub fn gather_text(&self, idx: &[usize]) -> Option<Vec<f32>> {
+        self.text.as_ref().map(|t| gather_rows(t, self.ds, idx))
+    }
+
+    pub fn gather_label(&self, idx: &[usize]) -> Vec<u32> {
+        idx.iter().map(|&i| self.label[i]).collect()
+    }
+
+    /// The rows `idx` as a new split (used to carve a validation split from train).
+    pub fn subset(&self, idx: &[usize]) -> FeatureSplit {
+        let mut meta = self.meta.clone();
+        meta.ids = idx.iter().map(|&i| self.meta.ids[i].clone()).collect();
+        FeatureSplit {
+            visual: self.gather_visual(idx),
+            dv: self.dv,
+            text: self.gather_text(idx),
+            ds: self.ds,
+            label: self.gather_label(idx),
+            meta,
+        }
+    }
+
+    /// Reads and validates one split file.
+    pub fn read(path: &Path) -> Result<FeatureSplit> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("{}: cannot read feature file", path.display()))?;
+        Self::parse(&bytes).with_context(|| format!("{}: invalid feature file", path.display()))
+    }
+
+    fn parse(bytes: &[u8]) -> Result<FeatureSplit> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+        let md = header.metadata().clone().unwrap_or_default();
+
+        let (visual, n, dv) = read_f32_matrix(&st, "visual")?;
+        ensure!(n > 0, "split is empty (tensor `visual` has 0 rows)");
+        let label = read_labels(&st, n)?;
+        let (text, ds) = if st.names().iter().any(|k| *k == "text") {
+            let (t, nt, ds) = read_f32_matrix(&st, "text")?;
+            ensure!(nt == n, "row-count mismatch: `visual` has {n} rows but `text` has {nt}");
+            (Some(t), ds)
+        } else {
+            (None, 0)
+        };
+
+        let max_label = *label.iter().max().unwrap() as usize;
+        let classes = match md.get("classes") {
+            Some(s) => serde_json::from_str::<Vec<String>>(s)
+                .context("metadata `classes` is not a JSON list of strings")?,
+            None => (0..=max_label).map(|i| format!("class_{i}")).collect(),
+        };
+        ensure!(!classes.is_empty(), "metadata `classes` is empty");
+        if max_label >= classes.len() {
+            let row = label.iter().position(|&l| l as usize == max_label).unwrap();
+            bail!(
+                "label out of range: row {row} has label {max_label} but there are only {} classes",
+                classes.len()
+            );
+        }
+        let ids = match md.get("ids") {
+            Some(s) => serde_json::from_str::<Vec<String>>(s)
+                .context("metadata `ids` is not a JSON list of strings")?,
+            None => (0..n).map(|i| format!("row{i}")).collect(),
+        };
+        ensure!(ids.len() == n, "row-count mismatch: {n} rows but {} ids in metadata", ids.len());
+        let get = |k: &str| md.get(k).cloned().unwrap_or_default();
+        let meta = SplitMeta {
+            classes,
+            ids,
+            visual_encoder: get("visual_encoder"),
+            text_encoder: get("text_encoder"),
+            dataset: get("dataset"),
+        };
+        Ok(FeatureSplit { visual, dv, text, ds, label, meta })
+    }
+
+    /// Writes the split atomically (temporary file, then rename).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let n = self.len();
+        let label: Vec<i64> = self.label.iter().map(|&l| l as i64).collect();
+        let mut views = vec![
+            ("visual", f32_view(&self.visual, n, self.dv)?),
+            ("label", TensorView::new(Dtype::I64, vec![n], bytes_of(&label))?),
+        ];
+        if let Some(t) = &self.text {
+            views.push(("text", f32_view(t, n, self.ds)?));
+        }
+        let m = &self.meta;
+        let metadata: HashMap<String, String> = [
+            ("classes", serde_json::to_string(&m.classes)?),
+            ("ids", serde_json::to_string(&m.ids)?),
+            ("visual_encoder", m.visual_encoder.clone()),
+            ("text_encoder", m.text_encoder.clone()),
+            ("dataset", m.dataset.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let data = safetensors::serialize(views, Some(metadata))?;
+        crate::fsutil::write_atomic(path, &data)
+    }
+}
+
+/// A feature-cache folder: `train` is required, `val` and `test` optional.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    pub dir: PathBuf,
+    pub train: FeatureSplit,
+    pub val: Option<FeatureSplit>,
+    pub test: Option<FeatureSplit>,
+}
+
+impl FeatureCache {
+    pub fn split_path(dir: &Path, split: &str) -> PathBuf {
+        dir.join(format!("{split}.safetensors"))
+    }
+
+    /// Reads one split of the cache at `dir`.
+    pub fn read_split(dir: &Path, split: &str) -> Result<FeatureSplit> {
+        let path = Self::split_path(dir, split);
+        ensure!(path.exists(), "{}: split `{split}` not found in cache", path.display());
+        FeatureSplit::read(&path)
+    }
+
+    /// Reads and cross-validates every split present. Training text is required.
+    pub fn open(dir: &Path) -> Result<FeatureCache> {
+        ensure!(dir.is_dir(), "{}: feature cache folder not found", dir.display());
+        let train = Self::read_split(dir, "train")?;
+        let path = Self::split_path(dir, "train");
+        ensure!(
+            train.text.is_some(),
+            "{}: tensor `text` is missing; MARNet needs text features for training",
+            path.display()
+        );
+        let mut cache = FeatureCache { dir: dir.to_path_buf(), train, val: None, test: None };
+        for split in ["val", "test"] {
+            let p = Self::split_path(dir, split);
+            if !p.exists() {
+                continue;
+            }
+            let s = FeatureSplit::read(&p)?;
+            cache.check_compatible(&s).with_context(|| format!("{}", p.display()))?;
+            if split == "val" {
+                cache.val = Some(s);
+            } else {
+                cache.test = Some(s);
+            }
+        }
+        Ok(cache)
+    }
+
+    /// A split from another file must share feature dims and class names with train.
+    pub fn check_compatible(&self, s: &FeatureSplit) -> Result<()> {
+        let t = &self.train;
+        ensure!(s.dv == t.dv, "visual dim {} differs from train's {}", s.dv, t.dv);
+        if s.text.is_some() {
+            ensure!(s.ds == t.ds, "text dim {} differs from train's {}", s.ds, t.ds);
+        }
+        ensure!(
+            s.meta.classes.len() <= t.meta.classes.len()
+                && s.meta.classes == t.meta.classes[..s.meta.classes.len()],
+            "class names differ from train's ({} vs {} classes)",
+            s.meta.classes.len(),
+            t.meta.classes.len()
+        );
+        Ok(())
+    }
+
+    /// Writes every present split into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        self.train.write(&Self::split_path(dir, "train"))?;
+        if let Some(v) = &self.val {
+            v.write(&Self::split_path(dir, "val"))?;
+        }
+        if let Some(t) = &self.test {
+            t.write(&Self::split_path(dir, "test"))?;
+        }
+        Ok(())
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.train.meta.classes.len()
+    }
+}
+
+fn gather_rows(data: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * dim);
+    for &i in idx {
+        out.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+    }
+    out
+}
+
+fn read_f32_matrix(st: &SafeTensors, name: &str) -> Result<(Vec<f32>, usize, usize)> {
+    let t = st.tensor(name).map_err(|_| anyhow::anyhow!("tensor `{name}` is missing"))?;
+    ensure!(t.dtype() == Dtype::F32, "tensor `{name}` has dtype {:?}, expected F32", t.dtype());
+    let shape = t.shape();
+    ensure!(shape.len() == 2, "tensor `{name}` has shape {shape:?}, expected [N, D]");
+    let (n, d) = (shape[0], shape[1]);
+    ensure!(d > 0, "tensor `{name}` has feature dim 0");
+    let v: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+        bail!("tensor `{name}` has a non-finite value ({}) at row {}, column {}", v[pos], pos / d, pos % d);
+    }
+    Ok((v, n, d))
+}
+
+fn read_labels(st: &SafeTensors, n: usize) -> Result<Vec<u32>> {
+    let t = st.tensor("label").map_err(|_| anyhow::anyhow!("tensor `label` is missing"))?;
+    ensure!(t.dtype() == Dtype::I64, "tensor `label` has dtype {:?}, expected I64", t.dtype());
+    ensure!(t.shape().len() == 1, "tensor `label` has shape {:?}, expected [N]", t.shape());
+    ensure!(
+        t.shape()[0] == n,
+        "row-count mismatch: `visual` has {n} rows but `label` has {}",
+        t.shape()[0]
+    );
+    t.data()
+        .chunks_exact(8)
+        .enumerate()
+        .map(|(row, b)| {
+            let l = i64::from_le_bytes(b.try_into().unwrap());
+            ensure!((0..u32::MAX as i64).contains(&l), "label out of range: row {row} has label {l}");
+            Ok(l as u32)
+        })
+        .collect()
+}
+
+fn f32_view(data: &[f32], n: usize, d: usize) -> Result<TensorView<'_>> {
+    Ok(TensorView::new(Dtype::F32, vec![n, d], bytes_of(data))?)
+}
+
+/// The little-endian bytes of a plain numeric slice (all supported targets are little-endian).
+fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: f32/i64 have no padding and every bit pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}

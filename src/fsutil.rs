@@ -1,0 +1,58 @@
+//! Crash-safe writes: a reader never sees a half-written file or folder.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Writes `data` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    let tmp = sibling(path, ".tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    f.write_all(data).and_then(|_| f.sync_all()).with_context(|| format!("{}: write failed", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+}
+
+/// Replaces folder `dir` by one that `fill` writes: it fills `dir.tmp`, then swaps it in.
+/// If the process dies mid-swap, [`recover_dir`] finds the previous complete folder.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = sibling(dir, ".tmp");
+    let old = sibling(dir, ".old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot rename into place", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// The complete version of a folder written by [`replace_dir`]: `dir`, or `dir.old` if the
+/// process died between the two renames. `None` if neither exists.
+pub fn recover_dir(dir: &Path) -> Option<PathBuf> {
+    let old = sibling(dir, ".old");
+    if dir.is_dir() {
+        Some(dir.to_path_buf())
+    } else if old.is_dir() {
+        Some(old)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,27 @@
+//! # marnet
+//!
+//! MARNet (Multimodal Alignment and Reconstruction Network) on precomputed features, in Rust
+//! on candle. Text is privileged information: it shapes training, and test time is image-only.
+//!
+//! ```text
+//! feature cache (features)        x_v [N, Dv], x_s [N, Ds], labels; one safetensors per split
+//!   └─ train (train, optim)       EMA (model::ema) + CDR (model::cdr, model::diffusion)
+//!        │                        + fusion (model::fusion), variants in model::marnet
+//!        ├─ eval (eval)           top-1 / top-5 from x_v alone
+//!        └─ ablate (ablate)       the paper's Table 2 rows, mean ± std over seeds
+//! ```
+//! `synth` writes a seeded synthetic cache in which text helps; `bench` times a training step
+//! and inference.
+
+pub mod ablate;
+pub mod align;
+pub mod bench;
+pub mod checkpoint;
+pub mod eval;
+pub mod features;
+pub mod fsutil;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,341 @@
+//! The `marnet` command line: parses arguments and calls the library.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use marnet::checkpoint::{Checkpoint, TrainConfig};
+use marnet::features::FeatureCache;
+use marnet::model::cdr::{Activation, SamplerConfig, SamplerMode};
+use marnet::model::diffusion::ScheduleConfig;
+use marnet::model::fusion::Fusion;
+use marnet::model::marnet::{LossWeights, MarnetConfig, Variant};
+use marnet::optim::AdamWConfig;
+use marnet::train::Verbosity;
+use std::path::PathBuf;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// MARNet: train image classifiers with text as privileged information.
+///
+/// Typical use: `marnet synth --out cache` (or a cache from real encoders), then
+/// `marnet ablate --cache cache --out runs --seeds 3` for the paper's Table 2, or
+/// `marnet train --cache cache --out run` and `marnet eval --model run --cache cache`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Worker threads for CPU math (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Compute device: `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// No progress bars or per-epoch lines.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a seeded synthetic feature cache in which text helps (visual = noisy map of text).
+    Synth {
+        /// Output cache folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        cfg: marnet::synth::SynthConfig,
+    },
+    /// Train one variant on a feature cache; select the epoch on `val`; report test.
+    Train {
+        /// Feature cache folder (train.safetensors, optional val/test).
+        #[arg(long)]
+        cache: PathBuf,
+        /// Run folder: `best/` (selected on val) and `last/` (for --resume).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "marnet")]
+        variant: Variant,
+        /// Continue from `OUT/last` if it exists (same configuration required).
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Top-1 / top-5 of a trained model on a split, from visual features only.
+    Eval {
+        /// Checkpoint folder, or a run folder (its `best/` is used).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        cache: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        /// Seed of the sampling noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
+    Ablate {
+        #[arg(long)]
+        cache: PathBuf,
+        /// Folder for the runs, `ablation.md` and `ablation.json`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of seeds (0..N).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Variants to run (default: all five rows).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        variants: Vec<Variant>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Time training steps and inference on random features (defaults: the reference's sizes).
+    Bench {
+        #[arg(long, value_enum, default_value = "marnet")]
+        variant: Variant,
+        #[arg(long, default_value_t = 768)]
+        dv: usize,
+        #[arg(long, default_value_t = 768)]
+        ds: usize,
+        #[arg(long, default_value_t = 172)]
+        classes: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed training steps (after 3 warm-up steps).
+        #[arg(long, default_value_t = 30)]
+        iters: usize,
+        #[arg(long, default_value_t = 500)]
+        infer_batch: usize,
+        /// Reverse-diffusion step counts to time inference with.
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        sampling_steps: Vec<usize>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// How x_EMA and x_CDR are fused (eq. 24).
+    #[arg(long, value_enum, default_value = "concat")]
+    fusion: Fusion,
+    /// EMA shared-space dimension d.
+    #[arg(long, default_value_t = 256)]
+    d: usize,
+    /// Denoiser MLP width.
+    #[arg(long, default_value_t = 1024)]
+    hidden: usize,
+    /// Time-embedding dimension.
+    #[arg(long, default_value_t = 128)]
+    temb: usize,
+    /// Denoiser nonlinearity.
+    #[arg(long, value_enum, default_value = "silu")]
+    act: Activation,
+    /// Diffusion steps T.
+    #[arg(long = "T", default_value_t = 50)]
+    t_steps: usize,
+    /// Linear beta schedule start (given for T = 1000, scaled by 1000/T).
+    #[arg(long, default_value_t = 1e-4)]
+    beta_start: f64,
+    #[arg(long, default_value_t = 0.02)]
+    beta_end: f64,
+    /// Weight of the EMA cross-entropy (eq. 13).
+    #[arg(long, default_value_t = 1.0)]
+    a1: f64,
+    /// Weight of the ITA loss (eq. 13).
+    #[arg(long, default_value_t = 1.0)]
+    beta: f64,
+    /// Weight of the CDR cross-entropy (eq. 20).
+    #[arg(long, default_value_t = 1.0)]
+    a2: f64,
+    /// Weight of the reconstruction MSE (eq. 20).
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
+}
+
+impl ModelArgs {
+    fn config(&self, variant: Variant, dv: usize, ds: usize, classes: usize) -> MarnetConfig {
+        MarnetConfig {
+            fusion: self.fusion,
+            d: self.d,
+            hidden: self.hidden,
+            temb: self.temb,
+            act: self.act,
+            schedule: ScheduleConfig { steps: self.t_steps, beta_start: self.beta_start, beta_end: self.beta_end },
+            weights: LossWeights { a1: self.a1, beta: self.beta, a2: self.a2, gamma: self.gamma },
+            ..MarnetConfig::new(variant, dv, ds, classes)
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct SamplerArgs {
+    /// Reverse process: `ancestral` (the paper, eq. 21-23) or `ddim` (deterministic).
+    #[arg(long, value_enum, default_value = "ancestral")]
+    sampler: SamplerMode,
+    /// Reverse steps (a strided subsequence of 1..=T).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Draws of x_CDR averaged per image.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+}
+
+impl SamplerArgs {
+    fn config(&self) -> SamplerConfig {
+        SamplerConfig { mode: self.sampler, steps: self.steps, samples: self.samples }
+    }
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    clip_grad: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction of train held out for model selection when the cache has no `val`.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 500)]
+    eval_batch: usize,
+    #[command(flatten)]
+    sampler: SamplerArgs,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch: self.batch,
+            optim: AdamWConfig { lr: self.lr, weight_decay: self.weight_decay, ..Default::default() },
+            clip_grad: self.clip_grad,
+            seed: self.seed,
+            val_fraction: self.val_fraction,
+            sampler: self.sampler.config(),
+            eval_batch: self.eval_batch,
+        }
+    }
+}
+
+fn device(name: &str) -> Result<candle_core::Device> {
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let ordinal = s.strip_prefix("cuda:").map(str::parse).transpose().context("--device cuda:N")?;
+            Ok(candle_core::Device::new_cuda(ordinal.unwrap_or(0))?)
+        }
+        other => anyhow::bail!("unknown device `{other}` (use cpu, cuda or cuda:N)"),
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Read by candle's gemm and rayon pools on first use; nothing has started yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    let dev = device(&cli.device)?;
+    let verbosity = if cli.quiet { Verbosity::Quiet } else { Verbosity::Progress };
+    match cli.cmd {
+        Cmd::Synth { out, cfg } => {
+            let c = marnet::synth::write(&cfg, &out)?;
+            for (name, s) in [("train", Some(&c.train)), ("val", c.val.as_ref()), ("test", c.test.as_ref())] {
+                if let Some(s) = s {
+                    println!("{name}: {} rows, visual {}-d, text {}-d", s.len(), s.dv, s.ds);
+                }
+            }
+            println!("wrote {}", out.display());
+        }
+        Cmd::Train { cache, out, variant, resume, model, train } => {
+            let cache = FeatureCache::open(&cache)?;
+            let mcfg = model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
+            let state = marnet::train::train(&cache, &mcfg, &train.config(), &out, resume, verbosity, &dev)?;
+            println!(
+                "best epoch {} (val top1 {:.2}%) saved in {}",
+                state.best_epoch.unwrap_or(0),
+                100.0 * state.best_val_top1,
+                out.join("best").display()
+            );
+            if let Some(t) = state.test {
+                println!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
+            }
+        }
+        Cmd::Eval { model, cache, split, sampler, seed, json } => {
+            let ck = Checkpoint::open(&model, &dev)?;
+            let cache_dir = cache;
+            let cache = FeatureCache::open(&cache_dir)?;
+            let data = match split.as_str() {
+                "train" => Some(&cache.train),
+                "val" => cache.val.as_ref(),
+                "test" => cache.test.as_ref(),
+                other => anyhow::bail!("unknown split `{other}` (train, val or test)"),
+            }
+            .with_context(|| format!("{}: no `{split}` split", cache_dir.display()))?;
+            marnet::checkpoint::check_matches(&ck, data)?;
+            let m = ck.model(&dev)?;
+            let r = marnet::eval::evaluate(&m.model, data, &sampler.config(), seed, 500, &dev)?;
+            println!("| split | n | Acc-1 (%) | Acc-5 (%) |\n|---|---|---|---|");
+            println!("| {split} | {} | {:.2} | {:.2} |", r.final_head.n, 100.0 * r.final_head.top1, 100.0 * r.final_head.top5);
+            for (name, h) in [("EMA head", r.ema_head), ("CDR head", r.cdr_head)] {
+                if let Some(h) = h {
+                    println!("| {split} ({name}) | {} | {:.2} | {:.2} |", h.n, 100.0 * h.top1, 100.0 * h.top5);
+                }
+            }
+            if let Some(p) = json {
+                marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            }
+        }
+        Cmd::Ablate { cache, out, seeds, variants, model, train } => {
+            let cache = FeatureCache::open(&cache)?;
+            let base = model.config(Variant::Marnet, cache.train.dv, cache.train.ds, cache.num_classes());
+            let variants = if variants.is_empty() { Variant::ALL.to_vec() } else { variants };
+            let seeds: Vec<u64> = (0..seeds).collect();
+            let rows = marnet::ablate::ablate(&cache, &base, &train.config(), &variants, &seeds, &out, verbosity, &dev)?;
+            let title = format!(
+                "Ablation on `{}` ({} seeds, {} epochs, fusion {:?}; test split, model selected on val)",
+                cache.dir.display(),
+                seeds.len(),
+                train.epochs,
+                model.fusion
+            );
+            let md = marnet::ablate::markdown(&rows, &title);
+            marnet::fsutil::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
+            marnet::fsutil::write_atomic(&out.join("ablation.json"), serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            println!("{md}");
+        }
+        Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, model } => {
+            let cfg = model.config(variant, dv, ds, classes);
+            let r = marnet::bench::run(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+    }
+    Ok(())
+}

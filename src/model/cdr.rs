@@ -1,0 +1,212 @@
+//! CDR: cross-modal diffusion reconstruction (paper section 3.3.2). The diffused variable is
+//! the text feature x_s; the condition is the visual feature x_v; a four-layer MLP predicts x_s^0.
+
+use super::diffusion::{Schedule, ScheduleConfig};
+use candle_core::{Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
+use rand::{Rng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Silu,
+    Relu,
+    Leaky,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Silu => x.silu(),
+            Self::Relu => x.relu(),
+            Self::Leaky => leaky_relu(x),
+        }
+    }
+}
+
+/// Eq. 6: LeakyReLU with slope 0.01, as `max(x, 0.01 x)`.
+pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
+    x.maximum(&(x * 0.01)?)
+}
+
+/// Four Linear layers with a nonlinearity between them: `X_theta` of the paper.
+#[derive(Debug, Clone)]
+pub struct DenoiserMlp {
+    layers: Vec<Linear>,
+    act: Activation,
+}
+
+impl DenoiserMlp {
+    pub fn load(vb: VarBuilder, input: usize, hidden: usize, output: usize, act: Activation) -> Result<Self> {
+        let dims = [input, hidden, hidden, hidden, output];
+        let layers = (0..4)
+            .map(|i| linear(dims[i], dims[i + 1], vb.pp(format!("l{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers, act })
+    }
+}
+
+impl Module for DenoiserMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i + 1 < self.layers.len() {
+                x = self.act.apply(&x)?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Sinusoidal embedding of step t: `[sin(t f_i), cos(t f_i)]`, `f_i = 10000^(-i / (dim/2))`.
+pub fn time_embedding_row(t: usize, dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let freq = |i: usize| (-(10000f64.ln()) * i as f64 / half as f64).exp();
+    let sin = (0..half).map(|i| (t as f64 * freq(i)).sin() as f32);
+    let cos = (0..half).map(|i| (t as f64 * freq(i)).cos() as f32);
+    sin.chain(cos).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerMode {
+    /// DDPM ancestral sampling, eq. 21-23 (the paper; stochastic).
+    Ancestral,
+    /// DDIM with eta = 0 (deterministic given the starting noise).
+    Ddim,
+}
+
+/// How x_CDR is drawn at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplerConfig {
+    pub mode: SamplerMode,
+    /// Reverse steps, a strided subsequence of 1..=T (T or more: every step).
+    pub steps: usize,
+    /// Independent draws averaged into x_CDR.
+    pub samples: usize,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self { mode: SamplerMode::Ancestral, steps: 10, samples: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CdrConfig {
+    pub dv: usize,
+    pub ds: usize,
+    pub hidden: usize,
+    pub temb: usize,
+    pub act: Activation,
+    pub schedule: ScheduleConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cdr {
+    den: DenoiserMlp,
+    schedule: Schedule,
+    /// Row t is the time embedding of step t, t = 0..=T.
+    temb: Tensor,
+    ds: usize,
+}
+
+impl Cdr {
+    pub fn load(vb: VarBuilder, cfg: &CdrConfig) -> anyhow::Result<Self> {
+        let schedule = Schedule::new(&cfg.schedule)?;
+        let den = DenoiserMlp::load(vb.pp("den"), cfg.ds + cfg.temb + cfg.dv, cfg.hidden, cfg.ds, cfg.act)?;
+        let rows: Vec<f32> = (0..=schedule.steps()).flat_map(|t| time_embedding_row(t, cfg.temb)).collect();
+        let temb = Tensor::from_vec(rows, (schedule.steps() + 1, cfg.temb), vb.device())?;
+        Ok(Self { den, schedule, temb, ds: cfg.ds })
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// `X_theta(x_s^t, t, x_v)`: the x_s^0 prediction for a batch with per-row steps `t`.
+    pub fn denoise(&self, x_t: &Tensor, t: &[usize], xv: &Tensor) -> Result<Tensor> {
+        let idx = Tensor::from_vec(t.iter().map(|&t| t as u32).collect(), t.len(), xv.device())?;
+        let emb = self.temb.index_select(&idx, 0)?;
+        self.den.forward(&Tensor::cat(&[x_t, &emb, xv], 1)?)
+    }
+
+    /// Training forward: draw t ~ U{1..T} and eps, diffuse x_s by eq. 15, predict x_s^0.
+    /// The caller applies eq. 19-20 (MSE to x_s plus CE of the classifier on the prediction).
+    pub fn reconstruct(&self, xs: &Tensor, xv: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
+        let (b, ds) = xs.dims2()?;
+        let t: Vec<usize> = (0..b).map(|_| rng.random_range(1..=self.schedule.steps())).collect();
+        let (a, s): (Vec<f32>, Vec<f32>) = t
+            .iter()
+            .map(|&t| {
+                let (a, s) = self.schedule.q_sample_coeffs(t);
+                (a as f32, s as f32)
+            })
+            .unzip();
+        let dev = xs.device();
+        let a = Tensor::from_vec(a, (b, 1), dev)?;
+        let s = Tensor::from_vec(s, (b, 1), dev)?;
+        let eps = crate::rng::randn(rng, (b, ds), dev)?;
+        let x_t = (xs.broadcast_mul(&a)? + eps.broadcast_mul(&s)?)?;
+        self.denoise(&x_t, &t, xv)
+    }
+
+    /// Inference: x_CDR from Gaussian noise guided by x_v, averaged over `cfg.samples` draws.
+    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut StdRng) -> Result<Tensor> {
+        let mut acc: Option<Tensor> = None;
+        for _ in 0..cfg.samples.max(1) {
+            let x = self.sample_once(xv, cfg, rng)?;
+            acc = Some(match acc {
+                None => x,
+                Some(a) => (a + x)?,
+            });
+        }
+        acc.unwrap() / cfg.samples.max(1) as f64
+    }
+
+    fn sample_once(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut StdRng) -> Result<Tensor> {
+        let b = xv.dim(0)?;
+        let dev: &Device = xv.device();
+        let ts = self.schedule.sampling_steps(cfg.steps);
+        let mut x = crate::rng::randn(rng, (b, self.ds), dev)?;
+        for (i, &t) in ts.iter().enumerate() {
+            let s = ts.get(i + 1).copied().unwrap_or(0);
+            let x0 = self.denoise(&x, &vec![t; b], xv)?;
+            let sch = &self.schedule;
+            x = match cfg.mode {
+                SamplerMode::Ancestral => {
+                    // Eq. 22: posterior mean; eq. 21 and 23: add noise of variance beta_hat.
+                    let (c0, ct) = sch.posterior_mean_coeffs(t, s);
+                    let mean = ((x0 * c0)? + (x * ct)?)?;
+                    if s > 0 {
+                        let z = crate::rng::randn(rng, (b, self.ds), dev)?;
+                        (mean + (z * sch.posterior_variance(t, s).sqrt())?)?
+                    } else {
+                        mean
+                    }
+                }
+                SamplerMode::Ddim => {
+                    let (c0, ct) = sch.ddim_coeffs(t, s);
+                    ((x0 * c0)? + (x * ct)?)?
+                }
+            };
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_embedding_layout() {
+        let e = time_embedding_row(0, 8);
+        assert_eq!(e, vec![0., 0., 0., 0., 1., 1., 1., 1.]);
+        let e = time_embedding_row(3, 8);
+        assert!((e[0] - 3f32.sin()).abs() < 1e-6 && (e[4] - 3f32.cos()).abs() < 1e-6);
+        assert!((e[1] - (3.0f64 * 10000f64.powf(-0.25)).sin() as f32).abs() < 1e-6);
+    }
+}

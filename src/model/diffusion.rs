@@ -1,0 +1,215 @@
+//! DDPM schedule math (paper section 3.3.1), in f64 on the host. Step `t` runs 1..=T;
+//! `abar(0) = 1` is the clean signal.
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleConfig {
+    /// Number of diffusion steps T.
+    pub steps: usize,
+    /// Linear beta endpoints as given for T = 1000; scaled by 1000 / T (guided-diffusion convention).
+    pub beta_start: f64,
+    pub beta_end: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { steps: 50, beta_start: 1e-4, beta_end: 0.02 }
+    }
+}
+
+/// Largest `abar_T` accepted: sampling starts from pure N(0, I), so x_T must carry no signal.
+pub const MAX_ABAR_T: f64 = 1e-3;
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// `betas[t]` for t = 1..=T; `betas[0] = 0`.
+    betas: Vec<f64>,
+    /// `abar[t] = prod_{i<=t} (1 - beta_i)`, `abar[0] = 1`.
+    abar: Vec<f64>,
+}
+
+impl Schedule {
+    pub fn new(cfg: &ScheduleConfig) -> Result<Self> {
+        let t_max = cfg.steps;
+        ensure!(t_max >= 1, "diffusion steps T must be at least 1");
+        let scale = 1000.0 / t_max as f64;
+        let (b0, b1) = (cfg.beta_start * scale, cfg.beta_end * scale);
+        let mut betas = vec![0.0];
+        for i in 0..t_max {
+            let f = if t_max == 1 { 0.0 } else { i as f64 / (t_max - 1) as f64 };
+            betas.push(b0 + f * (b1 - b0));
+        }
+        ensure!(
+            betas[1..].iter().all(|&b| b > 0.0 && b < 1.0),
+            "betas must lie in (0, 1); got [{b0}, {b1}] after scaling by 1000/T"
+        );
+        let mut abar = vec![1.0];
+        for t in 1..=t_max {
+            abar.push(abar[t - 1] * (1.0 - betas[t]));
+        }
+        let s = Self { betas, abar };
+        ensure!(
+            s.abar(t_max) < MAX_ABAR_T,
+            "abar_T = {:.3e} is not below {MAX_ABAR_T:e}: x_T would still hold signal; raise T or beta_end",
+            s.abar(t_max)
+        );
+        Ok(s)
+    }
+
+    pub fn steps(&self) -> usize {
+        self.betas.len() - 1
+    }
+
+    pub fn beta(&self, t: usize) -> f64 {
+        self.betas[t]
+    }
+
+    /// `alpha_t = 1 - beta_t`.
+    pub fn alpha(&self, t: usize) -> f64 {
+        1.0 - self.betas[t]
+    }
+
+    pub fn abar(&self, t: usize) -> f64 {
+        self.abar[t]
+    }
+
+    /// Eq. 15: `x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`; returns the two coefficients.
+    pub fn q_sample_coeffs(&self, t: usize) -> (f64, f64) {
+        (self.abar[t].sqrt(), (1.0 - self.abar[t]).sqrt())
+    }
+
+    /// The effective beta of the jump `t -> s` (s < t): `1 - abar_t / abar_s` (= beta_t when s = t-1).
+    pub fn jump_beta(&self, t: usize, s: usize) -> f64 {
+        1.0 - self.abar[t] / self.abar[s]
+    }
+
+    /// Eq. 21: posterior variance `(1 - abar_s) / (1 - abar_t) * beta` of `q(x_s | x_t, x_0)`.
+    pub fn posterior_variance(&self, t: usize, s: usize) -> f64 {
+        (1.0 - self.abar[s]) / (1.0 - self.abar[t]) * self.jump_beta(t, s)
+    }
+
+    /// Eq. 22: posterior mean `c0 * x_0 + ct * x_t`; returns `(c0, ct)`.
+    pub fn posterior_mean_coeffs(&self, t: usize, s: usize) -> (f64, f64) {
+        let beta = self.jump_beta(t, s);
+        let c0 = self.abar[s].sqrt() * beta / (1.0 - self.abar[t]);
+        let ct = (1.0 - beta).sqrt() * (1.0 - self.abar[s]) / (1.0 - self.abar[t]);
+        (c0, ct)
+    }
+
+    /// Eq. 16: mean of `p(x_{t-1} | x_t)` from a noise prediction:
+    /// `(x_t - beta_t / sqrt(1 - abar_t) * eps) / sqrt(alpha_t)`; returns `(c_xt, c_eps)`.
+    pub fn eps_mean_coeffs(&self, t: usize) -> (f64, f64) {
+        let r = 1.0 / self.alpha(t).sqrt();
+        (r, -r * self.betas[t] / (1.0 - self.abar[t]).sqrt())
+    }
+
+    /// Deterministic DDIM jump `t -> s` with the noise implied by an x_0 prediction:
+    /// `x_s = sqrt(abar_s) x_0 + sqrt(1 - abar_s) (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)`;
+    /// returns `(c0, ct)`.
+    pub fn ddim_coeffs(&self, t: usize, s: usize) -> (f64, f64) {
+        let r = ((1.0 - self.abar[s]) / (1.0 - self.abar[t])).sqrt();
+        (self.abar[s].sqrt() - r * self.abar[t].sqrt(), r)
+    }
+
+    /// The descending strided subsequence of `n` steps from T down to 1:
+    /// `t_k = 1 + floor(k (T - 1) / (n - 1))`. `n >= T` gives every step.
+    pub fn sampling_steps(&self, n: usize) -> Vec<usize> {
+        let t_max = self.steps();
+        let n = n.clamp(1, t_max);
+        if n == 1 {
+            return vec![t_max];
+        }
+        (0..n).rev().map(|k| 1 + k * (t_max - 1) / (n - 1)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched() -> Schedule {
+        Schedule::new(&ScheduleConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn default_schedule_destroys_the_signal() {
+        let s = sched();
+        assert_eq!(s.steps(), 50);
+        assert!(s.abar(50) < MAX_ABAR_T, "abar_T = {}", s.abar(50));
+        assert!(Schedule::new(&ScheduleConfig { steps: 5, beta_start: 1e-5, beta_end: 1e-4 }).is_err());
+    }
+
+    /// Eq. 15 closed form equals composing eq. 14 step by step: the variance of
+    /// x_t = sqrt(1-b_t) x_{t-1} + sqrt(b_t) e_t accumulates to 1 - abar_t and the mean to sqrt(abar_t).
+    #[test]
+    fn closed_form_marginal_matches_step_products() {
+        let s = sched();
+        let (mut mean, mut var) = (1.0f64, 0.0f64);
+        for t in 1..=s.steps() {
+            mean *= s.alpha(t).sqrt();
+            var = s.alpha(t) * var + s.beta(t);
+            let (a, b) = s.q_sample_coeffs(t);
+            assert!((a - mean).abs() < 1e-12, "t={t}");
+            assert!((b * b - var).abs() < 1e-12, "t={t}");
+        }
+    }
+
+    /// Eq. 21-22 for one step equal the Gaussian product of q(x_t|x_{t-1}) and q(x_{t-1}|x_0),
+    /// computed from the precisions directly.
+    #[test]
+    fn posterior_matches_bayes_rule() {
+        let s = sched();
+        for t in 2..=s.steps() {
+            let (a_prev, b) = (s.abar(t - 1), s.beta(t));
+            let prec = s.alpha(t) / b + 1.0 / (1.0 - a_prev);
+            let var = 1.0 / prec;
+            let c_xt = var * s.alpha(t).sqrt() / b;
+            let c_x0 = var * a_prev.sqrt() / (1.0 - a_prev);
+            let (c0, ct) = s.posterior_mean_coeffs(t, t - 1);
+            assert!((s.posterior_variance(t, t - 1) - var).abs() < 1e-12);
+            assert!((c0 - c_x0).abs() < 1e-10 && (ct - c_xt).abs() < 1e-10, "t={t}");
+        }
+    }
+
+    /// With an exact x_0 prediction, eq. 22's mean equals eq. 16's mean with the exact noise.
+    #[test]
+    fn x0_and_eps_parameterisations_agree() {
+        let s = sched();
+        let (x0, eps) = (0.7f64, -1.3f64);
+        for t in 1..=s.steps() {
+            let (a, b) = s.q_sample_coeffs(t);
+            let xt = a * x0 + b * eps;
+            let (c0, ct) = s.posterior_mean_coeffs(t, t - 1);
+            let (ex, ee) = s.eps_mean_coeffs(t);
+            let m22 = c0 * x0 + ct * xt;
+            let m16 = ex * xt + ee * eps;
+            assert!((m22 - m16).abs() < 1e-9, "t={t}: {m22} vs {m16}");
+        }
+    }
+
+    /// Both samplers return the x_0 prediction itself on the final jump to s = 0.
+    #[test]
+    fn last_jump_lands_on_x0() {
+        let s = sched();
+        for t in [1, 7, 50] {
+            for (c0, ct) in [s.posterior_mean_coeffs(t, 0), s.ddim_coeffs(t, 0)] {
+                assert!((c0 - 1.0).abs() < 1e-12 && ct.abs() < 1e-12, "t={t}: {c0} {ct}");
+            }
+            assert!(s.posterior_variance(t, 0).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn strided_steps() {
+        let s = sched();
+        assert_eq!(s.sampling_steps(50), (1..=50).rev().collect::<Vec<_>>());
+        let st = s.sampling_steps(10);
+        assert_eq!(st.len(), 10);
+        assert_eq!((st[0], st[9]), (50, 1));
+        assert!(st.windows(2).all(|w| w[0] > w[1]));
+        assert_eq!(s.sampling_steps(1), vec![50]);
+        assert_eq!(s.sampling_steps(500).len(), 50);
+    }
+}

@@ -1,0 +1,7 @@
+//! The trainable MARNet head: EMA (section 3.2), CDR (3.3), fusion (3.4).
+
+pub mod cdr;
+pub mod diffusion;
+pub mod ema;
+pub mod fusion;
+pub mod marnet;

@@ -1,0 +1,107 @@
+//! Seeded randomness. candle's CPU backend ignores `set_seed`, so every random number that
+//! matters (initial weights, shuffles, diffusion steps and noise) is drawn here, on the host,
+//! from a `StdRng` derived from the run's seed. Same seed, same bits.
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::{Init, VarMap, init::NormalOrUniform, var_builder::SimpleBackend};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::{StandardNormal, Uniform};
+use std::sync::Mutex;
+
+/// An independent stream for `(seed, purpose, index)`, e.g. the shuffle of epoch 3.
+pub fn stream(seed: u64, purpose: &str, index: u64) -> StdRng {
+    // FNV-1a over the purpose, mixed with seed and index (splitmix64 finaliser).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in purpose.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut z = seed ^ h.rotate_left(17) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// `n` draws from N(0, 1).
+pub fn normal_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
+}
+
+/// A tensor of N(0, 1) draws.
+pub fn randn(rng: &mut StdRng, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
+    let shape = shape.into();
+    Tensor::from_vec(normal_vec(rng, shape.elem_count()), shape, dev)
+}
+
+/// The Fisher-Yates permutation of `0..n`.
+pub fn permutation(rng: &mut StdRng, n: usize) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        p.swap(i, rng.random_range(0..=i));
+    }
+    p
+}
+
+/// A `VarMap` backend whose new variables are initialised from a seeded stream, in the order
+/// the model's constructor asks for them. `VarBuilder::from_backend(Box::new(SeededInit::new(..)))`.
+pub struct SeededInit {
+    map: VarMap,
+    rng: Mutex<StdRng>,
+}
+
+impl SeededInit {
+    pub fn new(map: VarMap, seed: u64) -> Self {
+        Self { map, rng: Mutex::new(stream(seed, "init", 0)) }
+    }
+
+    fn draw(&self, shape: &Shape, init: Init) -> Vec<f32> {
+        let mut rng = self.rng.lock().unwrap();
+        let n = shape.elem_count();
+        let uniform = |rng: &mut StdRng, lo: f64, up: f64| -> Vec<f32> {
+            let u = Uniform::new(lo as f32, up as f32).expect("bounds");
+            (0..n).map(|_| rng.sample(u)).collect()
+        };
+        match init {
+            Init::Const(c) => vec![c as f32; n],
+            Init::Randn { mean, stdev } => {
+                normal_vec(&mut rng, n).into_iter().map(|x| mean as f32 + stdev as f32 * x).collect()
+            }
+            Init::Uniform { lo, up } => uniform(&mut rng, lo, up),
+            Init::Kaiming { dist, fan, non_linearity } => {
+                let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
+                match dist {
+                    NormalOrUniform::Uniform => uniform(&mut rng, -3f64.sqrt() * std, 3f64.sqrt() * std),
+                    NormalOrUniform::Normal => {
+                        normal_vec(&mut rng, n).into_iter().map(|x| std as f32 * x).collect()
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SimpleBackend for SeededInit {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let mut data = self.map.data().lock().unwrap();
+        if let Some(v) = data.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("{name}: shape {:?} differs from {:?}", v.shape(), s);
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let t = Tensor::from_vec(self.draw(&s, h), s, dev)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&t)?;
+        data.insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        match self.map.data().lock().unwrap().get(name) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("{name}: no such variable"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.map.data().lock().unwrap().contains_key(name)
+    }
+}

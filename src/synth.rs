@@ -1,0 +1,132 @@
+//! A seeded synthetic feature cache where text is privileged information that helps.
+//!
+//! Same generative model as `../shared/bench/make_synth.py`:
+//! - text class means `mu_c = sqrt(Ds / r) z_c Q` (z_c ~ N(0, I_r), Q: r x Ds orthonormal rows);
+//! - text `x_s = mu_y + jitter * N(0, I)`;
+//! - visual `x_v = (A x_s + noise * N(0, I) + bg * g * B_k) / sqrt(1 + jitter^2 + noise^2 + bg^2)`,
+//!   A a random Ds -> Dv map, B_k one of `n_bg` class-independent background prototypes.
+//!
+//! So visual-only classification is hard (heavy noise plus a nuisance) while the text side
+//! carries a clean class signature.
+
+use crate::features::{FeatureCache, FeatureSplit, SplitMeta};
+use crate::rng::{normal_vec, stream};
+use anyhow::{Result, ensure};
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use std::path::Path;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SynthConfig {
+    /// Number of classes.
+    #[arg(long, default_value_t = 40)]
+    pub classes: usize,
+    /// Visual feature dimension.
+    #[arg(long, default_value_t = 256)]
+    pub dv: usize,
+    /// Text feature dimension.
+    #[arg(long, default_value_t = 256)]
+    pub ds: usize,
+    #[arg(long, default_value_t = 4000)]
+    pub n_train: usize,
+    /// Validation rows (0: none; training then carves its own).
+    #[arg(long, default_value_t = 1000)]
+    pub n_val: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub n_test: usize,
+    /// Rank of the subspace the text class means live in.
+    #[arg(long, default_value_t = 32)]
+    pub text_rank: usize,
+    #[arg(long, default_value_t = 0.3)]
+    pub text_jitter: f32,
+    /// Std of the visual noise (before normalisation).
+    #[arg(long, default_value_t = 7.0)]
+    pub vis_noise: f32,
+    /// Scale of the class-independent background nuisance.
+    #[arg(long, default_value_t = 3.0)]
+    pub bg_scale: f32,
+    #[arg(long, default_value_t = 32)]
+    pub n_bg: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Rows orthonormalised by modified Gram-Schmidt (f64), `r` rows of length `d`.
+fn orthonormal_rows(mut m: Vec<f64>, r: usize, d: usize) -> Vec<f64> {
+    for i in 0..r {
+        for j in 0..i {
+            let dot: f64 = (0..d).map(|k| m[i * d + k] * m[j * d + k]).sum();
+            for k in 0..d {
+                m[i * d + k] -= dot * m[j * d + k];
+            }
+        }
+        let norm = (0..d).map(|k| m[i * d + k].powi(2)).sum::<f64>().sqrt();
+        for k in 0..d {
+            m[i * d + k] /= norm;
+        }
+    }
+    m
+}
+
+pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
+    ensure!(cfg.classes >= 2 && cfg.dv > 0 && cfg.ds > 0 && cfg.n_train > 0, "synth: need >= 2 classes, positive dims and rows");
+    let mut rng = stream(cfg.seed, "synth", 0);
+    let (ds, dv, r) = (cfg.ds, cfg.dv, cfg.text_rank.clamp(1, cfg.ds));
+    let q = orthonormal_rows(normal_vec(&mut rng, r * ds).into_iter().map(f64::from).collect(), r, ds);
+    let scale = (ds as f64 / r as f64).sqrt();
+    let z = normal_vec(&mut rng, cfg.classes * r);
+    let mut mu = vec![0f32; cfg.classes * ds];
+    for c in 0..cfg.classes {
+        for i in 0..r {
+            let zc = scale * z[c * r + i] as f64;
+            for k in 0..ds {
+                mu[c * ds + k] += (zc * q[i * ds + k]) as f32;
+            }
+        }
+    }
+    let a: Vec<f32> = normal_vec(&mut rng, ds * dv).into_iter().map(|x| x / (ds as f32).sqrt()).collect();
+    let a = Tensor::from_vec(a, (ds, dv), &Device::Cpu)?;
+    let bg = normal_vec(&mut rng, cfg.n_bg.max(1) * dv);
+    let norm = (1.0 + cfg.text_jitter.powi(2) + cfg.vis_noise.powi(2) + cfg.bg_scale.powi(2)).sqrt();
+    let classes: Vec<String> = (0..cfg.classes).map(|c| format!("class_{c:03}")).collect();
+
+    let mut split = |name: &str, n: usize| -> Result<Option<FeatureSplit>> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let label: Vec<u32> = (0..n).map(|_| rng.random_range(0..cfg.classes as u32)).collect();
+        let jitter = normal_vec(&mut rng, n * ds);
+        let text: Vec<f32> = (0..n * ds).map(|i| mu[label[i / ds] as usize * ds + i % ds] + cfg.text_jitter * jitter[i]).collect();
+        let mapped = Tensor::from_slice(&text, (n, ds), &Device::Cpu)?.matmul(&a)?.flatten_all()?.to_vec1::<f32>()?;
+        let noise = normal_vec(&mut rng, n * dv);
+        let mut visual = vec![0f32; n * dv];
+        for row in 0..n {
+            let g = normal_vec(&mut rng, 1)[0].abs();
+            let k = rng.random_range(0..cfg.n_bg.max(1));
+            for j in 0..dv {
+                let i = row * dv + j;
+                visual[i] = (mapped[i] + cfg.vis_noise * noise[i] + cfg.bg_scale * g * bg[k * dv + j]) / norm;
+            }
+        }
+        let meta = SplitMeta {
+            classes: classes.clone(),
+            ids: (0..n).map(|i| format!("synth-{name}-{i:06}")).collect(),
+            visual_encoder: "synthetic".into(),
+            text_encoder: "synthetic".into(),
+            dataset: format!("synth(seed={}, classes={})", cfg.seed, cfg.classes),
+        };
+        Ok(Some(FeatureSplit { visual, dv, text: Some(text), ds, label, meta }))
+    };
+    let train = split("train", cfg.n_train)?.unwrap();
+    let val = split("val", cfg.n_val)?;
+    let test = split("test", cfg.n_test)?;
+    Ok(FeatureCache { dir: Default::default(), train, val, test })
+}
+
+/// Generates and writes a cache folder.
+pub fn write(cfg: &SynthConfig, dir: &Path) -> Result<FeatureCache> {
+    let mut cache = generate(cfg)?;
+    cache.write(dir)?;
+    cache.dir = dir.to_path_buf();
+    Ok(cache)
+}

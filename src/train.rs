@@ -1,0 +1,188 @@
+//! The training loop: AdamW on the weighted losses, model selection on `val`, a checkpoint
+//! after every epoch (`RUN/last`, with optimiser state, for `--resume`) and the selected model
+//! in `RUN/best`.
+
+use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
+use crate::eval::{EvalResult, evaluate};
+use crate::features::{FeatureCache, FeatureSplit};
+use crate::model::marnet::MarnetConfig;
+use crate::optim::AdamW;
+use anyhow::{Context, Result, ensure};
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub seconds: f64,
+    /// Mean of each weighted loss term over the epoch.
+    pub losses: BTreeMap<String, f64>,
+    pub val: EvalResult,
+}
+
+/// `metrics.json` of a run: progress so far and the selected epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub epochs_done: usize,
+    pub optimizer_steps: u64,
+    pub best_epoch: Option<usize>,
+    pub best_val_top1: f64,
+    pub history: Vec<EpochRecord>,
+    /// Test accuracy of the selected model (reported, never used for selection).
+    pub test: Option<EvalResult>,
+}
+
+/// How a run reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Progress,
+}
+
+/// Splits train into (train, val) unless the cache has its own `val`.
+pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSplit, FeatureSplit)> {
+    if let Some(v) = &cache.val {
+        return Ok((cache.train.clone(), v.clone()));
+    }
+    let n = cache.train.len();
+    let n_val = ((n as f64) * cfg.val_fraction).round() as usize;
+    ensure!(
+        n_val >= 1 && n_val < n,
+        "{}: no `val` split, and {:.0}% of {n} training rows leaves no validation or no training data",
+        cache.dir.display(),
+        100.0 * cfg.val_fraction
+    );
+    let perm = crate::rng::permutation(&mut crate::rng::stream(cfg.seed, "val-split", 0), n);
+    Ok((cache.train.subset(&perm[n_val..]), cache.train.subset(&perm[..n_val])))
+}
+
+/// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
+/// has a test split.
+pub fn train(
+    cache: &FeatureCache,
+    model_cfg: &MarnetConfig,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    verbosity: Verbosity,
+    dev: &Device,
+) -> Result<TrainState> {
+    let (train, val) = train_val(cache, cfg)?;
+    let meta = &cache.train.meta;
+    let run = RunConfig {
+        model: model_cfg.clone(),
+        train: cfg.clone(),
+        classes: meta.classes.clone(),
+        cache: cache.dir.clone(),
+        visual_encoder: meta.visual_encoder.clone(),
+        text_encoder: meta.text_encoder.clone(),
+        dataset: meta.dataset.clone(),
+        marnet_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let model = LoadedModel::init(model_cfg, cfg.seed, dev)?;
+    let mut opt = AdamW::new(model.named_vars(), cfg.optim)?;
+    let mut state = TrainState::default();
+    let last_dir = out.join("last");
+    if resume && crate::fsutil::recover_dir(&last_dir).is_some() {
+        let ck = Checkpoint::open(&last_dir, dev)?;
+        ensure!(
+            ck.run.model == run.model && ck.run.train == run.train,
+            "{}: cannot resume: the saved run used a different configuration (see its config.json)",
+            ck.dir.display()
+        );
+        model.set_weights(&ck.tensors, &ck.dir)?;
+        state = serde_json::from_value(ck.metrics.clone())
+            .with_context(|| format!("{}: unreadable metrics.json", ck.dir.display()))?;
+        opt.load_state(&ck.tensors, state.optimizer_steps)?;
+        if verbosity == Verbosity::Progress {
+            eprintln!("resuming {} after epoch {}", out.display(), state.epochs_done);
+        }
+    }
+
+    ensure!(train.text.is_some(), "{}: the training split has no text features", cache.dir.display());
+    for epoch in state.epochs_done..cfg.epochs {
+        let t0 = Instant::now();
+        let mut shuffle = crate::rng::stream(cfg.seed, "shuffle", epoch as u64);
+        let mut noise = crate::rng::stream(cfg.seed, "noise", epoch as u64);
+        let perm = crate::rng::permutation(&mut shuffle, train.len());
+        let n_batches = perm.len().div_ceil(cfg.batch);
+        let bar = progress_bar(verbosity, n_batches as u64, &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        for idx in perm.chunks(cfg.batch) {
+            let b = idx.len();
+            let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
+            let xs = Tensor::from_vec(train.gather_text(idx).unwrap(), (b, train.ds), dev)?;
+            let y = Tensor::from_vec(train.gather_label(idx), b, dev)?;
+            let losses = model.model.losses(&xv, &xs, &y, &mut noise)?;
+            let mut total = losses[0].1.clone();
+            for (_, l) in &losses[1..] {
+                total = (total + l)?;
+            }
+            let mut grads = total.backward()?;
+            opt.clip_grad_norm(&mut grads, cfg.clip_grad)?;
+            opt.step(&grads)?;
+            for (name, l) in &losses {
+                *sums.entry(name.to_string()).or_default() += l.to_scalar::<f32>()? as f64;
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let losses: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_batches as f64)).collect();
+        ensure!(
+            losses.values().all(|v| v.is_finite()),
+            "training diverged in epoch {} (losses {losses:?}); lower --lr or set --clip-grad",
+            epoch + 1
+        );
+        let val_res = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?;
+        let rec = EpochRecord { epoch: epoch + 1, seconds: t0.elapsed().as_secs_f64(), losses, val: val_res };
+        if verbosity == Verbosity::Progress {
+            let terms: Vec<String> = rec.losses.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+            eprintln!(
+                "{} epoch {}/{}: {} | val top1 {:.2}% top5 {:.2}% | {:.1}s",
+                model_cfg.variant.name(),
+                epoch + 1,
+                cfg.epochs,
+                terms.join(" "),
+                100.0 * val_res.final_head.top1,
+                100.0 * val_res.final_head.top5,
+                rec.seconds
+            );
+        }
+        state.history.push(rec);
+        state.epochs_done = epoch + 1;
+        state.optimizer_steps = opt.steps_taken();
+        if state.best_epoch.is_none() || val_res.final_head.top1 > state.best_val_top1 {
+            state.best_epoch = Some(epoch + 1);
+            state.best_val_top1 = val_res.final_head.top1;
+            checkpoint::save(&out.join("best"), &run, &model, vec![], &serde_json::to_value(&state)?)?;
+        }
+        checkpoint::save(&last_dir, &run, &model, opt.state(), &serde_json::to_value(&state)?)?;
+    }
+
+    if let Some(test) = &cache.test {
+        let best = Checkpoint::open(&out.join("best"), dev)?;
+        let m = best.model(dev)?;
+        state.test = Some(evaluate(&m.model, test, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?);
+        let path = out.join("best").join(checkpoint::METRICS);
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;
+    }
+    Ok(state)
+}
+
+fn progress_bar(verbosity: Verbosity, len: u64, msg: &str) -> ProgressBar {
+    if verbosity == Verbosity::Quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches {per_sec} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_string());
+    bar
+}
