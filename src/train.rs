@@ -89,8 +89,10 @@ pub fn train(
     let last_dir = out.join("last");
     if resume && crate::fsutil::recover_dir(&last_dir).is_some() {
         let ck = Checkpoint::open(&last_dir, dev)?;
+        // Only the epoch budget may change on resume.
+        let saved_train = TrainConfig { epochs: cfg.epochs, ..ck.run.train.clone() };
         ensure!(
-            ck.run.model == run.model && ck.run.train == run.train,
+            ck.run.model == run.model && saved_train == run.train,
             "{}: cannot resume: the saved run used a different configuration (see its config.json)",
             ck.dir.display()
         );

@@ -1,0 +1,62 @@
+//! End-to-end through the real binary, as a user runs it: synth -> ablate -> eval.
+//! The slowest target of the suite (still seconds, on tiny sizes).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn marnet(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_marnet")).arg("--quiet").args(args).output().unwrap();
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = marnet(args);
+    assert!(out.status.success(), "marnet {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const SMALL: &[&str] = &["--classes", "8", "--dv", "24", "--ds", "24", "--n-train", "600", "--n-val", "150", "--n-test", "300", "--text-rank", "6", "--vis-noise", "1.0", "--bg-scale", "1.0"];
+const TINY_MODEL: &[&str] = &["--d", "16", "--hidden", "32", "--temb", "8", "--epochs", "3", "--batch", "32"];
+
+#[test]
+fn synth_ablate_eval_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |s: &str| tmp.path().join(s).display().to_string();
+    let cache = p("cache");
+    ok(&[&["synth", "--out", &cache], SMALL].concat());
+    for split in ["train", "val", "test"] {
+        assert!(Path::new(&cache).join(format!("{split}.safetensors")).exists());
+    }
+
+    let runs = p("runs");
+    let table = ok(&[&["ablate", "--cache", &cache, "--out", &runs, "--seeds", "2"], TINY_MODEL].concat());
+    for row in ["| Baseline |", "| +EMA |", "| +MLP |", "| +CDR(MLP) |", "| +Fusion (MARNet) |"] {
+        assert!(table.contains(row), "row {row} missing from:\n{table}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("ablation.json")).unwrap()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 5);
+    for row in json.as_array().unwrap() {
+        assert_eq!(row["test_top1"].as_array().unwrap().len(), 2);
+    }
+
+    // Eval of a saved run reproduces the test accuracy recorded at training time.
+    let run = Path::new(&runs).join("marnet").join("seed0");
+    let eval = ok(&["eval", "--model", &run.display().to_string(), "--cache", &cache, "--split", "test"]);
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best").join("metrics.json")).unwrap()).unwrap();
+    let top1 = 100.0 * metrics["test"]["final_head"]["top1"].as_f64().unwrap();
+    assert!(eval.contains(&format!("| test | 300 | {top1:.2} |")), "eval {eval} vs recorded {top1:.2}");
+}
+
+#[test]
+fn bad_paths_fail_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let out = marnet(&["train", "--cache", &missing.display().to_string(), "--out", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("feature cache folder not found") && err.contains("missing"), "{err}");
+    let out = marnet(&["eval", "--model", &missing.display().to_string(), "--cache", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint folder"), "{}", String::from_utf8_lossy(&out.stderr));
+}
