@@ -55,7 +55,7 @@ pub fn ablate(
             row.test_top1.push(test.final_head.top1);
             row.test_top5.push(test.final_head.top5);
             row.val_top1.push(state.best_val_top1);
-            secs.extend(state.history.iter().map(|h| h.seconds));
+            secs.extend(state.history.iter().map(|h| h.train_seconds));
         }
         row.epoch_seconds = mean_std(&secs).0;
         if verbosity == Verbosity::Progress {
@@ -68,10 +68,10 @@ pub fn ablate(
 
 /// The Table-2-like markdown table.
 pub fn markdown(rows: &[AblationRow], title: &str) -> String {
-    let mut s = format!("{title}\n\n| Module | Acc-1 (%) | Acc-5 (%) | val Acc-1 (%) | s/epoch |\n|---|---|---|---|---|\n");
+    let mut s = format!("{title}\n\n| Module | Acc-1 (%) | Acc-5 (%) | val Acc-1 (%) | train s/epoch |\n|---|---|---|---|---|\n");
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.2} |\n",
             r.row,
             pct_mean_std(&r.test_top1),
             pct_mean_std(&r.test_top5),

@@ -19,6 +19,10 @@ pub struct BenchResult {
     pub params: usize,
     pub train_step_ms_median: f64,
     pub train_step_ms_min: f64,
+    /// Medians of the step's phases: loss forward, backward, optimiser update.
+    pub forward_ms_median: f64,
+    pub backward_ms_median: f64,
+    pub optimizer_ms_median: f64,
     /// (sampling steps, samples/s) for the inference batch.
     pub infer_samples_per_s: Vec<(usize, f64)>,
     pub threads: usize,
@@ -45,7 +49,8 @@ pub fn run(
     let xs = randn(&mut rng, (batch, cfg.ds), dev)?;
     let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..cfg.classes as u32)).collect();
     let y = Tensor::from_vec(y, batch, dev)?;
-    let mut times = vec![];
+    let (mut times, mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![], vec![]);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     for i in 0..iters + 3 {
         let t0 = Instant::now();
         let losses = m.model.losses(&xv, &xs, &y, &mut rng)?;
@@ -53,14 +58,21 @@ pub fn run(
         for (_, l) in &losses[1..] {
             total = (total + l)?;
         }
+        dev.synchronize()?;
+        let t1 = Instant::now();
         let grads = total.backward()?;
+        dev.synchronize()?;
+        let t2 = Instant::now();
         opt.step(&grads)?;
         for (_, l) in &losses {
             l.to_scalar::<f32>()?;
         }
         dev.synchronize()?;
         if i >= 3 {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            times.push(ms(t0));
+            fwd.push((t1 - t0).as_secs_f64() * 1e3);
+            bwd.push((t2 - t1).as_secs_f64() * 1e3);
+            upd.push(ms(t2));
         }
     }
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
@@ -68,10 +80,17 @@ pub fn run(
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
     for s in steps {
         let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1 };
-        let t0 = Instant::now();
-        let p = m.model.predict(&xv, &sampler, &mut rng)?;
-        p.logits.flatten_all()?.to_vec1::<f32>()?;
-        infer.push((s, infer_batch as f64 / t0.elapsed().as_secs_f64()));
+        // One warm-up pass, then the median of three.
+        let mut rates = vec![];
+        for rep in 0..4 {
+            let t0 = Instant::now();
+            let p = m.model.predict(&xv, &sampler, &mut rng)?;
+            p.logits.flatten_all()?.to_vec1::<f32>()?;
+            if rep > 0 {
+                rates.push(infer_batch as f64 / t0.elapsed().as_secs_f64());
+            }
+        }
+        infer.push((s, median(rates)));
     }
     Ok(BenchResult {
         variant: cfg.variant.name().into(),
@@ -79,6 +98,9 @@ pub fn run(
         params,
         train_step_ms_median: median(times.clone()),
         train_step_ms_min: times.iter().cloned().fold(f64::INFINITY, f64::min),
+        forward_ms_median: median(fwd),
+        backward_ms_median: median(bwd),
+        optimizer_ms_median: median(upd),
         infer_samples_per_s: infer,
         threads: candle_core::utils::get_num_threads(),
     })

@@ -18,7 +18,10 @@ use std::time::Instant;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
-    pub seconds: f64,
+    /// Wall time of the epoch's training steps.
+    pub train_seconds: f64,
+    /// Wall time of the validation pass.
+    pub val_seconds: f64,
     /// Mean of each weighted loss term over the epoch.
     pub losses: BTreeMap<String, f64>,
     pub val: EvalResult,
@@ -133,6 +136,7 @@ pub fn train(
             bar.inc(1);
         }
         bar.finish_and_clear();
+        let train_seconds = t0.elapsed().as_secs_f64();
         let losses: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_batches as f64)).collect();
         ensure!(
             losses.values().all(|v| v.is_finite()),
@@ -140,18 +144,20 @@ pub fn train(
             epoch + 1
         );
         let val_res = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?;
-        let rec = EpochRecord { epoch: epoch + 1, seconds: t0.elapsed().as_secs_f64(), losses, val: val_res };
+        let val_seconds = t0.elapsed().as_secs_f64() - train_seconds;
+        let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };
         if verbosity == Verbosity::Progress {
             let terms: Vec<String> = rec.losses.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
             eprintln!(
-                "{} epoch {}/{}: {} | val top1 {:.2}% top5 {:.2}% | {:.1}s",
+                "{} epoch {}/{}: {} | val top1 {:.2}% top5 {:.2}% | train {:.1}s val {:.1}s",
                 model_cfg.variant.name(),
                 epoch + 1,
                 cfg.epochs,
                 terms.join(" "),
                 100.0 * val_res.final_head.top1,
                 100.0 * val_res.final_head.top5,
-                rec.seconds
+                rec.train_seconds,
+                rec.val_seconds
             );
         }
         state.history.push(rec);

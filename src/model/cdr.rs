@@ -3,7 +3,8 @@
 
 use super::diffusion::{Schedule, ScheduleConfig};
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use super::linear::{Linear, linear};
+use candle_nn::VarBuilder;
 use rand::{Rng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,10 @@
 //! EMA: embedding matching alignment (paper section 3.2).
 
 use crate::align::ita::ita_loss;
-use crate::model::cdr::leaky_relu;
+use super::cdr::leaky_relu;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder, linear};
+use super::linear::{Linear, linear};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Initial temperature of eq. 9-10.

@@ -1,7 +1,8 @@
 //! Multi-modal embedding fusion (paper section 3.4, eq. 24).
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear, ops::log_softmax};
+use super::linear::{Linear, linear};
+use candle_nn::{VarBuilder, ops::log_softmax};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

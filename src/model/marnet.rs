@@ -5,7 +5,8 @@ use super::diffusion::ScheduleConfig;
 use super::ema::{Ema, EmaConfig};
 use super::fusion::{Fusion, FusionHead, FusionInput};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear, loss::cross_entropy};
+use super::linear::{Linear, linear};
+use candle_nn::{VarBuilder, loss::cross_entropy};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 

@@ -4,4 +4,5 @@ pub mod cdr;
 pub mod diffusion;
 pub mod ema;
 pub mod fusion;
+pub mod linear;
 pub mod marnet;
