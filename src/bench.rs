@@ -42,8 +42,8 @@ pub fn run(
     dev: &Device,
 ) -> Result<BenchResult> {
     let m = LoadedModel::init(cfg, 0, dev)?;
-    let params = m.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
-    let mut opt = AdamW::new(m.named_vars(), AdamWConfig::default())?;
+    let params = m.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(m.trainable_vars(), AdamWConfig::default())?;
     let mut rng = stream(0, "bench", 0);
     let xv = randn(&mut rng, (batch, cfg.dv), dev)?;
     let xs = randn(&mut rng, (batch, cfg.ds), dev)?;

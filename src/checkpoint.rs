@@ -70,9 +70,14 @@ impl LoadedModel {
         Ok(Self { model: Marnet::load(vb, cfg)?, vars })
     }
 
-    /// The trainable variables by name.
+    /// Every variable by name: parameters and buffers.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         self.vars.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The parameters the optimiser updates (buffers excluded).
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_vars().into_iter().filter(|(k, _)| !k.contains(crate::model::BUFFER)).collect()
     }
 
     /// Overwrites every variable with the tensor of the same name in `tensors`.

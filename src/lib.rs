@@ -8,16 +8,17 @@
 //!   └─ train (train, optim)       EMA (model::ema) + CDR (model::cdr, model::diffusion)
 //!        │                        + fusion (model::fusion), variants in model::marnet
 //!        ├─ eval (eval)           top-1 / top-5 from x_v alone
-//!        └─ ablate (ablate)       the paper's Table 2 rows, mean ± std over seeds
+//!        └─ ablate / compare      the paper's Tables 2 and 1, mean ± std over seeds
+//!           (experiments)         (alignment losses of Table 1 in align)
 //! ```
 //! `synth` writes a seeded synthetic cache in which text helps; `bench` times a training step
 //! and inference.
 
-pub mod ablate;
 pub mod align;
 pub mod bench;
 pub mod checkpoint;
 pub mod eval;
+pub mod experiments;
 pub mod features;
 pub mod fsutil;
 pub mod model;

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use marnet::align::Alignment;
 use marnet::checkpoint::{Checkpoint, TrainConfig};
 use marnet::features::FeatureCache;
 use marnet::model::cdr::{Activation, SamplerConfig, SamplerMode};
@@ -93,22 +94,23 @@ enum Cmd {
         json: Option<PathBuf>,
     },
     /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
+    /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning resumes finished runs.
     Ablate {
-        #[arg(long)]
-        cache: PathBuf,
-        /// Folder for the runs, `ablation.md` and `ablation.json`.
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of seeds (0..N).
-        #[arg(long, default_value_t = 3)]
-        seeds: u64,
+        #[command(flatten)]
+        table: TableArgs,
         /// Variants to run (default: all five rows).
         #[arg(long, value_enum, value_delimiter = ',')]
         variants: Vec<Variant>,
+    },
+    /// The alignment comparison (Table 1): visual baseline, EMA with each alignment loss
+    /// (SWD, SSAN, CDD, SDM, TEAM, ITA) and MARNet, same budget, mean ± std on test.
+    /// Writes `OUT/comparison.md` and `OUT/comparison.json`.
+    Compare {
         #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        train: TrainArgs,
+        table: TableArgs,
+        /// Alignment losses to compare (default: all six).
+        #[arg(long = "methods", value_enum, value_delimiter = ',')]
+        aligns: Vec<Alignment>,
     },
     /// Time training steps and inference on random features (defaults: the reference's sizes).
     Bench {
@@ -140,6 +142,9 @@ struct ModelArgs {
     /// How x_EMA and x_CDR are fused (eq. 24).
     #[arg(long, value_enum, default_value = "concat")]
     fusion: Fusion,
+    /// EMA's alignment loss (the paper: ita).
+    #[arg(long, value_enum, default_value = "ita")]
+    align: Alignment,
     /// EMA shared-space dimension d.
     #[arg(long, default_value_t = 256)]
     d: usize,
@@ -178,6 +183,7 @@ impl ModelArgs {
     fn config(&self, variant: Variant, dv: usize, ds: usize, classes: usize) -> MarnetConfig {
         MarnetConfig {
             fusion: self.fusion,
+            align: self.align,
             d: self.d,
             hidden: self.hidden,
             temb: self.temb,
@@ -186,6 +192,57 @@ impl ModelArgs {
             weights: LossWeights { a1: self.a1, beta: self.beta, a2: self.a2, gamma: self.gamma },
             ..MarnetConfig::new(variant, dv, ds, classes)
         }
+    }
+}
+
+#[derive(Args, Clone)]
+struct TableArgs {
+    /// Feature cache folder (needs a test split).
+    #[arg(long)]
+    cache: PathBuf,
+    /// Folder for the runs (`OUT/<row>/seed<k>`) and the table.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of seeds (0..N).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+impl TableArgs {
+    fn open(&self, variant: Variant) -> Result<(FeatureCache, MarnetConfig)> {
+        let cache = FeatureCache::open(&self.cache)?;
+        let base = self.model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
+        Ok((cache, base))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        cache: &FeatureCache,
+        arms: &[marnet::experiments::Arm],
+        what: &str,
+        first_column: &str,
+        file: &str,
+        verbosity: Verbosity,
+        dev: &candle_core::Device,
+    ) -> Result<()> {
+        let seeds: Vec<u64> = (0..self.seeds).collect();
+        let rows = marnet::experiments::run_arms(cache, arms, &self.train.config(), &seeds, &self.out, verbosity, dev)?;
+        let title = format!(
+            "{what} on `{}`: {} seeds, {} epochs; test split, model selected on val",
+            cache.dir.display(),
+            seeds.len(),
+            self.train.epochs
+        );
+        let md = marnet::experiments::markdown(&rows, &title, first_column);
+        marnet::fsutil::write_atomic(&self.out.join(format!("{file}.md")), md.as_bytes())?;
+        marnet::fsutil::write_atomic(&self.out.join(format!("{file}.json")), serde_json::to_string_pretty(&rows)?.as_bytes())?;
+        println!("{md}");
+        Ok(())
     }
 }
 
@@ -324,23 +381,15 @@ fn run() -> Result<()> {
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
             }
         }
-        Cmd::Ablate { cache, out, seeds, variants, model, train } => {
-            let cache = FeatureCache::open(&cache)?;
-            let base = model.config(Variant::Marnet, cache.train.dv, cache.train.ds, cache.num_classes());
-            let variants = if variants.is_empty() { Variant::ALL.to_vec() } else { variants };
-            let seeds: Vec<u64> = (0..seeds).collect();
-            let rows = marnet::ablate::ablate(&cache, &base, &train.config(), &variants, &seeds, &out, verbosity, &dev)?;
-            let title = format!(
-                "Ablation on `{}` ({} seeds, {} epochs, fusion {:?}; test split, model selected on val)",
-                cache.dir.display(),
-                seeds.len(),
-                train.epochs,
-                model.fusion
-            );
-            let md = marnet::ablate::markdown(&rows, &title);
-            marnet::fsutil::write_atomic(&out.join("ablation.md"), md.as_bytes())?;
-            marnet::fsutil::write_atomic(&out.join("ablation.json"), serde_json::to_string_pretty(&rows)?.as_bytes())?;
-            println!("{md}");
+        Cmd::Ablate { table, variants } => {
+            let (cache, base) = table.open(Variant::Marnet)?;
+            let arms = marnet::experiments::ablation_arms(&base, &variants);
+            table.run(&cache, &arms, "Ablation (Table 2)", "Module", "ablation", verbosity, &dev)?;
+        }
+        Cmd::Compare { table, aligns } => {
+            let (cache, base) = table.open(Variant::Ema)?;
+            let arms = marnet::experiments::alignment_arms(&base, &aligns);
+            table.run(&cache, &arms, "Alignment methods (Table 1)", "Method", "comparison", verbosity, &dev)?;
         }
         Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, model } => {
             let cfg = model.config(variant, dv, ds, classes);
@@ -349,4 +398,14 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique names, valid defaults) over every subcommand.
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

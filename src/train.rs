@@ -87,7 +87,7 @@ pub fn train(
         marnet_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let model = LoadedModel::init(model_cfg, cfg.seed, dev)?;
-    let mut opt = AdamW::new(model.named_vars(), cfg.optim)?;
+    let mut opt = AdamW::new(model.trainable_vars(), cfg.optim)?;
     let mut state = TrainState::default();
     let last_dir = out.join("last");
     if resume && crate::fsutil::recover_dir(&last_dir).is_some() {

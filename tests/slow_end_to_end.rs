@@ -16,6 +16,7 @@ fn ok(args: &[&str]) -> String {
 }
 
 const SMALL: &[&str] = &["--classes", "8", "--dv", "24", "--ds", "24", "--n-train", "600", "--n-val", "150", "--n-test", "300", "--text-rank", "6", "--vis-noise", "1.0", "--bg-scale", "1.0"];
+/// Model sizes (the first six words), then the training budget.
 const TINY_MODEL: &[&str] = &["--d", "16", "--hidden", "32", "--temb", "8", "--epochs", "3", "--batch", "32"];
 
 #[test]
@@ -46,6 +47,26 @@ fn synth_ablate_eval_chain() {
         serde_json::from_str(&std::fs::read_to_string(run.join("best").join("metrics.json")).unwrap()).unwrap();
     let top1 = 100.0 * metrics["test"]["final_head"]["top1"].as_f64().unwrap();
     assert!(eval.contains(&format!("| test | 300 | {top1:.2} |")), "eval {eval} vs recorded {top1:.2}");
+}
+
+#[test]
+fn compare_prints_every_alignment_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    ok(&[&["synth", "--out", &cache], SMALL].concat());
+    let out = tmp.path().join("cmp");
+    let args = ["compare", "--cache", &cache, "--out", &out.display().to_string(), "--seeds", "1"];
+    // Eight epochs: the EMA arms learn slower than the baseline in a 16-d shared space.
+    let table = ok(&[&args[..], &TINY_MODEL[..6], &["--epochs", "8", "--batch", "32"]].concat());
+    for row in ["| Visual baseline |", "| SWD |", "| SSAN |", "| CDD |", "| SDM |", "| TEAM |", "| ITA |", "| MARNet |"] {
+        assert!(table.contains(row), "row {row} missing from:\n{table}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
+    // Every alignment arm learned something: well above the 12.5% chance of 8 classes.
+    for row in json.as_array().unwrap() {
+        let top1 = row["test_top1"][0].as_f64().unwrap();
+        assert!(top1 > 0.3, "{}: top1 {top1}", row["row"]);
+    }
 }
 
 #[test]

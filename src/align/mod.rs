@@ -1,3 +1,111 @@
-//! Cross-modal alignment losses (paper Table 1). ITA is the loss EMA uses.
+//! Cross-modal alignment losses compared in the paper's Table 1. Each plugs in where EMA's ITA
+//! loss sits: on the projected visual and text embeddings of a batch, with class labels.
 
+pub mod cdd;
 pub mod ita;
+pub mod sdm;
+pub mod ssan;
+pub mod swd;
+pub mod team;
+
+use candle_core::{Result, Tensor};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Alignment {
+    /// Instance-wise symmetric InfoNCE (MGCA); EMA's own loss.
+    Ita,
+    /// Similarity distribution matching (IRRA), labels as identities.
+    Sdm,
+    /// Global InfoNCE plus sampled hard negatives (TEAM, pooled form).
+    Team,
+    /// Sliced Wasserstein discrepancy between the two embedding batches.
+    Swd,
+    /// Class-centroid alignment with momentum centroids and soft labels (SSAN).
+    Ssan,
+    /// Contrastive domain discrepancy: class-aware multi-kernel MMD (CAN).
+    Cdd,
+}
+
+impl Alignment {
+    pub const ALL: [Alignment; 6] =
+        [Alignment::Swd, Alignment::Ssan, Alignment::Cdd, Alignment::Sdm, Alignment::Team, Alignment::Ita];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alignment::Ita => "ita",
+            Alignment::Sdm => "sdm",
+            Alignment::Team => "team",
+            Alignment::Swd => "swd",
+            Alignment::Ssan => "ssan",
+            Alignment::Cdd => "cdd",
+        }
+    }
+
+    /// Whether the loss is on similarities scaled by the learnable temperature.
+    pub fn uses_temperature(self) -> bool {
+        matches!(self, Alignment::Ita | Alignment::Sdm | Alignment::Team)
+    }
+
+    /// The row label used in Table 1.
+    pub fn table_row(self) -> &'static str {
+        match self {
+            Alignment::Ita => "ITA",
+            Alignment::Sdm => "SDM",
+            Alignment::Team => "TEAM",
+            Alignment::Swd => "SWD",
+            Alignment::Ssan => "SSAN",
+            Alignment::Cdd => "CDD",
+        }
+    }
+}
+
+/// One batch as an alignment loss sees it.
+pub struct AlignBatch<'a> {
+    /// Projected visual embeddings [B, d].
+    pub v: &'a Tensor,
+    /// Projected text embeddings [B, d].
+    pub s: &'a Tensor,
+    /// Class labels, host copy.
+    pub labels: &'a [u32],
+    /// Learnable temperature (scalar tensor), present for the similarity-based losses.
+    pub tau: Option<&'a Tensor>,
+    /// Classifier logits of the visual and text embeddings (SSAN's soft-label term).
+    pub v_logits: &'a Tensor,
+    pub s_logits: &'a Tensor,
+}
+
+/// The alignment loss of `kind` on a batch. SSAN also updates its running centroids in `ssan`.
+pub fn alignment_loss(
+    kind: Alignment,
+    b: &AlignBatch,
+    ssan: Option<&ssan::Centroids>,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    let tau = || b.tau.ok_or_else(|| candle_core::Error::Msg(format!("{}: temperature missing", kind.name())));
+    match kind {
+        Alignment::Ita => ita::ita_loss(b.v, b.s, tau()?),
+        Alignment::Sdm => sdm::sdm_loss(b.v, b.s, b.labels, tau()?),
+        Alignment::Team => team::team_loss(b.v, b.s, b.labels, tau()?, rng),
+        Alignment::Swd => swd::swd_loss(b.v, b.s, swd::DEFAULT_PROJECTIONS, rng),
+        Alignment::Ssan => {
+            let c = ssan.ok_or_else(|| candle_core::Error::Msg("ssan: centroids missing".into()))?;
+            c.loss(b)
+        }
+        Alignment::Cdd => cdd::cdd_loss(b.v, b.s, b.labels),
+    }
+}
+
+/// Row indices of each class present in `labels`, in order of first appearance.
+pub fn class_groups(labels: &[u32]) -> Vec<(u32, Vec<u32>)> {
+    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+    for (i, &y) in labels.iter().enumerate() {
+        match groups.iter_mut().find(|(c, _)| *c == y) {
+            Some((_, rows)) => rows.push(i as u32),
+            None => groups.push((y, vec![i as u32])),
+        }
+    }
+    groups
+}

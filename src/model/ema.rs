@@ -1,10 +1,12 @@
-//! EMA: embedding matching alignment (paper section 3.2).
+//! EMA: embedding matching alignment (paper section 3.2), with the alignment loss selectable
+//! among the Table 1 methods (ITA is the paper's EMA).
 
-use crate::align::ita::ita_loss;
 use super::cdr::leaky_relu;
-use candle_core::{Module, Result, Tensor};
 use super::linear::{Linear, linear};
+use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 /// Initial temperature of eq. 9-10.
@@ -16,21 +18,44 @@ pub struct EmaConfig {
     pub ds: usize,
     /// Dimension d of the shared space.
     pub d: usize,
+    pub classes: usize,
+    pub align: Alignment,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Ema {
     ev: Linear,
     es: Linear,
-    log_tau: Tensor,
+    /// log tau, for the similarity-based alignment losses only.
+    log_tau: Option<Tensor>,
+    cls: Linear,
+    align: Alignment,
+    ssan: Option<Centroids>,
+}
+
+/// What a training batch yields: x_EMA, its class logits, and the alignment loss.
+pub struct EmaOutput {
+    pub x_ema: Tensor,
+    pub logits: Tensor,
+    pub align_loss: Tensor,
 }
 
 impl Ema {
     pub fn load(vb: VarBuilder, cfg: &EmaConfig) -> Result<Self> {
+        let ssan = match cfg.align {
+            Alignment::Ssan => Some(Centroids::load(vb.pp("ssan"), cfg.classes, cfg.d)?),
+            _ => None,
+        };
         Ok(Self {
             ev: linear(cfg.dv, cfg.d, vb.pp("ev"))?,
             es: linear(cfg.ds, cfg.d, vb.pp("es"))?,
-            log_tau: vb.get_with_hints((), "log_tau", Init::Const(TAU_INIT.ln()))?,
+            log_tau: match cfg.align.uses_temperature() {
+                true => Some(vb.get_with_hints((), "log_tau", Init::Const(TAU_INIT.ln()))?),
+                false => None,
+            },
+            cls: linear(cfg.d, cfg.classes, vb.pp("cls"))?,
+            align: cfg.align,
+            ssan,
         })
     }
 
@@ -44,15 +69,28 @@ impl Ema {
         leaky_relu(&self.es.forward(xs)?)
     }
 
-    /// The learnable temperature tau (stored as its log).
-    pub fn tau(&self) -> Result<Tensor> {
-        self.log_tau.exp()
+    /// The classifier on x_EMA whose cross-entropy is eq. 12.
+    pub fn classify(&self, x_ema: &Tensor) -> Result<Tensor> {
+        self.cls.forward(x_ema)
     }
 
-    /// Eq. 11 on a batch; returns `(x_EMA, L_ITA)`.
-    pub fn align(&self, xv: &Tensor, xs: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// The learnable temperature tau (stored as its log), if the alignment loss uses one.
+    pub fn tau(&self) -> Result<Option<Tensor>> {
+        self.log_tau.as_ref().map(|t| t.exp()).transpose()
+    }
+
+    /// Training forward on a batch: x_EMA, its logits and the alignment loss (eq. 11 for ITA).
+    pub fn forward_train(&self, xv: &Tensor, xs: &Tensor, labels: &[u32], rng: &mut StdRng) -> Result<EmaOutput> {
         let v = self.embed_visual(xv)?;
-        let loss = ita_loss(&v, &self.embed_text(xs)?, &self.tau()?)?;
-        Ok((v, loss))
+        let s = self.embed_text(xs)?;
+        let logits = self.classify(&v)?;
+        let s_logits = match self.align {
+            Alignment::Ssan => self.classify(&s)?,
+            _ => logits.clone(),
+        };
+        let tau = self.tau()?;
+        let batch = AlignBatch { v: &v, s: &s, labels, tau: tau.as_ref(), v_logits: &logits, s_logits: &s_logits };
+        let align_loss = alignment_loss(self.align, &batch, self.ssan.as_ref(), rng)?;
+        Ok(EmaOutput { x_ema: v, logits, align_loss })
     }
 }

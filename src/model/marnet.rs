@@ -3,6 +3,7 @@
 use super::cdr::{Activation, Cdr, CdrConfig, DenoiserMlp, SamplerConfig};
 use super::diffusion::ScheduleConfig;
 use super::ema::{Ema, EmaConfig};
+use crate::align::Alignment;
 use super::fusion::{Fusion, FusionHead, FusionInput};
 use candle_core::{Module, Result, Tensor};
 use super::linear::{Linear, linear};
@@ -77,6 +78,8 @@ impl Default for LossWeights {
 pub struct MarnetConfig {
     pub variant: Variant,
     pub fusion: Fusion,
+    /// The alignment loss of the EMA module (ITA in the paper; others for Table 1).
+    pub align: Alignment,
     pub dv: usize,
     pub ds: usize,
     pub classes: usize,
@@ -96,6 +99,7 @@ impl MarnetConfig {
         Self {
             variant,
             fusion: Fusion::Concat,
+            align: Alignment::Ita,
             dv,
             ds,
             classes,
@@ -129,11 +133,11 @@ pub struct Prediction {
     pub x_cdr: Option<Tensor>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Marnet {
     cfg: MarnetConfig,
     cls_v: Option<Linear>,
-    ema: Option<(Ema, Linear)>,
+    ema: Option<Ema>,
     recon: Option<(Reconstructor, Linear)>,
     fusion: Option<FusionHead>,
 }
@@ -146,8 +150,8 @@ impl Marnet {
             _ => None,
         };
         let ema = if v.has_ema() {
-            let e = Ema::load(vb.pp("ema"), &EmaConfig { dv: cfg.dv, ds: cfg.ds, d: cfg.d })?;
-            Some((e, linear(cfg.d, cfg.classes, vb.pp("cls_ema"))?))
+            let ecfg = EmaConfig { dv: cfg.dv, ds: cfg.ds, d: cfg.d, classes: cfg.classes, align: cfg.align };
+            Some(Ema::load(vb.pp("ema"), &ecfg)?)
         } else {
             None
         };
@@ -179,13 +183,12 @@ impl Marnet {
             out.push(("ce", cross_entropy(&cls.forward(xv)?, y)?));
         }
         let mut ema_out = None;
-        if let Some((ema, cls)) = &self.ema {
-            // Eq. 13: a1 CE + beta ITA.
-            let (x_ema, ita) = ema.align(xv, xs)?;
-            let logits = cls.forward(&x_ema)?;
-            out.push(("ita", (ita * w.beta)?));
-            out.push(("ce_ema", (cross_entropy(&logits, y)? * w.a1)?));
-            ema_out = Some((x_ema, logits));
+        if let Some(ema) = &self.ema {
+            // Eq. 13: a1 CE + beta ITA (or the configured alignment loss).
+            let e = ema.forward_train(xv, xs, &y.to_vec1::<u32>()?, rng)?;
+            out.push((self.cfg.align.name(), (e.align_loss * w.beta)?));
+            out.push(("ce_ema", (cross_entropy(&e.logits, y)? * w.a1)?));
+            ema_out = Some((e.x_ema, e.logits));
         }
         let mut recon_out = None;
         if let Some((recon, cls)) = &self.recon {
@@ -212,9 +215,9 @@ impl Marnet {
             return Ok(Prediction { logits: cls.forward(xv)?, ema_logits: None, cdr_logits: None, x_cdr: None });
         }
         let ema = match &self.ema {
-            Some((ema, cls)) => {
+            Some(ema) => {
                 let x = ema.embed_visual(xv)?;
-                let l = cls.forward(&x)?;
+                let l = ema.classify(&x)?;
                 Some((x, l))
             }
             None => None,

@@ -6,3 +6,7 @@ pub mod ema;
 pub mod fusion;
 pub mod linear;
 pub mod marnet;
+
+/// Variables whose name contains this are state, not parameters: saved with the weights, never
+/// updated by the optimiser.
+pub const BUFFER: &str = "buffer.";
