@@ -32,3 +32,17 @@ fn minilm_matches_the_reference_similarity() {
     let alone = enc.embed(&["A man is eating food."]).unwrap().to_vec2::<f32>().unwrap();
     assert!(alone[0].iter().zip(&v[0]).all(|(a, b)| (a - b).abs() < 1e-5));
 }
+
+#[test]
+fn legacy_efficientnet_file_converts() {
+    let Some(dir) = asset("efficientnet-lite0") else { return };
+    let pth = dir.join("efficientnet-lite0-57934424.pth");
+    let tensors = marnet::encoders::torch_legacy::read_state_dict(&pth).unwrap();
+    // 247 weight and statistics tensors (4.69 M values) plus 49 batch-norm step counters.
+    let (counters, weights): (Vec<_>, Vec<_>) = tensors.iter().partition(|(n, _)| n.ends_with("num_batches_tracked"));
+    assert_eq!((weights.len(), counters.len()), (247, 49));
+    let values: usize = weights.iter().map(|(_, t)| t.elem_count()).sum();
+    assert!((4_680_000..4_700_000).contains(&values), "{values} values");
+    let stem = &tensors.iter().find(|(n, _)| n == "_conv_stem.weight").unwrap().1;
+    assert_eq!(stem.dims(), &[32, 3, 3, 3]);
+}

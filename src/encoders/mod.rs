@@ -2,3 +2,4 @@
 //! images (EfficientNet-Lite0; more backbones to come). Each loads local weights only.
 
 pub mod text;
+pub mod torch_legacy;
