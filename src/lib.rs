@@ -17,6 +17,7 @@
 pub mod align;
 pub mod bench;
 pub mod checkpoint;
+pub mod data;
 pub mod encoders;
 pub mod eval;
 pub mod experiments;

@@ -46,3 +46,26 @@ fn legacy_efficientnet_file_converts() {
     let stem = &tensors.iter().find(|(n, _)| n == "_conv_stem.weight").unwrap().1;
     assert_eq!(stem.dims(), &[32, 3, 3, 3]);
 }
+
+fn top_class(dir: &Path, image: &str) -> (usize, f32) {
+    use marnet::encoders::efficientnet_lite::{EfficientNetLite, PREPROCESS};
+    let model = EfficientNetLite::load_dir(dir, &Device::Cpu).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(image);
+    let (x, status) = PREPROCESS.batch(&[path], &Device::Cpu).unwrap();
+    assert!(status[0].is_ok());
+    let probs = candle_nn::ops::softmax_last_dim(&model.forward(&x).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+    let (c, p) = probs[0].iter().enumerate().fold((0, 0f32), |b, (i, &p)| if p > b.1 { (i, p) } else { b });
+    eprintln!("{image}: ImageNet class {c}, probability {p:.3}");
+    (c, p)
+}
+
+#[test]
+fn efficientnet_lite0_sees_espresso_and_a_cat() {
+    let Some(dir) = asset("efficientnet-lite0") else { return };
+    let (c, p) = top_class(&dir, "coffee.png");
+    assert_eq!(c, 967, "coffee.png: class {c} (p {p})");
+    assert!(p > 0.5, "espresso with probability {p}");
+    // ImageNet 281..=285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+    let (c, p) = top_class(&dir, "chelsea.png");
+    assert!((281..=285).contains(&c), "chelsea.png: class {c} (p {p})");
+}

@@ -1,0 +1,3 @@
+//! Datasets and the image pipeline that feed the encoders.
+
+pub mod image;
