@@ -21,6 +21,7 @@ pub mod data;
 pub mod encoders;
 pub mod eval;
 pub mod experiments;
+pub mod extract;
 pub mod features;
 pub mod fsutil;
 pub mod model;

@@ -112,6 +112,33 @@ enum Cmd {
         #[arg(long = "methods", value_enum, value_delimiter = ',')]
         aligns: Vec<Alignment>,
     },
+    /// Encode a dataset into a feature cache with the frozen encoders (images: EfficientNet-Lite0,
+    /// text: MiniLM), from the assets `scripts/fetch-assets` downloads.
+    Extract {
+        /// Dataset: `emoji-food` (built in; Food & Drink emoji, split by vendor).
+        #[arg(long, default_value = "emoji-food")]
+        dataset: String,
+        /// Folder `scripts/fetch-assets` filled.
+        #[arg(long, default_value = "assets")]
+        assets: PathBuf,
+        /// Output cache folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// emoji-food: the vendor held out as the test split.
+        #[arg(long, default_value = "apple")]
+        test_vendor: String,
+        /// emoji-food: fraction of the training vendors' images held out for validation.
+        #[arg(long, default_value_t = 0.2)]
+        val_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Only the first N samples of each split (a quick trial).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Time training steps and inference on random features (defaults: the reference's sizes).
     Bench {
         #[arg(long, value_enum, default_value = "marnet")]
@@ -390,6 +417,29 @@ fn run() -> Result<()> {
             let (cache, base) = table.open(Variant::Ema)?;
             let arms = marnet::experiments::alignment_arms(&base, &aligns);
             table.run(&cache, &arms, "Alignment methods (Table 1)", "Method", "comparison", verbosity, &dev)?;
+        }
+        Cmd::Extract { dataset, assets, out, test_vendor, val_fraction, seed, batch, limit } => {
+            anyhow::ensure!(dataset == "emoji-food", "unknown dataset `{dataset}` (supported: emoji-food)");
+            let ds = marnet::data::emoji::emoji_food(&assets.join("npm"), &test_vendor, val_fraction, seed)?;
+            let image_enc = marnet::encoders::efficientnet_lite::EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), &dev)?;
+            let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev)?;
+            let opts = marnet::extract::ExtractOptions { batch, limit, progress: !cli.quiet };
+            let t0 = std::time::Instant::now();
+            let c = marnet::extract::extract(&ds, &image_enc, &text_enc, &opts, &out, &dev)?;
+            let n = c.train.len() + c.val.as_ref().map_or(0, |s| s.len()) + c.test.as_ref().map_or(0, |s| s.len());
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d; {n} images in {secs:.1}s ({:.1} images/s); wrote {}",
+                ds.name,
+                ds.classes.len(),
+                c.train.len(),
+                c.val.as_ref().map_or(0, |s| s.len()),
+                c.test.as_ref().map_or(0, |s| s.len()),
+                c.train.dv,
+                c.train.ds,
+                n as f64 / secs,
+                out.display()
+            );
         }
         Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, model } => {
             let cfg = model.config(variant, dv, ds, classes);

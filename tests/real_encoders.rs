@@ -69,3 +69,35 @@ fn efficientnet_lite0_sees_espresso_and_a_cat() {
     let (c, p) = top_class(&dir, "chelsea.png");
     assert!((281..=285).contains(&c), "chelsea.png: class {c} (p {p})");
 }
+
+#[test]
+fn emoji_food_extracts_to_a_trainable_cache() {
+    let Some(assets) = asset("") else { return };
+    if asset("npm/emoji-datasource").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cache");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["--quiet", "extract", "--assets", &assets.display().to_string(), "--out", &out.display().to_string()])
+        .args(["--limit", "12", "--batch", "6"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let cache = marnet::features::FeatureCache::open(&out).unwrap();
+    let test = cache.test.as_ref().unwrap();
+    assert_eq!((cache.train.len(), cache.train.dv, cache.train.ds), (12, 1280, 384));
+    assert_eq!(cache.num_classes(), test.meta.classes.len());
+    assert!(test.meta.ids.iter().all(|id| id.starts_with("apple/")), "test is the held-out vendor");
+    assert!(cache.train.meta.ids.iter().all(|id| !id.starts_with("apple/")));
+    assert_eq!(cache.train.meta.visual_encoder, "efficientnet-lite0");
+    // Same class, same text: rows with equal labels have equal text features.
+    let t = cache.train.text.as_ref().unwrap();
+    for i in 0..12 {
+        for j in 0..12 {
+            if cache.train.label[i] == cache.train.label[j] {
+                assert_eq!(t[i * 384..(i + 1) * 384], t[j * 384..(j + 1) * 384]);
+            }
+        }
+    }
+}

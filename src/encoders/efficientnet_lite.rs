@@ -41,7 +41,59 @@ impl SameConv {
         let (h, w) = (x.dim(2)?, x.dim(3)?);
         let ((t, b), (l, r)) = (pad(h), pad(w));
         let x = x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?;
+        if self.groups > 1 && x.device().is_cpu() {
+            // candle runs grouped convolutions as one convolution per group: far too slow for
+            // depthwise layers with hundreds of channels.
+            return x.contiguous()?.apply_op2_no_bwd(&self.weight.contiguous()?, &DepthwiseConv { stride: self.stride });
+        }
         x.conv2d(&self.weight, 0, self.stride, 1, self.groups)
+    }
+}
+
+/// Depthwise convolution (one kxk filter per channel, no padding) on the CPU, inference only.
+struct DepthwiseConv {
+    stride: usize,
+}
+
+impl candle_core::CustomOp2 for DepthwiseConv {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        ws: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        use rayon::prelude::*;
+        let (x, w) = match (xs, ws, xl.contiguous_offsets(), wl.contiguous_offsets()) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), Some((a, b)), Some((c, d))) => (&x[a..b], &w[c..d]),
+            _ => candle_core::bail!("depthwise-conv2d: contiguous f32 tensors expected"),
+        };
+        let (n, c, h, wd) = xl.shape().dims4()?;
+        let (_, _, k, _) = wl.shape().dims4()?;
+        let s = self.stride;
+        let (oh, ow) = ((h - k) / s + 1, (wd - k) / s + 1);
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
+            let ch = plane % c;
+            let src = &x[plane * h * wd..(plane + 1) * h * wd];
+            let filt = &w[ch * k * k..(ch + 1) * k * k];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0f32;
+                    for ky in 0..k {
+                        let row = &src[(oy * s + ky) * wd + ox * s..][..k];
+                        acc += row.iter().zip(&filt[ky * k..(ky + 1) * k]).map(|(a, b)| a * b).sum::<f32>();
+                    }
+                    o[oy * ow + ox] = acc;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), candle_core::Shape::from((n, c, oh, ow))))
     }
 }
 
