@@ -292,3 +292,47 @@ fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: f32/i64 have no padding and every bit pattern is a valid u8.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
+
+impl FeatureSplit {
+    /// Rows of `parts` concatenated in order; all parts must agree on dims, classes and encoders.
+    pub fn concat(parts: &[FeatureSplit]) -> Result<FeatureSplit> {
+        let first = parts.first().context("nothing to concatenate")?;
+        let mut out = first.clone();
+        for p in &parts[1..] {
+            ensure!(p.dv == out.dv && p.ds == out.ds, "feature dims differ between shards");
+            ensure!(p.text.is_some() == out.text.is_some(), "some shards have text features and some do not");
+            ensure!(p.meta.classes == out.meta.classes, "class names differ between shards");
+            ensure!(
+                p.meta.visual_encoder == out.meta.visual_encoder && p.meta.text_encoder == out.meta.text_encoder,
+                "encoders differ between shards"
+            );
+            out.visual.extend_from_slice(&p.visual);
+            if let (Some(t), Some(pt)) = (out.text.as_mut(), p.text.as_ref()) {
+                t.extend_from_slice(pt);
+            }
+            out.label.extend_from_slice(&p.label);
+            out.meta.ids.extend(p.meta.ids.iter().cloned());
+        }
+        Ok(out)
+    }
+}
+
+impl FeatureCache {
+    /// Merges shard caches (in shard order) into one cache written to `out`.
+    pub fn merge_shards(shards: &[PathBuf], out: &Path) -> Result<FeatureCache> {
+        let mut per_split: HashMap<&str, Vec<FeatureSplit>> = HashMap::new();
+        for dir in shards {
+            for split in SPLITS {
+                let p = Self::split_path(dir, split);
+                if p.exists() {
+                    per_split.entry(split).or_default().push(FeatureSplit::read(&p)?);
+                }
+            }
+        }
+        let merged = |s: &str| per_split.get(s).map(|v| FeatureSplit::concat(v).with_context(|| format!("merging `{s}`"))).transpose();
+        let train = merged("train")?.context("no shard has a train split")?;
+        let cache = FeatureCache { dir: out.to_path_buf(), train, val: merged("val")?, test: merged("test")? };
+        cache.write(out)?;
+        Ok(cache)
+    }
+}

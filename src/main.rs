@@ -115,9 +115,14 @@ enum Cmd {
     /// Encode a dataset into a feature cache with the frozen encoders (images: EfficientNet-Lite0,
     /// text: MiniLM), from the assets `scripts/fetch-assets` downloads.
     Extract {
-        /// Dataset: `emoji-food` (built in; Food & Drink emoji, split by vendor).
+        /// Dataset: `emoji-food` (built in; Food & Drink emoji, split by vendor), `vireo172`,
+        /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
+        /// JSON Lines file).
         #[arg(long, default_value = "emoji-food")]
         dataset: String,
+        /// Dataset folder (vireo172, ingredient101) or manifest file.
+        #[arg(long)]
+        root: Option<PathBuf>,
         /// Folder `scripts/fetch-assets` filled.
         #[arg(long, default_value = "assets")]
         assets: PathBuf,
@@ -138,6 +143,17 @@ enum Cmd {
         /// Only the first N samples of each split (a quick trial).
         #[arg(long)]
         limit: Option<usize>,
+        /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
+        #[arg(long)]
+        shard: Option<String>,
+    },
+    /// Concatenate shard caches (in the order given) into one cache.
+    MergeShards {
+        #[arg(long)]
+        out: PathBuf,
+        /// Shard cache folders, in shard order.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
     },
     /// Time training steps and inference on random features (defaults: the reference's sizes).
     Bench {
@@ -418,9 +434,22 @@ fn run() -> Result<()> {
             let arms = marnet::experiments::alignment_arms(&base, &aligns);
             table.run(&cache, &arms, "Alignment methods (Table 1)", "Method", "comparison", verbosity, &dev)?;
         }
-        Cmd::Extract { dataset, assets, out, test_vendor, val_fraction, seed, batch, limit } => {
-            anyhow::ensure!(dataset == "emoji-food", "unknown dataset `{dataset}` (supported: emoji-food)");
-            let ds = marnet::data::emoji::emoji_food(&assets.join("npm"), &test_vendor, val_fraction, seed)?;
+        Cmd::Extract { dataset, root, assets, out, test_vendor, val_fraction, seed, batch, limit, shard } => {
+            let root = || root.clone().with_context(|| format!("--dataset {dataset} needs --root"));
+            let ds = match dataset.as_str() {
+                "emoji-food" => marnet::data::emoji::emoji_food(&assets.join("npm"), &test_vendor, val_fraction, seed)?,
+                "vireo172" => marnet::data::food::vireo172(&root()?)?,
+                "ingredient101" => marnet::data::food::ingredient101(&root()?)?,
+                "manifest" => marnet::data::food::manifest(&root()?)?,
+                other => anyhow::bail!("unknown dataset `{other}` (emoji-food, vireo172, ingredient101, manifest)"),
+            };
+            let ds = match shard {
+                Some(s) => {
+                    let (i, n) = marnet::data::parse_shard(&s)?;
+                    ds.shard(i, n)
+                }
+                None => ds,
+            };
             let image_enc = marnet::encoders::efficientnet_lite::EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), &dev)?;
             let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev)?;
             let opts = marnet::extract::ExtractOptions { batch, limit, progress: !cli.quiet };
@@ -440,6 +469,10 @@ fn run() -> Result<()> {
                 n as f64 / secs,
                 out.display()
             );
+        }
+        Cmd::MergeShards { out, shards } => {
+            let c = FeatureCache::merge_shards(&shards, &out)?;
+            println!("merged {} shards: train {} rows; wrote {}", shards.len(), c.train.len(), out.display());
         }
         Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, model } => {
             let cfg = model.config(variant, dv, ds, classes);

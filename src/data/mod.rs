@@ -1,6 +1,7 @@
 //! Datasets and the image pipeline that feed the encoders.
 
 pub mod emoji;
+pub mod food;
 pub mod image;
 
 use std::path::PathBuf;
@@ -23,4 +24,30 @@ pub struct Dataset {
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
     pub test: Vec<Sample>,
+}
+
+impl Dataset {
+    /// Shard `index` of `count`: a contiguous slice of every split, so that concatenating the
+    /// shards' caches in order restores the full dataset's order (`marnet merge-shards`).
+    pub fn shard(&self, index: usize, count: usize) -> Dataset {
+        let slice = |v: &Vec<Sample>| -> Vec<Sample> {
+            let (a, b) = (v.len() * index / count, v.len() * (index + 1) / count);
+            v[a..b].to_vec()
+        };
+        Dataset {
+            name: self.name.clone(),
+            classes: self.classes.clone(),
+            train: slice(&self.train),
+            val: slice(&self.val),
+            test: slice(&self.test),
+        }
+    }
+}
+
+/// Parses `i/n` (0-based shard i of n).
+pub fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (i, n) = s.split_once('/').ok_or_else(|| anyhow::anyhow!("--shard `{s}`: expected i/n, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    anyhow::ensure!(n >= 1 && i < n, "--shard `{s}`: need 0 <= i < n");
+    Ok((i, n))
 }
