@@ -4,6 +4,7 @@
 pub mod efficientnet_lite;
 pub mod text;
 pub mod torch_legacy;
+pub mod vit;
 
 use crate::data::image::Preprocess;
 use candle_core::{Result, Tensor};

@@ -85,13 +85,18 @@ impl TextEncoder {
         let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, len), &self.device)?;
         let hidden = self.model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                hidden.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?
-            }
-        };
-        Ok(if self.normalize { crate::align::ita::l2_normalize(&pooled)? } else { pooled })
+        Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
     }
+}
+
+/// Pools hidden states [N, L, H] under an attention mask [N, L] (u32, 1 = token).
+pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling, normalize: bool) -> candle_core::Result<Tensor> {
+    let pooled = match pooling {
+        Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        Pooling::Mean => {
+            let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            hidden.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?
+        }
+    };
+    if normalize { crate::align::ita::l2_normalize(&pooled) } else { Ok(pooled) }
 }

@@ -1,0 +1,49 @@
+//! Encoders against outputs PyTorch computed for the same tiny random-weight checkpoints
+//! (`tests/fixtures/make_encoder_fixtures.py` made them, in the real key layouts).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use marnet::encoders::text::{Pooling, pool};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn expected(name: &str, key: &str) -> Vec<f32> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap();
+    v[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn assert_close(got: &Tensor, want: &[f32]) {
+    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(got.len(), want.len());
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max abs difference {worst}");
+}
+
+#[test]
+fn vit_matches_transformers() {
+    let dev = Device::Cpu;
+    let enc = marnet::encoders::vit::VitEncoder::load_dir(&fixture("vit-tiny"), &dev).unwrap();
+    let n = 2 * 3 * 32 * 32;
+    let pixels: Vec<f32> = (0..n).map(|i| (0.37 * i as f64).sin() as f32).collect();
+    let x = Tensor::from_vec(pixels, (2, 3, 32, 32), &dev).unwrap();
+    assert_close(&enc.features(&x).unwrap(), &expected("vit-tiny", "cls"));
+}
+
+#[test]
+fn bert_matches_transformers() {
+    use candle_transformers::models::bert::{BertModel, Config};
+    let dev = Device::Cpu;
+    let dir = fixture("bert-tiny");
+    let cfg: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev).unwrap() };
+    let model = BertModel::load(vb, &cfg).unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % 100).collect();
+    let ids = Tensor::from_vec(ids, (2, 6), &dev).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &dev).unwrap();
+    let h = model.forward(&ids, &ids.zeros_like().unwrap(), Some(&mask)).unwrap();
+    assert_close(&pool(&h, &mask, Pooling::Cls, false).unwrap(), &expected("bert-tiny", "cls"));
+    assert_close(&pool(&h, &mask, Pooling::Mean, false).unwrap(), &expected("bert-tiny", "mean"));
+}
