@@ -2,6 +2,7 @@
 //! images (EfficientNet-Lite0; more backbones to come). Each loads local weights only.
 
 pub mod efficientnet_lite;
+pub mod resnet;
 pub mod text;
 pub mod torch_legacy;
 pub mod vit;
