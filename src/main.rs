@@ -126,6 +126,10 @@ enum Cmd {
         /// Folder `scripts/fetch-assets` filled.
         #[arg(long, default_value = "assets")]
         assets: PathBuf,
+        /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
+        /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+        #[arg(long, default_value = "efficientnet-lite0")]
+        visual: String,
         /// Output cache folder.
         #[arg(long)]
         out: PathBuf,
@@ -434,7 +438,7 @@ fn run() -> Result<()> {
             let arms = marnet::experiments::alignment_arms(&base, &aligns);
             table.run(&cache, &arms, "Alignment methods (Table 1)", "Method", "comparison", verbosity, &dev)?;
         }
-        Cmd::Extract { dataset, root, assets, out, test_vendor, val_fraction, seed, batch, limit, shard } => {
+        Cmd::Extract { dataset, root, assets, visual, out, test_vendor, val_fraction, seed, batch, limit, shard } => {
             let root = || root.clone().with_context(|| format!("--dataset {dataset} needs --root"));
             let ds = match dataset.as_str() {
                 "emoji-food" => marnet::data::emoji::emoji_food(&assets.join("npm"), &test_vendor, val_fraction, seed)?,
@@ -450,11 +454,11 @@ fn run() -> Result<()> {
                 }
                 None => ds,
             };
-            let image_enc = marnet::encoders::efficientnet_lite::EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), &dev)?;
+            let image_enc = marnet::encoders::load_image_encoder(&visual, &assets, &dev)?;
             let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev)?;
             let opts = marnet::extract::ExtractOptions { batch, limit, progress: !cli.quiet };
             let t0 = std::time::Instant::now();
-            let c = marnet::extract::extract(&ds, &image_enc, &text_enc, &opts, &out, &dev)?;
+            let c = marnet::extract::extract(&ds, image_enc.as_ref(), &text_enc, &opts, &out, &dev)?;
             let n = c.train.len() + c.val.as_ref().map_or(0, |s| s.len()) + c.test.as_ref().map_or(0, |s| s.len());
             let secs = t0.elapsed().as_secs_f64();
             println!(

@@ -31,3 +31,23 @@ impl ImageEncoder for efficientnet_lite::EfficientNetLite {
         efficientnet_lite::EfficientNetLite::features(self, images)
     }
 }
+
+/// Loads the visual encoder a `--visual` value names: `efficientnet-lite0` (from
+/// `assets/efficientnet-lite0`), `efficientnet-lite0:DIR`, `vit:DIR` (Hugging Face folder),
+/// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_core::Device) -> anyhow::Result<Box<dyn ImageEncoder>> {
+    let (kind, path) = match spec.split_once(':') {
+        Some((k, p)) => (k, Some(std::path::PathBuf::from(p))),
+        None => (spec, None),
+    };
+    let need = || path.clone().ok_or_else(|| anyhow::anyhow!("--visual {kind} needs a path: {kind}:PATH"));
+    Ok(match kind {
+        "efficientnet-lite0" => {
+            let dir = path.clone().unwrap_or_else(|| assets.join("efficientnet-lite0"));
+            Box::new(efficientnet_lite::EfficientNetLite::load_dir(&dir, dev)?)
+        }
+        "vit" => Box::new(vit::VitEncoder::load_dir(&need()?, dev)?),
+        "resnet18" | "resnet50" => Box::new(resnet::ResnetEncoder::load_file(&need()?, kind, dev)?),
+        other => anyhow::bail!("unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE)"),
+    })
+}
