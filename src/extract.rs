@@ -50,17 +50,29 @@ fn extract_split(
     bar.set_message(format!("extract {name}"));
     let mut visual = Vec::new();
     let mut dv = 0;
-    for chunk in samples.chunks(opts.batch.max(1)) {
-        let paths: Vec<_> = chunk.iter().map(|s| s.image.clone()).collect();
-        let (x, status) = pre.batch(&paths, dev)?;
-        if let Some(Err(e)) = status.into_iter().find(|s| s.is_err()) {
-            return Err(e);
+    // Decode the next batch on another thread while this one runs through the encoder.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for chunk in samples.chunks(opts.batch.max(1)) {
+                let paths: Vec<_> = chunk.iter().map(|s| s.image.clone()).collect();
+                if tx.send(pre.batch(&paths, dev)).is_err() {
+                    return;
+                }
+            }
+        });
+        for decoded in rx {
+            let (x, status) = decoded?;
+            if let Some(Err(e)) = status.into_iter().find(|s| s.is_err()) {
+                return Err(e);
+            }
+            let f = image_enc.features(&x)?;
+            dv = f.dim(1)?;
+            visual.extend(f.flatten_all()?.to_vec1::<f32>()?);
+            bar.inc(x.dim(0)? as u64);
         }
-        let f = image_enc.features(&x)?;
-        dv = f.dim(1)?;
-        visual.extend(f.flatten_all()?.to_vec1::<f32>()?);
-        bar.inc(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let text = encode_texts(samples, text_enc, 64)?;
     Ok(FeatureSplit {
