@@ -4,6 +4,8 @@
 //! on candle. Text is privileged information: it shapes training, and test time is image-only.
 //!
 //! ```text
+//! dataset (data) ─ extract ─>     frozen encoders (encoders: EfficientNet-Lite0, ViT, ResNet,
+//!                                 BERT/MiniLM) turn images and text into features
 //! feature cache (features)        x_v [N, Dv], x_s [N, Ds], labels; one safetensors per split
 //!   └─ train (train, optim)       EMA (model::ema) + CDR (model::cdr, model::diffusion)
 //!        │                        + fusion (model::fusion), variants in model::marnet

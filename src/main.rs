@@ -28,9 +28,11 @@ fn keep_freed_memory() {
 
 /// MARNet: train image classifiers with text as privileged information.
 ///
-/// Typical use: `marnet synth --out cache` (or a cache from real encoders), then
-/// `marnet ablate --cache cache --out runs --seeds 3` for the paper's Table 2, or
-/// `marnet train --cache cache --out run` and `marnet eval --model run --cache cache`.
+/// Typical use: `marnet extract --dataset emoji-food --out cache` (after
+/// `scripts/fetch-assets`; or `marnet synth --out cache` for synthetic features), then
+/// `marnet ablate --cache cache --out runs --seeds 3` for the paper's Table 2,
+/// `marnet compare ...` for its Table 1, or `marnet train --cache cache --out run` and
+/// `marnet eval --model run --cache cache`.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
