@@ -74,6 +74,8 @@ pub fn train(
     verbosity: Verbosity,
     dev: &Device,
 ) -> Result<TrainState> {
+    ensure!(cfg.batch >= 1, "--batch must be at least 1");
+    ensure!(cfg.optim.lr > 0.0 && cfg.optim.lr.is_finite(), "--lr must be a positive number");
     let (train, val) = train_val(cache, cfg)?;
     let meta = &cache.train.meta;
     let run = RunConfig {
