@@ -18,9 +18,11 @@ pub struct ExtractOptions {
     pub progress: bool,
 }
 
-/// Encodes the texts of `samples` (each distinct text once).
-fn encode_texts(samples: &[Sample], enc: &TextEncoder, batch: usize) -> Result<Option<Vec<f32>>> {
-    if samples.iter().any(|s| s.text.is_none()) {
+/// Encodes the texts of `samples` (each distinct text once). Training needs every text;
+/// other splits may have none.
+fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize) -> Result<Option<Vec<f32>>> {
+    if let Some(s) = samples.iter().find(|s| s.text.is_none()) {
+        anyhow::ensure!(split != "train", "{}: training sample has no text", s.id);
         return Ok(None);
     }
     let mut unique: Vec<&str> = samples.iter().map(|s| s.text.as_deref().unwrap()).collect();
@@ -74,7 +76,7 @@ fn extract_split(
         Ok(())
     })?;
     bar.finish_and_clear();
-    let text = encode_texts(samples, text_enc, 64)?;
+    let text = encode_texts(name, samples, text_enc, 64)?;
     Ok(FeatureSplit {
         visual,
         dv,

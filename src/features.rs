@@ -116,6 +116,12 @@ impl FeatureSplit {
             None => (0..n).map(|i| format!("row{i}")).collect(),
         };
         ensure!(ids.len() == n, "row-count mismatch: {n} rows but {} ids in metadata", ids.len());
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(n);
+        for (row, id) in ids.iter().enumerate() {
+            if let Some(first) = seen.insert(id.as_str(), row) {
+                bail!("duplicate sample id `{id}` at rows {first} and {row}");
+            }
+        }
         let get = |k: &str| md.get(k).cloned().unwrap_or_default();
         let meta = SplitMeta {
             classes,

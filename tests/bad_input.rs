@@ -26,10 +26,17 @@ fn labels(v: &[i64]) -> T {
 }
 
 fn write(path: &Path, tensors: Vec<T>, classes: usize) {
+    write_with_ids(path, tensors, classes, None);
+}
+
+fn write_with_ids(path: &Path, tensors: Vec<T>, classes: usize, ids: Option<&[&str]>) {
     let views: Vec<(&str, TensorView)> =
         tensors.iter().map(|t| (t.name, TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap())).collect();
     let names: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();
-    let md = HashMap::from([("classes".to_string(), serde_json::to_string(&names).unwrap())]);
+    let mut md = HashMap::from([("classes".to_string(), serde_json::to_string(&names).unwrap())]);
+    if let Some(ids) = ids {
+        md.insert("ids".to_string(), serde_json::to_string(ids).unwrap());
+    }
     std::fs::write(path, safetensors::serialize(views, Some(md)).unwrap()).unwrap();
 }
 
@@ -130,4 +137,14 @@ fn round_trip_keeps_everything() {
     assert_eq!(read.train, written.train);
     assert_eq!(read.test, written.test);
     assert!(read.val.is_none());
+}
+
+#[test]
+fn duplicate_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("train.safetensors");
+    let t = vec![f32s("visual", 3, 4, 0.0), f32s("text", 3, 2, 0.0), labels(&[0, 1, 0])];
+    write_with_ids(&path, t, 2, Some(&["a.jpg", "b.jpg", "a.jpg"]));
+    let msg = format!("{:#}", FeatureCache::open(tmp.path()).unwrap_err());
+    assert!(msg.contains(&path.display().to_string()) && msg.contains("duplicate sample id `a.jpg` at rows 0 and 2"), "{msg}");
 }
