@@ -39,10 +39,6 @@ impl AdamW {
         Ok(Self { cfg, params, m, v, step: 0 })
     }
 
-    pub fn params(&self) -> &[(String, Var)] {
-        &self.params
-    }
-
     pub fn steps_taken(&self) -> u64 {
         self.step
     }

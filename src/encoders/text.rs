@@ -64,10 +64,6 @@ impl TextEncoder {
         self.dim
     }
 
-    pub fn pooling(&self) -> (Pooling, bool) {
-        (self.pooling, self.normalize)
-    }
-
     /// Pooled embeddings [N, H] of a batch of texts (padded to the longest in the batch).
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor> {
         let enc = self

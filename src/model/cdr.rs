@@ -123,10 +123,6 @@ impl Cdr {
         Ok(Self { den, schedule, temb, ds: cfg.ds })
     }
 
-    pub fn schedule(&self) -> &Schedule {
-        &self.schedule
-    }
-
     /// `X_theta(x_s^t, t, x_v)`: the x_s^0 prediction for a batch with per-row steps `t`.
     pub fn denoise(&self, x_t: &Tensor, t: &[usize], xv: &Tensor) -> Result<Tensor> {
         let idx = Tensor::from_vec(t.iter().map(|&t| t as u32).collect(), t.len(), xv.device())?;
