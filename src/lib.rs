@@ -19,6 +19,7 @@
 pub mod align;
 pub mod bench;
 pub mod checkpoint;
+pub mod cpu;
 pub mod data;
 pub mod encoders;
 pub mod eval;

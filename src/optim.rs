@@ -2,6 +2,7 @@
 //! and global-norm gradient clipping, which candle lacks.
 
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var, backprop::GradStore};
+use crate::cpu::{f32_slice, f32_slice_mut};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -125,20 +126,6 @@ impl AdamW {
 /// Elements per parallel work unit of the CPU kernels.
 const CHUNK: usize = 1 << 16;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("adamw: expected a contiguous f32 tensor"),
-    }
-}
-
-fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("adamw: expected a contiguous f32 tensor"),
-    }
-}
-
 /// In place on a moment: `m = beta m + (1 - beta) g^power` (power 1 or 2).
 struct MomentKernel {
     beta: f32,
@@ -151,7 +138,7 @@ impl InplaceOp2 for MomentKernel {
     }
 
     fn cpu_fwd(&self, m: &mut CpuStorage, ml: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
-        let (m, g, b) = (f32_slice_mut(m, ml)?, f32_slice(g, gl)?, self.beta);
+        let (m, g, b) = (f32_slice_mut("adamw", m, ml)?, f32_slice("adamw", g, gl)?, self.beta);
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
             if self.square {
                 m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + (1.0 - b) * g * g);
@@ -177,7 +164,7 @@ impl InplaceOp3 for UpdateKernel {
     }
 
     fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> Result<()> {
-        let (p, m, v) = (f32_slice_mut(p, pl)?, f32_slice(m, ml)?, f32_slice(v, vl)?);
+        let (p, m, v) = (f32_slice_mut("adamw", p, pl)?, f32_slice("adamw", m, ml)?, f32_slice("adamw", v, vl)?);
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {
             for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
                 *p = *p * self.decay - self.step * m / ((v * self.inv_bc2).sqrt() + self.eps);

@@ -69,10 +69,7 @@ impl candle_core::CustomOp2 for DepthwiseConv {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage;
         use rayon::prelude::*;
-        let (x, w) = match (xs, ws, xl.contiguous_offsets(), wl.contiguous_offsets()) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), Some((a, b)), Some((c, d))) => (&x[a..b], &w[c..d]),
-            _ => candle_core::bail!("depthwise-conv2d: contiguous f32 tensors expected"),
-        };
+        let (x, w) = (crate::cpu::f32_slice("depthwise-conv2d", xs, xl)?, crate::cpu::f32_slice("depthwise-conv2d", ws, wl)?);
         let (n, c, h, wd) = xl.shape().dims4()?;
         let (_, _, k, _) = wl.shape().dims4()?;
         let s = self.stride;

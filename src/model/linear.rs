@@ -8,6 +8,7 @@
 //! - candle computes the input gradient of every product, even for data inputs (the first
 //!   layer's 1664-wide input); here it is skipped when the input tracks no gradient.
 
+use crate::cpu::f32_slice;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -37,20 +38,13 @@ impl Module for Linear {
 
 struct LinearOp;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("linear: {what} must be a contiguous f32 tensor"),
-    }
-}
-
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "linear"
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (slice(xs, xl, "input")?, slice(ws, wl, "weight")?, slice(bs, bl, "bias")?);
+        let (x, w, b) = (f32_slice("linear", xs, xl)?, f32_slice("linear", ws, wl)?, f32_slice("linear", bs, bl)?);
         let (rows, k) = xl.shape().dims2()?;
         let (k2, n) = wl.shape().dims2()?;
         if k != k2 || b.len() != n {
