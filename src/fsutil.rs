@@ -15,7 +15,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     }
-    let tmp = sibling(path, ".tmp");
+    // Named after this process and thread, so concurrent writers never share a temporary file.
+    let thread = format!("{:?}", std::thread::current().id()).replace(|c: char| !c.is_ascii_digit(), "");
+    let tmp = sibling(path, &format!(".{}.{thread}.tmp", std::process::id()));
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     f.write_all(data).and_then(|_| f.sync_all()).with_context(|| format!("{}: write failed", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
@@ -55,4 +57,10 @@ pub fn recover_dir(dir: &Path) -> Option<PathBuf> {
     } else {
         None
     }
+}
+
+/// Reads and parses a JSON file; errors name the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: unexpected content", path.display()))
 }

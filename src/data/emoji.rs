@@ -31,9 +31,8 @@ struct CldrEntry {
     tags: Vec<String>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read (run scripts/fetch-assets?)", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: unexpected format", path.display()))
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    crate::fsutil::read_json(path).context("emoji-food needs the packages scripts/fetch-assets downloads")
 }
 
 fn normalise(s: &str) -> String {

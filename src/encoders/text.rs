@@ -2,6 +2,7 @@
 //! (`config.json`, `model.safetensors`, `tokenizer.json`), pooled as its sentence-transformers
 //! config says: mean over tokens (+ L2 normalisation when `2_Normalize` is listed), else CLS.
 
+use crate::fsutil::read_json;
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -25,17 +26,11 @@ pub struct TextEncoder {
     device: Device,
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
-}
-
 impl TextEncoder {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         ensure!(dir.is_dir(), "{}: text encoder folder not found (run scripts/fetch-assets?)", dir.display());
         let cfg_path = dir.join("config.json");
-        let config: Config = serde_json::from_value(read_json(&cfg_path)?)
-            .with_context(|| format!("{}: not a BERT config", cfg_path.display()))?;
+        let config: Config = read_json(&cfg_path).with_context(|| "not a BERT config")?;
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is memory-mapped read-only and not modified while in use.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
@@ -50,13 +45,13 @@ impl TextEncoder {
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
         let pooling_cfg = dir.join("1_Pooling").join("config.json");
-        let pooling = if pooling_cfg.exists() && read_json(&pooling_cfg)?["pooling_mode_mean_tokens"] == true {
+        let pooling = if pooling_cfg.exists() && read_json::<serde_json::Value>(&pooling_cfg)?["pooling_mode_mean_tokens"] == true {
             Pooling::Mean
         } else {
             Pooling::Cls
         };
         let modules = dir.join("modules.json");
-        let normalize = modules.exists() && read_json(&modules)?.to_string().contains("Normalize");
+        let normalize = modules.exists() && read_json::<serde_json::Value>(&modules)?.to_string().contains("Normalize");
         Ok(Self { model, tokenizer, pooling, normalize, max_len, dim: config.hidden_size, device: device.clone() })
     }
 

@@ -147,10 +147,8 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Converts a legacy file to safetensors (written atomically).
 pub fn convert(input: &Path, output: &Path) -> Result<usize> {
     let tensors = read_state_dict(input)?;
-    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    // A name of this process and thread: concurrent first loads each write their own file.
-    let tmp = output.with_extension(format!("{}.{:?}.tmp", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, output).with_context(|| format!("{}: cannot write", output.display()))?;
-    Ok(map.len())
+    let n = tensors.len();
+    let data = safetensors::serialize(tensors, None)?;
+    crate::fsutil::write_atomic(output, &data)?;
+    Ok(n)
 }

@@ -31,8 +31,7 @@ impl VitEncoder {
     /// Loads `config.json` and `model.safetensors` from a Hugging Face folder.
     pub fn load_dir(dir: &Path, dev: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-        let cfg: Config = serde_json::from_str(&text).with_context(|| format!("{}: not a ViT config", cfg_path.display()))?;
+        let cfg: Config = crate::fsutil::read_json(&cfg_path).context("not a ViT config")?;
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is memory-mapped read-only and not modified while in use.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, dev) }
