@@ -27,6 +27,7 @@ pub mod experiments;
 pub mod extract;
 pub mod features;
 pub mod fsutil;
+pub mod interrupt;
 pub mod model;
 pub mod optim;
 pub mod rng;

@@ -367,6 +367,10 @@ fn device(name: &str) -> Result<candle_core::Device> {
 
 fn main() {
     if let Err(e) = run() {
+        if let Some(i) = e.downcast_ref::<marnet::interrupt::Interrupted>() {
+            eprintln!("{i}");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -375,6 +379,7 @@ fn main() {
 fn run() -> Result<()> {
     keep_freed_memory();
     let cli = Cli::parse();
+    marnet::interrupt::install();
     if let Some(n) = cli.threads {
         // Read by candle's gemm and rayon pools on first use; nothing has started yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };

@@ -1,15 +1,19 @@
 //! Seeded randomness. candle's CPU backend ignores `set_seed`, so every random number that
 //! matters (initial weights, shuffles, diffusion steps and noise) is drawn here, on the host,
-//! from a `StdRng` derived from the run's seed. Same seed, same bits.
+//! from a ChaCha12 stream derived from the run's seed. Same seed, same bits.
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarMap, init::NormalOrUniform, var_builder::SimpleBackend};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng};
 use rand_distr::{StandardNormal, Uniform};
 use std::sync::Mutex;
 
+/// The generator behind every stream: ChaCha12, the algorithm of rand's `StdRng`, named
+/// explicitly so that a stream's position can be saved and restored (`get_word_pos`).
+pub type SeededRng = rand_chacha::ChaCha12Rng;
+
 /// An independent stream for `(seed, purpose, index)`, e.g. the shuffle of epoch 3.
-pub fn stream(seed: u64, purpose: &str, index: u64) -> StdRng {
+pub fn stream(seed: u64, purpose: &str, index: u64) -> SeededRng {
     // FNV-1a over the purpose, mixed with seed and index (splitmix64 finaliser).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in purpose.bytes() {
@@ -18,22 +22,22 @@ pub fn stream(seed: u64, purpose: &str, index: u64) -> StdRng {
     let mut z = seed ^ h.rotate_left(17) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    StdRng::seed_from_u64(z ^ (z >> 31))
+    SeededRng::seed_from_u64(z ^ (z >> 31))
 }
 
 /// `n` draws from N(0, 1).
-pub fn normal_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+pub fn normal_vec(rng: &mut SeededRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
 }
 
 /// A tensor of N(0, 1) draws.
-pub fn randn(rng: &mut StdRng, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
+pub fn randn(rng: &mut SeededRng, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
     let shape = shape.into();
     Tensor::from_vec(normal_vec(rng, shape.elem_count()), shape, dev)
 }
 
 /// The Fisher-Yates permutation of `0..n`.
-pub fn permutation(rng: &mut StdRng, n: usize) -> Vec<usize> {
+pub fn permutation(rng: &mut SeededRng, n: usize) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         p.swap(i, rng.random_range(0..=i));
@@ -45,7 +49,7 @@ pub fn permutation(rng: &mut StdRng, n: usize) -> Vec<usize> {
 /// the model's constructor asks for them. `VarBuilder::from_backend(Box::new(SeededInit::new(..)))`.
 pub struct SeededInit {
     map: VarMap,
-    rng: Mutex<StdRng>,
+    rng: Mutex<SeededRng>,
 }
 
 impl SeededInit {
@@ -56,7 +60,7 @@ impl SeededInit {
     fn draw(&self, shape: &Shape, init: Init) -> Vec<f32> {
         let mut rng = self.rng.lock().unwrap();
         let n = shape.elem_count();
-        let uniform = |rng: &mut StdRng, lo: f64, up: f64| -> Vec<f32> {
+        let uniform = |rng: &mut SeededRng, lo: f64, up: f64| -> Vec<f32> {
             let u = Uniform::new(lo as f32, up as f32).expect("bounds");
             (0..n).map(|_| rng.sample(u)).collect()
         };
@@ -103,5 +107,22 @@ impl SimpleBackend for SeededInit {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.map.data().lock().unwrap().contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_rng_is_std_rng_and_its_position_restores() {
+        let mut a = SeededRng::seed_from_u64(7);
+        let mut b = rand::rngs::StdRng::seed_from_u64(7);
+        assert_eq!((0..8).map(|_| a.random::<u64>()).collect::<Vec<_>>(), (0..8).map(|_| b.random::<u64>()).collect::<Vec<_>>());
+        let pos = a.get_word_pos();
+        let next: u64 = a.random();
+        let mut c = SeededRng::seed_from_u64(7);
+        c.set_word_pos(pos);
+        assert_eq!(c.random::<u64>(), next);
     }
 }

@@ -1,6 +1,6 @@
 //! The training loop: AdamW on the weighted losses, model selection on `val`, a checkpoint
 //! after every epoch (`RUN/last`, with optimiser state, for `--resume`) and the selected model
-//! in `RUN/best`.
+//! in `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
 use crate::eval::{EvalResult, evaluate};
@@ -37,6 +37,21 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
     /// Test accuracy of the selected model (reported, never used for selection).
     pub test: Option<EvalResult>,
+    /// Set when the run stopped inside an epoch (Ctrl-C): where `--resume` picks up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// An epoch cut short: the shuffle is re-derived from the seed, the noise stream restored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// 0-based epoch index.
+    pub epoch: usize,
+    pub steps_done: usize,
+    pub loss_sums: BTreeMap<String, f64>,
+    /// `get_word_pos` of the epoch's noise stream (a u128, as decimal text).
+    pub noise_word_pos: String,
+    pub train_seconds: f64,
 }
 
 /// How a run reports progress.
@@ -119,7 +134,14 @@ pub fn train(
         let n_batches = perm.len().div_ceil(cfg.batch);
         let bar = progress_bar(verbosity, n_batches as u64, &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        for idx in perm.chunks(cfg.batch) {
+        let (mut steps_done, mut earlier_seconds) = (0, 0.0);
+        if let Some(p) = state.partial.take().filter(|p| p.epoch == epoch) {
+            let pos = p.noise_word_pos.parse().context("metrics.json: bad noise_word_pos")?;
+            noise.set_word_pos(pos);
+            (steps_done, earlier_seconds, sums) = (p.steps_done, p.train_seconds, p.loss_sums);
+            bar.inc(steps_done as u64);
+        }
+        for idx in perm.chunks(cfg.batch).skip(steps_done) {
             let b = idx.len();
             let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
             let xs = Tensor::from_vec(train.gather_text(idx).unwrap(), (b, train.ds), dev)?;
@@ -136,9 +158,30 @@ pub fn train(
                 *sums.entry(name.to_string()).or_default() += l.to_scalar::<f32>()? as f64;
             }
             bar.inc(1);
+            steps_done += 1;
+            if crate::interrupt::requested() {
+                bar.finish_and_clear();
+                state.partial = Some(PartialEpoch {
+                    epoch,
+                    steps_done,
+                    loss_sums: sums,
+                    noise_word_pos: noise.get_word_pos().to_string(),
+                    train_seconds: earlier_seconds + t0.elapsed().as_secs_f64(),
+                });
+                state.optimizer_steps = opt.steps_taken();
+                checkpoint::save(&last_dir, &run, &model, opt.state(), &serde_json::to_value(&state)?)?;
+                return Err(crate::interrupt::Interrupted {
+                    resume_hint: format!(
+                        "saved {} at epoch {}, step {steps_done}/{n_batches}; rerun with --resume to continue",
+                        last_dir.display(),
+                        epoch + 1
+                    ),
+                }
+                .into());
+            }
         }
         bar.finish_and_clear();
-        let train_seconds = t0.elapsed().as_secs_f64();
+        let train_seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         let losses: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_batches as f64)).collect();
         ensure!(
             losses.values().all(|v| v.is_finite()),
@@ -146,7 +189,7 @@ pub fn train(
             epoch + 1
         );
         let val_res = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?;
-        let val_seconds = t0.elapsed().as_secs_f64() - train_seconds;
+        let val_seconds = t0.elapsed().as_secs_f64() + earlier_seconds - train_seconds;
         let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };
         if verbosity == Verbosity::Progress {
             let terms: Vec<String> = rec.losses.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();

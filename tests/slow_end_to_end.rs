@@ -82,49 +82,78 @@ fn bad_paths_fail_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint folder"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// SIGKILL `marnet train` once its first epoch is saved, rerun with `--resume`: the final
-/// metrics equal those of an uninterrupted run with the same seed.
-#[test]
-fn killed_training_resumes_to_the_same_result() {
+/// A pseudo-random delay (clock nanoseconds), so kills land at different points run to run.
+fn random_delay(max_ms: u64) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    std::time::Duration::from_millis(nanos % max_ms.max(1))
+}
+
+fn metrics_without_times(run: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("best").join("metrics.json")).unwrap()).unwrap();
+    for h in v["history"].as_array_mut().unwrap() {
+        h["train_seconds"] = 0.into();
+        h["val_seconds"] = 0.into();
+    }
+    v
+}
+
+/// Stops `marnet train` with `signal` at a random point after its first epoch, reruns it with
+/// `--resume`, and checks that the final metrics equal those of an uninterrupted run. Returns
+/// the interrupted process's exit status, stderr and the checkpoint's metrics at the stop.
+fn interrupt_and_resume(signal: &str) -> (std::process::ExitStatus, String, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache").display().to_string();
     ok(&["synth", "--out", &cache, "--classes", "8", "--dv", "32", "--ds", "32", "--n-train", "3000", "--n-val", "200", "--n-test", "300"]);
-    let args = |out: &str| -> Vec<String> {
-        ["train", "--cache", &cache, "--out", out, "--epochs", "6", "--hidden", "256", "--d", "32", "--resume"]
+    let args = |out: &Path| -> Vec<String> {
+        let out = out.display().to_string();
+        ["train", "--cache", &cache, "--out", &out, "--epochs", "6", "--hidden", "256", "--d", "32", "--batch", "16", "--resume"]
             .iter()
             .map(|s| s.to_string())
             .collect()
     };
-    let straight = tmp.path().join("straight").display().to_string();
+    let straight = tmp.path().join("straight");
     ok(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
 
-    let killed = tmp.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
+    let stopped = tmp.path().join("stopped");
+    let child = Command::new(env!("CARGO_BIN_EXE_marnet"))
         .arg("--quiet")
-        .args(args(&killed.display().to_string()))
+        .args(args(&stopped))
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let marker = killed.join("last").join("metrics.json");
+    let marker = stopped.join("last").join("metrics.json");
     let t0 = std::time::Instant::now();
     while !marker.exists() && t0.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    std::thread::sleep(random_delay(300));
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
     // A kill between the two renames of a checkpoint swap leaves the previous one in `last.old`.
-    let saved = if marker.exists() { marker.clone() } else { killed.join("last.old").join("metrics.json") };
-    let epochs_before: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
-    assert!(epochs_before["epochs_done"].as_u64().unwrap() < 6, "the run finished before it could be killed");
-    ok(&args(&killed.display().to_string()).iter().map(String::as_str).collect::<Vec<_>>());
+    let saved = if marker.exists() { marker.clone() } else { stopped.join("last.old").join("metrics.json") };
+    let at_stop: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert!(at_stop["epochs_done"].as_u64().unwrap() < 6, "the run finished before it could be stopped");
+    ok(&args(&stopped).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(metrics_without_times(&straight), metrics_without_times(&stopped));
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned(), at_stop)
+}
 
-    let metrics = |dir: &str| -> serde_json::Value {
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("best").join("metrics.json")).unwrap()).unwrap();
-        for h in v["history"].as_array_mut().unwrap() {
-            h["train_seconds"] = 0.into();
-            h["val_seconds"] = 0.into();
-        }
-        v
-    };
-    assert_eq!(metrics(&straight), metrics(&killed.display().to_string()));
+/// SIGKILL at a random point: the last complete checkpoint survives, `--resume` ends where an
+/// uninterrupted run ends.
+#[test]
+fn killed_training_resumes_to_the_same_result() {
+    let (status, _, _) = interrupt_and_resume("-KILL");
+    assert!(!status.success());
+}
+
+/// SIGINT (Ctrl-C): the run saves mid-epoch, exits with 130 and says how to continue; the
+/// resumed run ends bit-identical to an uninterrupted one.
+#[test]
+fn ctrl_c_saves_mid_epoch_and_resumes_to_the_same_result() {
+    let (status, stderr, at_stop) = interrupt_and_resume("-INT");
+    assert_eq!(status.code(), Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("rerun with --resume"), "stderr: {stderr}");
+    // Stopped inside an epoch (the first epoch's checkpoint was already there).
+    assert!(at_stop["partial"]["steps_done"].as_u64().unwrap() >= 1, "{at_stop}");
 }

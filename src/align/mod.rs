@@ -9,7 +9,7 @@ pub mod swd;
 pub mod team;
 
 use candle_core::{Result, Tensor};
-use rand::rngs::StdRng;
+use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -82,7 +82,7 @@ pub fn alignment_loss(
     kind: Alignment,
     b: &AlignBatch,
     ssan: Option<&ssan::Centroids>,
-    rng: &mut StdRng,
+    rng: &mut SeededRng,
 ) -> Result<Tensor> {
     let tau = || b.tau.ok_or_else(|| candle_core::Error::Msg(format!("{}: temperature missing", kind.name())));
     match kind {

@@ -2,7 +2,7 @@
 //! visual and text embedding batches.
 
 use candle_core::{D, Result, Tensor};
-use rand::rngs::StdRng;
+use crate::rng::SeededRng;
 
 /// Random projections per batch unless configured otherwise.
 pub const DEFAULT_PROJECTIONS: usize = 128;
@@ -10,7 +10,7 @@ pub const DEFAULT_PROJECTIONS: usize = 128;
 /// Project both batches on `k` random unit directions, sort each projection over the batch,
 /// and return the mean squared difference of the sorted values (the 1-D Wasserstein-2
 /// distances averaged over directions).
-pub fn swd_loss(v: &Tensor, s: &Tensor, k: usize, rng: &mut StdRng) -> Result<Tensor> {
+pub fn swd_loss(v: &Tensor, s: &Tensor, k: usize, rng: &mut SeededRng) -> Result<Tensor> {
     let d = v.dim(1)?;
     let dirs = crate::rng::randn(rng, (d, k), v.device())?;
     let dirs = dirs.broadcast_div(&dirs.sqr()?.sum_keepdim(0)?.sqrt()?)?;

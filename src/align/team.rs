@@ -8,11 +8,12 @@
 
 use super::ita::{ita_loss, similarity_logits};
 use candle_core::{Result, Tensor};
-use rand::{Rng, rngs::StdRng};
+use crate::rng::SeededRng;
+use rand::Rng;
 
 /// `ITA + mean_i softplus(sim(i, n_i) - sim(i, i))` in both directions, `n_i` drawn with
 /// probability proportional to `exp(sim(i, j))` over `j` of another class.
-pub fn team_loss(v: &Tensor, s: &Tensor, labels: &[u32], tau: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
+pub fn team_loss(v: &Tensor, s: &Tensor, labels: &[u32], tau: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
     let global = ita_loss(v, s, tau)?;
     let sim = similarity_logits(v, s, tau)?;
     let hard = (hard_negative_term(&sim, labels, rng)? + hard_negative_term(&sim.t()?.contiguous()?, labels, rng)?)?;
@@ -20,7 +21,7 @@ pub fn team_loss(v: &Tensor, s: &Tensor, labels: &[u32], tau: &Tensor, rng: &mut
 }
 
 /// Rows that have a negative of another class contribute `softplus(sim[i, n_i] - sim[i, i])`.
-fn hard_negative_term(sim: &Tensor, labels: &[u32], rng: &mut StdRng) -> Result<Tensor> {
+fn hard_negative_term(sim: &Tensor, labels: &[u32], rng: &mut SeededRng) -> Result<Tensor> {
     let b = labels.len();
     let host = sim.detach().to_vec2::<f32>()?;
     let (mut rows, mut negs) = (vec![], vec![]);

@@ -5,7 +5,8 @@ use super::diffusion::{Schedule, ScheduleConfig};
 use candle_core::{Device, Module, Result, Tensor};
 use super::linear::{Linear, linear};
 use candle_nn::VarBuilder;
-use rand::{Rng, rngs::StdRng};
+use crate::rng::SeededRng;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -132,7 +133,7 @@ impl Cdr {
 
     /// Training forward: draw t ~ U{1..T} and eps, diffuse x_s by eq. 15, predict x_s^0.
     /// The caller applies eq. 19-20 (MSE to x_s plus CE of the classifier on the prediction).
-    pub fn reconstruct(&self, xs: &Tensor, xv: &Tensor, rng: &mut StdRng) -> Result<Tensor> {
+    pub fn reconstruct(&self, xs: &Tensor, xv: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
         let (b, ds) = xs.dims2()?;
         let t: Vec<usize> = (0..b).map(|_| rng.random_range(1..=self.schedule.steps())).collect();
         let (a, s): (Vec<f32>, Vec<f32>) = t
@@ -151,7 +152,7 @@ impl Cdr {
     }
 
     /// Inference: x_CDR from Gaussian noise guided by x_v, averaged over `cfg.samples` draws.
-    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut StdRng) -> Result<Tensor> {
+    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut SeededRng) -> Result<Tensor> {
         let mut acc: Option<Tensor> = None;
         for _ in 0..cfg.samples.max(1) {
             let x = self.sample_once(xv, cfg, rng)?;
@@ -163,7 +164,7 @@ impl Cdr {
         acc.unwrap() / cfg.samples.max(1) as f64
     }
 
-    fn sample_once(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut StdRng) -> Result<Tensor> {
+    fn sample_once(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut SeededRng) -> Result<Tensor> {
         let b = xv.dim(0)?;
         let dev: &Device = xv.device();
         let ts = self.schedule.sampling_steps(cfg.steps);

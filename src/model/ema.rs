@@ -6,7 +6,7 @@ use super::linear::{Linear, linear};
 use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use rand::rngs::StdRng;
+use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
 
 /// Initial temperature of eq. 9-10.
@@ -80,7 +80,7 @@ impl Ema {
     }
 
     /// Training forward on a batch: x_EMA, its logits and the alignment loss (eq. 11 for ITA).
-    pub fn forward_train(&self, xv: &Tensor, xs: &Tensor, labels: &[u32], rng: &mut StdRng) -> Result<EmaOutput> {
+    pub fn forward_train(&self, xv: &Tensor, xs: &Tensor, labels: &[u32], rng: &mut SeededRng) -> Result<EmaOutput> {
         let v = self.embed_visual(xv)?;
         let s = self.embed_text(xs)?;
         let logits = self.classify(&v)?;

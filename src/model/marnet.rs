@@ -8,7 +8,7 @@ use super::fusion::{Fusion, FusionHead, FusionInput};
 use candle_core::{Module, Result, Tensor};
 use super::linear::{Linear, linear};
 use candle_nn::{VarBuilder, loss::cross_entropy};
-use rand::rngs::StdRng;
+use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -176,7 +176,7 @@ impl Marnet {
     }
 
     /// The weighted training losses on one batch, by name; their sum is the objective.
-    pub fn losses(&self, xv: &Tensor, xs: &Tensor, y: &Tensor, rng: &mut StdRng) -> Result<Vec<(&'static str, Tensor)>> {
+    pub fn losses(&self, xv: &Tensor, xs: &Tensor, y: &Tensor, rng: &mut SeededRng) -> Result<Vec<(&'static str, Tensor)>> {
         let w = &self.cfg.weights;
         let mut out = Vec::new();
         if let Some(cls) = &self.cls_v {
@@ -210,7 +210,7 @@ impl Marnet {
     }
 
     /// Image-only inference (eq. 1-4): x_v in, class logits out.
-    pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, rng: &mut StdRng) -> Result<Prediction> {
+    pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, rng: &mut SeededRng) -> Result<Prediction> {
         if let Some(cls) = &self.cls_v {
             return Ok(Prediction { logits: cls.forward(xv)?, ema_logits: None, cdr_logits: None, x_cdr: None });
         }
