@@ -1,28 +1,132 @@
 //! `marnet extract`: a dataset through the frozen encoders into a feature cache.
+//!
+//! Work is saved in blocks of a few batches under `OUT.partial/` as it goes, so a run that is
+//! killed or stopped with Ctrl-C resumes at the last completed block when the same command is
+//! run again; the finished cache is identical to an uninterrupted run's. With `skip_bad`,
+//! images that cannot be read are left out and listed in `OUT/skipped.jsonl`.
 
 use crate::data::{Dataset, Sample};
 use crate::encoders::ImageEncoder;
 use crate::encoders::text::TextEncoder;
 use crate::features::{FeatureCache, FeatureSplit, SplitMeta};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Batches per saved block: an interrupted run redoes at most this many.
+const BLOCK_BATCHES: usize = 8;
 
 pub struct ExtractOptions {
     /// Images per forward pass.
     pub batch: usize,
     /// Keep only the first N samples of each split (quick runs).
     pub limit: Option<usize>,
+    /// Leave out unreadable images (listed in `skipped.jsonl`) instead of stopping.
+    pub skip_bad: bool,
     pub progress: bool,
+    /// The command's settings, written to `OUT/extract.json`; a resumed run must match them.
+    pub settings: serde_json::Value,
+}
+
+/// A sample left out by `--skip-bad`: one line of `skipped.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub split: String,
+    pub id: String,
+    pub image: PathBuf,
+    pub error: String,
+}
+
+/// What `OUT.partial/job.json` and `OUT/extract.json` record: a resumed run must match it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Job {
+    settings: serde_json::Value,
+    visual_encoder: String,
+    /// Samples per split, and a hash of their ids and paths.
+    samples: Vec<(String, usize, String)>,
+}
+
+/// One saved block: visual rows of the samples that decoded, and those that did not.
+struct Block {
+    dv: usize,
+    visual: Vec<f32>,
+    kept: Vec<usize>,
+    skipped: Vec<Skipped>,
+}
+
+impl Block {
+    fn write(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<u8> = self.visual.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![self.visual.len()], &bytes)?;
+        let md: HashMap<String, String> = [
+            ("dv".to_string(), self.dv.to_string()),
+            ("kept".to_string(), serde_json::to_string(&self.kept)?),
+            ("skipped".to_string(), serde_json::to_string(&self.skipped)?),
+        ]
+        .into();
+        crate::fsutil::write_atomic(path, &safetensors::serialize([("visual", view)], Some(md))?)
+    }
+
+    fn read(path: &Path) -> Result<Block> {
+        let parse = |bytes: &[u8]| -> Result<Block> {
+            let (_, header) = SafeTensors::read_metadata(bytes)?;
+            let md = header.metadata().clone().unwrap_or_default();
+            let field = |k: &str| md.get(k).with_context(|| format!("metadata `{k}` missing"));
+            let st = SafeTensors::deserialize(bytes)?;
+            let visual = st
+                .tensor("visual")?
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok(Block {
+                dv: field("dv")?.parse()?,
+                visual,
+                kept: serde_json::from_str(field("kept")?)?,
+                skipped: serde_json::from_str(field("skipped")?)?,
+            })
+        };
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        parse(&bytes).with_context(|| {
+            format!(
+                "{}: damaged progress file; delete it to redo its block",
+                path.display()
+            )
+        })
+    }
+}
+
+/// FNV-1a of the samples' ids and image paths, as hex.
+fn samples_hash(samples: &[Sample]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in samples {
+        for b in
+            s.id.bytes()
+                .chain([0])
+                .chain(s.image.to_string_lossy().bytes())
+                .chain([0])
+        {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
 }
 
 /// Encodes the texts of `samples` (each distinct text once). Training needs every text;
 /// other splits may have none.
-fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize) -> Result<Option<Vec<f32>>> {
+fn encode_texts(
+    split: &str,
+    samples: &[Sample],
+    enc: &TextEncoder,
+    batch: usize,
+) -> Result<Option<Vec<f32>>> {
     if let Some(s) = samples.iter().find(|s| s.text.is_none()) {
-        anyhow::ensure!(split != "train", "{}: training sample has no text", s.id);
+        ensure!(split != "train", "{}: training sample has no text", s.id);
         return Ok(None);
     }
     let mut unique: Vec<&str> = samples.iter().map(|s| s.text.as_deref().unwrap()).collect();
@@ -34,66 +138,195 @@ fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize
             rows.insert(t, row);
         }
     }
-    Ok(Some(samples.iter().flat_map(|s| rows[s.text.as_deref().unwrap()].clone()).collect()))
+    Ok(Some(
+        samples
+            .iter()
+            .flat_map(|s| rows[s.text.as_deref().unwrap()].clone())
+            .collect(),
+    ))
 }
 
-fn extract_split(
-    name: &str,
-    samples: &[Sample],
-    ds: &Dataset,
-    image_enc: &dyn ImageEncoder,
-    text_enc: &TextEncoder,
-    opts: &ExtractOptions,
-    dev: &Device,
-) -> Result<FeatureSplit> {
-    let pre = image_enc.preprocess();
-    let bar = if opts.progress { ProgressBar::new(samples.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}").unwrap().progress_chars("=> "));
-    bar.set_message(format!("extract {name}"));
-    let mut visual = Vec::new();
-    let mut dv = 0;
-    // Decode the next batch on another thread while this one runs through the encoder.
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        scope.spawn(move || {
-            for chunk in samples.chunks(opts.batch.max(1)) {
-                let paths: Vec<_> = chunk.iter().map(|s| s.image.clone()).collect();
-                if tx.send(pre.batch(&paths, dev)).is_err() {
-                    return;
+/// One extraction: the encoders, the options and the progress folder.
+struct Extraction<'a> {
+    image_enc: &'a dyn ImageEncoder,
+    text_enc: &'a TextEncoder,
+    opts: &'a ExtractOptions,
+    partial: PathBuf,
+    dev: &'a Device,
+}
+
+impl Extraction<'_> {
+    /// Runs the blocks of `samples` not yet in the progress folder through the image encoder,
+    /// saving each.
+    fn encode_images(&self, name: &str, samples: &[Sample]) -> Result<Vec<Block>> {
+        let (image_enc, opts, partial, dev) = (self.image_enc, self.opts, &self.partial, self.dev);
+        let block_len = opts.batch.max(1) * BLOCK_BATCHES;
+        let block_path = |b: usize| partial.join(format!("{name}-{b:05}.safetensors"));
+        let bar = if opts.progress {
+            ProgressBar::new(samples.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!("extract {name}"));
+        let mut blocks: Vec<Option<Block>> = Vec::new();
+        let mut pending = Vec::new();
+        for (b, chunk) in samples.chunks(block_len).enumerate() {
+            if block_path(b).exists() {
+                blocks.push(Some(Block::read(&block_path(b))?));
+                bar.inc(chunk.len() as u64);
+            } else {
+                blocks.push(None);
+                let batch = opts.batch.max(1);
+                pending.extend(
+                    chunk
+                        .chunks(batch)
+                        .enumerate()
+                        .map(|(j, samples)| (b, j * batch, samples)),
+                );
+            }
+        }
+        if bar.position() > 0 && !bar.is_hidden() {
+            bar.println(format!(
+                "{name}: resuming after {} saved images",
+                bar.position()
+            ));
+        }
+        let pre = image_enc.preprocess();
+        // Decode the next batch on another thread while this one runs through the encoder.
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let jobs = pending.clone();
+            scope.spawn(move || {
+                for (b, _, batch) in jobs {
+                    let paths: Vec<_> = batch.iter().map(|s| s.image.clone()).collect();
+                    if tx.send((b, pre.batch(&paths, dev))).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut current = Block {
+                dv: 0,
+                visual: vec![],
+                kept: vec![],
+                skipped: vec![],
+            };
+            for (i, (b, decoded)) in rx.into_iter().enumerate() {
+                let (_, first, batch) = pending[i];
+                let (x, status) = decoded?;
+                for (j, (s, st)) in batch.iter().zip(status).enumerate() {
+                    match st {
+                        Ok(()) => current.kept.push(first + j),
+                        Err(e) if opts.skip_bad => {
+                            bar.println(format!("skipped {}: {e:#}", s.id));
+                            current.skipped.push(Skipped {
+                                split: name.into(),
+                                id: s.id.clone(),
+                                image: s.image.clone(),
+                                error: format!("{e:#}"),
+                            })
+                        }
+                        Err(e) => return Err(e.context(format!(
+                            "{name} sample `{}` (use --skip-bad to leave out unreadable images)",
+                            s.id
+                        ))),
+                    }
+                }
+                if x.dim(0)? > 0 {
+                    let f = image_enc.features(&x)?;
+                    current.dv = f.dim(1)?;
+                    current.visual.extend(f.flatten_all()?.to_vec1::<f32>()?);
+                }
+                bar.inc(batch.len() as u64);
+                if pending.get(i + 1).is_none_or(|(next, _, _)| *next != b) {
+                    let done = std::mem::replace(
+                        &mut current,
+                        Block {
+                            dv: 0,
+                            visual: vec![],
+                            kept: vec![],
+                            skipped: vec![],
+                        },
+                    );
+                    done.write(&block_path(b))?;
+                    blocks[b] = Some(done);
+                    if crate::interrupt::requested() {
+                        return Err(crate::interrupt::Interrupted {
+                        resume_hint: format!("saved {} images of {name} in {}; run the same command again to continue", bar.position(), partial.display()),
+                    }
+                    .into());
+                    }
                 }
             }
-        });
-        for decoded in rx {
-            let (x, status) = decoded?;
-            if let Some(Err(e)) = status.into_iter().find(|s| s.is_err()) {
-                return Err(e);
-            }
-            let f = image_enc.features(&x)?;
-            dv = f.dim(1)?;
-            visual.extend(f.flatten_all()?.to_vec1::<f32>()?);
-            bar.inc(x.dim(0)? as u64);
+            Ok(())
+        })?;
+        bar.finish_and_clear();
+        Ok(blocks
+            .into_iter()
+            .map(|b| b.expect("every block encoded or loaded"))
+            .collect())
+    }
+
+    /// One split's cache rows (`None` if no image could be read) and its skipped samples.
+    fn split(
+        &self,
+        name: &str,
+        samples: &[Sample],
+        ds: &Dataset,
+    ) -> Result<(Option<FeatureSplit>, Vec<Skipped>)> {
+        let (image_enc, text_enc) = (self.image_enc, self.text_enc);
+        let block_len = self.opts.batch.max(1) * BLOCK_BATCHES;
+        let blocks = self.encode_images(name, samples)?;
+        let mut kept: Vec<Sample> = Vec::new();
+        let mut visual = Vec::new();
+        let mut skipped = Vec::new();
+        let mut dv = 0;
+        for (b, block) in blocks.into_iter().enumerate() {
+            kept.extend(
+                block
+                    .kept
+                    .iter()
+                    .map(|&k| samples[b * block_len + k].clone()),
+            );
+            visual.extend(block.visual);
+            skipped.extend(block.skipped);
+            dv = dv.max(block.dv);
         }
-        Ok(())
-    })?;
-    bar.finish_and_clear();
-    let text = encode_texts(name, samples, text_enc, 64)?;
-    Ok(FeatureSplit {
-        visual,
-        dv,
-        ds: if text.is_some() { text_enc.dim() } else { 0 },
-        text,
-        label: samples.iter().map(|s| s.label).collect(),
-        meta: SplitMeta {
-            classes: ds.classes.clone(),
-            ids: samples.iter().map(|s| s.id.clone()).collect(),
-            visual_encoder: image_enc.name().to_string(),
-            text_encoder: "all-MiniLM-L6-v2".to_string(),
-            dataset: ds.name.clone(),
-        },
-    })
+        if kept.is_empty() {
+            return Ok((None, skipped));
+        }
+        let text = encode_texts(name, &kept, text_enc, 64)?;
+        let split = FeatureSplit {
+            visual,
+            dv,
+            ds: if text.is_some() { text_enc.dim() } else { 0 },
+            text,
+            label: kept.iter().map(|s| s.label).collect(),
+            meta: SplitMeta {
+                classes: ds.classes.clone(),
+                ids: kept.iter().map(|s| s.id.clone()).collect(),
+                visual_encoder: image_enc.name().to_string(),
+                text_encoder: "all-MiniLM-L6-v2".to_string(),
+                dataset: ds.name.clone(),
+            },
+        };
+        Ok((Some(split), skipped))
+    }
 }
 
-/// Extracts every split of `ds` and writes the cache to `out`.
+/// `OUT.partial`: where an unfinished extraction keeps its blocks.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// Extracts every split of `ds` and writes the cache to `out` (resuming from `OUT.partial` if
+/// an earlier run of the same job left one). Returns the cache and the skipped samples.
 pub fn extract(
     ds: &Dataset,
     image_enc: &dyn ImageEncoder,
@@ -101,16 +334,85 @@ pub fn extract(
     opts: &ExtractOptions,
     out: &Path,
     dev: &Device,
-) -> Result<FeatureCache> {
-    let limit = |v: &Vec<Sample>| -> Vec<Sample> { v.iter().take(opts.limit.unwrap_or(usize::MAX)).cloned().collect() };
-    let run = |name: &str, v: &Vec<Sample>| -> Result<Option<FeatureSplit>> {
-        if v.is_empty() {
-            return Ok(None);
-        }
-        extract_split(name, &limit(v), ds, image_enc, text_enc, opts, dev).map(Some).with_context(|| format!("extracting {name}"))
+) -> Result<(FeatureCache, Vec<Skipped>)> {
+    let limit = |v: &Vec<Sample>| -> Vec<Sample> {
+        v.iter()
+            .take(opts.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
     };
-    let train = run("train", &ds.train)?.context("the dataset has no training samples")?;
-    let cache = FeatureCache { dir: out.to_path_buf(), train, val: run("val", &ds.val)?, test: run("test", &ds.test)? };
+    let splits: Vec<(&str, Vec<Sample>)> = vec![
+        ("train", limit(&ds.train)),
+        ("val", limit(&ds.val)),
+        ("test", limit(&ds.test)),
+    ];
+    ensure!(
+        !splits[0].1.is_empty(),
+        "the dataset has no training samples"
+    );
+    let job = Job {
+        settings: opts.settings.clone(),
+        visual_encoder: image_enc.name().to_string(),
+        samples: splits
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.len(), samples_hash(v)))
+            .collect(),
+    };
+    let partial = partial_dir(out);
+    let job_path = partial.join("job.json");
+    if job_path.exists() {
+        let saved: Job = crate::fsutil::read_json(&job_path)?;
+        ensure!(
+            saved == job,
+            "{}: an unfinished extraction with different settings or samples is here; rerun it with the settings in that file, or delete {} to start over",
+            job_path.display(),
+            partial.display()
+        );
+    } else {
+        crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(&job)?.as_bytes())?;
+    }
+
+    let run = Extraction {
+        image_enc,
+        text_enc,
+        opts,
+        partial: partial.clone(),
+        dev,
+    };
+    let mut found = HashMap::new();
+    let mut skipped = Vec::new();
+    for (name, samples) in &splits {
+        if samples.is_empty() {
+            continue;
+        }
+        let (split, sk) = run
+            .split(name, samples, ds)
+            .with_context(|| format!("extracting {name}"))?;
+        skipped.extend(sk);
+        if let Some(s) = split {
+            found.insert(*name, s);
+        }
+    }
+    let train = found
+        .remove("train")
+        .context("no training image could be read (see skipped.jsonl)")?;
+    let cache = FeatureCache {
+        dir: out.to_path_buf(),
+        train,
+        val: found.remove("val"),
+        test: found.remove("test"),
+    };
     cache.write(out)?;
-    Ok(cache)
+    let lines: String = skipped
+        .iter()
+        .map(|s| serde_json::to_string(s).map(|l| l + "\n"))
+        .collect::<serde_json::Result<_>>()?;
+    crate::fsutil::write_atomic(&out.join("skipped.jsonl"), lines.as_bytes())?;
+    crate::fsutil::write_atomic(
+        &out.join("extract.json"),
+        serde_json::to_string_pretty(&job)?.as_bytes(),
+    )?;
+    std::fs::remove_dir_all(&partial)
+        .with_context(|| format!("{}: cannot remove", partial.display()))?;
+    Ok((cache, skipped))
 }

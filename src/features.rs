@@ -88,7 +88,7 @@ impl FeatureSplit {
         let (visual, n, dv) = read_f32_matrix(&st, "visual")?;
         ensure!(n > 0, "split is empty (tensor `visual` has 0 rows)");
         let label = read_labels(&st, n)?;
-        let (text, ds) = if st.names().iter().any(|k| *k == "text") {
+        let (text, ds) = if st.names().contains(&"text") {
             let (t, nt, ds) = read_f32_matrix(&st, "text")?;
             ensure!(nt == n, "row-count mismatch: `visual` has {n} rows but `text` has {nt}");
             (Some(t), ds)
@@ -155,7 +155,7 @@ impl FeatureSplit {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let data = safetensors::serialize(views, Some(metadata))?;
+        let data = sorted_header(safetensors::serialize(views, Some(metadata))?)?;
         crate::fsutil::write_atomic(path, &data)
     }
 }
@@ -287,6 +287,18 @@ fn read_labels(st: &SafeTensors, n: usize) -> Result<Vec<u32>> {
             Ok(l as u32)
         })
         .collect()
+}
+
+/// The same safetensors bytes with the JSON header's keys sorted: `serialize` writes them in
+/// hash-map order, which differs from process to process, and equal caches should be equal files.
+fn sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let sorted = serde_json::to_string(&header)?; // serde_json's maps are ordered by key
+    ensure!(sorted.len() <= n, "safetensors header grew when sorted");
+    bytes[8..8 + n].fill(b' ');
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(bytes)
 }
 
 fn f32_view(data: &[f32], n: usize, d: usize) -> Result<TensorView<'_>> {

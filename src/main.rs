@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use marnet::align::Alignment;
 use marnet::checkpoint::{Checkpoint, TrainConfig};
-use marnet::features::FeatureCache;
+use marnet::features::{FeatureCache, FeatureSplit};
 use marnet::model::cdr::{Activation, SamplerConfig, SamplerMode};
 use marnet::model::diffusion::ScheduleConfig;
 use marnet::model::fusion::Fusion;
@@ -116,43 +116,7 @@ enum Cmd {
     },
     /// Encode a dataset into a feature cache with the frozen encoders (images: EfficientNet-Lite0,
     /// text: MiniLM), from the assets `scripts/fetch-assets` downloads.
-    Extract {
-        /// Dataset: `emoji-food` (built in; Food & Drink emoji, split by vendor), `vireo172`,
-        /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
-        /// JSON Lines file).
-        #[arg(long, default_value = "emoji-food")]
-        dataset: String,
-        /// Dataset folder (vireo172, ingredient101) or manifest file.
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// Folder `scripts/fetch-assets` filled.
-        #[arg(long, default_value = "assets")]
-        assets: PathBuf,
-        /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
-        /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
-        #[arg(long, default_value = "efficientnet-lite0")]
-        visual: String,
-        /// Output cache folder.
-        #[arg(long)]
-        out: PathBuf,
-        /// emoji-food: the vendor held out as the test split.
-        #[arg(long, default_value = "apple")]
-        test_vendor: String,
-        /// emoji-food: fraction of the training vendors' images held out for validation.
-        #[arg(long, default_value_t = 0.2)]
-        val_fraction: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Images per forward pass.
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        /// Only the first N samples of each split (a quick trial).
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
-        #[arg(long)]
-        shard: Option<String>,
-    },
+    Extract(ExtractArgs),
     /// Concatenate shard caches (in the order given) into one cache.
     MergeShards {
         #[arg(long)]
@@ -354,6 +318,50 @@ impl TrainArgs {
     }
 }
 
+/// `marnet extract` settings; recorded in the cache's `extract.json`.
+#[derive(Args, Debug, serde::Serialize)]
+struct ExtractArgs {
+    /// Dataset: `emoji-food` (built in; Food & Drink emoji, split by vendor), `vireo172`,
+    /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
+    /// JSON Lines file).
+    #[arg(long, default_value = "emoji-food")]
+    dataset: String,
+    /// Dataset folder (vireo172, ingredient101) or manifest file.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Folder `scripts/fetch-assets` filled.
+    #[arg(long, default_value = "assets")]
+    assets: PathBuf,
+    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
+    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+    #[arg(long, default_value = "efficientnet-lite0")]
+    visual: String,
+    /// Output cache folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// emoji-food: the vendor held out as the test split.
+    #[arg(long, default_value = "apple")]
+    test_vendor: String,
+    /// emoji-food: fraction of the training vendors' images held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Only the first N samples of each split (a quick trial).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl)
+    /// instead of stopping at the first one.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
 fn device(name: &str) -> Result<candle_core::Device> {
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
@@ -445,39 +453,36 @@ fn run() -> Result<()> {
             let arms = marnet::experiments::alignment_arms(&base, &aligns);
             table.run(&cache, &arms, "Alignment methods (Table 1)", "Method", "comparison", verbosity, &dev)?;
         }
-        Cmd::Extract { dataset, root, assets, visual, out, test_vendor, val_fraction, seed, batch, limit, shard } => {
-            let root = || root.clone().with_context(|| format!("--dataset {dataset} needs --root"));
-            let ds = match dataset.as_str() {
-                "emoji-food" => marnet::data::emoji::emoji_food(&assets.join("npm"), &test_vendor, val_fraction, seed)?,
-                "vireo172" => marnet::data::food::vireo172(&root()?)?,
-                "ingredient101" => marnet::data::food::ingredient101(&root()?)?,
-                "manifest" => marnet::data::food::manifest(&root()?)?,
-                other => anyhow::bail!("unknown dataset `{other}` (emoji-food, vireo172, ingredient101, manifest)"),
-            };
+        Cmd::Extract(args) => {
+            let ExtractArgs { dataset, root, assets, visual, out, test_vendor, val_fraction, seed, batch, limit, shard, skip_bad } = &args;
+            let ds = marnet::data::open(dataset, root.as_deref(), assets, test_vendor, *val_fraction, *seed)?;
             let ds = match shard {
                 Some(s) => {
-                    let (i, n) = marnet::data::parse_shard(&s)?;
+                    let (i, n) = marnet::data::parse_shard(s)?;
                     ds.shard(i, n)
                 }
                 None => ds,
             };
-            let image_enc = marnet::encoders::load_image_encoder(&visual, &assets, &dev)?;
+            let image_enc = marnet::encoders::load_image_encoder(visual, assets, &dev)?;
             let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev)?;
-            let opts = marnet::extract::ExtractOptions { batch, limit, progress: !cli.quiet };
+            let settings = serde_json::to_value(&args)?;
+            let opts = marnet::extract::ExtractOptions { batch: *batch, limit: *limit, skip_bad: *skip_bad, progress: !cli.quiet, settings };
             let t0 = std::time::Instant::now();
-            let c = marnet::extract::extract(&ds, image_enc.as_ref(), &text_enc, &opts, &out, &dev)?;
-            let n = c.train.len() + c.val.as_ref().map_or(0, |s| s.len()) + c.test.as_ref().map_or(0, |s| s.len());
+            let (c, skipped) = marnet::extract::extract(&ds, image_enc.as_ref(), &text_enc, &opts, out, &dev)?;
+            let rows = |s: &Option<FeatureSplit>| s.as_ref().map_or(0, |s| s.len());
+            let n = c.train.len() + rows(&c.val) + rows(&c.test);
             let secs = t0.elapsed().as_secs_f64();
             println!(
-                "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d; {n} images in {secs:.1}s ({:.1} images/s); wrote {}",
+                "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d; {n} images in {secs:.1}s ({:.1} images/s); {} skipped; wrote {}",
                 ds.name,
                 ds.classes.len(),
                 c.train.len(),
-                c.val.as_ref().map_or(0, |s| s.len()),
-                c.test.as_ref().map_or(0, |s| s.len()),
+                rows(&c.val),
+                rows(&c.test),
                 c.train.dv,
                 c.train.ds,
                 n as f64 / secs,
+                skipped.len(),
                 out.display()
             );
         }

@@ -2,18 +2,9 @@
 
 use candle_core::Device;
 use marnet::encoders::text::TextEncoder;
-use std::path::{Path, PathBuf};
-
-fn asset(rel: &str) -> Option<PathBuf> {
-    let root = std::env::var("MARNET_ASSETS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/assets").into());
-    let p = Path::new(&root).join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is absent; run scripts/fetch-assets", p.display());
-        None
-    }
-}
+mod common;
+use common::asset;
+use std::path::Path;
 
 #[test]
 fn minilm_matches_the_reference_similarity() {

@@ -2,18 +2,10 @@
 //! The slowest target of the suite (still seconds, on tiny sizes).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn marnet(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_marnet")).arg("--quiet").args(args).output().unwrap();
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = marnet(args);
-    assert!(out.status.success(), "marnet {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{marnet, ok};
 
 const SMALL: &[&str] = &["--classes", "8", "--dv", "24", "--ds", "24", "--n-train", "600", "--n-val", "150", "--n-test", "300", "--text-rank", "6", "--vis-noise", "1.0", "--bg-scale", "1.0"];
 /// Model sizes (the first six words), then the training budget.

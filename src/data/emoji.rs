@@ -54,7 +54,8 @@ fn class_text(keywords: &[String], tags: &[String], names: &[String]) -> String 
 }
 
 /// Reads emoji-food from the npm packages under `npm_dir` (`assets/npm`). `test_vendor` is held
-/// out for test; `val_fraction` of the remaining rows (seeded) become validation.
+/// out for test; `val_fraction` of the remaining rows (seeded, at most one per class) become
+/// validation.
 pub fn emoji_food(npm_dir: &Path, test_vendor: &str, val_fraction: f64, seed: u64) -> Result<Dataset> {
     ensure!(VENDORS.contains(&test_vendor), "unknown vendor `{test_vendor}` (one of {VENDORS:?})");
     let entries: Vec<EmojiEntry> = read_json(&npm_dir.join("emoji-datasource/emoji.json"))?;
@@ -90,11 +91,21 @@ pub fn emoji_food(npm_dir: &Path, test_vendor: &str, val_fraction: f64, seed: u6
             if vendor == test_vendor { test.push(s) } else { trainval.push(s) }
         }
     }
-    let perm = crate::rng::permutation(&mut crate::rng::stream(seed, "emoji-val", 0), trainval.len());
-    let n_val = (trainval.len() as f64 * val_fraction).round() as usize;
-    let mut slots: Vec<Option<Sample>> = trainval.into_iter().map(Some).collect();
-    let val: Vec<Sample> = perm[..n_val].iter().map(|&i| slots[i].take().unwrap()).collect();
-    let train: Vec<Sample> = slots.into_iter().flatten().collect();
+    // Validation: one image of each of round(val_fraction * rows) seeded-random classes, so
+    // every class keeps training images.
+    let n_classes = classes.len();
+    let n_val = ((trainval.len() as f64 * val_fraction).round() as usize).min(n_classes);
+    let mut rng = crate::rng::stream(seed, "emoji-val", 0);
+    let val_classes = crate::rng::permutation(&mut rng, n_classes);
+    let mut val_row = vec![None; n_classes];
+    let train_vendors = VENDORS.len() - 1;
+    for &c in &val_classes[..n_val] {
+        val_row[c] = Some(c + n_classes * rand::Rng::random_range(&mut rng, 0..train_vendors));
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, s) in trainval.into_iter().enumerate() {
+        if val_row[i % n_classes] == Some(i) { val.push(s) } else { train.push(s) }
+    }
     Ok(Dataset { name: format!("emoji-food(test={test_vendor})"), classes, train, val, test })
 }
 

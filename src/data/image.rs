@@ -29,6 +29,8 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
 
 /// Decodes one file; errors name the file.
 pub fn load(path: &Path) -> Result<RgbImage> {
+    let len = std::fs::metadata(path).with_context(|| format!("{}: cannot open image", path.display()))?.len();
+    anyhow::ensure!(len > 0, "{}: empty file (0 bytes)", path.display());
     let img = image::ImageReader::open(path)
         .with_context(|| format!("{}: cannot open image", path.display()))?
         .with_guessed_format()

@@ -4,7 +4,8 @@ pub mod emoji;
 pub mod food;
 pub mod image;
 
-use std::path::PathBuf;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
 
 /// One image with its label and, for training, its text.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +28,19 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Every class needs at least one training sample (a class never seen in training cannot
+    /// be learned, and usually means a label typo).
+    pub fn check_classes(&self) -> Result<()> {
+        let mut seen = vec![false; self.classes.len()];
+        for s in &self.train {
+            seen[s.label as usize] = true;
+        }
+        if let Some(c) = seen.iter().position(|&s| !s) {
+            anyhow::bail!("{}: class `{}` (index {c}) has no training samples", self.name, self.classes[c]);
+        }
+        Ok(())
+    }
+
     /// Shard `index` of `count`: a contiguous slice of every split, so that concatenating the
     /// shards' caches in order restores the full dataset's order (`marnet merge-shards`).
     pub fn shard(&self, index: usize, count: usize) -> Dataset {
@@ -50,4 +64,20 @@ pub fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
     let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
     anyhow::ensure!(n >= 1 && i < n, "--shard `{s}`: need 0 <= i < n");
     Ok((i, n))
+}
+
+/// The dataset `name` names: `emoji-food` (built from the fetched emoji packages under
+/// `assets/npm`, split by vendor), `vireo172`, `ingredient101` (published layouts under `root`)
+/// or `manifest` (`root` is a JSON Lines file).
+pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, val_fraction: f64, seed: u64) -> Result<Dataset> {
+    let root = || root.with_context(|| format!("--dataset {name} needs --root"));
+    let ds = match name {
+        "emoji-food" => emoji::emoji_food(&assets.join("npm"), test_vendor, val_fraction, seed)?,
+        "vireo172" => food::vireo172(root()?)?,
+        "ingredient101" => food::ingredient101(root()?)?,
+        "manifest" => food::manifest(root()?)?,
+        other => anyhow::bail!("unknown dataset `{other}` (emoji-food, vireo172, ingredient101, manifest)"),
+    };
+    ds.check_classes()?;
+    Ok(ds)
 }

@@ -1,0 +1,130 @@
+//! `marnet extract` on messy input and under interruption, with the real encoders fetched by
+//! `scripts/fetch-assets` (skipped, with a message, when absent).
+
+mod common;
+use common::{asset, fails, ok};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images");
+
+/// Good images in unusual modes, then bad files, all listed in one manifest.
+fn messy_manifest(dir: &Path) -> PathBuf {
+    let coffee = image::open(Path::new(FIXTURES).join("coffee.png")).unwrap().resize(64, 48, image::imageops::FilterType::Triangle);
+    coffee.save(dir.join("rgb.png")).unwrap();
+    image::DynamicImage::ImageLuma8(coffee.to_luma8()).save(dir.join("gray.png")).unwrap();
+    image::DynamicImage::ImageLumaA8(coffee.to_luma_alpha8()).save(dir.join("gray-alpha.png")).unwrap();
+    image::DynamicImage::ImageRgb16(coffee.to_rgb16()).save(dir.join("rgb16.png")).unwrap();
+    image::DynamicImage::ImageRgba8(coffee.to_rgba8()).save(dir.join("rgba.png")).unwrap();
+    std::fs::copy(Path::new(FIXTURES).join("cmyk.jpg"), dir.join("cmyk.jpg")).unwrap();
+    let png = std::fs::read(dir.join("rgb.png")).unwrap();
+    std::fs::write(dir.join("truncated.png"), &png[..png.len() / 3]).unwrap();
+    std::fs::write(dir.join("not-an-image.jpg"), "name,label\nsoup,1\n").unwrap();
+    std::fs::write(dir.join("empty.png"), "").unwrap();
+    let line = |img: &str, label: &str, split: &str| format!(r#"{{"image": "{img}", "label": "{label}", "text": "milk, coffee", "split": "{split}"}}"#);
+    let lines = [
+        line("rgb.png", "coffee", "train"),
+        line("gray.png", "latte", "train"),
+        line("truncated.png", "coffee", "train"),
+        line("gray-alpha.png", "coffee", "train"),
+        line("missing.png", "latte", "train"),
+        line("rgb16.png", "latte", "train"),
+        line("not-an-image.jpg", "coffee", "train"),
+        line("rgba.png", "coffee", "train"),
+        line("empty.png", "latte", "train"),
+        line("cmyk.jpg", "latte", "test"),
+    ];
+    let path = dir.join("manifest.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn extract_args<'a>(assets: &'a str, manifest: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["extract", "--assets", assets, "--dataset", "manifest", "--root", manifest, "--out", out, "--batch", "3"]
+}
+
+#[test]
+fn first_bad_image_stops_the_run_naming_file_and_sample() {
+    let Some(assets) = asset("efficientnet-lite0") else { return };
+    let assets = assets.parent().unwrap().display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = messy_manifest(tmp.path()).display().to_string();
+    let out = tmp.path().join("cache").display().to_string();
+    let err = fails(&extract_args(&assets, &manifest, &out));
+    assert!(err.contains("truncated.png") && err.contains("sample `truncated.png`") && err.contains("--skip-bad"), "{err}");
+    assert!(!Path::new(&out).join("train.safetensors").exists());
+}
+
+#[test]
+fn skip_bad_lists_each_bad_image_and_keeps_every_image_mode() {
+    let Some(assets) = asset("efficientnet-lite0") else { return };
+    let assets = assets.parent().unwrap().display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = messy_manifest(tmp.path()).display().to_string();
+    let out = tmp.path().join("cache");
+    let out_s = out.display().to_string();
+    let mut args = extract_args(&assets, &manifest, &out_s);
+    args.push("--skip-bad");
+    ok(&args);
+    let cache = marnet::features::FeatureCache::open(&out).unwrap();
+    assert_eq!(cache.train.meta.ids, ["rgb.png", "gray.png", "gray-alpha.png", "rgb16.png", "rgba.png"]);
+    assert_eq!(cache.test.as_ref().unwrap().meta.ids, ["cmyk.jpg"]);
+    let skipped: Vec<marnet::extract::Skipped> = std::fs::read_to_string(out.join("skipped.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = skipped.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["truncated.png", "missing.png", "not-an-image.jpg", "empty.png"]);
+    for s in &skipped {
+        assert!(s.error.contains(&s.id), "{s:?}");
+        eprintln!("{}: {}", s.id, s.error);
+    }
+    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("extract.json")).unwrap()).unwrap();
+    assert_eq!(settings["settings"]["skip_bad"], true);
+    assert!(!marnet::extract::partial_dir(&out).exists(), "progress folder removed when done");
+}
+
+/// Stops an emoji-food extraction with `signal` once a block is saved, reruns the command, and
+/// compares the cache byte for byte with an uninterrupted run's.
+fn interrupt_extraction(signal: &str) -> Option<std::process::Output> {
+    let assets = asset("npm/emoji-datasource")?.parent()?.parent()?.display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        let out = out.display().to_string();
+        ["extract", "--assets", &assets, "--out", &out, "--limit", "40", "--batch", "2"].iter().map(|s| s.to_string()).collect()
+    };
+    let straight = tmp.path().join("straight");
+    ok(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
+
+    let stopped = tmp.path().join("stopped");
+    let child = Command::new(env!("CARGO_BIN_EXE_marnet")).arg("--quiet").args(args(&stopped)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let partial = marnet::extract::partial_dir(&stopped);
+    let t0 = std::time::Instant::now();
+    while !partial.join("train-00000.safetensors").exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(!stopped.join("train.safetensors").exists(), "the run finished before it could be stopped");
+    assert!(partial.join("train-00000.safetensors").exists());
+    ok(&args(&stopped).iter().map(String::as_str).collect::<Vec<_>>());
+    for split in ["train", "val", "test"] {
+        let file = format!("{split}.safetensors");
+        assert!(std::fs::read(straight.join(&file)).unwrap() == std::fs::read(stopped.join(&file)).unwrap(), "{file} differs");
+    }
+    Some(out)
+}
+
+#[test]
+fn killed_extraction_resumes_to_an_identical_cache() {
+    interrupt_extraction("-KILL");
+}
+
+#[test]
+fn ctrl_c_extraction_saves_and_resumes_to_an_identical_cache() {
+    let Some(out) = interrupt_extraction("-INT") else { return };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("run the same command again"), "{stderr}");
+}
