@@ -440,7 +440,11 @@ fn run() -> Result<()> {
                 }
             }
             if let Some(p) = json {
-                marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+                let record = serde_json::json!({
+                    "model": ck.dir, "cache": cache_dir, "split": split, "seed": seed,
+                    "sampler": sampler.config(), "result": r,
+                });
+                marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&record)?.as_bytes())?;
             }
         }
         Cmd::Ablate { table, variants } => {

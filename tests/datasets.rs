@@ -98,6 +98,15 @@ fn manifest_reads_and_rejects_bad_lines() {
     std::fs::write(&p, "{\"image\": \"a.jpg\", \"label\": \"soup\", \"text\": \"t\", \"split\": \"train\"}\nnot json\n").unwrap();
     let err = format!("{:#}", manifest(&p).unwrap_err());
     assert!(err.contains("m.jsonl:2") && err.contains("not a manifest line"), "{err}");
+
+    // A class seen only outside train cannot be learned: `data::open` refuses it by name.
+    std::fs::write(&p, concat!(
+        r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#, "\n",
+        r#"{"image": "b.jpg", "label": "cake", "split": "test"}"#, "\n",
+    ))
+    .unwrap();
+    let err = format!("{:#}", marnet::data::open("manifest", Some(&p), tmp.path(), "apple", 0.2, 0).unwrap_err());
+    assert!(err.contains("class `cake`") && err.contains("no training samples"), "{err}");
 }
 
 #[test]
