@@ -5,7 +5,7 @@ use crate::checkpoint::LoadedModel;
 use crate::model::cdr::{SamplerConfig, SamplerMode};
 use crate::model::marnet::MarnetConfig;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::rng::{randn, stream};
+use crate::rng::{Noise, randn, stream};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::Rng;
@@ -84,7 +84,7 @@ pub fn run(
         let mut rates = vec![];
         for rep in 0..4 {
             let t0 = Instant::now();
-            let p = m.model.predict(&xv, &sampler, &mut rng)?;
+            let p = m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
             if rep > 0 {
                 rates.push(infer_batch as f64 / t0.elapsed().as_secs_f64());

@@ -3,6 +3,7 @@
 use crate::features::FeatureSplit;
 use crate::model::cdr::SamplerConfig;
 use crate::model::marnet::Marnet;
+use crate::rng::Noise;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,9 @@ pub struct SplitOutputs {
     pub cdr_logits: Option<Vec<f32>>,
 }
 
-/// Runs the model on `split`'s visual features only, in batches, with a seeded sampler.
+/// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Rows
+/// with image keys (caches from `marnet extract`) draw their noise from per-image streams, so
+/// they get the same prediction as `marnet predict` gives for the image file.
 pub fn predict_split(
     model: &Marnet,
     split: &FeatureSplit,
@@ -48,7 +51,12 @@ pub fn predict_split(
     let idx: Vec<usize> = (0..split.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let xv = Tensor::from_vec(split.gather_visual(chunk), (chunk.len(), split.dv), dev)?;
-        let p = model.predict(&xv, sampler, &mut rng)?;
+        let p = if split.meta.keys.len() == split.len() {
+            let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::stream(seed, "image", split.meta.keys[i])).collect();
+            model.predict(&xv, sampler, &mut Noise::PerRow(&mut rngs))?
+        } else {
+            model.predict(&xv, sampler, &mut Noise::Shared(&mut rng))?
+        };
         logits.extend(p.logits.flatten_all()?.to_vec1::<f32>()?);
         if let Some(l) = p.ema_logits {
             ema.extend(l.flatten_all()?.to_vec1::<f32>()?);
@@ -59,6 +67,27 @@ pub fn predict_split(
     }
     let opt = |v: Vec<f32>| if v.is_empty() { None } else { Some(v) };
     Ok(SplitOutputs { logits, ema_logits: opt(ema), cdr_logits: opt(cdr) })
+}
+
+/// One row's top-1 prediction (for `marnet eval --predictions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowPrediction {
+    pub id: String,
+    pub label: u32,
+    pub predicted: u32,
+    pub class: String,
+}
+
+/// The top-1 class of every row of `logits` [N, C] (ties to the lower index).
+pub fn row_predictions(split: &FeatureSplit, logits: &[f32], classes: &[String]) -> Vec<RowPrediction> {
+    logits
+        .chunks_exact(classes.len())
+        .enumerate()
+        .map(|(i, row)| {
+            let best = (0..row.len()).fold(0, |b, c| if row[c] > row[b] { c } else { b });
+            RowPrediction { id: split.meta.ids[i].clone(), label: split.label[i], predicted: best as u32, class: classes[best].clone() }
+        })
+        .collect()
 }
 
 /// Accuracy of the final head and, where present, of the EMA and CDR heads alone.

@@ -54,7 +54,8 @@ struct Job {
 struct Block {
     dv: usize,
     visual: Vec<f32>,
-    kept: Vec<usize>,
+    /// Position in the block and image key of each row.
+    kept: Vec<(usize, u64)>,
     skipped: Vec<Skipped>,
 }
 
@@ -220,7 +221,7 @@ impl Extraction<'_> {
                 let (x, status) = decoded?;
                 for (j, (s, st)) in batch.iter().zip(status).enumerate() {
                     match st {
-                        Ok(()) => current.kept.push(first + j),
+                        Ok(key) => current.kept.push((first + j, key)),
                         Err(e) if opts.skip_bad => {
                             bar.println(format!("skipped {}: {e:#}", s.id));
                             current.skipped.push(Skipped {
@@ -282,16 +283,13 @@ impl Extraction<'_> {
         let block_len = self.opts.batch.max(1) * BLOCK_BATCHES;
         let blocks = self.encode_images(name, samples)?;
         let mut kept: Vec<Sample> = Vec::new();
+        let mut keys = Vec::new();
         let mut visual = Vec::new();
         let mut skipped = Vec::new();
         let mut dv = 0;
         for (b, block) in blocks.into_iter().enumerate() {
-            kept.extend(
-                block
-                    .kept
-                    .iter()
-                    .map(|&k| samples[b * block_len + k].clone()),
-            );
+            kept.extend(block.kept.iter().map(|&(k, _)| samples[b * block_len + k].clone()));
+            keys.extend(block.kept.iter().map(|&(_, key)| key));
             visual.extend(block.visual);
             skipped.extend(block.skipped);
             dv = dv.max(block.dv);
@@ -312,6 +310,7 @@ impl Extraction<'_> {
                 visual_encoder: image_enc.name().to_string(),
                 text_encoder: "all-MiniLM-L6-v2".to_string(),
                 dataset: ds.name.clone(),
+                keys,
             },
         };
         Ok((Some(split), skipped))

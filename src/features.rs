@@ -21,6 +21,9 @@ pub struct SplitMeta {
     pub visual_encoder: String,
     pub text_encoder: String,
     pub dataset: String,
+    /// Per row, [`crate::rng::content_key`] of the image file (empty if unknown): the key of
+    /// the row's inference noise stream.
+    pub keys: Vec<u64>,
 }
 
 /// One split held in host memory, row-major.
@@ -61,6 +64,9 @@ impl FeatureSplit {
     pub fn subset(&self, idx: &[usize]) -> FeatureSplit {
         let mut meta = self.meta.clone();
         meta.ids = idx.iter().map(|&i| self.meta.ids[i].clone()).collect();
+        if !meta.keys.is_empty() {
+            meta.keys = idx.iter().map(|&i| self.meta.keys[i]).collect();
+        }
         FeatureSplit {
             visual: self.gather_visual(idx),
             dv: self.dv,
@@ -122,6 +128,11 @@ impl FeatureSplit {
                 bail!("duplicate sample id `{id}` at rows {first} and {row}");
             }
         }
+        let keys = match md.get("image_keys") {
+            Some(s) => serde_json::from_str::<Vec<u64>>(s).context("metadata `image_keys` is not a JSON list of integers")?,
+            None => vec![],
+        };
+        ensure!(keys.is_empty() || keys.len() == n, "row-count mismatch: {n} rows but {} image keys in metadata", keys.len());
         let get = |k: &str| md.get(k).cloned().unwrap_or_default();
         let meta = SplitMeta {
             classes,
@@ -129,6 +140,7 @@ impl FeatureSplit {
             visual_encoder: get("visual_encoder"),
             text_encoder: get("text_encoder"),
             dataset: get("dataset"),
+            keys,
         };
         Ok(FeatureSplit { visual, dv, text, ds, label, meta })
     }
@@ -153,6 +165,7 @@ impl FeatureSplit {
             ("dataset", m.dataset.clone()),
         ]
         .into_iter()
+        .chain((!m.keys.is_empty()).then(|| ("image_keys", serde_json::to_string(&m.keys).unwrap())))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let data = sorted_header(safetensors::serialize(views, Some(metadata))?)?;
@@ -330,6 +343,10 @@ impl FeatureSplit {
             }
             out.label.extend_from_slice(&p.label);
             out.meta.ids.extend(p.meta.ids.iter().cloned());
+            out.meta.keys.extend(&p.meta.keys);
+        }
+        if out.meta.keys.len() != out.len() {
+            out.meta.keys.clear(); // some shards had no image keys
         }
         Ok(out)
     }

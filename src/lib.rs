@@ -18,6 +18,7 @@
 
 pub mod align;
 pub mod bench;
+pub mod bundle;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
@@ -30,6 +31,8 @@ pub mod fsutil;
 pub mod interrupt;
 pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod rng;
+pub mod serve;
 pub mod synth;
 pub mod train;

@@ -94,6 +94,74 @@ enum Cmd {
         /// Also write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write each row's top-1 class as JSON Lines here (`{id, label, predicted, class}`).
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+    },
+    /// Package a trained model for `predict` and `serve`: the heads, the visual encoder's
+    /// weights (copied), preprocessing, class names and the inference settings, in one folder.
+    Export {
+        /// Run folder (its `best/` is used) or checkpoint folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Bundle folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Visual encoder the cache was extracted with (as for `extract --visual`).
+        #[arg(long, default_value = "efficientnet-lite0")]
+        visual: String,
+        /// Folder `scripts/fetch-assets` filled.
+        #[arg(long, default_value = "assets")]
+        assets: PathBuf,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        /// Seed of the sampling noise (with each image's bytes).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Classify image files with a bundle (`marnet export`): files, folders (recursive) or
+    /// list files (.txt/.lst, one path per line). Unreadable files are reported and skipped;
+    /// the exit status is 2 if any failed.
+    Predict {
+        /// Bundle folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images, folders or list files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Classes per image.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: marnet::predict::Format,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+    /// Serve a bundle over HTTP: `POST /predict` (image body or multipart; `?k=`), `GET /health`,
+    /// `GET /model`. Prints `listening on http://ADDR`; Ctrl-C stops it.
+    Serve {
+        /// Bundle folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Address to bind (loopback by default; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Largest request body, MiB.
+        #[arg(long, default_value_t = 8.0)]
+        max_body_mib: f64,
+        /// Most images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        /// Milliseconds to wait for more requests to fill a batch.
+        #[arg(long, default_value_t = 2)]
+        batch_wait_ms: u64,
+        /// Per-request limit (decode + inference), seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout_s: f64,
+        /// Classes per answer unless the request says `?k=`.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
     },
     /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
     /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning resumes finished runs.
@@ -379,6 +447,9 @@ fn main() {
             eprintln!("{i}");
             std::process::exit(130);
         }
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(0); // output piped into `head` and friends
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -418,7 +489,7 @@ fn run() -> Result<()> {
                 println!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
             }
         }
-        Cmd::Eval { model, cache, split, sampler, seed, json } => {
+        Cmd::Eval { model, cache, split, sampler, seed, json, predictions } => {
             let ck = Checkpoint::open(&model, &dev)?;
             let cache_dir = cache;
             let cache = FeatureCache::open(&cache_dir)?;
@@ -432,6 +503,12 @@ fn run() -> Result<()> {
             marnet::checkpoint::check_matches(&ck, data)?;
             let m = ck.model(&dev)?;
             let r = marnet::eval::evaluate(&m.model, data, &sampler.config(), seed, 500, &dev)?;
+            if let Some(p) = predictions {
+                let out = marnet::eval::predict_split(&m.model, data, &sampler.config(), seed, 500, &dev)?;
+                let rows = marnet::eval::row_predictions(data, &out.logits, &ck.run.classes);
+                let lines: Vec<String> = rows.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+                marnet::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes())?;
+            }
             println!("| split | n | Acc-1 (%) | Acc-5 (%) |\n|---|---|---|---|");
             println!("| {split} | {} | {:.2} | {:.2} |", r.final_head.n, 100.0 * r.final_head.top1, 100.0 * r.final_head.top5);
             for (name, h) in [("EMA head", r.ema_head), ("CDR head", r.cdr_head)] {
@@ -489,6 +566,32 @@ fn run() -> Result<()> {
                 skipped.len(),
                 out.display()
             );
+        }
+        Cmd::Export { model, out, visual, assets, sampler, seed } => {
+            let b = marnet::bundle::export(&model, &visual, &assets, sampler.config(), seed, &out, &dev)?;
+            println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.sampler);
+        }
+        Cmd::Predict { model, inputs, top_k, format, batch } => {
+            let pred = marnet::bundle::Predictor::load(&model, &dev)?;
+            let files = marnet::predict::collect_inputs(&inputs)?;
+            let results = marnet::predict::predict_files(&pred, &files, top_k, batch, !cli.quiet)?;
+            marnet::predict::write_results(&results, format, &mut std::io::stdout().lock())?;
+            let failed = results.iter().filter(|r| r.error.is_some()).count();
+            if failed > 0 {
+                eprintln!("{failed} of {} images could not be read", results.len());
+                std::process::exit(2);
+            }
+        }
+        Cmd::Serve { model, addr, max_body_mib, max_batch, batch_wait_ms, timeout_s, top_k } => {
+            let opts = marnet::serve::ServeOptions {
+                addr,
+                max_body: (max_body_mib * 1024.0 * 1024.0) as usize,
+                max_batch,
+                batch_wait: std::time::Duration::from_millis(batch_wait_ms),
+                timeout: std::time::Duration::from_secs_f64(timeout_s),
+                top_k,
+            };
+            marnet::serve::serve(model, dev, opts)?;
         }
         Cmd::MergeShards { out, shards } => {
             let c = FeatureCache::merge_shards(&shards, &out)?;

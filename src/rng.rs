@@ -36,6 +36,36 @@ pub fn randn(rng: &mut SeededRng, shape: impl Into<Shape>, dev: &Device) -> Resu
     Tensor::from_vec(normal_vec(rng, shape.elem_count()), shape, dev)
 }
 
+/// Where inference draws its Gaussian noise from.
+pub enum Noise<'a> {
+    /// One stream for the whole batch: a row's draws depend on its place in the batch.
+    Shared(&'a mut SeededRng),
+    /// One stream per row (keyed on the image's bytes): an image gets the same draws, and so
+    /// the same prediction, in any batch (`eval`, `predict`, `serve`).
+    PerRow(&'a mut [SeededRng]),
+}
+
+impl Noise<'_> {
+    /// A [rows, cols] tensor of N(0, 1) draws.
+    pub fn randn(&mut self, rows: usize, cols: usize, dev: &Device) -> Result<Tensor> {
+        match self {
+            Noise::Shared(rng) => randn(rng, (rows, cols), dev),
+            Noise::PerRow(rngs) => {
+                if rngs.len() != rows {
+                    candle_core::bail!("{} noise streams for {rows} rows", rngs.len());
+                }
+                let v: Vec<f32> = rngs.iter_mut().flat_map(|r| normal_vec(r, cols)).collect();
+                Tensor::from_vec(v, (rows, cols), dev)
+            }
+        }
+    }
+}
+
+/// FNV-1a of an image file's bytes: the key of its noise stream.
+pub fn content_key(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// The Fisher-Yates permutation of `0..n`.
 pub fn permutation(rng: &mut SeededRng, n: usize) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();

@@ -114,6 +114,7 @@ pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
             visual_encoder: "synthetic".into(),
             text_encoder: "synthetic".into(),
             dataset: format!("synth(seed={}, classes={})", cfg.seed, cfg.classes),
+            keys: vec![],
         };
         Ok(Some(FeatureSplit { visual, dv, text: Some(text), ds, label, meta }))
     };

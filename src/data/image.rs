@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// How an encoder wants its input: `(pixel - mean) / std`, pixels in 0..=255.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
     pub size: u32,
     pub mean: [f32; 3],
@@ -27,18 +27,23 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
     })
 }
 
-/// Decodes one file; errors name the file.
-pub fn load(path: &Path) -> Result<RgbImage> {
-    let len = std::fs::metadata(path).with_context(|| format!("{}: cannot open image", path.display()))?.len();
-    anyhow::ensure!(len > 0, "{}: empty file (0 bytes)", path.display());
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open image", path.display()))?
+/// Decodes an image held in memory; `name` (a file, a request) goes into the errors.
+pub fn decode(bytes: &[u8], name: &str) -> Result<RgbImage> {
+    anyhow::ensure!(!bytes.is_empty(), "{name}: empty file (0 bytes)");
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .with_context(|| format!("{}: cannot read image", path.display()))?
+        .with_context(|| format!("{name}: cannot read image"))?
         .decode()
-        .with_context(|| format!("{}: cannot decode image", path.display()))?;
-    anyhow::ensure!(img.width() > 0 && img.height() > 0, "{}: image has size 0", path.display());
+        .with_context(|| format!("{name}: cannot decode image"))?;
+    anyhow::ensure!(img.width() > 0 && img.height() > 0, "{name}: image has size 0");
     Ok(to_rgb_on_white(img))
+}
+
+/// An image ready for an encoder: CHW values and the key of its noise stream.
+pub struct Prepared {
+    pub pixels: Vec<f32>,
+    /// [`crate::rng::content_key`] of the encoded bytes.
+    pub key: u64,
 }
 
 impl Preprocess {
@@ -63,24 +68,31 @@ impl Preprocess {
         out
     }
 
-    /// Decodes and preprocesses files in parallel into a [N, 3, size, size] batch. Each entry of
-    /// the result is the file's error, if any; failed files get no row.
-    pub fn batch(&self, paths: &[PathBuf], dev: &Device) -> Result<(Tensor, Vec<Result<()>>)> {
-        let rows: Vec<Result<Vec<f32>>> = paths.par_iter().map(|p| load(p).map(|img| self.apply(&img))).collect();
-        let mut data = Vec::new();
-        let mut status = Vec::new();
-        for r in rows {
-            match r {
-                Ok(v) => {
-                    data.extend(v);
-                    status.push(Ok(()));
-                }
-                Err(e) => status.push(Err(e)),
-            }
-        }
+    /// Decodes and preprocesses one encoded image.
+    pub fn prepare(&self, bytes: &[u8], name: &str) -> Result<Prepared> {
+        Ok(Prepared { pixels: self.apply(&decode(bytes, name)?), key: crate::rng::content_key(bytes) })
+    }
+
+    /// Reads, decodes and preprocesses one file; errors name the file.
+    pub fn prepare_file(&self, path: &Path) -> Result<Prepared> {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot open image", path.display()))?;
+        self.prepare(&bytes, &path.display().to_string())
+    }
+
+    /// Stacks prepared images into a [N, 3, size, size] batch.
+    pub fn stack<'a>(&self, items: impl IntoIterator<Item = &'a Prepared>, dev: &Device) -> Result<Tensor> {
+        let data: Vec<f32> = items.into_iter().flat_map(|p| p.pixels.iter().copied()).collect();
         let s = self.size as usize;
         let n = data.len() / (3 * s * s);
-        Ok((Tensor::from_vec(data, (n, 3, s, s), dev)?, status))
+        Ok(Tensor::from_vec(data, (n, 3, s, s), dev)?)
+    }
+
+    /// Prepares files in parallel into a batch. Each entry of the result is the file's key, or
+    /// its error; failed files get no row.
+    pub fn batch(&self, paths: &[PathBuf], dev: &Device) -> Result<(Tensor, Vec<Result<u64>>)> {
+        let rows: Vec<Result<Prepared>> = paths.par_iter().map(|p| self.prepare_file(p)).collect();
+        let x = self.stack(rows.iter().filter_map(|r| r.as_ref().ok()), dev)?;
+        Ok((x, rows.into_iter().map(|r| r.map(|p| p.key)).collect()))
     }
 }
 

@@ -5,7 +5,7 @@ use super::diffusion::{Schedule, ScheduleConfig};
 use candle_core::{Device, Module, Result, Tensor};
 use super::linear::{Linear, linear};
 use candle_nn::VarBuilder;
-use crate::rng::SeededRng;
+use crate::rng::{Noise, SeededRng};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -152,10 +152,10 @@ impl Cdr {
     }
 
     /// Inference: x_CDR from Gaussian noise guided by x_v, averaged over `cfg.samples` draws.
-    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut SeededRng) -> Result<Tensor> {
+    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
         let mut acc: Option<Tensor> = None;
         for _ in 0..cfg.samples.max(1) {
-            let x = self.sample_once(xv, cfg, rng)?;
+            let x = self.sample_once(xv, cfg, noise)?;
             acc = Some(match acc {
                 None => x,
                 Some(a) => (a + x)?,
@@ -164,11 +164,11 @@ impl Cdr {
         acc.unwrap() / cfg.samples.max(1) as f64
     }
 
-    fn sample_once(&self, xv: &Tensor, cfg: &SamplerConfig, rng: &mut SeededRng) -> Result<Tensor> {
+    fn sample_once(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
         let b = xv.dim(0)?;
         let dev: &Device = xv.device();
         let ts = self.schedule.sampling_steps(cfg.steps);
-        let mut x = crate::rng::randn(rng, (b, self.ds), dev)?;
+        let mut x = noise.randn(b, self.ds, dev)?;
         for (i, &t) in ts.iter().enumerate() {
             let s = ts.get(i + 1).copied().unwrap_or(0);
             let x0 = self.denoise(&x, &vec![t; b], xv)?;
@@ -179,7 +179,7 @@ impl Cdr {
                     let (c0, ct) = sch.posterior_mean_coeffs(t, s);
                     let mean = ((x0 * c0)? + (x * ct)?)?;
                     if s > 0 {
-                        let z = crate::rng::randn(rng, (b, self.ds), dev)?;
+                        let z = noise.randn(b, self.ds, dev)?;
                         (mean + (z * sch.posterior_variance(t, s).sqrt())?)?
                     } else {
                         mean

@@ -8,7 +8,7 @@ use super::fusion::{Fusion, FusionHead, FusionInput};
 use candle_core::{Module, Result, Tensor};
 use super::linear::{Linear, linear};
 use candle_nn::{VarBuilder, loss::cross_entropy};
-use crate::rng::SeededRng;
+use crate::rng::{Noise, SeededRng};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -210,7 +210,7 @@ impl Marnet {
     }
 
     /// Image-only inference (eq. 1-4): x_v in, class logits out.
-    pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, rng: &mut SeededRng) -> Result<Prediction> {
+    pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, noise: &mut Noise) -> Result<Prediction> {
         if let Some(cls) = &self.cls_v {
             return Ok(Prediction { logits: cls.forward(xv)?, ema_logits: None, cdr_logits: None, x_cdr: None });
         }
@@ -226,7 +226,7 @@ impl Marnet {
             Some((r, cls)) => {
                 let x = match r {
                     Reconstructor::Mlp(mlp) => mlp.forward(xv)?,
-                    Reconstructor::Diffusion(cdr) => cdr.sample(xv, sampler, rng)?,
+                    Reconstructor::Diffusion(cdr) => cdr.sample(xv, sampler, noise)?,
                 };
                 let l = cls.forward(&x)?;
                 Some((x, l))

@@ -1,0 +1,161 @@
+//! `marnet export`, `predict` and `serve` on a model trained on emoji-food, with the real
+//! encoders fetched by `scripts/fetch-assets` (skipped, with a message, when absent).
+
+mod common;
+use common::{asset, ok};
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+struct Trained {
+    cache: PathBuf,
+    run: PathBuf,
+    bundle: PathBuf,
+    /// The test split's image files, in cache order.
+    test_images: PathBuf,
+}
+
+/// Extracts a small emoji-food cache, trains MARNet briefly and exports a bundle (once per
+/// test binary).
+fn trained() -> Option<&'static Trained> {
+    static T: OnceLock<Option<Trained>> = OnceLock::new();
+    T.get_or_init(|| {
+        let assets = asset("npm/emoji-datasource")?.parent()?.parent()?.to_path_buf();
+        let dir = tempfile::tempdir().unwrap().keep();
+        let s = |p: &Path| p.display().to_string();
+        let (cache, run, bundle) = (dir.join("cache"), dir.join("run"), dir.join("bundle"));
+        ok(&["extract", "--assets", &s(&assets), "--out", &s(&cache), "--limit", "24", "--batch", "8"]);
+        ok(&["train", "--cache", &s(&cache), "--out", &s(&run), "--epochs", "3", "--hidden", "128", "--d", "64"]);
+        ok(&["export", "--model", &s(&run), "--out", &s(&bundle), "--assets", &s(&assets)]);
+        let test = marnet::features::FeatureCache::open(&cache).unwrap().test.unwrap();
+        let apple = assets.join("npm/emoji-datasource-apple/img/apple/64");
+        let list: Vec<String> = test.meta.ids.iter().map(|id| s(&apple.join(id.trim_start_matches("apple/")))).collect();
+        let test_images = dir.join("test.txt");
+        std::fs::write(&test_images, list.join("\n")).unwrap();
+        Some(Trained { cache, run, bundle, test_images })
+    })
+    .as_ref()
+}
+
+/// `marnet predict --format jsonl` on the test images: (path, top class index) per line.
+fn predicted(t: &Trained, extra: &[&str]) -> Vec<(String, u64)> {
+    let mut args = vec!["predict", "--model", t.bundle.to_str().unwrap(), "--format", "jsonl"];
+    args.extend(extra);
+    args.push(t.test_images.to_str().unwrap());
+    ok(&args)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["path"].as_str().unwrap().to_string(), v["top"][0]["index"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn predict_gives_the_classes_eval_computes_for_the_same_images() {
+    let Some(t) = trained() else { return };
+    let rows = t.cache.parent().unwrap().join("eval.jsonl");
+    ok(&["eval", "--model", t.run.to_str().unwrap(), "--cache", t.cache.to_str().unwrap(), "--predictions", rows.to_str().unwrap()]);
+    let eval: Vec<u64> = std::fs::read_to_string(&rows)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["predicted"].as_u64().unwrap())
+        .collect();
+    let pred: Vec<u64> = predicted(t, &[]).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(pred.len(), 24);
+    assert_eq!(pred, eval);
+    // Batch composition does not change an answer (per-image noise streams).
+    let single: Vec<u64> = predicted(t, &["--batch", "1"]).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(single, eval);
+}
+
+#[test]
+fn predict_reports_unreadable_files_and_goes_on() {
+    let Some(t) = trained() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, "not a png").unwrap();
+    let good = std::fs::read_to_string(&t.test_images).unwrap().lines().next().unwrap().to_string();
+    let out = common::marnet(&["predict", "--model", t.bundle.to_str().unwrap(), "--format", "csv", &good, bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 5 + 1, "{csv}");
+    assert!(csv.lines().last().unwrap().contains("cannot decode image"), "{csv}");
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body); // the server may answer 413 before reading it all
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+struct Server(std::process::Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn serve(bundle: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["serve", "--model", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0", "--max-body-mib", "0.05"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
+    Server(child, addr)
+}
+
+#[test]
+fn serve_answers_like_predict_and_rejects_bad_requests() {
+    let Some(t) = trained() else { return };
+    let expected = predicted(t, &[]);
+    let server = serve(&t.bundle);
+    let addr = server.1.as_str();
+
+    let (status, body) = http(addr, "GET", "/health", "text/plain", b"");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = http(addr, "GET", "/model", "text/plain", b"");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, info["classes"].as_array().unwrap().len(), info["visual_encoder"].as_str()), (200, 128, Some("efficientnet-lite0")));
+
+    let (status, body) = http(addr, "POST", "/predict", "image/png", b"\x89PNG\r\n\x1a\nthen garbage");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot decode image"), "{body}");
+    let (status, body) = http(addr, "POST", "/predict", "application/octet-stream", &vec![7u8; 200_000]);
+    assert_eq!(status, 413, "{body}");
+
+    // 50 concurrent requests, each a test image; every answer matches `marnet predict`.
+    let answers: Vec<(u16, String, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (path, want) = expected[i % expected.len()].clone();
+                s.spawn(move || {
+                    let (status, body) = http(addr, "POST", "/predict?k=3", "image/png", &std::fs::read(&path).unwrap());
+                    (status, body, want)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, body, want) in answers {
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["top"].as_array().unwrap().len(), 3);
+        assert_eq!(v["top"][0]["index"].as_u64(), Some(want), "{body}");
+    }
+}
