@@ -33,6 +33,8 @@ pub struct SplitOutputs {
     pub logits: Vec<f32>,
     pub ema_logits: Option<Vec<f32>>,
     pub cdr_logits: Option<Vec<f32>>,
+    /// The reconstructed text feature x_CDR [N, Ds] (CDR and MLP variants).
+    pub x_cdr: Option<Vec<f32>>,
 }
 
 /// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Rows
@@ -47,7 +49,7 @@ pub fn predict_split(
     dev: &Device,
 ) -> anyhow::Result<SplitOutputs> {
     let mut rng = crate::rng::stream(seed, "eval", 0);
-    let (mut logits, mut ema, mut cdr) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut logits, mut ema, mut cdr, mut x_cdr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let idx: Vec<usize> = (0..split.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let xv = Tensor::from_vec(split.gather_visual(chunk), (chunk.len(), split.dv), dev)?;
@@ -64,9 +66,12 @@ pub fn predict_split(
         if let Some(l) = p.cdr_logits {
             cdr.extend(l.flatten_all()?.to_vec1::<f32>()?);
         }
+        if let Some(x) = p.x_cdr {
+            x_cdr.extend(x.flatten_all()?.to_vec1::<f32>()?);
+        }
     }
     let opt = |v: Vec<f32>| if v.is_empty() { None } else { Some(v) };
-    Ok(SplitOutputs { logits, ema_logits: opt(ema), cdr_logits: opt(cdr) })
+    Ok(SplitOutputs { logits, ema_logits: opt(ema), cdr_logits: opt(cdr), x_cdr: opt(x_cdr) })
 }
 
 /// One row's top-1 prediction (for `marnet eval --predictions`).

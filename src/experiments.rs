@@ -10,7 +10,7 @@ use crate::model::marnet::{MarnetConfig, Variant};
 use crate::train::{Verbosity, train};
 use anyhow::{Context, Result};
 use candle_core::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// One row of a table: a configuration, its folder name and its label.
@@ -40,7 +40,8 @@ pub fn alignment_arms(base: &MarnetConfig, aligns: &[Alignment]) -> Vec<Arm> {
     }];
     for &a in aligns {
         arms.push(Arm {
-            key: format!("align-{}", a.name()),
+            // EMA with ITA is the ablation's +EMA row: same folder, trained once.
+            key: if a == Alignment::Ita { Variant::Ema.name().into() } else { format!("align-{}", a.name()) },
             row: a.table_row().into(),
             cfg: MarnetConfig { variant: Variant::Ema, align: a, ..base.clone() },
         });
@@ -53,7 +54,7 @@ pub fn alignment_arms(base: &MarnetConfig, aligns: &[Alignment]) -> Vec<Arm> {
     arms
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResultRow {
     pub key: String,
     pub row: String,
@@ -110,20 +111,49 @@ pub fn run_arms(
     Ok(rows)
 }
 
-/// A markdown table of the rows under `title`.
-pub fn markdown(rows: &[ResultRow], title: &str, first_column: &str) -> String {
-    let mut s = format!(
-        "{title}\n\n| {first_column} | Acc-1 (%) | Acc-5 (%) | val Acc-1 (%) | train s/epoch |\n|---|---|---|---|---|\n"
-    );
-    for r in rows {
-        s += &format!(
-            "| {} | {} | {} | {} | {:.2} |\n",
-            r.row,
-            pct_mean_std(&r.test_top1),
-            pct_mean_std(&r.test_top5),
-            pct_mean_std(&r.val_top1),
-            r.train_seconds_per_epoch
+/// A finished table with what produced it (`OUT/<name>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Table {
+    pub title: String,
+    pub first_column: String,
+    /// The command line that produced it.
+    pub command: String,
+    pub train: TrainConfig,
+    pub rows: Vec<ResultRow>,
+}
+
+impl Table {
+    /// The rows as a markdown table under the title.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "{}\n\n| {} | Acc-1 (%) | Acc-5 (%) | val Acc-1 (%) | train s/epoch |\n|---|---|---|---|---|\n",
+            self.title, self.first_column
         );
+        for r in &self.rows {
+            s += &format!(
+                "| {} | {} | {} | {} | {:.2} |\n",
+                r.row,
+                pct_mean_std(&r.test_top1),
+                pct_mean_std(&r.test_top5),
+                pct_mean_std(&r.val_top1),
+                r.train_seconds_per_epoch
+            );
+        }
+        s
     }
-    s
+
+    /// Writes `dir/<name>.md` and `dir/<name>.json`.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<()> {
+        crate::fsutil::write_atomic(&dir.join(format!("{name}.md")), self.markdown().as_bytes())?;
+        crate::fsutil::write_atomic(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// Reads `dir/<name>.json`, if present.
+    pub fn read(dir: &Path, name: &str) -> Result<Option<Table>> {
+        let p = dir.join(format!("{name}.json"));
+        if !p.exists() {
+            return Ok(None);
+        }
+        crate::fsutil::read_json(&p).map(Some)
+    }
 }

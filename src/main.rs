@@ -163,6 +163,32 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         top_k: usize,
     },
+    /// The main job: on the built-in emoji-food benchmark (after `scripts/fetch-assets`),
+    /// extract features (cached in OUT/cache), train every ablation row and alignment baseline
+    /// over --seeds, test on the held-out Apple images, and write OUT/report/ (tables, figures,
+    /// report.html).
+    Demo {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        /// Folder `scripts/fetch-assets` filled.
+        #[arg(long, default_value = "assets")]
+        assets: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Regenerate DIR/report/ (tables, t-SNE and confidence figures, training curves,
+    /// report.html) from the saved results of `ablate`, `compare` or `demo` in DIR.
+    Report {
+        dir: PathBuf,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
     /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
     /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning resumes finished runs.
     Ablate {
@@ -313,17 +339,48 @@ impl TableArgs {
     ) -> Result<()> {
         let seeds: Vec<u64> = (0..self.seeds).collect();
         let rows = marnet::experiments::run_arms(cache, arms, &self.train.config(), &seeds, &self.out, verbosity, dev)?;
-        let title = format!(
-            "{what} on `{}`: {} seeds, {} epochs; test split, model selected on val",
-            cache.dir.display(),
-            seeds.len(),
-            self.train.epochs
-        );
-        let md = marnet::experiments::markdown(&rows, &title, first_column);
-        marnet::fsutil::write_atomic(&self.out.join(format!("{file}.md")), md.as_bytes())?;
-        marnet::fsutil::write_atomic(&self.out.join(format!("{file}.json")), serde_json::to_string_pretty(&rows)?.as_bytes())?;
-        println!("{md}");
+        let table = marnet::experiments::Table {
+            title: format!(
+                "{what} on `{}`: {} seeds, {} epochs; test split, model selected on val",
+                cache.dir.display(),
+                seeds.len(),
+                self.train.epochs
+            ),
+            first_column: first_column.into(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            train: self.train.config(),
+            rows,
+        };
+        table.write(&self.out, file)?;
+        println!("{}", table.markdown());
         Ok(())
+    }
+}
+
+#[derive(Args, Clone)]
+struct ReportArgs {
+    /// TrueType font for the figures.
+    #[arg(long, default_value = "assets/npm/dejavu-fonts-ttf/ttf/DejaVuSans.ttf")]
+    font: PathBuf,
+    /// Classes in the t-SNE figure (Fig. 3), and rows per class at most.
+    #[arg(long, default_value_t = 5)]
+    tsne_classes: usize,
+    #[arg(long, default_value_t = 100)]
+    tsne_per_class: usize,
+    /// Test images in the top-5 figure (Fig. 4).
+    #[arg(long, default_value_t = 6)]
+    examples: usize,
+}
+
+impl ReportArgs {
+    fn options(&self, progress: bool) -> marnet::report::ReportOptions {
+        marnet::report::ReportOptions {
+            font: self.font.clone(),
+            tsne_classes: self.tsne_classes,
+            tsne_per_class: self.tsne_per_class,
+            examples: self.examples,
+            progress,
+        }
     }
 }
 
@@ -524,6 +581,29 @@ fn run() -> Result<()> {
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&record)?.as_bytes())?;
             }
         }
+        Cmd::Demo { out, assets, seeds, epochs, model, report } => {
+            let t0 = std::time::Instant::now();
+            let opts = marnet::demo::DemoOptions {
+                out: out.clone(),
+                assets,
+                seeds: (0..seeds).collect(),
+                train: TrainConfig { epochs, ..TrainConfig::default() },
+                report: report.options(!cli.quiet),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                verbosity,
+            };
+            let (tables, summary) = marnet::demo::run(&opts, |dv, ds, c| model.config(Variant::Marnet, dv, ds, c), &dev)?;
+            for t in &tables {
+                println!("{}", t.markdown());
+            }
+            println!("stage seconds: {}", summary["seconds"]);
+            println!("report: {}; total wall time {:.1} s", out.join("report/report.html").display(), t0.elapsed().as_secs_f64());
+        }
+        Cmd::Report { dir, report } => {
+            let t0 = std::time::Instant::now();
+            let out = marnet::report::write(&dir, &report.options(!cli.quiet), &dev)?;
+            println!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
+        }
         Cmd::Ablate { table, variants } => {
             let (cache, base) = table.open(Variant::Marnet)?;
             let arms = marnet::experiments::ablation_arms(&base, &variants);
@@ -613,5 +693,15 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// `demo` trains with `TrainConfig::default()` and the other commands with the flags'
+    /// defaults: they must agree.
+    #[test]
+    fn train_flag_defaults_are_the_library_defaults() {
+        use clap::Parser;
+        let cli = super::Cli::parse_from(["marnet", "train", "--cache", "c", "--out", "o"]);
+        let super::Cmd::Train { train, .. } = cli.cmd else { unreachable!() };
+        assert_eq!(train.config(), marnet::checkpoint::TrainConfig::default());
     }
 }

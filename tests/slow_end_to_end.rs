@@ -27,8 +27,9 @@ fn synth_ablate_eval_chain() {
         assert!(table.contains(row), "row {row} missing from:\n{table}");
     }
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("ablation.json")).unwrap()).unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 5);
-    for row in json.as_array().unwrap() {
+    assert_eq!(json["rows"].as_array().unwrap().len(), 5);
+    assert!(json["command"].as_str().unwrap().contains("ablate"));
+    for row in json["rows"].as_array().unwrap() {
         assert_eq!(row["test_top1"].as_array().unwrap().len(), 2);
     }
 
@@ -39,6 +40,23 @@ fn synth_ablate_eval_chain() {
         serde_json::from_str(&std::fs::read_to_string(run.join("best").join("metrics.json")).unwrap()).unwrap();
     let top1 = 100.0 * metrics["test"]["final_head"]["top1"].as_f64().unwrap();
     assert!(eval.contains(&format!("| test | 300 | {top1:.2} |")), "eval {eval} vs recorded {top1:.2}");
+
+    // The report from the saved runs: every file, PNGs of the expected sizes.
+    let Some(font) = common::asset("npm/dejavu-fonts-ttf/ttf/DejaVuSans.ttf") else { return };
+    ok(&["report", &runs, "--font", &font.display().to_string(), "--tsne-per-class", "40", "--examples", "4"]);
+    let report = Path::new(&runs).join("report");
+    for f in ["tables.md", "tables.json", "figures.json", "report.html", "fig3_tsne.svg", "fig4_examples.svg", "fig4_confidence.svg", "curves.svg"] {
+        assert!(report.join(f).is_file(), "{f} missing");
+    }
+    // 5 ablation rows + val top-1: 6 panels, 2 rows of 3.
+    for (png, size) in [("fig3_tsne", (1200, 560)), ("fig4_examples", (1000, 40 + 170 * 4)), ("fig4_confidence", (800, 500)), ("curves", (1200, 660))] {
+        let img = image::open(report.join(format!("{png}.png"))).unwrap_or_else(|e| panic!("{png}.png: {e}"));
+        assert_eq!((img.width(), img.height()), size, "{png}.png");
+    }
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("+Fusion (MARNet)") && html.contains("ablate"));
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("figures.json")).unwrap()).unwrap();
+    assert_eq!(stats["tsne_points"], 5 * 40);
 }
 
 #[test]
