@@ -73,7 +73,7 @@ fn compare_prints_every_alignment_row() {
     }
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
     // Every alignment arm learned something: well above the 12.5% chance of 8 classes.
-    for row in json.as_array().unwrap() {
+    for row in json["rows"].as_array().unwrap() {
         let top1 = row["test_top1"][0].as_f64().unwrap();
         assert!(top1 > 0.3, "{}: top1 {top1}", row["row"]);
     }
