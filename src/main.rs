@@ -557,7 +557,7 @@ fn run() -> Result<()> {
                 other => anyhow::bail!("unknown split `{other}` (train, val or test)"),
             }
             .with_context(|| format!("{}: no `{split}` split", cache_dir.display()))?;
-            marnet::checkpoint::check_matches(&ck, data)?;
+            marnet::checkpoint::check_matches(&ck, data).with_context(|| FeatureCache::split_path(&cache_dir, &split).display().to_string())?;
             let m = ck.model(&dev)?;
             let r = marnet::eval::evaluate(&m.model, data, &sampler.config(), seed, 500, &dev)?;
             if let Some(p) = predictions {
