@@ -18,18 +18,34 @@ const BN_EPS: f64 = 1e-3;
 const STRIDE2_BLOCKS: [usize; 4] = [1, 3, 5, 11];
 const BLOCKS: usize = 16;
 
-/// Convolution without bias, with TF "SAME" padding computed from the input size.
+/// A convolution with its batch norm folded in (`w * scale`, bias `shift`), TF "SAME"
+/// padding computed from the input size, and optionally ReLU6.
 struct SameConv {
     weight: Tensor,
+    bias: Tensor,
     stride: usize,
-    groups: usize,
+    depthwise: bool,
+    relu6: bool,
 }
 
 impl SameConv {
-    fn load(vb: VarBuilder, stride: usize, depthwise: bool) -> Result<Self> {
-        let weight = vb.get_unchecked_dtype("weight", candle_core::DType::F32)?;
-        let groups = if depthwise { weight.dim(0)? } else { 1 };
-        Ok(Self { weight, stride, groups })
+    /// Loads the conv at `conv` and folds the inference-form BN at `bn` into it.
+    fn load(conv: VarBuilder, bn: VarBuilder, stride: usize, depthwise: bool, relu6: bool) -> Result<Self> {
+        let get = |vb: &VarBuilder, n: &str| vb.get_unchecked_dtype(n, candle_core::DType::F32);
+        let weight = get(&conv, "weight")?;
+        let (w, b, mean, var) = (get(&bn, "weight")?, get(&bn, "bias")?, get(&bn, "running_mean")?, get(&bn, "running_var")?);
+        let scale = (w / (var + BN_EPS)?.sqrt()?)?;
+        let bias = (b - (&mean * &scale)?)?;
+        let weight = weight.broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?;
+        Ok(Self { weight, bias, stride, depthwise, relu6 })
+    }
+
+    fn out_channels(&self) -> candle_core::Result<usize> {
+        self.weight.dim(0)
+    }
+
+    fn in_channels(&self) -> candle_core::Result<usize> {
+        if self.depthwise { self.weight.dim(0) } else { self.weight.dim(1) }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -38,24 +54,36 @@ impl SameConv {
             let total = ((n.div_ceil(self.stride) - 1) * self.stride + k).saturating_sub(n);
             (total / 2, total - total / 2)
         };
-        let (h, w) = (x.dim(2)?, x.dim(3)?);
+        let (n, c, h, w) = x.dims4()?;
         let ((t, b), (l, r)) = (pad(h), pad(w));
-        let x = x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?;
-        if self.groups > 1 && x.device().is_cpu() {
+        if self.depthwise && x.device().is_cpu() {
             // candle runs grouped convolutions as one convolution per group: far too slow for
-            // depthwise layers with hundreds of channels.
-            return x.contiguous()?.apply_op2_no_bwd(&self.weight.contiguous()?, &DepthwiseConv { stride: self.stride });
+            // depthwise layers with hundreds of channels. Padding, bias and ReLU6 are fused.
+            let op = DepthwiseConv { stride: self.stride, pad: (t, l), relu6: self.relu6 };
+            return x.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op);
         }
-        x.conv2d(&self.weight, 0, self.stride, 1, self.groups)
+        let y = if k == 1 && self.stride == 1 {
+            // A 1x1 convolution is one matrix product per image: [Cout, Cin] x [Cin, H*W].
+            let w2 = self.weight.reshape((self.out_channels()?, c))?;
+            w2.broadcast_left(n)?.matmul(&x.reshape((n, c, h * w))?)?.reshape((n, (), h, w))?
+        } else {
+            let groups = if self.depthwise { c } else { 1 };
+            x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?.conv2d(&self.weight, 0, self.stride, 1, groups)?
+        };
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        if self.relu6 { y.clamp(0f32, 6f32) } else { Ok(y) }
     }
 }
 
-/// Depthwise convolution (one kxk filter per channel, no padding) on the CPU, inference only.
+/// Depthwise convolution (one kxk filter per channel) with implicit zero padding `(top, left)`
+/// to `ceil(size / stride)` outputs, plus a per-channel bias and optional ReLU6; CPU, inference.
 struct DepthwiseConv {
     stride: usize,
+    pad: (usize, usize),
+    relu6: bool,
 }
 
-impl candle_core::CustomOp2 for DepthwiseConv {
+impl candle_core::CustomOp3 for DepthwiseConv {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
     }
@@ -66,108 +94,105 @@ impl candle_core::CustomOp2 for DepthwiseConv {
         xl: &candle_core::Layout,
         ws: &candle_core::CpuStorage,
         wl: &candle_core::Layout,
+        bs: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage;
         use rayon::prelude::*;
-        let (x, w) = (crate::cpu::f32_slice("depthwise-conv2d", xs, xl)?, crate::cpu::f32_slice("depthwise-conv2d", ws, wl)?);
+        let name = "depthwise-conv2d";
+        let (x, w, bias) = (crate::cpu::f32_slice(name, xs, xl)?, crate::cpu::f32_slice(name, ws, wl)?, crate::cpu::f32_slice(name, bs, bl)?);
         let (n, c, h, wd) = xl.shape().dims4()?;
-        let (_, _, k, _) = wl.shape().dims4()?;
-        let s = self.stride;
-        let (oh, ow) = ((h - k) / s + 1, (wd - k) / s + 1);
+        let k = wl.shape().dims4()?.2;
+        let (s, (pt, pl)) = (self.stride, self.pad);
+        let (oh, ow) = (h.div_ceil(s), wd.div_ceil(s));
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
             let ch = plane % c;
             let src = &x[plane * h * wd..(plane + 1) * h * wd];
             let filt = &w[ch * k * k..(ch + 1) * k * k];
+            o.fill(bias[ch]);
             for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = 0f32;
-                    for ky in 0..k {
-                        let row = &src[(oy * s + ky) * wd + ox * s..][..k];
-                        acc += row.iter().zip(&filt[ky * k..(ky + 1) * k]).map(|(a, b)| a * b).sum::<f32>();
+                let orow = &mut o[oy * ow..(oy + 1) * ow];
+                for ky in 0..k {
+                    let Some(iy) = (oy * s + ky).checked_sub(pt).filter(|&iy| iy < h) else { continue };
+                    let srow = &src[iy * wd..(iy + 1) * wd];
+                    for kx in 0..k {
+                        let wv = filt[ky * k + kx];
+                        // Output columns whose input column ox*s + kx - pl lies inside the row.
+                        let lo = pl.saturating_sub(kx).div_ceil(s);
+                        let hi = (wd + pl - kx).div_ceil(s).min(ow);
+                        if lo >= hi {
+                            continue;
+                        }
+                        if s == 1 {
+                            let start = lo + kx - pl;
+                            for (o, &v) in orow[lo..hi].iter_mut().zip(&srow[start..start + (hi - lo)]) {
+                                *o += wv * v;
+                            }
+                        } else {
+                            for ox in lo..hi {
+                                orow[ox] += wv * srow[ox * s + kx - pl];
+                            }
+                        }
                     }
-                    o[oy * ow + ox] = acc;
                 }
+            }
+            if self.relu6 {
+                o.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
             }
         });
         Ok((CpuStorage::F32(out), candle_core::Shape::from((n, c, oh, ow))))
     }
 }
 
-/// Batch norm in inference form, folded to a per-channel scale and shift.
-struct FoldedBn {
-    scale: Tensor,
-    shift: Tensor,
-}
-
-impl FoldedBn {
-    fn load(vb: VarBuilder) -> Result<Self> {
-        let get = |n: &str| vb.get_unchecked_dtype(n, candle_core::DType::F32);
-        let (w, b, mean, var) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
-        let scale = (w / (var + BN_EPS)?.sqrt()?)?;
-        let shift = (b - (&mean * &scale)?)?;
-        let c = scale.dim(0)?;
-        Ok(Self { scale: scale.reshape((1, c, 1, 1))?, shift: shift.reshape((1, c, 1, 1))? })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
-    }
-}
-
-fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.clamp(0f32, 6f32)
-}
-
 struct MbConv {
-    expand: Option<(SameConv, FoldedBn)>,
-    depthwise: (SameConv, FoldedBn),
-    project: (SameConv, FoldedBn),
+    expand: Option<SameConv>,
+    depthwise: SameConv,
+    project: SameConv,
     residual: bool,
 }
 
 impl MbConv {
     fn load(vb: VarBuilder, stride: usize) -> Result<Self> {
         let expand = if vb.contains_tensor("_expand_conv.weight") {
-            Some((SameConv::load(vb.pp("_expand_conv"), 1, false)?, FoldedBn::load(vb.pp("_bn0"))?))
+            Some(SameConv::load(vb.pp("_expand_conv"), vb.pp("_bn0"), 1, false, true)?)
         } else {
             None
         };
-        let depthwise = (SameConv::load(vb.pp("_depthwise_conv"), stride, true)?, FoldedBn::load(vb.pp("_bn1"))?);
-        let project = (SameConv::load(vb.pp("_project_conv"), 1, false)?, FoldedBn::load(vb.pp("_bn2"))?);
+        let depthwise = SameConv::load(vb.pp("_depthwise_conv"), vb.pp("_bn1"), stride, true, true)?;
+        let project = SameConv::load(vb.pp("_project_conv"), vb.pp("_bn2"), 1, false, false)?;
         let c_in = match &expand {
-            Some((c, _)) => c.weight.dim(1)?,
-            None => depthwise.0.weight.dim(0)?,
+            Some(c) => c.in_channels()?,
+            None => depthwise.in_channels()?,
         };
-        let residual = stride == 1 && c_in == project.0.weight.dim(0)?;
+        let residual = stride == 1 && c_in == project.out_channels()?;
         Ok(Self { expand, depthwise, project, residual })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
-        if let Some((conv, bn)) = &self.expand {
-            h = relu6(&bn.forward(&conv.forward(&h)?)?)?;
-        }
-        h = relu6(&self.depthwise.1.forward(&self.depthwise.0.forward(&h)?)?)?;
-        h = self.project.1.forward(&self.project.0.forward(&h)?)?;
+        let h = match &self.expand {
+            Some(conv) => conv.forward(x)?,
+            None => x.clone(),
+        };
+        let h = self.project.forward(&self.depthwise.forward(&h)?)?;
         if self.residual { h + x } else { Ok(h) }
     }
 }
 
 pub struct EfficientNetLite {
-    stem: (SameConv, FoldedBn),
+    stem: SameConv,
     blocks: Vec<MbConv>,
-    head: (SameConv, FoldedBn),
+    head: SameConv,
     fc: candle_nn::Linear,
 }
 
 impl EfficientNetLite {
     pub fn load(vb: VarBuilder) -> Result<Self> {
-        let stem = (SameConv::load(vb.pp("_conv_stem"), 2, false)?, FoldedBn::load(vb.pp("_bn0"))?);
+        let stem = SameConv::load(vb.pp("_conv_stem"), vb.pp("_bn0"), 2, false, true)?;
         let blocks = (0..BLOCKS)
             .map(|i| MbConv::load(vb.pp(format!("_blocks.{i}")), if STRIDE2_BLOCKS.contains(&i) { 2 } else { 1 }))
             .collect::<Result<_>>()?;
-        let head = (SameConv::load(vb.pp("_conv_head"), 1, false)?, FoldedBn::load(vb.pp("_bn1"))?);
+        let head = SameConv::load(vb.pp("_conv_head"), vb.pp("_bn1"), 1, false, true)?;
         let w = vb.get_unchecked_dtype("_fc.weight", candle_core::DType::F32)?;
         let b = vb.get_unchecked_dtype("_fc.bias", candle_core::DType::F32)?;
         Ok(Self { stem, blocks, head, fc: candle_nn::Linear::new(w, Some(b)) })
@@ -191,16 +216,46 @@ impl EfficientNetLite {
 
     /// The pooled 1280-d feature before the classifier.
     pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = relu6(&self.stem.1.forward(&self.stem.0.forward(x)?)?)?;
+        let mut h = self.stem.forward(x)?;
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
-        h = relu6(&self.head.1.forward(&self.head.0.forward(&h)?)?)?;
+        h = self.head.forward(&h)?;
         h.mean(D::Minus1)?.mean(D::Minus1)
     }
 
     /// ImageNet logits.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.fc.forward(&self.features(x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused depthwise kernel equals candle's grouped convolution on the padded input.
+    #[test]
+    fn depthwise_kernel_matches_grouped_conv() {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::stream(3, "test", 0);
+        for (k, stride, h, w) in [(3, 1, 7, 9), (5, 2, 9, 8), (3, 2, 6, 5), (5, 1, 4, 3)] {
+            let c = 4;
+            let x = crate::rng::randn(&mut rng, (2, c, h, w), &dev).unwrap();
+            let weight = crate::rng::randn(&mut rng, (c, 1, k, k), &dev).unwrap();
+            let bias = crate::rng::randn(&mut rng, c, &dev).unwrap();
+            let conv = SameConv { weight: weight.clone(), bias: bias.clone(), stride, depthwise: true, relu6: false };
+            let got = conv.forward(&x).unwrap();
+            let pad = |n: usize| {
+                let total = ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
+                (total / 2, total - total / 2)
+            };
+            let ((t, b), (l, r)) = (pad(h), pad(w));
+            let want = x.pad_with_zeros(2, t, b).unwrap().pad_with_zeros(3, l, r).unwrap().conv2d(&weight, 0, stride, 1, c).unwrap();
+            let want = want.broadcast_add(&bias.reshape((1, c, 1, 1)).unwrap()).unwrap();
+            assert_eq!(got.dims(), want.dims(), "k {k} stride {stride}");
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "k {k} stride {stride} {h}x{w}: max diff {diff}");
+        }
     }
 }
