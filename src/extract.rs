@@ -51,6 +51,7 @@ struct Job {
 }
 
 /// One saved block: visual rows of the samples that decoded, and those that did not.
+#[derive(Default)]
 struct Block {
     dv: usize,
     visual: Vec<f32>,
@@ -210,12 +211,7 @@ impl Extraction<'_> {
                     }
                 }
             });
-            let mut current = Block {
-                dv: 0,
-                visual: vec![],
-                kept: vec![],
-                skipped: vec![],
-            };
+            let mut current = Block::default();
             for (i, (b, decoded)) in rx.into_iter().enumerate() {
                 let (_, first, batch) = pending[i];
                 let (x, status) = decoded?;
@@ -244,22 +240,16 @@ impl Extraction<'_> {
                 }
                 bar.inc(batch.len() as u64);
                 if pending.get(i + 1).is_none_or(|(next, _, _)| *next != b) {
-                    let done = std::mem::replace(
-                        &mut current,
-                        Block {
-                            dv: 0,
-                            visual: vec![],
-                            kept: vec![],
-                            skipped: vec![],
-                        },
-                    );
+                    let done = std::mem::take(&mut current);
                     done.write(&block_path(b))?;
                     blocks[b] = Some(done);
                     if crate::interrupt::requested() {
-                        return Err(crate::interrupt::Interrupted {
-                        resume_hint: format!("saved {} images of {name} in {}; run the same command again to continue", bar.position(), partial.display()),
-                    }
-                    .into());
+                        let resume_hint = format!(
+                            "saved {} images of {name} in {}; run the same command again to continue",
+                            bar.position(),
+                            partial.display()
+                        );
+                        return Err(crate::interrupt::Interrupted { resume_hint }.into());
                     }
                 }
             }
