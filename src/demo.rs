@@ -27,6 +27,8 @@ pub struct DemoOptions {
 /// tables and the wall time of each stage.
 pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConfig, dev: &Device) -> Result<(Vec<Table>, serde_json::Value)> {
     let t0 = Instant::now();
+    // Fail now, not after the training, if the figures' font is missing.
+    crate::report::plots::use_font(&opts.report.font)?;
     let cache_dir = opts.out.join("cache");
     if !FeatureCache::split_path(&cache_dir, "train").exists() {
         let ds = crate::data::open("emoji-food", None, &opts.assets, "apple", 0.2, 0)?;
