@@ -70,14 +70,15 @@ pub fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
 /// `assets/npm`, split by vendor), `vireo172`, `ingredient101` (published layouts under `root`)
 /// or `manifest` (`root` is a JSON Lines file).
 pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, val_fraction: f64, seed: u64) -> Result<Dataset> {
-    let root = || root.with_context(|| format!("--dataset {name} needs --root"));
+    let need_root = || root.with_context(|| format!("--dataset {name} needs --root"));
     let ds = match name {
         "emoji-food" => emoji::emoji_food(&assets.join("npm"), test_vendor, val_fraction, seed)?,
-        "vireo172" => food::vireo172(root()?)?,
-        "ingredient101" => food::ingredient101(root()?)?,
-        "manifest" => food::manifest(root()?)?,
+        "vireo172" => food::vireo172(need_root()?)?,
+        "ingredient101" => food::ingredient101(need_root()?)?,
+        "manifest" => food::manifest(need_root()?)?,
         other => anyhow::bail!("unknown dataset `{other}` (emoji-food, vireo172, ingredient101, manifest)"),
     };
-    ds.check_classes()?;
+    let source = root.unwrap_or(assets);
+    ds.check_classes().with_context(|| source.display().to_string())?;
     Ok(ds)
 }
