@@ -105,18 +105,11 @@ impl Block {
 
 /// FNV-1a of the samples' ids and image paths, as hex.
 fn samples_hash(samples: &[Sample]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for s in samples {
-        for b in
-            s.id.bytes()
-                .chain([0])
-                .chain(s.image.to_string_lossy().bytes())
-                .chain([0])
-        {
-            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
+    let bytes = samples.iter().flat_map(|s| {
+        let (id, image) = (s.id.clone().into_bytes(), s.image.to_string_lossy().into_owned().into_bytes());
+        id.into_iter().chain([0]).chain(image).chain([0])
+    });
+    format!("{:016x}", crate::rng::fnv1a(bytes))
 }
 
 /// Encodes the texts of `samples` (each distinct text once). Training needs every text;

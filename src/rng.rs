@@ -14,11 +14,8 @@ pub type SeededRng = rand_chacha::ChaCha12Rng;
 
 /// An independent stream for `(seed, purpose, index)`, e.g. the shuffle of epoch 3.
 pub fn stream(seed: u64, purpose: &str, index: u64) -> SeededRng {
-    // FNV-1a over the purpose, mixed with seed and index (splitmix64 finaliser).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in purpose.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-    }
+    // FNV-1a of the purpose, mixed with seed and index (splitmix64 finaliser).
+    let h = fnv1a(purpose.bytes());
     let mut z = seed ^ h.rotate_left(17) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -61,9 +58,14 @@ impl Noise<'_> {
     }
 }
 
+/// The 64-bit FNV-1a hash of a byte sequence.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// FNV-1a of an image file's bytes: the key of its noise stream.
 pub fn content_key(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    fnv1a(bytes.iter().copied())
 }
 
 /// The Fisher-Yates permutation of `0..n`.
