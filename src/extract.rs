@@ -11,7 +11,6 @@ use crate::encoders::text::TextEncoder;
 use crate::features::{FeatureCache, FeatureSplit, SplitMeta};
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -157,17 +156,7 @@ impl Extraction<'_> {
         let (image_enc, opts, partial, dev) = (self.image_enc, self.opts, &self.partial, self.dev);
         let block_len = opts.batch.max(1) * BLOCK_BATCHES;
         let block_path = |b: usize| partial.join(format!("{name}-{b:05}.safetensors"));
-        let bar = if opts.progress {
-            ProgressBar::new(samples.len() as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
-                .unwrap()
-                .progress_chars("=> "),
-        );
-        bar.set_message(format!("extract {name}"));
+        let bar = crate::progress::bar(opts.progress, samples.len() as u64, "images", &format!("extract {name}"));
         let mut blocks: Vec<Option<Block>> = Vec::new();
         let mut pending = Vec::new();
         for (b, chunk) in samples.chunks(block_len).enumerate() {

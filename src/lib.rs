@@ -33,6 +33,7 @@ pub mod interrupt;
 pub mod model;
 pub mod optim;
 pub mod predict;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod serve;

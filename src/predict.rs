@@ -5,7 +5,6 @@
 use crate::bundle::{ClassProb, Predictor};
 use crate::data::image::Prepared;
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::io::Write;
@@ -64,8 +63,7 @@ pub struct FileResult {
 
 /// Predicts every file in batches of `batch`, decoding each batch in parallel.
 pub fn predict_files(pred: &Predictor, files: &[PathBuf], k: usize, batch: usize, progress: bool) -> Result<Vec<FileResult>> {
-    let bar = if progress { ProgressBar::new(files.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("predict [{bar:30}] {pos}/{len} images {per_sec} eta {eta}").unwrap().progress_chars("=> "));
+    let bar = crate::progress::bar(progress, files.len() as u64, "images", "predict");
     let pre = pred.preprocess();
     let mut out = Vec::with_capacity(files.len());
     for chunk in files.chunks(batch.max(1)) {

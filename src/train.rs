@@ -9,7 +9,6 @@ use crate::model::marnet::MarnetConfig;
 use crate::optim::AdamW;
 use anyhow::{Context, Result, ensure};
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -132,7 +131,7 @@ pub fn train(
         let mut noise = crate::rng::stream(cfg.seed, "noise", epoch as u64);
         let perm = crate::rng::permutation(&mut shuffle, train.len());
         let n_batches = perm.len().div_ceil(cfg.batch);
-        let bar = progress_bar(verbosity, n_batches as u64, &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
+        let bar = crate::progress::bar(verbosity == Verbosity::Progress, n_batches as u64, "batches", &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let (mut steps_done, mut earlier_seconds) = (0, 0.0);
         if let Some(p) = state.partial.take().filter(|p| p.epoch == epoch) {
@@ -224,18 +223,4 @@ pub fn train(
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;
     }
     Ok(state)
-}
-
-fn progress_bar(verbosity: Verbosity, len: u64, msg: &str) -> ProgressBar {
-    if verbosity == Verbosity::Quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches {per_sec} eta {eta}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    bar.set_message(msg.to_string());
-    bar
 }

@@ -19,7 +19,6 @@ use crate::features::{FeatureCache, FeatureSplit};
 use crate::train::TrainState;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
-use indicatif::ProgressBar;
 use plots::{ConfidenceFigure, CurvePanel, CurvesFigure, Example, ExamplesFigure, Scatter, TsneFigure};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -194,8 +193,7 @@ pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> 
     ensure!(!tables.is_empty(), "{}: no ablation.json or comparison.json (run `marnet ablate`, `compare` or `demo` first)", dir.display());
     let out = dir.join("report");
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let bar = if opts.progress { ProgressBar::new(4) } else { ProgressBar::hidden() };
-    bar.set_message("report: tables");
+    let bar = crate::progress::bar(opts.progress, 4, "steps", "report: tables");
     let md: String = tables.iter().map(|(_, t)| t.markdown() + "\n").collect();
     crate::fsutil::write_atomic(&out.join("tables.md"), md.as_bytes())?;
     let json: BTreeMap<&str, &Table> = tables.iter().map(|(n, t)| (n.as_str(), t)).collect();
