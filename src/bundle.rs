@@ -138,16 +138,13 @@ impl Predictor {
 
     /// The `k` most probable classes of each prepared image.
     pub fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Vec<Vec<ClassProb>>> {
-        Ok(self.probabilities(images)?.into_iter().map(|row| self.rank(&row, k)).collect())
+        Ok(self.probabilities(images)?.into_iter().map(|row| top_k(&row, &self.config.classes, k)).collect())
     }
+}
 
-    fn rank(&self, probs: &[f32], k: usize) -> Vec<ClassProb> {
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        idx.into_iter().take(k).map(|i| ClassProb { class: self.config.classes[i].clone(), index: i, prob: probs[i] }).collect()
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.dev
-    }
+/// The `k` most probable classes of one probability row (ties to the lower index).
+pub fn top_k(probs: &[f32], classes: &[String], k: usize) -> Vec<ClassProb> {
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| ClassProb { class: classes[i].clone(), index: i, prob: probs[i] }).collect()
 }

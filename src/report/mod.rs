@@ -57,22 +57,14 @@ fn run_dir(dir: &Path, key: &str, tables: &[(String, Table)]) -> Option<PathBuf>
     d.join("best").is_dir().then_some(d)
 }
 
-fn softmax_rows(logits: &[f32], c: usize) -> Vec<Vec<f32>> {
-    logits
-        .chunks_exact(c)
-        .map(|row| {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
-            let s: f32 = e.iter().sum();
-            e.into_iter().map(|v| v / s).collect()
-        })
-        .collect()
+/// Row-wise softmax of `logits` [N, C].
+fn softmax_rows(logits: &[f32], c: usize, dev: &Device) -> Result<Vec<Vec<f32>>> {
+    let t = candle_core::Tensor::from_slice(logits, (logits.len() / c, c), dev)?;
+    Ok(candle_nn::ops::softmax_last_dim(&t)?.to_vec2()?)
 }
 
 fn top5(p: &[f32], classes: &[String]) -> Vec<(String, f32)> {
-    let mut idx: Vec<usize> = (0..p.len()).collect();
-    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-    idx.into_iter().take(5).map(|i| (classes[i].clone(), p[i])).collect()
+    crate::bundle::top_k(p, classes, 5).into_iter().map(|c| (c.class, c.prob)).collect()
 }
 
 /// Rows of the classes with the most rows (up to `per_class` each): from test if it has enough
@@ -133,7 +125,7 @@ fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportOptio
     let c = classes.len();
     let pb = predict_split(&base.model(dev)?.model, test, &base.run.train.sampler, base.run.train.seed, 500, dev)?;
     let pm = predict_split(&marnet.model(dev)?.model, test, &marnet.run.train.sampler, marnet.run.train.seed, 500, dev)?;
-    let heads = [softmax_rows(&pb.logits, c), softmax_rows(&pm.cdr_logits.context("the MARNet run has no CDR head")?, c)];
+    let heads = [softmax_rows(&pb.logits, c, dev)?, softmax_rows(&pm.cdr_logits.context("the MARNet run has no CDR head")?, c, dev)?];
     let names = ["baseline".to_string(), "CDR head (MARNet)".to_string()];
     let n = test.len();
     let picks: Vec<usize> = (0..opts.examples.min(n)).map(|i| i * n / opts.examples.min(n)).collect();
