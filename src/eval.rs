@@ -112,13 +112,17 @@ pub fn evaluate(
     dev: &Device,
 ) -> anyhow::Result<EvalResult> {
     let out = predict_split(model, split, sampler, seed, batch, dev)?;
-    let c = model.config().classes;
-    let acc = |l: &Vec<f32>| topk_accuracy(l, c, &split.label);
-    Ok(EvalResult {
+    Ok(accuracy(&out, split, model.config().classes))
+}
+
+/// Top-1 / top-5 of each head's outputs against `split`'s labels.
+pub fn accuracy(out: &SplitOutputs, split: &FeatureSplit, classes: usize) -> EvalResult {
+    let acc = |l: &Vec<f32>| topk_accuracy(l, classes, &split.label);
+    EvalResult {
         final_head: acc(&out.logits),
         ema_head: out.ema_logits.as_ref().map(acc),
         cdr_head: out.cdr_logits.as_ref().map(acc),
-    })
+    }
 }
 
 /// Mean and sample standard deviation (0 for a single value).

@@ -559,9 +559,9 @@ fn run() -> Result<()> {
             .with_context(|| format!("{}: no `{split}` split", cache_dir.display()))?;
             marnet::checkpoint::check_matches(&ck, data).with_context(|| FeatureCache::split_path(&cache_dir, &split).display().to_string())?;
             let m = ck.model(&dev)?;
-            let r = marnet::eval::evaluate(&m.model, data, &sampler.config(), seed, 500, &dev)?;
+            let out = marnet::eval::predict_split(&m.model, data, &sampler.config(), seed, 500, &dev)?;
+            let r = marnet::eval::accuracy(&out, data, ck.run.model.classes);
             if let Some(p) = predictions {
-                let out = marnet::eval::predict_split(&m.model, data, &sampler.config(), seed, 500, &dev)?;
                 let rows = marnet::eval::row_predictions(data, &out.logits, &ck.run.classes);
                 let lines: Vec<String> = rows.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
                 marnet::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes())?;
