@@ -3,11 +3,9 @@
 use marnet::data::food::{ingredient101, manifest, vireo172};
 use std::path::Path;
 
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+mod common;
+use common::write;
+
 
 fn vireo_tree(root: &Path, tr: &str) {
     write(root, "SplitAndIngreLabel/FoodList.txt", "braised pork\nmapo tofu\nfried rice\n");

@@ -2,7 +2,7 @@
 //! `scripts/fetch-assets` (skipped, with a message, when absent).
 
 mod common;
-use common::{asset, fails, ok};
+use common::{asset, marnet, ok};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -39,33 +39,33 @@ fn messy_manifest(dir: &Path) -> PathBuf {
     path
 }
 
-fn extract_args<'a>(assets: &'a str, manifest: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec!["extract", "--assets", assets, "--dataset", "manifest", "--root", manifest, "--out", out, "--batch", "3"]
-}
-
-#[test]
-fn first_bad_image_stops_the_run_naming_file_and_sample() {
-    let Some(assets) = asset("efficientnet-lite0") else { return };
-    let assets = assets.parent().unwrap().display().to_string();
-    let tmp = tempfile::tempdir().unwrap();
-    let manifest = messy_manifest(tmp.path()).display().to_string();
-    let out = tmp.path().join("cache").display().to_string();
-    let err = fails(&extract_args(&assets, &manifest, &out));
-    assert!(err.contains("truncated.png") && err.contains("sample `truncated.png`") && err.contains("--skip-bad"), "{err}");
-    assert!(!Path::new(&out).join("train.safetensors").exists());
-}
-
-#[test]
-fn skip_bad_lists_each_bad_image_and_keeps_every_image_mode() {
-    let Some(assets) = asset("efficientnet-lite0") else { return };
-    let assets = assets.parent().unwrap().display().to_string();
+/// Extracts the messy manifest (batches of 3) with `extra` flags: the temporary folder, the
+/// output cache folder and the run's output. `None` without the fetched encoders.
+fn extract_messy(extra: &[&str]) -> Option<(tempfile::TempDir, PathBuf, std::process::Output)> {
+    let assets = asset("efficientnet-lite0")?.parent()?.display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let manifest = messy_manifest(tmp.path()).display().to_string();
     let out = tmp.path().join("cache");
     let out_s = out.display().to_string();
-    let mut args = extract_args(&assets, &manifest, &out_s);
-    args.push("--skip-bad");
-    ok(&args);
+    let mut args = vec!["extract", "--assets", &assets, "--dataset", "manifest", "--root", &manifest, "--out", &out_s, "--batch", "3"];
+    args.extend(extra);
+    let run = marnet(&args);
+    Some((tmp, out, run))
+}
+
+#[test]
+fn first_bad_image_stops_the_run_naming_file_and_sample() {
+    let Some((_tmp, out, run)) = extract_messy(&[]) else { return };
+    assert!(!run.status.success(), "marnet extract should have failed");
+    let err = String::from_utf8(run.stderr).unwrap();
+    assert!(err.contains("truncated.png") && err.contains("sample `truncated.png`") && err.contains("--skip-bad"), "{err}");
+    assert!(!out.join("train.safetensors").exists());
+}
+
+#[test]
+fn skip_bad_lists_each_bad_image_and_keeps_every_image_mode() {
+    let Some((_tmp, out, run)) = extract_messy(&["--skip-bad"]) else { return };
+    assert!(run.status.success(), "marnet extract --skip-bad failed:\n{}", String::from_utf8_lossy(&run.stderr));
     let cache = marnet::features::FeatureCache::open(&out).unwrap();
     assert_eq!(cache.train.meta.ids, ["rgb.png", "gray.png", "gray-alpha.png", "rgb16.png", "rgba.png"]);
     assert_eq!(cache.test.as_ref().unwrap().meta.ids, ["cmyk.jpg"]);

@@ -8,11 +8,9 @@ use marnet::features::{FeatureSplit, SPLITS};
 use proptest::prelude::*;
 use std::path::Path;
 
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+mod common;
+use common::write;
+
 
 /// Lines mixing well-formed tokens with arbitrary text, joined by newlines.
 fn lines(tokens: &'static [&'static str]) -> impl Strategy<Value = String> {

@@ -29,9 +29,9 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs `marnet`, asserts failure, returns stderr.
-pub fn fails(args: &[&str]) -> String {
-    let out = marnet(args);
-    assert!(!out.status.success(), "marnet {args:?} should have failed");
-    String::from_utf8(out.stderr).unwrap()
+/// Writes `text` to `root/rel`, creating folders.
+pub fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
 }
