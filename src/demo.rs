@@ -43,7 +43,7 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
     let base = model(cache.train.dv, cache.train.ds, cache.num_classes());
     let runs = opts.out.clone();
     let mut tables = vec![];
-    let mut seconds = vec![("extract", t_extract)];
+    let mut seconds = std::collections::BTreeMap::from([("extract", t_extract)]);
     for (name, title, first, arms) in [
         ("ablation", "Ablation (Table 2)", "Module", ablation_arms(&base, &[])),
         ("comparison", "Alignment methods (Table 1)", "Method", alignment_arms(&base, &[])),
@@ -59,17 +59,17 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
         };
         table.write(&runs, name)?;
         tables.push(table);
-        seconds.push((name, t.elapsed().as_secs_f64()));
+        seconds.insert(name, t.elapsed().as_secs_f64());
     }
     let t = Instant::now();
     let summary = serde_json::json!({
         "command": opts.command, "marnet_version": env!("CARGO_PKG_VERSION"), "cache": cache_dir,
         "dataset": cache.train.meta.dataset, "seeds": opts.seeds, "train": opts.train, "model": base,
-        "seconds": seconds.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "seconds": seconds,
     });
     crate::fsutil::write_atomic(&runs.join("demo.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     crate::report::write(&runs, &opts.report, dev)?;
-    seconds.push(("report", t.elapsed().as_secs_f64()));
-    let summary = serde_json::json!({ "seconds": seconds.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(), "total_seconds": t0.elapsed().as_secs_f64() });
+    seconds.insert("report", t.elapsed().as_secs_f64());
+    let summary = serde_json::json!({ "seconds": seconds, "total_seconds": t0.elapsed().as_secs_f64() });
     Ok((tables, summary))
 }
