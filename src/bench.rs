@@ -52,22 +52,26 @@ pub fn run(
     let (mut times, mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![], vec![]);
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     for i in 0..iters + 3 {
-        let t0 = Instant::now();
-        let losses = m.model.losses(&xv, &xs, &y, &mut rng)?;
-        let mut total = losses[0].1.clone();
-        for (_, l) in &losses[1..] {
-            total = (total + l)?;
-        }
-        dev.synchronize()?;
-        let t1 = Instant::now();
-        let grads = total.backward()?;
-        dev.synchronize()?;
-        let t2 = Instant::now();
-        opt.step(&grads)?;
-        for (_, l) in &losses {
-            l.to_scalar::<f32>()?;
-        }
-        dev.synchronize()?;
+        // In candle's CPU thread pool, as training steps run (see train.rs).
+        let (t0, t1, t2) = dev.with_context(|| -> Result<_> {
+            let t0 = Instant::now();
+            let losses = m.model.losses(&xv, &xs, &y, &mut rng)?;
+            let mut total = losses[0].1.clone();
+            for (_, l) in &losses[1..] {
+                total = (total + l)?;
+            }
+            dev.synchronize()?;
+            let t1 = Instant::now();
+            let grads = crate::model::backward(&total, opt.params())?;
+            dev.synchronize()?;
+            let t2 = Instant::now();
+            opt.step(&grads, 1.0)?;
+            for (_, l) in &losses {
+                l.to_scalar::<f32>()?;
+            }
+            dev.synchronize()?;
+            Ok((t0, t1, t2))
+        })?;
         if i >= 3 {
             times.push(ms(t0));
             fwd.push((t1 - t0).as_secs_f64() * 1e3);
@@ -84,7 +88,7 @@ pub fn run(
         let mut rates = vec![];
         for rep in 0..4 {
             let t0 = Instant::now();
-            let p = m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng))?;
+            let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
             if rep > 0 {
                 rates.push(infer_batch as f64 / t0.elapsed().as_secs_f64());

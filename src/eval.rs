@@ -53,12 +53,15 @@ pub fn predict_split(
     let idx: Vec<usize> = (0..split.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let xv = Tensor::from_vec(split.gather_visual(chunk), (chunk.len(), split.dv), dev)?;
-        let p = if split.meta.keys.len() == split.len() {
-            let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::stream(seed, "image", split.meta.keys[i])).collect();
-            model.predict(&xv, sampler, &mut Noise::PerRow(&mut rngs))?
-        } else {
-            model.predict(&xv, sampler, &mut Noise::Shared(&mut rng))?
-        };
+        // In candle's CPU thread pool: the small ops between products then run on a worker.
+        let p = dev.with_context(|| {
+            if split.meta.keys.len() == split.len() {
+                let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::stream(seed, "image", split.meta.keys[i])).collect();
+                model.predict(&xv, sampler, &mut Noise::PerRow(&mut rngs))
+            } else {
+                model.predict(&xv, sampler, &mut Noise::Shared(&mut rng))
+            }
+        })?;
         logits.extend(p.logits.flatten_all()?.to_vec1::<f32>()?);
         if let Some(l) = p.ema_logits {
             ema.extend(l.flatten_all()?.to_vec1::<f32>()?);

@@ -512,10 +512,19 @@ fn main() {
     }
 }
 
+/// Read by candle when its elementwise thread pool starts.
+const BARRIER_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 fn run() -> Result<()> {
     keep_freed_memory();
     let cli = Cli::parse();
     marnet::interrupt::install();
+    if std::env::var_os(BARRIER_SPIN_ENV).is_none() {
+        // candle's pool for elementwise ops spins 25,000 rounds after each op before it sleeps;
+        // with 2 cores the spinning thread takes a core from the matrix products (measured:
+        // training steps 2-3 ms faster at 200 rounds; BENCHMARKS.md). A value the user set wins.
+        unsafe { std::env::set_var(BARRIER_SPIN_ENV, "200") };
+    }
     if let Some(n) = cli.threads {
         // Read by candle's gemm and rayon pools on first use; nothing has started yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };

@@ -1,8 +1,9 @@
 //! AdamW (decoupled weight decay, PyTorch semantics) with state that checkpoints can save,
 //! and global-norm gradient clipping, which candle lacks.
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var, backprop::GradStore};
-use crate::cpu::{f32_slice, f32_slice_mut};
+use crate::cpu::{f32_slice, f32_slice_mut, with_f32};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var, backprop::GradStore};
+use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -26,97 +27,131 @@ pub struct AdamW {
     cfg: AdamWConfig,
     /// Parameters sorted by name, so every reduction over them has a fixed order.
     params: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Vec<Moments>,
     step: u64,
+}
+
+/// First and second moments of one parameter: plain vectors for a CPU parameter, so that one
+/// fused pass updates moments and parameter together; tensors on other devices.
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
+}
+
+/// The factor that scales gradients of global norm `norm` down to `max_norm` (1 when
+/// `max_norm <= 0`, i.e. no clipping, or when the norm is already within it).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 }
 }
 
 impl AdamW {
     pub fn new(mut params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let zeros = |p: &Var| p.as_tensor().zeros_like();
-        let m = params.iter().map(|(_, p)| zeros(p)).collect::<Result<_>>()?;
-        let v = params.iter().map(|(_, p)| zeros(p)).collect::<Result<_>>()?;
-        Ok(Self { cfg, params, m, v, step: 0 })
+        let moments = params
+            .iter()
+            .map(|(_, p)| {
+                Ok(if p.device().is_cpu() {
+                    Moments::Host { m: vec![0.0; p.elem_count()], v: vec![0.0; p.elem_count()] }
+                } else {
+                    Moments::Device { m: p.zeros_like()?, v: p.zeros_like()? }
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { cfg, params, moments, step: 0 })
+    }
+
+    /// The parameters it updates, sorted by name.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
     }
 
     pub fn steps_taken(&self) -> u64 {
         self.step
     }
 
-    /// Scales all gradients so their global L2 norm is at most `max_norm` (no-op if
-    /// `max_norm <= 0`). Returns the norm before clipping.
-    pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+    /// The global L2 norm of all gradients (summed in a fixed order: the same on any thread count).
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut sq = 0f64;
         for (_, p) in &self.params {
-            if let Some(g) = grads.get(p.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
+            let Some(g) = grads.get(p.as_tensor()) else { continue };
+            sq += if g.device().is_cpu() {
+                with_f32("grad-norm", g, |g| {
+                    let parts: Vec<f64> = g.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum()).collect();
+                    parts.iter().sum::<f64>()
+                })?
+            } else {
+                g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
+            };
         }
-        let norm = sq.sqrt();
-        if max_norm > 0.0 && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            for (_, p) in &self.params {
-                if let Some(g) = grads.remove(p.as_tensor()) {
-                    grads.insert(p.as_tensor(), (g * scale)?);
-                }
-            }
-        }
-        Ok(norm)
+        Ok(sq.sqrt())
     }
 
-    /// One AdamW update; parameters without a gradient are left untouched.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    /// One AdamW update with every gradient multiplied by `grad_scale` (see [`clip_scale`]);
+    /// parameters without a gradient are left untouched.
+    pub fn step(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let c = self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        for (i, (_, p)) in self.params.iter().enumerate() {
+        for ((_, p), moments) in self.params.iter().zip(&mut self.moments) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
-            if p.device().is_cpu() {
-                // Fused passes in place, no temporaries; the same arithmetic as below.
-                self.m[i].inplace_op2(g, &MomentKernel { beta: c.beta1 as f32, square: false })?;
-                self.v[i].inplace_op2(g, &MomentKernel { beta: c.beta2 as f32, square: true })?;
-                let u = UpdateKernel {
-                    decay: (1.0 - c.lr * c.weight_decay) as f32,
-                    step: (c.lr / bc1) as f32,
-                    inv_bc2: (1.0 / bc2) as f32,
-                    eps: c.eps as f32,
-                };
-                p.as_tensor().inplace_op3(&self.m[i], &self.v[i], &u)?;
-                continue;
+            match moments {
+                Moments::Host { m, v } => {
+                    let kernel = AdamWKernel {
+                        m: Mutex::new(m),
+                        v: Mutex::new(v),
+                        beta1: c.beta1 as f32,
+                        beta2: c.beta2 as f32,
+                        grad_scale: grad_scale as f32,
+                        decay: (1.0 - c.lr * c.weight_decay) as f32,
+                        step: (c.lr / bc1) as f32,
+                        inv_bc2: (1.0 / bc2) as f32,
+                        eps: c.eps as f32,
+                    };
+                    p.as_tensor().inplace_op2(g, &kernel)?;
+                }
+                Moments::Device { m, v } => {
+                    let g = if grad_scale == 1.0 { g.clone() } else { (g * grad_scale)? };
+                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let denom = ((&*v * (1.0 / bc2))?.sqrt()? + c.eps)?;
+                    let update = ((&*m * (c.lr / bc1))? / denom)?;
+                    let decayed = (p.as_tensor() * (1.0 - c.lr * c.weight_decay))?;
+                    p.set(&(decayed - update)?)?;
+                }
             }
-            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((&v * (1.0 / bc2))?.sqrt()? + c.eps)?;
-            let update = ((&m * (c.lr / bc1))? / denom)?;
-            let decayed = (p.as_tensor() * (1.0 - c.lr * c.weight_decay))?;
-            p.set(&(decayed - update)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
         }
         Ok(())
     }
 
     /// The moments as named tensors (`adamw.m.<param>`, `adamw.v.<param>`).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for (i, (name, _)) in self.params.iter().enumerate() {
-            out.push((format!("adamw.m.{name}"), self.m[i].clone()));
-            out.push((format!("adamw.v.{name}"), self.v[i].clone()));
+        for ((name, p), moments) in self.params.iter().zip(&self.moments) {
+            let (m, v) = match moments {
+                Moments::Host { m, v } => (Tensor::from_slice(m, p.shape(), p.device())?, Tensor::from_slice(v, p.shape(), p.device())?),
+                Moments::Device { m, v } => (m.clone(), v.clone()),
+            };
+            out.push((format!("adamw.m.{name}"), m));
+            out.push((format!("adamw.v.{name}"), v));
         }
-        out
+        Ok(out)
     }
 
     /// Restores what [`AdamW::state`] saved, and the step count.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> anyhow::Result<()> {
-        for (i, (name, p)) in self.params.iter().enumerate() {
-            for (kind, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+        for ((name, p), moments) in self.params.iter().zip(&mut self.moments) {
+            let get = |kind: &str| -> anyhow::Result<Tensor> {
                 let key = format!("adamw.{kind}.{name}");
                 let t = tensors.get(&key).ok_or_else(|| anyhow::anyhow!("optimiser state `{key}` is missing"))?;
                 anyhow::ensure!(t.shape() == p.shape(), "optimiser state `{key}` has shape {:?}, expected {:?}", t.shape(), p.shape());
-                *slot = t.to_device(p.device())?;
-            }
+                Ok(t.to_device(p.device())?)
+            };
+            let (m, v) = (get("m")?, get("v")?);
+            *moments = match moments {
+                Moments::Host { .. } => Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? },
+                Moments::Device { .. } => Moments::Device { m, v },
+            };
         }
         self.step = step;
         Ok(())
@@ -126,50 +161,55 @@ impl AdamW {
 /// Elements per parallel work unit of the CPU kernels.
 const CHUNK: usize = 1 << 16;
 
-/// In place on a moment: `m = beta m + (1 - beta) g^power` (power 1 or 2).
-struct MomentKernel {
-    beta: f32,
-    square: bool,
-}
-
-impl InplaceOp2 for MomentKernel {
-    fn name(&self) -> &'static str {
-        "adamw-moment"
-    }
-
-    fn cpu_fwd(&self, m: &mut CpuStorage, ml: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
-        let (m, g, b) = (f32_slice_mut("adamw", m, ml)?, f32_slice("adamw", g, gl)?, self.beta);
-        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-            if self.square {
-                m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + (1.0 - b) * g * g);
-            } else {
-                m.iter_mut().zip(g).for_each(|(m, &g)| *m = b * *m + (1.0 - b) * g);
-            }
-        });
-        Ok(())
-    }
-}
-
-/// In place on a parameter: `p = p (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps)`.
-struct UpdateKernel {
+/// One pass over a CPU parameter, in place: with `g' = grad_scale g`,
+/// `m = b1 m + (1 - b1) g'`, `v = b2 v + (1 - b2) g'^2`,
+/// `p = p (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps)` (PyTorch's AdamW).
+struct AdamWKernel<'a> {
+    m: Mutex<&'a mut Vec<f32>>,
+    v: Mutex<&'a mut Vec<f32>>,
+    beta1: f32,
+    beta2: f32,
+    grad_scale: f32,
     decay: f32,
     step: f32,
     inv_bc2: f32,
     eps: f32,
 }
 
-impl InplaceOp3 for UpdateKernel {
+impl AdamWKernel<'_> {
+    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let (b1, b2, s) = (self.beta1, self.beta2, self.grad_scale);
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let g = g[i] * s;
+            m[i] = b1 * m[i] + (1.0 - b1) * g;
+            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
+            p[i] = p[i] * self.decay - self.step * m[i] / ((v[i] * self.inv_bc2).sqrt() + self.eps);
+        }
+    }
+}
+
+impl InplaceOp2 for AdamWKernel<'_> {
     fn name(&self) -> &'static str {
-        "adamw-update"
+        "adamw"
     }
 
-    fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout, m: &CpuStorage, ml: &Layout, v: &CpuStorage, vl: &Layout) -> Result<()> {
-        let (p, m, v) = (f32_slice_mut("adamw", p, pl)?, f32_slice("adamw", m, ml)?, f32_slice("adamw", v, vl)?);
-        p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {
-            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                *p = *p * self.decay - self.step * m / ((v * self.inv_bc2).sqrt() + self.eps);
-            }
-        });
+    fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+        let (p, g) = (f32_slice_mut("adamw", p, pl)?, f32_slice("adamw", g, gl)?);
+        let (mut m, mut v) = (self.m.lock().unwrap(), self.v.lock().unwrap());
+        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("adamw: parameter, gradient and moments differ in length");
+        }
+        if p.len() <= CHUNK {
+            self.update(p, g, &mut m[..], &mut v[..]);
+            return Ok(());
+        }
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| self.update(p, g, m, v));
         Ok(())
     }
 }
@@ -179,7 +219,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Three AdamW steps against the PyTorch formula written out in f64.
+    /// Three AdamW steps against the PyTorch formula written out in f64, one with scaled gradients.
     #[test]
     fn matches_the_adamw_formula() -> Result<()> {
         let dev = Device::Cpu;
@@ -191,10 +231,12 @@ mod tests {
             // loss = sum(p^2 * k) => grad = 2 k p
             let k = Tensor::new(&[1.0f32, 3.0, -2.0], &dev)?;
             let grads = (p.as_tensor().sqr()? * &k)?.sum_all()?.backward()?;
-            opt.step(&grads)?;
+            // Step 2 scales the gradients by 0.5, as clipping would.
+            let scale = if step == 2 { 0.5 } else { 1.0 };
+            opt.step(&grads, scale)?;
             let kk = [1.0, 3.0, -2.0];
             for i in 0..3 {
-                let g = 2.0 * kk[i] * want[i];
+                let g = 2.0 * kk[i] * want[i] * scale;
                 want[i] *= 1.0 - cfg.lr * cfg.weight_decay;
                 m[i] = cfg.beta1 * m[i] + (1.0 - cfg.beta1) * g;
                 v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * g * g;
@@ -219,12 +261,12 @@ mod tests {
         let opt = AdamW::new(vec![("a".into(), a.clone()), ("b".into(), b.clone())], AdamWConfig::default())?;
         // grads = (3, 0) and (4): global norm 5.
         let loss = ((a.as_tensor().sqr()?.sum_all()? + b.as_tensor().sqr()?.sum_all()?)? * 0.5)?;
-        let mut grads = loss.backward()?;
-        assert!((opt.clip_grad_norm(&mut grads, 1.0)? - 5.0).abs() < 1e-6);
-        let ga = grads.get(a.as_tensor()).unwrap().to_vec1::<f32>()?;
-        let gb = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>()?;
-        let norm = (ga[0].powi(2) + ga[1].powi(2) + gb[0].powi(2)).sqrt();
-        assert!((norm - 1.0).abs() < 1e-5 && (ga[0] / gb[0] - 0.75).abs() < 1e-6, "{ga:?} {gb:?}");
+        let grads = loss.backward()?;
+        let norm = opt.grad_norm(&grads)?;
+        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((clip_scale(norm, 1.0) * norm - 1.0).abs() < 1e-5);
+        assert_eq!(clip_scale(norm, 10.0), 1.0);
+        assert_eq!(clip_scale(norm, 0.0), 1.0);
         Ok(())
     }
 }

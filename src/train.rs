@@ -6,7 +6,7 @@ use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
 use crate::eval::{EvalResult, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
 use crate::model::marnet::MarnetConfig;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, clip_scale};
 use anyhow::{Context, Result, ensure};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,31 @@ pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSpli
     Ok((cache.train.subset(&perm[n_val..]), cache.train.subset(&perm[..n_val])))
 }
 
+/// One optimiser step on the rows `idx`; returns the weighted loss terms.
+fn train_step(
+    model: &LoadedModel,
+    opt: &mut AdamW,
+    train: &FeatureSplit,
+    idx: &[usize],
+    noise: &mut crate::rng::SeededRng,
+    clip_grad: f64,
+    dev: &Device,
+) -> Result<Vec<(&'static str, f32)>> {
+    let b = idx.len();
+    let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
+    let xs = Tensor::from_vec(train.gather_text(idx).context("the training split has no text features")?, (b, train.ds), dev)?;
+    let y = Tensor::from_vec(train.gather_label(idx), b, dev)?;
+    let losses = model.model.losses(&xv, &xs, &y, noise)?;
+    let mut total = losses[0].1.clone();
+    for (_, l) in &losses[1..] {
+        total = (total + l)?;
+    }
+    let grads = crate::model::backward(&total, opt.params())?;
+    let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
+    opt.step(&grads, scale)?;
+    losses.into_iter().map(|(name, l)| Ok((name, l.to_scalar::<f32>()?))).collect()
+}
+
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
 /// has a test split.
 pub fn train(
@@ -141,20 +166,11 @@ pub fn train(
             bar.inc(steps_done as u64);
         }
         for idx in perm.chunks(cfg.batch).skip(steps_done) {
-            let b = idx.len();
-            let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
-            let xs = Tensor::from_vec(train.gather_text(idx).unwrap(), (b, train.ds), dev)?;
-            let y = Tensor::from_vec(train.gather_label(idx), b, dev)?;
-            let losses = model.model.losses(&xv, &xs, &y, &mut noise)?;
-            let mut total = losses[0].1.clone();
-            for (_, l) in &losses[1..] {
-                total = (total + l)?;
-            }
-            let mut grads = total.backward()?;
-            opt.clip_grad_norm(&mut grads, cfg.clip_grad)?;
-            opt.step(&grads)?;
-            for (name, l) in &losses {
-                *sums.entry(name.to_string()).or_default() += l.to_scalar::<f32>()? as f64;
+            // In candle's CPU thread pool, so that the step's serial parts run on a worker thread
+            // and each parallel product starts without waking a sleeping pool (BENCHMARKS.md).
+            let losses = dev.with_context(|| train_step(&model, &mut opt, &train, idx, &mut noise, cfg.clip_grad, dev))?;
+            for (name, l) in losses {
+                *sums.entry(name.to_string()).or_default() += l as f64;
             }
             bar.inc(1);
             steps_done += 1;
@@ -168,7 +184,7 @@ pub fn train(
                     train_seconds: earlier_seconds + t0.elapsed().as_secs_f64(),
                 });
                 state.optimizer_steps = opt.steps_taken();
-                checkpoint::save(&last_dir, &run, &model, opt.state(), &serde_json::to_value(&state)?)?;
+                checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
                 return Err(crate::interrupt::Interrupted {
                     resume_hint: format!(
                         "saved {} at epoch {}, step {steps_done}/{n_batches}; rerun with --resume to continue",
@@ -212,7 +228,7 @@ pub fn train(
             state.best_val_top1 = val_res.final_head.top1;
             checkpoint::save(&out.join("best"), &run, &model, vec![], &serde_json::to_value(&state)?)?;
         }
-        checkpoint::save(&last_dir, &run, &model, opt.state(), &serde_json::to_value(&state)?)?;
+        checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
     }
 
     if let Some(test) = &cache.test {

@@ -1,6 +1,7 @@
 //! CDR: cross-modal diffusion reconstruction (paper section 3.3.2). The diffused variable is
 //! the text feature x_s; the condition is the visual feature x_v; a four-layer MLP predicts x_s^0.
 
+pub use super::activation::Activation;
 use super::diffusion::{Schedule, ScheduleConfig};
 use candle_core::{Device, Module, Result, Tensor};
 use super::linear::{Linear, linear};
@@ -8,29 +9,6 @@ use candle_nn::VarBuilder;
 use crate::rng::{Noise, SeededRng};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Silu,
-    Relu,
-    Leaky,
-}
-
-impl Activation {
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Silu => x.silu(),
-            Self::Relu => x.relu(),
-            Self::Leaky => leaky_relu(x),
-        }
-    }
-}
-
-/// Eq. 6: LeakyReLU with slope 0.01, as `max(x, 0.01 x)`.
-pub fn leaky_relu(x: &Tensor) -> Result<Tensor> {
-    x.maximum(&(x * 0.01)?)
-}
 
 /// Four Linear layers with a nonlinearity between them: `X_theta` of the paper.
 #[derive(Debug, Clone)]
@@ -171,7 +149,9 @@ impl Cdr {
         let mut x = noise.randn(b, self.ds, dev)?;
         for (i, &t) in ts.iter().enumerate() {
             let s = ts.get(i + 1).copied().unwrap_or(0);
-            let x0 = self.denoise(&x, &vec![t; b], xv)?;
+            // Cut the autograd record (the weights are variables): without it every step's
+            // activations would stay alive until the loop ends.
+            let x0 = self.denoise(&x, &vec![t; b], xv)?.detach();
             let sch = &self.schedule;
             x = match cfg.mode {
                 SamplerMode::Ancestral => {

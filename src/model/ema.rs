@@ -1,7 +1,7 @@
 //! EMA: embedding matching alignment (paper section 3.2), with the alignment loss selectable
 //! among the Table 1 methods (ITA is the paper's EMA).
 
-use super::cdr::leaky_relu;
+use super::activation::Activation;
 use super::linear::{Linear, linear};
 use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
 use candle_core::{Module, Result, Tensor};
@@ -61,12 +61,12 @@ impl Ema {
 
     /// Eq. 7: `x_v' = g(E_v(x_v))`, which is x_EMA.
     pub fn embed_visual(&self, xv: &Tensor) -> Result<Tensor> {
-        leaky_relu(&self.ev.forward(xv)?)
+        Activation::Leaky.apply(&self.ev.forward(xv)?)
     }
 
     /// Eq. 8: `x_s' = g(E_s(x_s))`.
     pub fn embed_text(&self, xs: &Tensor) -> Result<Tensor> {
-        leaky_relu(&self.es.forward(xs)?)
+        Activation::Leaky.apply(&self.es.forward(xs)?)
     }
 
     /// The classifier on x_EMA whose cross-entropy is eq. 12.
