@@ -1,20 +1,26 @@
-//! `marnet bench`: milliseconds per training step and inference samples/s on random features,
-//! at the sizes of the PyTorch reference in `../shared/bench/` (compare like with like).
+//! `marnet bench`: the speed measurements in one command, at the sizes of the PyTorch reference in
+//! `../shared/bench/` (compare like with like): the machine's FMA peak, MARNet head training and
+//! inference (at each thread count, each in a fresh process), and feature extraction (encoder
+//! forward passes at 224 px, and image decoding).
 
 use crate::checkpoint::LoadedModel;
+use crate::data::image::Preprocess;
+use crate::encoders::ImageEncoder;
 use crate::model::cdr::{SamplerConfig, SamplerMode};
 use crate::model::marnet::MarnetConfig;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rng::{Noise, randn, stream};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchResult {
+/// Training step and inference of one head configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadBench {
     pub variant: String,
+    pub threads: usize,
     pub batch: usize,
     pub params: usize,
     pub train_step_ms_median: f64,
@@ -23,9 +29,18 @@ pub struct BenchResult {
     pub forward_ms_median: f64,
     pub backward_ms_median: f64,
     pub optimizer_ms_median: f64,
+    /// Floating-point operations of the linear layers' products in one training step.
+    pub train_step_gflop: f64,
     /// (sampling steps, samples/s) for the inference batch.
     pub infer_samples_per_s: Vec<(usize, f64)>,
-    pub threads: usize,
+    /// (sampling steps, GFLOP/s of the products) for the inference batch.
+    pub infer_gflops: Vec<(usize, f64)>,
+}
+
+impl HeadBench {
+    pub fn train_gflops(&self) -> f64 {
+        self.train_step_gflop / (self.train_step_ms_median / 1e3)
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -33,14 +48,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(
-    cfg: &MarnetConfig,
-    batch: usize,
-    iters: usize,
-    infer_batch: usize,
-    sampling_steps: &[usize],
-    dev: &Device,
-) -> Result<BenchResult> {
+/// Times `iters` training steps (after 3 warm-up steps) and inference on random features.
+pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize, sampling_steps: &[usize], dev: &Device) -> Result<HeadBench> {
     let m = LoadedModel::init(cfg, 0, dev)?;
     let params = m.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(m.trainable_vars(), AdamWConfig::default())?;
@@ -49,9 +58,10 @@ pub fn run(
     let xs = randn(&mut rng, (batch, cfg.ds), dev)?;
     let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..cfg.classes as u32)).collect();
     let y = Tensor::from_vec(y, batch, dev)?;
-    let (mut times, mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![], vec![]);
+    let (mut times, mut fwd, mut bwd, mut upd, mut flop) = (vec![], vec![], vec![], vec![], 0);
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-    for i in 0..iters + 3 {
+    for i in 0..iters.max(1) + 3 {
+        let flop0 = crate::cpu::matmul_flop();
         // In candle's CPU thread pool, as training steps run (see train.rs).
         let (t0, t1, t2) = dev.with_context(|| -> Result<_> {
             let t0 = Instant::now();
@@ -77,27 +87,32 @@ pub fn run(
             fwd.push((t1 - t0).as_secs_f64() * 1e3);
             bwd.push((t2 - t1).as_secs_f64() * 1e3);
             upd.push(ms(t2));
+            flop = crate::cpu::matmul_flop() - flop0;
         }
     }
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
-    let mut infer = vec![];
+    let (mut infer, mut infer_gflops) = (vec![], vec![]);
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
     for s in steps {
         let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1 };
         // One warm-up pass, then the median of three.
-        let mut rates = vec![];
+        let (mut rates, mut flop) = (vec![], 0);
         for rep in 0..4 {
-            let t0 = Instant::now();
+            let (t0, flop0) = (Instant::now(), crate::cpu::matmul_flop());
             let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
             if rep > 0 {
                 rates.push(infer_batch as f64 / t0.elapsed().as_secs_f64());
+                flop = crate::cpu::matmul_flop() - flop0;
             }
         }
-        infer.push((s, median(rates)));
+        let rate = median(rates);
+        infer.push((s, rate));
+        infer_gflops.push((s, flop as f64 / 1e9 * rate / infer_batch as f64));
     }
-    Ok(BenchResult {
+    Ok(HeadBench {
         variant: cfg.variant.name().into(),
+        threads: candle_core::utils::get_num_threads(),
         batch,
         params,
         train_step_ms_median: median(times.clone()),
@@ -105,7 +120,206 @@ pub fn run(
         forward_ms_median: median(fwd),
         backward_ms_median: median(bwd),
         optimizer_ms_median: median(upd),
+        train_step_gflop: flop as f64 / 1e9,
         infer_samples_per_s: infer,
-        threads: candle_core::utils::get_num_threads(),
+        infer_gflops,
     })
+}
+
+/// Runs `exe --threads N --quiet bench --heads-only ARGS` and reads its result: thread pools are
+/// sized once per process, so each thread count gets its own.
+pub fn heads_in_child(exe: &std::path::Path, threads: usize, args: &[String]) -> Result<HeadBench> {
+    let out = std::process::Command::new(exe)
+        .args(["--threads", &threads.to_string(), "--quiet", "bench", "--heads-only"])
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    anyhow::ensure!(out.status.success(), "bench at {threads} threads failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).context("unreadable result of the bench child process")
+}
+
+/// Peak single-precision rate of fused multiply-adds, all `threads` busy, by instruction set.
+#[derive(Debug, Clone, Serialize)]
+pub struct Peak {
+    pub threads: usize,
+    /// GFLOP/s with 256-bit FMA (AVX2), if the CPU has it.
+    pub avx2_gflops: Option<f64>,
+    /// GFLOP/s with 512-bit FMA (AVX-512F), if the CPU has it; the matmul kernels use these here.
+    pub avx512_gflops: Option<f64>,
+}
+
+/// Measures [`Peak`] with register-only FMA chains on `threads` threads at once.
+pub fn fma_peak(threads: usize) -> Peak {
+    let rate = |kernel: fn(u64) -> f32, flop_per_iter: f64| {
+        let iters = 20_000_000u64;
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| std::hint::black_box(kernel(iters)));
+            }
+        });
+        threads as f64 * iters as f64 * flop_per_iter / t0.elapsed().as_secs_f64() / 1e9
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then(|| rate(fma::avx2, fma::AVX2_FLOP));
+        let avx512 = is_x86_feature_detected!("avx512f").then(|| rate(fma::avx512, fma::AVX512_FLOP));
+        Peak { threads, avx2_gflops: avx2, avx512_gflops: avx512 }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = rate;
+        Peak { threads, avx2_gflops: None, avx512_gflops: None }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulator chains: enough to cover FMA latency on two ports.
+    const CHAINS: usize = 12;
+    pub const AVX2_FLOP: f64 = (CHAINS * 8 * 2) as f64;
+    pub const AVX512_FLOP: f64 = (CHAINS * 16 * 2) as f64;
+
+    pub fn avx2(iters: u64) -> f32 {
+        // SAFETY: only called after runtime detection of AVX2 and FMA.
+        unsafe { avx2_chains(iters) }
+    }
+
+    pub fn avx512(iters: u64) -> f32 {
+        // SAFETY: only called after runtime detection of AVX-512F.
+        unsafe { avx512_chains(iters) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_chains(iters: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut out = [0f32; 8];
+        let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+        out.iter().sum()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512_chains(iters: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x)))
+    }
+}
+
+/// Forward throughput of a visual encoder on random images.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncoderBench {
+    pub backbone: String,
+    pub weights: String,
+    pub batch: usize,
+    pub images_per_s: f64,
+}
+
+/// Images/s of `enc` on random [batch, 3, size, size] input: one warm-up pass, median of three.
+pub fn encoder(backbone: &str, weights: &str, enc: &dyn ImageEncoder, batch: usize, dev: &Device) -> Result<EncoderBench> {
+    let s = enc.preprocess().size as usize;
+    let x = randn(&mut stream(0, "bench-images", 0), (batch, 3, s, s), dev)?;
+    let mut rates = vec![];
+    for rep in 0..4 {
+        let t0 = Instant::now();
+        enc.features(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        if rep > 0 {
+            rates.push(batch as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(EncoderBench { backbone: backbone.into(), weights: weights.into(), batch, images_per_s: median(rates) })
+}
+
+/// ViT-B/16 at 224 px with random weights (no real ones can be fetched here; speed is the same).
+pub fn vit_b16_random(dev: &Device) -> Result<crate::encoders::vit::VitEncoder> {
+    use crate::encoders::vit::VitEncoder;
+    let cfg = candle_transformers::models::vit::Config::vit_base_patch16_224();
+    let vm = candle_nn::VarMap::new();
+    VitEncoder::load(candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, dev), &cfg)?;
+    // Loaded again from plain tensors, as from a file: variables would make every op record its
+    // inputs for autograd and keep a whole forward pass's activations alive.
+    let weights = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+    Ok(VitEncoder::load(candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, dev), &cfg)?)
+}
+
+/// Decoding and preprocessing throughput, all threads, on a generated photo-sized JPEG.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeBench {
+    pub width: u32,
+    pub height: u32,
+    pub images_per_s: f64,
+}
+
+/// Images/s of JPEG decode + resize + crop + normalise (the extraction input path), in parallel.
+pub fn decode(pre: &Preprocess, images: usize) -> Result<DecodeBench> {
+    use rayon::prelude::*;
+    let (width, height) = (512, 384);
+    let mut rng = stream(0, "bench-jpeg", 0);
+    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, rng.random()]));
+    let mut jpeg = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img)?;
+    let t0 = Instant::now();
+    let n: usize = (0..images).into_par_iter().map(|_| pre.prepare(&jpeg, "bench.jpg").map(|p| p.pixels.len())).collect::<Result<Vec<_>>>()?.len();
+    Ok(DecodeBench { width, height, images_per_s: n as f64 / t0.elapsed().as_secs_f64() })
+}
+
+/// Everything `marnet bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub peak: Peak,
+    pub heads: Vec<HeadBench>,
+    pub encoders: Vec<EncoderBench>,
+    pub decode: Option<DecodeBench>,
+    /// Rows per epoch the training step is scaled to (Vireo-Food172's training split).
+    pub epoch_rows: usize,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let p = &self.peak;
+        let show = |g: Option<f64>| g.map_or("n/a".to_string(), |g| format!("{g:.0} GFLOP/s"));
+        writeln!(f, "FMA peak, {} threads: AVX2 {}, AVX-512 {}\n", p.threads, show(p.avx2_gflops), show(p.avx512_gflops))?;
+        let peak = p.avx512_gflops.or(p.avx2_gflops);
+        writeln!(f, "| head training ({}) | threads | step (median) | fwd / bwd / AdamW | products | % of peak | epoch of {} rows |", self.heads.first().map_or("", |h| &h.variant), self.epoch_rows)?;
+        writeln!(f, "|---|---|---|---|---|---|---|")?;
+        for h in &self.heads {
+            let steps = self.epoch_rows.div_ceil(h.batch) as f64;
+            // The peak was measured with all of `peak.threads` busy; scale it to the head's threads.
+            let pct = peak.map_or("n/a".into(), |p| format!("{:.0}%", 100.0 * h.train_gflops() / (p / self.peak.threads as f64 * h.threads as f64)));
+            writeln!(
+                f,
+                "| batch {}, {} parameters | {} | {:.2} ms | {:.2} / {:.2} / {:.2} ms | {:.0} GFLOP/s | {pct} | {:.1} s |",
+                h.batch, h.params, h.threads, h.train_step_ms_median, h.forward_ms_median, h.backward_ms_median,
+                h.optimizer_ms_median, h.train_gflops(), steps * h.train_step_ms_median / 1e3
+            )?;
+        }
+        writeln!(f, "\n| inference | threads | samples/s | products |\n|---|---|---|---|")?;
+        for h in &self.heads {
+            for ((s, rate), (_, g)) in h.infer_samples_per_s.iter().zip(&h.infer_gflops) {
+                writeln!(f, "| {s} sampling steps | {} | {rate:.0} | {g:.0} GFLOP/s |", h.threads)?;
+            }
+        }
+        writeln!(f, "\n| extraction, 224 px | weights | batch | images/s |\n|---|---|---|---|")?;
+        for e in &self.encoders {
+            writeln!(f, "| {} forward | {} | {} | {:.2} |", e.backbone, e.weights, e.batch, e.images_per_s)?;
+        }
+        if let Some(d) = &self.decode {
+            writeln!(f, "| JPEG {}x{} decode + preprocess | | | {:.1} |", d.width, d.height, d.images_per_s)?;
+        }
+        Ok(())
+    }
 }

@@ -66,6 +66,14 @@ impl SendPtr {
 /// Columns below which the output is split by rows instead.
 const MIN_SPLIT_COLS: usize = 64;
 
+/// Floating-point operations done by [`matmul`] in this process (`marnet bench` reports GFLOP/s).
+static MATMUL_FLOP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The count behind [`MATMUL_FLOP`]: `2 m n k` summed over all products so far.
+pub fn matmul_flop() -> u64 {
+    MATMUL_FLOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `lhs rhs` as a row-major [m, n] matrix, for `lhs` [m, k] and `rhs` [k, n].
 ///
 /// The output is cut into one block of columns (or of rows, when it has few columns) per
@@ -75,6 +83,7 @@ pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32
     use rayon::prelude::*;
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
+    MATMUL_FLOP.fetch_add((2 * m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
     let mut dst: Vec<f32> = Vec::with_capacity(m * n);
     let threads = candle_core::utils::get_num_threads().max(1);
     let by_cols = n >= MIN_SPLIT_COLS * threads || n >= m;

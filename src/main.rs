@@ -232,13 +232,28 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Timed training steps (after 3 warm-up steps).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 100)]
         iters: usize,
         #[arg(long, default_value_t = 500)]
         infer_batch: usize,
         /// Reverse-diffusion step counts to time inference with.
         #[arg(long, value_delimiter = ',', default_value = "10,50")]
         sampling_steps: Vec<usize>,
+        /// Thread counts to time the heads at, each in a fresh process (default: 1 and --threads).
+        #[arg(long, value_delimiter = ',')]
+        thread_counts: Vec<usize>,
+        /// Leave out the encoder and decoding measurements.
+        #[arg(long)]
+        skip_extraction: bool,
+        /// Where `scripts/fetch-assets` put the EfficientNet-Lite0 weights.
+        #[arg(long, default_value = "assets")]
+        assets: PathBuf,
+        /// Also write every number as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Internal: time the heads only, at this process's thread count, and print JSON.
+        #[arg(long, hide = true)]
+        heads_only: bool,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -512,6 +527,22 @@ fn main() {
     }
 }
 
+/// This process's `bench` options that the per-thread-count child processes take too.
+fn bench_child_args() -> Vec<String> {
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "bench").skip(1).collect();
+    let (with_value, flags) = (["--threads", "--thread-counts", "--assets", "--json", "--device"], ["--skip-extraction", "--quiet", "-q"]);
+    let mut out = vec![];
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if with_value.contains(&a.as_str()) {
+            it.next();
+        } else if !flags.contains(&a.as_str()) && !with_value.iter().any(|f| a.starts_with(&format!("{f}="))) {
+            out.push(a);
+        }
+    }
+    out
+}
+
 /// Read by candle when its elementwise thread pool starts.
 const BARRIER_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
@@ -568,7 +599,9 @@ fn run() -> Result<()> {
             .with_context(|| format!("{}: no `{split}` split", cache_dir.display()))?;
             marnet::checkpoint::check_matches(&ck, data).with_context(|| FeatureCache::split_path(&cache_dir, &split).display().to_string())?;
             let m = ck.model(&dev)?;
+            let t0 = std::time::Instant::now();
             let out = marnet::eval::predict_split(&m.model, data, &sampler.config(), seed, 500, &dev)?;
+            let seconds = t0.elapsed().as_secs_f64();
             let r = marnet::eval::accuracy(&out, data, ck.run.model.classes);
             if let Some(p) = predictions {
                 let rows = marnet::eval::row_predictions(data, &out.logits, &ck.run.classes);
@@ -582,10 +615,13 @@ fn run() -> Result<()> {
                     println!("| {split} ({name}) | {} | {:.2} | {:.2} |", h.n, 100.0 * h.top1, 100.0 * h.top5);
                 }
             }
+            let rate = data.len() as f64 / seconds;
+            println!("inference: {} samples in {seconds:.2} s ({rate:.0} samples/s)", data.len());
             if let Some(p) = json {
                 let record = serde_json::json!({
                     "model": ck.dir, "cache": cache_dir, "split": split, "seed": seed,
                     "sampler": sampler.config(), "result": r,
+                    "inference_seconds": seconds, "samples_per_s": rate,
                 });
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&record)?.as_bytes())?;
             }
@@ -686,10 +722,44 @@ fn run() -> Result<()> {
             let c = FeatureCache::merge_shards(&shards, &out)?;
             println!("merged {} shards: train {} rows; wrote {}", shards.len(), c.train.len(), out.display());
         }
-        Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, model } => {
+        Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, thread_counts, skip_extraction, assets, json, heads_only, model } => {
             let cfg = model.config(variant, dv, ds, classes);
-            let r = marnet::bench::run(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            if heads_only {
+                let r = marnet::bench::heads(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let threads = candle_core::utils::get_num_threads();
+            let mut counts = if thread_counts.is_empty() { vec![1, threads] } else { thread_counts };
+            counts.dedup();
+            let exe = std::env::current_exe()?;
+            let mut heads = vec![];
+            for t in counts {
+                if !cli.quiet {
+                    eprintln!("timing the {} head at {t} thread(s)...", variant.name());
+                }
+                heads.push(marnet::bench::heads_in_child(&exe, t, &bench_child_args())?);
+            }
+            let (mut encoders, mut decode) = (vec![], None);
+            if !skip_extraction {
+                if !cli.quiet {
+                    eprintln!("timing the encoders and decoding...");
+                }
+                let dir = assets.join("efficientnet-lite0");
+                match marnet::encoders::efficientnet_lite::EfficientNetLite::load_dir(&dir, &dev) {
+                    Ok(enc) => encoders.push(marnet::bench::encoder("EfficientNet-Lite0", "real", &enc, 32, &dev)?),
+                    Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
+                }
+                let vit = marnet::bench::vit_b16_random(&dev)?;
+                encoders.push(marnet::bench::encoder("ViT-B/16", "random", &vit, 8, &dev)?);
+                decode = Some(marnet::bench::decode(&marnet::encoders::efficientnet_lite::PREPROCESS, 256)?);
+            }
+            let peak = marnet::bench::fma_peak(threads);
+            let report = marnet::bench::Report { peak, heads, encoders, decode, epoch_rows: 66_071 };
+            print!("{report}");
+            if let Some(p) = json {
+                marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+            }
         }
     }
     Ok(())

@@ -51,7 +51,10 @@ impl Noise<'_> {
                 if rngs.len() != rows {
                     candle_core::bail!("{} noise streams for {rows} rows", rngs.len());
                 }
-                let v: Vec<f32> = rngs.iter_mut().flat_map(|r| normal_vec(r, cols)).collect();
+                // Rows draw from their own streams, so they can be drawn in parallel.
+                use rayon::prelude::*;
+                let draws: Vec<Vec<f32>> = rngs.par_iter_mut().map(|r| normal_vec(r, cols)).collect();
+                let v: Vec<f32> = draws.concat();
                 Tensor::from_vec(v, (rows, cols), dev)
             }
         }

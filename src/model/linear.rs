@@ -33,6 +33,30 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear { weight, bias })
 }
 
+impl Linear {
+    /// A layer from its weight [in, out] and bias [out].
+    pub fn new(weight: Tensor, bias: Tensor) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The layer cut by input blocks of the given sizes: `x W + b` equals the sum of the parts
+    /// applied to the matching column blocks of `x`. The first part keeps the bias.
+    pub fn split_inputs(&self, sizes: &[usize]) -> Result<Vec<Linear>> {
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(sizes.len());
+        for (i, &n) in sizes.iter().enumerate() {
+            let weight = self.weight.narrow(0, start, n)?.contiguous()?.detach();
+            let bias = if i == 0 { self.bias.detach() } else { self.bias.zeros_like()? };
+            parts.push(Linear { weight, bias });
+            start += n;
+        }
+        if start != self.weight.dim(0)? {
+            candle_core::bail!("split_inputs: sizes {sizes:?} do not add up to {} inputs", self.weight.dim(0)?);
+        }
+        Ok(parts)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
