@@ -1,0 +1,27 @@
+//! `marnet bench` end to end on a tiny head: each thread count runs in its own process, and
+//! the report and JSON carry every measurement.
+
+mod common;
+
+#[test]
+fn bench_reports_each_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let out = common::ok(&[
+        "bench", "--dv", "16", "--ds", "12", "--classes", "5", "--d", "8", "--hidden", "32", "--temb", "8",
+        "--iters", "3", "--infer-batch", "8", "--sampling-steps", "2,3", "--thread-counts", "1,2",
+        "--skip-extraction", "--json", json.to_str().unwrap(),
+    ]);
+    assert!(out.contains("FMA peak") && out.contains("| head training (marnet) |"), "{out}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let heads = r["heads"].as_array().unwrap();
+    assert_eq!(heads.iter().map(|h| h["threads"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    for h in heads {
+        assert!(h["train_step_ms_median"].as_f64().unwrap() > 0.0);
+        assert_eq!(h["infer_samples_per_s"].as_array().unwrap().len(), 2);
+    }
+    // The same step does the same products whatever the thread count.
+    let flop = |h: &serde_json::Value| h["train_step_gflop"].as_f64().unwrap();
+    assert!(flop(&heads[0]) > 0.0 && flop(&heads[0]) == flop(&heads[1]));
+    assert!(r["encoders"].as_array().unwrap().is_empty() && r["decode"].is_null());
+}
