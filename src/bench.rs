@@ -281,6 +281,22 @@ pub fn decode(pre: &Preprocess, images: usize) -> Result<DecodeBench> {
     Ok(DecodeBench { width, height, images_per_s: n as f64 / t0.elapsed().as_secs_f64() })
 }
 
+/// The extraction rows: EfficientNet-Lite0 (real weights from `assets`, left out with a note
+/// when absent) at batch 32, ViT-B/16 (random weights) at batch 8, and JPEG decoding.
+pub fn extraction(assets: &std::path::Path, verbose: bool, dev: &Device) -> Result<(Vec<EncoderBench>, Option<DecodeBench>)> {
+    use crate::encoders::efficientnet_lite::{EfficientNetLite, PREPROCESS};
+    if verbose {
+        eprintln!("timing the encoders and decoding...");
+    }
+    let mut encoders = vec![];
+    match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), dev) {
+        Ok(enc) => encoders.push(encoder("EfficientNet-Lite0", "real", &enc, 32, dev)?),
+        Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
+    }
+    encoders.push(encoder("ViT-B/16", "random", &vit_b16_random(dev)?, 8, dev)?);
+    Ok((encoders, Some(decode(&PREPROCESS, 256)?)))
+}
+
 /// Everything `marnet bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

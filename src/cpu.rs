@@ -1,4 +1,5 @@
-//! Views of candle CPU storage for the hand-written kernels (AdamW, linear, depthwise conv).
+//! CPU building blocks of the hand-written kernels (AdamW, linear, activations, depthwise
+//! conv): views of candle's CPU storage, and matrix products split across threads.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
@@ -84,6 +85,9 @@ pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
     MATMUL_FLOP.fetch_add((2 * m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+    if k == 0 {
+        return vec![0.0; m * n];
+    }
     let mut dst: Vec<f32> = Vec::with_capacity(m * n);
     let threads = candle_core::utils::get_num_threads().max(1);
     let by_cols = n >= MIN_SPLIT_COLS * threads || n >= m;

@@ -740,20 +740,10 @@ fn run() -> Result<()> {
                 }
                 heads.push(marnet::bench::heads_in_child(&exe, t, &bench_child_args())?);
             }
-            let (mut encoders, mut decode) = (vec![], None);
-            if !skip_extraction {
-                if !cli.quiet {
-                    eprintln!("timing the encoders and decoding...");
-                }
-                let dir = assets.join("efficientnet-lite0");
-                match marnet::encoders::efficientnet_lite::EfficientNetLite::load_dir(&dir, &dev) {
-                    Ok(enc) => encoders.push(marnet::bench::encoder("EfficientNet-Lite0", "real", &enc, 32, &dev)?),
-                    Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
-                }
-                let vit = marnet::bench::vit_b16_random(&dev)?;
-                encoders.push(marnet::bench::encoder("ViT-B/16", "random", &vit, 8, &dev)?);
-                decode = Some(marnet::bench::decode(&marnet::encoders::efficientnet_lite::PREPROCESS, 256)?);
-            }
+            let (encoders, decode) = match skip_extraction {
+                true => (vec![], None),
+                false => marnet::bench::extraction(&assets, !cli.quiet, &dev)?,
+            };
             let peak = marnet::bench::fma_peak(threads);
             let report = marnet::bench::Report { peak, heads, encoders, decode, epoch_rows: 66_071 };
             print!("{report}");

@@ -133,11 +133,16 @@ impl CustomOp3 for LinearOp {
         let k = x.dim(1)?;
         let grad = grad.contiguous()?;
         let (gw, gb, gx) = with_f32("linear", &grad, |g| -> Result<_> {
-            let mut gb = vec![0f32; n];
-            for row in g.chunks_exact(n) {
-                gb.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+            // Frozen weights (not variables) get no gradient.
+            let (mut gw, mut gb) = (None, None);
+            if w.track_op() {
+                let mut sums = vec![0f32; n];
+                for row in g.chunks_exact(n) {
+                    sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+                }
+                gb = Some(sums);
+                gw = Some(with_f32("linear", x, |x| matmul(k, n, rows, MatRef::transposed(x, k), MatRef::rows(g, n)))?);
             }
-            let gw = with_f32("linear", x, |x| matmul(k, n, rows, MatRef::transposed(x, k), MatRef::rows(g, n)))?;
             // dx^T [k, rows] = W dy^T (all operands row-major or plain views), transposed back.
             let gx = match x.track_op() {
                 true => Some(with_f32("linear", w, |w| transpose(&matmul(k, rows, n, MatRef::rows(w, n), MatRef::transposed(g, n)), k, rows))?),
@@ -146,9 +151,10 @@ impl CustomOp3 for LinearOp {
             Ok((gw, gb, gx))
         })??;
         let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, k), x.device())).transpose()?;
-        let (gw, gb) = (Tensor::from_vec(gw, (k, n), w.device())?, Tensor::from_vec(gb, n, b.device())?);
-        hand_over(w, gw)?;
-        hand_over(b, gb)?;
+        if let (Some(gw), Some(gb)) = (gw, gb) {
+            hand_over(w, Tensor::from_vec(gw, (k, n), w.device())?)?;
+            hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
+        }
         Ok((gx, None, None))
     }
 }
