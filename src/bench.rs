@@ -59,34 +59,16 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let y: Vec<u32> = (0..batch).map(|_| rng.random_range(0..cfg.classes as u32)).collect();
     let y = Tensor::from_vec(y, batch, dev)?;
     let (mut times, mut fwd, mut bwd, mut upd, mut flop) = (vec![], vec![], vec![], vec![], 0);
-    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     for i in 0..iters.max(1) + 3 {
         let flop0 = crate::cpu::matmul_flop();
         // In candle's CPU thread pool, as training steps run (see train.rs).
-        let (t0, t1, t2) = dev.with_context(|| -> Result<_> {
-            let t0 = Instant::now();
-            let losses = m.model.losses(&xv, &xs, &y, &mut rng)?;
-            let mut total = losses[0].1.clone();
-            for (_, l) in &losses[1..] {
-                total = (total + l)?;
-            }
-            dev.synchronize()?;
-            let t1 = Instant::now();
-            let grads = crate::model::backward(&total, opt.params())?;
-            dev.synchronize()?;
-            let t2 = Instant::now();
-            opt.step(&grads, 1.0)?;
-            for (_, l) in &losses {
-                l.to_scalar::<f32>()?;
-            }
-            dev.synchronize()?;
-            Ok((t0, t1, t2))
-        })?;
+        let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, &y, &mut rng, 0.0))?;
         if i >= 3 {
-            times.push(ms(t0));
-            fwd.push((t1 - t0).as_secs_f64() * 1e3);
-            bwd.push((t2 - t1).as_secs_f64() * 1e3);
-            upd.push(ms(t2));
+            times.push(ms(s.forward + s.backward + s.update));
+            fwd.push(ms(s.forward));
+            bwd.push(ms(s.backward));
+            upd.push(ms(s.update));
             flop = crate::cpu::matmul_flop() - flop0;
         }
     }
@@ -95,18 +77,11 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
     for s in steps {
         let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1 };
-        // One warm-up pass, then the median of three.
-        let (mut rates, mut flop) = (vec![], 0);
-        for rep in 0..4 {
-            let (t0, flop0) = (Instant::now(), crate::cpu::matmul_flop());
+        let (rate, flop) = throughput(infer_batch, || {
             let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
-            if rep > 0 {
-                rates.push(infer_batch as f64 / t0.elapsed().as_secs_f64());
-                flop = crate::cpu::matmul_flop() - flop0;
-            }
-        }
-        let rate = median(rates);
+            Ok(())
+        })?;
         infer.push((s, rate));
         infer_gflops.push((s, flop as f64 / 1e9 * rate / infer_batch as f64));
     }
@@ -124,6 +99,21 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
         infer_samples_per_s: infer,
         infer_gflops,
     })
+}
+
+/// Items/s of `run` (which handles `items` items): one warm-up run, then the median of three;
+/// also the products' floating-point operations of one run.
+fn throughput(items: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64, u64)> {
+    let (mut rates, mut flop) = (vec![], 0);
+    for rep in 0..4 {
+        let (t0, flop0) = (Instant::now(), crate::cpu::matmul_flop());
+        run()?;
+        if rep > 0 {
+            rates.push(items as f64 / t0.elapsed().as_secs_f64());
+            flop = crate::cpu::matmul_flop() - flop0;
+        }
+    }
+    Ok((median(rates), flop))
 }
 
 /// Runs `exe --threads N --quiet bench --heads-only ARGS` and reads its result: thread pools are
@@ -237,15 +227,11 @@ pub struct EncoderBench {
 pub fn encoder(backbone: &str, weights: &str, enc: &dyn ImageEncoder, batch: usize, dev: &Device) -> Result<EncoderBench> {
     let s = enc.preprocess().size as usize;
     let x = randn(&mut stream(0, "bench-images", 0), (batch, 3, s, s), dev)?;
-    let mut rates = vec![];
-    for rep in 0..4 {
-        let t0 = Instant::now();
+    let (images_per_s, _) = throughput(batch, || {
         enc.features(&x)?.flatten_all()?.to_vec1::<f32>()?;
-        if rep > 0 {
-            rates.push(batch as f64 / t0.elapsed().as_secs_f64());
-        }
-    }
-    Ok(EncoderBench { backbone: backbone.into(), weights: weights.into(), batch, images_per_s: median(rates) })
+        Ok(())
+    })?;
+    Ok(EncoderBench { backbone: backbone.into(), weights: weights.into(), batch, images_per_s })
 }
 
 /// ViT-B/16 at 224 px with random weights (no real ones can be fetched here; speed is the same).

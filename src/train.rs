@@ -5,14 +5,15 @@
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
 use crate::eval::{EvalResult, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
-use crate::model::marnet::MarnetConfig;
+use crate::model::marnet::{Marnet, MarnetConfig};
 use crate::optim::{AdamW, clip_scale};
+use crate::rng::SeededRng;
 use anyhow::{Context, Result, ensure};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -77,29 +78,49 @@ pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSpli
     Ok((cache.train.subset(&perm[n_val..]), cache.train.subset(&perm[..n_val])))
 }
 
-/// One optimiser step on the rows `idx`; returns the weighted loss terms.
+/// What one optimiser step produced: the weighted loss terms and the wall time of its phases
+/// (exact on the CPU, where every op finishes before the next starts).
+pub struct Step {
+    pub losses: Vec<(&'static str, f32)>,
+    /// Loss forward pass.
+    pub forward: Duration,
+    pub backward: Duration,
+    /// Clipping (if on), the AdamW update and reading the losses back.
+    pub update: Duration,
+}
+
+/// One optimiser step on a batch (`marnet bench` times this same function).
+pub fn step(model: &Marnet, opt: &mut AdamW, xv: &Tensor, xs: &Tensor, y: &Tensor, noise: &mut SeededRng, clip_grad: f64) -> Result<Step> {
+    let t0 = Instant::now();
+    let losses = model.losses(xv, xs, y, noise)?;
+    let mut total = losses[0].1.clone();
+    for (_, l) in &losses[1..] {
+        total = (total + l)?;
+    }
+    let t1 = Instant::now();
+    let grads = crate::model::backward(&total, opt.params())?;
+    let t2 = Instant::now();
+    let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
+    opt.step(&grads, scale)?;
+    let losses = losses.into_iter().map(|(name, l)| Ok((name, l.to_scalar::<f32>()?))).collect::<Result<_>>()?;
+    Ok(Step { losses, forward: t1 - t0, backward: t2 - t1, update: t2.elapsed() })
+}
+
+/// One optimiser step on the training rows `idx`.
 fn train_step(
     model: &LoadedModel,
     opt: &mut AdamW,
     train: &FeatureSplit,
     idx: &[usize],
-    noise: &mut crate::rng::SeededRng,
+    noise: &mut SeededRng,
     clip_grad: f64,
     dev: &Device,
-) -> Result<Vec<(&'static str, f32)>> {
+) -> Result<Step> {
     let b = idx.len();
     let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
     let xs = Tensor::from_vec(train.gather_text(idx).context("the training split has no text features")?, (b, train.ds), dev)?;
     let y = Tensor::from_vec(train.gather_label(idx), b, dev)?;
-    let losses = model.model.losses(&xv, &xs, &y, noise)?;
-    let mut total = losses[0].1.clone();
-    for (_, l) in &losses[1..] {
-        total = (total + l)?;
-    }
-    let grads = crate::model::backward(&total, opt.params())?;
-    let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
-    opt.step(&grads, scale)?;
-    losses.into_iter().map(|(name, l)| Ok((name, l.to_scalar::<f32>()?))).collect()
+    step(&model.model, opt, &xv, &xs, &y, noise, clip_grad)
 }
 
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
@@ -168,8 +189,8 @@ pub fn train(
         for idx in perm.chunks(cfg.batch).skip(steps_done) {
             // In candle's CPU thread pool, so that the step's serial parts run on a worker thread
             // and each parallel product starts without waking a sleeping pool (BENCHMARKS.md).
-            let losses = dev.with_context(|| train_step(&model, &mut opt, &train, idx, &mut noise, cfg.clip_grad, dev))?;
-            for (name, l) in losses {
+            let step = dev.with_context(|| train_step(&model, &mut opt, &train, idx, &mut noise, cfg.clip_grad, dev))?;
+            for (name, l) in step.losses {
                 *sums.entry(name.to_string()).or_default() += l as f64;
             }
             bar.inc(1);
