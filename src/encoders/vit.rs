@@ -26,15 +26,6 @@ fn dense(vbs: &[VarBuilder], in_dim: usize, out_dim: usize, bias: bool) -> candl
     Ok(Linear::new(Tensor::cat(&weights, 0)?.t()?.contiguous()?, Tensor::cat(&biases, 0)?))
 }
 
-/// `x` [..., in] through `layer`, as one [rows, in] product.
-fn apply(layer: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let y = layer.forward(&x.flatten_to(dims.len() - 2)?)?;
-    let mut out = dims;
-    *out.last_mut().unwrap() = y.dim(1)?;
-    y.reshape(out)
-}
-
 struct Block {
     norm1: LayerNorm,
     qkv: Linear,
@@ -65,14 +56,14 @@ impl Block {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let dh = h / self.heads;
-        let qkv = apply(&self.qkv, &x.apply(&self.norm1)?)?.reshape((b, t, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = x.apply(&self.norm1)?.apply(&self.qkv)?.reshape((b, t, 3, self.heads, dh))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.i(0)?.contiguous()?, qkv.i(1)?.contiguous()?, qkv.i(2)?.contiguous()?);
         let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((b, t, h))?;
-        let x = (x + apply(&self.proj, &ctx)?)?;
-        let m = apply(&self.fc1, &x.apply(&self.norm2)?)?.gelu_erf()?;
-        x + apply(&self.fc2, &m)?
+        let x = (x + ctx.apply(&self.proj)?)?;
+        let m = x.apply(&self.norm2)?.apply(&self.fc1)?.gelu_erf()?;
+        x + m.apply(&self.fc2)?
     }
 }
 

@@ -58,7 +58,14 @@ impl Linear {
 }
 
 impl Module for Linear {
+    /// `x` [..., in] -> [..., out]; leading dimensions are flattened into one product.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.rank() > 2 {
+            let mut dims = x.dims().to_vec();
+            let y = self.forward(&x.flatten_to(dims.len() - 2)?)?;
+            *dims.last_mut().unwrap() = y.dim(1)?;
+            return y.reshape(dims);
+        }
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
             return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp);
         }
@@ -185,6 +192,10 @@ mod tests {
             let fast = layer.forward(x.as_tensor())?;
             let slow = x.as_tensor().matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
             assert!(close(&fast, &slow)? < 1e-4);
+            // Leading dimensions are flattened into the same product.
+            let batched = layer.forward(&x.as_tensor().reshape((1, rows, k))?)?;
+            assert_eq!(batched.dims(), &[1, rows, n]);
+            assert!(close(&batched.squeeze(0)?, &fast)? == 0.0);
             let gf = backward(&(&fast * &r)?.sum_all()?, &params)?;
             let gs = (&slow * &r)?.sum_all()?.backward()?;
             for v in [&x, &w, &b] {
