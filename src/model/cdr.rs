@@ -100,6 +100,14 @@ pub struct CdrConfig {
     pub schedule: ScheduleConfig,
 }
 
+/// The denoiser's first layer split for sampling: the x_t part, the emb(t) part, and the x_v
+/// part already applied to the batch's condition.
+struct FirstLayer {
+    x: Linear,
+    t: Linear,
+    cond: Tensor,
+}
+
 #[derive(Debug, Clone)]
 pub struct Cdr {
     den: DenoiserMlp,
@@ -147,9 +155,15 @@ impl Cdr {
 
     /// Inference: x_CDR from Gaussian noise guided by x_v, averaged over `cfg.samples` draws.
     pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
+        // The first layer's product with the input [x_t | emb(t) | x_v] as the sum of three:
+        // the x_v part is the same at every step (and draw), the emb(t) part for every row.
+        let temb = self.temb.dim(1)?;
+        let [first_x, first_t, first_v]: [Linear; 3] =
+            self.den.split_first(&[self.ds, temb, xv.dim(1)?])?.try_into().expect("three parts");
+        let first = FirstLayer { x: first_x, t: first_t, cond: first_v.forward(xv)? };
         let mut acc: Option<Tensor> = None;
         for _ in 0..cfg.samples.max(1) {
-            let x = self.sample_once(xv, cfg, noise)?;
+            let x = self.sample_once(&first, cfg, noise)?;
             acc = Some(match acc {
                 None => x,
                 Some(a) => (a + x)?,
@@ -158,21 +172,15 @@ impl Cdr {
         acc.unwrap() / cfg.samples.max(1) as f64
     }
 
-    fn sample_once(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
-        let b = xv.dim(0)?;
-        let dev: &Device = xv.device();
+    fn sample_once(&self, first: &FirstLayer, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
+        let b = first.cond.dim(0)?;
+        let dev: &Device = first.cond.device();
         let ts = self.schedule.sampling_steps(cfg.steps);
-        // The first layer's product with the input [x_t | emb(t) | x_v] as the sum of three:
-        // the x_v part is the same at every step and the emb(t) part the same for every row.
-        let temb = self.temb.dim(1)?;
-        let [first_x, first_t, first_v]: [Linear; 3] =
-            self.den.split_first(&[self.ds, temb, xv.dim(1)?])?.try_into().expect("three parts");
-        let cond = first_v.forward(xv)?;
         let mut x = noise.randn(b, self.ds, dev)?;
         for (i, &t) in ts.iter().enumerate() {
             let s = ts.get(i + 1).copied().unwrap_or(0);
-            let step = first_t.forward(&self.temb.narrow(0, t, 1)?)?;
-            let h0 = first_x.forward(&x)?.broadcast_add(&step)?.add(&cond)?;
+            let step = first.t.forward(&self.temb.narrow(0, t, 1)?)?;
+            let h0 = first.x.forward(&x)?.broadcast_add(&step)?.add(&first.cond)?;
             // Detached: the weights are variables, and their autograd record would otherwise
             // keep every step's activations alive until the loop ends.
             let x0 = self.den.forward_after_first(&h0)?.detach();
