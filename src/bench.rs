@@ -50,6 +50,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Times `iters` training steps (after 3 warm-up steps) and inference on random features.
 pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize, sampling_steps: &[usize], dev: &Device) -> Result<HeadBench> {
+    anyhow::ensure!(batch >= 1 && infer_batch >= 1, "--batch and --infer-batch must be at least 1");
     let m = LoadedModel::init(cfg, 0, dev)?;
     let params = m.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
     let mut opt = AdamW::new(m.trainable_vars(), AdamWConfig::default())?;
@@ -124,7 +125,10 @@ pub fn heads_in_child(exe: &std::path::Path, threads: usize, args: &[String]) ->
         .args(args)
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))?;
-    anyhow::ensure!(out.status.success(), "bench at {threads} threads failed: {}", String::from_utf8_lossy(&out.stderr));
+    // The child's own error line, without a backtrace that RUST_BACKTRACE may have added.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or(stderr.trim());
+    anyhow::ensure!(out.status.success(), "bench at {threads} threads failed: {reason}");
     serde_json::from_slice(&out.stdout).context("unreadable result of the bench child process")
 }
 

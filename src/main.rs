@@ -730,6 +730,7 @@ fn run() -> Result<()> {
                 return Ok(());
             }
             let threads = candle_core::utils::get_num_threads();
+            anyhow::ensure!(thread_counts.iter().all(|&t| t >= 1), "--thread-counts must all be at least 1");
             let mut counts = if thread_counts.is_empty() { vec![1, threads] } else { thread_counts };
             counts.dedup();
             let exe = std::env::current_exe()?;

@@ -25,3 +25,12 @@ fn bench_reports_each_thread_count() {
     assert!(flop(&heads[0]) > 0.0 && flop(&heads[0]) == flop(&heads[1]));
     assert!(r["encoders"].as_array().unwrap().is_empty() && r["decode"].is_null());
 }
+
+#[test]
+fn bench_refuses_empty_batches_and_zero_threads() {
+    for (flag, value, want) in [("--batch", "0", "--batch and --infer-batch"), ("--thread-counts", "0", "--thread-counts")] {
+        let out = common::marnet(&["bench", "--skip-extraction", "--iters", "1", "--dv", "8", "--ds", "8", "--hidden", "16", "--d", "4", "--temb", "4", flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want) && !err.contains("panicked"), "{flag} {value}: {err}");
+    }
+}
