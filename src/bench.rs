@@ -77,7 +77,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let (mut infer, mut infer_gflops) = (vec![], vec![]);
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
     for s in steps {
-        let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1 };
+        let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1, ..Default::default() };
         let (rate, flop) = throughput(infer_batch, || {
             let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;

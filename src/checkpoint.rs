@@ -53,6 +53,20 @@ pub struct RunConfig {
     pub text_encoder: String,
     pub dataset: String,
     pub marnet_version: String,
+    /// The leave-one-group-out fold of `cache` the run used, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<crate::folds::FoldSpec>,
+}
+
+impl RunConfig {
+    /// The feature cache the run was trained on (its fold, for fold runs).
+    pub fn open_cache(&self) -> Result<crate::features::FeatureCache> {
+        let cache = crate::features::FeatureCache::open(&self.cache)?;
+        match &self.fold {
+            Some(f) => crate::folds::fold(&cache, f),
+            None => Ok(cache),
+        }
+    }
 }
 
 /// A model with its variables, ready to train or run.

@@ -1,6 +1,6 @@
-//! `marnet demo`: the whole chain on the built-in emoji-food benchmark, from the fetched assets
-//! to a report: extract (cached), every ablation row and alignment baseline over several seeds,
-//! test on the held-out vendor, `report/`.
+//! `marnet demo`: the whole chain on a built-in emoji benchmark, from the fetched assets to a
+//! report: extract (cached), every ablation row and alignment baseline over several seeds, test
+//! on the held-out vendor (or on every vendor in turn, leave-one-vendor-out), `report/`.
 
 use crate::checkpoint::TrainConfig;
 use crate::experiments::{Table, ablation_arms, alignment_arms, run_arms};
@@ -15,6 +15,10 @@ use std::time::Instant;
 pub struct DemoOptions {
     pub out: PathBuf,
     pub assets: PathBuf,
+    /// `emoji-food` (fast) or `emoji-all`.
+    pub dataset: String,
+    /// Every vendor as the test split once (in-style validation), instead of Apple alone.
+    pub leave_one_out: bool,
     pub seeds: Vec<u64>,
     pub train: TrainConfig,
     pub report: crate::report::ReportOptions,
@@ -31,14 +35,29 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
     crate::report::plots::use_font(&opts.report.font)?;
     let cache_dir = opts.out.join("cache");
     if !FeatureCache::split_path(&cache_dir, "train").exists() {
-        let ds = crate::data::open("emoji-food", None, &opts.assets, "apple", 0.2, 0)?;
+        let ds = crate::data::open(&opts.dataset, None, &opts.assets, "apple", 0.2, 0)?;
         let image_enc = crate::encoders::load_image_encoder("efficientnet-lite0", &opts.assets, dev)?;
         let text_enc = crate::encoders::text::TextEncoder::load(&opts.assets.join("minilm"), dev)?;
-        let settings = serde_json::json!({ "dataset": "emoji-food", "test_vendor": "apple", "val_fraction": 0.2, "seed": 0, "batch": 32, "visual": "efficientnet-lite0" });
+        let settings = serde_json::json!({ "dataset": opts.dataset, "test_vendor": "apple", "val_fraction": 0.2, "seed": 0, "batch": 32, "visual": "efficientnet-lite0" });
         let eopts = crate::extract::ExtractOptions { batch: 32, limit: None, skip_bad: false, progress: opts.verbosity == Verbosity::Progress, settings };
-        crate::extract::extract(&ds, image_enc.as_ref(), &text_enc, &eopts, &cache_dir, dev).context("extracting emoji-food")?;
+        crate::extract::extract(&ds, image_enc.as_ref(), &text_enc, &eopts, &cache_dir, dev).with_context(|| format!("extracting {}", opts.dataset))?;
     }
     let cache = FeatureCache::open(&cache_dir)?;
+    anyhow::ensure!(
+        cache.train.meta.dataset.starts_with(&format!("{}(", opts.dataset)),
+        "{}: this cache holds `{}`, not {}; use another --out",
+        cache_dir.display(),
+        cache.train.meta.dataset,
+        opts.dataset
+    );
+    let folds: Vec<crate::folds::FoldSpec> = match opts.leave_one_out {
+        true => crate::folds::groups(&cache)?.into_iter().map(|g| crate::folds::FoldSpec { test_group: g, val: Default::default(), seed: 0 }).collect(),
+        false => vec![],
+    };
+    let split = match opts.leave_one_out {
+        true => "leave-one-vendor-out (4 folds)",
+        false => "test = Apple",
+    };
     let t_extract = t0.elapsed().as_secs_f64();
     let base = model(cache.train.dv, cache.train.ds, cache.num_classes());
     let runs = opts.out.clone();
@@ -49,9 +68,9 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
         ("comparison", "Alignment methods (Table 1)", "Method", alignment_arms(&base, &[])),
     ] {
         let t = Instant::now();
-        let rows = run_arms(&cache, &arms, &opts.train, &opts.seeds, &runs, opts.verbosity, dev)?;
+        let rows = run_arms(&cache, &arms, &opts.train, &opts.seeds, &folds, &runs, opts.verbosity, dev)?;
         let table = Table {
-            title: format!("{title} on emoji-food (test = Apple): {} seeds, {} epochs; model selected on val", opts.seeds.len(), opts.train.epochs),
+            title: format!("{title} on {} ({split}): {} seeds, {} epochs; model selected on val", opts.dataset, opts.seeds.len(), opts.train.epochs),
             first_column: first.into(),
             command: opts.command.clone(),
             train: opts.train.clone(),

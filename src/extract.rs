@@ -372,6 +372,7 @@ pub fn extract(
         train,
         val: found.remove("val"),
         test: found.remove("test"),
+        fold: None,
     };
     cache.write(out)?;
     let lines: String = skipped

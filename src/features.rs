@@ -180,6 +180,8 @@ pub struct FeatureCache {
     pub train: FeatureSplit,
     pub val: Option<FeatureSplit>,
     pub test: Option<FeatureSplit>,
+    /// Set when the splits are a leave-one-group-out fold of the cache at `dir`.
+    pub fold: Option<crate::folds::FoldSpec>,
 }
 
 impl FeatureCache {
@@ -204,7 +206,7 @@ impl FeatureCache {
             "{}: tensor `text` is missing; MARNet needs text features for training",
             path.display()
         );
-        let mut cache = FeatureCache { dir: dir.to_path_buf(), train, val: None, test: None };
+        let mut cache = FeatureCache { dir: dir.to_path_buf(), train, val: None, test: None, fold: None };
         for split in ["val", "test"] {
             let p = Self::split_path(dir, split);
             if !p.exists() {
@@ -366,7 +368,7 @@ impl FeatureCache {
         }
         let merged = |s: &str| per_split.get(s).map(|v| FeatureSplit::concat(v).with_context(|| format!("merging `{s}`"))).transpose();
         let train = merged("train")?.context("no shard has a train split")?;
-        let cache = FeatureCache { dir: out.to_path_buf(), train, val: merged("val")?, test: merged("test")? };
+        let cache = FeatureCache { dir: out.to_path_buf(), train, val: merged("val")?, test: merged("test")?, fold: None };
         cache.write(out)?;
         Ok(cache)
     }

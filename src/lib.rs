@@ -10,8 +10,9 @@
 //!   └─ train (train, optim)       EMA (model::ema) + CDR (model::cdr, model::diffusion)
 //!        │                        + fusion (model::fusion), variants in model::marnet
 //!        ├─ eval (eval)           top-1 / top-5 from x_v alone
-//!        └─ ablate / compare      the paper's Tables 2 and 1, mean ± std over seeds
-//!           (experiments)         (alignment losses of Table 1 in align)
+//!        └─ ablate / compare      the paper's Tables 2 and 1, mean ± std over seeds and
+//!           (experiments, stats)  leave-one-vendor-out folds, CIs and paired tests
+//!                                 (alignment losses of Table 1 in align)
 //! ```
 //! `synth` writes a seeded synthetic cache in which text helps; `bench` times a training step
 //! and inference.
@@ -28,6 +29,7 @@ pub mod eval;
 pub mod experiments;
 pub mod extract;
 pub mod features;
+pub mod folds;
 pub mod fsutil;
 pub mod interrupt;
 pub mod model;
@@ -37,5 +39,6 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod serve;
+pub mod stats;
 pub mod synth;
 pub mod train;

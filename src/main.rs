@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use marnet::align::Alignment;
 use marnet::checkpoint::{Checkpoint, TrainConfig};
 use marnet::features::{FeatureCache, FeatureSplit};
-use marnet::model::cdr::{Activation, SamplerConfig, SamplerMode};
+use marnet::model::cdr::{Activation, CdrTrainInput, SampleAverage, SamplerConfig, SamplerMode};
 use marnet::model::diffusion::ScheduleConfig;
 use marnet::model::fusion::Fusion;
 use marnet::model::marnet::{LossWeights, MarnetConfig, Variant};
@@ -82,8 +82,10 @@ enum Cmd {
         /// Checkpoint folder, or a run folder (its `best/` is used).
         #[arg(long)]
         model: PathBuf,
+        /// Feature cache (default: the one the model was trained on; a leave-one-out fold run
+        /// always uses its fold of the cache).
         #[arg(long)]
-        cache: PathBuf,
+        cache: Option<PathBuf>,
         #[arg(long, default_value = "test")]
         split: String,
         #[command(flatten)]
@@ -170,6 +172,13 @@ enum Cmd {
     Demo {
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
+        /// `emoji-food` (128 classes, minutes) or `emoji-all` (1,583 classes: every emoji all
+        /// four vendors draw, without flags; use its own --out).
+        #[arg(long, default_value = "emoji-food")]
+        dataset: String,
+        /// Test on every vendor in turn (leave-one-vendor-out, 4 folds) instead of Apple alone.
+        #[arg(long)]
+        leave_one_out: bool,
         /// Folder `scripts/fetch-assets` filled.
         #[arg(long, default_value = "assets")]
         assets: PathBuf,
@@ -296,9 +305,26 @@ struct ModelArgs {
     /// Weight of the CDR cross-entropy (eq. 20).
     #[arg(long, default_value_t = 1.0)]
     a2: f64,
-    /// Weight of the reconstruction MSE (eq. 20).
+    /// Weight of the reconstruction error (eq. 20); eq. 19 is the squared L2 norm per sample
+    /// in standardised text units (gamma = 1/Ds gives a per-dimension mean instead).
     #[arg(long, default_value_t = 1.0)]
     gamma: f64,
+    /// What the CDR and fused classifiers see in training: `noise` (the prediction at t = T from
+    /// pure noise, x_v alone, as at inference), `sampled` (a DDIM sample from noise, gradient
+    /// through its last step only) or `onestep` (the denoised x_s^t, which still holds the text).
+    #[arg(long, value_enum, default_value = "noise")]
+    cdr_train_input: CdrTrainInput,
+    /// DDIM steps of `--cdr-train-input sampled`.
+    #[arg(long, default_value_t = 4)]
+    cdr_train_steps: usize,
+    /// Add a linear image-only classifier's logits to the EMA and fused heads (a residual path
+    /// around the d-dimensional EMA bottleneck).
+    #[arg(long)]
+    residual: bool,
+    /// MARNet: after training, fit on validation how much the prediction leans on the fused
+    /// head: `(1 - w) p_EMA + w p_fused`, w in {0, 0.1, ..., 1} (ties: more fusion).
+    #[arg(long)]
+    gate: bool,
 }
 
 impl ModelArgs {
@@ -312,6 +338,10 @@ impl ModelArgs {
             act: self.act,
             schedule: ScheduleConfig { steps: self.t_steps, beta_start: self.beta_start, beta_end: self.beta_end },
             weights: LossWeights { a1: self.a1, beta: self.beta, a2: self.a2, gamma: self.gamma },
+            cdr_train_input: self.cdr_train_input,
+            cdr_train_steps: self.cdr_train_steps,
+            residual: self.residual,
+            gate: self.gate,
             ..MarnetConfig::new(variant, dv, ds, classes)
         }
     }
@@ -328,6 +358,16 @@ struct TableArgs {
     /// Number of seeds (0..N).
     #[arg(long, default_value_t = 3)]
     seeds: u64,
+    /// Leave-one-vendor-out: every group of rows (the first path component of the row ids: the
+    /// vendor, for the emoji datasets) is the test split once, whatever split the cache put it
+    /// in; runs go to OUT/fold-<vendor>/. The table reports each fold and the mean.
+    #[arg(long)]
+    leave_one_out: bool,
+    /// With --leave-one-out, where validation comes from: `in-style` (one image each of 20% of
+    /// the training rows' classes) or `group` (every image of the next training vendor: a style
+    /// the model has not trained on, for choosing settings that must transfer).
+    #[arg(long, value_enum, default_value = "in-style")]
+    fold_val: marnet::folds::FoldVal,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -353,10 +393,21 @@ impl TableArgs {
         dev: &candle_core::Device,
     ) -> Result<()> {
         let seeds: Vec<u64> = (0..self.seeds).collect();
-        let rows = marnet::experiments::run_arms(cache, arms, &self.train.config(), &seeds, &self.out, verbosity, dev)?;
+        let folds: Vec<marnet::folds::FoldSpec> = match self.leave_one_out {
+            true => marnet::folds::groups(cache)?
+                .into_iter()
+                .map(|g| marnet::folds::FoldSpec { test_group: g, val: self.fold_val, seed: self.train.seed })
+                .collect(),
+            false => vec![],
+        };
+        let rows = marnet::experiments::run_arms(cache, arms, &self.train.config(), &seeds, &folds, &self.out, verbosity, dev)?;
+        let split = match folds.len() {
+            0 => "test split".to_string(),
+            n => format!("leave-one-vendor-out over {n} folds, {:?} validation", self.fold_val),
+        };
         let table = marnet::experiments::Table {
             title: format!(
-                "{what} on `{}`: {} seeds, {} epochs; test split, model selected on val",
+                "{what} on `{}`: {} seeds, {} epochs; {split}, model selected on val",
                 cache.dir.display(),
                 seeds.len(),
                 self.train.epochs
@@ -407,14 +458,18 @@ struct SamplerArgs {
     /// Reverse steps (a strided subsequence of 1..=T).
     #[arg(long, default_value_t = 10)]
     steps: usize,
-    /// Draws of x_CDR averaged per image.
+    /// Draws of x_CDR per image.
     #[arg(long, default_value_t = 1)]
     samples: usize,
+    /// How the draws combine: `probs` averages class probabilities (the posterior predictive),
+    /// `features` averages the sampled features and classifies once.
+    #[arg(long, value_enum, default_value = "probs")]
+    average: SampleAverage,
 }
 
 impl SamplerArgs {
     fn config(&self) -> SamplerConfig {
-        SamplerConfig { mode: self.sampler, steps: self.steps, samples: self.samples }
+        SamplerConfig { mode: self.sampler, steps: self.steps, samples: self.samples, average: self.average }
     }
 }
 
@@ -461,7 +516,8 @@ impl TrainArgs {
 /// `marnet extract` settings; recorded in the cache's `extract.json`.
 #[derive(Args, Debug, serde::Serialize)]
 struct ExtractArgs {
-    /// Dataset: `emoji-food` (built in; Food & Drink emoji, split by vendor), `vireo172`,
+    /// Dataset: `emoji-food` (built in; the 128 Food & Drink emoji, split by vendor),
+    /// `emoji-all` (built in; the 1,583 emoji all four vendors draw, without flags), `vireo172`,
     /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
     /// JSON Lines file).
     #[arg(long, default_value = "emoji-food")]
@@ -479,10 +535,15 @@ struct ExtractArgs {
     /// Output cache folder.
     #[arg(long)]
     out: PathBuf,
-    /// emoji-food: the vendor held out as the test split.
+    /// emoji-food / emoji-all: the vendor held out as the test split (`ablate --leave-one-out`
+    /// re-splits the cache so every vendor is test once).
     #[arg(long, default_value = "apple")]
     test_vendor: String,
-    /// emoji-food: fraction of the training vendors' images held out for validation.
+    /// emoji-all: add the training vendors' skin-tone variants as extra training images of their
+    /// base class (never in val or test).
+    #[arg(long)]
+    skin_tones: bool,
+    /// emoji-food / emoji-all: fraction of the training vendors' images held out for validation.
     #[arg(long, default_value_t = 0.2)]
     val_fraction: f64,
     #[arg(long, default_value_t = 0)]
@@ -588,8 +649,12 @@ fn run() -> Result<()> {
         }
         Cmd::Eval { model, cache, split, sampler, seed, json, predictions } => {
             let ck = Checkpoint::open(&model, &dev)?;
-            let cache_dir = cache;
+            let cache_dir = cache.unwrap_or_else(|| ck.run.cache.clone());
             let cache = FeatureCache::open(&cache_dir)?;
+            let cache = match &ck.run.fold {
+                Some(f) => marnet::folds::fold(&cache, f)?,
+                None => cache,
+            };
             let data = match split.as_str() {
                 "train" => Some(&cache.train),
                 "val" => cache.val.as_ref(),
@@ -602,18 +667,26 @@ fn run() -> Result<()> {
             let t0 = std::time::Instant::now();
             let out = marnet::eval::predict_split(&m.model, data, &sampler.config(), seed, 500, &dev)?;
             let seconds = t0.elapsed().as_secs_f64();
-            let r = marnet::eval::accuracy(&out, data, ck.run.model.classes);
+            let reference = marnet::eval::TextReference::class_means(&cache.train, ck.run.model.classes);
+            let r = marnet::eval::accuracy(&out, data, ck.run.model.classes, reference.as_ref());
             if let Some(p) = predictions {
                 let rows = marnet::eval::row_predictions(data, &out.logits, &ck.run.classes);
                 let lines: Vec<String> = rows.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
                 marnet::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes())?;
             }
-            println!("| split | n | Acc-1 (%) | Acc-5 (%) |\n|---|---|---|---|");
-            println!("| {split} | {} | {:.2} | {:.2} |", r.final_head.n, 100.0 * r.final_head.top1, 100.0 * r.final_head.top5);
-            for (name, h) in [("EMA head", r.ema_head), ("CDR head", r.cdr_head)] {
+            println!("| split | n | Acc-1 (%) | Acc-5 (%) | mean max prob |\n|---|---|---|---|---|");
+            let heads = [("", Some(r.final_head)), (" (EMA head)", r.ema_head), (" (CDR head)", r.cdr_head)];
+            for (name, h) in heads {
                 if let Some(h) = h {
-                    println!("| {split} ({name}) | {} | {:.2} | {:.2} |", h.n, 100.0 * h.top1, 100.0 * h.top5);
+                    println!("| {split}{name} | {} | {:.2} | {:.2} | {:.3} |", h.n, 100.0 * h.top1, 100.0 * h.top5, h.mean_max_prob);
                 }
+            }
+            if let Some(rc) = r.reconstruction {
+                println!(
+                    "reconstruction: mean cos(x_CDR, x_s) {:.3}; x_CDR nearest to its own class's mean text {:.2}%",
+                    rc.cosine,
+                    100.0 * rc.class_match
+                );
             }
             let rate = data.len() as f64 / seconds;
             println!("inference: {} samples in {seconds:.2} s ({rate:.0} samples/s)", data.len());
@@ -626,11 +699,13 @@ fn run() -> Result<()> {
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&record)?.as_bytes())?;
             }
         }
-        Cmd::Demo { out, assets, seeds, epochs, model, report } => {
+        Cmd::Demo { out, dataset, leave_one_out, assets, seeds, epochs, model, report } => {
             let t0 = std::time::Instant::now();
             let opts = marnet::demo::DemoOptions {
                 out: out.clone(),
                 assets,
+                dataset,
+                leave_one_out,
                 seeds: (0..seeds).collect(),
                 train: TrainConfig { epochs, ..TrainConfig::default() },
                 report: report.options(!cli.quiet),
@@ -660,8 +735,8 @@ fn run() -> Result<()> {
             table.run(&cache, &arms, "Alignment methods (Table 1)", "Method", "comparison", verbosity, &dev)?;
         }
         Cmd::Extract(args) => {
-            let ExtractArgs { dataset, root, assets, visual, out, test_vendor, val_fraction, seed, batch, limit, shard, skip_bad } = &args;
-            let ds = marnet::data::open(dataset, root.as_deref(), assets, test_vendor, *val_fraction, *seed)?;
+            let ExtractArgs { dataset, root, assets, visual, out, test_vendor, skin_tones, val_fraction, seed, batch, limit, shard, skip_bad } = &args;
+            let ds = marnet::data::open_with_skin_tones(dataset, root.as_deref(), assets, test_vendor, *val_fraction, *seed, *skin_tones)?;
             let ds = match shard {
                 Some(s) => {
                     let (i, n) = marnet::data::parse_shard(s)?;

@@ -49,6 +49,10 @@ pub struct SynthConfig {
     pub n_bg: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Prefix row ids with one of N groups (`g1/synth-train-000004`, round robin), so that
+    /// `ablate --leave-one-out` can fold the cache; 0: plain ids.
+    #[arg(long, default_value_t = 0)]
+    pub groups: usize,
 }
 
 /// Rows orthonormalised by modified Gram-Schmidt (f64), `r` rows of length `d`.
@@ -110,7 +114,12 @@ pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
         }
         let meta = SplitMeta {
             classes: classes.clone(),
-            ids: (0..n).map(|i| format!("synth-{name}-{i:06}")).collect(),
+            ids: (0..n)
+                .map(|i| match cfg.groups {
+                    0 => format!("synth-{name}-{i:06}"),
+                    g => format!("g{}/synth-{name}-{i:06}", i % g),
+                })
+                .collect(),
             visual_encoder: "synthetic".into(),
             text_encoder: "synthetic".into(),
             dataset: format!("synth(seed={}, classes={})", cfg.seed, cfg.classes),
@@ -121,7 +130,7 @@ pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
     let train = split("train", cfg.n_train)?.unwrap();
     let val = split("val", cfg.n_val)?;
     let test = split("test", cfg.n_test)?;
-    Ok(FeatureCache { dir: Default::default(), train, val, test })
+    Ok(FeatureCache { dir: Default::default(), train, val, test, fold: None })
 }
 
 /// Generates and writes a cache folder.

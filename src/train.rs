@@ -3,7 +3,7 @@
 //! in `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
-use crate::eval::{EvalResult, evaluate};
+use crate::eval::{EvalResult, TextReference, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
 use crate::model::marnet::{Marnet, MarnetConfig};
 use crate::optim::{AdamW, clip_scale};
@@ -37,6 +37,12 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
     /// Test accuracy of the selected model (reported, never used for selection).
     pub test: Option<EvalResult>,
+    /// Per test row, whether the selected model's top-1 class is right (for paired tests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_hits: Vec<bool>,
+    /// The late-fusion weight w fitted on validation (MARNet with `gate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<f64>,
     /// Set when the run stopped inside an epoch (Ctrl-C): where `--resume` picks up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<PartialEpoch>,
@@ -123,6 +129,28 @@ fn train_step(
     step(&model.model, opt, &xv, &xs, &y, noise, clip_grad)
 }
 
+/// Fits MARNet's late-fusion weight w (see `MarnetConfig::gate`) on `val` for the checkpoint in
+/// `best` and saves it there: the w in {0, 0.1, ..., 1} with the best val top-1 (ties: the
+/// largest, the most fusion).
+fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, reference: Option<&TextReference>, dev: &Device) -> Result<f64> {
+    let ck = Checkpoint::open(best, dev)?;
+    let m = ck.model(dev)?;
+    let mut chosen = (f64::NEG_INFINITY, 1.0);
+    for k in 0..=10 {
+        let w = k as f64 / 10.0;
+        m.model.set_gate(w)?;
+        let (r, _) = evaluate(&m.model, val, &cfg.sampler, cfg.seed, cfg.eval_batch, reference, dev)?;
+        if r.final_head.top1 >= chosen.0 {
+            chosen = (r.final_head.top1, w);
+        }
+    }
+    m.model.set_gate(chosen.1)?;
+    let mut metrics = ck.metrics.clone();
+    metrics["gate"] = chosen.1.into();
+    checkpoint::save(&ck.dir, &ck.run, &m, vec![], &metrics)?;
+    Ok(chosen.1)
+}
+
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
 /// has a test split.
 pub fn train(
@@ -147,8 +175,13 @@ pub fn train(
         text_encoder: meta.text_encoder.clone(),
         dataset: meta.dataset.clone(),
         marnet_version: env!("CARGO_PKG_VERSION").to_string(),
+        fold: cache.fold.clone(),
     };
+    ensure!(train.text.is_some(), "{}: the training split has no text features", cache.dir.display());
     let model = LoadedModel::init(model_cfg, cfg.seed, dev)?;
+    // The text standardisation comes from the training rows (a resumed run loads the saved one).
+    model.model.fit_text_scale(train.text.as_deref().unwrap_or_default())?;
+    let reference = TextReference::class_means(&train, model_cfg.classes);
     let mut opt = AdamW::new(model.trainable_vars(), cfg.optim)?;
     let mut state = TrainState::default();
     let last_dir = out.join("last");
@@ -170,7 +203,6 @@ pub fn train(
         }
     }
 
-    ensure!(train.text.is_some(), "{}: the training split has no text features", cache.dir.display());
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();
         let mut shuffle = crate::rng::stream(cfg.seed, "shuffle", epoch as u64);
@@ -224,13 +256,14 @@ pub fn train(
             "training diverged in epoch {} (losses {losses:?}); lower --lr or set --clip-grad",
             epoch + 1
         );
-        let val_res = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?;
+        let (val_res, _) = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, reference.as_ref(), dev)?;
         let val_seconds = t0.elapsed().as_secs_f64() + earlier_seconds - train_seconds;
         let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };
         if verbosity == Verbosity::Progress {
             let terms: Vec<String> = rec.losses.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+            let recon = val_res.reconstruction.map(|r| format!(" cos(x_CDR, x_s) {:.3}", r.cosine)).unwrap_or_default();
             eprintln!(
-                "{} epoch {}/{}: {} | val top1 {:.2}% top5 {:.2}% | train {:.1}s val {:.1}s",
+                "{} epoch {}/{}: {} | val top1 {:.2}% top5 {:.2}%{recon} | train {:.1}s val {:.1}s",
                 model_cfg.variant.name(),
                 epoch + 1,
                 cfg.epochs,
@@ -252,10 +285,14 @@ pub fn train(
         checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
     }
 
+    if model_cfg.gate {
+        state.gate = Some(fit_gate(&out.join("best"), &val, cfg, reference.as_ref(), dev)?);
+    }
     if let Some(test) = &cache.test {
         let best = Checkpoint::open(&out.join("best"), dev)?;
         let m = best.model(dev)?;
-        state.test = Some(evaluate(&m.model, test, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?);
+        let (res, hits) = evaluate(&m.model, test, &cfg.sampler, cfg.seed, cfg.eval_batch, reference.as_ref(), dev)?;
+        (state.test, state.test_hits) = (Some(res), hits);
         let path = out.join("best").join(checkpoint::METRICS);
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;
     }

@@ -130,7 +130,7 @@ fn round_trip_keeps_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = marnet::synth::SynthConfig {
         classes: 3, dv: 4, ds: 5, n_train: 7, n_val: 0, n_test: 2, text_rank: 2,
-        text_jitter: 0.3, vis_noise: 1.0, bg_scale: 1.0, n_bg: 2, seed: 1,
+        text_jitter: 0.3, vis_noise: 1.0, bg_scale: 1.0, n_bg: 2, seed: 1, groups: 0,
     };
     let written = marnet::synth::write(&cfg, tmp.path()).unwrap();
     let read = FeatureCache::open(tmp.path()).unwrap();

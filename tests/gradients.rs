@@ -45,7 +45,7 @@ fn every_variant_trains_every_parameter() {
 
 #[test]
 fn every_fusion_mode_trains_every_parameter() {
-    for f in [Fusion::Concat, Fusion::Add, Fusion::Mul, Fusion::Sum, Fusion::Hm] {
+    for f in Fusion::ALL {
         check(Variant::Marnet, f, 6);
         // d == ds: add/mul fuse without a projection.
         check(Variant::Marnet, f, 10);

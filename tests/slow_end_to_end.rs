@@ -79,6 +79,50 @@ fn compare_prints_every_alignment_row() {
     }
 }
 
+/// `--leave-one-out` on a cache whose ids fall in 3 groups: every group is test once, the
+/// table has per-fold accuracies, CIs and paired tests, eval of a fold run uses its fold, and
+/// the report's Figure 3 pools the folds' test images.
+#[test]
+fn leave_one_out_folds_statistics_and_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    ok(&[&["synth", "--out", &cache, "--groups", "3"], SMALL].concat());
+    let runs = tmp.path().join("lovo").display().to_string();
+    let table = ok(&[&["ablate", "--cache", &cache, "--out", &runs, "--seeds", "2", "--leave-one-out", "--variants", "baseline,ema,marnet"], TINY_MODEL].concat());
+    assert!(table.contains("Acc-1 per held-out vendor (g0 / g1 / g2)"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("ablation.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    for row in rows {
+        assert_eq!(row["folds"], serde_json::json!(["fold-g0", "fold-g1", "fold-g2"]));
+        // 3 folds x 2 seeds.
+        assert_eq!(row["test_top1"].as_array().unwrap().len(), 6);
+        let (lo, hi) = (row["ci95_top1"][0].as_f64().unwrap(), row["ci95_top1"][1].as_f64().unwrap());
+        assert!(lo <= hi && lo > 0.0, "{row}");
+    }
+    // Paired tests: every row but the baseline against it, over all 1050 rows (each row of the
+    // cache is test once).
+    assert!(rows[0]["vs_baseline"].is_null());
+    let p = &rows[2]["vs_baseline"];
+    assert_eq!(p["n"], 1050, "{p}");
+    assert!((0.0..=1.0).contains(&p["p_bootstrap"].as_f64().unwrap()));
+    for fold in ["fold-g0", "fold-g1", "fold-g2"] {
+        assert!(Path::new(&runs).join(fold).join("marnet/seed1/best").is_dir());
+    }
+    // eval of a fold run, without --cache: its own fold's 350 test rows, as recorded.
+    let run = Path::new(&runs).join("fold-g1/marnet/seed0");
+    let eval = ok(&["eval", "--model", &run.display().to_string()]);
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("best/metrics.json")).unwrap()).unwrap();
+    let top1 = 100.0 * metrics["test"]["final_head"]["top1"].as_f64().unwrap();
+    assert!(eval.contains(&format!("| test | 350 | {top1:.2} |")), "{eval} vs {top1:.2}");
+    assert!(eval.contains("reconstruction: mean cos(x_CDR, x_s)"), "{eval}");
+
+    let Some(font) = common::asset("npm/dejavu-fonts-ttf/ttf/DejaVuSans.ttf") else { return };
+    ok(&["report", &runs, "--font", &font.display().to_string(), "--tsne-per-class", "10", "--examples", "2"]);
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("report/figures.json")).unwrap()).unwrap();
+    // 5 classes x 10 test images from each of the 3 folds.
+    assert_eq!(stats["tsne_points"], 5 * 10 * 3);
+}
+
 #[test]
 fn bad_paths_fail_with_a_message() {
     let tmp = tempfile::tempdir().unwrap();

@@ -23,6 +23,7 @@ fn small_synth() -> SynthConfig {
         bg_scale: 1.0,
         n_bg: 4,
         seed: 7,
+        groups: 0,
     }
 }
 
@@ -102,4 +103,59 @@ fn resume_refuses_a_different_configuration() {
     let other = TrainConfig { batch: 16, ..train_cfg(2) };
     let err = train(&c, &model_cfg(Variant::Marnet, &c), &other, &out, true, Verbosity::Quiet, &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("different configuration"), "{err:#}");
+}
+
+/// A cache shaped like sentence-encoder text: x_s unit-norm (per-dimension scale ~1/sqrt(Ds)),
+/// with a shared offset and a class direction; x_v a noisy linear map of x_s.
+fn unit_norm_text_cache() -> FeatureCache {
+    use marnet::features::{FeatureSplit, SplitMeta};
+    use marnet::rng::{normal_vec, stream};
+    let (classes, dv, ds) = (6, 24, 32);
+    let mut rng = stream(11, "recon-test", 0);
+    let offset = normal_vec(&mut rng, ds);
+    let means: Vec<Vec<f32>> = (0..classes).map(|_| normal_vec(&mut rng, ds)).collect();
+    let map = normal_vec(&mut rng, ds * dv);
+    let mut split = |n: usize| {
+        let mut s = FeatureSplit { visual: vec![], dv, text: Some(vec![]), ds, label: vec![], meta: SplitMeta::default() };
+        s.meta.classes = (0..classes).map(|c| format!("c{c}")).collect();
+        let (jitter, noise) = (normal_vec(&mut rng, n * ds), normal_vec(&mut rng, n * dv));
+        for i in 0..n {
+            let y = i % classes;
+            let raw: Vec<f32> = (0..ds).map(|j| offset[j] + means[y][j] + 0.3 * jitter[i * ds + j]).collect();
+            let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let xs: Vec<f32> = raw.iter().map(|x| x / norm).collect();
+            s.visual.extend((0..dv).map(|k| (0..ds).map(|j| xs[j] * map[j * dv + k]).sum::<f32>() + 0.05 * noise[i * dv + k]));
+            s.text.as_mut().unwrap().extend(xs);
+            s.label.push(y as u32);
+            s.meta.ids.push(format!("row{i}"));
+        }
+        s
+    };
+    let (train, val, test) = (split(600), split(120), split(240));
+    FeatureCache { dir: "unit-norm".into(), train, val: Some(val), test: Some(test), fold: None }
+}
+
+/// Eq. 19 is met: CDR sampled from noise and x_v alone reconstructs unit-norm text features
+/// (well above the cosine of the training mean text, the best x_v-blind guess), and so does
+/// the +MLP row. On raw unit-norm features, N(0, I) diffusion noise erased the signal.
+#[test]
+fn cdr_reconstructs_unit_norm_text_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = unit_norm_text_cache();
+    let test = c.test.as_ref().unwrap();
+    let ds = c.train.ds;
+    let text = c.train.text.as_ref().unwrap();
+    let mean: Vec<f32> = (0..ds).map(|j| text.chunks(ds).map(|r| r[j]).sum::<f32>() / c.train.len() as f32).collect();
+    let cos = |a: &[f32], b: &[f32]| {
+        let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        d / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+    };
+    let blind = test.text.as_ref().unwrap().chunks(ds).map(|r| cos(r, &mean) as f64).sum::<f64>() / test.len() as f64;
+    for v in [Variant::Cdr, Variant::Mlp] {
+        let cfg = MarnetConfig { hidden: 128, temb: 16, ..MarnetConfig::new(v, c.train.dv, ds, c.num_classes()) };
+        let s = train(&c, &cfg, &TrainConfig { epochs: 15, batch: 32, ..Default::default() }, &tmp.path().join(v.name()), false, Verbosity::Quiet, &Device::Cpu).unwrap();
+        let r = s.test.unwrap().reconstruction.expect("CDR reports its reconstruction");
+        assert!(r.cosine > 0.9 && r.cosine > blind + 0.1, "{v:?}: cos(x_CDR, x_s) {:.3}, x_v-blind mean text {blind:.3}", r.cosine);
+        assert!(r.class_match > 0.95, "{v:?}: x_CDR nearest its class's text in {:.3} of rows", r.class_match);
+    }
 }

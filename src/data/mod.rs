@@ -66,17 +66,33 @@ pub fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
     Ok((i, n))
 }
 
-/// The dataset `name` names: `emoji-food` (built from the fetched emoji packages under
-/// `assets/npm`, split by vendor), `vireo172`, `ingredient101` (published layouts under `root`)
-/// or `manifest` (`root` is a JSON Lines file).
+/// The dataset `name` names: `emoji-food` or `emoji-all` (built from the fetched emoji packages
+/// under `assets/npm`, split by vendor), `vireo172`, `ingredient101` (published layouts under
+/// `root`) or `manifest` (`root` is a JSON Lines file).
 pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, val_fraction: f64, seed: u64) -> Result<Dataset> {
+    open_with_skin_tones(name, root, assets, test_vendor, val_fraction, seed, false)
+}
+
+/// [`open`], where `skin_tones` adds emoji-all's skin-tone variants as extra training images
+/// (see [`emoji::emoji`]); it is refused for the other datasets, which have none.
+pub fn open_with_skin_tones(
+    name: &str,
+    root: Option<&Path>,
+    assets: &Path,
+    test_vendor: &str,
+    val_fraction: f64,
+    seed: u64,
+    skin_tones: bool,
+) -> Result<Dataset> {
+    anyhow::ensure!(!skin_tones || name == "emoji-all", "skin-tone variants apply to --dataset emoji-all only, not `{name}`");
     let need_root = || root.with_context(|| format!("--dataset {name} needs --root"));
     let ds = match name {
         "emoji-food" => emoji::emoji_food(&assets.join("npm"), test_vendor, val_fraction, seed)?,
+        "emoji-all" => emoji::emoji_all(&assets.join("npm"), test_vendor, val_fraction, seed, skin_tones)?,
         "vireo172" => food::vireo172(need_root()?)?,
         "ingredient101" => food::ingredient101(need_root()?)?,
         "manifest" => food::manifest(need_root()?)?,
-        other => anyhow::bail!("unknown dataset `{other}` (emoji-food, vireo172, ingredient101, manifest)"),
+        other => anyhow::bail!("unknown dataset `{other}` (emoji-food, emoji-all, vireo172, ingredient101, manifest)"),
     };
     let source = root.unwrap_or(assets);
     ds.check_classes().with_context(|| source.display().to_string())?;

@@ -3,7 +3,7 @@
 
 pub use super::activation::Activation;
 use super::diffusion::{Schedule, ScheduleConfig};
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use super::linear::{Linear, linear};
 use candle_nn::VarBuilder;
 use crate::rng::{Noise, SeededRng};
@@ -74,20 +74,49 @@ pub enum SamplerMode {
     Ddim,
 }
 
+/// How `--samples K` draws of x_CDR become one prediction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleAverage {
+    /// Average the class probabilities of the K draws: the posterior predictive.
+    #[default]
+    Probs,
+    /// Average the K sampled features, then classify once.
+    Features,
+}
+
 /// How x_CDR is drawn at inference.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplerConfig {
     pub mode: SamplerMode,
     /// Reverse steps, a strided subsequence of 1..=T (T or more: every step).
     pub steps: usize,
-    /// Independent draws averaged into x_CDR.
+    /// Independent draws per image.
     pub samples: usize,
+    /// How the draws are combined.
+    #[serde(default)]
+    pub average: SampleAverage,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { mode: SamplerMode::Ancestral, steps: 10, samples: 1 }
+        Self { mode: SamplerMode::Ancestral, steps: 10, samples: 1, average: SampleAverage::Probs }
     }
+}
+
+/// What the CDR and fused classifiers see in training (the MSE of eq. 19 always uses the
+/// one-step prediction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CdrTrainInput {
+    /// The one-step prediction `X(x_s^t, t, x_v)`; its input still holds the text at small t.
+    Onestep,
+    /// x_CDR from the reverse sampler run from noise as at inference (DDIM, `train_steps`
+    /// steps; gradient only through the last denoiser call, not through the chain).
+    Sampled,
+    /// The prediction at t = T from pure noise, `X(eps, T, x_v)`: x_v alone, as at inference.
+    #[default]
+    Noise,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -153,64 +182,93 @@ impl Cdr {
         self.denoise(&x_t, &t, xv)
     }
 
-    /// Inference: x_CDR from Gaussian noise guided by x_v, averaged over `cfg.samples` draws.
-    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
-        // The first layer's product with the input [x_t | emb(t) | x_v] as the sum of three:
-        // the x_v part is the same at every step (and draw), the emb(t) part for every row.
-        let temb = self.temb.dim(1)?;
-        let [first_x, first_t, first_v]: [Linear; 3] =
-            self.den.split_first(&[self.ds, temb, xv.dim(1)?])?.try_into().expect("three parts");
-        let first = FirstLayer { x: first_x, t: first_t, cond: first_v.forward(xv)? };
-        let mut acc: Option<Tensor> = None;
-        for _ in 0..cfg.samples.max(1) {
-            let x = self.sample_once(&first, cfg, noise)?;
-            acc = Some(match acc {
-                None => x,
-                Some(a) => (a + x)?,
-            });
+    /// What the classifiers see in training for `input` (see [`CdrTrainInput`]); `None` for
+    /// the one-step prediction, which the caller already has.
+    pub fn train_input(&self, input: CdrTrainInput, xv: &Tensor, train_steps: usize, rng: &mut SeededRng) -> Result<Option<Tensor>> {
+        let (b, dev) = (xv.dim(0)?, xv.device());
+        let t_max = self.schedule.steps();
+        match input {
+            CdrTrainInput::Onestep => Ok(None),
+            CdrTrainInput::Noise => {
+                let eps = crate::rng::randn(rng, (b, self.ds), dev)?;
+                self.denoise(&eps, &vec![t_max; b], xv).map(Some)
+            }
+            CdrTrainInput::Sampled => {
+                let ts = self.schedule.sampling_steps(train_steps);
+                let first = self.first_layer(xv)?;
+                let x = crate::rng::randn(rng, (b, self.ds), dev)?;
+                let last = *ts.last().expect("at least one step");
+                let x = self.reverse(&first, SamplerMode::Ddim, &ts, x, &mut Noise::Shared(rng))?;
+                // The last jump lands on the x_0 prediction (s = 0): that call keeps its gradient.
+                self.denoise(&x, &vec![last; b], xv).map(Some)
+            }
         }
-        acc.unwrap() / cfg.samples.max(1) as f64
     }
 
-    fn sample_once(&self, first: &FirstLayer, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Tensor> {
-        let b = first.cond.dim(0)?;
-        let dev: &Device = first.cond.device();
+    /// Inference: `cfg.samples` draws of x_CDR from Gaussian noise guided by x_v.
+    pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Vec<Tensor>> {
+        let first = self.first_layer(xv)?;
         let ts = self.schedule.sampling_steps(cfg.steps);
-        let mut x = noise.randn(b, self.ds, dev)?;
-        for (i, &t) in ts.iter().enumerate() {
-            let s = ts.get(i + 1).copied().unwrap_or(0);
-            let step = first.t.forward(&self.temb.narrow(0, t, 1)?)?;
-            let h0 = first.x.forward(&x)?.broadcast_add(&step)?.add(&first.cond)?;
-            // Detached: the weights are variables, and their autograd record would otherwise
-            // keep every step's activations alive until the loop ends.
-            let x0 = self.den.forward_after_first(&h0)?.detach();
-            let sch = &self.schedule;
-            x = match cfg.mode {
-                SamplerMode::Ancestral => {
-                    // Eq. 22: posterior mean; eq. 21 and 23: add noise of variance beta_hat.
-                    let (c0, ct) = sch.posterior_mean_coeffs(t, s);
-                    let mean = ((x0 * c0)? + (x * ct)?)?;
-                    if s > 0 {
-                        let z = noise.randn(b, self.ds, dev)?;
-                        (mean + (z * sch.posterior_variance(t, s).sqrt())?)?
-                    } else {
-                        mean
-                    }
-                }
-                SamplerMode::Ddim => {
-                    let (c0, ct) = sch.ddim_coeffs(t, s);
-                    ((x0 * c0)? + (x * ct)?)?
-                }
-            };
+        let (b, dev) = (xv.dim(0)?, xv.device());
+        (0..cfg.samples.max(1))
+            .map(|_| {
+                let x = noise.randn(b, self.ds, dev)?;
+                let x = self.reverse(&first, cfg.mode, &ts, x, noise)?;
+                // The final jump to s = 0 returns the x_0 prediction itself.
+                self.jump(&first, cfg.mode, x, *ts.last().expect("at least one step"), 0, noise)
+            })
+            .collect()
+    }
+
+    /// The first layer's product with `[x_t | emb(t) | x_v]` as the sum of three parts: the x_v
+    /// part is the same at every step (and draw), the emb(t) part the same for every row.
+    fn first_layer(&self, xv: &Tensor) -> Result<FirstLayer> {
+        let temb = self.temb.dim(1)?;
+        let [x, t, v]: [Linear; 3] = self.den.split_first(&[self.ds, temb, xv.dim(1)?])?.try_into().expect("three parts");
+        Ok(FirstLayer { x, t, cond: v.forward(xv)? })
+    }
+
+    /// The reverse jumps `ts[i] -> ts[i+1]` from `x` (detached): x at step `ts.last()`.
+    fn reverse(&self, first: &FirstLayer, mode: SamplerMode, ts: &[usize], mut x: Tensor, noise: &mut Noise) -> Result<Tensor> {
+        for w in ts.windows(2) {
+            x = self.jump(first, mode, x, w[0], w[1], noise)?;
         }
         Ok(x)
+    }
+
+    /// One reverse jump `t -> s` (s < t; s = 0 gives the x_0 prediction).
+    fn jump(&self, first: &FirstLayer, mode: SamplerMode, x: Tensor, t: usize, s: usize, noise: &mut Noise) -> Result<Tensor> {
+        let (b, dev) = (x.dim(0)?, x.device().clone());
+        let step = first.t.forward(&self.temb.narrow(0, t, 1)?)?;
+        let h0 = first.x.forward(&x)?.broadcast_add(&step)?.add(&first.cond)?;
+        // Detached: the weights are variables, and their autograd record would otherwise
+        // keep every step's activations alive until the loop ends.
+        let x0 = self.den.forward_after_first(&h0)?.detach();
+        let sch = &self.schedule;
+        match mode {
+            SamplerMode::Ancestral => {
+                // Eq. 22: posterior mean; eq. 21 and 23: add noise of variance beta_hat.
+                let (c0, ct) = sch.posterior_mean_coeffs(t, s);
+                let mean = ((x0 * c0)? + (x * ct)?)?;
+                if s > 0 {
+                    let z = noise.randn(b, self.ds, &dev)?;
+                    mean + (z * sch.posterior_variance(t, s).sqrt())?
+                } else {
+                    Ok(mean)
+                }
+            }
+            SamplerMode::Ddim => {
+                let (c0, ct) = sch.ddim_coeffs(t, s);
+                (x0 * c0)? + (x * ct)?
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
+    use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
     /// Sampling with the first layer split (x_v part once, emb(t) part once per step) gives
@@ -223,8 +281,8 @@ mod tests {
         let cdr = Cdr::load(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
         let xv = crate::rng::randn(&mut crate::rng::stream(1, "test", 0), (3, 6), &dev)?;
         for mode in [SamplerMode::Ddim, SamplerMode::Ancestral] {
-            let sampler = SamplerConfig { mode, steps: 5, samples: 1 };
-            let got = cdr.sample(&xv, &sampler, &mut Noise::Shared(&mut crate::rng::stream(2, "test", 0)))?;
+            let sampler = SamplerConfig { mode, steps: 5, samples: 1, ..Default::default() };
+            let got = cdr.sample(&xv, &sampler, &mut Noise::Shared(&mut crate::rng::stream(2, "test", 0)))?.remove(0);
             // The same reverse process through `denoise`, with the same noise stream.
             let mut rng = crate::rng::stream(2, "test", 0);
             let mut noise = Noise::Shared(&mut rng);

@@ -1,13 +1,15 @@
 //! The MARNet head and its ablation variants (paper Table 2 rows), eq. 1-4.
 
-use super::cdr::{Activation, Cdr, CdrConfig, DenoiserMlp, SamplerConfig};
+use super::cdr::{Activation, Cdr, CdrConfig, CdrTrainInput, DenoiserMlp, SampleAverage, SamplerConfig};
 use super::diffusion::ScheduleConfig;
 use super::ema::{Ema, EmaConfig};
 use crate::align::Alignment;
 use super::fusion::{Fusion, FusionHead, FusionInput};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, Var};
 use super::linear::{Linear, linear};
-use candle_nn::{VarBuilder, loss::cross_entropy};
+use super::text_scale::TextScale;
+use candle_core::D;
+use candle_nn::{VarBuilder, loss::cross_entropy, ops::log_softmax};
 use crate::rng::{Noise, SeededRng};
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +94,24 @@ pub struct MarnetConfig {
     pub act: Activation,
     pub schedule: ScheduleConfig,
     pub weights: LossWeights,
+    /// What the CDR and fused classifiers see in training.
+    #[serde(default)]
+    pub cdr_train_input: CdrTrainInput,
+    /// DDIM steps of the `sampled` training input.
+    #[serde(default = "default_train_steps")]
+    pub cdr_train_steps: usize,
+    /// A linear image-only classifier whose logits are added to the EMA head's and (for the
+    /// feature fusions) the fused head's; variants with EMA only.
+    #[serde(default)]
+    pub residual: bool,
+    /// MARNet only: after training, fit on validation a weight w in [0, 1] and predict
+    /// `(1 - w) p_EMA + w p_fused` (a late fusion of the heads' class probabilities).
+    #[serde(default)]
+    pub gate: bool,
+}
+
+fn default_train_steps() -> usize {
+    4
 }
 
 impl MarnetConfig {
@@ -109,6 +129,10 @@ impl MarnetConfig {
             act: Activation::Silu,
             schedule: ScheduleConfig::default(),
             weights: LossWeights::default(),
+            cdr_train_input: CdrTrainInput::default(),
+            cdr_train_steps: default_train_steps(),
+            residual: false,
+            gate: false,
         }
     }
 
@@ -126,28 +150,33 @@ enum Reconstructor {
 
 /// Outputs of inference on image-only input.
 pub struct Prediction {
-    /// Final logits (for `hm` fusion, log-probabilities).
+    /// Final class scores (logits; log-probabilities when K draws are averaged).
     pub logits: Tensor,
     pub ema_logits: Option<Tensor>,
     pub cdr_logits: Option<Tensor>,
+    /// The reconstructed text feature in the text encoder's space (mean of the K draws).
     pub x_cdr: Option<Tensor>,
 }
 
 #[derive(Debug)]
 pub struct Marnet {
     cfg: MarnetConfig,
+    /// The baseline's classifier, or the residual image-only path.
     cls_v: Option<Linear>,
     ema: Option<Ema>,
     recon: Option<(Reconstructor, Linear)>,
+    text_scale: Option<TextScale>,
     fusion: Option<FusionHead>,
+    /// The late-fusion weight w of `gate` (a buffer: fitted on validation, never trained).
+    gate: Option<Var>,
 }
 
 impl Marnet {
     pub fn load(vb: VarBuilder, cfg: &MarnetConfig) -> anyhow::Result<Self> {
         let v = cfg.variant;
-        let cls_v = match v {
-            Variant::Baseline => Some(linear(cfg.dv, cfg.classes, vb.pp("cls_v"))?),
-            _ => None,
+        let cls_v = match v == Variant::Baseline || (cfg.residual && v.has_ema()) {
+            true => Some(linear(cfg.dv, cfg.classes, vb.pp("cls_v"))?),
+            false => None,
         };
         let ema = if v.has_ema() {
             let ecfg = EmaConfig { dv: cfg.dv, ds: cfg.ds, d: cfg.d, classes: cfg.classes, align: cfg.align };
@@ -160,6 +189,10 @@ impl Marnet {
             Variant::Cdr | Variant::Marnet => Some(Reconstructor::Diffusion(Cdr::load(vb.pp("cdr"), &cfg.cdr())?)),
             _ => None,
         };
+        let text_scale = match recon {
+            Some(_) => Some(TextScale::load(vb.pp("text_scale"), cfg.ds)?),
+            None => None,
+        };
         let recon = match recon {
             Some(r) => Some((r, linear(cfg.ds, cfg.classes, vb.pp("cls_cdr"))?)),
             None => None,
@@ -168,84 +201,171 @@ impl Marnet {
             Variant::Marnet => Some(FusionHead::load(vb.pp("fusion"), cfg.fusion, cfg.d, cfg.ds, cfg.classes)?),
             _ => None,
         };
-        Ok(Self { cfg: cfg.clone(), cls_v, ema, recon, fusion })
+        let gate = match cfg.gate && v == Variant::Marnet {
+            true => Some(Var::from_tensor(&vb.get_with_hints((), &format!("{}gate", super::BUFFER), candle_nn::Init::Const(1.0))?)?),
+            false => None,
+        };
+        Ok(Self { cfg: cfg.clone(), cls_v, ema, recon, text_scale, fusion, gate })
     }
 
     pub fn config(&self) -> &MarnetConfig {
         &self.cfg
     }
 
+    /// Sets the text standardisation from the training split's text features (row-major
+    /// [n, ds]); a no-op for variants without a reconstruction.
+    pub fn fit_text_scale(&self, text: &[f32]) -> Result<()> {
+        match &self.text_scale {
+            Some(s) => s.fit(text, self.cfg.ds),
+            None => Ok(()),
+        }
+    }
+
+    /// Sets the late-fusion weight w (a no-op without `gate`).
+    pub fn set_gate(&self, w: f64) -> Result<()> {
+        match &self.gate {
+            Some(g) => g.set(&Tensor::new(w as f32, g.device())?),
+            None => Ok(()),
+        }
+    }
+
+    /// The residual image-only logits, when the variant has them on top of another head.
+    fn residual(&self, xv: &Tensor) -> Result<Option<Tensor>> {
+        match (&self.cls_v, self.cfg.variant) {
+            (Some(cls), v) if v != Variant::Baseline => cls.forward(xv).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds the residual logits (if any) to `logits`.
+    fn plus(logits: Tensor, residual: &Option<Tensor>) -> Result<Tensor> {
+        match residual {
+            Some(r) => logits + r,
+            None => Ok(logits),
+        }
+    }
+
+    /// Whether the fusion reads the heads' logits (which already carry the residual).
+    fn fuses_logits(&self) -> bool {
+        matches!(self.cfg.fusion, Fusion::Sum | Fusion::Hm | Fusion::Logitsum | Fusion::Hmprob)
+    }
+
     /// The weighted training losses on one batch, by name; their sum is the objective.
     pub fn losses(&self, xv: &Tensor, xs: &Tensor, y: &Tensor, rng: &mut SeededRng) -> Result<Vec<(&'static str, Tensor)>> {
         let w = &self.cfg.weights;
         let mut out = Vec::new();
-        if let Some(cls) = &self.cls_v {
+        if self.cfg.variant == Variant::Baseline {
+            let cls = self.cls_v.as_ref().expect("the baseline has a classifier");
             out.push(("ce", cross_entropy(&cls.forward(xv)?, y)?));
+            return Ok(out);
         }
+        let residual = self.residual(xv)?;
         let mut ema_out = None;
         if let Some(ema) = &self.ema {
             // Eq. 13: a1 CE + beta ITA (or the configured alignment loss).
             let e = ema.forward_train(xv, xs, &y.to_vec1::<u32>()?, rng)?;
+            let logits = Self::plus(e.logits, &residual)?;
             out.push((self.cfg.align.name(), (e.align_loss * w.beta)?));
-            out.push(("ce_ema", (cross_entropy(&e.logits, y)? * w.a1)?));
-            ema_out = Some((e.x_ema, e.logits));
+            out.push(("ce_ema", (cross_entropy(&logits, y)? * w.a1)?));
+            ema_out = Some((e.x_ema, logits));
         }
         let mut recon_out = None;
-        if let Some((recon, cls)) = &self.recon {
-            let x_cdr = match recon {
-                Reconstructor::Mlp(mlp) => mlp.forward(xv)?,
-                Reconstructor::Diffusion(cdr) => cdr.reconstruct(xs, xv, rng)?,
+        if let (Some((recon, cls)), Some(scale)) = (&self.recon, &self.text_scale) {
+            let z = scale.standardise(xs)?;
+            let (z_hat, seen) = match recon {
+                Reconstructor::Mlp(mlp) => (mlp.forward(xv)?, None),
+                Reconstructor::Diffusion(cdr) => {
+                    let one_step = cdr.reconstruct(&z, xv, rng)?;
+                    let seen = cdr.train_input(self.cfg.cdr_train_input, xv, self.cfg.cdr_train_steps, rng)?;
+                    (one_step, seen)
+                }
             };
+            // Eq. 19: the squared L2 norm of the error per sample (standardised units), batch mean.
+            let mse = (&z_hat - &z)?.sqr()?.sum(1)?.mean(0)?;
+            let x_cdr = seen.unwrap_or(z_hat);
             let logits = cls.forward(&x_cdr)?;
-            // Eq. 19-20: gamma MSE + a2 CE.
-            out.push(("mse", (candle_nn::loss::mse(&x_cdr, xs)? * w.gamma)?));
+            // Eq. 20: gamma MSE + a2 CE.
+            out.push(("mse", (mse * w.gamma)?));
             out.push(("ce_cdr", (cross_entropy(&logits, y)? * w.a2)?));
             recon_out = Some((x_cdr, logits));
         }
         if let (Some(f), Some((x_ema, el)), Some((x_cdr, cl))) = (&self.fusion, &ema_out, &recon_out) {
             let fused = f.forward(&FusionInput { x_ema, x_cdr, ema_logits: el, cdr_logits: cl })?;
+            let fused = if self.fuses_logits() { fused } else { Self::plus(fused, &residual)? };
             out.push(("ce_fused", cross_entropy(&fused, y)?));
         }
         Ok(out)
     }
 
-    /// Image-only inference (eq. 1-4): x_v in, class logits out.
+    /// Image-only inference (eq. 1-4): x_v in, class scores out. With `sampler.samples = K > 1`
+    /// the K draws of x_CDR are combined as `sampler.average` says.
     pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, noise: &mut Noise) -> Result<Prediction> {
-        if let Some(cls) = &self.cls_v {
+        if self.cfg.variant == Variant::Baseline {
+            let cls = self.cls_v.as_ref().expect("the baseline has a classifier");
             return Ok(Prediction { logits: cls.forward(xv)?, ema_logits: None, cdr_logits: None, x_cdr: None });
         }
+        let residual = self.residual(xv)?;
         let ema = match &self.ema {
             Some(ema) => {
                 let x = ema.embed_visual(xv)?;
-                let l = ema.classify(&x)?;
+                let l = Self::plus(ema.classify(&x)?, &residual)?;
                 Some((x, l))
             }
             None => None,
         };
-        let recon = match &self.recon {
-            Some((r, cls)) => {
-                let x = match r {
-                    Reconstructor::Mlp(mlp) => mlp.forward(xv)?,
-                    Reconstructor::Diffusion(cdr) => cdr.sample(xv, sampler, noise)?,
-                };
-                let l = cls.forward(&x)?;
-                Some((x, l))
-            }
-            None => None,
+        let Some(((recon, cls), scale)) = self.recon.as_ref().zip(self.text_scale.as_ref()) else {
+            let (_, el) = ema.expect("a variant without reconstruction has EMA");
+            return Ok(Prediction { logits: el.clone(), ema_logits: Some(el), cdr_logits: None, x_cdr: None });
         };
-        let logits = match (&self.fusion, &ema, &recon) {
-            (Some(f), Some((x_ema, el)), Some((x_cdr, cl))) => {
-                f.forward(&FusionInput { x_ema, x_cdr, ema_logits: el, cdr_logits: cl })?
-            }
-            (_, Some((_, el)), None) => el.clone(),
-            (_, None, Some((_, cl))) => cl.clone(),
-            _ => candle_core::bail!("variant {:?} has no prediction head", self.cfg.variant),
+        let mut draws = match recon {
+            Reconstructor::Mlp(mlp) => vec![mlp.forward(xv)?],
+            Reconstructor::Diffusion(cdr) => cdr.sample(xv, sampler, noise)?,
         };
+        let mean_draw = mean(&draws)?;
+        if sampler.average == SampleAverage::Features {
+            draws = vec![mean_draw.clone()];
+        }
+        // Per draw: the CDR head's and the final head's scores.
+        let (mut cdr_scores, mut final_scores) = (vec![], vec![]);
+        for x_cdr in &draws {
+            let cl = cls.forward(x_cdr)?;
+            let fl = match (&self.fusion, &ema) {
+                (Some(f), Some((x_ema, el))) => {
+                    let fused = f.forward(&FusionInput { x_ema, x_cdr, ema_logits: el, cdr_logits: &cl })?;
+                    if self.fuses_logits() { fused } else { Self::plus(fused, &residual)? }
+                }
+                _ => cl.clone(),
+            };
+            cdr_scores.push(cl);
+            final_scores.push(fl);
+        }
+        let mut logits = mean_probs_log(final_scores)?;
+        if let (Some(g), Some((_, el))) = (&self.gate, &ema) {
+            let w = g.as_tensor().to_scalar::<f32>()? as f64;
+            let p = ((log_softmax(el, D::Minus1)?.exp()? * (1.0 - w))? + (log_softmax(&logits, D::Minus1)?.exp()? * w)?)?;
+            logits = p.log()?;
+        }
         Ok(Prediction {
             logits,
             ema_logits: ema.map(|(_, l)| l),
-            x_cdr: recon.as_ref().map(|(x, _)| x.clone()),
-            cdr_logits: recon.map(|(_, l)| l),
+            cdr_logits: Some(mean_probs_log(cdr_scores)?),
+            x_cdr: Some(scale.restore(&mean_draw)?),
         })
     }
+}
+
+/// The element-wise mean of equally shaped tensors.
+fn mean(xs: &[Tensor]) -> Result<Tensor> {
+    let sum = xs[1..].iter().try_fold(xs[0].clone(), |a, x| a + x)?;
+    sum / xs.len() as f64
+}
+
+/// `log mean_k softmax(scores_k)`: the posterior predictive over K draws; one draw's scores
+/// are returned unchanged.
+fn mean_probs_log(mut scores: Vec<Tensor>) -> Result<Tensor> {
+    if scores.len() == 1 {
+        return Ok(scores.remove(0));
+    }
+    let probs: Vec<Tensor> = scores.iter().map(|s| log_softmax(s, D::Minus1)?.exp()).collect::<Result<_>>()?;
+    mean(&probs)?.log()
 }

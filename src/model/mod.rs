@@ -7,6 +7,7 @@ pub mod ema;
 pub mod fusion;
 pub mod linear;
 pub mod marnet;
+pub mod text_scale;
 
 pub use linear::backward;
 

@@ -1,10 +1,8 @@
 //! `report.html`: one self-contained page (tables, the SVG figures inline, commands, configs).
 
 use super::FigureStats;
-use crate::eval::pct_mean_std;
 use crate::experiments::Table;
 use anyhow::Result;
-use std::fmt::Write;
 use std::path::Path;
 
 fn escape(s: &str) -> String {
@@ -12,17 +10,14 @@ fn escape(s: &str) -> String {
 }
 
 fn table_html(t: &Table) -> String {
-    let mut s = format!("<h3>{}</h3>\n<table>\n<tr><th>{}</th><th>Acc-1 (%)</th><th>Acc-5 (%)</th><th>val Acc-1 (%)</th><th>train s/epoch</th></tr>\n", escape(&t.title), escape(&t.first_column));
-    for r in &t.rows {
-        let _ = writeln!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
-            escape(&r.row),
-            pct_mean_std(&r.test_top1),
-            pct_mean_std(&r.test_top5),
-            pct_mean_std(&r.val_top1),
-            r.train_seconds_per_epoch
-        );
+    let (head, rows) = t.cells();
+    let mut s = format!("<h3>{}</h3>\n<table>\n<tr>", escape(&t.title));
+    head.iter().for_each(|h| s += &format!("<th>{}</th>", escape(h)));
+    s += "</tr>\n";
+    for r in rows {
+        s += "<tr>";
+        r.iter().for_each(|c| s += &format!("<td>{}</td>", escape(c)));
+        s += "</tr>\n";
     }
     s + "</table>\n"
 }

@@ -50,11 +50,20 @@ pub struct FigureStats {
     pub skipped: Vec<String>,
 }
 
-/// The first seed's run folder of arm `key`.
+/// The first seed's run folder of arm `key`: in every fold (fold tables), or the one run.
+fn run_dirs(dir: &Path, key: &str, tables: &[(String, Table)]) -> Vec<PathBuf> {
+    let Some(row) = tables.iter().flat_map(|(_, t)| t.rows.iter()).find(|r| r.key == key) else { return vec![] };
+    let Some(seed) = row.seeds.first() else { return vec![] };
+    let folds: Vec<PathBuf> = match row.folds.is_empty() {
+        true => vec![dir.to_path_buf()],
+        false => row.folds.iter().map(|f| dir.join(f)).collect(),
+    };
+    folds.into_iter().map(|f| f.join(key).join(format!("seed{seed}"))).filter(|d| d.join("best").is_dir()).collect()
+}
+
+/// The first seed's run folder of arm `key` (its first fold's, for fold tables).
 fn run_dir(dir: &Path, key: &str, tables: &[(String, Table)]) -> Option<PathBuf> {
-    let seed = tables.iter().flat_map(|(_, t)| t.rows.iter()).find(|r| r.key == key)?.seeds.first().copied()?;
-    let d = dir.join(key).join(format!("seed{seed}"));
-    d.join("best").is_dir().then_some(d)
+    run_dirs(dir, key, tables).into_iter().next()
 }
 
 /// Row-wise softmax of `logits` [N, C].
@@ -67,59 +76,74 @@ fn top5(p: &[f32], classes: &[String]) -> Vec<(String, f32)> {
     crate::bundle::top_k(p, classes, 5).into_iter().map(|c| (c.class, c.prob)).collect()
 }
 
-/// Rows of the classes with the most rows (up to `per_class` each): from test if it has enough
-/// per class, otherwise from all splits together. Text is dropped (image-only inference).
-fn tsne_rows(cache: &FeatureCache, n_classes: usize, per_class: usize) -> Result<(FeatureSplit, String)> {
-    let strip = |s: &FeatureSplit| FeatureSplit { text: None, ds: 0, ..s.clone() };
+/// Image-only test rows of `classes` (up to `per_class` each) from the cache a run was trained
+/// on, with that run's out-of-sample x_CDR.
+fn test_rows_with_x_cdr(ck: &Checkpoint, classes: &[u32], per_class: usize, dev: &Device) -> Result<(FeatureSplit, Vec<f32>)> {
+    let cache = ck.run.open_cache().with_context(|| format!("the cache the run at {} was trained on", ck.dir.display()))?;
     let test = cache.test.as_ref().context("the cache has no test split")?;
-    let max_count = |s: &FeatureSplit| (0..cache.num_classes() as u32).map(|c| s.label.iter().filter(|&&l| l == c).count()).max().unwrap_or(0);
-    let (pool, source) = if max_count(test) >= 10 {
-        (strip(test), "test split".to_string())
-    } else {
-        let parts: Vec<FeatureSplit> = [Some(&cache.train), cache.val.as_ref(), Some(test)].into_iter().flatten().map(strip).collect();
-        (FeatureSplit::concat(&parts)?, "all splits (the test split has too few images per class)".to_string())
-    };
-    let mut counts: Vec<(usize, u32)> = (0..cache.num_classes() as u32).map(|c| (pool.label.iter().filter(|&&l| l == c).count(), c)).collect();
-    counts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let chosen: Vec<u32> = counts.iter().take(n_classes).map(|&(_, c)| c).collect();
     let mut idx = vec![];
-    for &c in &chosen {
-        idx.extend((0..pool.len()).filter(|&i| pool.label[i] == c).take(per_class));
+    for &c in classes {
+        idx.extend((0..test.len()).filter(|&i| test.label[i] == c).take(per_class));
     }
-    Ok((pool.subset(&idx), source))
-}
-
-fn tsne_figure(ck: &Checkpoint, opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
-    let cache = FeatureCache::open(&ck.run.cache).with_context(|| format!("the cache the run at {} was trained on", ck.dir.display()))?;
-    let (rows, source) = tsne_rows(&cache, opts.tsne_classes, opts.tsne_per_class)?;
+    let rows = FeatureSplit { text: None, ds: 0, ..test.subset(&idx) };
     let model = ck.model(dev)?;
     let pred = predict_split(&model.model, &rows, &ck.run.train.sampler, ck.run.train.seed, 500, dev)?;
-    let x_cdr = pred.x_cdr.context("the model has no reconstruction head")?;
-    let ds = x_cdr.len() / rows.len();
-    let xv: Vec<Vec<f32>> = rows.visual.chunks(rows.dv).map(<[f32]>::to_vec).collect();
-    let xc: Vec<Vec<f32>> = x_cdr.chunks(ds).map(<[f32]>::to_vec).collect();
+    Ok((rows, pred.x_cdr.context("the model has no reconstruction head")?))
+}
+
+/// Figure 3 from test images only: x_v and the sampled (out-of-sample) x_CDR of the classes with
+/// the most test images, over every fold's test split when the runs are folds (each vendor's
+/// image of a class is then a point). Not drawn when the classes have under 2 points each.
+fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
+    let caches: Vec<FeatureCache> = runs.iter().map(|ck| ck.run.open_cache()).collect::<Result<_>>()?;
+    let n_classes = caches[0].num_classes();
+    let mut counts = vec![0usize; n_classes];
+    for c in &caches {
+        c.test.as_ref().context("the cache has no test split")?.label.iter().for_each(|&l| counts[l as usize] += 1);
+    }
+    let mut order: Vec<u32> = (0..n_classes as u32).collect();
+    order.sort_by_key(|&c| (std::cmp::Reverse(counts[c as usize]), c));
+    let chosen: Vec<u32> = order.into_iter().take(opts.tsne_classes).collect();
+    let fewest = chosen.iter().map(|&c| counts[c as usize].min(opts.tsne_per_class)).min().unwrap_or(0);
+    if fewest < 2 {
+        stats.skipped.push("fig3_tsne: the test split has one image per class; run with --leave-one-out for one point per vendor".into());
+        return Ok(());
+    }
+    let (mut xv, mut xc, mut labels) = (vec![], vec![], vec![]);
+    for ck in runs {
+        let (rows, x_cdr) = test_rows_with_x_cdr(ck, &chosen, opts.tsne_per_class, dev)?;
+        let ds = x_cdr.len() / rows.len().max(1);
+        xv.extend(rows.visual.chunks(rows.dv).map(<[f32]>::to_vec));
+        xc.extend(x_cdr.chunks(ds).map(<[f32]>::to_vec));
+        labels.extend(rows.label);
+    }
     let (yv, yc) = (tsne::embed(&xv, 0)?, tsne::embed(&xc, 0)?);
     // k nearest neighbours: 5, or fewer when a class has fewer other members.
-    let smallest = rows.label.iter().map(|l| rows.label.iter().filter(|m| *m == l).count()).min().unwrap_or(1);
+    let smallest = labels.iter().map(|l| labels.iter().filter(|m| *m == l).count()).min().unwrap_or(1);
     let k = 5.min(smallest.saturating_sub(1)).max(1);
-    let (pv, pc) = (tsne::knn_purity(&yv, &rows.label, k), tsne::knn_purity(&yc, &rows.label, k));
-    (stats.tsne_purity_xv, stats.tsne_purity_xcdr, stats.tsne_points, stats.tsne_k) = (Some(pv), Some(pc), rows.len(), k);
-    let mut names: Vec<(u32, String)> = rows.label.iter().map(|&l| (l, cache.train.meta.classes[l as usize].clone())).collect();
+    let (pv, pc) = (tsne::knn_purity(&yv, &labels, k), tsne::knn_purity(&yc, &labels, k));
+    (stats.tsne_purity_xv, stats.tsne_purity_xcdr, stats.tsne_points, stats.tsne_k) = (Some(pv), Some(pc), labels.len(), k);
+    let mut names: Vec<(u32, String)> = labels.iter().map(|&l| (l, caches[0].train.meta.classes[l as usize].clone())).collect();
+    names.sort();
     names.dedup();
     let fig = TsneFigure {
         panels: [
-            Scatter { title: format!("x_v (image features), {k}-NN purity {pv:.2}"), points: yv, labels: rows.label.clone() },
-            Scatter { title: format!("x_CDR (sampled from x_v), {k}-NN purity {pc:.2}"), points: yc, labels: rows.label.clone() },
+            Scatter { title: format!("x_v (image features), {k}-NN purity {pv:.2}"), points: yv, labels: labels.clone() },
+            Scatter { title: format!("x_CDR (sampled from x_v), {k}-NN purity {pc:.2}"), points: yc, labels },
         ],
         class_names: names,
     };
     plots::save(&fig, &out.join("fig3_tsne"))?;
-    let note = format!("t-SNE rows: {} from the {source}", rows.len());
+    let source = match runs.len() {
+        1 => "the test split".to_string(),
+        n => format!("the test splits of {n} leave-one-vendor-out folds"),
+    };
+    let note = format!("t-SNE rows: {} test images from {source}", stats.tsne_points);
     crate::fsutil::write_atomic(&out.join("fig3_tsne.txt"), note.as_bytes())
 }
 
 fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
-    let cache = FeatureCache::open(&marnet.run.cache)?;
+    let cache = marnet.run.open_cache()?;
     let test = cache.test.as_ref().context("the cache has no test split")?;
     let classes = &marnet.run.classes;
     let c = classes.len();
@@ -196,9 +220,10 @@ pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> 
     let open = |key: &str| -> Option<Checkpoint> { run_dir(dir, key, &tables).and_then(|d| Checkpoint::open(&d, dev).ok()) };
     let (marnet, base) = (open("marnet"), open("baseline"));
     bar.set_message("report: t-SNE");
-    match &marnet {
-        Some(m) => tsne_figure(m, opts, &mut stats, &out, dev)?,
-        None => stats.skipped.push("fig3_tsne: no MARNet run in this folder".into()),
+    let marnet_folds: Vec<Checkpoint> = run_dirs(dir, "marnet", &tables).iter().map(|d| Checkpoint::open(d, dev)).collect::<Result<_>>()?;
+    match marnet_folds.is_empty() {
+        false => tsne_figure(&marnet_folds, opts, &mut stats, &out, dev)?,
+        true => stats.skipped.push("fig3_tsne: no MARNet run in this folder".into()),
     }
     bar.inc(1);
     bar.set_message("report: confidence");

@@ -1,0 +1,180 @@
+//! Leave-one-group-out folds of a feature cache: rows are grouped by the first path component of
+//! their id (the vendor for the emoji datasets: `apple/1f32d.png`), every group is the test split
+//! once, and validation stays inside the training groups. One extracted cache serves every fold.
+
+use crate::features::{FeatureCache, FeatureSplit};
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
+
+/// Share of a fold's training rows held out for validation when `val` is `in-style`: as
+/// `extract --dataset emoji-*` does, at most one image per class.
+pub const IN_STYLE_VAL_FRACTION: f64 = 0.2;
+
+/// Where a fold's validation rows come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FoldVal {
+    /// One image each of a seeded 20% of the training rows' classes (styles seen in training).
+    #[default]
+    InStyle,
+    /// Every row of one training group (the next group after the test group, in sorted order):
+    /// a style the model has not trained on, for choosing settings that must transfer.
+    Group,
+}
+
+/// One fold: which group is the test split and how validation is drawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldSpec {
+    pub test_group: String,
+    pub val: FoldVal,
+    pub seed: u64,
+}
+
+impl FoldSpec {
+    /// The folder name of the fold's runs.
+    pub fn name(&self) -> String {
+        format!("fold-{}", self.test_group)
+    }
+}
+
+/// The group of a row id: its first path component.
+pub fn group_of(id: &str) -> &str {
+    id.split_once('/').map_or(id, |(g, _)| g)
+}
+
+/// Every row of the cache, in split order (train, val, test).
+fn all_rows(cache: &FeatureCache) -> Result<FeatureSplit> {
+    let parts: Vec<FeatureSplit> = [Some(&cache.train), cache.val.as_ref(), cache.test.as_ref()].into_iter().flatten().cloned().collect();
+    FeatureSplit::concat(&parts).with_context(|| format!("{}: folds need text features for every split", cache.dir.display()))
+}
+
+/// The sorted groups of the cache's rows.
+pub fn groups(cache: &FeatureCache) -> Result<Vec<String>> {
+    let rows = all_rows(cache)?;
+    let mut g: Vec<String> = rows.meta.ids.iter().map(|id| group_of(id).to_string()).collect();
+    g.sort();
+    g.dedup();
+    ensure!(
+        g.len() >= 2,
+        "{}: leave-one-group-out needs row ids in at least two groups (`<group>/<file>`); found {g:?}",
+        cache.dir.display()
+    );
+    Ok(g)
+}
+
+/// One leave-one-group-out fold: `spec.test_group`'s rows are test, validation as `spec.val`,
+/// the remaining rows train. Every class must keep a training row.
+pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
+    let rows = all_rows(cache)?;
+    let all_groups = groups(cache)?;
+    ensure!(
+        all_groups.contains(&spec.test_group),
+        "{}: no rows of group `{}` (groups: {all_groups:?})",
+        cache.dir.display(),
+        spec.test_group
+    );
+    let group = |i: usize| group_of(&rows.meta.ids[i]);
+    let (test, rest): (Vec<usize>, Vec<usize>) = (0..rows.len()).partition(|&i| group(i) == spec.test_group);
+    let (val, train) = match spec.val {
+        FoldVal::Group => {
+            let k = all_groups.iter().position(|g| *g == spec.test_group).unwrap();
+            let val_group = &all_groups[(k + 1) % all_groups.len()];
+            rest.iter().partition(|&&i| group(i) == val_group)
+        }
+        FoldVal::InStyle => in_style_val(&rows, &rest, cache.num_classes(), spec.seed),
+    };
+    let mut seen = vec![false; cache.num_classes()];
+    train.iter().for_each(|&i| seen[rows.label[i] as usize] = true);
+    if let Some(c) = seen.iter().position(|s| !s) {
+        anyhow::bail!("{}: fold {}: class `{}` has no training rows", cache.dir.display(), spec.name(), rows.meta.classes[c]);
+    }
+    let mut out = FeatureCache {
+        dir: cache.dir.clone(),
+        train: rows.subset(&train),
+        val: Some(rows.subset(&val)),
+        test: Some(rows.subset(&test)),
+        fold: Some(spec.clone()),
+    };
+    for s in [Some(&mut out.train), out.val.as_mut(), out.test.as_mut()].into_iter().flatten() {
+        s.meta.dataset = format!("{} ({})", s.meta.dataset, spec.name());
+    }
+    Ok(out)
+}
+
+/// Splits `rows` (indices into `all`) into (val, train): one row each of a seeded
+/// `IN_STYLE_VAL_FRACTION` share of the rows' count in classes, only from classes with at least
+/// two rows, so every class keeps a training row.
+fn in_style_val(all: &FeatureSplit, rows: &[usize], classes: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_class: Vec<Vec<usize>> = vec![vec![]; classes];
+    rows.iter().for_each(|&i| by_class[all.label[i] as usize].push(i));
+    let n_val = (rows.len() as f64 * IN_STYLE_VAL_FRACTION).round() as usize;
+    let mut rng = crate::rng::stream(seed, "fold-val", 0);
+    let order = crate::rng::permutation(&mut rng, classes);
+    let mut val: Vec<usize> =
+        order.iter().filter(|&&c| by_class[c].len() >= 2).take(n_val).map(|&c| by_class[c][rand::Rng::random_range(&mut rng, 0..by_class[c].len())]).collect();
+    val.sort();
+    let train = rows.iter().copied().filter(|i| val.binary_search(i).is_err()).collect();
+    (val, train)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::SplitMeta;
+    use std::path::PathBuf;
+
+    /// 3 vendors x 4 classes, one row each; the test split of the source cache is vendor `c`.
+    fn cache() -> FeatureCache {
+        let split = |vendors: &[&str]| {
+            let mut s = FeatureSplit { visual: vec![], dv: 1, text: Some(vec![]), ds: 1, label: vec![], meta: SplitMeta::default() };
+            s.meta.classes = (0..4).map(|c| format!("class{c}")).collect();
+            for v in vendors {
+                for c in 0..4u32 {
+                    s.visual.push(c as f32);
+                    s.text.as_mut().unwrap().push(c as f32);
+                    s.label.push(c);
+                    s.meta.ids.push(format!("{v}/{c}.png"));
+                }
+            }
+            s
+        };
+        FeatureCache { dir: PathBuf::from("cache"), train: split(&["a", "b"]), val: None, test: Some(split(&["c"])), fold: None }
+    }
+
+    fn vendors(s: &FeatureSplit) -> Vec<&str> {
+        let mut v: Vec<&str> = s.meta.ids.iter().map(|id| group_of(id)).collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn every_group_is_test_once_and_never_trains() {
+        let c = cache();
+        assert_eq!(groups(&c).unwrap(), ["a", "b", "c"]);
+        for g in ["a", "b", "c"] {
+            let f = fold(&c, &FoldSpec { test_group: g.into(), val: FoldVal::InStyle, seed: 3 }).unwrap();
+            let (train, val, test) = (&f.train, f.val.as_ref().unwrap(), f.test.as_ref().unwrap());
+            assert_eq!(vendors(test), [g]);
+            assert_eq!(test.len(), 4);
+            assert!(train.meta.ids.iter().chain(&val.meta.ids).all(|id| group_of(id) != g));
+            // 8 rows outside the test group: round(0.2 * 8) = 2 val rows, of distinct classes.
+            assert_eq!((train.len(), val.len()), (6, 2));
+            assert_ne!(val.label[0], val.label[1]);
+            let mut classes = train.label.clone();
+            classes.sort();
+            classes.dedup();
+            assert_eq!(classes.len(), 4, "every class keeps a training row");
+        }
+    }
+
+    #[test]
+    fn group_validation_holds_out_the_next_group() {
+        let c = cache();
+        let f = fold(&c, &FoldSpec { test_group: "c".into(), val: FoldVal::Group, seed: 0 }).unwrap();
+        assert_eq!((vendors(&f.train), vendors(f.val.as_ref().unwrap()), vendors(f.test.as_ref().unwrap())), (vec!["b"], vec!["a"], vec!["c"]));
+        let f = fold(&c, &FoldSpec { test_group: "a".into(), val: FoldVal::Group, seed: 0 }).unwrap();
+        assert_eq!((vendors(&f.train), vendors(f.val.as_ref().unwrap())), (vec!["c"], vec!["b"]));
+        let err = fold(&c, &FoldSpec { test_group: "z".into(), val: FoldVal::Group, seed: 0 }).unwrap_err();
+        assert!(format!("{err:#}").contains("no rows of group `z`"), "{err:#}");
+    }
+}
