@@ -131,8 +131,8 @@ fn train_step(
 
 /// Fits MARNet's late-fusion weight w (see `MarnetConfig::gate`) on `val` for the checkpoint in
 /// `best` and saves it there: the w in {0, 0.1, ..., 1} with the best val top-1 (ties: the
-/// largest, the most fusion).
-fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, reference: Option<&TextReference>, dev: &Device) -> Result<f64> {
+/// largest, the most fusion). Returns w and its val top-1.
+fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, reference: Option<&TextReference>, dev: &Device) -> Result<(f64, f64)> {
     let ck = Checkpoint::open(best, dev)?;
     let m = ck.model(dev)?;
     let mut chosen = (f64::NEG_INFINITY, 1.0);
@@ -148,7 +148,7 @@ fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, reference: Optio
     let mut metrics = ck.metrics.clone();
     metrics["gate"] = chosen.1.into();
     checkpoint::save(&ck.dir, &ck.run, &m, vec![], &metrics)?;
-    Ok(chosen.1)
+    Ok((chosen.1, chosen.0))
 }
 
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
@@ -286,7 +286,9 @@ pub fn train(
     }
 
     if model_cfg.gate {
-        state.gate = Some(fit_gate(&out.join("best"), &val, cfg, reference.as_ref(), dev)?);
+        // The selected model is now the gated one: its val top-1 is the one reported.
+        let (w, val_top1) = fit_gate(&out.join("best"), &val, cfg, reference.as_ref(), dev)?;
+        (state.gate, state.best_val_top1) = (Some(w), val_top1);
     }
     if let Some(test) = &cache.test {
         let best = Checkpoint::open(&out.join("best"), dev)?;

@@ -159,3 +159,20 @@ fn cdr_reconstructs_unit_norm_text_features() {
         assert!(r.class_match > 0.95, "{v:?}: x_CDR nearest its class's text in {:.3} of rows", r.class_match);
     }
 }
+
+/// `gate`: the late-fusion weight is fitted on val after training, saved in the checkpoint,
+/// and cannot lower the selected model's val top-1 (w = 1 is the ungated model).
+#[test]
+fn gate_is_fitted_on_val_and_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cache(&tmp.path().join("cache"));
+    let plain = run(&c, Variant::Marnet, 2, &tmp.path().join("plain"), false);
+    let cfg = MarnetConfig { gate: true, ..model_cfg(Variant::Marnet, &c) };
+    let gated = train(&c, &cfg, &train_cfg(2), &tmp.path().join("gated"), false, Verbosity::Quiet, &Device::Cpu).unwrap();
+    let w = gated.gate.expect("a fitted gate");
+    assert!((0.0..=1.0).contains(&w) && (w * 10.0).fract().abs() < 1e-9, "w = {w}");
+    assert!(gated.best_val_top1 >= plain.best_val_top1, "{} < {}", gated.best_val_top1, plain.best_val_top1);
+    let ck = Checkpoint::open(&tmp.path().join("gated"), &Device::Cpu).unwrap();
+    let saved = ck.tensors["buffer.gate"].to_scalar::<f32>().unwrap();
+    assert_eq!(saved, w as f32);
+}
