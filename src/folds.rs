@@ -6,6 +6,10 @@ use crate::features::{FeatureCache, FeatureSplit};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
+/// Marks a row id as a training-only image (`google/train-only/1f44b-1f3fb.png`, emoji-all's
+/// skin-tone variants): a fold keeps it in train when its group trains, and drops it otherwise.
+pub const TRAIN_ONLY: &str = "train-only/";
+
 /// Share of a fold's training rows held out for validation when `val` is `in-style`: as
 /// `extract --dataset emoji-*` does, at most one image per class.
 pub const IN_STYLE_VAL_FRACTION: f64 = 0.2;
@@ -74,15 +78,22 @@ pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
         spec.test_group
     );
     let group = |i: usize| group_of(&rows.meta.ids[i]);
-    let (test, rest): (Vec<usize>, Vec<usize>) = (0..rows.len()).partition(|&i| group(i) == spec.test_group);
-    let (val, train) = match spec.val {
+    let train_only = |i: usize| rows.meta.ids[i].contains(TRAIN_ONLY);
+    let (test, rest): (Vec<usize>, Vec<usize>) = (0..rows.len()).filter(|&i| !(train_only(i) && group(i) == spec.test_group)).partition(|&i| group(i) == spec.test_group);
+    let (extra, rest): (Vec<usize>, Vec<usize>) = rest.into_iter().partition(|&i| train_only(i));
+    let val_group = match spec.val {
         FoldVal::Group => {
             let k = all_groups.iter().position(|g| *g == spec.test_group).unwrap();
-            let val_group = &all_groups[(k + 1) % all_groups.len()];
-            rest.iter().partition(|&&i| group(i) == val_group)
+            Some(all_groups[(k + 1) % all_groups.len()].as_str())
         }
-        FoldVal::InStyle => in_style_val(&rows, &rest, cache.num_classes(), spec.seed),
+        FoldVal::InStyle => None,
     };
+    let (val, mut train): (Vec<usize>, Vec<usize>) = match val_group {
+        Some(vg) => rest.iter().partition(|&&i| group(i) == vg),
+        None => in_style_val(&rows, &rest, cache.num_classes(), spec.seed),
+    };
+    // Training-only images join the training rows unless their group validates.
+    train.extend(extra.into_iter().filter(|&i| Some(group(i)) != val_group));
     let mut seen = vec![false; cache.num_classes()];
     train.iter().for_each(|&i| seen[rows.label[i] as usize] = true);
     if let Some(c) = seen.iter().position(|s| !s) {
@@ -123,7 +134,8 @@ mod tests {
     use crate::features::SplitMeta;
     use std::path::PathBuf;
 
-    /// 3 vendors x 4 classes, one row each; the test split of the source cache is vendor `c`.
+    /// 3 vendors x 4 classes, one row each; the test split of the source cache is vendor `c`;
+    /// vendors `a` and `b` each have one training-only extra image.
     fn cache() -> FeatureCache {
         let split = |vendors: &[&str]| {
             let mut s = FeatureSplit { visual: vec![], dv: 1, text: Some(vec![]), ds: 1, label: vec![], meta: SplitMeta::default() };
@@ -138,7 +150,14 @@ mod tests {
             }
             s
         };
-        FeatureCache { dir: PathBuf::from("cache"), train: split(&["a", "b"]), val: None, test: Some(split(&["c"])), fold: None }
+        let mut train = split(&["a", "b"]);
+        for v in ["a", "b"] {
+            train.visual.push(0.0);
+            train.text.as_mut().unwrap().push(0.0);
+            train.label.push(0);
+            train.meta.ids.push(format!("{v}/{TRAIN_ONLY}0-tone.png"));
+        }
+        FeatureCache { dir: PathBuf::from("cache"), train, val: None, test: Some(split(&["c"])), fold: None }
     }
 
     fn vendors(s: &FeatureSplit) -> Vec<&str> {
@@ -155,10 +174,13 @@ mod tests {
             let f = fold(&c, &FoldSpec { test_group: g.into(), val: FoldVal::InStyle, seed: 3 }).unwrap();
             let (train, val, test) = (&f.train, f.val.as_ref().unwrap(), f.test.as_ref().unwrap());
             assert_eq!(vendors(test), [g]);
-            assert_eq!(test.len(), 4);
+            assert_eq!(test.len(), 4, "training-only images never test");
             assert!(train.meta.ids.iter().chain(&val.meta.ids).all(|id| group_of(id) != g));
-            // 8 rows outside the test group: round(0.2 * 8) = 2 val rows, of distinct classes.
-            assert_eq!((train.len(), val.len()), (6, 2));
+            assert!(val.meta.ids.iter().all(|id| !id.contains(TRAIN_ONLY)));
+            // 8 plain rows outside the test group: round(0.2 * 8) = 2 val rows, of distinct
+            // classes; the other group's training-only image trains (not the test group's).
+            let extras = train.meta.ids.iter().filter(|id| id.contains(TRAIN_ONLY)).count();
+            assert_eq!((train.len(), val.len(), extras), (6 + (g != "c") as usize + 2 * (g == "c") as usize, 2, 1 + (g == "c") as usize));
             assert_ne!(val.label[0], val.label[1]);
             let mut classes = train.label.clone();
             classes.sort();
@@ -172,6 +194,8 @@ mod tests {
         let c = cache();
         let f = fold(&c, &FoldSpec { test_group: "c".into(), val: FoldVal::Group, seed: 0 }).unwrap();
         assert_eq!((vendors(&f.train), vendors(f.val.as_ref().unwrap()), vendors(f.test.as_ref().unwrap())), (vec!["b"], vec!["a"], vec!["c"]));
+        // The validating group's training-only image is dropped, the training group's kept.
+        assert_eq!(f.train.meta.ids.iter().filter(|id| id.contains(TRAIN_ONLY)).collect::<Vec<_>>(), [&format!("b/{TRAIN_ONLY}0-tone.png")]);
         let f = fold(&c, &FoldSpec { test_group: "a".into(), val: FoldVal::Group, seed: 0 }).unwrap();
         assert_eq!((vendors(&f.train), vendors(f.val.as_ref().unwrap())), (vec!["c"], vec!["b"]));
         let err = fold(&c, &FoldSpec { test_group: "z".into(), val: FoldVal::Group, seed: 0 }).unwrap_err();

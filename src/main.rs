@@ -403,7 +403,10 @@ impl TableArgs {
         let rows = marnet::experiments::run_arms(cache, arms, &self.train.config(), &seeds, &folds, &self.out, verbosity, dev)?;
         let split = match folds.len() {
             0 => "test split".to_string(),
-            n => format!("leave-one-vendor-out over {n} folds, {:?} validation", self.fold_val),
+            n => {
+                let val = clap::ValueEnum::to_possible_value(&self.fold_val).map(|v| v.get_name().to_string()).unwrap_or_default();
+                format!("leave-one-vendor-out over {n} folds, {val} validation")
+            }
         };
         let table = marnet::experiments::Table {
             title: format!(

@@ -262,8 +262,8 @@ fn emoji_all_skin_tones_are_extra_training_images_of_the_training_vendors() {
         assert_eq!(ds.train[..plain.train.len()], plain.train[..]);
         let extra = &ds.train[plain.train.len()..];
         let expected: BTreeSet<String> = match test_vendor {
-            "apple" => ["google/1f44b-1f3fb.png", "twitter/1f44b-1f3fb.png", "facebook/1f44b-1f3fb.png", "google/1f44b-1f3fc.png"],
-            _ => ["twitter/1f44b-1f3fb.png", "apple/1f44b-1f3fb.png", "facebook/1f44b-1f3fb.png", "apple/1f44b-1f3fc.png"],
+            "apple" => ["google/train-only/1f44b-1f3fb.png", "twitter/train-only/1f44b-1f3fb.png", "facebook/train-only/1f44b-1f3fb.png", "google/train-only/1f44b-1f3fc.png"],
+            _ => ["twitter/train-only/1f44b-1f3fb.png", "apple/train-only/1f44b-1f3fb.png", "facebook/train-only/1f44b-1f3fb.png", "apple/train-only/1f44b-1f3fc.png"],
         }
         .into_iter()
         .map(String::from)
@@ -271,7 +271,7 @@ fn emoji_all_skin_tones_are_extra_training_images_of_the_training_vendors() {
         assert_eq!((ids(extra), extra.len()), (expected, 4), "test = {test_vendor}");
         let waving = plain.train.iter().find(|s| s.label == 2).unwrap();
         assert!(extra.iter().all(|s| s.label == 2 && s.text == waving.text && vendor(s) != test_vendor));
-        assert!(extra.iter().all(|s| s.image.ends_with(format!("{}/64/{}", vendor(s), s.id.split_once('/').unwrap().1))));
+        assert!(extra.iter().all(|s| s.image.ends_with(format!("{}/64/{}", vendor(s), s.id.rsplit_once('/').unwrap().1))));
         assert_eq!(ds.name, format!("emoji-all(test={test_vendor}, skin tones)"));
     }
     // Only emoji-all has skin-tone variants to add.

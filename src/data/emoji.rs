@@ -171,11 +171,14 @@ fn split_val(trainval: Vec<Sample>, n_classes: usize, val_fraction: f64, seed: u
 }
 
 /// Every skin-tone variant `vendor` draws of each class, as training samples of that class.
+/// Their ids are `{vendor}/train-only/{file}` ([`crate::folds::TRAIN_ONLY`]): a
+/// leave-one-vendor-out fold never puts them in val or test.
 fn skin_samples(npm_dir: &Path, vendor: &str, chosen: &[&EmojiEntry], texts: &[String]) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     for (label, e) in chosen.iter().enumerate() {
         for v in e.skin_variations.values().filter(|v| draws(&v.extra, vendor)) {
-            out.push(sample(npm_dir, vendor, &v.image, label, &texts[label])?);
+            let s = sample(npm_dir, vendor, &v.image, label, &texts[label])?;
+            out.push(Sample { id: format!("{vendor}/{}{}", crate::folds::TRAIN_ONLY, v.image), ..s });
         }
     }
     Ok(out)
@@ -185,7 +188,8 @@ fn skin_samples(npm_dir: &Path, vendor: &str, chosen: &[&EmojiEntry], texts: &[S
 /// `selection` that all four vendors draw are the classes. `test_vendor` is held out for test;
 /// `val_fraction` of the remaining rows (seeded, at most one per class) become validation. With
 /// `skin_tones`, every skin-tone variant a training vendor draws is an extra training image of
-/// its base emoji (never in val or test). Sample ids are `{vendor}/{image file}`.
+/// its base emoji (never in val or test). Sample ids are `{vendor}/{image file}`
+/// (`{vendor}/train-only/{image file}` for the skin-tone variants).
 pub fn emoji(npm_dir: &Path, selection: Selection, test_vendor: &str, val_fraction: f64, seed: u64, skin_tones: bool) -> Result<Dataset> {
     ensure!(VENDORS.contains(&test_vendor), "unknown vendor `{test_vendor}` (one of {VENDORS:?})");
     let emoji_json = npm_dir.join("emoji-datasource/emoji.json");
