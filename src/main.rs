@@ -849,7 +849,10 @@ mod tests {
     fn train_flag_defaults_are_the_library_defaults() {
         use clap::Parser;
         let cli = super::Cli::parse_from(["marnet", "train", "--cache", "c", "--out", "o"]);
-        let super::Cmd::Train { train, .. } = cli.cmd else { unreachable!() };
+        let super::Cmd::Train { train, model, .. } = cli.cmd else { unreachable!() };
         assert_eq!(train.config(), marnet::checkpoint::TrainConfig::default());
+        // Likewise the model flags and `MarnetConfig::new` (CDR training input, steps, options).
+        let v = super::Variant::Marnet;
+        assert_eq!(model.config(v, 12, 10, 5), marnet::model::marnet::MarnetConfig::new(v, 12, 10, 5));
     }
 }
