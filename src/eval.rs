@@ -45,7 +45,7 @@ pub fn top1_hits(logits: &[f32], classes: usize, labels: &[u32]) -> Vec<bool> {
 
 /// The class means of a split's text features: what a reconstruction x_CDR is matched against.
 pub struct TextReference {
-    /// Row-major [classes, ds].
+    /// Row-major [classes, ds], each mean scaled to unit length (zero stays zero).
     means: Vec<f32>,
     ds: usize,
 }
@@ -62,7 +62,10 @@ impl TextReference {
             means[y as usize * ds..][..ds].iter_mut().zip(row).for_each(|(m, x)| *m += x);
         }
         for (c, &n) in counts.iter().enumerate() {
-            means[c * ds..][..ds].iter_mut().for_each(|m| *m /= n.max(1) as f32);
+            let m = &mut means[c * ds..][..ds];
+            m.iter_mut().for_each(|m| *m /= n.max(1) as f32);
+            let norm = m.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            m.iter_mut().for_each(|x| *x /= norm);
         }
         Some(Self { means, ds })
     }
@@ -91,7 +94,8 @@ pub fn reconstruction(x_cdr: &[f32], split: &FeatureSplit, reference: &TextRefer
     let (mut cos, mut hits) = (0f64, 0usize);
     for ((x, xs), &y) in x_cdr.chunks_exact(ds).zip(text.chunks_exact(ds)).zip(&split.label) {
         cos += cosine(x, xs);
-        let sims: Vec<f32> = reference.means.chunks_exact(ds).map(|m| cosine(x, m) as f32).collect();
+        // The means are unit length: ranking by x . m is ranking by cosine.
+        let sims: Vec<f32> = reference.means.chunks_exact(ds).map(|m| x.iter().zip(m).map(|(a, b)| a * b).sum()).collect();
         hits += (rank_of(&sims, y) == 0) as usize;
     }
     let n = split.len().max(1) as f64;
@@ -251,5 +255,4 @@ mod tests {
         // Row 2 is closer to class 0's text (cosine 0.89 vs 0.45): a miss.
         assert_eq!(r.class_match, 0.5);
     }
-
 }

@@ -131,17 +131,23 @@ fn train_step(
 
 /// Fits MARNet's late-fusion weight w (see `MarnetConfig::gate`) on `val` for the checkpoint in
 /// `best` and saves it there: the w in {0, 0.1, ..., 1} with the best val top-1 (ties: the
-/// largest, the most fusion). Returns w and its val top-1.
-fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, reference: Option<&TextReference>, dev: &Device) -> Result<(f64, f64)> {
+/// largest, the most fusion). One inference pass: the heads' outputs do not depend on w, so
+/// each candidate mixes them on the host. Returns w and its val top-1.
+fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, dev: &Device) -> Result<(f64, f64)> {
     let ck = Checkpoint::open(best, dev)?;
     let m = ck.model(dev)?;
+    m.model.set_gate(1.0)?;
+    let out = crate::eval::predict_split(&m.model, val, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?;
+    let ema = out.ema_logits.context("a gated model has an EMA head")?;
+    let classes = m.model.config().classes;
+    let (p_ema, p_fused) = (softmax_rows(&ema, classes), softmax_rows(&out.logits, classes));
     let mut chosen = (f64::NEG_INFINITY, 1.0);
     for k in 0..=10 {
         let w = k as f64 / 10.0;
-        m.model.set_gate(w)?;
-        let (r, _) = evaluate(&m.model, val, &cfg.sampler, cfg.seed, cfg.eval_batch, reference, dev)?;
-        if r.final_head.top1 >= chosen.0 {
-            chosen = (r.final_head.top1, w);
+        let mixed: Vec<f32> = p_ema.iter().zip(&p_fused).map(|(a, b)| ((1.0 - w) * a + w * b) as f32).collect();
+        let top1 = crate::eval::topk_accuracy(&mixed, classes, &val.label).top1;
+        if top1 >= chosen.0 {
+            chosen = (top1, w);
         }
     }
     m.model.set_gate(chosen.1)?;
@@ -149,6 +155,18 @@ fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, reference: Optio
     metrics["gate"] = chosen.1.into();
     checkpoint::save(&ck.dir, &ck.run, &m, vec![], &metrics)?;
     Ok((chosen.1, chosen.0))
+}
+
+/// Row-wise softmax of `logits` [N, C], in f64.
+fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(classes) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+        let z: f64 = e.iter().sum();
+        out.extend(e.iter().map(|x| x / z));
+    }
+    out
 }
 
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
@@ -285,9 +303,9 @@ pub fn train(
         checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
     }
 
-    if model_cfg.gate {
+    if model_cfg.gated() {
         // The selected model is now the gated one: its val top-1 is the one reported.
-        let (w, val_top1) = fit_gate(&out.join("best"), &val, cfg, reference.as_ref(), dev)?;
+        let (w, val_top1) = fit_gate(&out.join("best"), &val, cfg, dev)?;
         (state.gate, state.best_val_top1) = (Some(w), val_top1);
     }
     if let Some(test) = &cache.test {

@@ -175,4 +175,8 @@ fn gate_is_fitted_on_val_and_saved() {
     let ck = Checkpoint::open(&tmp.path().join("gated"), &Device::Cpu).unwrap();
     let saved = ck.tensors["buffer.gate"].to_scalar::<f32>().unwrap();
     assert_eq!(saved, w as f32);
+    // `--gate` in a table also reaches the other rows: they have no gate to fit.
+    let cfg = MarnetConfig { gate: true, ..model_cfg(Variant::Ema, &c) };
+    let ema = train(&c, &cfg, &train_cfg(1), &tmp.path().join("ema"), false, Verbosity::Quiet, &Device::Cpu).unwrap();
+    assert_eq!(ema.gate, None);
 }

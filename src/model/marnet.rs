@@ -136,6 +136,11 @@ impl MarnetConfig {
         }
     }
 
+    /// Whether the model has the late-fusion gate (`gate` applies to MARNet only).
+    pub fn gated(&self) -> bool {
+        self.gate && self.variant == Variant::Marnet
+    }
+
     fn cdr(&self) -> CdrConfig {
         CdrConfig { dv: self.dv, ds: self.ds, hidden: self.hidden, temb: self.temb, act: self.act, schedule: self.schedule }
     }
@@ -201,7 +206,7 @@ impl Marnet {
             Variant::Marnet => Some(FusionHead::load(vb.pp("fusion"), cfg.fusion, cfg.d, cfg.ds, cfg.classes)?),
             _ => None,
         };
-        let gate = match cfg.gate && v == Variant::Marnet {
+        let gate = match cfg.gated() {
             true => Some(Var::from_tensor(&vb.get_with_hints((), &format!("{}gate", super::BUFFER), candle_nn::Init::Const(1.0))?)?),
             false => None,
         };

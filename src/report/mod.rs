@@ -78,8 +78,7 @@ fn top5(p: &[f32], classes: &[String]) -> Vec<(String, f32)> {
 
 /// Image-only test rows of `classes` (up to `per_class` each) from the cache a run was trained
 /// on, with that run's out-of-sample x_CDR.
-fn test_rows_with_x_cdr(ck: &Checkpoint, classes: &[u32], per_class: usize, dev: &Device) -> Result<(FeatureSplit, Vec<f32>)> {
-    let cache = ck.run.open_cache().with_context(|| format!("the cache the run at {} was trained on", ck.dir.display()))?;
+fn test_rows_with_x_cdr(ck: &Checkpoint, cache: &FeatureCache, classes: &[u32], per_class: usize, dev: &Device) -> Result<(FeatureSplit, Vec<f32>)> {
     let test = cache.test.as_ref().context("the cache has no test split")?;
     let mut idx = vec![];
     for &c in classes {
@@ -95,7 +94,10 @@ fn test_rows_with_x_cdr(ck: &Checkpoint, classes: &[u32], per_class: usize, dev:
 /// the most test images, over every fold's test split when the runs are folds (each vendor's
 /// image of a class is then a point). Not drawn when the classes have under 2 points each.
 fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
-    let caches: Vec<FeatureCache> = runs.iter().map(|ck| ck.run.open_cache()).collect::<Result<_>>()?;
+    let caches: Vec<FeatureCache> = runs
+        .iter()
+        .map(|ck| ck.run.open_cache().with_context(|| format!("the cache the run at {} was trained on", ck.dir.display())))
+        .collect::<Result<_>>()?;
     let n_classes = caches[0].num_classes();
     let mut counts = vec![0usize; n_classes];
     for c in &caches {
@@ -110,8 +112,8 @@ fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStat
         return Ok(());
     }
     let (mut xv, mut xc, mut labels) = (vec![], vec![], vec![]);
-    for ck in runs {
-        let (rows, x_cdr) = test_rows_with_x_cdr(ck, &chosen, opts.tsne_per_class, dev)?;
+    for (ck, cache) in runs.iter().zip(&caches) {
+        let (rows, x_cdr) = test_rows_with_x_cdr(ck, cache, &chosen, opts.tsne_per_class, dev)?;
         let ds = x_cdr.len() / rows.len().max(1);
         xv.extend(rows.visual.chunks(rows.dv).map(<[f32]>::to_vec));
         xc.extend(x_cdr.chunks(ds).map(<[f32]>::to_vec));
