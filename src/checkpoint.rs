@@ -56,6 +56,9 @@ pub struct RunConfig {
     /// The leave-one-group-out fold of `cache` the run used, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold: Option<crate::folds::FoldSpec>,
+    /// The code and the cache content (after the fold) the run came from.
+    #[serde(default)]
+    pub fingerprint: crate::fingerprint::Fingerprint,
 }
 
 impl RunConfig {

@@ -34,22 +34,22 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
     // Fail now, not after the training, if the figures' font is missing.
     crate::report::plots::use_font(&opts.report.font)?;
     let cache_dir = opts.out.join("cache");
-    if !FeatureCache::split_path(&cache_dir, "train").exists() {
-        let ds = crate::data::open(&opts.dataset, None, &opts.assets, "apple", 0.2, 0)?;
-        let image_enc = crate::encoders::load_image_encoder("efficientnet-lite0", &opts.assets, dev)?;
-        let text_enc = crate::encoders::text::TextEncoder::load(&opts.assets.join("minilm"), dev)?;
-        let settings = serde_json::json!({ "dataset": opts.dataset, "test_vendor": "apple", "val_fraction": 0.2, "seed": 0, "batch": 32, "visual": "efficientnet-lite0" });
-        let eopts = crate::extract::ExtractOptions { batch: 32, limit: None, skip_bad: false, progress: opts.verbosity == Verbosity::Progress, settings };
-        crate::extract::extract(&ds, image_enc.as_ref(), &text_enc, &eopts, &cache_dir, dev).with_context(|| format!("extracting {}", opts.dataset))?;
+    if let Ok(existing) = FeatureCache::read_split(&cache_dir, "train") {
+        anyhow::ensure!(
+            existing.meta.dataset.starts_with(&format!("{}(", opts.dataset)),
+            "{}: this cache holds `{}`, not {}; use another --out",
+            cache_dir.display(),
+            existing.meta.dataset,
+            opts.dataset
+        );
     }
-    let cache = FeatureCache::open(&cache_dir)?;
-    anyhow::ensure!(
-        cache.train.meta.dataset.starts_with(&format!("{}(", opts.dataset)),
-        "{}: this cache holds `{}`, not {}; use another --out",
-        cache_dir.display(),
-        cache.train.meta.dataset,
-        opts.dataset
-    );
+    // Reused when this build extracted it from these files; extracted (again) when not.
+    let ds = crate::data::open(&opts.dataset, None, &opts.assets, "apple", 0.2, 0)?;
+    let image_enc = crate::encoders::load_image_encoder("efficientnet-lite0", &opts.assets, dev)?;
+    let text_enc = crate::encoders::text::TextEncoder::load(&opts.assets.join("minilm"), dev)?;
+    let settings = serde_json::json!({ "dataset": opts.dataset, "test_vendor": "apple", "val_fraction": 0.2, "seed": 0, "batch": 32, "visual": "efficientnet-lite0" });
+    let eopts = crate::extract::ExtractOptions { batch: 32, limit: None, skip_bad: false, progress: opts.verbosity != Verbosity::Quiet, settings, reuse_current: true };
+    let (cache, _) = crate::extract::extract(&ds, image_enc.as_ref(), &text_enc, &eopts, &cache_dir, dev).with_context(|| format!("extracting {}", opts.dataset))?;
     let folds: Vec<crate::folds::FoldSpec> = match opts.leave_one_out {
         true => crate::folds::groups(&cache)?.into_iter().map(|g| crate::folds::FoldSpec { test_group: g, val: Default::default(), seed: 0 }).collect(),
         false => vec![],

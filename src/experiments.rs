@@ -11,7 +11,7 @@ use crate::model::marnet::{MarnetConfig, Variant};
 use crate::eval::EvalResult;
 use crate::folds::FoldSpec;
 use crate::stats::PairedTest;
-use crate::train::{Verbosity, train};
+use crate::train::{Resume, Verbosity, train};
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -167,7 +167,8 @@ fn add_paired_tests(rows: &mut [ResultRow]) {
 }
 
 /// Trains every arm for each fold and seed into `out/[<fold>/]<key>/seed<k>`. Finished runs are
-/// resumed (a no-op), so an interrupted table picks up where it stopped. `folds` empty: the
+/// resumed (a no-op) when made by this code from this data, and trained again when not, so an
+/// interrupted table picks up where it stopped and a stale one is recomputed. `folds` empty: the
 /// cache's own splits.
 #[allow(clippy::too_many_arguments)]
 pub fn run_arms(
@@ -184,6 +185,9 @@ pub fn run_arms(
         [] => vec![(None, cache.clone())],
         _ => folds.iter().map(|f| Ok((Some(f), crate::folds::fold(cache, f)?))).collect::<Result<_>>()?,
     };
+    // With bars only, one bar over every run of the table; per-epoch lines with `Epochs`.
+    let bar = crate::progress::bar(verbosity == Verbosity::Progress, (arms.len() * plan.len() * seeds.len()) as u64, "runs", "training");
+    let run_verbosity = if verbosity == Verbosity::Epochs { verbosity } else { Verbosity::Quiet };
     let mut rows = Vec::new();
     for arm in arms {
         let (mut runs, mut secs) = (vec![], vec![]);
@@ -192,19 +196,22 @@ pub fn run_arms(
             for &seed in seeds {
                 let tc = TrainConfig { seed, ..train_cfg.clone() };
                 let run_dir = dir.join(&arm.key).join(format!("seed{seed}"));
-                let state = train(fold_cache, &arm.cfg, &tc, &run_dir, true, verbosity, dev)
+                bar.set_message(format!("{} {}seed {seed}", arm.key, spec.map(|f| format!("{} ", f.name())).unwrap_or_default()));
+                let state = train(fold_cache, &arm.cfg, &tc, &run_dir, Resume::IfCurrent, run_verbosity, dev)
                     .with_context(|| format!("training {} (seed {seed}{})", arm.key, spec.map(|f| format!(", {}", f.name())).unwrap_or_default()))?;
                 ensure!(state.test.is_some(), "{}: the cache has no test split", cache.dir.display());
                 secs.extend(state.history.iter().map(|h| h.train_seconds));
+                bar.inc(1);
                 runs.push(RunResult { fold: spec.map(|f| f.name()).unwrap_or_default(), seed, test: state.test, val_top1: state.best_val_top1, hits: state.test_hits });
             }
         }
         let row = ResultRow::new(arm, seeds, runs, mean_std(&secs).0);
-        if verbosity == Verbosity::Progress {
-            eprintln!("{}: test top1 {}", row.row, pct_mean_std(&row.test_top1));
+        if verbosity != Verbosity::Quiet {
+            bar.suspend(|| eprintln!("{}: test top1 {}", row.row, pct_mean_std(&row.test_top1)));
         }
         rows.push(row);
     }
+    bar.finish_and_clear();
     add_paired_tests(&mut rows);
     Ok(rows)
 }

@@ -29,6 +29,9 @@ pub struct ExtractOptions {
     pub progress: bool,
     /// The command's settings, written to `OUT/extract.json`; a resumed run must match them.
     pub settings: serde_json::Value,
+    /// Return the cache already in `OUT` when this build made it from these samples with these
+    /// settings (its `extract.json`), instead of extracting again.
+    pub reuse_current: bool,
 }
 
 /// A sample left out by `--skip-bad`: one line of `skipped.jsonl`.
@@ -45,7 +48,10 @@ pub struct Skipped {
 struct Job {
     settings: serde_json::Value,
     visual_encoder: String,
-    /// Samples per split, and a hash of their ids and paths.
+    /// The build that extracted it ([`crate::fingerprint::code`]).
+    #[serde(default)]
+    code: String,
+    /// Samples per split, and a hash of their ids, paths, file sizes and texts.
     samples: Vec<(String, usize, String)>,
 }
 
@@ -102,11 +108,14 @@ impl Block {
     }
 }
 
-/// FNV-1a of the samples' ids and image paths, as hex.
+/// FNV-1a of the samples' ids, image paths, image file sizes and texts, as hex: the dataset's
+/// fingerprint.
 fn samples_hash(samples: &[Sample]) -> String {
     let bytes = samples.iter().flat_map(|s| {
         let (id, image) = (s.id.clone().into_bytes(), s.image.to_string_lossy().into_owned().into_bytes());
-        id.into_iter().chain([0]).chain(image).chain([0])
+        let size = std::fs::metadata(&s.image).map(|m| m.len()).unwrap_or(u64::MAX).to_le_bytes();
+        let text = s.text.clone().unwrap_or_default().into_bytes();
+        id.into_iter().chain([0]).chain(image).chain([0]).chain(size).chain(text).chain([0])
     });
     format!("{:016x}", crate::rng::fnv1a(bytes))
 }
@@ -289,6 +298,31 @@ impl Extraction<'_> {
     }
 }
 
+/// The cache in `out` if `out/extract.json` records `job` (same build, settings and samples).
+fn finished(out: &Path, job: &Job) -> Result<Option<(FeatureCache, Vec<Skipped>)>> {
+    let record = out.join("extract.json");
+    if !record.exists() || !FeatureCache::split_path(out, "train").exists() {
+        return Ok(None);
+    }
+    let saved: Option<Job> = crate::fsutil::read_json(&record).ok();
+    if saved.as_ref() != Some(job) {
+        let why = match saved {
+            Some(s) if s.code != job.code => format!("made by {}, this is {}", if s.code.is_empty() { "an older marnet" } else { &s.code }, job.code),
+            Some(s) if s.samples != job.samples => "the dataset's files changed".to_string(),
+            _ => "other settings".to_string(),
+        };
+        eprintln!("{}: stale feature cache ({why}): extracting again", out.display());
+        return Ok(None);
+    }
+    let skipped = std::fs::read_to_string(out.join("skipped.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<serde_json::Result<_>>()
+        .with_context(|| format!("{}: unreadable", out.join("skipped.jsonl").display()))?;
+    Ok(Some((FeatureCache::open(out)?, skipped)))
+}
+
 /// `OUT.partial`: where an unfinished extraction keeps its blocks.
 pub fn partial_dir(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
@@ -324,18 +358,24 @@ pub fn extract(
     let job = Job {
         settings: opts.settings.clone(),
         visual_encoder: image_enc.name().to_string(),
+        code: crate::fingerprint::code(),
         samples: splits
             .iter()
             .map(|(n, v)| (n.to_string(), v.len(), samples_hash(v)))
             .collect(),
     };
+    if opts.reuse_current {
+        if let Some(found) = finished(out, &job)? {
+            return Ok(found);
+        }
+    }
     let partial = partial_dir(out);
     let job_path = partial.join("job.json");
     if job_path.exists() {
         let saved: Job = crate::fsutil::read_json(&job_path)?;
         ensure!(
             saved == job,
-            "{}: an unfinished extraction with different settings or samples is here; rerun it with the settings in that file, or delete {} to start over",
+            "{}: an unfinished extraction with different settings or samples, or by another marnet build, is here; rerun it with the settings and build in that file, or delete {} to start over",
             job_path.display(),
             partial.display()
         );

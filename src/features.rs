@@ -240,15 +240,17 @@ impl FeatureCache {
         Ok(())
     }
 
-    /// Writes every present split into `dir`.
+    /// Writes every present split into `dir` and removes the file of any absent one (left by an
+    /// earlier cache there).
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        self.train.write(&Self::split_path(dir, "train"))?;
-        if let Some(v) = &self.val {
-            v.write(&Self::split_path(dir, "val"))?;
-        }
-        if let Some(t) = &self.test {
-            t.write(&Self::split_path(dir, "test"))?;
+        for (name, split) in [("train", Some(&self.train)), ("val", self.val.as_ref()), ("test", self.test.as_ref())] {
+            let path = Self::split_path(dir, name);
+            match split {
+                Some(s) => s.write(&path)?,
+                None if path.exists() => std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove", path.display()))?,
+                None => {}
+            }
         }
         Ok(())
     }

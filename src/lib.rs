@@ -18,6 +18,7 @@
 //! and inference.
 
 pub mod align;
+pub mod assets;
 pub mod bench;
 pub mod bundle;
 pub mod checkpoint;
@@ -29,6 +30,7 @@ pub mod eval;
 pub mod experiments;
 pub mod extract;
 pub mod features;
+pub mod fingerprint;
 pub mod folds;
 pub mod fsutil;
 pub mod interrupt;

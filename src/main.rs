@@ -10,8 +10,8 @@ use marnet::model::diffusion::ScheduleConfig;
 use marnet::model::fusion::Fusion;
 use marnet::model::marnet::{LossWeights, MarnetConfig, Variant};
 use marnet::optim::AdamWConfig;
-use marnet::train::Verbosity;
-use std::path::PathBuf;
+use marnet::train::{Resume, Verbosity};
+use std::path::{Path, PathBuf};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,8 +43,12 @@ struct Cli {
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// No progress bars or per-epoch lines.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// A line per training epoch (every loss term, val metrics) in `ablate`, `compare` and
+    /// `demo` too; they show one progress bar per stage by default, `train` the epoch lines.
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -69,7 +73,8 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, value_enum, default_value = "marnet")]
         variant: Variant,
-        /// Continue from `OUT/last` if it exists (same configuration required).
+        /// Continue from `OUT/last` if it exists: same configuration, and made by this build from
+        /// this cache (the fingerprints in its config.json), or it refuses.
         #[arg(long)]
         resume: bool,
         #[command(flatten)]
@@ -112,9 +117,10 @@ enum Cmd {
         /// Visual encoder the cache was extracted with (as for `extract --visual`).
         #[arg(long, default_value = "efficientnet-lite0")]
         visual: String,
-        /// Folder `scripts/fetch-assets` filled.
-        #[arg(long, default_value = "assets")]
-        assets: PathBuf,
+        /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+        /// assets/ of the checkout marnet was built from].
+        #[arg(long)]
+        assets: Option<PathBuf>,
         #[command(flatten)]
         sampler: SamplerArgs,
         /// Seed of the sampling noise (with each image's bytes).
@@ -179,9 +185,10 @@ enum Cmd {
         /// Test on every vendor in turn (leave-one-vendor-out, 4 folds) instead of Apple alone.
         #[arg(long)]
         leave_one_out: bool,
-        /// Folder `scripts/fetch-assets` filled.
-        #[arg(long, default_value = "assets")]
-        assets: PathBuf,
+        /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+        /// assets/ of the checkout marnet was built from].
+        #[arg(long)]
+        assets: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         seeds: u64,
         #[arg(long, default_value_t = 30)]
@@ -199,7 +206,8 @@ enum Cmd {
         report: ReportArgs,
     },
     /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
-    /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning resumes finished runs.
+    /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning reuses finished runs made by this
+    /// build from this cache and trains stale ones again.
     Ablate {
         #[command(flatten)]
         table: TableArgs,
@@ -254,9 +262,10 @@ enum Cmd {
         /// Leave out the encoder and decoding measurements.
         #[arg(long)]
         skip_extraction: bool,
-        /// Where `scripts/fetch-assets` put the EfficientNet-Lite0 weights.
-        #[arg(long, default_value = "assets")]
-        assets: PathBuf,
+        /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+        /// assets/ of the checkout marnet was built from].
+        #[arg(long)]
+        assets: Option<PathBuf>,
         /// Also write every number as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -428,9 +437,10 @@ impl TableArgs {
 
 #[derive(Args, Clone)]
 struct ReportArgs {
-    /// TrueType font for the figures.
-    #[arg(long, default_value = "assets/npm/dejavu-fonts-ttf/ttf/DejaVuSans.ttf")]
-    font: PathBuf,
+    /// TrueType font for the figures [default: DejaVuSans.ttf in the assets folder, found as
+    /// for `extract --assets`].
+    #[arg(long)]
+    font: Option<PathBuf>,
     /// Classes in the t-SNE figure (Fig. 3), and rows per class at most.
     #[arg(long, default_value_t = 5)]
     tsne_classes: usize,
@@ -442,14 +452,18 @@ struct ReportArgs {
 }
 
 impl ReportArgs {
-    fn options(&self, progress: bool) -> marnet::report::ReportOptions {
-        marnet::report::ReportOptions {
-            font: self.font.clone(),
+    /// The options, with the font found in `assets` (or as `--assets` would be) unless given.
+    fn options(&self, assets: Option<&Path>, progress: bool) -> Result<marnet::report::ReportOptions> {
+        Ok(marnet::report::ReportOptions {
+            font: match &self.font {
+                Some(f) => f.clone(),
+                None => marnet::assets::resolve(assets)?.join(marnet::assets::FONT),
+            },
             tsne_classes: self.tsne_classes,
             tsne_per_class: self.tsne_per_class,
             examples: self.examples,
             progress,
-        }
+        })
     }
 }
 
@@ -528,9 +542,10 @@ struct ExtractArgs {
     /// Dataset folder (vireo172, ingredient101) or manifest file.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Folder `scripts/fetch-assets` filled.
-    #[arg(long, default_value = "assets")]
-    assets: PathBuf,
+    /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+    /// assets/ of the checkout marnet was built from].
+    #[arg(long)]
+    assets: Option<PathBuf>,
     /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
     /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
     #[arg(long, default_value = "efficientnet-lite0")]
@@ -625,7 +640,11 @@ fn run() -> Result<()> {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
     let dev = device(&cli.device)?;
-    let verbosity = if cli.quiet { Verbosity::Quiet } else { Verbosity::Progress };
+    let verbosity = match (cli.quiet, cli.verbose || matches!(cli.cmd, Cmd::Train { .. })) {
+        (true, _) => Verbosity::Quiet,
+        (false, true) => Verbosity::Epochs,
+        (false, false) => Verbosity::Progress,
+    };
     match cli.cmd {
         Cmd::Synth { out, cfg } => {
             let c = marnet::synth::write(&cfg, &out)?;
@@ -639,7 +658,7 @@ fn run() -> Result<()> {
         Cmd::Train { cache, out, variant, resume, model, train } => {
             let cache = FeatureCache::open(&cache)?;
             let mcfg = model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
-            let state = marnet::train::train(&cache, &mcfg, &train.config(), &out, resume, verbosity, &dev)?;
+            let state = marnet::train::train(&cache, &mcfg, &train.config(), &out, if resume { Resume::Strict } else { Resume::Never }, verbosity, &dev)?;
             println!(
                 "best epoch {} (val top1 {:.2}%) saved in {}",
                 state.best_epoch.unwrap_or(0),
@@ -704,14 +723,15 @@ fn run() -> Result<()> {
         }
         Cmd::Demo { out, dataset, leave_one_out, assets, seeds, epochs, model, report } => {
             let t0 = std::time::Instant::now();
+            let assets = marnet::assets::resolve(assets.as_deref())?;
             let opts = marnet::demo::DemoOptions {
                 out: out.clone(),
+                report: report.options(Some(&assets), !cli.quiet)?,
                 assets,
                 dataset,
                 leave_one_out,
                 seeds: (0..seeds).collect(),
                 train: TrainConfig { epochs, ..TrainConfig::default() },
-                report: report.options(!cli.quiet),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 verbosity,
             };
@@ -724,7 +744,7 @@ fn run() -> Result<()> {
         }
         Cmd::Report { dir, report } => {
             let t0 = std::time::Instant::now();
-            let out = marnet::report::write(&dir, &report.options(!cli.quiet), &dev)?;
+            let out = marnet::report::write(&dir, &report.options(None, !cli.quiet)?, &dev)?;
             println!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
         }
         Cmd::Ablate { table, variants } => {
@@ -739,6 +759,7 @@ fn run() -> Result<()> {
         }
         Cmd::Extract(args) => {
             let ExtractArgs { dataset, root, assets, visual, out, test_vendor, skin_tones, val_fraction, seed, batch, limit, shard, skip_bad } = &args;
+            let assets = &marnet::assets::resolve(assets.as_deref())?;
             let ds = marnet::data::open_with_skin_tones(dataset, root.as_deref(), assets, test_vendor, *val_fraction, *seed, *skin_tones)?;
             let ds = match shard {
                 Some(s) => {
@@ -750,7 +771,7 @@ fn run() -> Result<()> {
             let image_enc = marnet::encoders::load_image_encoder(visual, assets, &dev)?;
             let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev)?;
             let settings = serde_json::to_value(&args)?;
-            let opts = marnet::extract::ExtractOptions { batch: *batch, limit: *limit, skip_bad: *skip_bad, progress: !cli.quiet, settings };
+            let opts = marnet::extract::ExtractOptions { batch: *batch, limit: *limit, skip_bad: *skip_bad, progress: !cli.quiet, settings, reuse_current: false };
             let t0 = std::time::Instant::now();
             let (c, skipped) = marnet::extract::extract(&ds, image_enc.as_ref(), &text_enc, &opts, out, &dev)?;
             let rows = |s: &Option<FeatureSplit>| s.as_ref().map_or(0, |s| s.len());
@@ -771,7 +792,7 @@ fn run() -> Result<()> {
             );
         }
         Cmd::Export { model, out, visual, assets, sampler, seed } => {
-            let b = marnet::bundle::export(&model, &visual, &assets, sampler.config(), seed, &out, &dev)?;
+            let b = marnet::bundle::export(&model, &visual, &marnet::assets::resolve(assets.as_deref())?, sampler.config(), seed, &out, &dev)?;
             println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.sampler);
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
@@ -821,7 +842,7 @@ fn run() -> Result<()> {
             }
             let (encoders, decode) = match skip_extraction {
                 true => (vec![], None),
-                false => marnet::bench::extraction(&assets, !cli.quiet, &dev)?,
+                false => marnet::bench::extraction(&marnet::assets::resolve(assets.as_deref())?, !cli.quiet, &dev)?,
             };
             let peak = marnet::bench::fma_peak(threads);
             let report = marnet::bench::Report { peak, heads, encoders, decode, epoch_rows: 66_071 };

@@ -63,8 +63,12 @@ pub struct PartialEpoch {
 /// How a run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {
+    /// Nothing (`--quiet`).
     Quiet,
+    /// Progress bars only: one per stage (a table's runs, an extraction).
     Progress,
+    /// Bars and a line per epoch with every loss term and the val metrics (`train`, or `-v`).
+    Epochs,
 }
 
 /// Splits train into (train, val) unless the cache has its own `val`.
@@ -169,6 +173,19 @@ fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f64> {
     out
 }
 
+/// What [`train`] does with a run already saved in its folder (`RUN/last`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Start over.
+    Never,
+    /// Continue it (`train --resume`); refuse if its settings or its fingerprint (code, data)
+    /// differ from now.
+    Strict,
+    /// Continue it when its fingerprint is current, start over when not (the tables of
+    /// `ablate`/`compare`/`demo`); refuse if its settings differ.
+    IfCurrent,
+}
+
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
 /// has a test split.
 pub fn train(
@@ -176,7 +193,7 @@ pub fn train(
     model_cfg: &MarnetConfig,
     cfg: &TrainConfig,
     out: &Path,
-    resume: bool,
+    resume: Resume,
     verbosity: Verbosity,
     dev: &Device,
 ) -> Result<TrainState> {
@@ -194,6 +211,7 @@ pub fn train(
         dataset: meta.dataset.clone(),
         marnet_version: env!("CARGO_PKG_VERSION").to_string(),
         fold: cache.fold.clone(),
+        fingerprint: crate::fingerprint::Fingerprint::current(crate::fingerprint::cache_data(cache)),
     };
     ensure!(train.text.is_some(), "{}: the training split has no text features", cache.dir.display());
     let model = LoadedModel::init(model_cfg, cfg.seed, dev)?;
@@ -203,8 +221,20 @@ pub fn train(
     let mut opt = AdamW::new(model.trainable_vars(), cfg.optim)?;
     let mut state = TrainState::default();
     let last_dir = out.join("last");
-    if resume && crate::fsutil::recover_dir(&last_dir).is_some() {
-        let ck = Checkpoint::open(&last_dir, dev)?;
+    let saved = match resume {
+        Resume::Never => None,
+        _ => crate::fsutil::recover_dir(&last_dir).map(|_| Checkpoint::open(&last_dir, dev)).transpose()?,
+    };
+    if let Some(ck) = saved.as_ref().filter(|ck| resume == Resume::IfCurrent && !ck.run.fingerprint.matches(&run.fingerprint)) {
+        if verbosity != Verbosity::Quiet {
+            eprintln!("{}: stale run (made by {}; now {}): training it again", out.display(), ck.run.fingerprint, run.fingerprint);
+        }
+        for dir in [last_dir.clone(), out.join("best")] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("{}: cannot remove", dir.display()))?;
+            }
+        }
+    } else if let Some(ck) = saved {
         // Only the epoch budget may change on resume.
         let saved_train = TrainConfig { epochs: cfg.epochs, ..ck.run.train.clone() };
         ensure!(
@@ -212,11 +242,18 @@ pub fn train(
             "{}: cannot resume: the saved run used a different configuration (see its config.json)",
             ck.dir.display()
         );
+        ensure!(
+            ck.run.fingerprint.matches(&run.fingerprint),
+            "{}: cannot resume: the saved run was made by other code or from other data\n  saved: {}\n  now:   {}\nrerun without --resume to start over",
+            ck.dir.display(),
+            ck.run.fingerprint,
+            run.fingerprint
+        );
         model.set_weights(&ck.tensors, &ck.dir)?;
         state = serde_json::from_value(ck.metrics.clone())
             .with_context(|| format!("{}: unreadable metrics.json", ck.dir.display()))?;
         opt.load_state(&ck.tensors, state.optimizer_steps)?;
-        if verbosity == Verbosity::Progress {
+        if verbosity == Verbosity::Epochs {
             eprintln!("resuming {} after epoch {}", out.display(), state.epochs_done);
         }
     }
@@ -227,7 +264,7 @@ pub fn train(
         let mut noise = crate::rng::stream(cfg.seed, "noise", epoch as u64);
         let perm = crate::rng::permutation(&mut shuffle, train.len());
         let n_batches = perm.len().div_ceil(cfg.batch);
-        let bar = crate::progress::bar(verbosity == Verbosity::Progress, n_batches as u64, "batches", &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
+        let bar = crate::progress::bar(verbosity != Verbosity::Quiet, n_batches as u64, "batches", &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let (mut steps_done, mut earlier_seconds) = (0, 0.0);
         if let Some(p) = state.partial.take().filter(|p| p.epoch == epoch) {
@@ -277,7 +314,7 @@ pub fn train(
         let (val_res, _) = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, reference.as_ref(), dev)?;
         let val_seconds = t0.elapsed().as_secs_f64() + earlier_seconds - train_seconds;
         let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };
-        if verbosity == Verbosity::Progress {
+        if verbosity == Verbosity::Epochs {
             let terms: Vec<String> = rec.losses.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
             let recon = val_res.reconstruction.map(|r| format!(" cos(x_CDR, x_s) {:.3}", r.cosine)).unwrap_or_default();
             eprintln!(

@@ -80,15 +80,85 @@ fn emoji_food_extracts_to_a_trainable_cache() {
     assert_eq!((cache.train.len(), cache.train.dv, cache.train.ds), (12, 1280, 384));
     assert_eq!(cache.num_classes(), test.meta.classes.len());
     assert!(test.meta.ids.iter().all(|id| id.starts_with("apple/")), "test is the held-out vendor");
-    assert!(cache.train.meta.ids.iter().all(|id| !id.starts_with("apple/")));
     assert_eq!(cache.train.meta.visual_encoder, "efficientnet-lite0");
-    // Same class, same text: rows with equal labels have equal text features.
-    let t = cache.train.text.as_ref().unwrap();
-    for i in 0..12 {
-        for j in 0..12 {
-            if cache.train.label[i] == cache.train.label[j] {
-                assert_eq!(t[i * 384..(i + 1) * 384], t[j * 384..(j + 1) * 384]);
+}
+
+/// The split and the text of emoji-food over every sample (a `--limit`ed extraction holds the
+/// first classes of one vendor only, where these checks could not fail).
+#[test]
+fn emoji_food_holds_apple_out_and_gives_each_class_one_text() {
+    let Some(assets) = asset("") else { return };
+    if asset("npm/emoji-datasource").is_none() {
+        return;
+    }
+    let ds = marnet::data::open("emoji-food", None, &assets, "apple", 0.2, 0).unwrap();
+    let vendor = |s: &marnet::data::Sample| s.id.split('/').next().unwrap().to_string();
+    assert!(ds.test.len() >= 100 && ds.test.iter().all(|s| vendor(s) == "apple"), "test is every Apple image");
+    let trained: std::collections::BTreeSet<String> = ds.train.iter().chain(&ds.val).map(vendor).collect();
+    assert_eq!(trained.into_iter().collect::<Vec<_>>(), ["facebook", "google", "twitter"], "no Apple image in train or val");
+    // Same class, same text, and each class's text differs from every other class's.
+    let mut text_of: std::collections::HashMap<u32, &str> = Default::default();
+    let mut pairs = 0;
+    for s in ds.train.iter().chain(&ds.val).chain(&ds.test) {
+        let t = s.text.as_deref().expect("every emoji-food sample has text");
+        match text_of.insert(s.label, t) {
+            Some(prev) => {
+                assert_eq!(prev, t, "class {} has two texts", ds.classes[s.label as usize]);
+                pairs += 1;
             }
+            None => {}
         }
     }
+    assert!(pairs >= ds.classes.len(), "{pairs} same-class pairs: too few for the check to mean anything");
+    let distinct: std::collections::HashSet<&str> = text_of.values().copied().collect();
+    assert_eq!(distinct.len(), ds.classes.len(), "two classes share a text");
+}
+
+/// A missing asset fails the test under `CI=true` or `MARNET_REQUIRE_ASSETS=1` and is a
+/// SKIPPED message otherwise (this test runs itself as a child with each environment).
+#[test]
+fn a_missing_asset_fails_under_ci_and_skips_otherwise() {
+    if std::env::var_os("MARNET_ASSET_PROBE").is_some() {
+        asset("no-such-asset");
+        return;
+    }
+    let probe = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "a_missing_asset_fails_under_ci_and_skips_otherwise", "--nocapture", "--test-threads", "1"]);
+        cmd.env("MARNET_ASSET_PROBE", "1").env_remove("CI").env_remove("MARNET_REQUIRE_ASSETS");
+        cmd.envs(env.iter().copied()).output().unwrap()
+    };
+    let skipped = probe(&[]);
+    assert!(skipped.status.success() && String::from_utf8_lossy(&skipped.stderr).contains("SKIPPED"), "{skipped:?}");
+    for env in [("CI", "true"), ("MARNET_REQUIRE_ASSETS", "1")] {
+        let failed = probe(&[env]);
+        assert!(!failed.status.success(), "{env:?}: a missing asset passed");
+        assert!(String::from_utf8_lossy(&failed.stderr).contains("no-such-asset is absent"), "{env:?}: {failed:?}");
+    }
+}
+
+/// `extract` run from another folder finds the assets through `MARNET_ASSETS`, and names the
+/// folder it looked at (and how to fetch) when they are not there.
+#[test]
+fn extract_finds_assets_through_marnet_assets_and_says_where_it_looked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extract = |assets: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_marnet"))
+            .current_dir(tmp.path())
+            .env("MARNET_ASSETS", assets)
+            .args(["--quiet", "extract", "--out", "cache", "--limit", "2", "--batch", "2"])
+            .output()
+            .unwrap()
+    };
+    let nowhere = tmp.path().join("nowhere");
+    let missing = extract(&nowhere);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains(&nowhere.display().to_string()) && err.contains("MARNET_ASSETS") && err.contains("scripts/fetch-assets"), "{err}");
+    let Some(assets) = asset("") else { return };
+    if asset("npm/emoji-datasource").is_none() {
+        return;
+    }
+    let found = extract(&assets);
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(tmp.path().join("cache/train.safetensors").exists());
 }

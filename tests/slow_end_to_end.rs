@@ -211,3 +211,44 @@ fn ctrl_c_saves_mid_epoch_and_resumes_to_the_same_result() {
     // Stopped inside an epoch (the first epoch's checkpoint was already there).
     assert!(at_stop["partial"]["steps_done"].as_u64().unwrap() >= 1, "{at_stop}");
 }
+
+/// A table's stderr holds the rows' summaries, not a line per epoch; `-v` adds the epoch lines
+/// and `train` has them by default.
+#[test]
+fn tables_print_no_epoch_lines_unless_verbose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |s: &str| tmp.path().join(s).display().to_string();
+    let cache = p("cache");
+    ok(&[&["synth", "--out", &cache], SMALL].concat());
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_marnet")).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let table = [&["--cache", &cache[..], "--seeds", "2", "--variants", "baseline,ema"][..], TINY_MODEL].concat();
+    let quiet_table = run(&[&["ablate", "--out", &p("a")][..], &table].concat());
+    assert!(!quiet_table.contains("epoch 1/3"), "{quiet_table}");
+    assert!(quiet_table.contains("+EMA: test top1"), "{quiet_table}");
+    let verbose = run(&[&["ablate", "-v", "--out", &p("b")][..], &table].concat());
+    assert_eq!(verbose.matches("epoch 3/3").count(), 4, "a line per epoch of each run:\n{verbose}");
+    let train = run(&[&["train", "--cache", &cache[..], "--out", &p("t")][..], TINY_MODEL].concat());
+    assert_eq!(train.matches("epoch ").count(), 3, "{train}");
+}
+
+/// Bit-identical results at one thread count, in separate processes, at 1 and at 2 threads
+/// (README: across thread counts they may differ in the last digits).
+#[test]
+fn same_seed_same_thread_count_is_bit_identical_across_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |s: &str| tmp.path().join(s).display().to_string();
+    let cache = p("cache");
+    ok(&[&["synth", "--out", &cache], SMALL].concat());
+    let train = |threads: &str, out: &str| {
+        ok(&[&["--threads", threads, "train", "--cache", &cache, "--out", &p(out), "--variant", "marnet"][..], TINY_MODEL].concat());
+        metrics_without_times(Path::new(&p(out)))
+    };
+    for threads in ["1", "2"] {
+        let (a, b) = (train(threads, &format!("a{threads}")), train(threads, &format!("b{threads}")));
+        assert_eq!(a, b, "{threads} thread(s): two processes differ");
+    }
+}

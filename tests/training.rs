@@ -6,7 +6,7 @@ use marnet::checkpoint::{Checkpoint, TrainConfig};
 use marnet::features::FeatureCache;
 use marnet::model::marnet::{MarnetConfig, Variant};
 use marnet::synth::SynthConfig;
-use marnet::train::{TrainState, Verbosity, train};
+use marnet::train::{Resume, TrainState, Verbosity, train};
 use std::path::Path;
 
 fn small_synth() -> SynthConfig {
@@ -40,6 +40,7 @@ fn train_cfg(epochs: usize) -> TrainConfig {
 }
 
 fn run(c: &FeatureCache, v: Variant, epochs: usize, out: &Path, resume: bool) -> TrainState {
+    let resume = if resume { Resume::Strict } else { Resume::Never };
     train(c, &model_cfg(v, c), &train_cfg(epochs), out, resume, Verbosity::Quiet, &Device::Cpu).unwrap()
 }
 
@@ -101,8 +102,51 @@ fn resume_refuses_a_different_configuration() {
     let out = tmp.path().join("run");
     run(&c, Variant::Marnet, 1, &out, false);
     let other = TrainConfig { batch: 16, ..train_cfg(2) };
-    let err = train(&c, &model_cfg(Variant::Marnet, &c), &other, &out, true, Verbosity::Quiet, &Device::Cpu).unwrap_err();
+    let err = train(&c, &model_cfg(Variant::Marnet, &c), &other, &out, Resume::Strict, Verbosity::Quiet, &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("different configuration"), "{err:#}");
+}
+
+/// The cache with one visual feature of one training row changed, written back in place.
+fn change_one_feature(c: &FeatureCache) -> FeatureCache {
+    let mut changed = c.clone();
+    changed.train.visual[0] += 0.5;
+    changed.write(&c.dir).unwrap();
+    FeatureCache::open(&c.dir).unwrap()
+}
+
+#[test]
+fn resume_refuses_a_run_made_from_other_data_naming_both_fingerprints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cache(&tmp.path().join("cache"));
+    let out = tmp.path().join("run");
+    run(&c, Variant::Ema, 1, &out, false);
+    let saved = Checkpoint::open(&out.join("last"), &Device::Cpu).unwrap().run.fingerprint;
+    let c2 = change_one_feature(&c);
+    let err = train(&c2, &model_cfg(Variant::Ema, &c2), &train_cfg(2), &out, Resume::Strict, Verbosity::Quiet, &Device::Cpu).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("other data") && msg.contains(&saved.data) && msg.contains(&marnet::fingerprint::cache_data(&c2)), "{msg}");
+}
+
+#[test]
+fn a_table_reuses_current_runs_and_recomputes_rows_whose_cache_changed() {
+    use marnet::experiments::{ablation_arms, run_arms};
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cache(&tmp.path().join("cache"));
+    let arms = ablation_arms(&model_cfg(Variant::Ema, &c), &[Variant::Baseline, Variant::Ema]);
+    let out = tmp.path().join("table");
+    let table = |c: &FeatureCache| run_arms(c, &arms, &train_cfg(1), &[0], &[], &out, Verbosity::Quiet, &Device::Cpu).unwrap();
+    let config = || std::fs::read_to_string(out.join("ema/seed0/best/config.json")).unwrap();
+    let mtime = || std::fs::metadata(out.join("ema/seed0/best/model.safetensors")).unwrap().modified().unwrap();
+    table(&c);
+    let (first_config, first_mtime) = (config(), mtime());
+    table(&c);
+    assert_eq!(mtime(), first_mtime, "a current run is reused, not trained again");
+    let c2 = change_one_feature(&c);
+    let rows = table(&c2);
+    assert_ne!(mtime(), first_mtime, "the run on the changed cache was trained again");
+    assert_ne!(config(), first_config);
+    assert!(config().contains(&marnet::fingerprint::cache_data(&c2)));
+    assert_eq!(rows.len(), 2);
 }
 
 /// A cache shaped like sentence-encoder text: x_s unit-norm (per-dimension scale ~1/sqrt(Ds)),
@@ -153,7 +197,7 @@ fn cdr_reconstructs_unit_norm_text_features() {
     let blind = test.text.as_ref().unwrap().chunks(ds).map(|r| cos(r, &mean) as f64).sum::<f64>() / test.len() as f64;
     for v in [Variant::Cdr, Variant::Mlp] {
         let cfg = MarnetConfig { hidden: 128, temb: 16, ..MarnetConfig::new(v, c.train.dv, ds, c.num_classes()) };
-        let s = train(&c, &cfg, &TrainConfig { epochs: 15, batch: 32, ..Default::default() }, &tmp.path().join(v.name()), false, Verbosity::Quiet, &Device::Cpu).unwrap();
+        let s = train(&c, &cfg, &TrainConfig { epochs: 15, batch: 32, ..Default::default() }, &tmp.path().join(v.name()), Resume::Never, Verbosity::Quiet, &Device::Cpu).unwrap();
         let r = s.test.unwrap().reconstruction.expect("CDR reports its reconstruction");
         assert!(r.cosine > 0.9 && r.cosine > blind + 0.1, "{v:?}: cos(x_CDR, x_s) {:.3}, x_v-blind mean text {blind:.3}", r.cosine);
         assert!(r.class_match > 0.95, "{v:?}: x_CDR nearest its class's text in {:.3} of rows", r.class_match);
@@ -168,7 +212,7 @@ fn gate_is_fitted_on_val_and_saved() {
     let c = cache(&tmp.path().join("cache"));
     let plain = run(&c, Variant::Marnet, 2, &tmp.path().join("plain"), false);
     let cfg = MarnetConfig { gate: true, ..model_cfg(Variant::Marnet, &c) };
-    let gated = train(&c, &cfg, &train_cfg(2), &tmp.path().join("gated"), false, Verbosity::Quiet, &Device::Cpu).unwrap();
+    let gated = train(&c, &cfg, &train_cfg(2), &tmp.path().join("gated"), Resume::Never, Verbosity::Quiet, &Device::Cpu).unwrap();
     let w = gated.gate.expect("a fitted gate");
     assert!((0.0..=1.0).contains(&w) && (w * 10.0).fract().abs() < 1e-9, "w = {w}");
     assert!(gated.best_val_top1 >= plain.best_val_top1, "{} < {}", gated.best_val_top1, plain.best_val_top1);
@@ -177,6 +221,6 @@ fn gate_is_fitted_on_val_and_saved() {
     assert_eq!(saved, w as f32);
     // `--gate` in a table also reaches the other rows: they have no gate to fit.
     let cfg = MarnetConfig { gate: true, ..model_cfg(Variant::Ema, &c) };
-    let ema = train(&c, &cfg, &train_cfg(1), &tmp.path().join("ema"), false, Verbosity::Quiet, &Device::Cpu).unwrap();
+    let ema = train(&c, &cfg, &train_cfg(1), &tmp.path().join("ema"), Resume::Never, Verbosity::Quiet, &Device::Cpu).unwrap();
     assert_eq!(ema.gate, None);
 }

@@ -4,17 +4,25 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Whether a missing asset fails the test instead of skipping it: under CI (`CI=true`, which CI
+/// sets) or with `MARNET_REQUIRE_ASSETS=1`.
+pub fn assets_required() -> bool {
+    let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"));
+    set("CI") || set("MARNET_REQUIRE_ASSETS")
+}
+
 /// `assets/REL` (or `$MARNET_ASSETS/REL`) if `scripts/fetch-assets` put it there; otherwise
-/// prints SKIPPED and returns `None`.
+/// panics when [`assets_required`], else prints SKIPPED and returns `None`.
 pub fn asset(rel: &str) -> Option<PathBuf> {
     let root = std::env::var("MARNET_ASSETS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/assets").into());
     let p = Path::new(&root).join(rel);
     if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("SKIPPED: {} is absent; run scripts/fetch-assets", p.display());
-        None
+        return Some(p);
     }
+    let msg = format!("{} is absent; run scripts/fetch-assets", p.display());
+    assert!(!assets_required(), "{msg} (assets are required under CI=true or MARNET_REQUIRE_ASSETS=1)");
+    eprintln!("SKIPPED: {msg}");
+    None
 }
 
 /// Runs the `marnet` binary with `--quiet`.
