@@ -170,6 +170,19 @@ enum Cmd {
         /// Classes per answer unless the request says `?k=`.
         #[arg(long, default_value_t = 5)]
         top_k: usize,
+        /// Seconds a client has to send a request's headers (from connecting, or from the first
+        /// byte of a later request on a kept-alive connection); slower clients are disconnected,
+        /// so stalled "slowloris" clients cannot hold connections open.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout_s: f64,
+        /// Seconds a kept-alive connection may sit with no request before the server closes it.
+        #[arg(long, default_value_t = 60.0)]
+        idle_timeout_s: f64,
+        /// Most connections open at once. Beyond it the server stops accepting: new clients wait
+        /// in the kernel's listen backlog until a connection closes (the timeouts above bound
+        /// how long a stalled client holds one).
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
     },
     /// The main job: on the built-in emoji-food benchmark (after `scripts/fetch-assets`),
     /// extract features (cached in OUT/cache), train every ablation row and alignment baseline
@@ -806,7 +819,7 @@ fn run() -> Result<()> {
                 std::process::exit(2);
             }
         }
-        Cmd::Serve { model, addr, max_body_mib, max_batch, batch_wait_ms, timeout_s, top_k } => {
+        Cmd::Serve { model, addr, max_body_mib, max_batch, batch_wait_ms, timeout_s, top_k, header_timeout_s, idle_timeout_s, max_connections } => {
             let opts = marnet::serve::ServeOptions {
                 addr,
                 max_body: (max_body_mib * 1024.0 * 1024.0) as usize,
@@ -814,6 +827,9 @@ fn run() -> Result<()> {
                 batch_wait: std::time::Duration::from_millis(batch_wait_ms),
                 timeout: std::time::Duration::from_secs_f64(timeout_s),
                 top_k,
+                header_timeout: std::time::Duration::from_secs_f64(header_timeout_s),
+                idle_timeout: std::time::Duration::from_secs_f64(idle_timeout_s),
+                max_connections,
             };
             marnet::serve::serve(model, dev, opts)?;
         }

@@ -1,0 +1,173 @@
+//! `marnet serve` against slow and idle clients: a stalled request head is cut off after
+//! `--header-timeout-s`, an idle keep-alive connection after `--idle-timeout-s`, at most
+//! `--max-connections` are served at once, and normal requests are answered throughout.
+//! The bundle is a tiny model on the ViT fixture (no fetched assets needed).
+
+mod common;
+use common::ok;
+use std::io::{BufRead, ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const HEADER_S: f64 = 1.0;
+const IDLE_S: f64 = 2.0;
+const MAX_CONNECTIONS: usize = 8;
+
+/// A bundle of a briefly trained model on a synthetic cache shaped like the ViT fixture's
+/// features (once per test binary).
+fn bundle() -> &'static Path {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let vit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
+        let cfg = marnet::synth::SynthConfig {
+            classes: 4,
+            dv: 32, // the fixture's hidden size
+            ds: 16,
+            n_train: 64,
+            n_val: 16,
+            n_test: 0,
+            text_rank: 4,
+            text_jitter: 0.3,
+            vis_noise: 1.0,
+            bg_scale: 1.0,
+            n_bg: 2,
+            seed: 1,
+            groups: 0,
+        };
+        let mut cache = marnet::synth::generate(&cfg).unwrap();
+        cache.train.meta.visual_encoder = "vit".into();
+        cache.val.as_mut().unwrap().meta.visual_encoder = "vit".into();
+        cache.write(&dir.join("cache")).unwrap();
+        let s = |p: PathBuf| p.display().to_string();
+        let (cache, run, bundle) = (s(dir.join("cache")), s(dir.join("run")), dir.join("bundle"));
+        ok(&["train", "--cache", &cache, "--out", &run, "--epochs", "1", "--hidden", "16", "--d", "8", "--temb", "8"]);
+        ok(&["export", "--model", &run, "--out", &s(bundle.clone()), "--visual", &format!("vit:{vit}")]);
+        bundle
+    })
+}
+
+struct Server(std::process::Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn serve() -> Server {
+    let (header, idle, cap) = (HEADER_S.to_string(), IDLE_S.to_string(), MAX_CONNECTIONS.to_string());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["serve", "--model", bundle().to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args(["--header-timeout-s", &header, "--idle-timeout-s", &idle, "--max-connections", &cap])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
+    Server(child, addr)
+}
+
+/// Sends one request on `s` (kept alive) and reads its answer: (status, body).
+fn request(s: &mut TcpStream, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("no answer");
+        assert!(n > 0, "connection closed before the answer: {}", String::from_utf8_lossy(&resp));
+        resp.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .expect("answer without content-length");
+            if body.len() >= len {
+                return (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string());
+            }
+        }
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Waits for the server to close `s` (EOF or reset); the seconds it took, or `None` if the
+/// connection was still open after `limit`.
+fn closed_after(mut s: TcpStream, since: Instant, limit: Duration) -> Option<f64> {
+    s.set_read_timeout(Some(limit.saturating_sub(since.elapsed()).max(Duration::from_millis(1)))).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => Some(since.elapsed().as_secs_f64()),
+        Ok(n) => panic!("unexpected bytes from the server: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(_) => Some(since.elapsed().as_secs_f64()), // reset
+    }
+}
+
+fn image() -> Vec<u8> {
+    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images/coffee.png")).unwrap()
+}
+
+#[test]
+fn stalled_request_heads_are_dropped_and_normal_requests_still_answered() {
+    let server = serve();
+    let addr = server.1.clone();
+    // Twice as many stalled clients as connection slots, each with half a request head: half
+    // wait in the listen backlog until the first half times out, then time out themselves.
+    let start = Instant::now();
+    let slow: Vec<TcpStream> = (0..2 * MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = connect(&addr);
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: te").unwrap();
+            s
+        })
+        .collect();
+    // Normal clients, queued behind them: answered once the stalled ones have been dropped.
+    let normal = std::thread::spawn(move || {
+        let (mut health, mut predict) = (connect(&addr), connect(&addr));
+        let answers = [request(&mut health, "GET", "/health", b""), request(&mut predict, "POST", "/predict?k=2", &image())];
+        (answers, start.elapsed().as_secs_f64())
+    });
+    let limit = Duration::from_secs_f64(2.0 * HEADER_S + 3.0);
+    let closed: Vec<Option<f64>> = std::thread::scope(|sc| {
+        let waits: Vec<_> = slow.into_iter().map(|s| sc.spawn(move || closed_after(s, start, limit))).collect();
+        waits.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for (i, t) in closed.iter().enumerate() {
+        let t = t.unwrap_or_else(|| panic!("stalled client {i} still connected after {limit:?}: {closed:?}"));
+        assert!(t >= 0.9 * HEADER_S, "stalled client {i} dropped after {t:.2}s, before the header timeout: {closed:?}");
+    }
+    let ([(s1, b1), (s2, b2)], took) = normal.join().unwrap();
+    assert_eq!((s1, b1.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(s2, 200, "{b2}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&b2).unwrap()["top"].as_array().unwrap().len(), 2);
+    assert!(took < limit.as_secs_f64(), "normal requests took {took:.2}s");
+    // And after: answered at once.
+    let t = Instant::now();
+    assert_eq!(request(&mut connect(&server.1), "GET", "/health", b"").0, 200);
+    assert!(t.elapsed() < Duration::from_secs_f64(HEADER_S), "{:?}", t.elapsed());
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let server = serve();
+    let mut s = connect(&server.1);
+    assert_eq!(request(&mut s, "GET", "/health", b"").0, 200);
+    // Waiting past the header timeout (but within the idle one) before the next request is fine.
+    std::thread::sleep(Duration::from_secs_f64((HEADER_S + IDLE_S) / 2.0));
+    assert_eq!(request(&mut s, "POST", "/predict", &image()).0, 200);
+    let answered = Instant::now();
+    let t = closed_after(s, answered, Duration::from_secs_f64(IDLE_S + 3.0)).expect("idle connection still open");
+    assert!(t >= 0.9 * IDLE_S, "closed after {t:.2}s, before the idle timeout");
+}
