@@ -287,6 +287,60 @@ pub fn extraction(assets: &std::path::Path, verbose: bool, dev: &Device) -> Resu
     Ok((encoders, Some(decode(&PREPROCESS, 256)?)))
 }
 
+/// What `marnet bench` measures (the heads in one child process per thread count).
+pub struct BenchRequest {
+    pub model: MarnetConfig,
+    /// Training batch, timed steps, inference batch and sampling steps of the heads.
+    pub batch: usize,
+    pub iters: usize,
+    pub infer_batch: usize,
+    pub sampling_steps: Vec<usize>,
+    /// Thread counts for the heads (empty: 1 and this process's count).
+    pub thread_counts: Vec<usize>,
+    /// The encoder rows need the assets folder; `None` leaves them out.
+    pub assets: Option<std::path::PathBuf>,
+    /// This process's `bench` arguments (after `bench`), passed on to the child processes.
+    pub args: Vec<String>,
+    pub progress: bool,
+}
+
+/// Runs every measurement of `req`.
+pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
+    let threads = candle_core::utils::get_num_threads();
+    anyhow::ensure!(req.thread_counts.iter().all(|&t| t >= 1), "--thread-counts must all be at least 1");
+    let mut counts = if req.thread_counts.is_empty() { vec![1, threads] } else { req.thread_counts.clone() };
+    counts.dedup();
+    let exe = std::env::current_exe()?;
+    let mut heads = vec![];
+    for t in counts {
+        if req.progress {
+            eprintln!("timing the {} head at {t} thread(s)...", req.model.variant.name());
+        }
+        heads.push(heads_in_child(&exe, t, &child_args(&req.args))?);
+    }
+    let (encoders, decode) = match &req.assets {
+        None => (vec![], None),
+        Some(a) => extraction(a, req.progress, dev)?,
+    };
+    Ok(Report { peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
+}
+
+/// The `bench` arguments that the per-thread-count child processes take too: all but those
+/// that set threads, outputs and extraction.
+fn child_args(args: &[String]) -> Vec<String> {
+    let (with_value, flags) = (["--threads", "--thread-counts", "--assets", "--json", "--device"], ["--skip-extraction", "--quiet", "-q", "--verbose", "-v"]);
+    let mut out = vec![];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if with_value.contains(&a.as_str()) {
+            it.next();
+        } else if !flags.contains(&a.as_str()) && !with_value.iter().any(|f| a.starts_with(&format!("{f}="))) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// Everything `marnet bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

@@ -37,7 +37,7 @@ impl Default for TrainConfig {
             seed: 0,
             val_fraction: 0.1,
             sampler: SamplerConfig::default(),
-            eval_batch: 500,
+            eval_batch: crate::eval::EVAL_BATCH,
         }
     }
 }

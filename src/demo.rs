@@ -3,11 +3,11 @@
 //! on the held-out vendor (or on every vendor in turn, leave-one-vendor-out), `report/`.
 
 use crate::checkpoint::TrainConfig;
-use crate::experiments::{Table, ablation_arms, alignment_arms, run_arms};
+use crate::experiments::{Table, TableSpec, ablation_arms, alignment_arms, run_table};
 use crate::features::FeatureCache;
 use crate::model::marnet::MarnetConfig;
 use crate::train::Verbosity;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -44,41 +44,31 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
         );
     }
     // Reused when this build extracted it from these files; extracted (again) when not.
-    let ds = crate::data::open(&opts.dataset, None, &opts.assets, "apple", 0.2, 0)?;
-    let image_enc = crate::encoders::load_image_encoder("efficientnet-lite0", &opts.assets, dev)?;
-    let text_enc = crate::encoders::text::TextEncoder::load(&opts.assets.join("minilm"), dev)?;
-    let settings = serde_json::json!({ "dataset": opts.dataset, "test_vendor": "apple", "val_fraction": 0.2, "seed": 0, "batch": 32, "visual": "efficientnet-lite0" });
-    let eopts = crate::extract::ExtractOptions { batch: 32, limit: None, skip_bad: false, progress: opts.verbosity != Verbosity::Quiet, settings, reuse_current: true };
-    let (cache, _) = crate::extract::extract(&ds, image_enc.as_ref(), &text_enc, &eopts, &cache_dir, dev).with_context(|| format!("extracting {}", opts.dataset))?;
-    let folds: Vec<crate::folds::FoldSpec> = match opts.leave_one_out {
-        true => crate::folds::groups(&cache)?.into_iter().map(|g| crate::folds::FoldSpec { test_group: g, val: Default::default(), seed: 0 }).collect(),
-        false => vec![],
-    };
-    let split = match opts.leave_one_out {
-        true => "leave-one-vendor-out (4 folds)",
-        false => "test = Apple",
-    };
+    let (assets, out) = (opts.assets.display().to_string(), cache_dir.display().to_string());
+    let settings: crate::extract::ExtractSettings = crate::options::parse(&["--dataset", &opts.dataset, "--assets", &assets, "--out", &out])?;
+    let cache = crate::extract::run(&settings, opts.verbosity != Verbosity::Quiet, true, dev)?.cache;
     let t_extract = t0.elapsed().as_secs_f64();
     let base = model(cache.train.dv, cache.train.ds, cache.num_classes());
-    let runs = opts.out.clone();
     let mut tables = vec![];
     let mut seconds = std::collections::BTreeMap::from([("extract", t_extract)]);
-    for (name, title, first, arms) in [
+    for (file, what, first, arms) in [
         ("ablation", "Ablation (Table 2)", "Module", ablation_arms(&base, &[])),
         ("comparison", "Alignment methods (Table 1)", "Method", alignment_arms(&base, &[])),
     ] {
         let t = Instant::now();
-        let rows = run_arms(&cache, &arms, &opts.train, &opts.seeds, &folds, &runs, opts.verbosity, dev)?;
-        let table = Table {
-            title: format!("{title} on {} ({split}): {} seeds, {} epochs; model selected on val", opts.dataset, opts.seeds.len(), opts.train.epochs),
+        let spec = TableSpec {
+            what: what.into(),
             first_column: first.into(),
-            command: opts.command.clone(),
+            file: file.into(),
+            out: opts.out.clone(),
+            seeds: opts.seeds.clone(),
+            leave_one_out: opts.leave_one_out,
+            fold_val: Default::default(),
             train: opts.train.clone(),
-            rows,
+            command: opts.command.clone(),
         };
-        table.write(&runs, name)?;
-        tables.push(table);
-        seconds.insert(name, t.elapsed().as_secs_f64());
+        tables.push(run_table(&cache, &arms, &spec, opts.verbosity, dev)?);
+        seconds.insert(file, t.elapsed().as_secs_f64());
     }
     let t = Instant::now();
     let summary = serde_json::json!({
@@ -86,8 +76,8 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
         "dataset": cache.train.meta.dataset, "seeds": opts.seeds, "train": opts.train, "model": base,
         "seconds": seconds,
     });
-    crate::fsutil::write_atomic(&runs.join("demo.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    crate::report::write(&runs, &opts.report, dev)?;
+    crate::fsutil::write_atomic(&opts.out.join("demo.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    crate::report::write(&opts.out, &opts.report, dev)?;
     seconds.insert("report", t.elapsed().as_secs_f64());
     let summary = serde_json::json!({ "seconds": seconds, "total_seconds": t0.elapsed().as_secs_f64() });
     Ok((tables, summary))

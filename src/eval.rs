@@ -209,6 +209,95 @@ pub fn accuracy(out: &SplitOutputs, split: &FeatureSplit, classes: usize, refere
     }
 }
 
+/// Rows per forward pass when evaluating a split (the default of `--eval-batch`).
+pub const EVAL_BATCH: usize = 500;
+
+/// What `marnet eval` evaluates: a saved model on one split of a cache.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    /// Checkpoint folder, or a run folder (its `best/`).
+    pub model: std::path::PathBuf,
+    /// Feature cache (default: the model's own; a fold run always uses its fold).
+    pub cache: Option<std::path::PathBuf>,
+    /// `train`, `val` or `test`.
+    pub split: String,
+    pub sampler: SamplerConfig,
+    /// Seed of the sampling noise.
+    pub seed: u64,
+    /// Rows per forward pass.
+    pub batch: usize,
+}
+
+/// What `marnet eval` found (its `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: std::path::PathBuf,
+    pub cache: std::path::PathBuf,
+    pub split: String,
+    pub seed: u64,
+    pub sampler: SamplerConfig,
+    pub result: EvalResult,
+    pub inference_seconds: f64,
+    pub samples_per_s: f64,
+    /// Each row's top-1 prediction (`--predictions`).
+    #[serde(skip)]
+    pub predictions: Vec<RowPrediction>,
+}
+
+/// Evaluates `req.model` on `req.split`: checks that the split fits the model, times inference.
+pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
+    use anyhow::Context;
+    use crate::features::FeatureCache;
+    let ck = crate::checkpoint::Checkpoint::open(&req.model, dev)?;
+    let cache_dir = req.cache.clone().unwrap_or_else(|| ck.run.cache.clone());
+    let cache = FeatureCache::open(&cache_dir)?;
+    let cache = match &ck.run.fold {
+        Some(f) => crate::folds::fold(&cache, f)?,
+        None => cache,
+    };
+    let data = match req.split.as_str() {
+        "train" => Some(&cache.train),
+        "val" => cache.val.as_ref(),
+        "test" => cache.test.as_ref(),
+        other => anyhow::bail!("unknown split `{other}` (train, val or test)"),
+    }
+    .with_context(|| format!("{}: no `{}` split", cache_dir.display(), req.split))?;
+    crate::checkpoint::check_matches(&ck, data).with_context(|| FeatureCache::split_path(&cache_dir, &req.split).display().to_string())?;
+    let m = ck.model(dev)?;
+    let t0 = std::time::Instant::now();
+    let out = predict_split(&m.model, data, &req.sampler, req.seed, req.batch, dev)?;
+    let inference_seconds = t0.elapsed().as_secs_f64();
+    let reference = TextReference::class_means(&cache.train, ck.run.model.classes);
+    Ok(EvalReport {
+        model: ck.dir.clone(),
+        cache: cache_dir,
+        split: req.split.clone(),
+        seed: req.seed,
+        sampler: req.sampler,
+        result: accuracy(&out, data, ck.run.model.classes, reference.as_ref()),
+        inference_seconds,
+        samples_per_s: data.len() as f64 / inference_seconds,
+        predictions: row_predictions(data, &out.logits, &ck.run.classes),
+    })
+}
+
+impl EvalReport {
+    /// The table of heads, the reconstruction and the inference rate, as `marnet eval` prints.
+    pub fn markdown(&self) -> String {
+        let r = &self.result;
+        let mut s = "| split | n | Acc-1 (%) | Acc-5 (%) | mean max prob |\n|---|---|---|---|---|\n".to_string();
+        for (name, h) in [("", Some(r.final_head)), (" (EMA head)", r.ema_head), (" (CDR head)", r.cdr_head)] {
+            if let Some(h) = h {
+                s += &format!("| {}{name} | {} | {:.2} | {:.2} | {:.3} |\n", self.split, h.n, 100.0 * h.top1, 100.0 * h.top5, h.mean_max_prob);
+            }
+        }
+        if let Some(rc) = r.reconstruction {
+            s += &format!("reconstruction: mean cos(x_CDR, x_s) {:.3}; x_CDR nearest to its own class's mean text {:.2}%\n", rc.cosine, 100.0 * rc.class_match);
+        }
+        s + &format!("inference: {} samples in {:.2} s ({:.0} samples/s)", r.final_head.n, self.inference_seconds, self.samples_per_s)
+    }
+}
+
 /// `"85.40 ± 0.12"` in percent.
 pub fn pct_mean_std(xs: &[f64]) -> String {
     let (m, s) = crate::stats::mean_std(xs);

@@ -216,6 +216,52 @@ pub fn run_arms(
     Ok(rows)
 }
 
+/// How a table is run and where it goes: `OUT/<file>.md` and `OUT/<file>.json`, the runs in
+/// `OUT/[<fold>/]<row>/seed<k>`.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Its title's start (`Ablation (Table 2)`) and its first column's heading (`Module`).
+    pub what: String,
+    pub first_column: String,
+    pub file: String,
+    pub out: std::path::PathBuf,
+    pub seeds: Vec<u64>,
+    /// Every group of rows (vendor) is the test split once, with validation as `fold_val` says.
+    pub leave_one_out: bool,
+    pub fold_val: crate::folds::FoldVal,
+    pub train: TrainConfig,
+    /// The command line, recorded with the table.
+    pub command: String,
+}
+
+/// Trains every arm as `spec` says (resuming current runs), writes the table and returns it.
+pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Table> {
+    let folds: Vec<FoldSpec> = match spec.leave_one_out {
+        true => crate::folds::groups(cache)?.into_iter().map(|g| FoldSpec { test_group: g, val: spec.fold_val, seed: spec.train.seed }).collect(),
+        false => vec![],
+    };
+    let rows = run_arms(cache, arms, &spec.train, &spec.seeds, &folds, &spec.out, verbosity, dev)?;
+    let split = match folds.len() {
+        0 => "test split".to_string(),
+        n => format!("leave-one-vendor-out over {n} folds, {} validation", spec.fold_val.name()),
+    };
+    let table = Table {
+        title: format!(
+            "{} on `{}`: {} seeds, {} epochs; {split}, model selected on val",
+            spec.what,
+            cache.dir.display(),
+            spec.seeds.len(),
+            spec.train.epochs
+        ),
+        first_column: spec.first_column.clone(),
+        command: spec.command.clone(),
+        train: spec.train.clone(),
+        rows,
+    };
+    table.write(&spec.out, &spec.file)?;
+    Ok(table)
+}
+
 /// A finished table with what produced it (`OUT/<name>.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Table {

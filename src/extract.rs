@@ -16,6 +16,114 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// What `marnet extract` extracts, and how; recorded in the cache's `extract.json` (a resumed or
+/// reused extraction must match it).
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct ExtractSettings {
+    /// Dataset: `emoji-food` (built in; the 128 Food & Drink emoji, split by vendor),
+    /// `emoji-all` (built in; the 1,583 emoji all four vendors draw, without flags), `vireo172`,
+    /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
+    /// JSON Lines file).
+    #[arg(long, default_value = "emoji-food")]
+    pub dataset: String,
+    /// Dataset folder (vireo172, ingredient101) or manifest file.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+    /// assets/ of the checkout marnet was built from].
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
+    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub visual: String,
+    /// Output cache folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// emoji-food / emoji-all: the vendor held out as the test split (`ablate --leave-one-out`
+    /// re-splits the cache so every vendor is test once).
+    #[arg(long, default_value = "apple")]
+    pub test_vendor: String,
+    /// emoji-all: add the training vendors' skin-tone variants as extra training images of their
+    /// base class (never in val or test).
+    #[arg(long)]
+    pub skin_tones: bool,
+    /// emoji-food / emoji-all: fraction of the training vendors' images held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Only the first N samples of each split (a quick trial).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl)
+    /// instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+/// A finished extraction, for the one-line summary `extract` prints.
+pub struct Extracted {
+    pub dataset: String,
+    pub classes: usize,
+    pub cache: FeatureCache,
+    pub skipped: Vec<Skipped>,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for Extracted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.cache;
+        let rows = |s: &Option<FeatureSplit>| s.as_ref().map_or(0, |s| s.len());
+        let n = c.train.len() + rows(&c.val) + rows(&c.test);
+        write!(
+            f,
+            "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d; {n} images in {:.1}s ({:.1} images/s); {} skipped; wrote {}",
+            self.dataset,
+            self.classes,
+            c.train.len(),
+            rows(&c.val),
+            rows(&c.test),
+            c.train.dv,
+            c.train.ds,
+            self.seconds,
+            n as f64 / self.seconds,
+            self.skipped.len(),
+            c.dir.display()
+        )
+    }
+}
+
+/// `marnet extract` (and `demo`'s extraction): the dataset and encoders `settings` name, from
+/// the assets folder, into `settings.out`. `reuse_current`: return the cache already there when
+/// this build made it from the same files with the same settings.
+pub fn run(settings: &ExtractSettings, progress: bool, reuse_current: bool, dev: &Device) -> Result<Extracted> {
+    let assets = crate::assets::resolve(settings.assets.as_deref())?;
+    let s = settings;
+    let ds = crate::data::open_with_skin_tones(&s.dataset, s.root.as_deref(), &assets, &s.test_vendor, s.val_fraction, s.seed, s.skin_tones)?;
+    let ds = match &s.shard {
+        Some(sh) => {
+            let (i, n) = crate::data::parse_shard(sh)?;
+            ds.shard(i, n)
+        }
+        None => ds,
+    };
+    let image_enc = crate::encoders::load_image_encoder(&s.visual, &assets, dev)?;
+    let text_enc = TextEncoder::load(&assets.join("minilm"), dev)?;
+    // The assets folder is where the inputs came from, not what they are: not recorded.
+    let recorded = serde_json::to_value(ExtractSettings { assets: None, ..s.clone() })?;
+    let opts = ExtractOptions { batch: s.batch, limit: s.limit, skip_bad: s.skip_bad, progress, settings: recorded, reuse_current };
+    let t0 = std::time::Instant::now();
+    let (cache, skipped) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
+    Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), cache, skipped, seconds: t0.elapsed().as_secs_f64() })
+}
+
 /// Batches per saved block: an interrupted run redoes at most this many.
 const BLOCK_BATCHES: usize = 8;
 

@@ -26,6 +26,16 @@ pub enum FoldVal {
     Group,
 }
 
+impl FoldVal {
+    /// The flag value: `in-style` or `group`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FoldVal::InStyle => "in-style",
+            FoldVal::Group => "group",
+        }
+    }
+}
+
 /// One fold: which group is the test split and how validation is drawn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoldSpec {

@@ -15,7 +15,11 @@
 //!                                 (alignment losses of Table 1 in align)
 //! ```
 //! `synth` writes a seeded synthetic cache in which text helps; `bench` times a training step
-//! and inference.
+//! and inference. Around the pipeline: `runtime` (process set-up), `assets` (where the fetched
+//! weights are), `options` (option structs' declared defaults), `fingerprint` (what a run or
+//! cache was made from), `bundle`/`predict`/`serve` (a trained model on image files), `report`
+//! (figures and report.html), `demo` (the whole chain), `folds`, `stats`, `fsutil`, `rng`,
+//! `progress`, `interrupt`.
 
 pub mod align;
 pub mod assets;
@@ -36,10 +40,12 @@ pub mod fsutil;
 pub mod interrupt;
 pub mod model;
 pub mod optim;
+pub mod options;
 pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod runtime;
 pub mod serve;
 pub mod stats;
 pub mod synth;

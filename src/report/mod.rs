@@ -86,7 +86,7 @@ fn test_rows_with_x_cdr(ck: &Checkpoint, cache: &FeatureCache, classes: &[u32], 
     }
     let rows = FeatureSplit { text: None, ds: 0, ..test.subset(&idx) };
     let model = ck.model(dev)?;
-    let pred = predict_split(&model.model, &rows, &ck.run.train.sampler, ck.run.train.seed, 500, dev)?;
+    let pred = predict_split(&model.model, &rows, &ck.run.train.sampler, ck.run.train.seed, ck.run.train.eval_batch, dev)?;
     Ok((rows, pred.x_cdr.context("the model has no reconstruction head")?))
 }
 

@@ -1,0 +1,271 @@
+//! The command line: every command and its arguments (shared groups in `options.rs`).
+
+use crate::options::{ModelArgs, ReportArgs, SamplerArgs, TableArgs, TrainArgs};
+use clap::{Parser, Subcommand};
+use marnet::align::Alignment;
+use marnet::model::marnet::Variant;
+use std::path::PathBuf;
+
+/// MARNet: train image classifiers with text as privileged information.
+///
+/// Typical use: `marnet extract --dataset emoji-food --out cache` (after
+/// `scripts/fetch-assets`; or `marnet synth --out cache` for synthetic features), then
+/// `marnet ablate --cache cache --out runs --seeds 3` for the paper's Table 2,
+/// `marnet compare ...` for its Table 1, or `marnet train --cache cache --out run` and
+/// `marnet eval --model run --cache cache`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+pub struct Cli {
+    /// Worker threads for CPU math (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Compute device: `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+    /// No progress bars or per-epoch lines.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// A line per training epoch (every loss term, val metrics) in `ablate`, `compare` and
+    /// `demo` too; they show one progress bar per stage by default, `train` the epoch lines.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Write a seeded synthetic feature cache in which text helps (visual = noisy map of text).
+    Synth {
+        /// Output cache folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        cfg: marnet::synth::SynthConfig,
+    },
+    /// Train one variant on a feature cache; select the epoch on `val`; report test.
+    Train {
+        /// Feature cache folder (train.safetensors, optional val/test).
+        #[arg(long)]
+        cache: PathBuf,
+        /// Run folder: `best/` (selected on val) and `last/` (for --resume).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "marnet")]
+        variant: Variant,
+        /// Continue from `OUT/last` if it exists: same configuration, and made by this build from
+        /// this cache (the fingerprints in its config.json), or it refuses.
+        #[arg(long)]
+        resume: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Top-1 / top-5 of a trained model on a split, from visual features only.
+    Eval {
+        /// Checkpoint folder, or a run folder (its `best/` is used).
+        #[arg(long)]
+        model: PathBuf,
+        /// Feature cache (default: the one the model was trained on; a leave-one-out fold run
+        /// always uses its fold of the cache).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        /// Seed of the sampling noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write each row's top-1 class as JSON Lines here (`{id, label, predicted, class}`).
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+    },
+    /// Package a trained model for `predict` and `serve`: the heads, the visual encoder's
+    /// weights (copied), preprocessing, class names and the inference settings, in one folder.
+    Export {
+        /// Run folder (its `best/` is used) or checkpoint folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Bundle folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Visual encoder the cache was extracted with (as for `extract --visual`).
+        #[arg(long, default_value = "efficientnet-lite0")]
+        visual: String,
+        /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+        /// assets/ of the checkout marnet was built from].
+        #[arg(long)]
+        assets: Option<PathBuf>,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        /// Seed of the sampling noise (with each image's bytes).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Classify image files with a bundle (`marnet export`): files, folders (recursive) or
+    /// list files (.txt/.lst, one path per line). Unreadable files are reported and skipped;
+    /// the exit status is 2 if any failed.
+    Predict {
+        /// Bundle folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images, folders or list files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Classes per image.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: marnet::predict::Format,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
+    /// Serve a bundle over HTTP: `POST /predict` (image body or multipart; `?k=`), `GET /health`,
+    /// `GET /model`. Prints `listening on http://ADDR`; Ctrl-C stops it.
+    Serve {
+        /// Bundle folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Address to bind (loopback by default; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Largest request body, MiB.
+        #[arg(long, default_value_t = 8.0)]
+        max_body_mib: f64,
+        /// Most images per forward pass.
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        /// Milliseconds to wait for more requests to fill a batch.
+        #[arg(long, default_value_t = 2)]
+        batch_wait_ms: u64,
+        /// Per-request limit (decode + inference), seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout_s: f64,
+        /// Classes per answer unless the request says `?k=`.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Seconds a client has to send a request's headers (from connecting, or from the first
+        /// byte of a later request on a kept-alive connection); slower clients are disconnected,
+        /// so stalled "slowloris" clients cannot hold connections open.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout_s: f64,
+        /// Seconds a kept-alive connection may sit with no request before the server closes it.
+        #[arg(long, default_value_t = 60.0)]
+        idle_timeout_s: f64,
+        /// Most connections open at once. Beyond it the server stops accepting: new clients wait
+        /// in the kernel's listen backlog until a connection closes (the timeouts above bound
+        /// how long a stalled client holds one).
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
+    },
+    /// The main job: on the built-in emoji-food benchmark (after `scripts/fetch-assets`),
+    /// extract features (cached in OUT/cache), train every ablation row and alignment baseline
+    /// over --seeds, test on the held-out Apple images, and write OUT/report/ (tables, figures,
+    /// report.html).
+    Demo {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        /// `emoji-food` (128 classes, minutes) or `emoji-all` (1,583 classes: every emoji all
+        /// four vendors draw, without flags; use its own --out).
+        #[arg(long, default_value = "emoji-food")]
+        dataset: String,
+        /// Test on every vendor in turn (leave-one-vendor-out, 4 folds) instead of Apple alone.
+        #[arg(long)]
+        leave_one_out: bool,
+        /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+        /// assets/ of the checkout marnet was built from].
+        #[arg(long)]
+        assets: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Regenerate DIR/report/ (tables, t-SNE and confidence figures, training curves,
+    /// report.html) from the saved results of `ablate`, `compare` or `demo` in DIR.
+    Report {
+        dir: PathBuf,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
+    /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning reuses finished runs made by this
+    /// build from this cache and trains stale ones again.
+    Ablate {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Variants to run (default: all five rows).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        variants: Vec<Variant>,
+    },
+    /// The alignment comparison (Table 1): visual baseline, EMA with each alignment loss
+    /// (SWD, SSAN, CDD, SDM, TEAM, ITA) and MARNet, same budget, mean ± std on test.
+    /// Writes `OUT/comparison.md` and `OUT/comparison.json`.
+    Compare {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Alignment losses to compare (default: all six).
+        #[arg(long = "methods", value_enum, value_delimiter = ',')]
+        aligns: Vec<Alignment>,
+    },
+    /// Encode a dataset into a feature cache with the frozen encoders (images: EfficientNet-Lite0,
+    /// text: MiniLM), from the assets `scripts/fetch-assets` downloads.
+    Extract(marnet::extract::ExtractSettings),
+    /// Concatenate shard caches (in the order given) into one cache.
+    MergeShards {
+        #[arg(long)]
+        out: PathBuf,
+        /// Shard cache folders, in shard order.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
+    /// Time training steps and inference on random features (defaults: the reference's sizes).
+    Bench {
+        #[arg(long, value_enum, default_value = "marnet")]
+        variant: Variant,
+        #[arg(long, default_value_t = 768)]
+        dv: usize,
+        #[arg(long, default_value_t = 768)]
+        ds: usize,
+        #[arg(long, default_value_t = 172)]
+        classes: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed training steps (after 3 warm-up steps).
+        #[arg(long, default_value_t = 100)]
+        iters: usize,
+        #[arg(long, default_value_t = marnet::eval::EVAL_BATCH)]
+        infer_batch: usize,
+        /// Reverse-diffusion step counts to time inference with.
+        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        sampling_steps: Vec<usize>,
+        /// Thread counts to time the heads at, each in a fresh process (default: 1 and --threads).
+        #[arg(long, value_delimiter = ',')]
+        thread_counts: Vec<usize>,
+        /// Leave out the encoder and decoding measurements.
+        #[arg(long)]
+        skip_extraction: bool,
+        /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+        /// assets/ of the checkout marnet was built from].
+        #[arg(long)]
+        assets: Option<PathBuf>,
+        /// Also write every number as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Internal: time the heads only, at this process's thread count, and print JSON.
+        #[arg(long, hide = true)]
+        heads_only: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}

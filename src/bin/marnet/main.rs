@@ -1,0 +1,190 @@
+//! The `marnet` command line: parses arguments and calls the library.
+
+mod commands;
+mod options;
+
+use anyhow::Result;
+use clap::Parser;
+use commands::{Cli, Cmd};
+use marnet::features::FeatureCache;
+use marnet::model::marnet::Variant;
+use marnet::train::{Resume, Verbosity};
+use std::time::{Duration, Instant};
+
+fn main() {
+    if let Err(e) = run() {
+        if let Some(i) = e.downcast_ref::<marnet::interrupt::Interrupted>() {
+            eprintln!("{i}");
+            std::process::exit(130);
+        }
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(0); // output piped into `head` and friends
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The command line as one string, recorded with tables.
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    marnet::runtime::init(cli.threads);
+    let dev = marnet::runtime::device(&cli.device)?;
+    let progress = !cli.quiet;
+    let verbosity = match (cli.quiet, cli.verbose || matches!(cli.cmd, Cmd::Train { .. })) {
+        (true, _) => Verbosity::Quiet,
+        (false, true) => Verbosity::Epochs,
+        (false, false) => Verbosity::Progress,
+    };
+    match cli.cmd {
+        Cmd::Synth { out, cfg } => {
+            let c = marnet::synth::write(&cfg, &out)?;
+            for (name, s) in [("train", Some(&c.train)), ("val", c.val.as_ref()), ("test", c.test.as_ref())] {
+                if let Some(s) = s {
+                    println!("{name}: {} rows, visual {}-d, text {}-d", s.len(), s.dv, s.ds);
+                }
+            }
+            println!("wrote {}", out.display());
+        }
+        Cmd::Train { cache, out, variant, resume, model, train } => {
+            let cache = FeatureCache::open(&cache)?;
+            let mcfg = model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
+            let resume = if resume { Resume::Strict } else { Resume::Never };
+            let state = marnet::train::train(&cache, &mcfg, &train.config(), &out, resume, verbosity, &dev)?;
+            let best = out.join("best");
+            println!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
+            if let Some(t) = state.test {
+                println!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
+            }
+        }
+        Cmd::Eval { model, cache, split, sampler, seed, json, predictions } => {
+            let req = marnet::eval::EvalRequest { model, cache, split, sampler: sampler.config(), seed, batch: marnet::eval::EVAL_BATCH };
+            let report = marnet::eval::run(&req, &dev)?;
+            if let Some(p) = predictions {
+                let lines: Vec<String> = report.predictions.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+                marnet::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes())?;
+            }
+            println!("{}", report.markdown());
+            if let Some(p) = json {
+                marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+            }
+        }
+        Cmd::Demo { out, dataset, leave_one_out, assets, seeds, epochs, model, report } => {
+            let t0 = Instant::now();
+            let assets = marnet::assets::resolve(assets.as_deref())?;
+            let opts = marnet::demo::DemoOptions {
+                out: out.clone(),
+                report: report.options(Some(&assets), progress)?,
+                assets,
+                dataset,
+                leave_one_out,
+                seeds: (0..seeds).collect(),
+                train: marnet::checkpoint::TrainConfig { epochs, ..Default::default() },
+                command: command_line(),
+                verbosity,
+            };
+            let (tables, summary) = marnet::demo::run(&opts, |dv, ds, c| model.config(Variant::Marnet, dv, ds, c), &dev)?;
+            for t in &tables {
+                println!("{}", t.markdown());
+            }
+            println!("stage seconds: {}", summary["seconds"]);
+            println!("report: {}; total wall time {:.1} s", out.join("report/report.html").display(), t0.elapsed().as_secs_f64());
+        }
+        Cmd::Report { dir, report } => {
+            let t0 = Instant::now();
+            let out = marnet::report::write(&dir, &report.options(None, progress)?, &dev)?;
+            println!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
+        }
+        Cmd::Ablate { table, variants } => {
+            let (cache, base) = table.open(Variant::Marnet)?;
+            let arms = marnet::experiments::ablation_arms(&base, &variants);
+            let t = marnet::experiments::run_table(&cache, &arms, &table.spec("Ablation (Table 2)", "Module", "ablation"), verbosity, &dev)?;
+            println!("{}", t.markdown());
+        }
+        Cmd::Compare { table, aligns } => {
+            let (cache, base) = table.open(Variant::Ema)?;
+            let arms = marnet::experiments::alignment_arms(&base, &aligns);
+            let t = marnet::experiments::run_table(&cache, &arms, &table.spec("Alignment methods (Table 1)", "Method", "comparison"), verbosity, &dev)?;
+            println!("{}", t.markdown());
+        }
+        Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, false, &dev)?),
+        Cmd::Export { model, out, visual, assets, sampler, seed } => {
+            let assets = marnet::assets::resolve(assets.as_deref())?;
+            let b = marnet::bundle::export(&model, &visual, &assets, sampler.config(), seed, &out, &dev)?;
+            println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.sampler);
+        }
+        Cmd::Predict { model, inputs, top_k, format, batch } => {
+            let pred = marnet::bundle::Predictor::load(&model, &dev)?;
+            let files = marnet::predict::collect_inputs(&inputs)?;
+            let results = marnet::predict::predict_files(&pred, &files, top_k, batch, progress)?;
+            marnet::predict::write_results(&results, format, &mut std::io::stdout().lock())?;
+            let failed = results.iter().filter(|r| r.error.is_some()).count();
+            if failed > 0 {
+                eprintln!("{failed} of {} images could not be read", results.len());
+                std::process::exit(2);
+            }
+        }
+        Cmd::Serve { model, addr, max_body_mib, max_batch, batch_wait_ms, timeout_s, top_k, header_timeout_s, idle_timeout_s, max_connections } => {
+            let opts = marnet::serve::ServeOptions {
+                addr,
+                max_body: (max_body_mib * 1024.0 * 1024.0) as usize,
+                max_batch,
+                batch_wait: Duration::from_millis(batch_wait_ms),
+                timeout: Duration::from_secs_f64(timeout_s),
+                top_k,
+                header_timeout: Duration::from_secs_f64(header_timeout_s),
+                idle_timeout: Duration::from_secs_f64(idle_timeout_s),
+                max_connections,
+            };
+            marnet::serve::serve(model, dev, opts)?;
+        }
+        Cmd::MergeShards { out, shards } => {
+            let c = FeatureCache::merge_shards(&shards, &out)?;
+            println!("merged {} shards: train {} rows; wrote {}", shards.len(), c.train.len(), out.display());
+        }
+        Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, thread_counts, skip_extraction, assets, json, heads_only, model } => {
+            let cfg = model.config(variant, dv, ds, classes);
+            if heads_only {
+                let r = marnet::bench::heads(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let assets = if skip_extraction { None } else { Some(marnet::assets::resolve(assets.as_deref())?) };
+            let args = std::env::args().skip_while(|a| a != "bench").skip(1).collect();
+            let req = marnet::bench::BenchRequest { model: cfg, batch, iters, infer_batch, sampling_steps, thread_counts, assets, args, progress };
+            let report = marnet::bench::run(&req, &dev)?;
+            print!("{report}");
+            if let Some(p) = json {
+                marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique names, valid defaults) over every subcommand.
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+
+    /// `demo` trains with `TrainConfig::default()` and the other commands with the flags'
+    /// defaults: they must agree.
+    #[test]
+    fn train_flag_defaults_are_the_library_defaults() {
+        use clap::Parser;
+        let cli = super::Cli::parse_from(["marnet", "train", "--cache", "c", "--out", "o"]);
+        let super::Cmd::Train { train, model, .. } = cli.cmd else { unreachable!() };
+        assert_eq!(train.config(), marnet::checkpoint::TrainConfig::default());
+        // Likewise the model flags and `MarnetConfig::new` (CDR training input, steps, options).
+        let v = super::Variant::Marnet;
+        assert_eq!(model.config(v, 12, 10, 5), marnet::model::marnet::MarnetConfig::new(v, 12, 10, 5));
+    }
+}
