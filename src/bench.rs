@@ -62,7 +62,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let (mut times, mut fwd, mut bwd, mut upd, mut flop) = (vec![], vec![], vec![], vec![], 0);
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     for i in 0..iters.max(1) + 3 {
-        let flop0 = crate::cpu::matmul_flop();
+        let flop0 = crate::nn::cpu::matmul_flop();
         // In candle's CPU thread pool, as training steps run (see train.rs).
         let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, &y, &mut rng, 0.0))?;
         if i >= 3 {
@@ -70,7 +70,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
             fwd.push(ms(s.forward));
             bwd.push(ms(s.backward));
             upd.push(ms(s.update));
-            flop = crate::cpu::matmul_flop() - flop0;
+            flop = crate::nn::cpu::matmul_flop() - flop0;
         }
     }
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
@@ -107,11 +107,11 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
 fn throughput(items: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64, u64)> {
     let (mut rates, mut flop) = (vec![], 0);
     for rep in 0..4 {
-        let (t0, flop0) = (Instant::now(), crate::cpu::matmul_flop());
+        let (t0, flop0) = (Instant::now(), crate::nn::cpu::matmul_flop());
         run()?;
         if rep > 0 {
             rates.push(items as f64 / t0.elapsed().as_secs_f64());
-            flop = crate::cpu::matmul_flop() - flop0;
+            flop = crate::nn::cpu::matmul_flop() - flop0;
         }
     }
     Ok((median(rates), flop))

@@ -94,7 +94,7 @@ impl LoadedModel {
 
     /// The parameters the optimiser updates (buffers excluded).
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
-        self.named_vars().into_iter().filter(|(k, _)| !k.contains(crate::model::BUFFER)).collect()
+        self.named_vars().into_iter().filter(|(k, _)| !k.contains(crate::nn::BUFFER)).collect()
     }
 
     /// Overwrites every variable with the tensor of the same name in `tensors`.

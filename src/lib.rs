@@ -13,6 +13,10 @@
 //!        └─ ablate / compare      the paper's Tables 2 and 1, mean ± std over seeds and
 //!           (experiments, stats)  leave-one-vendor-out folds, CIs and paired tests
 //!                                 (alignment losses of Table 1 in align)
+//! ──────────────────────── under encoders, model, align, optim ─────────────────────────
+//! nn                              linear layer and activations as CPU ops with hand-written
+//!                                 backward passes (nn::linear, nn::activation), the CPU kernels
+//!                                 (nn::cpu), normalisation (nn::norm); imports none of those
 //! ```
 //! `synth` writes a seeded synthetic cache in which text helps; `bench` times a training step
 //! and inference. Around the pipeline: `runtime` (process set-up), `assets` (where the fetched
@@ -27,7 +31,6 @@ pub mod bench;
 pub mod bundle;
 pub mod checkpoint;
 pub mod demo;
-pub mod cpu;
 pub mod data;
 pub mod encoders;
 pub mod eval;
@@ -39,6 +42,7 @@ pub mod folds;
 pub mod fsutil;
 pub mod interrupt;
 pub mod model;
+pub mod nn;
 pub mod optim;
 pub mod options;
 pub mod predict;

@@ -1,7 +1,7 @@
 //! AdamW (decoupled weight decay, PyTorch semantics) with state that checkpoints can save,
 //! and global-norm gradient clipping, which candle lacks.
 
-use crate::cpu::{f32_slice, f32_slice_mut, with_f32};
+use crate::nn::cpu::{f32_slice, f32_slice_mut, with_f32};
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var, backprop::GradStore};
 use std::sync::Mutex;
 use rayon::prelude::*;

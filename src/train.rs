@@ -108,7 +108,7 @@ pub fn step(model: &Marnet, opt: &mut AdamW, xv: &Tensor, xs: &Tensor, y: &Tenso
         total = (total + l)?;
     }
     let t1 = Instant::now();
-    let grads = crate::model::backward(&total, opt.params())?;
+    let grads = crate::nn::backward(&total, opt.params())?;
     let t2 = Instant::now();
     let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
     opt.step(&grads, scale)?;

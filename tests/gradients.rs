@@ -24,7 +24,7 @@ fn check_aligned(variant: Variant, fusion: Fusion, d: usize, align: Alignment) {
     let losses = m.model.losses(&xv, &xs, &y, &mut rng).unwrap();
     let total = losses.iter().skip(1).fold(losses[0].1.clone(), |a, (_, l)| (a + l).unwrap());
     let vars = m.trainable_vars();
-    let grads = marnet::model::backward(&total, &vars).unwrap();
+    let grads = marnet::nn::backward(&total, &vars).unwrap();
     assert!(!vars.is_empty());
     for (name, var) in vars {
         let g = grads

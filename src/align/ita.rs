@@ -1,15 +1,10 @@
 //! ITA: instance-wise cross-modal alignment (MGCA), the symmetric InfoNCE of EMA.
 
-use candle_core::{D, Result, Tensor};
+use crate::nn::norm::l2_normalize;
+use candle_core::{Result, Tensor};
 
 /// Smallest temperature the learnable `tau` may reach (guards against a collapsing softmax).
 pub const MIN_TAU: f64 = 0.01;
-
-/// Rows scaled to unit L2 norm (norms clamped at 1e-12, as `F.normalize`).
-pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
-    x.broadcast_div(&norm)
-}
 
 /// Eq. 5: cosine similarity of every visual row with every text row, divided by `tau`.
 pub fn similarity_logits(v: &Tensor, s: &Tensor, tau: &Tensor) -> Result<Tensor> {

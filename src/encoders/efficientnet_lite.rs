@@ -100,7 +100,7 @@ impl candle_core::CustomOp3 for DepthwiseConv {
         use candle_core::CpuStorage;
         use rayon::prelude::*;
         let name = "depthwise-conv2d";
-        let (x, w, bias) = (crate::cpu::f32_slice(name, xs, xl)?, crate::cpu::f32_slice(name, ws, wl)?, crate::cpu::f32_slice(name, bs, bl)?);
+        let (x, w, bias) = (crate::nn::cpu::f32_slice(name, xs, xl)?, crate::nn::cpu::f32_slice(name, ws, wl)?, crate::nn::cpu::f32_slice(name, bs, bl)?);
         let (n, c, h, wd) = xl.shape().dims4()?;
         let k = wl.shape().dims4()?.2;
         let (s, (pt, pl)) = (self.stride, self.pad);

@@ -89,5 +89,5 @@ pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling, normalize: bool) -
             hidden.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?
         }
     };
-    if normalize { crate::align::ita::l2_normalize(&pooled) } else { Ok(pooled) }
+    if normalize { crate::nn::norm::l2_normalize(&pooled) } else { Ok(pooled) }
 }

@@ -8,7 +8,7 @@
 //! product over unfolded patches.
 
 use crate::data::image::Preprocess;
-use crate::model::linear::Linear;
+use crate::nn::linear::Linear;
 use anyhow::{Context, Result};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder, layer_norm};

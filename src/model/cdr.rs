@@ -1,10 +1,10 @@
 //! CDR: cross-modal diffusion reconstruction (paper section 3.3.2). The diffused variable is
 //! the text feature x_s; the condition is the visual feature x_v; a four-layer MLP predicts x_s^0.
 
-pub use super::activation::Activation;
+pub use crate::nn::activation::Activation;
 use super::diffusion::{Schedule, ScheduleConfig};
 use candle_core::{Module, Result, Tensor};
-use super::linear::{Linear, linear};
+use crate::nn::linear::{Linear, linear};
 use candle_nn::VarBuilder;
 use crate::rng::{Noise, SeededRng};
 use rand::Rng;

@@ -1,8 +1,8 @@
 //! EMA: embedding matching alignment (paper section 3.2), with the alignment loss selectable
 //! among the Table 1 methods (ITA is the paper's EMA).
 
-use super::activation::Activation;
-use super::linear::{Linear, linear};
+use crate::nn::activation::Activation;
+use crate::nn::linear::{Linear, linear};
 use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

@@ -6,7 +6,7 @@ use super::ema::{Ema, EmaConfig};
 use crate::align::Alignment;
 use super::fusion::{Fusion, FusionHead, FusionInput};
 use candle_core::{Module, Result, Tensor, Var};
-use super::linear::{Linear, linear};
+use crate::nn::linear::{Linear, linear};
 use super::text_scale::TextScale;
 use candle_core::D;
 use candle_nn::{VarBuilder, loss::cross_entropy, ops::log_softmax};
@@ -207,7 +207,7 @@ impl Marnet {
             _ => None,
         };
         let gate = match cfg.gated() {
-            true => Some(Var::from_tensor(&vb.get_with_hints((), &format!("{}gate", super::BUFFER), candle_nn::Init::Const(1.0))?)?),
+            true => Some(Var::from_tensor(&vb.get_with_hints((), &format!("{}gate", crate::nn::BUFFER), candle_nn::Init::Const(1.0))?)?),
             false => None,
         };
         Ok(Self { cfg: cfg.clone(), cls_v, ema, recon, text_scale, fusion, gate })

@@ -7,7 +7,7 @@
 //! before any comparison with x_s. The statistics are buffers (never trained), saved with the
 //! weights, so they travel in checkpoints and bundles.
 
-use crate::model::BUFFER;
+use crate::nn::BUFFER;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 

@@ -1,7 +1,7 @@
 //! The denoiser's nonlinearity and EMA's LeakyReLU (eq. 6). On the CPU each is one op with a
 //! hand-written backward pass (candle's SiLU backward is a chain of six elementwise ops).
 
-use crate::cpu::{f32_slice, with_f32};
+use crate::nn::cpu::{f32_slice, with_f32};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -4,7 +4,7 @@
 //! `marnet bench`; see BENCHMARKS.md), because candle's generic graph was slow here:
 //! - with candle's usual [out, in] layout the forward multiplies by a transposed view and the
 //!   weight gradient flows back through that transpose with strided copies;
-//! - products run as one single-threaded block per thread ([`crate::cpu::matmul`]); the input
+//! - products run as one single-threaded block per thread ([`crate::nn::cpu::matmul`]); the input
 //!   gradient is computed transposed, `dx^T = W dy^T`, which the matmul crate runs ~3x faster
 //!   than `dy W^T` here;
 //! - the input gradient is skipped when the input tracks no gradient (data inputs);
@@ -12,7 +12,7 @@
 //!   candle's gradient store, which adds each one into a fresh zero tensor (a memset and a full
 //!   pass per weight and step). Train with [`backward`], not `Tensor::backward`.
 
-use crate::cpu::{MatRef, f32_slice, matmul, transpose, with_f32};
+use crate::nn::cpu::{MatRef, f32_slice, matmul, transpose, with_f32};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, TensorId, Var, backprop::GradStore};
 use candle_nn::{Init, VarBuilder};
 use std::collections::HashMap;

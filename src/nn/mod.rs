@@ -1,0 +1,16 @@
+//! Building blocks under both the trainable head (`model`, `align`) and the frozen encoders
+//! (`encoders`): the linear layer and activations as CPU ops with hand-written backward passes,
+//! the CPU kernels they run on (matrix products, transposes, views of candle's storage, the flop
+//! counter), and normalisation helpers. Nothing here imports from the layers above, so the method
+//! files read like the paper and the performance kernels sit apart.
+
+pub mod activation;
+pub mod cpu;
+pub mod linear;
+pub mod norm;
+
+pub use linear::backward;
+
+/// Variables whose name contains this are state, not parameters: saved with the weights, never
+/// updated by the optimiser.
+pub const BUFFER: &str = "buffer.";
