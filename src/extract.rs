@@ -472,10 +472,10 @@ pub fn extract(
             .map(|(n, v)| (n.to_string(), v.len(), samples_hash(v)))
             .collect(),
     };
-    if opts.reuse_current {
-        if let Some(found) = finished(out, &job)? {
-            return Ok(found);
-        }
+    if opts.reuse_current
+        && let Some(found) = finished(out, &job)?
+    {
+        return Ok(found);
     }
     let partial = partial_dir(out);
     let job_path = partial.join("job.json");

@@ -101,12 +101,9 @@ fn emoji_food_holds_apple_out_and_gives_each_class_one_text() {
     let mut pairs = 0;
     for s in ds.train.iter().chain(&ds.val).chain(&ds.test) {
         let t = s.text.as_deref().expect("every emoji-food sample has text");
-        match text_of.insert(s.label, t) {
-            Some(prev) => {
-                assert_eq!(prev, t, "class {} has two texts", ds.classes[s.label as usize]);
-                pairs += 1;
-            }
-            None => {}
+        if let Some(prev) = text_of.insert(s.label, t) {
+            assert_eq!(prev, t, "class {} has two texts", ds.classes[s.label as usize]);
+            pairs += 1;
         }
     }
     assert!(pairs >= ds.classes.len(), "{pairs} same-class pairs: too few for the check to mean anything");
