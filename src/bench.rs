@@ -358,7 +358,12 @@ impl std::fmt::Display for Report {
         let show = |g: Option<f64>| g.map_or("n/a".to_string(), |g| format!("{g:.0} GFLOP/s"));
         writeln!(f, "FMA peak, {} threads: AVX2 {}, AVX-512 {}\n", p.threads, show(p.avx2_gflops), show(p.avx512_gflops))?;
         let peak = p.avx512_gflops.or(p.avx2_gflops);
-        writeln!(f, "| head training ({}) | threads | step (median) | fwd / bwd / AdamW | products | % of peak | epoch of {} rows |", self.heads.first().map_or("", |h| &h.variant), self.epoch_rows)?;
+        writeln!(
+            f,
+            "| head training ({}) | threads | step (median) | fwd / bwd / AdamW | products | % of peak | epoch of {} rows |",
+            self.heads.first().map_or("", |h| &h.variant),
+            self.epoch_rows
+        )?;
         writeln!(f, "|---|---|---|---|---|---|---|")?;
         for h in &self.heads {
             let steps = self.epoch_rows.div_ceil(h.batch) as f64;
@@ -367,8 +372,15 @@ impl std::fmt::Display for Report {
             writeln!(
                 f,
                 "| batch {}, {} parameters | {} | {:.2} ms | {:.2} / {:.2} / {:.2} ms | {:.0} GFLOP/s | {pct} | {:.1} s |",
-                h.batch, h.params, h.threads, h.train_step_ms_median, h.forward_ms_median, h.backward_ms_median,
-                h.optimizer_ms_median, h.train_gflops(), steps * h.train_step_ms_median / 1e3
+                h.batch,
+                h.params,
+                h.threads,
+                h.train_step_ms_median,
+                h.forward_ms_median,
+                h.backward_ms_median,
+                h.optimizer_ms_median,
+                h.train_gflops(),
+                steps * h.train_step_ms_median / 1e3
             )?;
         }
         writeln!(f, "\n| inference | threads | samples/s | products |\n|---|---|---|---|")?;

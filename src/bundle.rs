@@ -40,9 +40,7 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, &'static st
         None => (spec, None),
     };
     Ok(match (kind, path) {
-        ("efficientnet-lite0", p) => {
-            (vec![(p.unwrap_or_else(|| assets.join("efficientnet-lite0")).join(W), W)], "efficientnet-lite0:encoder".into())
-        }
+        ("efficientnet-lite0", p) => (vec![(p.unwrap_or_else(|| assets.join("efficientnet-lite0")).join(W), W)], "efficientnet-lite0:encoder".into()),
         ("vit", Some(dir)) => (vec![(dir.join("config.json"), "config.json"), (dir.join(W), W)], "vit:encoder".into()),
         (k @ ("resnet18" | "resnet50"), Some(file)) => (vec![(file, W)], format!("{k}:encoder/{W}")),
         _ => anyhow::bail!("cannot bundle visual encoder `{spec}`"),
@@ -112,11 +110,7 @@ impl Predictor {
             None => config.visual.clone(),
         };
         let encoder = crate::encoders::load_image_encoder(&spec, dir, dev)?;
-        ensure!(
-            encoder.preprocess() == config.preprocess,
-            "{}: preprocessing differs from the encoder's own",
-            dir.join(BUNDLE).display()
-        );
+        ensure!(encoder.preprocess() == config.preprocess, "{}: preprocessing differs from the encoder's own", dir.join(BUNDLE).display());
         Ok(Predictor { encoder, model: ck.model(dev)?, config, dir: dir.to_path_buf(), dev: dev.clone() })
     }
 

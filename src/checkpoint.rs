@@ -100,16 +100,8 @@ impl LoadedModel {
     /// Overwrites every variable with the tensor of the same name in `tensors`.
     pub fn set_weights(&self, tensors: &HashMap<String, Tensor>, origin: &Path) -> Result<()> {
         for (name, var) in self.named_vars() {
-            let t = tensors
-                .get(&name)
-                .with_context(|| format!("{}: weight `{name}` is missing", origin.display()))?;
-            ensure!(
-                t.shape() == var.shape(),
-                "{}: weight `{name}` has shape {:?}, the model expects {:?}",
-                origin.display(),
-                t.shape(),
-                var.shape()
-            );
+            let t = tensors.get(&name).with_context(|| format!("{}: weight `{name}` is missing", origin.display()))?;
+            ensure!(t.shape() == var.shape(), "{}: weight `{name}` has shape {:?}, the model expects {:?}", origin.display(), t.shape(), var.shape());
             var.set(&t.to_device(var.device())?)?;
         }
         Ok(())
@@ -121,15 +113,8 @@ pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.json";
 
 /// Writes a checkpoint folder atomically. `extra` holds optimiser state, if any.
-pub fn save(
-    dir: &Path,
-    run: &RunConfig,
-    model: &LoadedModel,
-    extra: Vec<(String, Tensor)>,
-    metrics: &serde_json::Value,
-) -> Result<()> {
-    let mut tensors: HashMap<String, Tensor> =
-        model.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+pub fn save(dir: &Path, run: &RunConfig, model: &LoadedModel, extra: Vec<(String, Tensor)>, metrics: &serde_json::Value) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = model.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
     tensors.extend(extra);
     crate::fsutil::replace_dir(dir, |tmp| {
         candle_core::safetensors::save(&tensors, tmp.join(WEIGHTS))?;
@@ -151,19 +136,16 @@ impl Checkpoint {
     /// Reads a checkpoint folder; a run folder (holding `best/`) resolves to its best model.
     pub fn open(dir: &Path, dev: &Device) -> Result<Self> {
         let dir = if !dir.join(CONFIG).exists() && dir.join("best").is_dir() { dir.join("best") } else { dir.to_path_buf() };
-        let dir = crate::fsutil::recover_dir(&dir)
-            .with_context(|| format!("{}: no checkpoint folder here", dir.display()))?;
+        let dir = crate::fsutil::recover_dir(&dir).with_context(|| format!("{}: no checkpoint folder here", dir.display()))?;
         let read = |name: &str| -> Result<String> {
             let p = dir.join(name);
             std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
         };
         let cfg_path = dir.join(CONFIG);
-        let run: RunConfig = serde_json::from_str(&read(CONFIG)?)
-            .with_context(|| format!("{}: not a marnet run config", cfg_path.display()))?;
+        let run: RunConfig = serde_json::from_str(&read(CONFIG)?).with_context(|| format!("{}: not a marnet run config", cfg_path.display()))?;
         let metrics = serde_json::from_str(&read(METRICS)?).unwrap_or(serde_json::Value::Null);
         let wpath = dir.join(WEIGHTS);
-        let tensors = candle_core::safetensors::load(&wpath, dev)
-            .with_context(|| format!("{}: cannot read weights", wpath.display()))?;
+        let tensors = candle_core::safetensors::load(&wpath, dev).with_context(|| format!("{}: cannot read weights", wpath.display()))?;
         Ok(Self { dir, run, tensors, metrics })
     }
 
@@ -178,13 +160,7 @@ impl Checkpoint {
 /// A split must have the feature dims and classes the checkpoint was trained with.
 pub fn check_matches(ck: &Checkpoint, split: &crate::features::FeatureSplit) -> Result<()> {
     let m = &ck.run.model;
-    ensure!(
-        split.dv == m.dv,
-        "visual features are {}-d but the model at {} was trained on {}-d",
-        split.dv,
-        ck.dir.display(),
-        m.dv
-    );
+    ensure!(split.dv == m.dv, "visual features are {}-d but the model at {} was trained on {}-d", split.dv, ck.dir.display(), m.dv);
     ensure!(
         split.meta.classes == ck.run.classes[..split.meta.classes.len().min(ck.run.classes.len())],
         "class names differ from those the model at {} was trained on",

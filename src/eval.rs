@@ -114,14 +114,7 @@ pub struct SplitOutputs {
 /// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Rows
 /// with image keys (caches from `marnet extract`) draw their noise from per-image streams, so
 /// they get the same prediction as `marnet predict` gives for the image file.
-pub fn predict_split(
-    model: &Marnet,
-    split: &FeatureSplit,
-    sampler: &SamplerConfig,
-    seed: u64,
-    batch: usize,
-    dev: &Device,
-) -> anyhow::Result<SplitOutputs> {
+pub fn predict_split(model: &Marnet, split: &FeatureSplit, sampler: &SamplerConfig, seed: u64, batch: usize, dev: &Device) -> anyhow::Result<SplitOutputs> {
     let mut rng = crate::rng::stream(seed, "eval", 0);
     let (mut logits, mut ema, mut cdr, mut x_cdr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let idx: Vec<usize> = (0..split.len()).collect();
@@ -246,8 +239,8 @@ pub struct EvalReport {
 
 /// Evaluates `req.model` on `req.split`: checks that the split fits the model, times inference.
 pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
-    use anyhow::Context;
     use crate::features::FeatureCache;
+    use anyhow::Context;
     let ck = crate::checkpoint::Checkpoint::open(&req.model, dev)?;
     let cache_dir = req.cache.clone().unwrap_or_else(|| ck.run.cache.clone());
     let cache = FeatureCache::open(&cache_dir)?;
@@ -330,14 +323,7 @@ mod tests {
     fn reconstruction_scores_cosine_and_class_match() {
         use crate::features::{FeatureSplit, SplitMeta};
         // Two classes with orthogonal text; the second row's x_CDR points at the wrong class.
-        let split = FeatureSplit {
-            visual: vec![0.0; 4],
-            text: Some(vec![1.0, 0.0, 0.0, 2.0]),
-            label: vec![0, 1],
-            dv: 2,
-            ds: 2,
-            meta: SplitMeta::default(),
-        };
+        let split = FeatureSplit { visual: vec![0.0; 4], text: Some(vec![1.0, 0.0, 0.0, 2.0]), label: vec![0, 1], dv: 2, ds: 2, meta: SplitMeta::default() };
         let reference = TextReference::class_means(&split, 2).unwrap();
         let r = reconstruction(&[3.0, 0.0, 2.0, 1.0], &split, &reference).unwrap();
         assert!((r.cosine - (1.0 + 0.2f64.sqrt()) / 2.0).abs() < 1e-9, "{r:?}");

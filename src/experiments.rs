@@ -4,13 +4,13 @@
 
 use crate::align::Alignment;
 use crate::checkpoint::TrainConfig;
-use crate::eval::pct_mean_std;
-use crate::stats::mean_std;
-use crate::features::FeatureCache;
-use crate::model::marnet::{MarnetConfig, Variant};
 use crate::eval::EvalResult;
+use crate::eval::pct_mean_std;
+use crate::features::FeatureCache;
 use crate::folds::FoldSpec;
+use crate::model::marnet::{MarnetConfig, Variant};
 use crate::stats::PairedTest;
+use crate::stats::mean_std;
 use crate::train::{Resume, Verbosity, train};
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
@@ -28,20 +28,13 @@ pub struct Arm {
 /// Table 2: the given variants (all five if empty), each as configured in `base`.
 pub fn ablation_arms(base: &MarnetConfig, variants: &[Variant]) -> Vec<Arm> {
     let variants = if variants.is_empty() { &Variant::ALL[..] } else { variants };
-    variants
-        .iter()
-        .map(|&v| Arm { key: v.name().into(), row: v.table_row().into(), cfg: MarnetConfig { variant: v, ..base.clone() } })
-        .collect()
+    variants.iter().map(|&v| Arm { key: v.name().into(), row: v.table_row().into(), cfg: MarnetConfig { variant: v, ..base.clone() } }).collect()
 }
 
 /// Table 1: the visual baseline, EMA with each alignment loss, and full MARNet (with ITA).
 pub fn alignment_arms(base: &MarnetConfig, aligns: &[Alignment]) -> Vec<Arm> {
     let aligns = if aligns.is_empty() { &Alignment::ALL[..] } else { aligns };
-    let mut arms = vec![Arm {
-        key: "baseline".into(),
-        row: "Visual baseline".into(),
-        cfg: MarnetConfig { variant: Variant::Baseline, ..base.clone() },
-    }];
+    let mut arms = vec![Arm { key: "baseline".into(), row: "Visual baseline".into(), cfg: MarnetConfig { variant: Variant::Baseline, ..base.clone() } }];
     for &a in aligns {
         arms.push(Arm {
             // EMA with ITA is the ablation's +EMA row: same folder, trained once.
@@ -50,11 +43,7 @@ pub fn alignment_arms(base: &MarnetConfig, aligns: &[Alignment]) -> Vec<Arm> {
             cfg: MarnetConfig { variant: Variant::Ema, align: a, ..base.clone() },
         });
     }
-    arms.push(Arm {
-        key: "marnet".into(),
-        row: "MARNet".into(),
-        cfg: MarnetConfig { variant: Variant::Marnet, align: Alignment::Ita, ..base.clone() },
-    });
+    arms.push(Arm { key: "marnet".into(), row: "MARNet".into(), cfg: MarnetConfig { variant: Variant::Marnet, align: Alignment::Ita, ..base.clone() } });
     arms
 }
 
@@ -202,7 +191,13 @@ pub fn run_arms(
                 ensure!(state.test.is_some(), "{}: the cache has no test split", cache.dir.display());
                 secs.extend(state.history.iter().map(|h| h.train_seconds));
                 bar.inc(1);
-                runs.push(RunResult { fold: spec.map(|f| f.name()).unwrap_or_default(), seed, test: state.test, val_top1: state.best_val_top1, hits: state.test_hits });
+                runs.push(RunResult {
+                    fold: spec.map(|f| f.name()).unwrap_or_default(),
+                    seed,
+                    test: state.test,
+                    val_top1: state.best_val_top1,
+                    hits: state.test_hits,
+                });
             }
         }
         let row = ResultRow::new(arm, seeds, runs, mean_std(&secs).0);
@@ -246,13 +241,7 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
         n => format!("leave-one-vendor-out over {n} folds, {} validation", spec.fold_val.name()),
     };
     let table = Table {
-        title: format!(
-            "{} on `{}`: {} seeds, {} epochs; {split}, model selected on val",
-            spec.what,
-            cache.dir.display(),
-            spec.seeds.len(),
-            spec.train.epochs
-        ),
+        title: format!("{} on `{}`: {} seeds, {} epochs; {split}, model selected on val", spec.what, cache.dir.display(), spec.seeds.len(), spec.train.epochs),
         first_column: spec.first_column.clone(),
         command: spec.command.clone(),
         train: spec.train.clone(),
@@ -294,7 +283,14 @@ impl Table {
         if !folds.is_empty() {
             head.push(format!("Acc-1 per held-out vendor ({})", folds.join(" / ")));
         }
-        head.extend(["vs baseline".into(), "vs +EMA".into(), "heads EMA / CDR Acc-1".into(), "cos(x_CDR, x_s)".into(), "val Acc-1 (%)".into(), "train s/epoch".into()]);
+        head.extend([
+            "vs baseline".into(),
+            "vs +EMA".into(),
+            "heads EMA / CDR Acc-1".into(),
+            "cos(x_CDR, x_s)".into(),
+            "val Acc-1 (%)".into(),
+            "train s/epoch".into(),
+        ]);
         let rows = self
             .rows
             .iter()
@@ -313,7 +309,14 @@ impl Table {
                     _ => "".into(),
                 };
                 let cos = if r.test_cosine.is_empty() { String::new() } else { format!("{:.3}", mean_std(&r.test_cosine).0) };
-                c.extend([paired_cell(&r.vs_baseline), paired_cell(&r.vs_ema), heads, cos, pct_mean_std(&r.val_top1), format!("{:.2}", r.train_seconds_per_epoch)]);
+                c.extend([
+                    paired_cell(&r.vs_baseline),
+                    paired_cell(&r.vs_ema),
+                    heads,
+                    cos,
+                    pct_mean_std(&r.val_top1),
+                    format!("{:.2}", r.train_seconds_per_epoch),
+                ]);
                 c
             })
             .collect();

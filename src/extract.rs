@@ -192,27 +192,11 @@ impl Block {
             let md = header.metadata().clone().unwrap_or_default();
             let field = |k: &str| md.get(k).with_context(|| format!("metadata `{k}` missing"));
             let st = SafeTensors::deserialize(bytes)?;
-            let visual = st
-                .tensor("visual")?
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            Ok(Block {
-                dv: field("dv")?.parse()?,
-                visual,
-                kept: serde_json::from_str(field("kept")?)?,
-                skipped: serde_json::from_str(field("skipped")?)?,
-            })
+            let visual = st.tensor("visual")?.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok(Block { dv: field("dv")?.parse()?, visual, kept: serde_json::from_str(field("kept")?)?, skipped: serde_json::from_str(field("skipped")?)? })
         };
-        let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        parse(&bytes).with_context(|| {
-            format!(
-                "{}: damaged progress file; delete it to redo its block",
-                path.display()
-            )
-        })
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        parse(&bytes).with_context(|| format!("{}: damaged progress file; delete it to redo its block", path.display()))
     }
 }
 
@@ -230,12 +214,7 @@ fn samples_hash(samples: &[Sample]) -> String {
 
 /// Encodes the texts of `samples` (each distinct text once). Training needs every text;
 /// other splits may have none.
-fn encode_texts(
-    split: &str,
-    samples: &[Sample],
-    enc: &TextEncoder,
-    batch: usize,
-) -> Result<Option<Vec<f32>>> {
+fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize) -> Result<Option<Vec<f32>>> {
     if let Some(s) = samples.iter().find(|s| s.text.is_none()) {
         ensure!(split != "train", "{}: training sample has no text", s.id);
         return Ok(None);
@@ -249,12 +228,7 @@ fn encode_texts(
             rows.insert(t, row);
         }
     }
-    Ok(Some(
-        samples
-            .iter()
-            .flat_map(|s| rows[s.text.as_deref().unwrap()].clone())
-            .collect(),
-    ))
+    Ok(Some(samples.iter().flat_map(|s| rows[s.text.as_deref().unwrap()].clone()).collect()))
 }
 
 /// One extraction: the encoders, the options and the progress folder.
@@ -283,19 +257,11 @@ impl Extraction<'_> {
             } else {
                 blocks.push(None);
                 let batch = opts.batch.max(1);
-                pending.extend(
-                    chunk
-                        .chunks(batch)
-                        .enumerate()
-                        .map(|(j, samples)| (b, j * batch, samples)),
-                );
+                pending.extend(chunk.chunks(batch).enumerate().map(|(j, samples)| (b, j * batch, samples)));
             }
         }
         if bar.position() > 0 && !bar.is_hidden() {
-            bar.println(format!(
-                "{name}: resuming after {} saved images",
-                bar.position()
-            ));
+            bar.println(format!("{name}: resuming after {} saved images", bar.position()));
         }
         let pre = image_enc.preprocess();
         // Decode the next batch on another thread while this one runs through the encoder.
@@ -319,17 +285,9 @@ impl Extraction<'_> {
                         Ok(key) => current.kept.push((first + j, key)),
                         Err(e) if opts.skip_bad => {
                             bar.println(format!("skipped {}: {e:#}", s.id));
-                            current.skipped.push(Skipped {
-                                split: name.into(),
-                                id: s.id.clone(),
-                                image: s.image.clone(),
-                                error: format!("{e:#}"),
-                            })
+                            current.skipped.push(Skipped { split: name.into(), id: s.id.clone(), image: s.image.clone(), error: format!("{e:#}") })
                         }
-                        Err(e) => return Err(e.context(format!(
-                            "{name} sample `{}` (use --skip-bad to leave out unreadable images)",
-                            s.id
-                        ))),
+                        Err(e) => return Err(e.context(format!("{name} sample `{}` (use --skip-bad to leave out unreadable images)", s.id))),
                     }
                 }
                 if x.dim(0)? > 0 {
@@ -343,11 +301,7 @@ impl Extraction<'_> {
                     done.write(&block_path(b))?;
                     blocks[b] = Some(done);
                     if crate::interrupt::requested() {
-                        let resume_hint = format!(
-                            "saved {} images of {name} in {}; run the same command again to continue",
-                            bar.position(),
-                            partial.display()
-                        );
+                        let resume_hint = format!("saved {} images of {name} in {}; run the same command again to continue", bar.position(), partial.display());
                         return Err(crate::interrupt::Interrupted { resume_hint }.into());
                     }
                 }
@@ -355,19 +309,11 @@ impl Extraction<'_> {
             Ok(())
         })?;
         bar.finish_and_clear();
-        Ok(blocks
-            .into_iter()
-            .map(|b| b.expect("every block encoded or loaded"))
-            .collect())
+        Ok(blocks.into_iter().map(|b| b.expect("every block encoded or loaded")).collect())
     }
 
     /// One split's cache rows (`None` if no image could be read) and its skipped samples.
-    fn split(
-        &self,
-        name: &str,
-        samples: &[Sample],
-        ds: &Dataset,
-    ) -> Result<(Option<FeatureSplit>, Vec<Skipped>)> {
+    fn split(&self, name: &str, samples: &[Sample], ds: &Dataset) -> Result<(Option<FeatureSplit>, Vec<Skipped>)> {
         let (image_enc, text_enc) = (self.image_enc, self.text_enc);
         let block_len = self.opts.batch.max(1) * BLOCK_BATCHES;
         let blocks = self.encode_images(name, samples)?;
@@ -448,29 +394,14 @@ pub fn extract(
     out: &Path,
     dev: &Device,
 ) -> Result<(FeatureCache, Vec<Skipped>)> {
-    let limit = |v: &Vec<Sample>| -> Vec<Sample> {
-        v.iter()
-            .take(opts.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect()
-    };
-    let splits: Vec<(&str, Vec<Sample>)> = vec![
-        ("train", limit(&ds.train)),
-        ("val", limit(&ds.val)),
-        ("test", limit(&ds.test)),
-    ];
-    ensure!(
-        !splits[0].1.is_empty(),
-        "the dataset has no training samples"
-    );
+    let limit = |v: &Vec<Sample>| -> Vec<Sample> { v.iter().take(opts.limit.unwrap_or(usize::MAX)).cloned().collect() };
+    let splits: Vec<(&str, Vec<Sample>)> = vec![("train", limit(&ds.train)), ("val", limit(&ds.val)), ("test", limit(&ds.test))];
+    ensure!(!splits[0].1.is_empty(), "the dataset has no training samples");
     let job = Job {
         settings: opts.settings.clone(),
         visual_encoder: image_enc.name().to_string(),
         code: crate::fingerprint::code(),
-        samples: splits
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.len(), samples_hash(v)))
-            .collect(),
+        samples: splits.iter().map(|(n, v)| (n.to_string(), v.len(), samples_hash(v))).collect(),
     };
     if opts.reuse_current
         && let Some(found) = finished(out, &job)?
@@ -491,48 +422,25 @@ pub fn extract(
         crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(&job)?.as_bytes())?;
     }
 
-    let run = Extraction {
-        image_enc,
-        text_enc,
-        opts,
-        partial: partial.clone(),
-        dev,
-    };
+    let run = Extraction { image_enc, text_enc, opts, partial: partial.clone(), dev };
     let mut found = HashMap::new();
     let mut skipped = Vec::new();
     for (name, samples) in &splits {
         if samples.is_empty() {
             continue;
         }
-        let (split, sk) = run
-            .split(name, samples, ds)
-            .with_context(|| format!("extracting {name}"))?;
+        let (split, sk) = run.split(name, samples, ds).with_context(|| format!("extracting {name}"))?;
         skipped.extend(sk);
         if let Some(s) = split {
             found.insert(*name, s);
         }
     }
-    let train = found
-        .remove("train")
-        .context("no training image could be read (see skipped.jsonl)")?;
-    let cache = FeatureCache {
-        dir: out.to_path_buf(),
-        train,
-        val: found.remove("val"),
-        test: found.remove("test"),
-        fold: None,
-    };
+    let train = found.remove("train").context("no training image could be read (see skipped.jsonl)")?;
+    let cache = FeatureCache { dir: out.to_path_buf(), train, val: found.remove("val"), test: found.remove("test"), fold: None };
     cache.write(out)?;
-    let lines: String = skipped
-        .iter()
-        .map(|s| serde_json::to_string(s).map(|l| l + "\n"))
-        .collect::<serde_json::Result<_>>()?;
+    let lines: String = skipped.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<serde_json::Result<_>>()?;
     crate::fsutil::write_atomic(&out.join("skipped.jsonl"), lines.as_bytes())?;
-    crate::fsutil::write_atomic(
-        &out.join("extract.json"),
-        serde_json::to_string_pretty(&job)?.as_bytes(),
-    )?;
-    std::fs::remove_dir_all(&partial)
-        .with_context(|| format!("{}: cannot remove", partial.display()))?;
+    crate::fsutil::write_atomic(&out.join("extract.json"), serde_json::to_string_pretty(&job)?.as_bytes())?;
+    std::fs::remove_dir_all(&partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
     Ok((cache, skipped))
 }

@@ -67,28 +67,18 @@ impl FeatureSplit {
         if !meta.keys.is_empty() {
             meta.keys = idx.iter().map(|&i| self.meta.keys[i]).collect();
         }
-        FeatureSplit {
-            visual: self.gather_visual(idx),
-            dv: self.dv,
-            text: self.gather_text(idx),
-            ds: self.ds,
-            label: self.gather_label(idx),
-            meta,
-        }
+        FeatureSplit { visual: self.gather_visual(idx), dv: self.dv, text: self.gather_text(idx), ds: self.ds, label: self.gather_label(idx), meta }
     }
 
     /// Reads and validates one split file.
     pub fn read(path: &Path) -> Result<FeatureSplit> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("{}: cannot read feature file", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read feature file", path.display()))?;
         Self::parse(&bytes).with_context(|| format!("{}: invalid feature file", path.display()))
     }
 
     fn parse(bytes: &[u8]) -> Result<FeatureSplit> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("not a safetensors file ({e})"))?;
         let md = header.metadata().clone().unwrap_or_default();
 
         let (visual, n, dv) = read_f32_matrix(&st, "visual")?;
@@ -104,21 +94,16 @@ impl FeatureSplit {
 
         let max_label = *label.iter().max().unwrap() as usize;
         let classes = match md.get("classes") {
-            Some(s) => serde_json::from_str::<Vec<String>>(s)
-                .context("metadata `classes` is not a JSON list of strings")?,
+            Some(s) => serde_json::from_str::<Vec<String>>(s).context("metadata `classes` is not a JSON list of strings")?,
             None => (0..=max_label).map(|i| format!("class_{i}")).collect(),
         };
         ensure!(!classes.is_empty(), "metadata `classes` is empty");
         if max_label >= classes.len() {
             let row = label.iter().position(|&l| l as usize == max_label).unwrap();
-            bail!(
-                "label out of range: row {row} has label {max_label} but there are only {} classes",
-                classes.len()
-            );
+            bail!("label out of range: row {row} has label {max_label} but there are only {} classes", classes.len());
         }
         let ids = match md.get("ids") {
-            Some(s) => serde_json::from_str::<Vec<String>>(s)
-                .context("metadata `ids` is not a JSON list of strings")?,
+            Some(s) => serde_json::from_str::<Vec<String>>(s).context("metadata `ids` is not a JSON list of strings")?,
             None => (0..n).map(|i| format!("row{i}")).collect(),
         };
         ensure!(ids.len() == n, "row-count mismatch: {n} rows but {} ids in metadata", ids.len());
@@ -134,14 +119,7 @@ impl FeatureSplit {
         };
         ensure!(keys.is_empty() || keys.len() == n, "row-count mismatch: {n} rows but {} image keys in metadata", keys.len());
         let get = |k: &str| md.get(k).cloned().unwrap_or_default();
-        let meta = SplitMeta {
-            classes,
-            ids,
-            visual_encoder: get("visual_encoder"),
-            text_encoder: get("text_encoder"),
-            dataset: get("dataset"),
-            keys,
-        };
+        let meta = SplitMeta { classes, ids, visual_encoder: get("visual_encoder"), text_encoder: get("text_encoder"), dataset: get("dataset"), keys };
         Ok(FeatureSplit { visual, dv, text, ds, label, meta })
     }
 
@@ -149,10 +127,7 @@ impl FeatureSplit {
     pub fn write(&self, path: &Path) -> Result<()> {
         let n = self.len();
         let label: Vec<i64> = self.label.iter().map(|&l| l as i64).collect();
-        let mut views = vec![
-            ("visual", f32_view(&self.visual, n, self.dv)?),
-            ("label", TensorView::new(Dtype::I64, vec![n], bytes_of(&label))?),
-        ];
+        let mut views = vec![("visual", f32_view(&self.visual, n, self.dv)?), ("label", TensorView::new(Dtype::I64, vec![n], bytes_of(&label))?)];
         if let Some(t) = &self.text {
             views.push(("text", f32_view(t, n, self.ds)?));
         }
@@ -201,11 +176,7 @@ impl FeatureCache {
         ensure!(dir.is_dir(), "{}: feature cache folder not found", dir.display());
         let train = Self::read_split(dir, "train")?;
         let path = Self::split_path(dir, "train");
-        ensure!(
-            train.text.is_some(),
-            "{}: tensor `text` is missing; MARNet needs text features for training",
-            path.display()
-        );
+        ensure!(train.text.is_some(), "{}: tensor `text` is missing; MARNet needs text features for training", path.display());
         let mut cache = FeatureCache { dir: dir.to_path_buf(), train, val: None, test: None, fold: None };
         for split in ["val", "test"] {
             let p = Self::split_path(dir, split);
@@ -231,8 +202,7 @@ impl FeatureCache {
             ensure!(s.ds == t.ds, "text dim {} differs from train's {}", s.ds, t.ds);
         }
         ensure!(
-            s.meta.classes.len() <= t.meta.classes.len()
-                && s.meta.classes == t.meta.classes[..s.meta.classes.len()],
+            s.meta.classes.len() <= t.meta.classes.len() && s.meta.classes == t.meta.classes[..s.meta.classes.len()],
             "class names differ from train's ({} vs {} classes)",
             s.meta.classes.len(),
             t.meta.classes.len()
@@ -275,11 +245,7 @@ fn read_f32_matrix(st: &SafeTensors, name: &str) -> Result<(Vec<f32>, usize, usi
     ensure!(shape.len() == 2, "tensor `{name}` has shape {shape:?}, expected [N, D]");
     let (n, d) = (shape[0], shape[1]);
     ensure!(d > 0, "tensor `{name}` has feature dim 0");
-    let v: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
         bail!("tensor `{name}` has a non-finite value ({}) at row {}, column {}", v[pos], pos / d, pos % d);
     }
@@ -290,11 +256,7 @@ fn read_labels(st: &SafeTensors, n: usize) -> Result<Vec<u32>> {
     let t = st.tensor("label").map_err(|_| anyhow::anyhow!("tensor `label` is missing"))?;
     ensure!(t.dtype() == Dtype::I64, "tensor `label` has dtype {:?}, expected I64", t.dtype());
     ensure!(t.shape().len() == 1, "tensor `label` has shape {:?}, expected [N]", t.shape());
-    ensure!(
-        t.shape()[0] == n,
-        "row-count mismatch: `visual` has {n} rows but `label` has {}",
-        t.shape()[0]
-    );
+    ensure!(t.shape()[0] == n, "row-count mismatch: `visual` has {n} rows but `label` has {}", t.shape()[0]);
     t.data()
         .chunks_exact(8)
         .enumerate()
@@ -337,10 +299,7 @@ impl FeatureSplit {
             ensure!(p.dv == out.dv && p.ds == out.ds, "feature dims differ between shards");
             ensure!(p.text.is_some() == out.text.is_some(), "some shards have text features and some do not");
             ensure!(p.meta.classes == out.meta.classes, "class names differ between shards");
-            ensure!(
-                p.meta.visual_encoder == out.meta.visual_encoder && p.meta.text_encoder == out.meta.text_encoder,
-                "encoders differ between shards"
-            );
+            ensure!(p.meta.visual_encoder == out.meta.visual_encoder && p.meta.text_encoder == out.meta.text_encoder, "encoders differ between shards");
             out.visual.extend_from_slice(&p.visual);
             if let (Some(t), Some(pt)) = (out.text.as_mut(), p.text.as_ref()) {
                 t.extend_from_slice(pt);

@@ -79,7 +79,14 @@ mod tests {
     use super::*;
 
     fn split(v: f32) -> FeatureSplit {
-        FeatureSplit { visual: vec![v, 1.0], dv: 2, text: Some(vec![0.5]), ds: 1, label: vec![0], meta: crate::features::SplitMeta { classes: vec!["a".into()], ids: vec!["x".into()], ..Default::default() } }
+        FeatureSplit {
+            visual: vec![v, 1.0],
+            dv: 2,
+            text: Some(vec![0.5]),
+            ds: 1,
+            label: vec![0],
+            meta: crate::features::SplitMeta { classes: vec!["a".into()], ids: vec!["x".into()], ..Default::default() },
+        }
     }
 
     fn cache(v: f32) -> FeatureCache {

@@ -68,11 +68,7 @@ pub fn groups(cache: &FeatureCache) -> Result<Vec<String>> {
     let mut g: Vec<String> = rows.meta.ids.iter().map(|id| group_of(id).to_string()).collect();
     g.sort();
     g.dedup();
-    ensure!(
-        g.len() >= 2,
-        "{}: leave-one-group-out needs row ids in at least two groups (`<group>/<file>`); found {g:?}",
-        cache.dir.display()
-    );
+    ensure!(g.len() >= 2, "{}: leave-one-group-out needs row ids in at least two groups (`<group>/<file>`); found {g:?}", cache.dir.display());
     Ok(g)
 }
 
@@ -81,15 +77,11 @@ pub fn groups(cache: &FeatureCache) -> Result<Vec<String>> {
 pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
     let rows = all_rows(cache)?;
     let all_groups = groups(cache)?;
-    ensure!(
-        all_groups.contains(&spec.test_group),
-        "{}: no rows of group `{}` (groups: {all_groups:?})",
-        cache.dir.display(),
-        spec.test_group
-    );
+    ensure!(all_groups.contains(&spec.test_group), "{}: no rows of group `{}` (groups: {all_groups:?})", cache.dir.display(), spec.test_group);
     let group = |i: usize| group_of(&rows.meta.ids[i]);
     let train_only = |i: usize| rows.meta.ids[i].contains(TRAIN_ONLY);
-    let (test, rest): (Vec<usize>, Vec<usize>) = (0..rows.len()).filter(|&i| !(train_only(i) && group(i) == spec.test_group)).partition(|&i| group(i) == spec.test_group);
+    let (test, rest): (Vec<usize>, Vec<usize>) =
+        (0..rows.len()).filter(|&i| !(train_only(i) && group(i) == spec.test_group)).partition(|&i| group(i) == spec.test_group);
     let (extra, rest): (Vec<usize>, Vec<usize>) = rest.into_iter().partition(|&i| train_only(i));
     let val_group = match spec.val {
         FoldVal::Group => {

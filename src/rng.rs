@@ -101,17 +101,13 @@ impl SeededInit {
         };
         match init {
             Init::Const(c) => vec![c as f32; n],
-            Init::Randn { mean, stdev } => {
-                normal_vec(&mut rng, n).into_iter().map(|x| mean as f32 + stdev as f32 * x).collect()
-            }
+            Init::Randn { mean, stdev } => normal_vec(&mut rng, n).into_iter().map(|x| mean as f32 + stdev as f32 * x).collect(),
             Init::Uniform { lo, up } => uniform(&mut rng, lo, up),
             Init::Kaiming { dist, fan, non_linearity } => {
                 let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
                 match dist {
                     NormalOrUniform::Uniform => uniform(&mut rng, -3f64.sqrt() * std, 3f64.sqrt() * std),
-                    NormalOrUniform::Normal => {
-                        normal_vec(&mut rng, n).into_iter().map(|x| std as f32 * x).collect()
-                    }
+                    NormalOrUniform::Normal => normal_vec(&mut rng, n).into_iter().map(|x| std as f32 * x).collect(),
                 }
             }
         }

@@ -119,11 +119,7 @@ struct PredictQuery {
 
 /// The image bytes of a request: the raw body, or the first file part of a multipart body.
 async fn image_bytes(state: &AppState, req: Request) -> Result<axum::body::Bytes, Response> {
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let is_multipart = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
     if is_multipart {
         let mut form = Multipart::from_request(req, state).await.map_err(|e| error(e.status(), e.body_text()))?;
         while let Some(field) = form.next_field().await.map_err(|e| error(e.status(), e.body_text()))? {

@@ -21,10 +21,8 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 
 /// t_{0.975, df} for df = 1..=30, to 6 decimals (computed by inverting the t CDF, mpmath).
 const T975: [f64; 30] = [
-    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
-    2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
-    2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
-    2.048407, 2.045230, 2.042272,
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450,
+    2.119905, 2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
 ];
 
 /// Two-sided 95% quantile of Student's t with `df` degrees of freedom (t_{0.975, df}); df >= 1.
@@ -100,9 +98,7 @@ pub fn paired_test(a: &[f64], b: &[f64], reps: usize, seed: u64) -> PairedTest {
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
 
     let mut rng = ChaCha12Rng::seed_from_u64(seed);
-    let mut boot: Vec<f64> = (0..reps)
-        .map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64)
-        .collect();
+    let mut boot: Vec<f64> = (0..reps).map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
     boot.sort_by(f64::total_cmp);
     let le = boot.iter().filter(|&&x| x <= 0.0).count();
     let ge = boot.iter().filter(|&&x| x >= 0.0).count();
@@ -114,14 +110,7 @@ pub fn paired_test(a: &[f64], b: &[f64], reps: usize, seed: u64) -> PairedTest {
         disc_b += usize::from(x > 0.5 && y <= 0.5);
         disc_c += usize::from(x <= 0.5 && y > 0.5);
     }
-    PairedTest {
-        diff,
-        ci_lo: percentile(&boot, 0.025),
-        ci_hi: percentile(&boot, 0.975),
-        p_bootstrap,
-        p_mcnemar: mcnemar_exact(disc_b, disc_c),
-        n,
-    }
+    PairedTest { diff, ci_lo: percentile(&boot, 0.025), ci_hi: percentile(&boot, 0.975), p_bootstrap, p_mcnemar: mcnemar_exact(disc_b, disc_c), n }
 }
 
 /// The q-quantile of sorted, non-empty `xs`, interpolating linearly at rank q·(len − 1).
@@ -144,10 +133,7 @@ pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
     if m == 0 {
         return 1.0;
     }
-    let ln_pk: f64 = (0..k)
-        .map(|j| ((m - j) as f64 / (j + 1) as f64).ln())
-        .sum::<f64>()
-        - m as f64 * std::f64::consts::LN_2;
+    let ln_pk: f64 = (0..k).map(|j| ((m - j) as f64 / (j + 1) as f64).ln()).sum::<f64>() - m as f64 * std::f64::consts::LN_2;
     let (mut ratio, mut sum) = (1.0_f64, 1.0_f64);
     for j in (1..=k).rev() {
         ratio *= j as f64 / (m - j + 1) as f64;
@@ -179,13 +165,7 @@ mod tests {
     fn phi(x: f64) -> f64 {
         let z = x.abs() / std::f64::consts::SQRT_2;
         let t = 1.0 / (1.0 + 0.327_591_1 * z);
-        let coef = [
-            1.061_405_429,
-            -1.453_152_027,
-            1.421_413_741,
-            -0.284_496_736,
-            0.254_829_592,
-        ];
+        let coef = [1.061_405_429, -1.453_152_027, 1.421_413_741, -0.284_496_736, 0.254_829_592];
         let half_erfc = 0.5 * coef.iter().fold(0.0, |acc, c| (acc + c) * t) * (-z * z).exp();
         0.5 + x.signum() * (0.5 - half_erfc)
     }

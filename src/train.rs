@@ -117,15 +117,7 @@ pub fn step(model: &Marnet, opt: &mut AdamW, xv: &Tensor, xs: &Tensor, y: &Tenso
 }
 
 /// One optimiser step on the training rows `idx`.
-fn train_step(
-    model: &LoadedModel,
-    opt: &mut AdamW,
-    train: &FeatureSplit,
-    idx: &[usize],
-    noise: &mut SeededRng,
-    clip_grad: f64,
-    dev: &Device,
-) -> Result<Step> {
+fn train_step(model: &LoadedModel, opt: &mut AdamW, train: &FeatureSplit, idx: &[usize], noise: &mut SeededRng, clip_grad: f64, dev: &Device) -> Result<Step> {
     let b = idx.len();
     let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
     let xs = Tensor::from_vec(train.gather_text(idx).context("the training split has no text features")?, (b, train.ds), dev)?;
@@ -250,8 +242,7 @@ pub fn train(
             run.fingerprint
         );
         model.set_weights(&ck.tensors, &ck.dir)?;
-        state = serde_json::from_value(ck.metrics.clone())
-            .with_context(|| format!("{}: unreadable metrics.json", ck.dir.display()))?;
+        state = serde_json::from_value(ck.metrics.clone()).with_context(|| format!("{}: unreadable metrics.json", ck.dir.display()))?;
         opt.load_state(&ck.tensors, state.optimizer_steps)?;
         if verbosity == Verbosity::Epochs {
             eprintln!("resuming {} after epoch {}", out.display(), state.epochs_done);
@@ -264,7 +255,12 @@ pub fn train(
         let mut noise = crate::rng::stream(cfg.seed, "noise", epoch as u64);
         let perm = crate::rng::permutation(&mut shuffle, train.len());
         let n_batches = perm.len().div_ceil(cfg.batch);
-        let bar = crate::progress::bar(verbosity != Verbosity::Quiet, n_batches as u64, "batches", &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs));
+        let bar = crate::progress::bar(
+            verbosity != Verbosity::Quiet,
+            n_batches as u64,
+            "batches",
+            &format!("{} epoch {}/{}", model_cfg.variant.name(), epoch + 1, cfg.epochs),
+        );
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let (mut steps_done, mut earlier_seconds) = (0, 0.0);
         if let Some(p) = state.partial.take().filter(|p| p.epoch == epoch) {
@@ -294,11 +290,7 @@ pub fn train(
                 state.optimizer_steps = opt.steps_taken();
                 checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
                 return Err(crate::interrupt::Interrupted {
-                    resume_hint: format!(
-                        "saved {} at epoch {}, step {steps_done}/{n_batches}; rerun with --resume to continue",
-                        last_dir.display(),
-                        epoch + 1
-                    ),
+                    resume_hint: format!("saved {} at epoch {}, step {steps_done}/{n_batches}; rerun with --resume to continue", last_dir.display(), epoch + 1),
                 }
                 .into());
             }
@@ -306,11 +298,7 @@ pub fn train(
         bar.finish_and_clear();
         let train_seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         let losses: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_batches as f64)).collect();
-        ensure!(
-            losses.values().all(|v| v.is_finite()),
-            "training diverged in epoch {} (losses {losses:?}); lower --lr or set --clip-grad",
-            epoch + 1
-        );
+        ensure!(losses.values().all(|v| v.is_finite()), "training diverged in epoch {} (losses {losses:?}); lower --lr or set --clip-grad", epoch + 1);
         let (val_res, _) = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, reference.as_ref(), dev)?;
         let val_seconds = t0.elapsed().as_secs_f64() + earlier_seconds - train_seconds;
         let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };

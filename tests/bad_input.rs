@@ -30,8 +30,7 @@ fn write(path: &Path, tensors: Vec<T>, classes: usize) {
 }
 
 fn write_with_ids(path: &Path, tensors: Vec<T>, classes: usize, ids: Option<&[&str]>) {
-    let views: Vec<(&str, TensorView)> =
-        tensors.iter().map(|t| (t.name, TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap())).collect();
+    let views: Vec<(&str, TensorView)> = tensors.iter().map(|t| (t.name, TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap())).collect();
     let names: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();
     let mut md = HashMap::from([("classes".to_string(), serde_json::to_string(&names).unwrap())]);
     if let Some(ids) = ids {
@@ -129,8 +128,19 @@ fn mismatched_dims_between_splits() {
 fn round_trip_keeps_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = marnet::synth::SynthConfig {
-        classes: 3, dv: 4, ds: 5, n_train: 7, n_val: 0, n_test: 2, text_rank: 2,
-        text_jitter: 0.3, vis_noise: 1.0, bg_scale: 1.0, n_bg: 2, seed: 1, groups: 0,
+        classes: 3,
+        dv: 4,
+        ds: 5,
+        n_train: 7,
+        n_val: 0,
+        n_test: 2,
+        text_rank: 2,
+        text_jitter: 0.3,
+        vis_noise: 1.0,
+        bg_scale: 1.0,
+        n_bg: 2,
+        seed: 1,
+        groups: 0,
     };
     let written = marnet::synth::write(&cfg, tmp.path()).unwrap();
     let read = FeatureCache::open(tmp.path()).unwrap();

@@ -8,9 +8,30 @@ fn bench_reports_each_thread_count() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("bench.json");
     let out = common::ok(&[
-        "bench", "--dv", "16", "--ds", "12", "--classes", "5", "--d", "8", "--hidden", "32", "--temb", "8",
-        "--iters", "3", "--infer-batch", "8", "--sampling-steps", "2,3", "--thread-counts", "1,2",
-        "--skip-extraction", "--json", json.to_str().unwrap(),
+        "bench",
+        "--dv",
+        "16",
+        "--ds",
+        "12",
+        "--classes",
+        "5",
+        "--d",
+        "8",
+        "--hidden",
+        "32",
+        "--temb",
+        "8",
+        "--iters",
+        "3",
+        "--infer-batch",
+        "8",
+        "--sampling-steps",
+        "2,3",
+        "--thread-counts",
+        "1,2",
+        "--skip-extraction",
+        "--json",
+        json.to_str().unwrap(),
     ]);
     assert!(out.contains("FMA peak") && out.contains("| head training (marnet) |"), "{out}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -29,7 +50,8 @@ fn bench_reports_each_thread_count() {
 #[test]
 fn bench_refuses_empty_batches_and_zero_threads() {
     for (flag, value, want) in [("--batch", "0", "--batch and --infer-batch"), ("--thread-counts", "0", "--thread-counts")] {
-        let out = common::marnet(&["bench", "--skip-extraction", "--iters", "1", "--dv", "8", "--ds", "8", "--hidden", "16", "--d", "4", "--temb", "4", flag, value]);
+        let out =
+            common::marnet(&["bench", "--skip-extraction", "--iters", "1", "--dv", "8", "--ds", "8", "--hidden", "16", "--d", "4", "--temb", "4", flag, value]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(want) && !err.contains("panicked"), "{flag} {value}: {err}");
     }

@@ -9,15 +9,10 @@ use std::path::Path;
 mod common;
 use common::write;
 
-
 fn vireo_tree(root: &Path, tr: &str) {
     write(root, "SplitAndIngreLabel/FoodList.txt", "braised pork\nmapo tofu\nfried rice\n");
     write(root, "SplitAndIngreLabel/IngredientList.txt", "pork\ntofu\nrice\negg\n");
-    write(
-        root,
-        "SplitAndIngreLabel/IngreLabel.txt",
-        "/1/a.jpg 1 -1 -1 -1\n/2/b.jpg -1 1 -1 -1\n/3/c.jpg -1 -1 1 1\n/3/d.jpg -1 -1 1 -1\n",
-    );
+    write(root, "SplitAndIngreLabel/IngreLabel.txt", "/1/a.jpg 1 -1 -1 -1\n/2/b.jpg -1 1 -1 -1\n/3/c.jpg -1 -1 1 1\n/3/d.jpg -1 -1 1 -1\n");
     write(root, "SplitAndIngreLabel/TR.txt", tr);
     write(root, "SplitAndIngreLabel/VAL.txt", "/3/c.jpg\n");
     write(root, "SplitAndIngreLabel/TE.txt", "/3/d.jpg\n");
@@ -81,9 +76,12 @@ fn manifest_reads_and_rejects_bad_lines() {
     std::fs::write(
         &p,
         concat!(
-            r#"{"image": "x/1.jpg", "label": "soup", "text": ["water", "salt"], "split": "train"}"#, "\n",
-            r#"{"image": "x/2.jpg", "label": "cake", "text": "flour and eggs", "split": "train"}"#, "\n",
-            r#"{"image": "x/3.jpg", "label": "soup", "split": "test"}"#, "\n",
+            r#"{"image": "x/1.jpg", "label": "soup", "text": ["water", "salt"], "split": "train"}"#,
+            "\n",
+            r#"{"image": "x/2.jpg", "label": "cake", "text": "flour and eggs", "split": "train"}"#,
+            "\n",
+            r#"{"image": "x/3.jpg", "label": "soup", "split": "test"}"#,
+            "\n",
         ),
     )
     .unwrap();
@@ -126,8 +124,19 @@ fn shards_partition_in_order_and_merge_back() {
     // Caches of two row slices merge back into the original cache.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = marnet::synth::SynthConfig {
-        classes: 3, dv: 4, ds: 5, n_train: 9, n_val: 0, n_test: 4, text_rank: 2,
-        text_jitter: 0.3, vis_noise: 1.0, bg_scale: 1.0, n_bg: 2, seed: 1, groups: 0,
+        classes: 3,
+        dv: 4,
+        ds: 5,
+        n_train: 9,
+        n_val: 0,
+        n_test: 4,
+        text_rank: 2,
+        text_jitter: 0.3,
+        vis_noise: 1.0,
+        bg_scale: 1.0,
+        n_bg: 2,
+        seed: 1,
+        groups: 0,
     };
     let full = marnet::synth::write(&cfg, &tmp.path().join("full")).unwrap();
     let half = |rows: std::ops::Range<usize>, n: usize, dir: &str| {
@@ -262,8 +271,18 @@ fn emoji_all_skin_tones_are_extra_training_images_of_the_training_vendors() {
         assert_eq!(ds.train[..plain.train.len()], plain.train[..]);
         let extra = &ds.train[plain.train.len()..];
         let expected: BTreeSet<String> = match test_vendor {
-            "apple" => ["google/train-only/1f44b-1f3fb.png", "twitter/train-only/1f44b-1f3fb.png", "facebook/train-only/1f44b-1f3fb.png", "google/train-only/1f44b-1f3fc.png"],
-            _ => ["twitter/train-only/1f44b-1f3fb.png", "apple/train-only/1f44b-1f3fb.png", "facebook/train-only/1f44b-1f3fb.png", "apple/train-only/1f44b-1f3fc.png"],
+            "apple" => [
+                "google/train-only/1f44b-1f3fb.png",
+                "twitter/train-only/1f44b-1f3fb.png",
+                "facebook/train-only/1f44b-1f3fb.png",
+                "google/train-only/1f44b-1f3fc.png",
+            ],
+            _ => [
+                "twitter/train-only/1f44b-1f3fb.png",
+                "apple/train-only/1f44b-1f3fb.png",
+                "facebook/train-only/1f44b-1f3fb.png",
+                "apple/train-only/1f44b-1f3fc.png",
+            ],
         }
         .into_iter()
         .map(String::from)

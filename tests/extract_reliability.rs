@@ -69,11 +69,8 @@ fn skip_bad_lists_each_bad_image_and_keeps_every_image_mode() {
     let cache = marnet::features::FeatureCache::open(&out).unwrap();
     assert_eq!(cache.train.meta.ids, ["rgb.png", "gray.png", "gray-alpha.png", "rgb16.png", "rgba.png"]);
     assert_eq!(cache.test.as_ref().unwrap().meta.ids, ["cmyk.jpg"]);
-    let skipped: Vec<marnet::extract::Skipped> = std::fs::read_to_string(out.join("skipped.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let skipped: Vec<marnet::extract::Skipped> =
+        std::fs::read_to_string(out.join("skipped.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let ids: Vec<&str> = skipped.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["truncated.png", "missing.png", "not-an-image.jpg", "empty.png"]);
     for s in &skipped {
@@ -145,7 +142,8 @@ fn a_reused_cache_is_extracted_again_when_an_image_changes() {
     std::fs::write(&manifest, [line("a.png", "coffee"), line("b.png", "latte")].join("\n")).unwrap();
     let image_enc = marnet::encoders::load_image_encoder("efficientnet-lite0", assets, &dev).unwrap();
     let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev).unwrap();
-    let opts = marnet::extract::ExtractOptions { batch: 2, limit: None, skip_bad: false, progress: false, settings: serde_json::json!({}), reuse_current: true };
+    let opts =
+        marnet::extract::ExtractOptions { batch: 2, limit: None, skip_bad: false, progress: false, settings: serde_json::json!({}), reuse_current: true };
     let out = tmp.path().join("cache");
     let extract = || {
         let ds = marnet::data::open("manifest", Some(&manifest), assets, "apple", 0.0, 0).unwrap();

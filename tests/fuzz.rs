@@ -11,7 +11,6 @@ use std::path::Path;
 mod common;
 use common::write;
 
-
 /// Lines mixing well-formed tokens with arbitrary text, joined by newlines.
 fn lines(tokens: &'static [&'static str]) -> impl Strategy<Value = String> {
     let token = prop_oneof![prop::sample::select(tokens).prop_map(str::to_string), ".{0,12}", "[0-9 /-]{0,12}"];
@@ -110,10 +109,6 @@ fn valid_split() -> FeatureSplit {
         text: Some(vec![0.25; 3 * 2]),
         ds: 2,
         label: vec![0, 1, 1],
-        meta: marnet::features::SplitMeta {
-            classes: vec!["a".into(), "b".into()],
-            ids: vec!["r0".into(), "r1".into(), "r2".into()],
-            ..Default::default()
-        },
+        meta: marnet::features::SplitMeta { classes: vec!["a".into(), "b".into()], ids: vec!["r0".into(), "r1".into(), "r2".into()], ..Default::default() },
     }
 }

@@ -27,9 +27,7 @@ fn check_aligned(variant: Variant, fusion: Fusion, d: usize, align: Alignment) {
     let grads = marnet::nn::backward(&total, &vars).unwrap();
     assert!(!vars.is_empty());
     for (name, var) in vars {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("{variant:?}/{fusion:?}/{align:?}: `{name}` has no gradient"));
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{variant:?}/{fusion:?}/{align:?}: `{name}` has no gradient"));
         let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(g.iter().all(|x| x.is_finite()), "{variant:?}/{fusion:?}: `{name}` has a non-finite gradient");
         assert!(g.iter().any(|&x| x != 0.0), "{variant:?}/{fusion:?}: `{name}` has an all-zero gradient");

@@ -57,11 +57,8 @@ fn predict_gives_the_classes_eval_computes_for_the_same_images() {
     let Some(t) = trained() else { return };
     let rows = t.cache.parent().unwrap().join("eval.jsonl");
     ok(&["eval", "--model", t.run.to_str().unwrap(), "--cache", t.cache.to_str().unwrap(), "--predictions", rows.to_str().unwrap()]);
-    let eval: Vec<u64> = std::fs::read_to_string(&rows)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["predicted"].as_u64().unwrap())
-        .collect();
+    let eval: Vec<u64> =
+        std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["predicted"].as_u64().unwrap()).collect();
     let pred: Vec<u64> = predicted(t, &[]).into_iter().map(|(_, c)| c).collect();
     assert_eq!(pred.len(), 24);
     assert_eq!(pred, eval);
@@ -87,10 +84,8 @@ fn predict_reports_unreadable_files_and_goes_on() {
 /// A minimal HTTP/1.1 client: (status, body).
 fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).unwrap();
     let _ = s.write_all(body); // the server may answer 413 before reading it all
     let mut resp = Vec::new();

@@ -150,7 +150,10 @@ fn extract_finds_assets_through_marnet_assets_and_says_where_it_looked() {
     let nowhere = tmp.path().join("nowhere");
     let missing = extract(&nowhere);
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(!missing.status.success() && err.contains(&nowhere.display().to_string()) && err.contains("MARNET_ASSETS") && err.contains("scripts/fetch-assets"), "{err}");
+    assert!(
+        !missing.status.success() && err.contains(&nowhere.display().to_string()) && err.contains("MARNET_ASSETS") && err.contains("scripts/fetch-assets"),
+        "{err}"
+    );
     let Some(assets) = asset("") else { return };
     if asset("npm/emoji-datasource").is_none() {
         return;

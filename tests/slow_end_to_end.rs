@@ -7,7 +7,26 @@ use std::process::Command;
 mod common;
 use common::{marnet, ok};
 
-const SMALL: &[&str] = &["--classes", "8", "--dv", "24", "--ds", "24", "--n-train", "600", "--n-val", "150", "--n-test", "300", "--text-rank", "6", "--vis-noise", "1.0", "--bg-scale", "1.0"];
+const SMALL: &[&str] = &[
+    "--classes",
+    "8",
+    "--dv",
+    "24",
+    "--ds",
+    "24",
+    "--n-train",
+    "600",
+    "--n-val",
+    "150",
+    "--n-test",
+    "300",
+    "--text-rank",
+    "6",
+    "--vis-noise",
+    "1.0",
+    "--bg-scale",
+    "1.0",
+];
 /// Model sizes (the first six words), then the training budget.
 const TINY_MODEL: &[&str] = &["--d", "16", "--hidden", "32", "--temb", "8", "--epochs", "3", "--batch", "32"];
 
@@ -36,8 +55,7 @@ fn synth_ablate_eval_chain() {
     // Eval of a saved run reproduces the test accuracy recorded at training time.
     let run = Path::new(&runs).join("marnet").join("seed0");
     let eval = ok(&["eval", "--model", &run.display().to_string(), "--cache", &cache, "--split", "test"]);
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("best").join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("best").join("metrics.json")).unwrap()).unwrap();
     let top1 = 100.0 * metrics["test"]["final_head"]["top1"].as_f64().unwrap();
     assert!(eval.contains(&format!("| test | 300 | {top1:.2} |")), "eval {eval} vs recorded {top1:.2}");
 
@@ -88,7 +106,8 @@ fn leave_one_out_folds_statistics_and_report() {
     let cache = tmp.path().join("cache").display().to_string();
     ok(&[&["synth", "--out", &cache, "--groups", "3"], SMALL].concat());
     let runs = tmp.path().join("lovo").display().to_string();
-    let table = ok(&[&["ablate", "--cache", &cache, "--out", &runs, "--seeds", "2", "--leave-one-out", "--variants", "baseline,ema,marnet"], TINY_MODEL].concat());
+    let table =
+        ok(&[&["ablate", "--cache", &cache, "--out", &runs, "--seeds", "2", "--leave-one-out", "--variants", "baseline,ema,marnet"], TINY_MODEL].concat());
     assert!(table.contains("Acc-1 per held-out vendor (g0 / g1 / g2)"), "{table}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("ablation.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
@@ -169,12 +188,7 @@ fn interrupt_and_resume(signal: &str) -> (std::process::ExitStatus, String, serd
     ok(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
 
     let stopped = tmp.path().join("stopped");
-    let child = Command::new(env!("CARGO_BIN_EXE_marnet"))
-        .arg("--quiet")
-        .args(args(&stopped))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_marnet")).arg("--quiet").args(args(&stopped)).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let marker = stopped.join("last").join("metrics.json");
     let t0 = std::time::Instant::now();
     while !marker.exists() && t0.elapsed().as_secs() < 120 {

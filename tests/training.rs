@@ -197,7 +197,16 @@ fn cdr_reconstructs_unit_norm_text_features() {
     let blind = test.text.as_ref().unwrap().chunks(ds).map(|r| cos(r, &mean) as f64).sum::<f64>() / test.len() as f64;
     for v in [Variant::Cdr, Variant::Mlp] {
         let cfg = MarnetConfig { hidden: 128, temb: 16, ..MarnetConfig::new(v, c.train.dv, ds, c.num_classes()) };
-        let s = train(&c, &cfg, &TrainConfig { epochs: 15, batch: 32, ..Default::default() }, &tmp.path().join(v.name()), Resume::Never, Verbosity::Quiet, &Device::Cpu).unwrap();
+        let s = train(
+            &c,
+            &cfg,
+            &TrainConfig { epochs: 15, batch: 32, ..Default::default() },
+            &tmp.path().join(v.name()),
+            Resume::Never,
+            Verbosity::Quiet,
+            &Device::Cpu,
+        )
+        .unwrap();
         let r = s.test.unwrap().reconstruction.expect("CDR reports its reconstruction");
         assert!(r.cosine > 0.9 && r.cosine > blind + 0.1, "{v:?}: cos(x_CDR, x_s) {:.3}, x_v-blind mean text {blind:.3}", r.cosine);
         assert!(r.class_match > 0.95, "{v:?}: x_CDR nearest its class's text in {:.3} of rows", r.class_match);

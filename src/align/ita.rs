@@ -43,12 +43,8 @@ mod tests {
         let v = crate::rng::normal_vec(&mut rng, b * d);
         let s = crate::rng::normal_vec(&mut rng, b * d);
         let tau = 0.07f64;
-        let got = ita_loss(
-            &Tensor::from_vec(v.clone(), (b, d), &dev)?,
-            &Tensor::from_vec(s.clone(), (b, d), &dev)?,
-            &Tensor::new(tau as f32, &dev)?,
-        )?
-        .to_scalar::<f32>()? as f64;
+        let got = ita_loss(&Tensor::from_vec(v.clone(), (b, d), &dev)?, &Tensor::from_vec(s.clone(), (b, d), &dev)?, &Tensor::new(tau as f32, &dev)?)?
+            .to_scalar::<f32>()? as f64;
         let row = |x: &[f32], i: usize| x[i * d..(i + 1) * d].to_vec();
         let mut want = 0.0;
         for i in 0..b {

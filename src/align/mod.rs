@@ -8,8 +8,8 @@ pub mod ssan;
 pub mod swd;
 pub mod team;
 
-use candle_core::{Result, Tensor};
 use crate::rng::SeededRng;
+use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -30,8 +30,7 @@ pub enum Alignment {
 }
 
 impl Alignment {
-    pub const ALL: [Alignment; 6] =
-        [Alignment::Swd, Alignment::Ssan, Alignment::Cdd, Alignment::Sdm, Alignment::Team, Alignment::Ita];
+    pub const ALL: [Alignment; 6] = [Alignment::Swd, Alignment::Ssan, Alignment::Cdd, Alignment::Sdm, Alignment::Team, Alignment::Ita];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -78,12 +77,7 @@ pub struct AlignBatch<'a> {
 }
 
 /// The alignment loss of `kind` on a batch. SSAN also updates its running centroids in `ssan`.
-pub fn alignment_loss(
-    kind: Alignment,
-    b: &AlignBatch,
-    ssan: Option<&ssan::Centroids>,
-    rng: &mut SeededRng,
-) -> Result<Tensor> {
+pub fn alignment_loss(kind: Alignment, b: &AlignBatch, ssan: Option<&ssan::Centroids>, rng: &mut SeededRng) -> Result<Tensor> {
     let tau = || b.tau.ok_or_else(|| candle_core::Error::Msg(format!("{}: temperature missing", kind.name())));
     match kind {
         Alignment::Ita => ita::ita_loss(b.v, b.s, tau()?),

@@ -41,13 +41,8 @@ mod tests {
         let (b, d, tau) = (5, 3, 0.2f64);
         let (v, s) = (normal_vec(&mut rng, b * d), normal_vec(&mut rng, b * d));
         let labels = [0u32, 1, 0, 2, 1];
-        let got = sdm_loss(
-            &Tensor::from_vec(v.clone(), (b, d), &dev)?,
-            &Tensor::from_vec(s.clone(), (b, d), &dev)?,
-            &labels,
-            &Tensor::new(tau as f32, &dev)?,
-        )?
-        .to_scalar::<f32>()? as f64;
+        let got = sdm_loss(&Tensor::from_vec(v.clone(), (b, d), &dev)?, &Tensor::from_vec(s.clone(), (b, d), &dev)?, &labels, &Tensor::new(tau as f32, &dev)?)?
+            .to_scalar::<f32>()? as f64;
         let row = |x: &[f32], i: usize| -> Vec<f64> { x[i * d..(i + 1) * d].iter().map(|&a| a as f64).collect() };
         let cos = |a: &[f64], c: &[f64]| {
             let dot: f64 = a.iter().zip(c).map(|(x, y)| x * y).sum();

@@ -37,15 +37,9 @@ impl Centroids {
     pub fn load(vb: VarBuilder, classes: usize, d: usize) -> Result<Self> {
         // A VarBuilder variable wrapped by `Var::from_tensor` shares its storage, so `set` here
         // updates what checkpoints save.
-        let buffer = |name: &str, shape: (usize, usize)| -> Result<Var> {
-            Var::from_tensor(&vb.get_with_hints(shape, &format!("{BUFFER}{name}"), Init::Const(0.0))?)
-        };
-        Ok(Self {
-            visual: buffer("visual", (classes, d))?,
-            text: buffer("text", (classes, d))?,
-            seen: buffer("seen", (classes, 1))?,
-            lock: Mutex::new(()),
-        })
+        let buffer =
+            |name: &str, shape: (usize, usize)| -> Result<Var> { Var::from_tensor(&vb.get_with_hints(shape, &format!("{BUFFER}{name}"), Init::Const(0.0))?) };
+        Ok(Self { visual: buffer("visual", (classes, d))?, text: buffer("text", (classes, d))?, seen: buffer("seen", (classes, 1))?, lock: Mutex::new(()) })
     }
 
     /// `mean_c [|U_v - U_s|^2 + |U_v - U_j|^2 + |U_s - U_j|^2] + CE(q_y, p_v)`, where

@@ -1,8 +1,8 @@
 //! SWD: sliced Wasserstein discrepancy (Lee et al., CVPR 2019, eq. 4-5 there) between the
 //! visual and text embedding batches.
 
-use candle_core::{D, Result, Tensor};
 use crate::rng::SeededRng;
+use candle_core::{D, Result, Tensor};
 
 /// Random projections per batch unless configured otherwise.
 pub const DEFAULT_PROJECTIONS: usize = 128;

@@ -7,8 +7,8 @@
 //! draw hard negatives) among samples of other classes.
 
 use super::ita::{ita_loss, similarity_logits};
-use candle_core::{Result, Tensor};
 use crate::rng::SeededRng;
+use candle_core::{Result, Tensor};
 use rand::Rng;
 
 /// `ITA + mean_i softplus(sim(i, n_i) - sim(i, i))` in both directions, `n_i` drawn with
@@ -27,9 +27,7 @@ fn hard_negative_term(sim: &Tensor, labels: &[u32], rng: &mut SeededRng) -> Resu
     let (mut rows, mut negs) = (vec![], vec![]);
     for i in 0..b {
         let max = host[i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f64> = (0..b)
-            .map(|j| if labels[j] != labels[i] { ((host[i][j] - max) as f64).exp() } else { 0.0 })
-            .collect();
+        let w: Vec<f64> = (0..b).map(|j| if labels[j] != labels[i] { ((host[i][j] - max) as f64).exp() } else { 0.0 }).collect();
         let total: f64 = w.iter().sum();
         if total <= 0.0 {
             continue;

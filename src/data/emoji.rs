@@ -195,8 +195,7 @@ pub fn emoji(npm_dir: &Path, selection: Selection, test_vendor: &str, val_fracti
     let emoji_json = npm_dir.join("emoji-datasource/emoji.json");
     let entries: Vec<EmojiEntry> = read_json(&emoji_json)?;
     let sources = TextSources::read(npm_dir)?;
-    let chosen: Vec<&EmojiEntry> =
-        entries.iter().filter(|e| selection.includes(&e.category) && VENDORS.iter().all(|v| draws(&e.extra, v))).collect();
+    let chosen: Vec<&EmojiEntry> = entries.iter().filter(|e| selection.includes(&e.category) && VENDORS.iter().all(|v| draws(&e.extra, v))).collect();
     let name = selection.dataset_name();
     ensure!(!chosen.is_empty(), "{}: no {name} emoji with images from every vendor", emoji_json.display());
 

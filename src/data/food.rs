@@ -14,11 +14,7 @@ fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
 
 /// The first of `names` that exists under `root` (tried in order).
 fn find(root: &Path, names: &[&str]) -> Result<PathBuf> {
-    names
-        .iter()
-        .map(|n| root.join(n))
-        .find(|p| p.exists())
-        .with_context(|| format!("{}: none of {names:?} found", root.display()))
+    names.iter().map(|n| root.join(n)).find(|p| p.exists()).with_context(|| format!("{}: none of {names:?} found", root.display()))
 }
 
 /// Vireo-Food172: `ready_chinese_food/<class>/<img>.jpg`; `SplitAndIngreLabel/{TR,VAL,TE}.txt`
@@ -84,10 +80,8 @@ pub fn ingredient101(root: &Path) -> Result<Dataset> {
     let meta = |name: &str| find(root, &[&format!("annotations/{name}"), name]);
     let classes: Vec<String> = lines(&meta("classes.txt")?)?.into_iter().map(|(_, l)| l).collect();
     let ingr_path = meta("ingredients.txt")?;
-    let texts: Vec<String> = lines(&ingr_path)?
-        .into_iter()
-        .map(|(_, l)| l.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", "))
-        .collect();
+    let texts: Vec<String> =
+        lines(&ingr_path)?.into_iter().map(|(_, l)| l.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")).collect();
     ensure!(texts.len() == classes.len(), "{}: {} lines for {} classes", ingr_path.display(), texts.len(), classes.len());
     let split = |name: &str| -> Result<Vec<Sample>> {
         let (ip, lp) = (meta(&format!("{name}_images.txt"))?, meta(&format!("{name}_labels.txt"))?);
@@ -102,12 +96,7 @@ pub fn ingredient101(root: &Path) -> Result<Dataset> {
                     .ok()
                     .filter(|&l| l < classes.len())
                     .with_context(|| format!("{}:{n}: label `{lab}` is not a class index 0..{}", lp.display(), classes.len()))?;
-                Ok(Sample {
-                    id: img.clone(),
-                    image: root.join("images").join(format!("{img}.jpg")),
-                    label: label as u32,
-                    text: Some(texts[label].clone()),
-                })
+                Ok(Sample { id: img.clone(), image: root.join("images").join(format!("{img}.jpg")), label: label as u32, text: Some(texts[label].clone()) })
             })
             .collect()
     };
@@ -152,12 +141,7 @@ pub fn manifest(path: &Path) -> Result<Dataset> {
             ManifestText::Many(v) => v.join(", "),
         });
         ensure!(m.split != "train" || text.is_some(), "{}:{n}: a training sample needs `text`", path.display());
-        let s = Sample {
-            id: m.image.clone(),
-            image: root.join(&m.image),
-            label: ds.classes.binary_search(&m.label).unwrap() as u32,
-            text,
-        };
+        let s = Sample { id: m.image.clone(), image: root.join(&m.image), label: ds.classes.binary_search(&m.label).unwrap() as u32, text };
         match m.split.as_str() {
             "train" => ds.train.push(s),
             "val" => ds.val.push(s),

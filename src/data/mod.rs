@@ -48,13 +48,7 @@ impl Dataset {
             let (a, b) = (v.len() * index / count, v.len() * (index + 1) / count);
             v[a..b].to_vec()
         };
-        Dataset {
-            name: self.name.clone(),
-            classes: self.classes.clone(),
-            train: slice(&self.train),
-            val: slice(&self.val),
-            test: slice(&self.test),
-        }
+        Dataset { name: self.name.clone(), classes: self.classes.clone(), train: slice(&self.train), val: slice(&self.val), test: slice(&self.test) }
     }
 }
 

@@ -154,11 +154,7 @@ struct MbConv {
 
 impl MbConv {
     fn load(vb: VarBuilder, stride: usize) -> Result<Self> {
-        let expand = if vb.contains_tensor("_expand_conv.weight") {
-            Some(SameConv::load(vb.pp("_expand_conv"), vb.pp("_bn0"), 1, false, true)?)
-        } else {
-            None
-        };
+        let expand = if vb.contains_tensor("_expand_conv.weight") { Some(SameConv::load(vb.pp("_expand_conv"), vb.pp("_bn0"), 1, false, true)?) } else { None };
         let depthwise = SameConv::load(vb.pp("_depthwise_conv"), vb.pp("_bn1"), stride, true, true)?;
         let project = SameConv::load(vb.pp("_project_conv"), vb.pp("_bn2"), 1, false, false)?;
         let c_in = match &expand {
@@ -189,9 +185,8 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     pub fn load(vb: VarBuilder) -> Result<Self> {
         let stem = SameConv::load(vb.pp("_conv_stem"), vb.pp("_bn0"), 2, false, true)?;
-        let blocks = (0..BLOCKS)
-            .map(|i| MbConv::load(vb.pp(format!("_blocks.{i}")), if STRIDE2_BLOCKS.contains(&i) { 2 } else { 1 }))
-            .collect::<Result<_>>()?;
+        let blocks =
+            (0..BLOCKS).map(|i| MbConv::load(vb.pp(format!("_blocks.{i}")), if STRIDE2_BLOCKS.contains(&i) { 2 } else { 1 })).collect::<Result<_>>()?;
         let head = SameConv::load(vb.pp("_conv_head"), vb.pp("_bn1"), 1, false, true)?;
         let w = vb.get_unchecked_dtype("_fc.weight", candle_core::DType::F32)?;
         let b = vb.get_unchecked_dtype("_fc.bias", candle_core::DType::F32)?;

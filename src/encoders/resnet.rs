@@ -10,8 +10,7 @@ use candle_transformers::models::resnet;
 use std::path::Path;
 
 /// ImageNet normalisation at 224 px, in 0..255 pixel units.
-pub const PREPROCESS: Preprocess =
-    Preprocess { size: 224, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375] };
+pub const PREPROCESS: Preprocess = Preprocess { size: 224, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375] };
 
 pub struct ResnetEncoder {
     name: String,
@@ -32,8 +31,8 @@ impl ResnetEncoder {
     /// Loads a safetensors checkpoint file.
     pub fn load_file(path: &Path, arch: &str, dev: &Device) -> Result<Self> {
         // SAFETY: the file is memory-mapped read-only and not modified while in use.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, dev) }
-            .with_context(|| format!("{}: cannot read weights", path.display()))?;
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, dev) }.with_context(|| format!("{}: cannot read weights", path.display()))?;
         Self::load(vb, arch).with_context(|| format!("{}: not {arch} weights in torchvision layout", path.display()))
     }
 }

@@ -37,8 +37,7 @@ impl TextEncoder {
             .with_context(|| format!("{}: cannot read weights", weights.display()))?;
         let model = BertModel::load(vb, &config).with_context(|| format!("{}: weights do not match config.json", weights.display()))?;
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
         tokenizer.with_padding(None);
         let max_len = config.max_position_embeddings;
         tokenizer
@@ -61,10 +60,7 @@ impl TextEncoder {
 
     /// Pooled embeddings [N, H] of a batch of texts (padded to the longest in the batch).
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor> {
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         let len = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(1).clamp(1, self.max_len);
         let (mut ids, mut mask) = (vec![], vec![]);
         for e in &enc {

@@ -1,12 +1,12 @@
 //! CDR: cross-modal diffusion reconstruction (paper section 3.3.2). The diffused variable is
 //! the text feature x_s; the condition is the visual feature x_v; a four-layer MLP predicts x_s^0.
 
-pub use crate::nn::activation::Activation;
 use super::diffusion::{Schedule, ScheduleConfig};
-use candle_core::{Module, Result, Tensor};
+pub use crate::nn::activation::Activation;
 use crate::nn::linear::{Linear, linear};
-use candle_nn::VarBuilder;
 use crate::rng::{Noise, SeededRng};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +20,7 @@ pub struct DenoiserMlp {
 impl DenoiserMlp {
     pub fn load(vb: VarBuilder, input: usize, hidden: usize, output: usize, act: Activation) -> Result<Self> {
         let dims = [input, hidden, hidden, hidden, output];
-        let layers = (0..4)
-            .map(|i| linear(dims[i], dims[i + 1], vb.pp(format!("l{i}"))))
-            .collect::<Result<_>>()?;
+        let layers = (0..4).map(|i| linear(dims[i], dims[i + 1], vb.pp(format!("l{i}")))).collect::<Result<_>>()?;
         Ok(Self { layers, act })
     }
 }

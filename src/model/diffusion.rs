@@ -41,20 +41,13 @@ impl Schedule {
             let f = if t_max == 1 { 0.0 } else { i as f64 / (t_max - 1) as f64 };
             betas.push(b0 + f * (b1 - b0));
         }
-        ensure!(
-            betas[1..].iter().all(|&b| b > 0.0 && b < 1.0),
-            "betas must lie in (0, 1); got [{b0}, {b1}] after scaling by 1000/T"
-        );
+        ensure!(betas[1..].iter().all(|&b| b > 0.0 && b < 1.0), "betas must lie in (0, 1); got [{b0}, {b1}] after scaling by 1000/T");
         let mut abar = vec![1.0];
         for t in 1..=t_max {
             abar.push(abar[t - 1] * (1.0 - betas[t]));
         }
         let s = Self { betas, abar };
-        ensure!(
-            s.abar(t_max) < MAX_ABAR_T,
-            "abar_T = {:.3e} is not below {MAX_ABAR_T:e}: x_T would still hold signal; raise T or beta_end",
-            s.abar(t_max)
-        );
+        ensure!(s.abar(t_max) < MAX_ABAR_T, "abar_T = {:.3e} is not below {MAX_ABAR_T:e}: x_T would still hold signal; raise T or beta_end", s.abar(t_max));
         Ok(s)
     }
 

@@ -1,12 +1,12 @@
 //! EMA: embedding matching alignment (paper section 3.2), with the alignment loss selectable
 //! among the Table 1 methods (ITA is the paper's EMA).
 
+use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
 use crate::nn::activation::Activation;
 use crate::nn::linear::{Linear, linear};
-use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
+use crate::rng::SeededRng;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use crate::rng::SeededRng;
 use serde::{Deserialize, Serialize};
 
 /// Initial temperature of eq. 9-10.

@@ -1,7 +1,7 @@
 //! Multi-modal embedding fusion (paper section 3.4, eq. 24).
 
-use candle_core::{D, Module, Result, Tensor};
 use crate::nn::linear::{Linear, linear};
+use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{VarBuilder, ops::log_softmax};
 use serde::{Deserialize, Serialize};
 

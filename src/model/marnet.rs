@@ -3,14 +3,14 @@
 use super::cdr::{Activation, Cdr, CdrConfig, CdrTrainInput, DenoiserMlp, SampleAverage, SamplerConfig};
 use super::diffusion::ScheduleConfig;
 use super::ema::{Ema, EmaConfig};
-use crate::align::Alignment;
 use super::fusion::{Fusion, FusionHead, FusionInput};
-use candle_core::{Module, Result, Tensor, Var};
-use crate::nn::linear::{Linear, linear};
 use super::text_scale::TextScale;
-use candle_core::D;
-use candle_nn::{VarBuilder, loss::cross_entropy, ops::log_softmax};
+use crate::align::Alignment;
+use crate::nn::linear::{Linear, linear};
 use crate::rng::{Noise, SeededRng};
+use candle_core::D;
+use candle_core::{Module, Result, Tensor, Var};
+use candle_nn::{VarBuilder, loss::cross_entropy, ops::log_softmax};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -350,12 +350,7 @@ impl Marnet {
             let p = ((log_softmax(el, D::Minus1)?.exp()? * (1.0 - w))? + (log_softmax(&logits, D::Minus1)?.exp()? * w)?)?;
             logits = p.log()?;
         }
-        Ok(Prediction {
-            logits,
-            ema_logits: ema.map(|(_, l)| l),
-            cdr_logits: Some(mean_probs_log(cdr_scores)?),
-            x_cdr: Some(scale.restore(&mean_draw)?),
-        })
+        Ok(Prediction { logits, ema_logits: ema.map(|(_, l)| l), cdr_logits: Some(mean_probs_log(cdr_scores)?), x_cdr: Some(scale.restore(&mean_draw)?) })
     }
 }
 

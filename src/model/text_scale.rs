@@ -23,9 +23,7 @@ pub struct TextScale {
 impl TextScale {
     /// Identity statistics (mean 0, std 1) until [`TextScale::fit`] or a checkpoint sets them.
     pub fn load(vb: VarBuilder, ds: usize) -> Result<Self> {
-        let buffer = |name: &str, init: f64| -> Result<Var> {
-            Var::from_tensor(&vb.get_with_hints(ds, &format!("{BUFFER}{name}"), Init::Const(init))?)
-        };
+        let buffer = |name: &str, init: f64| -> Result<Var> { Var::from_tensor(&vb.get_with_hints(ds, &format!("{BUFFER}{name}"), Init::Const(init))?) };
         Ok(Self { mean: buffer("mean", 0.0)?, std: buffer("std", 1.0)? })
     }
 

@@ -47,7 +47,13 @@ impl Activation {
                 s * (1.0 + z * (1.0 - s))
             }
             Self::Relu => (z > 0.0) as u8 as f32,
-            Self::Leaky => if z > 0.0 { 1.0 } else { LEAKY_SLOPE },
+            Self::Leaky => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    LEAKY_SLOPE
+                }
+            }
         }
     }
 }

@@ -97,17 +97,29 @@ pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32
     let run = |start: usize| {
         let size = block.min(len - start);
         let (rows, cols) = if by_cols { (m, size) } else { (size, n) };
-        let (lhs_off, rhs_off, dst_off) =
-            if by_cols { (0, start * rhs.col_stride, start) } else { (start * lhs.row_stride, 0, start * n) };
+        let (lhs_off, rhs_off, dst_off) = if by_cols { (0, start * rhs.col_stride, start) } else { (start * lhs.row_stride, 0, start * n) };
         // SAFETY: the operands' bounds were checked above and `dst` has room for m x n; the
         // blocks write disjoint parts of it, and `gemm` without `read_dst` only writes.
         unsafe {
             gemm::gemm(
-                rows, cols, k,
-                out.get().add(dst_off), 1, n as isize, false,
-                lhs.data.as_ptr().add(lhs_off), lhs.col_stride as isize, lhs.row_stride as isize,
-                rhs.data.as_ptr().add(rhs_off), rhs.col_stride as isize, rhs.row_stride as isize,
-                0.0, 1.0, false, false, false,
+                rows,
+                cols,
+                k,
+                out.get().add(dst_off),
+                1,
+                n as isize,
+                false,
+                lhs.data.as_ptr().add(lhs_off),
+                lhs.col_stride as isize,
+                lhs.row_stride as isize,
+                rhs.data.as_ptr().add(rhs_off),
+                rhs.col_stride as isize,
+                rhs.row_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm::Parallelism::None,
             );
         }

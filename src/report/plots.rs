@@ -183,7 +183,13 @@ impl Figure for ConfidenceFigure {
             let bars = counts[h].iter().enumerate().map(move |(b, &c)| Rectangle::new([(b as f32 * w, 0.0), ((b + 1) as f32 * w, c as f32)], color.filled()));
             chart.draw_series(bars)?.label(self.head_names[h].as_str()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).label_font(("sans-serif", 13)).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
         Ok(())
     }
 }
