@@ -125,7 +125,7 @@ impl Predictor {
         }
         let x = self.preprocess().stack(images.iter().copied(), &self.dev)?;
         let xv = self.encoder.features(&x)?;
-        let mut rngs: Vec<_> = images.iter().map(|p| crate::rng::stream(self.config.seed, "image", p.key)).collect();
+        let mut rngs: Vec<_> = images.iter().map(|p| crate::rng::image_noise(self.config.seed, p.key)).collect();
         let p = self.model.model.predict(&xv, &self.config.sampler, &mut Noise::PerRow(&mut rngs))?;
         Ok(candle_nn::ops::softmax_last_dim(&p.logits)?.to_vec2::<f32>()?)
     }

@@ -123,7 +123,7 @@ pub fn predict_split(model: &Marnet, split: &FeatureSplit, sampler: &SamplerConf
         // In candle's CPU thread pool: the small ops between products then run on a worker.
         let p = dev.with_context(|| {
             if split.meta.keys.len() == split.len() {
-                let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::stream(seed, "image", split.meta.keys[i])).collect();
+                let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::image_noise(seed, split.meta.keys[i])).collect();
                 model.predict(&xv, sampler, &mut Noise::PerRow(&mut rngs))
             } else {
                 model.predict(&xv, sampler, &mut Noise::Shared(&mut rng))

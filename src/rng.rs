@@ -12,6 +12,13 @@ use std::sync::Mutex;
 /// explicitly so that a stream's position can be saved and restored (`get_word_pos`).
 pub type SeededRng = rand_chacha::ChaCha12Rng;
 
+/// The inference noise of one image: keyed on its bytes ([`content_key`]), so that `eval` (on
+/// its extracted features), `predict` and `serve` give an image the same answer in any batch.
+/// The one place these streams are made.
+pub fn image_noise(seed: u64, key: u64) -> SeededRng {
+    stream(seed, "image", key)
+}
+
 /// An independent stream for `(seed, purpose, index)`, e.g. the shuffle of epoch 3.
 pub fn stream(seed: u64, purpose: &str, index: u64) -> SeededRng {
     // FNV-1a of the purpose, mixed with seed and index (splitmix64 finaliser).
