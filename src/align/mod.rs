@@ -21,7 +21,7 @@ pub enum Alignment {
     Sdm,
     /// Global InfoNCE plus sampled hard negatives (TEAM, pooled form).
     Team,
-    /// Sliced Wasserstein discrepancy between the two embedding batches.
+    /// Sliced Wasserstein discrepancy between the two branches' class-probability outputs.
     Swd,
     /// Class-centroid alignment with momentum centroids and soft labels (SSAN).
     Ssan,
@@ -71,7 +71,8 @@ pub struct AlignBatch<'a> {
     pub labels: &'a [u32],
     /// Learnable temperature (scalar tensor), present for the similarity-based losses.
     pub tau: Option<&'a Tensor>,
-    /// Classifier logits of the visual and text embeddings (SSAN's soft-label term).
+    /// Classifier logits of the visual and text embeddings (SSAN's soft-label term, SWD's
+    /// decisions).
     pub v_logits: &'a Tensor,
     pub s_logits: &'a Tensor,
 }
@@ -83,12 +84,40 @@ pub fn alignment_loss(kind: Alignment, b: &AlignBatch, ssan: Option<&ssan::Centr
         Alignment::Ita => ita::ita_loss(b.v, b.s, tau()?),
         Alignment::Sdm => sdm::sdm_loss(b.v, b.s, b.labels, tau()?),
         Alignment::Team => team::team_loss(b.v, b.s, b.labels, tau()?, rng),
-        Alignment::Swd => swd::swd_loss(b.v, b.s, swd::DEFAULT_PROJECTIONS, rng),
+        Alignment::Swd => {
+            let probs = |l: &Tensor| candle_nn::ops::softmax(l, candle_core::D::Minus1);
+            swd::swd_loss(&probs(b.v_logits)?, &probs(b.s_logits)?, swd::DEFAULT_PROJECTIONS, rng)
+        }
         Alignment::Ssan => {
             let c = ssan.ok_or_else(|| candle_core::Error::Msg("ssan: centroids missing".into()))?;
             c.loss(b)
         }
         Alignment::Cdd => cdd::cdd_loss(b.v, b.s, b.labels),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// SWD compares decisions: embeddings that differ but are classified alike cost nothing,
+    /// and the loss is SWD of the two branches' softmax outputs.
+    #[test]
+    fn swd_is_on_the_branches_class_probabilities() -> Result<()> {
+        let dev = Device::Cpu;
+        let v = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev)?;
+        let s = Tensor::new(&[[5f32, -3.], [2., 7.]], &dev)?;
+        let logits = Tensor::new(&[[2f32, 0., -1.], [0., 1., 3.]], &dev)?;
+        let batch = |v_logits, s_logits| AlignBatch { v: &v, s: &s, labels: &[0, 1], tau: None, v_logits, s_logits };
+        let same = alignment_loss(Alignment::Swd, &batch(&logits, &logits), None, &mut crate::rng::stream(0, "t", 0))?;
+        assert_eq!(same.to_scalar::<f32>()?, 0.0);
+        let other = Tensor::new(&[[0f32, 3., 0.], [1., 1., 1.]], &dev)?;
+        let got = alignment_loss(Alignment::Swd, &batch(&logits, &other), None, &mut crate::rng::stream(0, "t", 0))?.to_scalar::<f32>()?;
+        let probs = |l: &Tensor| candle_nn::ops::softmax(l, candle_core::D::Minus1);
+        let want = swd::swd_loss(&probs(&logits)?, &probs(&other)?, swd::DEFAULT_PROJECTIONS, &mut crate::rng::stream(0, "t", 0))?.to_scalar::<f32>()?;
+        assert!(got > 0.0 && (got - want).abs() < 1e-7, "{got} vs {want}");
+        Ok(())
     }
 }
 

@@ -85,7 +85,7 @@ impl Ema {
         let s = self.embed_text(xs)?;
         let logits = self.classify(&v)?;
         let s_logits = match self.align {
-            Alignment::Ssan => self.classify(&s)?,
+            Alignment::Ssan | Alignment::Swd => self.classify(&s)?,
             _ => logits.clone(),
         };
         let tau = self.tau()?;
