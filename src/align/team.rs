@@ -1,4 +1,6 @@
-//! TEAM (Xie et al., ICCV 2023): global image-text InfoNCE plus a hard-negative term.
+//! TEAM (Xie, Wu, Zheng, Pan and Hua, "Token Embeddings Alignment for Cross-Modal Retrieval",
+//! ACM MM 2022; the MARNet paper's [36]), pooled form: global image-text InfoNCE plus a
+//! hard-negative term.
 //!
 //! TEAM's token-level embedding alignment (attention between patch and word tokens) needs token
 //! sequences; MARNet works on pooled features, so this is the pooled form: the global term is
