@@ -25,6 +25,10 @@ pub struct TrainConfig {
     /// Sampler used for validation and test evaluation.
     pub sampler: SamplerConfig,
     pub eval_batch: usize,
+    /// Batches as blocks of this many training rows of one class (CAN's class-aware sampling,
+    /// for CDD's class-conditional terms); 0: plain shuffling.
+    #[serde(default)]
+    pub per_class: usize,
 }
 
 impl Default for TrainConfig {
@@ -38,6 +42,7 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             sampler: SamplerConfig::default(),
             eval_batch: crate::eval::EVAL_BATCH,
+            per_class: 0,
         }
     }
 }

@@ -217,6 +217,10 @@ pub struct TrainArgs {
     pub val_fraction: f64,
     #[arg(long, default_value_t = marnet::eval::EVAL_BATCH)]
     pub eval_batch: usize,
+    /// Draw batches as blocks of K rows of one class (CAN's class-aware sampling, for `--align
+    /// cdd`); 0: plain shuffling.
+    #[arg(long, default_value_t = 0)]
+    pub per_class: usize,
     #[command(flatten)]
     pub sampler: SamplerArgs,
 }
@@ -232,6 +236,7 @@ impl TrainArgs {
             val_fraction: self.val_fraction,
             sampler: self.sampler.config(),
             eval_batch: self.eval_batch,
+            per_class: self.per_class,
         }
     }
 }
