@@ -12,38 +12,38 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Training hyper-parameters (all saved with every checkpoint).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
+    #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    #[command(flatten)]
     pub optim: AdamWConfig,
-    /// Global gradient-norm bound; 0 disables clipping.
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long, default_value_t = 0.0)]
     pub clip_grad: f64,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Fraction of train carved out as validation when the cache has no `val` split.
+    /// Fraction of train held out for model selection when the cache has no `val`.
+    #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
     /// Sampler used for validation and test evaluation.
+    #[command(flatten)]
     pub sampler: SamplerConfig,
+    /// Rows per forward pass in validation and test.
+    #[arg(long, default_value_t = crate::eval::EVAL_BATCH)]
     pub eval_batch: usize,
-    /// Batches as blocks of this many training rows of one class (CAN's class-aware sampling,
-    /// for CDD's class-conditional terms); 0: plain shuffling.
+    /// Draw batches as blocks of K rows of one class (CAN's class-aware sampling, for `--align
+    /// cdd`); 0: plain shuffling.
     #[serde(default)]
+    #[arg(long, default_value_t = 0)]
     pub per_class: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self {
-            epochs: 10,
-            batch: 64,
-            optim: AdamWConfig::default(),
-            clip_grad: 0.0,
-            seed: 0,
-            val_fraction: 0.1,
-            sampler: SamplerConfig::default(),
-            eval_batch: crate::eval::EVAL_BATCH,
-            per_class: 0,
-        }
+        crate::options::defaults()
     }
 }
 

@@ -5,7 +5,7 @@
 use crate::checkpoint::TrainConfig;
 use crate::experiments::{Table, TableSpec, ablation_arms, alignment_arms, run_table};
 use crate::features::FeatureCache;
-use crate::model::marnet::MarnetConfig;
+use crate::model::marnet::Variant;
 use crate::train::Verbosity;
 use anyhow::Result;
 use candle_core::Device;
@@ -24,12 +24,13 @@ pub struct DemoOptions {
     pub report: crate::report::ReportOptions,
     /// The command line, recorded in `demo.json` and the report.
     pub command: String,
+    /// MARNet's options (each table's rows vary the variant or the alignment loss).
+    pub model: crate::model::marnet::ModelOptions,
     pub verbosity: Verbosity,
 }
 
-/// Runs the demo; `model` builds the MARNet configuration for (dv, ds, classes). Returns the
-/// tables and the wall time of each stage.
-pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConfig, dev: &Device) -> Result<(Vec<Table>, serde_json::Value)> {
+/// Runs the demo. Returns the tables and the wall time of each stage.
+pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::Value)> {
     let t0 = Instant::now();
     // Fail now, not after the training, if the figures' font is missing.
     crate::report::plots::use_font(&opts.report.font)?;
@@ -48,7 +49,7 @@ pub fn run(opts: &DemoOptions, model: impl Fn(usize, usize, usize) -> MarnetConf
     let settings: crate::extract::ExtractSettings = crate::options::parse(&["--dataset", &opts.dataset, "--assets", &assets, "--out", &out])?;
     let cache = crate::extract::run(&settings, opts.verbosity != Verbosity::Quiet, true, dev)?.cache;
     let t_extract = t0.elapsed().as_secs_f64();
-    let base = model(cache.train.dv, cache.train.ds, cache.num_classes());
+    let base = opts.model.config(Variant::Marnet, cache.train.dv, cache.train.ds, cache.num_classes());
     let mut tables = vec![];
     let mut seconds = std::collections::BTreeMap::from([("extract", t_extract)]);
     for (file, what, first, arms) in [

@@ -8,18 +8,25 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AdamWConfig {
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// PyTorch's defaults for the moments and epsilon (no flags).
+    #[arg(skip = 0.9)]
     pub beta1: f64,
+    #[arg(skip = 0.999)]
     pub beta2: f64,
+    #[arg(skip = 1e-8)]
     pub eps: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
 }
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        crate::options::defaults()
     }
 }
 

@@ -84,21 +84,27 @@ pub enum SampleAverage {
 }
 
 /// How x_CDR is drawn at inference.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct SamplerConfig {
+    /// Reverse process: `ancestral` (the paper, eq. 21-23) or `ddim` (deterministic).
+    #[arg(long = "sampler", value_name = "SAMPLER", value_enum, default_value = "ancestral")]
     pub mode: SamplerMode,
-    /// Reverse steps, a strided subsequence of 1..=T (T or more: every step).
+    /// Reverse steps (a strided subsequence of 1..=T; T or more: every step).
+    #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Independent draws per image.
+    /// Draws of x_CDR per image.
+    #[arg(long, default_value_t = 1)]
     pub samples: usize,
-    /// How the draws are combined.
+    /// How the draws combine: `probs` averages class probabilities (the posterior predictive),
+    /// `features` averages the sampled features and classifies once.
     #[serde(default)]
+    #[arg(long, value_enum, default_value = "probs")]
     pub average: SampleAverage,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { mode: SamplerMode::Ancestral, steps: 10, samples: 1, average: SampleAverage::Probs }
+        crate::options::defaults()
     }
 }
 

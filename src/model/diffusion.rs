@@ -4,18 +4,22 @@
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct ScheduleConfig {
-    /// Number of diffusion steps T.
+    /// Diffusion steps T.
+    #[arg(id = "t_steps", long = "T", value_name = "T", default_value_t = 50)]
     pub steps: usize,
-    /// Linear beta endpoints as given for T = 1000; scaled by 1000 / T (guided-diffusion convention).
+    /// Linear beta schedule start, as given for T = 1000; scaled by 1000 / T (guided-diffusion
+    /// convention).
+    #[arg(long, default_value_t = 1e-4)]
     pub beta_start: f64,
+    #[arg(long, default_value_t = 0.02)]
     pub beta_end: f64,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { steps: 50, beta_start: 1e-4, beta_end: 0.02 }
+        crate::options::defaults()
     }
 }
 

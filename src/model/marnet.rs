@@ -62,17 +62,95 @@ impl Variant {
 }
 
 /// Loss weights of eq. 13 and 20: `a1 CE_ema + beta ITA + a2 CE_cdr + gamma MSE + CE_fused`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LossWeights {
+    /// Weight of the EMA cross-entropy (eq. 13).
+    #[arg(long, default_value_t = 1.0)]
     pub a1: f64,
+    /// Weight of the alignment (ITA) loss (eq. 13).
+    #[arg(long, default_value_t = 1.0)]
     pub beta: f64,
+    /// Weight of the CDR cross-entropy (eq. 20).
+    #[arg(long, default_value_t = 1.0)]
     pub a2: f64,
+    /// Weight of the reconstruction error (eq. 20); eq. 19 is the squared L2 norm per sample
+    /// in standardised text units (gamma = 1/Ds gives a per-dimension mean instead).
+    #[arg(long, default_value_t = 1.0)]
     pub gamma: f64,
 }
 
 impl Default for LossWeights {
     fn default() -> Self {
-        Self { a1: 1.0, beta: 1.0, a2: 1.0, gamma: 1.0 }
+        crate::options::defaults()
+    }
+}
+
+/// The model's options, declared once with their defaults (the command line's flags): what
+/// [`MarnetConfig`] holds besides the variant and the sizes the feature cache fixes.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct ModelOptions {
+    /// How x_EMA and x_CDR are fused (eq. 24).
+    #[arg(long, value_enum, default_value = "concat")]
+    pub fusion: Fusion,
+    /// EMA's alignment loss (the paper: ita).
+    #[arg(long, value_enum, default_value = "ita")]
+    pub align: Alignment,
+    /// EMA shared-space dimension d.
+    #[arg(long, default_value_t = 256)]
+    pub d: usize,
+    /// Denoiser MLP width.
+    #[arg(long, default_value_t = 1024)]
+    pub hidden: usize,
+    /// Time-embedding dimension.
+    #[arg(long, default_value_t = 128)]
+    pub temb: usize,
+    /// Denoiser nonlinearity.
+    #[arg(long, value_enum, default_value = "silu")]
+    pub act: Activation,
+    #[command(flatten)]
+    pub schedule: ScheduleConfig,
+    #[command(flatten)]
+    pub weights: LossWeights,
+    /// What the CDR and fused classifiers see in training: `noise` (the prediction at t = T from
+    /// pure noise, x_v alone, as at inference), `sampled` (a DDIM sample from noise, gradient
+    /// through its last step only) or `onestep` (the denoised x_s^t, which still holds the text).
+    #[arg(long, value_enum, default_value = "noise")]
+    pub cdr_train_input: CdrTrainInput,
+    /// DDIM steps of `--cdr-train-input sampled`.
+    #[arg(long, default_value_t = 4)]
+    pub cdr_train_steps: usize,
+    /// Add a linear image-only classifier's logits to the EMA and fused heads (a residual path
+    /// around the d-dimensional EMA bottleneck).
+    #[arg(long)]
+    pub residual: bool,
+    /// MARNet: after training, fit on validation how much the prediction leans on the fused
+    /// head: `(1 - w) p_EMA + w p_fused`, w in {0, 0.1, ..., 1} (ties: more fusion).
+    #[arg(long)]
+    pub gate: bool,
+}
+
+impl ModelOptions {
+    /// The configuration of `variant` on features of these sizes.
+    pub fn config(&self, variant: Variant, dv: usize, ds: usize, classes: usize) -> MarnetConfig {
+        let o = self.clone();
+        MarnetConfig {
+            variant,
+            fusion: o.fusion,
+            align: o.align,
+            dv,
+            ds,
+            classes,
+            d: o.d,
+            hidden: o.hidden,
+            temb: o.temb,
+            act: o.act,
+            schedule: o.schedule,
+            weights: o.weights,
+            cdr_train_input: o.cdr_train_input,
+            cdr_train_steps: o.cdr_train_steps,
+            residual: o.residual,
+            gate: o.gate,
+        }
     }
 }
 
@@ -110,30 +188,15 @@ pub struct MarnetConfig {
     pub gate: bool,
 }
 
+/// For configs saved before the option existed.
 fn default_train_steps() -> usize {
-    4
+    crate::options::defaults::<ModelOptions>().cdr_train_steps
 }
 
 impl MarnetConfig {
+    /// `variant` with every option at its default.
     pub fn new(variant: Variant, dv: usize, ds: usize, classes: usize) -> Self {
-        Self {
-            variant,
-            fusion: Fusion::Concat,
-            align: Alignment::Ita,
-            dv,
-            ds,
-            classes,
-            d: 256,
-            hidden: 1024,
-            temb: 128,
-            act: Activation::Silu,
-            schedule: ScheduleConfig::default(),
-            weights: LossWeights::default(),
-            cdr_train_input: CdrTrainInput::default(),
-            cdr_train_steps: default_train_steps(),
-            residual: false,
-            gate: false,
-        }
+        crate::options::defaults::<ModelOptions>().config(variant, dv, ds, classes)
     }
 
     /// Whether the model has the late-fusion gate (`gate` applies to MARNet only).

@@ -1,8 +1,11 @@
 //! The command line: every command and its arguments (shared groups in `options.rs`).
 
-use crate::options::{ModelArgs, ReportArgs, SamplerArgs, TableArgs, TrainArgs};
+use crate::options::{ReportArgs, TableArgs};
 use clap::{Parser, Subcommand};
 use marnet::align::Alignment;
+use marnet::checkpoint::TrainConfig;
+use marnet::model::cdr::SamplerConfig;
+use marnet::model::marnet::ModelOptions;
 use marnet::model::marnet::Variant;
 use std::path::PathBuf;
 
@@ -58,9 +61,9 @@ pub enum Cmd {
         #[arg(long)]
         resume: bool,
         #[command(flatten)]
-        model: ModelArgs,
+        model: ModelOptions,
         #[command(flatten)]
-        train: TrainArgs,
+        train: TrainConfig,
     },
     /// Top-1 / top-5 of a trained model on a split, from visual features only.
     Eval {
@@ -74,7 +77,7 @@ pub enum Cmd {
         #[arg(long, default_value = "test")]
         split: String,
         #[command(flatten)]
-        sampler: SamplerArgs,
+        sampler: SamplerConfig,
         /// Seed of the sampling noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -102,7 +105,7 @@ pub enum Cmd {
         #[arg(long)]
         assets: Option<PathBuf>,
         #[command(flatten)]
-        sampler: SamplerArgs,
+        sampler: SamplerConfig,
         /// Seed of the sampling noise (with each image's bytes).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -187,7 +190,7 @@ pub enum Cmd {
         #[arg(long, default_value_t = 30)]
         epochs: usize,
         #[command(flatten)]
-        model: ModelArgs,
+        model: ModelOptions,
         #[command(flatten)]
         report: ReportArgs,
     },
@@ -266,6 +269,6 @@ pub enum Cmd {
         #[arg(long, hide = true)]
         heads_only: bool,
         #[command(flatten)]
-        model: ModelArgs,
+        model: ModelOptions,
     },
 }

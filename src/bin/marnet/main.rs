@@ -54,7 +54,7 @@ fn run() -> Result<()> {
             let cache = FeatureCache::open(&cache)?;
             let mcfg = model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
             let resume = if resume { Resume::Strict } else { Resume::Never };
-            let state = marnet::train::train(&cache, &mcfg, &train.config(), &out, resume, verbosity, &dev)?;
+            let state = marnet::train::train(&cache, &mcfg, &train, &out, resume, verbosity, &dev)?;
             let best = out.join("best");
             println!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
             if let Some(t) = state.test {
@@ -62,7 +62,7 @@ fn run() -> Result<()> {
             }
         }
         Cmd::Eval { model, cache, split, sampler, seed, json, predictions } => {
-            let req = marnet::eval::EvalRequest { model, cache, split, sampler: sampler.config(), seed, batch: marnet::eval::EVAL_BATCH };
+            let req = marnet::eval::EvalRequest { model, cache, split, sampler, seed, batch: marnet::eval::EVAL_BATCH };
             let report = marnet::eval::run(&req, &dev)?;
             if let Some(p) = predictions {
                 let lines: Vec<String> = report.predictions.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
@@ -85,9 +85,10 @@ fn run() -> Result<()> {
                 seeds: (0..seeds).collect(),
                 train: marnet::checkpoint::TrainConfig { epochs, ..Default::default() },
                 command: command_line(),
+                model,
                 verbosity,
             };
-            let (tables, summary) = marnet::demo::run(&opts, |dv, ds, c| model.config(Variant::Marnet, dv, ds, c), &dev)?;
+            let (tables, summary) = marnet::demo::run(&opts, &dev)?;
             for t in &tables {
                 println!("{}", t.markdown());
             }
@@ -114,7 +115,7 @@ fn run() -> Result<()> {
         Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, false, &dev)?),
         Cmd::Export { model, out, visual, assets, sampler, seed } => {
             let assets = marnet::assets::resolve(assets.as_deref())?;
-            let b = marnet::bundle::export(&model, &visual, &assets, sampler.config(), seed, &out, &dev)?;
+            let b = marnet::bundle::export(&model, &visual, &assets, sampler, seed, &out, &dev)?;
             println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.sampler);
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
@@ -182,7 +183,7 @@ mod tests {
         use clap::Parser;
         let cli = super::Cli::parse_from(["marnet", "train", "--cache", "c", "--out", "o"]);
         let super::Cmd::Train { train, model, .. } = cli.cmd else { unreachable!() };
-        assert_eq!(train.config(), marnet::checkpoint::TrainConfig::default());
+        assert_eq!(train, marnet::checkpoint::TrainConfig::default());
         // Likewise the model flags and `MarnetConfig::new` (CDR training input, steps, options).
         let v = super::Variant::Marnet;
         assert_eq!(model.config(v, 12, 10, 5), marnet::model::marnet::MarnetConfig::new(v, 12, 10, 5));
