@@ -41,6 +41,13 @@ pub struct TrainConfig {
     pub per_class: usize,
 }
 
+impl TrainConfig {
+    /// How validation and test run: the sampler, the training seed, `eval_batch` rows a pass.
+    pub fn inference(&self) -> crate::eval::Inference {
+        crate::eval::Inference { sampler: self.sampler, seed: self.seed, batch: self.eval_batch }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         crate::options::defaults()

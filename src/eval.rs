@@ -102,6 +102,17 @@ pub fn reconstruction(x_cdr: &[f32], split: &FeatureSplit, reference: &TextRefer
     Some(Reconstruction { cosine: cos / n, class_match: hits as f64 / n })
 }
 
+/// How a trained model runs at inference: how x_CDR is sampled, the seed of the sampling noise
+/// (each image's stream is [`crate::rng::image_noise`] of it), and rows per forward pass. Runs
+/// carry theirs in their training config ([`crate::checkpoint::TrainConfig::inference`]),
+/// bundles in theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Inference {
+    pub sampler: SamplerConfig,
+    pub seed: u64,
+    pub batch: usize,
+}
+
 /// Everything inference produced over a split, for metrics and plots.
 pub struct SplitOutputs {
     pub logits: Vec<f32>,
@@ -114,7 +125,9 @@ pub struct SplitOutputs {
 /// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Rows
 /// with image keys (caches from `marnet extract`) draw their noise from per-image streams, so
 /// they get the same prediction as `marnet predict` gives for the image file.
-pub fn predict_split(model: &Marnet, split: &FeatureSplit, sampler: &SamplerConfig, seed: u64, batch: usize, dev: &Device) -> anyhow::Result<SplitOutputs> {
+pub fn predict_split(model: &Marnet, split: &FeatureSplit, inference: &Inference, dev: &Device) -> anyhow::Result<SplitOutputs> {
+    let Inference { sampler, seed, batch } = *inference;
+    let sampler = &sampler;
     let mut rng = crate::rng::stream(seed, "eval", 0);
     let (mut logits, mut ema, mut cdr, mut x_cdr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let idx: Vec<usize> = (0..split.len()).collect();
@@ -180,13 +193,11 @@ pub struct EvalResult {
 pub fn evaluate(
     model: &Marnet,
     split: &FeatureSplit,
-    sampler: &SamplerConfig,
-    seed: u64,
-    batch: usize,
+    inference: &Inference,
     reference: Option<&TextReference>,
     dev: &Device,
 ) -> anyhow::Result<(EvalResult, Vec<bool>)> {
-    let out = predict_split(model, split, sampler, seed, batch, dev)?;
+    let out = predict_split(model, split, inference, dev)?;
     let classes = model.config().classes;
     Ok((accuracy(&out, split, classes, reference), top1_hits(&out.logits, classes, &split.label)))
 }
@@ -214,11 +225,7 @@ pub struct EvalRequest {
     pub cache: Option<std::path::PathBuf>,
     /// `train`, `val` or `test`.
     pub split: String,
-    pub sampler: SamplerConfig,
-    /// Seed of the sampling noise.
-    pub seed: u64,
-    /// Rows per forward pass.
-    pub batch: usize,
+    pub inference: Inference,
 }
 
 /// What `marnet eval` found (its `--json`).
@@ -258,15 +265,15 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     crate::checkpoint::check_matches(&ck, data).with_context(|| FeatureCache::split_path(&cache_dir, &req.split).display().to_string())?;
     let m = ck.model(dev)?;
     let t0 = std::time::Instant::now();
-    let out = predict_split(&m.model, data, &req.sampler, req.seed, req.batch, dev)?;
+    let out = predict_split(&m.model, data, &req.inference, dev)?;
     let inference_seconds = t0.elapsed().as_secs_f64();
     let reference = TextReference::class_means(&cache.train, ck.run.model.classes);
     Ok(EvalReport {
         model: ck.dir.clone(),
         cache: cache_dir,
         split: req.split.clone(),
-        seed: req.seed,
-        sampler: req.sampler,
+        seed: req.inference.seed,
+        sampler: req.inference.sampler,
         result: accuracy(&out, data, ck.run.model.classes, reference.as_ref()),
         inference_seconds,
         samples_per_s: data.len() as f64 / inference_seconds,

@@ -133,7 +133,7 @@ fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, dev: &Device) ->
     let ck = Checkpoint::open(best, dev)?;
     let m = ck.model(dev)?;
     m.model.set_gate(1.0)?;
-    let out = crate::eval::predict_split(&m.model, val, &cfg.sampler, cfg.seed, cfg.eval_batch, dev)?;
+    let out = crate::eval::predict_split(&m.model, val, &cfg.inference(), dev)?;
     let ema = out.ema_logits.context("a gated model has an EMA head")?;
     let classes = m.model.config().classes;
     let (p_ema, p_fused) = (softmax_rows(&ema, classes), softmax_rows(&out.logits, classes));
@@ -316,7 +316,7 @@ pub fn train(
         let train_seconds = earlier_seconds + t0.elapsed().as_secs_f64();
         let losses: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_batches as f64)).collect();
         ensure!(losses.values().all(|v| v.is_finite()), "training diverged in epoch {} (losses {losses:?}); lower --lr or set --clip-grad", epoch + 1);
-        let (val_res, _) = evaluate(&model.model, &val, &cfg.sampler, cfg.seed, cfg.eval_batch, reference.as_ref(), dev)?;
+        let (val_res, _) = evaluate(&model.model, &val, &cfg.inference(), reference.as_ref(), dev)?;
         let val_seconds = t0.elapsed().as_secs_f64() + earlier_seconds - train_seconds;
         let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };
         if verbosity == Verbosity::Epochs {
@@ -353,7 +353,7 @@ pub fn train(
     if let Some(test) = &cache.test {
         let best = Checkpoint::open(&out.join("best"), dev)?;
         let m = best.model(dev)?;
-        let (res, hits) = evaluate(&m.model, test, &cfg.sampler, cfg.seed, cfg.eval_batch, reference.as_ref(), dev)?;
+        let (res, hits) = evaluate(&m.model, test, &cfg.inference(), reference.as_ref(), dev)?;
         (state.test, state.test_hits) = (Some(res), hits);
         let path = out.join("best").join(checkpoint::METRICS);
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;

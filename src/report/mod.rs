@@ -86,7 +86,7 @@ fn test_rows_with_x_cdr(ck: &Checkpoint, cache: &FeatureCache, classes: &[u32], 
     }
     let rows = FeatureSplit { text: None, ds: 0, ..test.subset(&idx) };
     let model = ck.model(dev)?;
-    let pred = predict_split(&model.model, &rows, &ck.run.train.sampler, ck.run.train.seed, ck.run.train.eval_batch, dev)?;
+    let pred = predict_split(&model.model, &rows, &ck.run.train.inference(), dev)?;
     Ok((rows, pred.x_cdr.context("the model has no reconstruction head")?))
 }
 
@@ -149,8 +149,8 @@ fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportOptio
     let test = cache.test.as_ref().context("the cache has no test split")?;
     let classes = &marnet.run.classes;
     let c = classes.len();
-    let pb = predict_split(&base.model(dev)?.model, test, &base.run.train.sampler, base.run.train.seed, 500, dev)?;
-    let pm = predict_split(&marnet.model(dev)?.model, test, &marnet.run.train.sampler, marnet.run.train.seed, 500, dev)?;
+    let pb = predict_split(&base.model(dev)?.model, test, &base.run.train.inference(), dev)?;
+    let pm = predict_split(&marnet.model(dev)?.model, test, &marnet.run.train.inference(), dev)?;
     let heads = [softmax_rows(&pb.logits, c, dev)?, softmax_rows(&pm.cdr_logits.context("the MARNet run has no CDR head")?, c, dev)?];
     let names = ["baseline".to_string(), "CDR head (MARNet)".to_string()];
     let n = test.len();

@@ -62,7 +62,8 @@ fn run() -> Result<()> {
             }
         }
         Cmd::Eval { model, cache, split, sampler, seed, json, predictions } => {
-            let req = marnet::eval::EvalRequest { model, cache, split, sampler, seed, batch: marnet::eval::EVAL_BATCH };
+            let inference = marnet::eval::Inference { sampler, seed, batch: marnet::eval::EVAL_BATCH };
+            let req = marnet::eval::EvalRequest { model, cache, split, inference };
             let report = marnet::eval::run(&req, &dev)?;
             if let Some(p) = predictions {
                 let lines: Vec<String> = report.predictions.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
