@@ -96,6 +96,18 @@ pub fn alignment_loss(kind: Alignment, b: &AlignBatch, ssan: Option<&ssan::Centr
     }
 }
 
+/// Row indices of each class present in `labels`, in order of first appearance.
+pub fn class_groups(labels: &[u32]) -> Vec<(u32, Vec<u32>)> {
+    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+    for (i, &y) in labels.iter().enumerate() {
+        match groups.iter_mut().find(|(c, _)| *c == y) {
+            Some((_, rows)) => rows.push(i as u32),
+            None => groups.push((y, vec![i as u32])),
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,16 +131,4 @@ mod tests {
         assert!(got > 0.0 && (got - want).abs() < 1e-7, "{got} vs {want}");
         Ok(())
     }
-}
-
-/// Row indices of each class present in `labels`, in order of first appearance.
-pub fn class_groups(labels: &[u32]) -> Vec<(u32, Vec<u32>)> {
-    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
-    for (i, &y) in labels.iter().enumerate() {
-        match groups.iter_mut().find(|(c, _)| *c == y) {
-            Some((_, rows)) => rows.push(i as u32),
-            None => groups.push((y, vec![i as u32])),
-        }
-    }
-    groups
 }

@@ -61,6 +61,7 @@ mod tests {
     /// Hand-made class-probability batches against a direct computation with the same
     /// directions (drawn from the same stream).
     #[test]
+    #[allow(clippy::needless_range_loop)] // the formula reads per direction j, as written
     fn probability_batches_match_a_direct_computation() -> Result<()> {
         let dev = Device::Cpu;
         let p = [[0.7f32, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.05, 0.05, 0.9]];
