@@ -160,7 +160,8 @@ fn unit_norm_text_cache() -> FeatureCache {
     let means: Vec<Vec<f32>> = (0..classes).map(|_| normal_vec(&mut rng, ds)).collect();
     let map = normal_vec(&mut rng, ds * dv);
     let mut split = |n: usize| {
-        let mut s = FeatureSplit { visual: vec![], dv, text: Some(vec![]), ds, label: vec![], meta: SplitMeta::default() };
+        let mut s =
+            FeatureSplit { visual: vec![], dv, text: Some(vec![]), ds, label: vec![], meta: SplitMeta::default(), visual_tokens: None, text_tokens: None };
         s.meta.classes = (0..classes).map(|c| format!("c{c}")).collect();
         let (jitter, noise) = (normal_vec(&mut rng, n * ds), normal_vec(&mut rng, n * dv));
         for i in 0..n {

@@ -42,6 +42,8 @@ pub enum Cmd {
         out: PathBuf,
         #[command(flatten)]
         cfg: marnet::synth::SynthConfig,
+        #[command(flatten)]
+        tokens: marnet::synth::SynthTokens,
     },
     /// Train one variant on a feature cache; select the epoch on `val`; report test.
     Train {
