@@ -216,7 +216,8 @@ pub enum Cmd {
     Compare {
         #[command(flatten)]
         table: TableArgs,
-        /// Alignment losses to compare (default: all six).
+        /// Alignment losses to compare (default: the six on pooled features; `team-tokens`, on
+        /// request, needs a cache extracted with --tokens).
         #[arg(long = "methods", value_enum, value_delimiter = ',')]
         aligns: Vec<Alignment>,
     },

@@ -17,7 +17,8 @@ pub struct ModelArgs {
     /// How x_EMA and x_CDR are fused (eq. 24).
     #[arg(long, value_enum, default_value = "concat")]
     pub fusion: Fusion,
-    /// EMA's alignment loss (the paper: ita).
+    /// EMA's alignment loss (the paper: ita; team-tokens needs a cache with token features:
+    /// `extract --tokens` or `synth --tokens`).
     #[arg(long, value_enum, default_value = "ita")]
     pub align: Alignment,
     /// EMA shared-space dimension d.
