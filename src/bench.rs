@@ -64,7 +64,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     for i in 0..iters.max(1) + 3 {
         let flop0 = crate::nn::cpu::matmul_flop();
         // In candle's CPU thread pool, as training steps run (see train.rs).
-        let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, &y, &mut rng, 0.0))?;
+        let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, None, &y, &mut rng, 0.0))?;
         if i >= 3 {
             times.push(ms(s.forward + s.backward + s.update));
             fwd.push(ms(s.forward));

@@ -330,7 +330,16 @@ mod tests {
     fn reconstruction_scores_cosine_and_class_match() {
         use crate::features::{FeatureSplit, SplitMeta};
         // Two classes with orthogonal text; the second row's x_CDR points at the wrong class.
-        let split = FeatureSplit { visual: vec![0.0; 4], text: Some(vec![1.0, 0.0, 0.0, 2.0]), label: vec![0, 1], dv: 2, ds: 2, meta: SplitMeta::default() };
+        let split = FeatureSplit {
+            visual: vec![0.0; 4],
+            text: Some(vec![1.0, 0.0, 0.0, 2.0]),
+            label: vec![0, 1],
+            dv: 2,
+            ds: 2,
+            meta: SplitMeta::default(),
+            visual_tokens: None,
+            text_tokens: None,
+        };
         let reference = TextReference::class_means(&split, 2).unwrap();
         let r = reconstruction(&[3.0, 0.0, 2.0, 1.0], &split, &reference).unwrap();
         assert!((r.cosine - (1.0 + 0.2f64.sqrt()) / 2.0).abs() < 1e-9, "{r:?}");

@@ -3,14 +3,18 @@
 //! Work is saved in blocks of a few batches under `OUT.partial/` as it goes, so a run that is
 //! killed or stopped with Ctrl-C resumes at the last completed block when the same command is
 //! run again; the finished cache is identical to an uninterrupted run's. With `skip_bad`,
-//! images that cannot be read are left out and listed in `OUT/skipped.jsonl`.
+//! images that cannot be read are left out and listed in `OUT/skipped.jsonl`. With `--tokens`,
+//! each split also stores the encoders' token features (see [`crate::features`]): the visual
+//! tokens are saved in the progress blocks with the pooled rows, the text tokens are computed
+//! with the pooled text features at the end of each split, as those are.
 
 use crate::data::{Dataset, Sample};
 use crate::encoders::ImageEncoder;
 use crate::encoders::text::TextEncoder;
-use crate::features::{FeatureCache, FeatureSplit, SplitMeta};
+use crate::features::{FeatureCache, FeatureSplit, SplitMeta, Tokens};
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
+use half::f16;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -66,6 +70,12 @@ pub struct ExtractSettings {
     /// instead of stopping at the first one.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Also store per-sample token features in f16 (for `--align team-tokens`): the visual
+    /// encoder's tokens before pooling (EfficientNet-Lite0: 7 x 7 = 49 of 1280 channels; ViT:
+    /// its patch tokens) and the text encoder's per-token last hidden states with their mask,
+    /// padded to the split's longest text. About 125 KB per image with EfficientNet-Lite0.
+    #[arg(long)]
+    pub tokens: bool,
 }
 
 /// A finished extraction, for the one-line summary `extract` prints.
@@ -82,9 +92,14 @@ impl std::fmt::Display for Extracted {
         let c = &self.cache;
         let rows = |s: &Option<FeatureSplit>| s.as_ref().map_or(0, |s| s.len());
         let n = c.train.len() + rows(&c.val) + rows(&c.test);
+        let tokens = match (&c.train.visual_tokens, &c.train.text_tokens) {
+            (Some(v), Some(t)) => format!("; tokens: visual {} x {}, text up to {} x {}", v.len, v.dim, t.len, t.dim),
+            (Some(v), None) => format!("; tokens: visual {} x {}", v.len, v.dim),
+            _ => String::new(),
+        };
         write!(
             f,
-            "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d; {n} images in {:.1}s ({:.1} images/s); {} skipped; wrote {}",
+            "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d{tokens}; {n} images in {:.1}s ({:.1} images/s); {} skipped; wrote {}",
             self.dataset,
             self.classes,
             c.train.len(),
@@ -118,7 +133,7 @@ pub fn run(settings: &ExtractSettings, progress: bool, reuse_current: bool, dev:
     let text_enc = TextEncoder::load(&assets.join("minilm"), dev)?;
     // The assets folder is where the inputs came from, not what they are: not recorded.
     let recorded = serde_json::to_value(ExtractSettings { assets: None, ..s.clone() })?;
-    let opts = ExtractOptions { batch: s.batch, limit: s.limit, skip_bad: s.skip_bad, progress, settings: recorded, reuse_current };
+    let opts = ExtractOptions { batch: s.batch, limit: s.limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: recorded, reuse_current };
     let t0 = std::time::Instant::now();
     let (cache, skipped) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), cache, skipped, seconds: t0.elapsed().as_secs_f64() })
@@ -134,6 +149,8 @@ pub struct ExtractOptions {
     pub limit: Option<usize>,
     /// Leave out unreadable images (listed in `skipped.jsonl`) instead of stopping.
     pub skip_bad: bool,
+    /// Also store the encoders' token features (`--tokens`).
+    pub tokens: bool,
     pub progress: bool,
     /// The command's settings, written to `OUT/extract.json`; a resumed run must match them.
     pub settings: serde_json::Value,
@@ -161,6 +178,9 @@ struct Job {
     code: String,
     /// Samples per split, and a hash of their ids, paths, file sizes and texts.
     samples: Vec<(String, usize, String)>,
+    /// Token features stored too (`--tokens`); the progress blocks then hold visual tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    tokens: bool,
 }
 
 /// One saved block: visual rows of the samples that decoded, and those that did not.
@@ -168,6 +188,9 @@ struct Job {
 struct Block {
     dv: usize,
     visual: Vec<f32>,
+    /// With `--tokens`: (tokens per row, token width) and the rows' tokens [rows, T, Dt] in f16.
+    token_shape: Option<(usize, usize)>,
+    visual_tokens: Vec<f16>,
     /// Position in the block and image key of each row.
     kept: Vec<(usize, u64)>,
     skipped: Vec<Skipped>,
@@ -176,14 +199,19 @@ struct Block {
 impl Block {
     fn write(&self, path: &Path) -> Result<()> {
         let bytes: Vec<u8> = self.visual.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = TensorView::new(Dtype::F32, vec![self.visual.len()], &bytes)?;
-        let md: HashMap<String, String> = [
+        let token_bytes: Vec<u8> = self.visual_tokens.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut views = vec![("visual", TensorView::new(Dtype::F32, vec![self.visual.len()], &bytes)?)];
+        let mut md: HashMap<String, String> = [
             ("dv".to_string(), self.dv.to_string()),
             ("kept".to_string(), serde_json::to_string(&self.kept)?),
             ("skipped".to_string(), serde_json::to_string(&self.skipped)?),
         ]
         .into();
-        crate::fsutil::write_atomic(path, &safetensors::serialize([("visual", view)], Some(md))?)
+        if let Some(shape) = self.token_shape {
+            views.push(("visual_tokens", TensorView::new(Dtype::F16, vec![self.visual_tokens.len()], &token_bytes)?));
+            md.insert("token_shape".to_string(), serde_json::to_string(&shape)?);
+        }
+        crate::fsutil::write_atomic(path, &safetensors::serialize(views, Some(md))?)
     }
 
     fn read(path: &Path) -> Result<Block> {
@@ -193,7 +221,28 @@ impl Block {
             let field = |k: &str| md.get(k).with_context(|| format!("metadata `{k}` missing"));
             let st = SafeTensors::deserialize(bytes)?;
             let visual = st.tensor("visual")?.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            Ok(Block { dv: field("dv")?.parse()?, visual, kept: serde_json::from_str(field("kept")?)?, skipped: serde_json::from_str(field("skipped")?)? })
+            let token_shape: Option<(usize, usize)> = md.get("token_shape").map(|s| serde_json::from_str(s)).transpose()?;
+            let visual_tokens = match token_shape {
+                Some(_) => st.tensor("visual_tokens")?.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect(),
+                None => vec![],
+            };
+            let block = Block {
+                dv: field("dv")?.parse()?,
+                visual,
+                token_shape,
+                visual_tokens,
+                kept: serde_json::from_str(field("kept")?)?,
+                skipped: serde_json::from_str(field("skipped")?)?,
+            };
+            if let Some((t, d)) = block.token_shape {
+                ensure!(
+                    block.visual_tokens.len() == block.kept.len() * t * d,
+                    "{} visual token values for {} rows of {t} x {d}",
+                    block.visual_tokens.len(),
+                    block.kept.len()
+                );
+            }
+            Ok(block)
         };
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
         parse(&bytes).with_context(|| format!("{}: damaged progress file; delete it to redo its block", path.display()))
@@ -212,23 +261,48 @@ fn samples_hash(samples: &[Sample]) -> String {
     format!("{:016x}", crate::rng::fnv1a(bytes))
 }
 
-/// Encodes the texts of `samples` (each distinct text once). Training needs every text;
-/// other splits may have none.
-fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize) -> Result<Option<Vec<f32>>> {
+/// Encodes the texts of `samples` (each distinct text once): the pooled rows and, with
+/// `tokens`, the token features padded to the longest text (see [`crate::features`]). Training
+/// needs every text; other splits may have none.
+fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize, tokens: bool) -> Result<(Option<Vec<f32>>, Option<Tokens>)> {
     if let Some(s) = samples.iter().find(|s| s.text.is_none()) {
         ensure!(split != "train", "{}: training sample has no text", s.id);
-        return Ok(None);
+        return Ok((None, None));
     }
     let mut unique: Vec<&str> = samples.iter().map(|s| s.text.as_deref().unwrap()).collect();
     unique.sort_unstable();
     unique.dedup();
     let mut rows: HashMap<&str, Vec<f32>> = HashMap::new();
+    // Per distinct text: its real tokens [n_i, H] in f16.
+    let mut token_rows: HashMap<&str, Vec<f16>> = HashMap::new();
     for chunk in unique.chunks(batch.max(1)) {
-        for (t, row) in chunk.iter().zip(enc.embed(chunk)?.to_vec2::<f32>()?) {
+        let pooled = if tokens {
+            let (pooled, tok) = enc.embed_with_tokens(chunk)?;
+            for (t, row) in chunk.iter().zip(tok) {
+                token_rows.insert(t, row.iter().map(|&x| f16::from_f32(x)).collect());
+            }
+            pooled
+        } else {
+            enc.embed(chunk)?
+        };
+        for (t, row) in chunk.iter().zip(pooled.to_vec2::<f32>()?) {
             rows.insert(t, row);
         }
     }
-    Ok(Some(samples.iter().flat_map(|s| rows[s.text.as_deref().unwrap()].clone()).collect()))
+    let pooled = samples.iter().flat_map(|s| rows[s.text.as_deref().unwrap()].clone()).collect();
+    if !tokens {
+        return Ok((Some(pooled), None));
+    }
+    let dim = enc.dim();
+    let len = token_rows.values().map(|t| t.len() / dim).max().unwrap_or(1).max(1);
+    let mut out = Tokens { data: vec![f16::ZERO; samples.len() * len * dim], len, dim, mask: Some(vec![0; samples.len() * len]) };
+    let mask = out.mask.as_mut().unwrap();
+    for (r, s) in samples.iter().enumerate() {
+        let t = &token_rows[s.text.as_deref().unwrap()];
+        out.data[r * len * dim..r * len * dim + t.len()].copy_from_slice(t);
+        mask[r * len..r * len + t.len() / dim].fill(1);
+    }
+    Ok((Some(pooled), Some(out)))
 }
 
 /// One extraction: the encoders, the options and the progress folder.
@@ -291,7 +365,15 @@ impl Extraction<'_> {
                     }
                 }
                 if x.dim(0)? > 0 {
-                    let f = image_enc.features(&x)?;
+                    let f = if opts.tokens {
+                        let (f, tokens) = image_enc.features_and_tokens(&x)?;
+                        let (_, t, d) = tokens.dims3()?;
+                        current.token_shape = Some((t, d));
+                        current.visual_tokens.extend(tokens.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f16::from_f32));
+                        f
+                    } else {
+                        image_enc.features(&x)?
+                    };
                     current.dv = f.dim(1)?;
                     current.visual.extend(f.flatten_all()?.to_vec1::<f32>()?);
                 }
@@ -322,17 +404,29 @@ impl Extraction<'_> {
         let mut visual = Vec::new();
         let mut skipped = Vec::new();
         let mut dv = 0;
+        let mut token_shape = None;
+        let mut visual_tokens = Vec::new();
         for (b, block) in blocks.into_iter().enumerate() {
             kept.extend(block.kept.iter().map(|&(k, _)| samples[b * block_len + k].clone()));
             keys.extend(block.kept.iter().map(|&(_, key)| key));
             visual.extend(block.visual);
             skipped.extend(block.skipped);
             dv = dv.max(block.dv);
+            if !block.kept.is_empty() {
+                ensure!(
+                    block.token_shape.is_some() == self.opts.tokens,
+                    "{name} block {b}: saved {} visual tokens",
+                    if self.opts.tokens { "without" } else { "with" }
+                );
+                ensure!(token_shape.is_none() || token_shape == block.token_shape, "{name} block {b}: visual token shape differs from earlier blocks'");
+                token_shape = block.token_shape;
+                visual_tokens.extend(block.visual_tokens);
+            }
         }
         if kept.is_empty() {
             return Ok((None, skipped));
         }
-        let text = encode_texts(name, &kept, text_enc, 64)?;
+        let (text, text_tokens) = encode_texts(name, &kept, text_enc, 64, self.opts.tokens)?;
         let split = FeatureSplit {
             visual,
             dv,
@@ -347,6 +441,8 @@ impl Extraction<'_> {
                 dataset: ds.name.clone(),
                 keys,
             },
+            visual_tokens: token_shape.map(|(len, dim)| Tokens { data: visual_tokens, len, dim, mask: None }),
+            text_tokens,
         };
         Ok((Some(split), skipped))
     }
@@ -402,6 +498,7 @@ pub fn extract(
         visual_encoder: image_enc.name().to_string(),
         code: crate::fingerprint::code(),
         samples: splits.iter().map(|(n, v)| (n.to_string(), v.len(), samples_hash(v))).collect(),
+        tokens: opts.tokens,
     };
     if opts.reuse_current
         && let Some(found) = finished(out, &job)?

@@ -54,7 +54,20 @@ fn hash_split(h: u64, s: &FeatureSplit) -> u64 {
         bytes.extend(text.as_bytes());
         bytes.push(0);
     }
-    fnv1a_from(h, bytes)
+    let mut h = fnv1a_from(h, bytes);
+    // Token features, when stored: the bits of the f16 values four at a time (a byte-wise pass
+    // over hundreds of MB would cost seconds per run), then the masks.
+    for (tag, tokens) in [(1u8, &s.visual_tokens), (2, &s.text_tokens)] {
+        if let Some(t) = tokens {
+            h = fnv1a_from(h, [tag].into_iter().chain((t.len as u64).to_le_bytes()).chain((t.dim as u64).to_le_bytes()));
+            for c in t.data.chunks(4) {
+                let word = c.iter().enumerate().fold(0u64, |w, (i, x)| w | (x.to_bits() as u64) << (16 * i));
+                h = (h ^ word).wrapping_mul(0x100_0000_01b3);
+            }
+            h = fnv1a_from(h, t.mask.iter().flatten().copied());
+        }
+    }
+    h
 }
 
 fn fnv1a_from(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
@@ -86,6 +99,8 @@ mod tests {
             ds: 1,
             label: vec![0],
             meta: crate::features::SplitMeta { classes: vec!["a".into()], ids: vec!["x".into()], ..Default::default() },
+            visual_tokens: None,
+            text_tokens: None,
         }
     }
 

@@ -140,7 +140,16 @@ mod tests {
     /// vendors `a` and `b` each have one training-only extra image.
     fn cache() -> FeatureCache {
         let split = |vendors: &[&str]| {
-            let mut s = FeatureSplit { visual: vec![], dv: 1, text: Some(vec![]), ds: 1, label: vec![], meta: SplitMeta::default() };
+            let mut s = FeatureSplit {
+                visual: vec![],
+                dv: 1,
+                text: Some(vec![]),
+                ds: 1,
+                label: vec![],
+                meta: SplitMeta::default(),
+                visual_tokens: None,
+                text_tokens: None,
+            };
             s.meta.classes = (0..4).map(|c| format!("class{c}")).collect();
             for v in vendors {
                 for c in 0..4u32 {
@@ -188,6 +197,30 @@ mod tests {
             classes.sort();
             classes.dedup();
             assert_eq!(classes.len(), 4, "every class keeps a training row");
+        }
+    }
+
+    /// Token features travel with their rows through the fold (concatenation of the splits,
+    /// then subsets): each row's tokens still hold its visual value.
+    #[test]
+    fn folds_keep_tokens_with_their_rows() {
+        use crate::features::Tokens;
+        use half::f16;
+        let mut c = cache();
+        for s in [Some(&mut c.train), c.test.as_mut()].into_iter().flatten() {
+            let n = s.len();
+            s.visual_tokens = Some(Tokens { data: s.visual.iter().flat_map(|&v| [f16::from_f32(v); 2]).collect(), len: 2, dim: 1, mask: None });
+            let t = s.text.as_ref().unwrap();
+            s.text_tokens = Some(Tokens { data: t.iter().map(|&v| f16::from_f32(v)).collect(), len: 1, dim: 1, mask: Some(vec![1; n]) });
+        }
+        let f = fold(&c, &FoldSpec { test_group: "b".into(), val: FoldVal::InStyle, seed: 1 }).unwrap();
+        for s in [&f.train, f.val.as_ref().unwrap(), f.test.as_ref().unwrap()] {
+            let (v, t) = (s.visual_tokens.as_ref().unwrap(), s.text_tokens.as_ref().unwrap());
+            assert_eq!((v.rows(), t.rows()), (s.len(), s.len()));
+            for r in 0..s.len() {
+                assert_eq!(v.data[2 * r].to_f32(), s.visual[r]);
+                assert_eq!(t.data[r].to_f32(), s.text.as_ref().unwrap()[r]);
+            }
         }
     }
 

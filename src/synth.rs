@@ -9,7 +9,7 @@
 //! So visual-only classification is hard (heavy noise plus a nuisance) while the text side
 //! carries a clean class signature.
 
-use crate::features::{FeatureCache, FeatureSplit, SplitMeta};
+use crate::features::{FeatureCache, FeatureSplit, SplitMeta, Tokens};
 use crate::rng::{normal_vec, stream};
 use anyhow::{Result, ensure};
 use candle_core::{Device, Tensor};
@@ -53,6 +53,70 @@ pub struct SynthConfig {
     /// `ablate --leave-one-out` can fold the cache; 0: plain ids.
     #[arg(long, default_value_t = 0)]
     pub groups: usize,
+}
+
+/// `marnet synth --tokens`: random token features next to the pooled ones (for
+/// `--align team-tokens` without real assets).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SynthTokens {
+    /// Also write token features: per row, `--visual-tokens` visual tokens whose mean is the row's
+    /// visual feature, and 1 to `--text-tokens` text tokens (zero-padded, with their mask) whose
+    /// mean is its text feature; each token is the feature plus centred N(0, --token-noise^2)
+    /// noise. Drawn from their own seeded stream: the pooled features are those without --tokens.
+    #[arg(long)]
+    pub tokens: bool,
+    #[arg(long, default_value_t = 4)]
+    pub visual_tokens: usize,
+    /// Most text tokens per row (the padded length).
+    #[arg(long, default_value_t = 6)]
+    pub text_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub token_noise: f32,
+}
+
+/// Tokens around each row of `rows` [n, d]: row r gets `lens[r]` tokens `x_r + e_k - mean(e)`
+/// (e_k ~ N(0, noise^2 I)), so their mean is x_r, zero-padded to `len`.
+fn tokens_around(rows: &[f32], d: usize, lens: &[usize], len: usize, noise: f32, masked: bool, rng: &mut crate::rng::SeededRng) -> Tokens {
+    let n = lens.len();
+    let mut data = vec![half::f16::ZERO; n * len * d];
+    let mut mask = vec![0u8; n * len];
+    for (r, &l) in lens.iter().enumerate() {
+        let e = normal_vec(rng, l * d);
+        for j in 0..d {
+            let mean = (0..l).map(|k| e[k * d + j]).sum::<f32>() / l as f32;
+            for k in 0..l {
+                data[(r * len + k) * d + j] = half::f16::from_f32(rows[r * d + j] + noise * (e[k * d + j] - mean));
+            }
+        }
+        mask[r * len..r * len + l].fill(1);
+    }
+    Tokens { data, len, dim: d, mask: masked.then_some(mask) }
+}
+
+/// Adds random token features (see [`SynthTokens`]) to every split of `cache`.
+pub fn add_tokens(cache: &mut FeatureCache, t: &SynthTokens, seed: u64) -> Result<()> {
+    ensure!(t.visual_tokens >= 1 && t.text_tokens >= 1, "synth --tokens: need at least one visual and one text token");
+    for (i, split) in [Some(&mut cache.train), cache.val.as_mut(), cache.test.as_mut()].into_iter().flatten().enumerate() {
+        let mut rng = stream(seed, "synth-tokens", i as u64);
+        let n = split.len();
+        split.visual_tokens = Some(tokens_around(&split.visual, split.dv, &vec![t.visual_tokens; n], t.visual_tokens, t.token_noise, false, &mut rng));
+        if let Some(text) = &split.text {
+            let lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..=t.text_tokens)).collect();
+            split.text_tokens = Some(tokens_around(text, split.ds, &lens, t.text_tokens, t.token_noise, true, &mut rng));
+        }
+    }
+    Ok(())
+}
+
+/// Generates and writes a cache folder, with token features if `tokens.tokens`.
+pub fn write_with_tokens(cfg: &SynthConfig, tokens: &SynthTokens, dir: &Path) -> Result<FeatureCache> {
+    let mut cache = generate(cfg)?;
+    if tokens.tokens {
+        add_tokens(&mut cache, tokens, cfg.seed)?;
+    }
+    cache.write(dir)?;
+    cache.dir = dir.to_path_buf();
+    Ok(cache)
 }
 
 /// Rows orthonormalised by modified Gram-Schmidt (f64), `r` rows of length `d`.
@@ -125,7 +189,7 @@ pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
             dataset: format!("synth(seed={}, classes={})", cfg.seed, cfg.classes),
             keys: vec![],
         };
-        Ok(Some(FeatureSplit { visual, dv, text: Some(text), ds, label, meta }))
+        Ok(Some(FeatureSplit { visual, dv, text: Some(text), ds, label, meta, visual_tokens: None, text_tokens: None }))
     };
     let train = split("train", cfg.n_train)?.unwrap();
     let val = split("val", cfg.n_val)?;
@@ -135,8 +199,5 @@ pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
 
 /// Generates and writes a cache folder.
 pub fn write(cfg: &SynthConfig, dir: &Path) -> Result<FeatureCache> {
-    let mut cache = generate(cfg)?;
-    cache.write(dir)?;
-    cache.dir = dir.to_path_buf();
-    Ok(cache)
+    write_with_tokens(cfg, &SynthTokens::default(), dir)
 }

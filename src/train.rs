@@ -2,6 +2,7 @@
 //! after every epoch (`RUN/last`, with optimiser state, for `--resume`) and the selected model
 //! in `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
+use crate::align::team_tokens::TokenBatch;
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
 use crate::eval::{EvalResult, TextReference, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
@@ -99,10 +100,21 @@ pub struct Step {
     pub update: Duration,
 }
 
-/// One optimiser step on a batch (`marnet bench` times this same function).
-pub fn step(model: &Marnet, opt: &mut AdamW, xv: &Tensor, xs: &Tensor, y: &Tensor, noise: &mut SeededRng, clip_grad: f64) -> Result<Step> {
+/// One optimiser step on a batch (`marnet bench` times this same function). `tokens`: the
+/// batch's token features, when the model's alignment trains on them.
+#[allow(clippy::too_many_arguments)]
+pub fn step(
+    model: &Marnet,
+    opt: &mut AdamW,
+    xv: &Tensor,
+    xs: &Tensor,
+    tokens: Option<&TokenBatch>,
+    y: &Tensor,
+    noise: &mut SeededRng,
+    clip_grad: f64,
+) -> Result<Step> {
     let t0 = Instant::now();
-    let losses = model.losses(xv, xs, y, noise)?;
+    let losses = model.losses_with_tokens(xv, xs, tokens, y, noise)?;
     let mut total = losses[0].1.clone();
     for (_, l) in &losses[1..] {
         total = (total + l)?;
@@ -122,7 +134,20 @@ fn train_step(model: &LoadedModel, opt: &mut AdamW, train: &FeatureSplit, idx: &
     let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
     let xs = Tensor::from_vec(train.gather_text(idx).context("the training split has no text features")?, (b, train.ds), dev)?;
     let y = Tensor::from_vec(train.gather_label(idx), b, dev)?;
-    step(&model.model, opt, &xv, &xs, &y, noise, clip_grad)
+    // Token features only for the token-level alignment: other runs never touch them.
+    let tokens = if model.model.config().needs_tokens() { Some(token_batch(train, idx, dev)?) } else { None };
+    step(&model.model, opt, &xv, &xs, tokens.as_ref(), &y, noise, clip_grad)
+}
+
+/// The token features of the training rows `idx`, as f32 tensors.
+pub fn token_batch(train: &FeatureSplit, idx: &[usize], dev: &Device) -> Result<TokenBatch> {
+    let (Some(v), Some(t)) = (&train.visual_tokens, &train.text_tokens) else { anyhow::bail!("the training split has no token features") };
+    let b = idx.len();
+    Ok(TokenBatch {
+        visual: Tensor::from_vec(v.gather_f32(idx), (b, v.len, v.dim), dev)?,
+        text: Tensor::from_vec(t.gather_f32(idx), (b, t.len, t.dim), dev)?,
+        mask: Tensor::from_vec(t.gather_mask_f32(idx), (b, t.len), dev)?,
+    })
 }
 
 /// Fits MARNet's late-fusion weight w (see `MarnetConfig::gate`) on `val` for the checkpoint in
@@ -208,6 +233,8 @@ pub fn train(
 ) -> Result<TrainState> {
     ensure!(cfg.batch >= 1, "--batch must be at least 1");
     ensure!(cfg.optim.lr > 0.0 && cfg.optim.lr.is_finite(), "--lr must be a positive number");
+    // The token widths come from the cache (and a token-level alignment without tokens stops here).
+    let model_cfg = &model_cfg.with_cache_tokens(cache)?;
     let (train, val) = train_val(cache, cfg)?;
     let meta = &cache.train.meta;
     let run = RunConfig {

@@ -31,6 +31,12 @@ fn vit_matches_transformers() {
     let pixels: Vec<f32> = (0..n).map(|i| (0.37 * i as f64).sin() as f32).collect();
     let x = Tensor::from_vec(pixels, (2, 3, 32, 32), &dev).unwrap();
     assert_close(&enc.features(&x).unwrap(), &expected("vit-tiny", "cls"));
+    // `extract --tokens`: the same CLS feature, and one layernormed token per patch.
+    let (cls, patches) = enc.features_and_tokens(&x).unwrap();
+    assert_close(&cls, &expected("vit-tiny", "cls"));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("vit-tiny").join("config.json")).unwrap()).unwrap();
+    let (size, patch, hidden) = (cfg["image_size"].as_u64().unwrap() as usize, cfg["patch_size"].as_u64().unwrap() as usize, cls.dim(1).unwrap());
+    assert_eq!(patches.dims(), &[2, (size / patch).pow(2), hidden]);
 }
 
 #[test]

@@ -82,14 +82,14 @@ fn skip_bad_lists_each_bad_image_and_keeps_every_image_mode() {
     assert!(!marnet::extract::partial_dir(&out).exists(), "progress folder removed when done");
 }
 
-/// Stops an emoji-food extraction with `signal` once a block is saved, reruns the command, and
-/// compares the cache byte for byte with an uninterrupted run's.
-fn interrupt_extraction(signal: &str) -> Option<std::process::Output> {
+/// Stops an emoji-food extraction (with `extra` flags) with `signal` once a block is saved, reruns
+/// the command, and compares the cache byte for byte with an uninterrupted run's.
+fn interrupt_extraction(signal: &str, extra: &[&str]) -> Option<std::process::Output> {
     let assets = asset("npm/emoji-datasource")?.parent()?.parent()?.display().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let args = |out: &Path| -> Vec<String> {
         let out = out.display().to_string();
-        ["extract", "--assets", &assets, "--out", &out, "--limit", "40", "--batch", "2"].iter().map(|s| s.to_string()).collect()
+        ["extract", "--assets", &assets, "--out", &out, "--limit", "40", "--batch", "2"].iter().chain(extra).map(|s| s.to_string()).collect()
     };
     let straight = tmp.path().join("straight");
     ok(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
@@ -115,12 +115,19 @@ fn interrupt_extraction(signal: &str) -> Option<std::process::Output> {
 
 #[test]
 fn killed_extraction_resumes_to_an_identical_cache() {
-    let Some(_) = interrupt_extraction("-KILL") else { return };
+    let Some(_) = interrupt_extraction("-KILL", &[]) else { return };
+}
+
+/// With `--tokens` the progress blocks carry the visual tokens: the resumed cache, tokens and
+/// all, is the uninterrupted one.
+#[test]
+fn killed_token_extraction_resumes_to_an_identical_cache() {
+    let Some(_) = interrupt_extraction("-KILL", &["--tokens"]) else { return };
 }
 
 #[test]
 fn ctrl_c_extraction_saves_and_resumes_to_an_identical_cache() {
-    let Some(out) = interrupt_extraction("-INT") else { return };
+    let Some(out) = interrupt_extraction("-INT", &[]) else { return };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("run the same command again"), "{stderr}");
@@ -142,8 +149,15 @@ fn a_reused_cache_is_extracted_again_when_an_image_changes() {
     std::fs::write(&manifest, [line("a.png", "coffee"), line("b.png", "latte")].join("\n")).unwrap();
     let image_enc = marnet::encoders::load_image_encoder("efficientnet-lite0", assets, &dev).unwrap();
     let text_enc = marnet::encoders::text::TextEncoder::load(&assets.join("minilm"), &dev).unwrap();
-    let opts =
-        marnet::extract::ExtractOptions { batch: 2, limit: None, skip_bad: false, progress: false, settings: serde_json::json!({}), reuse_current: true };
+    let opts = marnet::extract::ExtractOptions {
+        batch: 2,
+        limit: None,
+        skip_bad: false,
+        tokens: false,
+        progress: false,
+        settings: serde_json::json!({}),
+        reuse_current: true,
+    };
     let out = tmp.path().join("cache");
     let extract = || {
         let ds = marnet::data::open("manifest", Some(&manifest), assets, "apple", 0.0, 0).unwrap();

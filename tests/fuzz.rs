@@ -3,8 +3,9 @@
 //! `--shard` argument and the feature-cache reader. Whatever the bytes, the result is a value
 //! or an error naming the file, never a panic.
 
+use half::f16;
 use marnet::data::food::{ingredient101, manifest, vireo172};
-use marnet::features::{FeatureSplit, SPLITS};
+use marnet::features::{FeatureSplit, SPLITS, Tokens};
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -110,5 +111,8 @@ fn valid_split() -> FeatureSplit {
         ds: 2,
         label: vec![0, 1, 1],
         meta: marnet::features::SplitMeta { classes: vec!["a".into(), "b".into()], ids: vec!["r0".into(), "r1".into(), "r2".into()], ..Default::default() },
+        // Token tensors too, so that damaged token data and masks are read as well.
+        visual_tokens: Some(Tokens { data: vec![f16::from_f32(0.5); 3 * 2 * 2], len: 2, dim: 2, mask: None }),
+        text_tokens: Some(Tokens { data: vec![f16::from_f32(0.25); 3 * 3 * 2], len: 3, dim: 2, mask: Some(vec![1, 1, 0, 1, 0, 0, 1, 1, 1]) }),
     }
 }

@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use marnet::align::Alignment;
+use marnet::align::team_tokens::{TokenBatch, TokenDims};
 use marnet::checkpoint::LoadedModel;
 use marnet::model::fusion::Fusion;
 use marnet::model::marnet::{MarnetConfig, Variant};
@@ -15,13 +16,27 @@ fn check(variant: Variant, fusion: Fusion, d: usize) {
 fn check_aligned(variant: Variant, fusion: Fusion, d: usize, align: Alignment) {
     let dev = Device::Cpu;
     let (dv, ds, c, b) = (12, 10, 5, 16);
-    let cfg = MarnetConfig { fusion, align, d, hidden: 16, temb: 8, ..MarnetConfig::new(variant, dv, ds, c) };
+    let mut cfg = MarnetConfig { fusion, align, d, hidden: 16, temb: 8, ..MarnetConfig::new(variant, dv, ds, c) };
+    // Token widths unlike the pooled ones (the token projections are their own layers).
+    let (tv, dvt, ts, dst) = (5, 7, 4, 3);
+    if cfg.needs_tokens() {
+        cfg.tokens = Some(TokenDims { visual: dvt, text: dst });
+    }
     let m = LoadedModel::init(&cfg, 1, &dev).unwrap();
     let mut rng = stream(2, "test", 0);
     let xv = randn(&mut rng, (b, dv), &dev).unwrap();
     let xs = randn(&mut rng, (b, ds), &dev).unwrap();
     let y = Tensor::from_vec((0..b as u32).map(|i| i % c as u32).collect::<Vec<_>>(), b, &dev).unwrap();
-    let losses = m.model.losses(&xv, &xs, &y, &mut rng).unwrap();
+    // Text rows of 1 to 4 real tokens, zero-padded.
+    let mask: Vec<f32> = (0..b * ts).map(|i| ((i % ts) <= (i / ts) % ts) as u8 as f32).collect();
+    let text =
+        (randn(&mut rng, (b, ts, dst), &dev).unwrap() * Tensor::from_vec(mask.clone(), (b, ts, 1), &dev).unwrap().broadcast_as((b, ts, dst)).unwrap()).unwrap();
+    let tokens = cfg.needs_tokens().then(|| TokenBatch {
+        visual: randn(&mut rng, (b, tv, dvt), &dev).unwrap(),
+        text,
+        mask: Tensor::from_vec(mask, (b, ts), &dev).unwrap(),
+    });
+    let losses = m.model.losses_with_tokens(&xv, &xs, tokens.as_ref(), &y, &mut rng).unwrap();
     let total = losses.iter().skip(1).fold(losses[0].1.clone(), |a, (_, l)| (a + l).unwrap());
     let vars = m.trainable_vars();
     let grads = marnet::nn::backward(&total, &vars).unwrap();
@@ -52,7 +67,8 @@ fn every_fusion_mode_trains_every_parameter() {
 
 #[test]
 fn every_alignment_loss_trains_every_parameter() {
-    for a in Alignment::ALL {
+    // ALL holds the pooled methods; the token-level TEAM trains its token projections too.
+    for a in Alignment::ALL.into_iter().chain([Alignment::TeamTokens]) {
         check_aligned(Variant::Ema, Fusion::Concat, 6, a);
         check_aligned(Variant::Marnet, Fusion::Concat, 6, a);
     }

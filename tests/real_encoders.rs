@@ -162,3 +162,74 @@ fn extract_finds_assets_through_marnet_assets_and_says_where_it_looked() {
     assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
     assert!(tmp.path().join("cache/train.safetensors").exists());
 }
+
+/// `extract --tokens` on emoji-food: 49 EfficientNet-Lite0 tokens of 1280 channels per image whose
+/// mean is the pooled feature, MiniLM's token states with a mask of the real tokens whose masked
+/// mean, L2-normalised, is the pooled text feature; the pooled features are those of a run
+/// without --tokens, and `extract.json` records the flag.
+#[test]
+fn emoji_food_token_extraction() {
+    let Some(assets) = asset("") else { return };
+    if asset("npm/emoji-datasource").is_none() || asset("efficientnet-lite0").is_none() || asset("minilm").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let extract = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_marnet"))
+            .args(["--quiet", "extract", "--assets", &assets.display().to_string(), "--out", &out.display().to_string()])
+            .args(["--limit", "4", "--batch", "4"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        out
+    };
+    let with = extract("tokens", &["--tokens"]);
+    let without = extract("plain", &[]);
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(with.join("extract.json")).unwrap()).unwrap();
+    assert_eq!((&record["settings"]["tokens"], &record["tokens"]), (&serde_json::json!(true), &serde_json::json!(true)));
+    let (cache, plain) = (marnet::features::FeatureCache::open(&with).unwrap(), marnet::features::FeatureCache::open(&without).unwrap());
+    for (s, p) in
+        [(&cache.train, &plain.train), (cache.val.as_ref().unwrap(), plain.val.as_ref().unwrap()), (cache.test.as_ref().unwrap(), plain.test.as_ref().unwrap())]
+    {
+        assert_eq!(s.len(), 4);
+        assert_eq!((&s.visual, &s.text, &s.meta.ids), (&p.visual, &p.text, &p.meta.ids), "--tokens changes no pooled feature");
+        assert!(p.visual_tokens.is_none() && p.text_tokens.is_none());
+        let v = s.visual_tokens.as_ref().unwrap();
+        assert_eq!((v.rows(), v.len, v.dim, v.mask.is_none()), (4, 49, 1280, true), "7 x 7 tokens of EfficientNet-Lite0's width");
+        // EfficientNet-Lite0 pools by the mean over its 7 x 7 map: the tokens' mean is the pooled
+        // feature, up to f16 rounding (values in [0, 6]: steps of at most 2^-8).
+        let tokens = v.gather_f32(&[0, 1, 2, 3]);
+        let mut worst = 0f32;
+        for r in 0..4 {
+            for c in 0..1280 {
+                let mean = (0..49).map(|t| tokens[(r * 49 + t) * 1280 + c]).sum::<f32>() / 49.0;
+                worst = worst.max((mean - s.visual[r * 1280 + c]).abs());
+            }
+        }
+        assert!(worst < 2e-3, "mean of the visual tokens vs pooled feature: max difference {worst}");
+        eprintln!("{}: mean of 49 visual tokens vs pooled feature: max |difference| {worst:.2e}", s.meta.ids[0]);
+        let t = s.text_tokens.as_ref().unwrap();
+        assert_eq!((t.rows(), t.dim), (4, 384));
+        let mask = t.mask.as_ref().unwrap();
+        let text_tokens = t.gather_f32(&[0, 1, 2, 3]);
+        let mut longest = 0;
+        for r in 0..4 {
+            let m = &mask[r * t.len..(r + 1) * t.len];
+            let n = m.iter().filter(|&&b| b == 1).count();
+            longest = longest.max(n);
+            // [CLS], at least one wordpiece, [SEP]; real tokens first, then padding (zeros).
+            assert!(n >= 3 && m[..n].iter().all(|&b| b == 1), "row {r}: mask {m:?}");
+            assert!(text_tokens[(r * t.len + n) * 384..(r + 1) * t.len * 384].iter().all(|&x| x == 0.0), "row {r}: padding holds zeros");
+            // MiniLM pools by the masked mean, then L2 normalisation.
+            let mean: Vec<f32> = (0..384).map(|c| (0..n).map(|k| text_tokens[(r * t.len + k) * 384 + c]).sum::<f32>() / n as f32).collect();
+            let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let pooled = &s.text.as_ref().unwrap()[r * 384..(r + 1) * 384];
+            let cos: f32 = mean.iter().zip(pooled).map(|(a, b)| a * b).sum::<f32>() / norm;
+            assert!(cos > 0.9999, "row {r}: masked mean of the text tokens vs pooled text: cosine {cos}");
+            eprintln!("{}: {n} text tokens of {}; cosine of their masked mean to the pooled text {cos:.6}", s.meta.ids[r], t.len);
+        }
+        assert_eq!(t.len, longest, "texts are padded to the split's longest");
+    }
+}

@@ -7,6 +7,7 @@ pub mod sdm;
 pub mod ssan;
 pub mod swd;
 pub mod team;
+pub mod team_tokens;
 
 use crate::rng::SeededRng;
 use candle_core::{Result, Tensor};
@@ -21,6 +22,10 @@ pub enum Alignment {
     Sdm,
     /// Global InfoNCE plus sampled hard negatives (TEAM, pooled form).
     Team,
+    /// TEAM at the token level: text tokens attend over image tokens, token-level matching
+    /// scores with hard negatives, plus the global InfoNCE; needs a token cache.
+    #[serde(rename = "team-tokens")]
+    TeamTokens,
     /// Sliced Wasserstein discrepancy between the two branches' class-probability outputs.
     Swd,
     /// Class-centroid alignment with momentum centroids and soft labels (SSAN).
@@ -30,6 +35,8 @@ pub enum Alignment {
 }
 
 impl Alignment {
+    /// The methods of Table 1 that work on pooled features (`compare`'s default): every one but
+    /// [`Alignment::TeamTokens`], which needs a token cache (`compare --methods team-tokens`).
     pub const ALL: [Alignment; 6] = [Alignment::Swd, Alignment::Ssan, Alignment::Cdd, Alignment::Sdm, Alignment::Team, Alignment::Ita];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +44,7 @@ impl Alignment {
             Alignment::Ita => "ita",
             Alignment::Sdm => "sdm",
             Alignment::Team => "team",
+            Alignment::TeamTokens => "team-tokens",
             Alignment::Swd => "swd",
             Alignment::Ssan => "ssan",
             Alignment::Cdd => "cdd",
@@ -45,7 +53,12 @@ impl Alignment {
 
     /// Whether the loss is on similarities scaled by the learnable temperature.
     pub fn uses_temperature(self) -> bool {
-        matches!(self, Alignment::Ita | Alignment::Sdm | Alignment::Team)
+        matches!(self, Alignment::Ita | Alignment::Sdm | Alignment::Team | Alignment::TeamTokens)
+    }
+
+    /// Whether the loss trains on the cache's token features (and the training step must gather them).
+    pub fn needs_tokens(self) -> bool {
+        self == Alignment::TeamTokens
     }
 
     /// The row label used in Table 1.
@@ -54,6 +67,7 @@ impl Alignment {
             Alignment::Ita => "ITA",
             Alignment::Sdm => "SDM",
             Alignment::Team => "TEAM",
+            Alignment::TeamTokens => "TEAM (tokens)",
             Alignment::Swd => "SWD",
             Alignment::Ssan => "SSAN",
             Alignment::Cdd => "CDD",
@@ -75,21 +89,35 @@ pub struct AlignBatch<'a> {
     /// decisions).
     pub v_logits: &'a Tensor,
     pub s_logits: &'a Tensor,
+    /// The batch's token features (token-level TEAM only).
+    pub tokens: Option<&'a team_tokens::TokenBatch>,
 }
 
-/// The alignment loss of `kind` on a batch. SSAN also updates its running centroids in `ssan`.
-pub fn alignment_loss(kind: Alignment, b: &AlignBatch, ssan: Option<&ssan::Centroids>, rng: &mut SeededRng) -> Result<Tensor> {
+/// The learned state some losses carry: SSAN's running centroids, token-level TEAM's projections.
+#[derive(Default, Clone, Copy)]
+pub struct AlignState<'a> {
+    pub ssan: Option<&'a ssan::Centroids>,
+    pub team_tokens: Option<&'a team_tokens::TeamTokens>,
+}
+
+/// The alignment loss of `kind` on a batch. SSAN also updates its running centroids.
+pub fn alignment_loss(kind: Alignment, b: &AlignBatch, state: AlignState, rng: &mut SeededRng) -> Result<Tensor> {
     let tau = || b.tau.ok_or_else(|| candle_core::Error::Msg(format!("{}: temperature missing", kind.name())));
     match kind {
         Alignment::Ita => ita::ita_loss(b.v, b.s, tau()?),
         Alignment::Sdm => sdm::sdm_loss(b.v, b.s, b.labels, tau()?),
         Alignment::Team => team::team_loss(b.v, b.s, b.labels, tau()?, rng),
+        Alignment::TeamTokens => {
+            let m = state.team_tokens.ok_or_else(|| candle_core::Error::Msg("team-tokens: token projections missing".into()))?;
+            let tokens = b.tokens.ok_or_else(|| candle_core::Error::Msg("team-tokens: the batch has no token features".into()))?;
+            m.loss(b.v, b.s, tokens, b.labels, tau()?, rng)
+        }
         Alignment::Swd => {
             let probs = |l: &Tensor| candle_nn::ops::softmax(l, candle_core::D::Minus1);
             swd::swd_loss(&probs(b.v_logits)?, &probs(b.s_logits)?, swd::DEFAULT_PROJECTIONS, rng)
         }
         Alignment::Ssan => {
-            let c = ssan.ok_or_else(|| candle_core::Error::Msg("ssan: centroids missing".into()))?;
+            let c = state.ssan.ok_or_else(|| candle_core::Error::Msg("ssan: centroids missing".into()))?;
             c.loss(b)
         }
         Alignment::Cdd => cdd::cdd_loss(b.v, b.s, b.labels),
@@ -121,11 +149,11 @@ mod tests {
         let v = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev)?;
         let s = Tensor::new(&[[5f32, -3.], [2., 7.]], &dev)?;
         let logits = Tensor::new(&[[2f32, 0., -1.], [0., 1., 3.]], &dev)?;
-        let batch = |v_logits, s_logits| AlignBatch { v: &v, s: &s, labels: &[0, 1], tau: None, v_logits, s_logits };
-        let same = alignment_loss(Alignment::Swd, &batch(&logits, &logits), None, &mut crate::rng::stream(0, "t", 0))?;
+        let batch = |v_logits, s_logits| AlignBatch { v: &v, s: &s, labels: &[0, 1], tau: None, v_logits, s_logits, tokens: None };
+        let same = alignment_loss(Alignment::Swd, &batch(&logits, &logits), AlignState::default(), &mut crate::rng::stream(0, "t", 0))?;
         assert_eq!(same.to_scalar::<f32>()?, 0.0);
         let other = Tensor::new(&[[0f32, 3., 0.], [1., 1., 1.]], &dev)?;
-        let got = alignment_loss(Alignment::Swd, &batch(&logits, &other), None, &mut crate::rng::stream(0, "t", 0))?.to_scalar::<f32>()?;
+        let got = alignment_loss(Alignment::Swd, &batch(&logits, &other), AlignState::default(), &mut crate::rng::stream(0, "t", 0))?.to_scalar::<f32>()?;
         let probs = |l: &Tensor| candle_nn::ops::softmax(l, candle_core::D::Minus1);
         let want = swd::swd_loss(&probs(&logits)?, &probs(&other)?, swd::DEFAULT_PROJECTIONS, &mut crate::rng::stream(0, "t", 0))?.to_scalar::<f32>()?;
         assert!(got > 0.0 && (got - want).abs() < 1e-7, "{got} vs {want}");

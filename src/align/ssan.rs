@@ -109,7 +109,7 @@ mod tests {
     }
 
     fn run(c: &Centroids, v: &Tensor, s: &Tensor, labels: &[u32], logits: &Tensor) -> Result<f32> {
-        let b = AlignBatch { v, s, labels, tau: None, v_logits: logits, s_logits: logits };
+        let b = AlignBatch { v, s, labels, tau: None, v_logits: logits, s_logits: logits, tokens: None };
         c.loss(&b)?.to_scalar::<f32>()
     }
 

@@ -3,10 +3,11 @@
 //! hard-negative term.
 //!
 //! TEAM's token-level embedding alignment (attention between patch and word tokens) needs token
-//! sequences; MARNet works on pooled features, so this is the pooled form: the global term is
-//! ITA, and the hard-negative term replaces TEAM's matching head by a logistic ranking loss on
+//! sequences; this is the pooled form, for caches without tokens: the global term is ITA, and
+//! the hard-negative term replaces TEAM's token matching score by a logistic ranking loss on
 //! one negative per sample and direction, drawn from the similarity softmax (as TEAM and ALBEF
-//! draw hard negatives) among samples of other classes.
+//! draw hard negatives) among samples of other classes. The token-level form, on caches with
+//! tokens, is [`super::team_tokens`] (`--align team-tokens`).
 
 use super::ita::{ita_loss, similarity_logits};
 use crate::rng::SeededRng;
@@ -22,25 +23,33 @@ pub fn team_loss(v: &Tensor, s: &Tensor, labels: &[u32], tau: &Tensor, rng: &mut
     global + hard
 }
 
+/// A hard negative for row `i` of a similarity matrix (host copy): a column `j` of another
+/// class than `i`'s, drawn with probability proportional to `exp(sim[j])` (the similarity
+/// softmax, as TEAM and ALBEF draw hard negatives); `None` if every column is of `i`'s class.
+pub(crate) fn draw_negative(sim: &[f32], labels: &[u32], i: usize, rng: &mut SeededRng) -> Option<usize> {
+    let max = sim.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = (0..labels.len()).map(|j| if labels[j] != labels[i] { ((sim[j] - max) as f64).exp() } else { 0.0 }).collect();
+    let total: f64 = w.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut u = rng.random::<f64>() * total;
+    let j = w.iter().position(|&x| {
+        u -= x;
+        u <= 0.0 && x > 0.0
+    });
+    Some(j.unwrap_or_else(|| w.iter().rposition(|&x| x > 0.0).unwrap()))
+}
+
 /// Rows that have a negative of another class contribute `softplus(sim[i, n_i] - sim[i, i])`.
 fn hard_negative_term(sim: &Tensor, labels: &[u32], rng: &mut SeededRng) -> Result<Tensor> {
-    let b = labels.len();
     let host = sim.detach().to_vec2::<f32>()?;
     let (mut rows, mut negs) = (vec![], vec![]);
-    for i in 0..b {
-        let max = host[i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f64> = (0..b).map(|j| if labels[j] != labels[i] { ((host[i][j] - max) as f64).exp() } else { 0.0 }).collect();
-        let total: f64 = w.iter().sum();
-        if total <= 0.0 {
-            continue;
+    for (i, row) in host.iter().enumerate() {
+        if let Some(j) = draw_negative(row, labels, i, rng) {
+            rows.push(i as u32);
+            negs.push(j as u32);
         }
-        let mut u = rng.random::<f64>() * total;
-        let j = w.iter().position(|&x| {
-            u -= x;
-            u <= 0.0 && x > 0.0
-        });
-        rows.push(i as u32);
-        negs.push(j.unwrap_or_else(|| w.iter().rposition(|&x| x > 0.0).unwrap()) as u32);
     }
     if rows.is_empty() {
         return sim.zeros_like()?.sum_all();

@@ -209,14 +209,31 @@ impl EfficientNetLite {
         Self::load(vb).with_context(|| format!("{}: not EfficientNet-Lite0 weights", st.display()))
     }
 
-    /// The pooled 1280-d feature before the classifier.
-    pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The head's feature map [N, 1280, H/32, W/32] (7 x 7 at 224 px), before pooling.
+    pub fn feature_map(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.stem.forward(x)?;
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
-        h = self.head.forward(&h)?;
-        h.mean(D::Minus1)?.mean(D::Minus1)
+        self.head.forward(&h)
+    }
+
+    /// The pooled 1280-d feature before the classifier: the mean of the feature map.
+    pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Self::pool(&self.feature_map(x)?)
+    }
+
+    fn pool(map: &Tensor) -> candle_core::Result<Tensor> {
+        map.mean(D::Minus1)?.mean(D::Minus1)
+    }
+
+    /// The pooled feature [N, 1280] (as [`Self::features`]) and the feature map as tokens
+    /// [N, H*W, 1280] in row-major spatial order: 49 tokens at 224 px, whose mean is the pooled
+    /// feature.
+    pub fn features_and_tokens(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let map = self.feature_map(x)?;
+        let tokens = map.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        Ok((Self::pool(&map)?, tokens))
     }
 
     /// ImageNet logits.

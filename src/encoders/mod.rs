@@ -16,6 +16,12 @@ pub trait ImageEncoder {
     fn preprocess(&self) -> Preprocess;
     /// [N, 3, H, W] -> [N, D].
     fn features(&self, images: &Tensor) -> Result<Tensor>;
+    /// [N, 3, H, W] -> the pooled feature [N, D], equal to [`Self::features`], and the tokens
+    /// before pooling [N, T, Dt] (`extract --tokens`). Encoders without a token output say so.
+    fn features_and_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
+        let _ = images;
+        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0 and vit)", self.name())))
+    }
 }
 
 impl ImageEncoder for efficientnet_lite::EfficientNetLite {
@@ -29,6 +35,10 @@ impl ImageEncoder for efficientnet_lite::EfficientNetLite {
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
         efficientnet_lite::EfficientNetLite::features(self, images)
+    }
+
+    fn features_and_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
+        efficientnet_lite::EfficientNetLite::features_and_tokens(self, images)
     }
 }
 

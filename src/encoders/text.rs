@@ -60,6 +60,27 @@ impl TextEncoder {
 
     /// Pooled embeddings [N, H] of a batch of texts (padded to the longest in the batch).
     pub fn embed(&self, texts: &[&str]) -> Result<Tensor> {
+        let (hidden, mask) = self.hidden(texts)?;
+        Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
+    }
+
+    /// Pooled embeddings [N, H] (as [`Self::embed`]) and each text's token embeddings: the last
+    /// hidden state of every wordpiece, [CLS] and [SEP] included, as [n_i, H] row-major (n_i
+    /// tokens of text i, without padding).
+    pub fn embed_with_tokens(&self, texts: &[&str]) -> Result<(Tensor, Vec<Vec<f32>>)> {
+        let (hidden, mask) = self.hidden(texts)?;
+        let pooled = pool(&hidden, &mask, self.pooling, self.normalize)?;
+        let lens: Vec<u32> = mask.sum(1)?.to_vec1()?;
+        let h = hidden.dim(2)?;
+        let rows = hidden.to_vec3::<f32>()?;
+        let tokens = rows.into_iter().zip(lens).map(|(r, n)| r.into_iter().take(n as usize).flatten().collect::<Vec<f32>>()).collect::<Vec<_>>();
+        debug_assert!(tokens.iter().all(|t| t.len() % h == 0));
+        Ok((pooled, tokens))
+    }
+
+    /// Last hidden states [N, L, H] of a batch of texts padded to the longest, with the attention
+    /// mask [N, L] (u32, 1 = token).
+    fn hidden(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
         let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         let len = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(1).clamp(1, self.max_len);
         let (mut ids, mut mask) = (vec![], vec![]);
@@ -72,7 +93,7 @@ impl TextEncoder {
         let ids = Tensor::from_vec(ids, (b, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (b, len), &self.device)?;
         let hidden = self.model.forward(&ids, &ids.zeros_like()?, Some(&mask))?;
-        Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
+        Ok((hidden, mask))
     }
 }
 

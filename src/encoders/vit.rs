@@ -116,6 +116,20 @@ impl VitEncoder {
 
     /// The layernormed CLS token of each image [N, hidden].
     pub fn features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        self.hidden(pixels)?.i((.., 0, ..))?.apply(&self.layernorm)
+    }
+
+    /// The layernormed CLS token [N, hidden] (as [`Self::features`]) and the layernormed patch
+    /// tokens [N, patches, hidden] (the final layer's `last_hidden_state` without CLS).
+    pub fn features_and_tokens(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let x = self.hidden(pixels)?;
+        let cls = x.i((.., 0, ..))?.apply(&self.layernorm)?;
+        let patches = x.i((.., 1.., ..))?.contiguous()?.apply(&self.layernorm)?;
+        Ok((cls, patches))
+    }
+
+    /// The last block's output [N, 1 + patches, hidden] (CLS first), before the final layernorm.
+    fn hidden(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, hgt, wid) = pixels.dims4()?;
         let p = self.patch_size;
         let (gh, gw) = (hgt / p, wid / p);
@@ -128,7 +142,7 @@ impl VitEncoder {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        x.i((.., 0, ..))?.apply(&self.layernorm)
+        Ok(x)
     }
 }
 
@@ -143,5 +157,9 @@ impl super::ImageEncoder for VitEncoder {
 
     fn features(&self, images: &Tensor) -> candle_core::Result<Tensor> {
         VitEncoder::features(self, images)
+    }
+
+    fn features_and_tokens(&self, images: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        VitEncoder::features_and_tokens(self, images)
     }
 }

@@ -1,7 +1,8 @@
 //! EMA: embedding matching alignment (paper section 3.2), with the alignment loss selectable
 //! among the Table 1 methods (ITA is the paper's EMA).
 
-use crate::align::{AlignBatch, Alignment, alignment_loss, ssan::Centroids};
+use crate::align::team_tokens::{TeamTokens, TokenBatch, TokenDims};
+use crate::align::{AlignBatch, AlignState, Alignment, alignment_loss, ssan::Centroids};
 use crate::nn::activation::Activation;
 use crate::nn::linear::{Linear, linear};
 use crate::rng::SeededRng;
@@ -20,6 +21,8 @@ pub struct EmaConfig {
     pub d: usize,
     pub classes: usize,
     pub align: Alignment,
+    /// Widths of the cached tokens (token-level alignments only).
+    pub tokens: Option<TokenDims>,
 }
 
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub struct Ema {
     cls: Linear,
     align: Alignment,
     ssan: Option<Centroids>,
+    /// Token-level TEAM's projections and attention.
+    team_tokens: Option<TeamTokens>,
 }
 
 /// What a training batch yields: x_EMA, its class logits, and the alignment loss.
@@ -46,6 +51,13 @@ impl Ema {
             Alignment::Ssan => Some(Centroids::load(vb.pp("ssan"), cfg.classes, cfg.d)?),
             _ => None,
         };
+        let team_tokens = match cfg.align {
+            Alignment::TeamTokens => {
+                let dims = cfg.tokens.ok_or_else(|| candle_core::Error::Msg("--align team-tokens: the token widths of the cache are not set".into()))?;
+                Some(TeamTokens::load(vb.pp("team_tokens"), dims, cfg.d)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             ev: linear(cfg.dv, cfg.d, vb.pp("ev"))?,
             es: linear(cfg.ds, cfg.d, vb.pp("es"))?,
@@ -56,6 +68,7 @@ impl Ema {
             cls: linear(cfg.d, cfg.classes, vb.pp("cls"))?,
             align: cfg.align,
             ssan,
+            team_tokens,
         })
     }
 
@@ -80,7 +93,8 @@ impl Ema {
     }
 
     /// Training forward on a batch: x_EMA, its logits and the alignment loss (eq. 11 for ITA).
-    pub fn forward_train(&self, xv: &Tensor, xs: &Tensor, labels: &[u32], rng: &mut SeededRng) -> Result<EmaOutput> {
+    /// `tokens`: the batch's token features, for the token-level alignment (ignored otherwise).
+    pub fn forward_train(&self, xv: &Tensor, xs: &Tensor, tokens: Option<&TokenBatch>, labels: &[u32], rng: &mut SeededRng) -> Result<EmaOutput> {
         let v = self.embed_visual(xv)?;
         let s = self.embed_text(xs)?;
         let logits = self.classify(&v)?;
@@ -89,8 +103,9 @@ impl Ema {
             _ => logits.clone(),
         };
         let tau = self.tau()?;
-        let batch = AlignBatch { v: &v, s: &s, labels, tau: tau.as_ref(), v_logits: &logits, s_logits: &s_logits };
-        let align_loss = alignment_loss(self.align, &batch, self.ssan.as_ref(), rng)?;
+        let batch = AlignBatch { v: &v, s: &s, labels, tau: tau.as_ref(), v_logits: &logits, s_logits: &s_logits, tokens };
+        let state = AlignState { ssan: self.ssan.as_ref(), team_tokens: self.team_tokens.as_ref() };
+        let align_loss = alignment_loss(self.align, &batch, state, rng)?;
         Ok(EmaOutput { x_ema: v, logits, align_loss })
     }
 }

@@ -6,6 +6,7 @@ use super::ema::{Ema, EmaConfig};
 use super::fusion::{Fusion, FusionHead, FusionInput};
 use super::text_scale::TextScale;
 use crate::align::Alignment;
+use crate::align::team_tokens::{TokenBatch, TokenDims};
 use crate::nn::linear::{Linear, linear};
 use crate::rng::{Noise, SeededRng};
 use candle_core::D;
@@ -52,7 +53,7 @@ impl Variant {
         }
     }
 
-    fn has_ema(self) -> bool {
+    pub fn has_ema(self) -> bool {
         matches!(self, Variant::Ema | Variant::Marnet)
     }
 
@@ -92,7 +93,8 @@ pub struct ModelOptions {
     /// How x_EMA and x_CDR are fused (eq. 24).
     #[arg(long, value_enum, default_value = "concat")]
     pub fusion: Fusion,
-    /// EMA's alignment loss (the paper: ita).
+    /// EMA's alignment loss (the paper: ita; team-tokens needs a cache with token features:
+    /// `extract --tokens` or `synth --tokens`).
     #[arg(long, value_enum, default_value = "ita")]
     pub align: Alignment,
     /// EMA shared-space dimension d.
@@ -150,6 +152,7 @@ impl ModelOptions {
             cdr_train_steps: o.cdr_train_steps,
             residual: o.residual,
             gate: o.gate,
+            tokens: None,
         }
     }
 }
@@ -186,6 +189,10 @@ pub struct MarnetConfig {
     /// `(1 - w) p_EMA + w p_fused` (a late fusion of the heads' class probabilities).
     #[serde(default)]
     pub gate: bool,
+    /// Widths of the cache's tokens when the alignment trains on them (`team-tokens`); set by
+    /// training from the cache ([`MarnetConfig::with_cache_tokens`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenDims>,
 }
 
 /// For configs saved before the option existed.
@@ -197,6 +204,35 @@ impl MarnetConfig {
     /// `variant` with every option at its default.
     pub fn new(variant: Variant, dv: usize, ds: usize, classes: usize) -> Self {
         crate::options::defaults::<ModelOptions>().config(variant, dv, ds, classes)
+    }
+
+    /// Whether training gathers the batch's token features: a variant with EMA whose
+    /// alignment is token-level.
+    pub fn needs_tokens(&self) -> bool {
+        self.variant.has_ema() && self.align.needs_tokens()
+    }
+
+    /// This configuration with `tokens` set from the training split of `cache` when
+    /// [`Self::needs_tokens`], cleared otherwise. Errors name the cache's train file when it
+    /// holds no tokens.
+    pub fn with_cache_tokens(&self, cache: &crate::features::FeatureCache) -> anyhow::Result<Self> {
+        let mut cfg = self.clone();
+        cfg.tokens = None;
+        if cfg.needs_tokens() {
+            let t = &cache.train;
+            let (Some(v), Some(s)) = (&t.visual_tokens, &t.text_tokens) else {
+                let path = crate::features::FeatureCache::split_path(&cache.dir, "train");
+                let missing = if t.visual_tokens.is_none() { "visual_tokens" } else { "text_tokens" };
+                let fold = if cache.fold.is_some() { " (a fold of every split's rows: each split must have tokens)" } else { "" };
+                anyhow::bail!(
+                    "{}: --align {} trains on token features, and this cache has no `{missing}`{fold}; extract it with `marnet extract --tokens` (or `marnet synth --tokens`)",
+                    path.display(),
+                    cfg.align.name()
+                );
+            };
+            cfg.tokens = Some(TokenDims { visual: v.dim, text: s.dim });
+        }
+        Ok(cfg)
     }
 
     /// Whether the model has the late-fusion gate (`gate` applies to MARNet only).
@@ -247,7 +283,7 @@ impl Marnet {
             false => None,
         };
         let ema = if v.has_ema() {
-            let ecfg = EmaConfig { dv: cfg.dv, ds: cfg.ds, d: cfg.d, classes: cfg.classes, align: cfg.align };
+            let ecfg = EmaConfig { dv: cfg.dv, ds: cfg.ds, d: cfg.d, classes: cfg.classes, align: cfg.align, tokens: cfg.tokens };
             Some(Ema::load(vb.pp("ema"), &ecfg)?)
         } else {
             None
@@ -320,6 +356,19 @@ impl Marnet {
 
     /// The weighted training losses on one batch, by name; their sum is the objective.
     pub fn losses(&self, xv: &Tensor, xs: &Tensor, y: &Tensor, rng: &mut SeededRng) -> Result<Vec<(&'static str, Tensor)>> {
+        self.losses_with_tokens(xv, xs, None, y, rng)
+    }
+
+    /// [`Self::losses`] with the batch's token features, which the token-level alignment needs
+    /// ([`MarnetConfig::needs_tokens`]); other configurations ignore them.
+    pub fn losses_with_tokens(
+        &self,
+        xv: &Tensor,
+        xs: &Tensor,
+        tokens: Option<&TokenBatch>,
+        y: &Tensor,
+        rng: &mut SeededRng,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
         let w = &self.cfg.weights;
         let mut out = Vec::new();
         if self.cfg.variant == Variant::Baseline {
@@ -331,7 +380,7 @@ impl Marnet {
         let mut ema_out = None;
         if let Some(ema) = &self.ema {
             // Eq. 13: a1 CE + beta ITA (or the configured alignment loss).
-            let e = ema.forward_train(xv, xs, &y.to_vec1::<u32>()?, rng)?;
+            let e = ema.forward_train(xv, xs, tokens, &y.to_vec1::<u32>()?, rng)?;
             let logits = Self::plus(e.logits, &residual)?;
             out.push((self.cfg.align.name(), (e.align_loss * w.beta)?));
             out.push(("ce_ema", (cross_entropy(&logits, y)? * w.a1)?));

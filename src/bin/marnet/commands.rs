@@ -45,6 +45,8 @@ pub enum Cmd {
         out: PathBuf,
         #[command(flatten)]
         cfg: marnet::synth::SynthConfig,
+        #[command(flatten)]
+        tokens: marnet::synth::SynthTokens,
     },
     /// Train one variant on a feature cache; select the epoch on `val`; report test.
     Train {
@@ -217,7 +219,8 @@ pub enum Cmd {
     Compare {
         #[command(flatten)]
         table: TableArgs,
-        /// Alignment losses to compare (default: all six).
+        /// Alignment losses to compare (default: the six on pooled features; `team-tokens`, on
+        /// request, needs a cache extracted with --tokens).
         #[arg(long = "methods", value_enum, value_delimiter = ',')]
         aligns: Vec<Alignment>,
     },

@@ -41,11 +41,15 @@ fn run() -> Result<()> {
         (false, false) => Verbosity::Progress,
     };
     match cli.cmd {
-        Cmd::Synth { out, cfg } => {
-            let c = marnet::synth::write(&cfg, &out)?;
+        Cmd::Synth { out, cfg, tokens } => {
+            let c = marnet::synth::write_with_tokens(&cfg, &tokens, &out)?;
             for (name, s) in [("train", Some(&c.train)), ("val", c.val.as_ref()), ("test", c.test.as_ref())] {
                 if let Some(s) = s {
-                    println!("{name}: {} rows, visual {}-d, text {}-d", s.len(), s.dv, s.ds);
+                    let tokens = match (&s.visual_tokens, &s.text_tokens) {
+                        (Some(v), Some(t)) => format!("; tokens: visual {} x {}, text up to {} x {}", v.len, v.dim, t.len, t.dim),
+                        _ => String::new(),
+                    };
+                    println!("{name}: {} rows, visual {}-d, text {}-d{tokens}", s.len(), s.dv, s.ds);
                 }
             }
             println!("wrote {}", out.display());
