@@ -1,4 +1,5 @@
-//! CDD: contrastive domain discrepancy (CAN, Kang et al., CVPR 2019, eq. 4-6 there): class-aware
+//! CDD: contrastive domain discrepancy (CAN, Kang et al., CVPR 2019, the MARNet paper's [12];
+//! eq. 4-6 there): class-aware
 //! multi-kernel MMD between visual and text embeddings, intra-class minus inter-class.
 
 use super::class_groups;

@@ -1,4 +1,7 @@
-//! ITA: instance-wise cross-modal alignment (MGCA), the symmetric InfoNCE of EMA.
+//! ITA: instance-wise cross-modal alignment (MGCA: Wang, Zhou, Wang, Vardhanabhuti and Yu,
+//! "Multi-Granularity Cross-modal Alignment for Generalized Medical Visual Representation
+//! Learning", NeurIPS 2022; the MARNet paper's [32] and its eq. 9-11), the symmetric InfoNCE of
+//! EMA.
 
 use crate::nn::norm::l2_normalize;
 use candle_core::{Result, Tensor};

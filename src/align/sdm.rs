@@ -1,4 +1,5 @@
-//! SDM: similarity distribution matching (IRRA, Jiang and Ye, CVPR 2023, eq. 1-4 there), with
+//! SDM: similarity distribution matching (IRRA, Jiang and Ye, CVPR 2023, the MARNet paper's
+//! [11]; eq. 1-4 there), with
 //! class labels in the role of identities.
 
 use super::ita::similarity_logits;

@@ -1,5 +1,7 @@
-//! SSAN (Li et al., ACM MM 2020): class-centroid alignment with momentum centroids, plus a
-//! soft-label term that transfers the text side's class distributions to the visual side.
+//! SSAN (Li, Xie, Wu, Zhao, Liu and Ding, "Simultaneous Semantic Alignment Network for
+//! Heterogeneous Domain Adaptation", ACM MM 2020; the MARNet paper's [16]): class-centroid
+//! alignment with momentum centroids, plus a soft-label term that transfers the text side's
+//! class distributions to the visual side.
 //!
 //! Centroids are taken over L2-normalised embeddings: on raw embeddings the squared distances
 //! are unbounded, and minimising them collapsed both projections (chance accuracy on
