@@ -1,6 +1,7 @@
 //! Every validation error of the feature cache, produced on a crafted bad file: an error that
 //! names the file and the problem, never a panic.
 
+mod common;
 use marnet::features::{FeatureCache, FeatureSplit};
 use safetensors::{Dtype, tensor::TensorView};
 use std::collections::HashMap;
@@ -127,21 +128,30 @@ fn mismatched_dims_between_splits() {
 #[test]
 fn round_trip_keeps_everything() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = marnet::synth::SynthConfig {
-        classes: 3,
-        dv: 4,
-        ds: 5,
-        n_train: 7,
-        n_val: 0,
-        n_test: 2,
-        text_rank: 2,
-        text_jitter: 0.3,
-        vis_noise: 1.0,
-        bg_scale: 1.0,
-        n_bg: 2,
-        seed: 1,
-        groups: 0,
-    };
+    let cfg = common::synth_config(&[
+        "--classes",
+        "3",
+        "--dv",
+        "4",
+        "--ds",
+        "5",
+        "--n-train",
+        "7",
+        "--n-val",
+        "0",
+        "--n-test",
+        "2",
+        "--text-rank",
+        "2",
+        "--vis-noise",
+        "1.0",
+        "--bg-scale",
+        "1.0",
+        "--n-bg",
+        "2",
+        "--seed",
+        "1",
+    ]);
     let written = marnet::synth::write(&cfg, tmp.path()).unwrap();
     let read = FeatureCache::open(tmp.path()).unwrap();
     assert_eq!(read.train, written.train);

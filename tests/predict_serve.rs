@@ -2,10 +2,9 @@
 //! encoders fetched by `scripts/fetch-assets` (skipped, with a message, when absent).
 
 mod common;
-use common::{asset, ok};
-use std::io::{BufRead, Read, Write};
+use common::{Server, asset, ok};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 struct Trained {
@@ -95,24 +94,8 @@ fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -
     (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
-struct Server(std::process::Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 fn serve(bundle: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
-        .args(["serve", "--model", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0", "--max-body-mib", "0.05"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
-    Server(child, addr)
+    common::serve(bundle, &["--max-body-mib", "0.05"])
 }
 
 #[test]

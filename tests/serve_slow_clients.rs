@@ -4,11 +4,10 @@
 //! The bundle is a tiny model on the ViT fixture (no fetched assets needed).
 
 mod common;
-use common::ok;
-use std::io::{BufRead, ErrorKind, Read, Write};
+use common::{Server, ok};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -23,21 +22,31 @@ fn bundle() -> &'static Path {
     B.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
         let vit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
-        let cfg = marnet::synth::SynthConfig {
-            classes: 4,
-            dv: 32, // the fixture's hidden size
-            ds: 16,
-            n_train: 64,
-            n_val: 16,
-            n_test: 0,
-            text_rank: 4,
-            text_jitter: 0.3,
-            vis_noise: 1.0,
-            bg_scale: 1.0,
-            n_bg: 2,
-            seed: 1,
-            groups: 0,
-        };
+        // --dv: the fixture's hidden size.
+        let cfg = common::synth_config(&[
+            "--classes",
+            "4",
+            "--dv",
+            "32",
+            "--ds",
+            "16",
+            "--n-train",
+            "64",
+            "--n-val",
+            "16",
+            "--n-test",
+            "0",
+            "--text-rank",
+            "4",
+            "--vis-noise",
+            "1.0",
+            "--bg-scale",
+            "1.0",
+            "--n-bg",
+            "2",
+            "--seed",
+            "1",
+        ]);
         let mut cache = marnet::synth::generate(&cfg).unwrap();
         cache.train.meta.visual_encoder = "vit".into();
         cache.val.as_mut().unwrap().meta.visual_encoder = "vit".into();
@@ -50,26 +59,9 @@ fn bundle() -> &'static Path {
     })
 }
 
-struct Server(std::process::Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 fn serve() -> Server {
     let (header, idle, cap) = (HEADER_S.to_string(), IDLE_S.to_string(), MAX_CONNECTIONS.to_string());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
-        .args(["serve", "--model", bundle().to_str().unwrap(), "--addr", "127.0.0.1:0"])
-        .args(["--header-timeout-s", &header, "--idle-timeout-s", &idle, "--max-connections", &cap])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
-    Server(child, addr)
+    common::serve(bundle(), &["--header-timeout-s", &header, "--idle-timeout-s", &idle, "--max-connections", &cap])
 }
 
 /// Sends one request on `s` (kept alive) and reads its answer: (status, body).

@@ -37,6 +37,36 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A running `marnet serve`: the child process (killed on drop) and its `host:port`.
+pub struct Server(pub std::process::Child, pub String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// Starts `marnet serve --model BUNDLE --addr 127.0.0.1:0 EXTRA...` and waits for its
+/// `listening on` line.
+pub fn serve(bundle: &Path, extra: &[&str]) -> Server {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["serve", "--model", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
+    Server(child, addr)
+}
+
+/// A synthetic cache's settings from `synth` flags (the rest at their defaults).
+pub fn synth_config(flags: &[&str]) -> marnet::synth::SynthConfig {
+    marnet::options::parse(flags).unwrap()
+}
+
 /// Writes `text` to `root/rel`, creating folders.
 pub fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
