@@ -128,30 +128,7 @@ fn mismatched_dims_between_splits() {
 #[test]
 fn round_trip_keeps_everything() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = common::synth_config(&[
-        "--classes",
-        "3",
-        "--dv",
-        "4",
-        "--ds",
-        "5",
-        "--n-train",
-        "7",
-        "--n-val",
-        "0",
-        "--n-test",
-        "2",
-        "--text-rank",
-        "2",
-        "--vis-noise",
-        "1.0",
-        "--bg-scale",
-        "1.0",
-        "--n-bg",
-        "2",
-        "--seed",
-        "1",
-    ]);
+    let cfg = common::synth_config("--classes 3 --dv 4 --ds 5 --n-train 7 --n-val 0 --n-test 2 --text-rank 2 --vis-noise 1.0 --bg-scale 1.0 --n-bg 2 --seed 1");
     let written = marnet::synth::write(&cfg, tmp.path()).unwrap();
     let read = FeatureCache::open(tmp.path()).unwrap();
     assert_eq!(read.train, written.train);

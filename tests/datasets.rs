@@ -123,30 +123,7 @@ fn shards_partition_in_order_and_merge_back() {
 
     // Caches of two row slices merge back into the original cache.
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = common::synth_config(&[
-        "--classes",
-        "3",
-        "--dv",
-        "4",
-        "--ds",
-        "5",
-        "--n-train",
-        "9",
-        "--n-val",
-        "0",
-        "--n-test",
-        "4",
-        "--text-rank",
-        "2",
-        "--vis-noise",
-        "1.0",
-        "--bg-scale",
-        "1.0",
-        "--n-bg",
-        "2",
-        "--seed",
-        "1",
-    ]);
+    let cfg = common::synth_config("--classes 3 --dv 4 --ds 5 --n-train 9 --n-val 0 --n-test 4 --text-rank 2 --vis-noise 1.0 --bg-scale 1.0 --n-bg 2 --seed 1");
     let full = marnet::synth::write(&cfg, &tmp.path().join("full")).unwrap();
     let half = |rows: std::ops::Range<usize>, n: usize, dir: &str| {
         let c = FeatureCache {

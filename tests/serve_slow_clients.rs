@@ -23,30 +23,9 @@ fn bundle() -> &'static Path {
         let dir = tempfile::tempdir().unwrap().keep();
         let vit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
         // --dv: the fixture's hidden size.
-        let cfg = common::synth_config(&[
-            "--classes",
-            "4",
-            "--dv",
-            "32",
-            "--ds",
-            "16",
-            "--n-train",
-            "64",
-            "--n-val",
-            "16",
-            "--n-test",
-            "0",
-            "--text-rank",
-            "4",
-            "--vis-noise",
-            "1.0",
-            "--bg-scale",
-            "1.0",
-            "--n-bg",
-            "2",
-            "--seed",
-            "1",
-        ]);
+        let cfg = common::synth_config(
+            "--classes 4 --dv 32 --ds 16 --n-train 64 --n-val 16 --n-test 0 --text-rank 4 --vis-noise 1.0 --bg-scale 1.0 --n-bg 2 --seed 1",
+        );
         let mut cache = marnet::synth::generate(&cfg).unwrap();
         cache.train.meta.visual_encoder = "vit".into();
         cache.val.as_mut().unwrap().meta.visual_encoder = "vit".into();

@@ -62,9 +62,9 @@ pub fn serve(bundle: &Path, extra: &[&str]) -> Server {
     Server(child, addr)
 }
 
-/// A synthetic cache's settings from `synth` flags (the rest at their defaults).
-pub fn synth_config(flags: &[&str]) -> marnet::synth::SynthConfig {
-    marnet::options::parse(flags).unwrap()
+/// A synthetic cache's settings from `synth` flags, space-separated (the rest at their defaults).
+pub fn synth_config(flags: &str) -> marnet::synth::SynthConfig {
+    marnet::options::parse(&flags.split_whitespace().collect::<Vec<_>>()).unwrap()
 }
 
 /// Writes `text` to `root/rel`, creating folders.
