@@ -3,6 +3,7 @@
 //! work, `train --resume` refuses it with both fingerprints in the message.
 
 use crate::features::{FeatureCache, FeatureSplit};
+use crate::rng::fnv1a_continue;
 use serde::{Deserialize, Serialize};
 
 /// The code (version and source hash) and the data a result came from.
@@ -46,40 +47,33 @@ pub fn code() -> String {
 }
 
 fn hash_split(h: u64, s: &FeatureSplit) -> u64 {
-    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let mut bytes = f32s(&s.visual);
-    bytes.extend(s.text.as_deref().map(f32s).unwrap_or_default());
-    bytes.extend(s.label.iter().flat_map(|l| l.to_le_bytes()));
+    let mut h = fnv1a_continue(h, s.visual.iter().flat_map(|x| x.to_le_bytes()));
+    h = fnv1a_continue(h, s.text.iter().flatten().flat_map(|x| x.to_le_bytes()));
+    h = fnv1a_continue(h, s.label.iter().flat_map(|l| l.to_le_bytes()));
     for text in s.meta.ids.iter().chain(&s.meta.classes) {
-        bytes.extend(text.as_bytes());
-        bytes.push(0);
+        h = fnv1a_continue(h, text.bytes().chain([0]));
     }
-    let mut h = fnv1a_from(h, bytes);
     // Token features, when stored: the bits of the f16 values four at a time (a byte-wise pass
     // over hundreds of MB would cost seconds per run), then the masks.
     for (tag, tokens) in [(1u8, &s.visual_tokens), (2, &s.text_tokens)] {
         if let Some(t) = tokens {
-            h = fnv1a_from(h, [tag].into_iter().chain((t.len as u64).to_le_bytes()).chain((t.dim as u64).to_le_bytes()));
+            h = fnv1a_continue(h, [tag].into_iter().chain((t.len as u64).to_le_bytes()).chain((t.dim as u64).to_le_bytes()));
             for c in t.data.chunks(4) {
                 let word = c.iter().enumerate().fold(0u64, |w, (i, x)| w | (x.to_bits() as u64) << (16 * i));
-                h = (h ^ word).wrapping_mul(0x100_0000_01b3);
+                h = (h ^ word).wrapping_mul(crate::rng::FNV_PRIME);
             }
-            h = fnv1a_from(h, t.mask.iter().flatten().copied());
+            h = fnv1a_continue(h, t.mask.iter().flatten().copied());
         }
     }
     h
 }
 
-fn fnv1a_from(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
 /// Content hash of a cache as loaded (after any fold): every split's features, labels, ids and
 /// classes, in split order.
 pub fn cache_data(cache: &FeatureCache) -> String {
-    let mut h = 0xcbf2_9ce4_8422_2325;
+    let mut h = crate::rng::FNV_OFFSET;
     for (name, split) in [("train", Some(&cache.train)), ("val", cache.val.as_ref()), ("test", cache.test.as_ref())] {
-        h = fnv1a_from(h, name.bytes());
+        h = fnv1a_continue(h, name.bytes());
         if let Some(s) = split {
             h = hash_split(h, s);
         }

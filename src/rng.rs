@@ -68,9 +68,18 @@ impl Noise<'_> {
     }
 }
 
+/// FNV-1a's offset basis and prime (64-bit).
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x100_0000_01b3;
+
 /// The 64-bit FNV-1a hash of a byte sequence.
 pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    fnv1a_continue(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a from state `h`, so that a long input can be hashed in pieces.
+pub fn fnv1a_continue(h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(h, |h, b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
 }
 
 /// FNV-1a of an image file's bytes: the key of its noise stream.
