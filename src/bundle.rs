@@ -4,9 +4,9 @@
 //! moved anywhere as one folder.
 
 use crate::checkpoint::{Checkpoint, LoadedModel};
+use crate::config::Inference;
 use crate::data::image::{Prepared, Preprocess};
 use crate::encoders::ImageEncoder;
-use crate::model::cdr::SamplerConfig;
 use crate::rng::Noise;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
@@ -24,10 +24,10 @@ pub struct BundleConfig {
     pub visual_encoder: String,
     pub preprocess: Preprocess,
     pub classes: Vec<String>,
-    /// Reverse process used at inference.
-    pub sampler: SamplerConfig,
-    /// With an image's bytes, keys its noise stream: same image, same answer.
-    pub seed: u64,
+    /// How the heads run: the reverse process, the seed that keys each image's noise stream
+    /// (with the image's bytes: same image, same answer) and rows per forward pass.
+    #[serde(flatten)]
+    pub inference: Inference,
     pub marnet_version: String,
 }
 
@@ -49,7 +49,7 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, &'static st
 
 /// Writes a bundle of the model at `run` (a run folder or checkpoint) with the encoder `visual`
 /// (resolved against `assets`, copied into the bundle), to `out`.
-pub fn export(run: &Path, visual: &str, assets: &Path, sampler: SamplerConfig, seed: u64, out: &Path, dev: &Device) -> Result<BundleConfig> {
+pub fn export(run: &Path, visual: &str, assets: &Path, inference: Inference, out: &Path, dev: &Device) -> Result<BundleConfig> {
     let ck = Checkpoint::open(run, dev)?;
     let encoder = crate::encoders::load_image_encoder(visual, assets, dev)?;
     ensure!(
@@ -65,8 +65,7 @@ pub fn export(run: &Path, visual: &str, assets: &Path, sampler: SamplerConfig, s
         visual_encoder: encoder.name().to_string(),
         preprocess: encoder.preprocess(),
         classes: ck.run.classes.clone(),
-        sampler,
-        seed,
+        inference,
         marnet_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     crate::fsutil::replace_dir(out, |tmp| {
@@ -125,9 +124,14 @@ impl Predictor {
         }
         let x = self.preprocess().stack(images.iter().copied(), &self.dev)?;
         let xv = self.encoder.features(&x)?;
-        let mut rngs: Vec<_> = images.iter().map(|p| crate::rng::image_noise(self.config.seed, p.key)).collect();
-        let p = self.model.model.predict(&xv, &self.config.sampler, &mut Noise::PerRow(&mut rngs))?;
-        Ok(candle_nn::ops::softmax_last_dim(&p.logits)?.to_vec2::<f32>()?)
+        let Inference { sampler, seed, batch } = self.config.inference;
+        let mut probs = Vec::with_capacity(images.len());
+        for (start, chunk) in (0..images.len()).step_by(batch.max(1)).zip(images.chunks(batch.max(1))) {
+            let mut rngs: Vec<_> = chunk.iter().map(|p| crate::rng::image_noise(seed, p.key)).collect();
+            let p = self.model.model.predict(&xv.narrow(0, start, chunk.len())?, &sampler, &mut Noise::PerRow(&mut rngs))?;
+            probs.extend(candle_nn::ops::softmax_last_dim(&p.logits)?.to_vec2::<f32>()?);
+        }
+        Ok(probs)
     }
 
     /// The `k` most probable classes of each prepared image.
@@ -141,4 +145,29 @@ pub fn top_k(probs: &[f32], classes: &[String], k: usize) -> Vec<ClassProb> {
     let mut idx: Vec<usize> = (0..probs.len()).collect();
     idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     idx.into_iter().take(k).map(|i| ClassProb { class: classes[i].clone(), index: i, prob: probs[i] }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bundle.json` keeps its flat layout (`sampler`, `seed`, `batch` beside the other keys),
+    /// and bundles written before `batch` existed load with the evaluation default.
+    #[test]
+    fn bundle_json_is_flat_and_reads_older_bundles() {
+        let cfg = BundleConfig {
+            visual: "vit:encoder".into(),
+            visual_encoder: "vit".into(),
+            preprocess: Preprocess { size: 224, mean: [0.0; 3], std: [1.0; 3] },
+            classes: vec!["a".into()],
+            inference: Inference { seed: 7, batch: 3, ..Default::default() },
+            marnet_version: "0".into(),
+        };
+        let mut json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!((json["seed"].as_u64(), json["batch"].as_u64()), (Some(7), Some(3)));
+        assert!(json["sampler"].is_object());
+        json.as_object_mut().unwrap().remove("batch");
+        let old: BundleConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.inference, Inference { batch: crate::config::EVAL_BATCH, ..cfg.inference });
+    }
 }

@@ -1,58 +1,14 @@
 //! Checkpoint folders: `model.safetensors` (weights, optionally optimiser moments),
 //! `config.json` (everything needed to rebuild the model) and `metrics.json`.
 
-use crate::model::cdr::SamplerConfig;
+use crate::config::TrainConfig;
 use crate::model::marnet::{Marnet, MarnetConfig};
-use crate::optim::AdamWConfig;
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// Training hyper-parameters (all saved with every checkpoint).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
-pub struct TrainConfig {
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    #[command(flatten)]
-    pub optim: AdamWConfig,
-    /// Clip the global gradient norm to this (0: off).
-    #[arg(long, default_value_t = 0.0)]
-    pub clip_grad: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Fraction of train held out for model selection when the cache has no `val`.
-    #[arg(long, default_value_t = 0.1)]
-    pub val_fraction: f64,
-    /// Sampler used for validation and test evaluation.
-    #[command(flatten)]
-    pub sampler: SamplerConfig,
-    /// Rows per forward pass in validation and test.
-    #[arg(long, default_value_t = crate::eval::EVAL_BATCH)]
-    pub eval_batch: usize,
-    /// Draw batches as blocks of K rows of one class (CAN's class-aware sampling, for `--align
-    /// cdd`); 0: plain shuffling.
-    #[serde(default)]
-    #[arg(long, default_value_t = 0)]
-    pub per_class: usize,
-}
-
-impl TrainConfig {
-    /// How validation and test run: the sampler, the training seed, `eval_batch` rows a pass.
-    pub fn inference(&self) -> crate::eval::Inference {
-        crate::eval::Inference { sampler: self.sampler, seed: self.seed, batch: self.eval_batch }
-    }
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        crate::options::defaults()
-    }
-}
 
 /// `config.json`: the model, how it was trained, and what it was trained on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! report: extract (cached), every ablation row and alignment baseline over several seeds, test
 //! on the held-out vendor (or on every vendor in turn, leave-one-vendor-out), `report/`.
 
-use crate::checkpoint::TrainConfig;
+use crate::config::TrainConfig;
 use crate::experiments::{Table, TableSpec, ablation_arms, alignment_arms, run_table};
 use crate::features::FeatureCache;
 use crate::model::marnet::Variant;
@@ -33,7 +33,8 @@ pub struct DemoOptions {
 pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::Value)> {
     let t0 = Instant::now();
     // Fail now, not after the training, if the figures' font is missing.
-    crate::report::plots::use_font(&opts.report.font)?;
+    let report = crate::report::ReportOptions { font: Some(opts.report.font(Some(&opts.assets))?), ..opts.report.clone() };
+    crate::report::plots::use_font(&report.font(None)?)?;
     let cache_dir = opts.out.join("cache");
     if let Ok(existing) = FeatureCache::read_split(&cache_dir, "train") {
         anyhow::ensure!(
@@ -78,7 +79,7 @@ pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::
         "seconds": seconds,
     });
     crate::fsutil::write_atomic(&opts.out.join("demo.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    crate::report::write(&opts.out, &opts.report, dev)?;
+    crate::report::write(&opts.out, &report, dev)?;
     seconds.insert("report", t.elapsed().as_secs_f64());
     let summary = serde_json::json!({ "seconds": seconds, "total_seconds": t0.elapsed().as_secs_f64() });
     Ok((tables, summary))

@@ -1,5 +1,6 @@
 //! Top-1 / top-5 accuracy on image-only input, and the small statistics the tables need.
 
+use crate::config::Inference;
 use crate::features::FeatureSplit;
 use crate::model::cdr::SamplerConfig;
 use crate::model::marnet::Marnet;
@@ -102,17 +103,6 @@ pub fn reconstruction(x_cdr: &[f32], split: &FeatureSplit, reference: &TextRefer
     Some(Reconstruction { cosine: cos / n, class_match: hits as f64 / n })
 }
 
-/// How a trained model runs at inference: how x_CDR is sampled, the seed of the sampling noise
-/// (each image's stream is [`crate::rng::image_noise`] of it), and rows per forward pass. Runs
-/// carry theirs in their training config ([`crate::checkpoint::TrainConfig::inference`]),
-/// bundles in theirs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Inference {
-    pub sampler: SamplerConfig,
-    pub seed: u64,
-    pub batch: usize,
-}
-
 /// Everything inference produced over a split, for metrics and plots.
 pub struct SplitOutputs {
     pub logits: Vec<f32>,
@@ -212,9 +202,6 @@ pub fn accuracy(out: &SplitOutputs, split: &FeatureSplit, classes: usize, refere
         reconstruction: out.x_cdr.as_ref().zip(reference).and_then(|(x, r)| reconstruction(x, split, r)),
     }
 }
-
-/// Rows per forward pass when evaluating a split (the default of `--eval-batch`).
-pub const EVAL_BATCH: usize = 500;
 
 /// What `marnet eval` evaluates: a saved model on one split of a cache.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! Table 2 is the ablation (variants); Table 1 compares alignment losses.
 
 use crate::align::Alignment;
-use crate::checkpoint::TrainConfig;
+use crate::config::TrainConfig;
 use crate::eval::EvalResult;
 use crate::eval::pct_mean_std;
 use crate::features::FeatureCache;

@@ -20,16 +20,18 @@
 //! ```
 //! `synth` writes a seeded synthetic cache in which text helps; `bench` times a training step
 //! and inference. Around the pipeline: `runtime` (process set-up), `assets` (where the fetched
-//! weights are), `options` (option structs' declared defaults), `fingerprint` (what a run or
-//! cache was made from), `bundle`/`predict`/`serve` (a trained model on image files), `report`
-//! (figures and report.html), `demo` (the whole chain), `folds`, `stats`, `fsutil`, `rng`,
-//! `progress`, `interrupt`.
+//! weights are), `config` (training and inference settings, declared once), `options` (option
+//! structs' declared defaults), `fingerprint` (what a run or cache was made from),
+//! `bundle`/`predict`/`serve` (a trained model on image files), `report` (figures and
+//! report.html), `demo` (the whole chain), `folds`, `stats`, `fsutil`, `rng`, `progress`,
+//! `interrupt`.
 
 pub mod align;
 pub mod assets;
 pub mod bench;
 pub mod bundle;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod demo;
 pub mod encoders;

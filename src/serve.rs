@@ -185,7 +185,7 @@ pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
             let m = &pred.config;
             let info = serde_json::json!({
                 "bundle": pred.dir, "classes": m.classes, "visual_encoder": m.visual_encoder,
-                "preprocess": m.preprocess, "sampler": m.sampler, "seed": m.seed,
+                "preprocess": m.preprocess, "sampler": m.inference.sampler, "seed": m.inference.seed,
                 "marnet_version": m.marnet_version,
             });
             let _ = ready_tx.send(Ok((pred.preprocess(), info)));

@@ -3,7 +3,8 @@
 //! in `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
 use crate::align::team_tokens::TokenBatch;
-use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig, TrainConfig};
+use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig};
+use crate::config::TrainConfig;
 use crate::eval::{EvalResult, TextReference, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
 use crate::model::marnet::{Marnet, MarnetConfig};

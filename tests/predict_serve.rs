@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+#[derive(Clone)]
 struct Trained {
     cache: PathBuf,
     run: PathBuf,
@@ -64,6 +65,17 @@ fn predict_gives_the_classes_eval_computes_for_the_same_images() {
     // Batch composition does not change an answer (per-image noise streams).
     let single: Vec<u64> = predicted(t, &["--batch", "1"]).into_iter().map(|(_, c)| c).collect();
     assert_eq!(single, eval);
+    // Nor does the heads' batch, in eval or in a bundle (`--eval-batch`).
+    let rows5 = t.cache.parent().unwrap().join("eval5.jsonl");
+    let (run, cache) = (t.run.to_str().unwrap(), t.cache.to_str().unwrap());
+    ok(&["eval", "--model", run, "--cache", cache, "--eval-batch", "5", "--predictions", rows5.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&rows5).unwrap(), std::fs::read_to_string(&rows).unwrap());
+    let bundle5 = t.cache.parent().unwrap().join("bundle5");
+    let assets = asset("npm/emoji-datasource").unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    ok(&["export", "--model", run, "--out", bundle5.to_str().unwrap(), "--assets", assets.to_str().unwrap(), "--eval-batch", "5"]);
+    let five = Trained { bundle: bundle5, ..t.clone() };
+    let chunked: Vec<u64> = predicted(&five, &[]).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(chunked, eval);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! resumed run ends exactly where an uninterrupted one does.
 
 use candle_core::Device;
-use marnet::checkpoint::{Checkpoint, TrainConfig};
+use marnet::checkpoint::Checkpoint;
+use marnet::config::TrainConfig;
 use marnet::features::FeatureCache;
 use marnet::model::marnet::{MarnetConfig, Variant};
 use marnet::synth::SynthConfig;

@@ -24,15 +24,41 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// What `report` draws (the flags of `report` and `demo`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReportOptions {
-    /// TrueType font for the figures' text.
-    pub font: PathBuf,
-    /// Classes in the t-SNE figure, and rows per class at most.
+    /// TrueType font for the figures [default: DejaVuSans.ttf in the assets folder, found as
+    /// for `extract --assets`].
+    #[arg(long)]
+    pub font: Option<PathBuf>,
+    /// Classes in the t-SNE figure (Fig. 3), and rows per class at most.
+    #[arg(long, default_value_t = 5)]
     pub tsne_classes: usize,
+    #[arg(long, default_value_t = 100)]
     pub tsne_per_class: usize,
-    /// Test images in the top-5 figure.
+    /// Test images in the top-5 figure (Fig. 4).
+    #[arg(long, default_value_t = 6)]
     pub examples: usize,
+    /// Show progress bars.
+    #[arg(skip)]
     pub progress: bool,
+}
+
+impl ReportOptions {
+    /// The figures' font: `--font`, else the one in `assets` (else in the folder
+    /// [`crate::assets::resolve`] finds).
+    pub fn font(&self, assets: Option<&Path>) -> Result<PathBuf> {
+        match &self.font {
+            Some(f) => Ok(f.clone()),
+            None => Ok(crate::assets::resolve(assets)?.join(crate::assets::FONT)),
+        }
+    }
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        crate::options::defaults()
+    }
 }
 
 /// Numbers behind the figures (`figures.json`).
@@ -201,7 +227,7 @@ fn curves_figure(dir: &Path, tables: &[(String, Table)], out: &Path) -> Result<(
 
 /// Writes `DIR/report/` from the saved results in `dir`; returns the report folder.
 pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> {
-    plots::use_font(&opts.font)?;
+    plots::use_font(&opts.font(None)?)?;
     let mut tables = vec![];
     for name in ["ablation", "comparison"] {
         if let Some(t) = Table::read(dir, name)? {

@@ -1,10 +1,10 @@
 //! The command line: every command and its arguments (shared groups in `options.rs`).
 
-use crate::options::{ReportArgs, TableArgs};
+use crate::options::TableArgs;
 use clap::{Parser, Subcommand};
 use marnet::align::Alignment;
-use marnet::checkpoint::TrainConfig;
-use marnet::model::cdr::SamplerConfig;
+use marnet::config::Inference;
+use marnet::config::TrainConfig;
 use marnet::model::marnet::ModelOptions;
 use marnet::model::marnet::Variant;
 use std::path::PathBuf;
@@ -79,10 +79,7 @@ pub enum Cmd {
         #[arg(long, default_value = "test")]
         split: String,
         #[command(flatten)]
-        sampler: SamplerConfig,
-        /// Seed of the sampling noise.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        inference: Inference,
         /// Also write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -107,10 +104,7 @@ pub enum Cmd {
         #[arg(long)]
         assets: Option<PathBuf>,
         #[command(flatten)]
-        sampler: SamplerConfig,
-        /// Seed of the sampling noise (with each image's bytes).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        inference: Inference,
     },
     /// Classify image files with a bundle (`marnet export`): files, folders (recursive) or
     /// list files (.txt/.lst, one path per line). Unreadable files are reported and skipped;
@@ -194,14 +188,14 @@ pub enum Cmd {
         #[command(flatten)]
         model: ModelOptions,
         #[command(flatten)]
-        report: ReportArgs,
+        report: marnet::report::ReportOptions,
     },
     /// Regenerate DIR/report/ (tables, t-SNE and confidence figures, training curves,
     /// report.html) from the saved results of `ablate`, `compare` or `demo` in DIR.
     Report {
         dir: PathBuf,
         #[command(flatten)]
-        report: ReportArgs,
+        report: marnet::report::ReportOptions,
     },
     /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
     /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning reuses finished runs made by this
@@ -250,7 +244,7 @@ pub enum Cmd {
         /// Timed training steps (after 3 warm-up steps).
         #[arg(long, default_value_t = 100)]
         iters: usize,
-        #[arg(long, default_value_t = marnet::eval::EVAL_BATCH)]
+        #[arg(long, default_value_t = marnet::config::EVAL_BATCH)]
         infer_batch: usize,
         /// Reverse-diffusion step counts to time inference with.
         #[arg(long, value_delimiter = ',', default_value = "10,50")]

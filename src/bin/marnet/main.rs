@@ -65,8 +65,7 @@ fn run() -> Result<()> {
                 println!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
             }
         }
-        Cmd::Eval { model, cache, split, sampler, seed, json, predictions } => {
-            let inference = marnet::eval::Inference { sampler, seed, batch: marnet::eval::EVAL_BATCH };
+        Cmd::Eval { model, cache, split, inference, json, predictions } => {
             let req = marnet::eval::EvalRequest { model, cache, split, inference };
             let report = marnet::eval::run(&req, &dev)?;
             if let Some(p) = predictions {
@@ -83,12 +82,12 @@ fn run() -> Result<()> {
             let assets = marnet::assets::resolve(assets.as_deref())?;
             let opts = marnet::demo::DemoOptions {
                 out: out.clone(),
-                report: report.options(Some(&assets), progress)?,
+                report: marnet::report::ReportOptions { progress, ..report },
                 assets,
                 dataset,
                 leave_one_out,
                 seeds: (0..seeds).collect(),
-                train: marnet::checkpoint::TrainConfig { epochs, ..Default::default() },
+                train: marnet::config::TrainConfig { epochs, ..Default::default() },
                 command: command_line(),
                 model,
                 verbosity,
@@ -102,7 +101,7 @@ fn run() -> Result<()> {
         }
         Cmd::Report { dir, report } => {
             let t0 = Instant::now();
-            let out = marnet::report::write(&dir, &report.options(None, progress)?, &dev)?;
+            let out = marnet::report::write(&dir, &marnet::report::ReportOptions { progress, ..report }, &dev)?;
             println!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
         }
         Cmd::Ablate { table, variants } => {
@@ -118,10 +117,10 @@ fn run() -> Result<()> {
             println!("{}", t.markdown());
         }
         Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, false, &dev)?),
-        Cmd::Export { model, out, visual, assets, sampler, seed } => {
+        Cmd::Export { model, out, visual, assets, inference } => {
             let assets = marnet::assets::resolve(assets.as_deref())?;
-            let b = marnet::bundle::export(&model, &visual, &assets, sampler, seed, &out, &dev)?;
-            println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.sampler);
+            let b = marnet::bundle::export(&model, &visual, &assets, inference, &out, &dev)?;
+            println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.inference.sampler);
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
             let pred = marnet::bundle::Predictor::load(&model, &dev)?;
@@ -188,7 +187,7 @@ mod tests {
         use clap::Parser;
         let cli = super::Cli::parse_from(["marnet", "train", "--cache", "c", "--out", "o"]);
         let super::Cmd::Train { train, model, .. } = cli.cmd else { unreachable!() };
-        assert_eq!(train, marnet::checkpoint::TrainConfig::default());
+        assert_eq!(train, marnet::config::TrainConfig::default());
         // Likewise the model flags and `MarnetConfig::new` (CDR training input, steps, options).
         let v = super::Variant::Marnet;
         assert_eq!(model.config(v, 12, 10, 5), marnet::model::marnet::MarnetConfig::new(v, 12, 10, 5));

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 use clap::Args;
-use marnet::checkpoint::TrainConfig;
+use marnet::config::TrainConfig;
 use marnet::features::FeatureCache;
 use marnet::model::marnet::{MarnetConfig, ModelOptions, Variant};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Clone)]
 pub struct TableArgs {
@@ -54,37 +54,5 @@ impl TableArgs {
             train: self.train.clone(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
         }
-    }
-}
-
-#[derive(Args, Clone)]
-pub struct ReportArgs {
-    /// TrueType font for the figures [default: DejaVuSans.ttf in the assets folder, found as
-    /// for `extract --assets`].
-    #[arg(long)]
-    pub font: Option<PathBuf>,
-    /// Classes in the t-SNE figure (Fig. 3), and rows per class at most.
-    #[arg(long, default_value_t = 5)]
-    pub tsne_classes: usize,
-    #[arg(long, default_value_t = 100)]
-    pub tsne_per_class: usize,
-    /// Test images in the top-5 figure (Fig. 4).
-    #[arg(long, default_value_t = 6)]
-    pub examples: usize,
-}
-
-impl ReportArgs {
-    /// The options, with the font found in `assets` (or as `--assets` would be) unless given.
-    pub fn options(&self, assets: Option<&Path>, progress: bool) -> Result<marnet::report::ReportOptions> {
-        Ok(marnet::report::ReportOptions {
-            font: match &self.font {
-                Some(f) => f.clone(),
-                None => marnet::assets::resolve(assets)?.join(marnet::assets::FONT),
-            },
-            tsne_classes: self.tsne_classes,
-            tsne_per_class: self.tsne_per_class,
-            examples: self.examples,
-            progress,
-        })
     }
 }
