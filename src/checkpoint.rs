@@ -23,7 +23,7 @@ pub struct RunConfig {
     pub marnet_version: String,
     /// The leave-one-group-out fold of `cache` the run used, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fold: Option<crate::folds::FoldSpec>,
+    pub fold: Option<crate::features::folds::FoldSpec>,
     /// The code and the cache content (after the fold) the run came from.
     #[serde(default)]
     pub fingerprint: crate::fingerprint::Fingerprint,
@@ -34,7 +34,7 @@ impl RunConfig {
     pub fn open_cache(&self) -> Result<crate::features::FeatureCache> {
         let cache = crate::features::FeatureCache::open(&self.cache)?;
         match &self.fold {
-            Some(f) => crate::folds::fold(&cache, f),
+            Some(f) => crate::features::folds::fold(&cache, f),
             None => Ok(cache),
         }
     }

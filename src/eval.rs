@@ -239,7 +239,7 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     let cache_dir = req.cache.clone().unwrap_or_else(|| ck.run.cache.clone());
     let cache = FeatureCache::open(&cache_dir)?;
     let cache = match &ck.run.fold {
-        Some(f) => crate::folds::fold(&cache, f)?,
+        Some(f) => crate::features::folds::fold(&cache, f)?,
         None => cache,
     };
     let data = match req.split.as_str() {

@@ -7,7 +7,7 @@ use crate::config::TrainConfig;
 use crate::eval::EvalResult;
 use crate::eval::pct_mean_std;
 use crate::features::FeatureCache;
-use crate::folds::FoldSpec;
+use crate::features::folds::FoldSpec;
 use crate::model::marnet::{MarnetConfig, Variant};
 use crate::stats::PairedTest;
 use crate::stats::mean_std;
@@ -172,7 +172,7 @@ pub fn run_arms(
 ) -> Result<Vec<ResultRow>> {
     let plan: Vec<(Option<&FoldSpec>, FeatureCache)> = match folds {
         [] => vec![(None, cache.clone())],
-        _ => folds.iter().map(|f| Ok((Some(f), crate::folds::fold(cache, f)?))).collect::<Result<_>>()?,
+        _ => folds.iter().map(|f| Ok((Some(f), crate::features::folds::fold(cache, f)?))).collect::<Result<_>>()?,
     };
     // With bars only, one bar over every run of the table; per-epoch lines with `Epochs`.
     let bar = crate::progress::bar(verbosity == Verbosity::Progress, (arms.len() * plan.len() * seeds.len()) as u64, "runs", "training");
@@ -223,7 +223,7 @@ pub struct TableSpec {
     pub seeds: Vec<u64>,
     /// Every group of rows (vendor) is the test split once, with validation as `fold_val` says.
     pub leave_one_out: bool,
-    pub fold_val: crate::folds::FoldVal,
+    pub fold_val: crate::features::folds::FoldVal,
     pub train: TrainConfig,
     /// The command line, recorded with the table.
     pub command: String,
@@ -232,7 +232,7 @@ pub struct TableSpec {
 /// Trains every arm as `spec` says (resuming current runs), writes the table and returns it.
 pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Table> {
     let folds: Vec<FoldSpec> = match spec.leave_one_out {
-        true => crate::folds::groups(cache)?.into_iter().map(|g| FoldSpec { test_group: g, val: spec.fold_val, seed: spec.train.seed }).collect(),
+        true => crate::features::folds::groups(cache)?.into_iter().map(|g| FoldSpec { test_group: g, val: spec.fold_val, seed: spec.train.seed }).collect(),
         false => vec![],
     };
     let rows = run_arms(cache, arms, &spec.train, &spec.seeds, &folds, &spec.out, verbosity, dev)?;

@@ -6,7 +6,8 @@
 //! ```text
 //! dataset (data) ─ extract ─>     frozen encoders (encoders: EfficientNet-Lite0, ViT, ResNet,
 //!                                 BERT/MiniLM) turn images and text into features
-//! feature cache (features)        x_v [N, Dv], x_s [N, Ds], labels; one safetensors per split
+//! feature cache (features)        x_v [N, Dv], x_s [N, Ds], labels; one safetensors per split;
+//!                                 leave-one-vendor-out folds of a cache (features::folds)
 //!   └─ train (train, optim)       EMA (model::ema) + CDR (model::cdr, model::diffusion)
 //!        │                        + fusion (model::fusion), variants in model::marnet
 //!        ├─ eval (eval)           top-1 / top-5 from x_v alone
@@ -23,7 +24,7 @@
 //! weights are), `config` (training and inference settings, declared once), `options` (option
 //! structs' declared defaults), `fingerprint` (what a run or cache was made from),
 //! `bundle`/`predict`/`serve` (a trained model on image files), `report` (figures and
-//! report.html), `demo` (the whole chain), `folds`, `stats`, `fsutil`, `rng`, `progress`,
+//! report.html), `demo` (the whole chain), `stats`, `fsutil`, `rng`, `progress`,
 //! `interrupt`.
 
 pub mod align;
@@ -40,7 +41,6 @@ pub mod experiments;
 pub mod extract;
 pub mod features;
 pub mod fingerprint;
-pub mod folds;
 pub mod fsutil;
 pub mod interrupt;
 pub mod model;

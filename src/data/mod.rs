@@ -7,6 +7,10 @@ pub mod image;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
+/// Marks a row id as a training-only image (`google/train-only/1f44b-1f3fb.png`, emoji-all's
+/// skin-tone variants): a fold (`features::folds`) keeps it in train when its group trains, and drops it otherwise.
+pub const TRAIN_ONLY: &str = "train-only/";
+
 /// One image with its label and, for training, its text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

@@ -27,7 +27,7 @@ pub struct TableArgs {
     /// the training rows' classes) or `group` (every image of the next training vendor: a style
     /// the model has not trained on, for choosing settings that must transfer).
     #[arg(long, value_enum, default_value = "in-style")]
-    pub fold_val: marnet::folds::FoldVal,
+    pub fold_val: marnet::features::folds::FoldVal,
     #[command(flatten)]
     pub model: ModelOptions,
     #[command(flatten)]

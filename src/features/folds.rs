@@ -2,13 +2,10 @@
 //! their id (the vendor for the emoji datasets: `apple/1f32d.png`), every group is the test split
 //! once, and validation stays inside the training groups. One extracted cache serves every fold.
 
+use crate::data::TRAIN_ONLY;
 use crate::features::{FeatureCache, FeatureSplit};
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
-
-/// Marks a row id as a training-only image (`google/train-only/1f44b-1f3fb.png`, emoji-all's
-/// skin-tone variants): a fold keeps it in train when its group trains, and drops it otherwise.
-pub const TRAIN_ONLY: &str = "train-only/";
 
 /// Share of a fold's training rows held out for validation when `val` is `in-style`: as
 /// `extract --dataset emoji-*` does, at most one image per class.

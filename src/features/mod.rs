@@ -24,6 +24,8 @@
 //! A cache without tokens works for everything but `--align team-tokens`; a split without text
 //! has no `text_tokens` either.
 
+pub mod folds;
+
 use anyhow::{Context, Result, bail, ensure};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -309,7 +311,7 @@ pub struct FeatureCache {
     pub val: Option<FeatureSplit>,
     pub test: Option<FeatureSplit>,
     /// Set when the splits are a leave-one-group-out fold of the cache at `dir`.
-    pub fold: Option<crate::folds::FoldSpec>,
+    pub fold: Option<crate::features::folds::FoldSpec>,
 }
 
 impl FeatureCache {
