@@ -41,6 +41,16 @@ pub struct ExtractSettings {
     /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub visual: String,
+    /// Text encoder: a Hugging Face BERT-layout folder (config.json, model.safetensors,
+    /// tokenizer.json), e.g. BERT-base as in the paper [default: the fetched all-MiniLM-L6-v2,
+    /// ASSETS/minilm]. Pooled as its sentence-transformers files say (modules.json: Transformer,
+    /// Pooling with 1_Pooling/config.json naming cls, mean, max, ..., optional Normalize); a
+    /// plain folder without them: mean pooling, as sentence-transformers defaults. Max length:
+    /// sentence_bert_config.json max_seq_length, else tokenizer_config.json model_max_length,
+    /// else config.json max_position_embeddings.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<PathBuf>,
     /// Output cache folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -130,14 +140,25 @@ pub fn run(settings: &ExtractSettings, progress: bool, reuse_current: bool, dev:
         None => ds,
     };
     let image_enc = crate::encoders::load_image_encoder(&s.visual, &assets, dev)?;
-    let text_enc = TextEncoder::load(&assets.join("minilm"), dev)?;
-    // The assets folder is where the inputs came from, not what they are: not recorded.
-    let recorded = serde_json::to_value(ExtractSettings { assets: None, ..s.clone() })?;
+    let fetched = assets.join("minilm");
+    let text_enc = match &s.text {
+        Some(dir) => TextEncoder::load(dir, dev).context("--text")?,
+        None => TextEncoder::load(&fetched, dev).context("the default text encoder (scripts/fetch-assets fetches it)")?,
+    };
+    // The fetched MiniLM has one name however it is named.
+    let fetched = s.text.as_ref().is_none_or(|dir| dir.canonicalize().ok() == fetched.canonicalize().ok());
+    let text_enc = if fetched { text_enc.named(DEFAULT_TEXT) } else { text_enc };
+    // The assets and text encoder folders are where the inputs came from, not what they are: not
+    // recorded (the text encoder's identity is).
+    let recorded = serde_json::to_value(ExtractSettings { assets: None, text: None, ..s.clone() })?;
     let opts = ExtractOptions { batch: s.batch, limit: s.limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: recorded, reuse_current };
     let t0 = std::time::Instant::now();
     let (cache, skipped) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), cache, skipped, seconds: t0.elapsed().as_secs_f64() })
 }
+
+/// The name the fetched default text encoder (`ASSETS/minilm`) is recorded under.
+pub const DEFAULT_TEXT: &str = "all-MiniLM-L6-v2";
 
 /// Batches per saved block: an interrupted run redoes at most this many.
 const BLOCK_BATCHES: usize = 8;
@@ -173,6 +194,8 @@ pub struct Skipped {
 struct Job {
     settings: serde_json::Value,
     visual_encoder: String,
+    #[serde(default)]
+    text_encoder: crate::encoders::text::TextIdentity,
     /// The build that extracted it ([`crate::fingerprint::code`]).
     #[serde(default)]
     code: String,
@@ -293,7 +316,7 @@ fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, batch: usize
     if !tokens {
         return Ok((Some(pooled), None));
     }
-    let dim = enc.dim();
+    let dim = enc.token_dim();
     let len = token_rows.values().map(|t| t.len() / dim).max().unwrap_or(1).max(1);
     let mut out = Tokens { data: vec![f16::ZERO; samples.len() * len * dim], len, dim, mask: Some(vec![0; samples.len() * len]) };
     let mask = out.mask.as_mut().unwrap();
@@ -437,7 +460,7 @@ impl Extraction<'_> {
                 classes: ds.classes.clone(),
                 ids: kept.iter().map(|s| s.id.clone()).collect(),
                 visual_encoder: image_enc.name().to_string(),
-                text_encoder: "all-MiniLM-L6-v2".to_string(),
+                text_encoder: text_enc.identity().name.clone(),
                 dataset: ds.name.clone(),
                 keys,
             },
@@ -459,6 +482,7 @@ fn finished(out: &Path, job: &Job) -> Result<Option<(FeatureCache, Vec<Skipped>)
         let why = match saved {
             Some(s) if s.code != job.code => format!("made by {}, this is {}", if s.code.is_empty() { "an older marnet" } else { &s.code }, job.code),
             Some(s) if s.samples != job.samples => "the dataset's files changed".to_string(),
+            Some(s) if s.text_encoder != job.text_encoder => format!("text encoder {} there, {} now", s.text_encoder, job.text_encoder),
             _ => "other settings".to_string(),
         };
         eprintln!("{}: stale feature cache ({why}): extracting again", out.display());
@@ -496,6 +520,7 @@ pub fn extract(
     let job = Job {
         settings: opts.settings.clone(),
         visual_encoder: image_enc.name().to_string(),
+        text_encoder: text_enc.identity().clone(),
         code: crate::fingerprint::code(),
         samples: splits.iter().map(|(n, v)| (n.to_string(), v.len(), samples_hash(v))).collect(),
         tokens: opts.tokens,

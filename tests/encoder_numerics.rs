@@ -106,3 +106,70 @@ fn resnets_match_timm() {
         assert_close(&enc.features(&x).unwrap(), &expected(&format!("{arch}-formula"), "features"));
     }
 }
+
+/// `extract --text DIR` on the folders `make_text_fixtures.py` made: token ids, pooling (each
+/// sentence-transformers mode), normalisation and max length (cut texts) as sentence-transformers
+/// computes them, through the loader `extract` uses; batched (padded) and one text at a time.
+#[test]
+fn text_encoder_folders_match_sentence_transformers() {
+    use marnet::encoders::text::TextEncoder;
+    for name in ["text-st-cls", "text-st-modes", "text-st-legacy", "text-plain"] {
+        let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap();
+        let enc = TextEncoder::load(&fixture(name), &Device::Cpu).unwrap();
+        let texts: Vec<&str> = want["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let id = enc.identity();
+        let got = (id.name.as_str(), id.pooling.as_str(), id.normalize, id.max_length, enc.dim());
+        assert_eq!(
+            got,
+            (
+                name,
+                want["pooling"].as_str().unwrap(),
+                want["normalize"] == true,
+                want["max_length"].as_u64().unwrap() as usize,
+                want["dim"].as_u64().unwrap() as usize
+            )
+        );
+        for (t, ids) in texts.iter().zip(want["ids"].as_array().unwrap()) {
+            let ids: Vec<u32> = ids.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+            assert_eq!(enc.token_ids(t).unwrap(), ids, "{name}: {t}");
+        }
+        let all = expected(name, "embeddings");
+        assert_close(&enc.embed(&texts).unwrap(), &all);
+        for (t, row) in texts.iter().zip(all.chunks(enc.dim())) {
+            assert_close(&enc.embed(&[t]).unwrap(), row);
+        }
+    }
+}
+
+/// Folders `--text` cannot use fail naming the file and what is wrong.
+#[test]
+fn text_encoder_folder_errors_name_the_file() {
+    use marnet::encoders::text::TextEncoder;
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |from: &str| {
+        let dir = tmp.path().join(from);
+        for e in std::fs::read_dir(fixture(from)).unwrap().flatten().filter(|e| e.path().is_file()) {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        dir
+    };
+    let err = |dir: &Path| format!("{:#}", TextEncoder::load(dir, &Device::Cpu).err().expect("should fail"));
+    let dir = copy("text-plain");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    assert!(err(&dir).contains("tokenizer.json: missing"), "{}", err(&dir));
+    std::fs::write(dir.join("tokenizer.json"), "{").unwrap();
+    assert!(err(&dir).contains("tokenizer.json: cannot load tokenizer"), "{}", err(&dir));
+    std::fs::write(dir.join("config.json"), r#"{"hidden_size": 16}"#).unwrap();
+    assert!(err(&dir).contains("config.json: unexpected content") && err(&dir).contains("missing field"), "{}", err(&dir));
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    assert!(err(&dir).contains("config.json: cannot read"), "{}", err(&dir));
+    let dir = copy("text-st-cls");
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    std::fs::write(dir.join("1_Pooling/config.json"), r#"{"pooling_mode": "median"}"#).unwrap();
+    assert!(err(&dir).contains("1_Pooling/config.json: unknown pooling mode `median`"), "{}", err(&dir));
+    let modules = r#"[{"path": "", "type": "sentence_transformers.models.Transformer"}, {"path": "2_Dense", "type": "sentence_transformers.models.Dense"}]"#;
+    std::fs::write(dir.join("modules.json"), modules).unwrap();
+    assert!(err(&dir).contains("modules.json: module `sentence_transformers.models.Dense`"), "{}", err(&dir));
+    assert!(err(&tmp.path().join("absent")).contains("text encoder folder not found"));
+}

@@ -173,3 +173,52 @@ fn a_reused_cache_is_extracted_again_when_an_image_changes() {
     assert_ne!(mtime(), t1, "a changed image file makes the cache stale");
     assert_ne!(changed.train.visual, first.train.visual);
 }
+
+/// `extract --text DIR` (tiny fixtures, no fetched assets): the cache's text features come from
+/// that folder, `extract.json` records which, and a cache made with one text encoder is not
+/// reused for another.
+#[test]
+fn a_cache_records_its_text_encoder_and_is_not_reused_for_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coffee = image::open(Path::new(FIXTURES).join("coffee.png")).unwrap();
+    coffee.resize(40, 32, image::imageops::FilterType::Triangle).save(tmp.path().join("a.png")).unwrap();
+    coffee.resize(32, 32, image::imageops::FilterType::Triangle).save(tmp.path().join("b.png")).unwrap();
+    let line = |img: &str, label: &str, text: &str| format!(r#"{{"image": "{img}", "label": "{label}", "text": "{text}", "split": "train"}}"#);
+    let manifest = tmp.path().join("manifest.jsonl");
+    std::fs::write(&manifest, [line("a.png", "coffee", "Milk, coffee and bread!"), line("b.png", "latte", "the man is eating food")].join("\n")).unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let (visual, out) = (format!("vit:{fixtures}/vit-tiny"), tmp.path().join("cache"));
+    let args = |text: &str| -> Vec<String> {
+        let text = format!("{fixtures}/{text}");
+        let (tmp, manifest, out) = (tmp.path().display().to_string(), manifest.display().to_string(), out.display().to_string());
+        ["extract", "--assets", &tmp, "--dataset", "manifest", "--root", &manifest, "--visual", &visual, "--text", &text, "--out", &out, "--tokens"]
+            .map(String::from)
+            .to_vec()
+    };
+    let summary = ok(&args("text-st-legacy").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(summary.contains("text 32-d"), "{summary}");
+    let cache = marnet::features::FeatureCache::open(&out).unwrap();
+    assert_eq!((cache.train.ds, cache.train.meta.text_encoder.as_str()), (32, "text-st-legacy"));
+    // Max and mean pooling concatenated: 32-d pooled rows of 16-d token states.
+    assert_eq!(cache.train.text_tokens.as_ref().map(|t| t.dim), Some(16));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("extract.json")).unwrap()).unwrap();
+    let t = &record["text_encoder"];
+    assert_eq!(
+        (t["name"].as_str(), t["pooling"].as_str(), t["normalize"].as_bool(), t["max_length"].as_u64()),
+        (Some("text-st-legacy"), Some("max+mean"), Some(true), Some(9))
+    );
+
+    // As `demo` extracts (reusing a current cache): the same text encoder reuses it, another
+    // extracts again.
+    let dev = candle_core::Device::Cpu;
+    let settings =
+        |text: &str| -> marnet::extract::ExtractSettings { marnet::options::parse(&args(text)[1..].iter().map(String::as_str).collect::<Vec<_>>()).unwrap() };
+    let mtime = || std::fs::metadata(out.join("train.safetensors")).unwrap().modified().unwrap();
+    let t1 = mtime();
+    assert_eq!(marnet::extract::run(&settings("text-st-legacy"), false, true, &dev).unwrap().cache.train, cache.train);
+    assert_eq!(mtime(), t1, "the same text encoder: reused");
+    let other = marnet::extract::run(&settings("text-plain"), false, true, &dev).unwrap().cache;
+    assert_eq!((other.train.ds, other.train.meta.text_encoder.as_str()), (16, "text-plain"));
+    assert_ne!(mtime(), t1, "another text encoder: extracted again");
+    assert_eq!(other.train.visual, cache.train.visual);
+}
