@@ -218,8 +218,9 @@ pub enum Cmd {
         #[arg(long = "methods", value_enum, value_delimiter = ',')]
         aligns: Vec<Alignment>,
     },
-    /// Encode a dataset into a feature cache with the frozen encoders (images: EfficientNet-Lite0,
-    /// text: MiniLM), from the assets `scripts/fetch-assets` downloads.
+    /// Encode a dataset into a feature cache with frozen encoders (by default EfficientNet-Lite0
+    /// and MiniLM from the assets `scripts/fetch-assets` downloads; `--visual`, `--text` choose
+    /// others).
     Extract(marnet::extract::ExtractSettings),
     /// Concatenate shard caches (in the order given) into one cache.
     MergeShards {
