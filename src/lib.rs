@@ -34,6 +34,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+#[cfg(feature = "report")]
 pub mod demo;
 pub mod encoders;
 pub mod eval;
@@ -49,9 +50,11 @@ pub mod optim;
 pub mod options;
 pub mod predict;
 pub mod progress;
+#[cfg(feature = "report")]
 pub mod report;
 pub mod rng;
 pub mod runtime;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod stats;
 pub mod synth;
