@@ -32,19 +32,29 @@ pub struct BundleConfig {
 }
 
 /// The files behind a `--visual` value (source, name in `encoder/`) and the value that finds
-/// them inside a bundle.
-fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, &'static str)>, String)> {
+/// them inside a bundle. `kind:FILE` (a safetensors state dict) is copied as `encoder/FILE`'s
+/// weights; `kind:DIR`, and a bare `kind` (the folder `assets/kind`), copy the folder's
+/// `model.safetensors` and JSON configs into `encoder/`.
+fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, String)>, String)> {
     const W: &str = "model.safetensors";
     let (kind, path) = match spec.split_once(':') {
-        Some((k, p)) => (k, Some(PathBuf::from(p))),
-        None => (spec, None),
+        Some((k, p)) => (k, PathBuf::from(p)),
+        None => (spec, assets.join(spec)),
     };
-    Ok(match (kind, path) {
-        ("efficientnet-lite0", p) => (vec![(p.unwrap_or_else(|| assets.join("efficientnet-lite0")).join(W), W)], "efficientnet-lite0:encoder".into()),
-        ("vit", Some(dir)) => (vec![(dir.join("config.json"), "config.json"), (dir.join(W), W)], "vit:encoder".into()),
-        (k @ ("resnet18" | "resnet50"), Some(file)) => (vec![(file, W)], format!("{k}:encoder/{W}")),
-        _ => anyhow::bail!("cannot bundle visual encoder `{spec}`"),
-    })
+    if path.is_file() {
+        return Ok((vec![(path, W.to_string())], format!("{kind}:encoder/{W}")));
+    }
+    let mut files = vec![];
+    for entry in std::fs::read_dir(&path).with_context(|| format!("{}: cannot bundle visual encoder `{spec}`", path.display()))? {
+        let file = entry?.path();
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if file.is_file() && (name == W || name.ends_with(".json")) {
+            files.push((file, name));
+        }
+    }
+    ensure!(files.iter().any(|(_, n)| n == W), "{}: no {W} to bundle", path.display());
+    files.sort();
+    Ok((files, format!("{kind}:encoder")))
 }
 
 /// Writes a bundle of the model at `run` (a run folder or checkpoint) with the encoder `visual`
