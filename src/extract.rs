@@ -38,7 +38,9 @@ pub struct ExtractSettings {
     #[arg(long)]
     pub assets: Option<PathBuf>,
     /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
-    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors), `wide_resnet50_2:FILE`,
+    /// `vgg19:FILE` (timm or torchvision state dict), `repvgg_a2:FILE` (timm training-time
+    /// state dict, fused at load; also `repvgg_a0`, `_a1`, `_b0`.. `_b3`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub visual: String,
     /// Text encoder: a Hugging Face BERT-layout folder (config.json, model.safetensors,

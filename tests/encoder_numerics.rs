@@ -10,9 +10,12 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+fn expected_json(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+}
+
 fn expected(name: &str, key: &str) -> Vec<f32> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap();
-    v[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    expected_json(name)[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn assert_close(got: &Tensor, want: &[f32]) {
@@ -62,26 +65,32 @@ fn fnv1a32(s: &str) -> u32 {
     s.bytes().fold(0x811C9DC5u32, |h, b| (h ^ b as u32).wrapping_mul(0x01000193))
 }
 
+/// The weight `name` of shape `s` from base values `base(i)` of order 1: batch-norm variances
+/// and scales near 1, biases near 0, others divided by the square root of the fan-in.
+fn formula_tensor(s: candle_core::Shape, name: &str, dtype: DType, dev: &Device, base: impl Fn(usize) -> f64) -> candle_core::Result<Tensor> {
+    let dims = s.dims().to_vec();
+    let fan_in: usize = dims.iter().skip(1).product();
+    let v: Vec<f32> = (0..s.elem_count())
+        .map(|i| {
+            let x = base(i);
+            (if name.ends_with("running_var") {
+                1.0 + 0.5 * x * x
+            } else if dims.len() == 1 && name.ends_with("weight") {
+                1.0 + 0.1 * x
+            } else if dims.len() <= 1 {
+                0.1 * x
+            } else {
+                x / (fan_in as f64).sqrt()
+            }) as f32
+        })
+        .collect();
+    Tensor::from_vec(v, s, dev)?.to_dtype(dtype)
+}
+
 impl candle_nn::var_builder::SimpleBackend for FormulaWeights {
     fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let dims = s.dims().to_vec();
         let phase = (fnv1a32(name) % 997) as f64;
-        let fan_in: usize = dims.iter().skip(1).product();
-        let v: Vec<f32> = (0..s.elem_count())
-            .map(|i| {
-                let x = (0.7 * i as f64 + phase).sin();
-                (if name.ends_with("running_var") {
-                    1.0 + 0.5 * x * x
-                } else if dims.len() == 1 && name.ends_with("weight") {
-                    1.0 + 0.1 * x
-                } else if dims.len() <= 1 {
-                    0.1 * x
-                } else {
-                    x / (fan_in as f64).sqrt()
-                }) as f32
-            })
-            .collect();
-        Tensor::from_vec(v, s, dev)?.to_dtype(dtype)
+        formula_tensor(s, name, dtype, dev, |i| (0.7 * i as f64 + phase).sin())
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
@@ -172,4 +181,138 @@ fn text_encoder_folder_errors_name_the_file() {
     std::fs::write(dir.join("modules.json"), modules).unwrap();
     assert!(err(&dir).contains("modules.json: module `sentence_transformers.models.Dense`"), "{}", err(&dir));
     assert!(err(&tmp.path().join("absent")).contains("text encoder folder not found"));
+}
+
+/// [`FormulaWeights`] with hashed base values, `make_encoder_fixtures.py`'s `hashed`: splitmix64
+/// of `(i + 1) * golden + fnv1a32(name)`, uniform in [-sqrt 6, sqrt 6). Unlike `sin(0.7 i +
+/// phase)`, whose weight rows span two dimensions, it keeps deep bottleneck networks' features
+/// dependent on their input.
+struct HashedWeights;
+
+fn splitmix(i: usize, seed: u64) -> f64 {
+    let mut z = (i as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15).wrapping_add(seed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^= z >> 31;
+    ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 6f64.sqrt()
+}
+
+impl candle_nn::var_builder::SimpleBackend for HashedWeights {
+    fn get(&self, s: candle_core::Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let seed = fnv1a32(name) as u64;
+        formula_tensor(s, name, dtype, dev, |i| splitmix(i, seed))
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: shape needed")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The [2, 3, 64, 64] input of the formula-weight fixtures: x[i] = sin(0.37 i).
+fn pixels64() -> Tensor {
+    let n = 2 * 3 * 64 * 64;
+    Tensor::from_vec((0..n).map(|i| (0.37 * i as f64).sin() as f32).collect(), (2, 3, 64, 64), &Device::Cpu).unwrap()
+}
+
+/// `enc`'s features of [`pixels64`] match timm's in `fixture`, which must be a usable check:
+/// features of moderate size that differ between the two images.
+fn assert_matches_fixture(enc: &dyn marnet::encoders::ImageEncoder, fixture: &str) {
+    let want = expected(fixture, "features");
+    let (mean, half) = (want.iter().map(|x| x.abs()).sum::<f32>() / want.len() as f32, want.len() / 2);
+    let apart = want[..half].iter().zip(&want[half..]).map(|(a, b)| (a - b).abs()).sum::<f32>() / half as f32;
+    assert!((0.1..1e4).contains(&mean) && apart > 0.01 * mean.max(1.0), "{fixture}: mean |x| {mean}, rows differ by {apart}");
+    assert_close(&enc.features(&pixels64()).unwrap(), &want);
+}
+
+fn hashed_vb() -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(HashedWeights), DType::F32, Device::Cpu)
+}
+
+/// `expected.json`'s `timm[key]`: part of the real model's shape as timm builds it (a number as
+/// one element).
+fn timm_shape(fixture: &str, key: &[&str]) -> Vec<usize> {
+    let v = key.iter().fold(expected_json(fixture)["timm"].clone(), |v, k| v[*k].clone());
+    match v.as_array() {
+        Some(a) => a.iter().map(|x| x.as_u64().unwrap() as usize).collect(),
+        None => vec![v.as_u64().unwrap() as usize],
+    }
+}
+
+#[test]
+fn wide_resnet_matches_timm() {
+    use marnet::encoders::resnet::{Config, ResNet, ResnetEncoder};
+    let cfg = Config::wide_resnet50_2();
+    assert_eq!(cfg.layers.to_vec(), timm_shape("wide_resnet50_2-formula", &["layers"]));
+    assert_eq!(cfg.channels.map(|c| c * cfg.base_width / 64).to_vec(), timm_shape("wide_resnet50_2-formula", &["inner"]));
+    // As the fixture: planes 8/16/32/64 (3x3 widths 16..128), the real depths and widening.
+    let narrow = Config { channels: [8, 16, 32, 64], ..cfg };
+    assert_matches_fixture(&ResnetEncoder::new("wide_resnet50_2", ResNet::load(hashed_vb(), &narrow).unwrap()), "wide_resnet50_2-formula");
+}
+
+/// [`HashedWeights`] under torchvision's VGG names: `classifier.0` / `classifier.3` hold timm's
+/// `pre_logits.fc1` / `fc2` numbers (same order, flat shapes); timm's names are absent.
+struct TorchvisionVgg;
+
+impl candle_nn::var_builder::SimpleBackend for TorchvisionVgg {
+    fn get(&self, s: candle_core::Shape, name: &str, init: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        assert!(!name.starts_with("pre_logits."), "{name} read from a torchvision checkpoint");
+        let timm = name.replace("classifier.0.", "pre_logits.fc1.").replace("classifier.3.", "pre_logits.fc2.");
+        HashedWeights.get(s, &timm, init, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        HashedWeights.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        !name.starts_with("pre_logits.")
+    }
+}
+
+#[test]
+fn vgg19_matches_timm_in_timm_and_torchvision_layouts() {
+    use marnet::encoders::{cnn::CnnEncoder, vgg::Config, vgg::Vgg};
+    let cfg = Config::vgg19();
+    assert_eq!(cfg.depths.to_vec(), timm_shape("vgg19-formula", &["depths"]));
+    assert_eq!(cfg.widths.to_vec(), timm_shape("vgg19-formula", &["widths"]));
+    // As the fixture: widths / 8, fc6 256 wide (timm's mlp_ratio 1/16); 64 px leaves the last
+    // stage 2x2, pooled up to fc6's 7x7.
+    let narrow = Config { widths: cfg.widths.map(|w| w / 8), hidden: 256, ..cfg };
+    let torchvision = VarBuilder::from_backend(Box::new(TorchvisionVgg), DType::F32, Device::Cpu);
+    for vb in [hashed_vb(), torchvision] {
+        assert_matches_fixture(&CnnEncoder::new("vgg19", Vgg::load(vb, &narrow).unwrap()), "vgg19-formula");
+    }
+}
+
+#[test]
+fn repvgg_fused_at_load_matches_timm_training_form() {
+    use marnet::encoders::{cnn::CnnEncoder, repvgg::Config, repvgg::RepVgg};
+    let variants = expected_json("repvgg_a2-formula")["timm"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(variants.len(), 7);
+    for name in &variants {
+        let cfg = Config::by_name(name).unwrap();
+        let timm = |k: &str| timm_shape("repvgg_a2-formula", &[name, k]);
+        assert_eq!((vec![cfg.stem], cfg.depths.to_vec(), cfg.widths.to_vec()), (timm("stem"), timm("depths"), timm("widths")), "{name}");
+    }
+    // As the fixture: stem 8, stage widths 16/24/48/176, 2/2/2/1 blocks (identity branches from
+    // each stage's second block on).
+    let narrow = Config { stem: 8, depths: [2, 2, 2, 1], widths: [16, 24, 48, 176] };
+    assert_matches_fixture(&CnnEncoder::new("repvgg_a2", RepVgg::load(hashed_vb(), &narrow).unwrap()), "repvgg_a2-formula");
+}
+
+#[test]
+fn cnn_backbones_are_visual_choices() {
+    let dev = Device::Cpu;
+    let err = |spec: &str| format!("{:#}", marnet::encoders::load_image_encoder(spec, Path::new("/nonexistent"), &dev).err().unwrap());
+    for kind in ["wide_resnet50_2", "vgg19", "repvgg_a2", "repvgg_b3"] {
+        assert!(err(kind).contains("needs a path"), "{}", err(kind));
+        let spec = format!("{kind}:/nonexistent/w.safetensors");
+        assert!(err(&spec).contains("/nonexistent/w.safetensors: cannot read weights"), "{}", err(&spec));
+    }
+    assert!(err("repvgg_c9:w").contains("repvgg_a2"), "{}", err("repvgg_c9:w"));
+    assert!(err("nope").contains("vgg19:FILE"), "{}", err("nope"));
 }

@@ -1,10 +1,15 @@
 //! Frozen encoders that turn raw inputs into features: text (BERT layout, e.g. MiniLM) and
 //! images (EfficientNet-Lite0; more backbones to come). Each loads local weights only.
+//! CNN backbones of the paper's Table 1 (`cnn`): ResNet-18/50, Wide-ResNet-50-2, VGG-19 and
+//! RepVGG, from timm / torchvision state dicts.
 
+pub mod cnn;
 pub mod efficientnet_lite;
+pub mod repvgg;
 pub mod resnet;
 pub mod text;
 pub mod torch_legacy;
+pub mod vgg;
 pub mod vit;
 
 use crate::data::image::Preprocess;
@@ -44,7 +49,9 @@ impl ImageEncoder for efficientnet_lite::EfficientNetLite {
 
 /// Loads the visual encoder a `--visual` value names: `efficientnet-lite0` (from
 /// `assets/efficientnet-lite0`), `efficientnet-lite0:DIR`, `vit:DIR` (Hugging Face folder),
-/// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+/// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors);
+/// `wide_resnet50_2:FILE`, `vgg19:FILE`, `repvgg_a2:FILE` (or another `repvgg_{a0..a2,b0..b3}`):
+/// timm (or torchvision, for the ResNets and VGG) state dicts in safetensors.
 pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_core::Device) -> anyhow::Result<Box<dyn ImageEncoder>> {
     let (kind, path) = match spec.split_once(':') {
         Some((k, p)) => (k, Some(std::path::PathBuf::from(p))),
@@ -57,7 +64,14 @@ pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_cor
             Box::new(efficientnet_lite::EfficientNetLite::load_dir(&dir, dev)?)
         }
         "vit" => Box::new(vit::VitEncoder::load_dir(&need()?, dev)?),
-        "resnet18" | "resnet50" => Box::new(resnet::ResnetEncoder::load_file(&need()?, kind, dev)?),
-        other => anyhow::bail!("unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE)"),
+        "resnet18" | "resnet50" | "wide_resnet50_2" => Box::new(resnet::ResnetEncoder::load_file(&need()?, kind, dev)?),
+        "vgg19" => Box::new(cnn::CnnEncoder::from_file(&need()?, kind, dev, |vb| vgg::Vgg::load(vb, &vgg::Config::vgg19()))?),
+        k if k.starts_with("repvgg_") => {
+            let cfg = repvgg::Config::by_name(k)?;
+            Box::new(cnn::CnnEncoder::from_file(&need()?, kind, dev, |vb| repvgg::RepVgg::load(vb, &cfg))?)
+        }
+        other => anyhow::bail!(
+            "unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE, wide_resnet50_2:FILE, vgg19:FILE, repvgg_a2:FILE)"
+        ),
     })
 }

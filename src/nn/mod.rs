@@ -5,6 +5,7 @@
 //! files read like the paper and the performance kernels sit apart.
 
 pub mod activation;
+pub mod conv;
 pub mod cpu;
 pub mod linear;
 pub mod norm;
