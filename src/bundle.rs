@@ -58,9 +58,15 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, String)>, S
 }
 
 /// Writes a bundle of the model at `run` (a run folder or checkpoint) with the encoder `visual`
-/// (resolved against `assets`, copied into the bundle), to `out`.
-pub fn export(run: &Path, visual: &str, assets: &Path, inference: Inference, out: &Path, dev: &Device) -> Result<BundleConfig> {
+/// (copied into the bundle; a bare name is looked up in `assets` as [`crate::assets::resolve`]
+/// finds it), to `out`.
+pub fn export(run: &Path, visual: &str, assets: Option<&Path>, inference: Inference, out: &Path, dev: &Device) -> Result<BundleConfig> {
     let ck = Checkpoint::open(run, dev)?;
+    // Only a bare encoder name (`efficientnet-lite0`) needs the assets folder.
+    let assets = &match visual.contains(':') {
+        true => assets.map(Path::to_path_buf).unwrap_or_default(),
+        false => crate::assets::resolve(assets)?,
+    };
     let encoder = crate::encoders::load_image_encoder(visual, assets, dev)?;
     ensure!(
         encoder.name() == ck.run.visual_encoder,

@@ -118,8 +118,7 @@ fn run() -> Result<()> {
         }
         Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, false, &dev)?),
         Cmd::Export { model, out, visual, assets, inference } => {
-            let assets = marnet::assets::resolve(assets.as_deref())?;
-            let b = marnet::bundle::export(&model, &visual, &assets, inference, &out, &dev)?;
+            let b = marnet::bundle::export(&model, &visual, assets.as_deref(), inference, &out, &dev)?;
             println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.inference.sampler);
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
