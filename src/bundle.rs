@@ -41,7 +41,11 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, &'static st
     };
     Ok(match (kind, path) {
         ("efficientnet-lite0", p) => (vec![(p.unwrap_or_else(|| assets.join("efficientnet-lite0")).join(W), W)], "efficientnet-lite0:encoder".into()),
-        ("vit", Some(dir)) => (vec![(dir.join("config.json"), "config.json"), (dir.join(W), W)], "vit:encoder".into()),
+        (k @ ("vit" | "swin-t"), Some(dir)) if dir.is_dir() => {
+            let optional = [crate::encoders::preprocess_config::HF_FILE, "config.json"].into_iter().filter(|f| dir.join(f).exists());
+            (optional.chain([W]).map(|f| (dir.join(f), f)).collect(), format!("{k}:encoder"))
+        }
+        ("swin-t", Some(file)) => (vec![(file, W)], format!("swin-t:encoder/{W}")),
         (k @ ("resnet18" | "resnet50"), Some(file)) => (vec![(file, W)], format!("{k}:encoder/{W}")),
         _ => anyhow::bail!("cannot bundle visual encoder `{spec}`"),
     })

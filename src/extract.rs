@@ -37,8 +37,10 @@ pub struct ExtractSettings {
     /// assets/ of the checkout marnet was built from].
     #[arg(long)]
     pub assets: Option<PathBuf>,
-    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
-    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder, any
+    /// patch size: B/16, B/32; preprocessing from its preprocessor_config.json if present),
+    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors), `swin-t:PATH` (timm
+    /// `swin_tiny_patch4_window7_224` safetensors, or a timm folder: model.safetensors + config.json).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub visual: String,
     /// Output cache folder.

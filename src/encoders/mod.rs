@@ -2,9 +2,12 @@
 //! images (EfficientNet-Lite0; more backbones to come). Each loads local weights only.
 
 pub mod efficientnet_lite;
+pub mod preprocess_config;
 pub mod resnet;
+pub mod swin;
 pub mod text;
 pub mod torch_legacy;
+mod transformer;
 pub mod vit;
 
 use crate::data::image::Preprocess;
@@ -20,7 +23,7 @@ pub trait ImageEncoder {
     /// before pooling [N, T, Dt] (`extract --tokens`). Encoders without a token output say so.
     fn features_and_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
         let _ = images;
-        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0 and vit)", self.name())))
+        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0, vit and swin-t)", self.name())))
     }
 }
 
@@ -44,7 +47,8 @@ impl ImageEncoder for efficientnet_lite::EfficientNetLite {
 
 /// Loads the visual encoder a `--visual` value names: `efficientnet-lite0` (from
 /// `assets/efficientnet-lite0`), `efficientnet-lite0:DIR`, `vit:DIR` (Hugging Face folder),
-/// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
+/// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors), `swin-t:PATH` (timm
+/// layout: a safetensors file, or a folder with `model.safetensors` and timm's `config.json`).
 pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_core::Device) -> anyhow::Result<Box<dyn ImageEncoder>> {
     let (kind, path) = match spec.split_once(':') {
         Some((k, p)) => (k, Some(std::path::PathBuf::from(p))),
@@ -58,6 +62,7 @@ pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_cor
         }
         "vit" => Box::new(vit::VitEncoder::load_dir(&need()?, dev)?),
         "resnet18" | "resnet50" => Box::new(resnet::ResnetEncoder::load_file(&need()?, kind, dev)?),
-        other => anyhow::bail!("unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE)"),
+        "swin-t" => Box::new(swin::Swin::load_path(&need()?, dev)?),
+        other => anyhow::bail!("unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE, swin-t:PATH)"),
     })
 }
