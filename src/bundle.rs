@@ -174,7 +174,7 @@ mod tests {
         let cfg = BundleConfig {
             visual: "vit:encoder".into(),
             visual_encoder: "vit".into(),
-            preprocess: Preprocess { size: 224, mean: [0.0; 3], std: [1.0; 3] },
+            preprocess: Preprocess { size: 224, mean: [0.0; 3], std: [1.0; 3], resize: None },
             classes: vec!["a".into()],
             inference: Inference { seed: 7, batch: 3, ..Default::default() },
             marnet_version: "0".into(),

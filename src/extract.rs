@@ -37,10 +37,12 @@ pub struct ExtractSettings {
     /// assets/ of the checkout marnet was built from].
     #[arg(long)]
     pub assets: Option<PathBuf>,
-    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
+    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder, any
+    /// patch size: B/16, B/32; preprocessing from its preprocessor_config.json if present),
     /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors), `wide_resnet50_2:FILE`,
     /// `vgg19:FILE` (timm or torchvision state dict), `repvgg_a2:FILE` (timm training-time
-    /// state dict, fused at load; also `repvgg_a0`, `_a1`, `_b0`.. `_b3`).
+    /// state dict, fused at load; also `repvgg_a0`, `_a1`, `_b0`.. `_b3`), `swin_t:PATH` (timm
+    /// `swin_tiny_patch4_window7_224` safetensors, or a timm folder: model.safetensors + config.json).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub visual: String,
     /// Text encoder: a Hugging Face BERT-layout folder (config.json, model.safetensors,

@@ -316,3 +316,60 @@ fn cnn_backbones_are_visual_choices() {
     assert!(err("repvgg_c9:w").contains("repvgg_a2"), "{}", err("repvgg_c9:w"));
     assert!(err("nope").contains("vgg19:FILE"), "{}", err("nope"));
 }
+
+fn formula_vb(dev: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(FormulaWeights), DType::F32, dev.clone())
+}
+
+/// Swin at 64 px from timm's own `config.json` (window 4: shifted, masked windows in stages 0-1,
+/// one window in stage 2, a clamped 2 px window in stage 3; patch merging before stages 1-3).
+#[test]
+fn swin_matches_timm() {
+    use marnet::encoders::{
+        ImageEncoder,
+        swin::{Swin, read_config},
+    };
+    let dev = Device::Cpu;
+    let (cfg, pretrained) = read_config(&fixture("swin-formula/config.json")).unwrap();
+    assert_eq!((cfg.img_size, cfg.window_size, cfg.embed_dim, cfg.num_features()), (64, 4, 16, 128));
+    assert_eq!(pretrained.preprocess(64).unwrap().size, 64);
+    let swin = Swin::load(formula_vb(&dev), &cfg).unwrap();
+    let (pooled, tokens) = swin.features_and_tokens(&pixels64()).unwrap();
+    assert_close(&pooled, &expected("swin-formula", "features"));
+    assert_eq!(tokens.dims(), &[2, 4, 128]);
+    assert_close(&tokens.mean(1).unwrap(), &expected("swin-formula", "features"));
+    assert!(swin.features(&pixels64().narrow(3, 0, 32).unwrap()).is_err(), "a 64x32 input must be refused");
+}
+
+/// ViT-B/32's layout (patch 32, read from config.json) at 64 px: 2x2 patches.
+#[test]
+fn vit_b32_matches_transformers() {
+    let dev = Device::Cpu;
+    let cfg: candle_transformers::models::vit::Config =
+        serde_json::from_str(&std::fs::read_to_string(fixture("vit-b32-formula/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg.patch_size, 32);
+    let vit = marnet::encoders::vit::VitEncoder::load(formula_vb(&dev), &cfg).unwrap();
+    let (cls, patches) = vit.features_and_tokens(&pixels64()).unwrap();
+    assert_close(&cls, &expected("vit-b32-formula", "cls"));
+    assert_eq!(patches.dims(), &[2, 4, 32]);
+}
+
+/// Preprocessing from a checkpoint's config on a real image, against transformers'
+/// `ViTImageProcessor` (torchvision backend) and timm's eval transform. Only resampling differs
+/// (their kernels vs the `image` crate's): here at most 1 of 255 levels per value and 0.07-0.08
+/// on average; a wrong filter, crop offset or resize mode gives 2-24 on average.
+#[test]
+fn preprocessing_follows_checkpoint_configs() {
+    use marnet::encoders::preprocess_config::{TimmPretrained, hugging_face};
+    let img = marnet::data::image::decode(&std::fs::read(fixture("images/chelsea.png")).unwrap(), "chelsea.png").unwrap();
+    let timm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("preprocess/timm-config.json")).unwrap()).unwrap();
+    let timm: TimmPretrained = serde_json::from_value(timm["pretrained_cfg"].clone()).unwrap();
+    for (key, pre) in [("hf", hugging_face(&fixture("preprocess/preprocessor_config.json"), 32).unwrap()), ("timm", timm.preprocess(32).unwrap())] {
+        let (got, want) = (pre.apply(&img), expected("preprocess", key));
+        assert_eq!(got.len(), want.len());
+        // Differences in pixel levels: normalised values times the std (in 0..=255 units).
+        let diffs: Vec<f32> = got.iter().zip(&want).enumerate().map(|(i, (a, b))| (a - b).abs() * pre.std[i / 1024]).collect();
+        let (worst, avg) = (diffs.iter().fold(0f32, |m, d| m.max(*d)), diffs.iter().sum::<f32>() / diffs.len() as f32);
+        assert!(worst <= 1.01 && avg <= 0.15, "{key}: max {worst} levels, mean {avg}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Image decoding and preprocessing: any format the `image` crate reads (JPEG, PNG, WebP),
-//! alpha composited on white, shorter side resized (bicubic) and centre-cropped to a square,
-//! then scaled per channel as the encoder expects.
+//! alpha composited on white, resized and centre-cropped to a square (by default the shorter
+//! side resized, bicubic; or as a checkpoint's preprocessing config says, [`Resize`]), then
+//! scaled per channel as the encoder expects.
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -8,12 +9,68 @@ use image::{DynamicImage, RgbImage, imageops::FilterType};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// How an encoder wants its input: `(pixel - mean) / std`, pixels in 0..=255.
+/// How an encoder wants its input: a `size` x `size` crop, `(pixel - mean) / std` with pixels
+/// in 0..=255.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
     pub size: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// `None`: marnet's own resize, the shorter side to `size` (longer side rounded, bicubic)
+    /// and the crop's offset rounded down. Absent from older bundles, which used that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<Resize>,
+}
+
+/// A resize as a checkpoint's preprocessing config names it, before the centre crop to `size`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resize {
+    /// Both sides to `side` (`squash`: aspect ratio not kept), or the shorter side to `side` and
+    /// the longer one to `floor(side * long / short)`, as torchvision and transformers do.
+    pub side: u32,
+    pub squash: bool,
+    pub filter: Filter,
+    /// The crop's offset `(resized - size) / 2` rounded half to even (torchvision's
+    /// `CenterCrop`, so timm), instead of down (transformers).
+    pub round_offset: bool,
+}
+
+/// Resampling filters, as PIL names them; the `image` crate's filters of the same kernel
+/// (widened when downscaling, as PIL's are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos,
+}
+
+impl Filter {
+    fn kernel(self) -> FilterType {
+        match self {
+            Filter::Nearest => FilterType::Nearest,
+            Filter::Bilinear => FilterType::Triangle,
+            Filter::Bicubic => FilterType::CatmullRom,
+            Filter::Lanczos => FilterType::Lanczos3,
+        }
+    }
+}
+
+impl Resize {
+    /// The resized image and the top-left corner of its centre `size` crop (`side >= size`).
+    fn apply(&self, img: &RgbImage, size: u32) -> (RgbImage, u32, u32) {
+        let (w, h) = img.dimensions();
+        let (nw, nh) = if self.squash {
+            (self.side, self.side)
+        } else {
+            let long = |l: u32, s: u32| ((self.side as u64 * l as u64) as f64 / s as f64) as u32;
+            if w <= h { (self.side, long(h, w)) } else { (long(w, h), self.side) }
+        };
+        let resized = image::imageops::resize(img, nw, nh, self.filter.kernel());
+        let offset = |d: u32| if self.round_offset && d % 2 == 1 && (d / 2) % 2 == 1 { d / 2 + 1 } else { d / 2 };
+        (resized, offset(nw - size), offset(nh - size))
+    }
 }
 
 /// RGB with any alpha composited on white.
@@ -47,14 +104,18 @@ pub struct Prepared {
 }
 
 impl Preprocess {
-    /// CHW f32 values of one image: resize the shorter side to `size`, centre-crop, normalise.
+    /// CHW f32 values of one image: resize, centre-crop to `size`, normalise.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
-        let (w, h) = img.dimensions();
         let s = self.size;
-        let scale = s as f32 / w.min(h) as f32;
-        let (nw, nh) = (((w as f32 * scale).round() as u32).max(s), ((h as f32 * scale).round() as u32).max(s));
-        let resized = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
-        let (x0, y0) = ((nw - s) / 2, (nh - s) / 2);
+        let (resized, x0, y0) = match &self.resize {
+            Some(r) => r.apply(img, s),
+            None => {
+                let (w, h) = img.dimensions();
+                let scale = s as f32 / w.min(h) as f32;
+                let (nw, nh) = (((w as f32 * scale).round() as u32).max(s), ((h as f32 * scale).round() as u32).max(s));
+                (image::imageops::resize(img, nw, nh, FilterType::CatmullRom), (nw - s) / 2, (nh - s) / 2)
+            }
+        };
         let n = (s * s) as usize;
         let mut out = vec![0f32; 3 * n];
         for y in 0..s {
@@ -108,7 +169,7 @@ mod tests {
         let rgb = to_rgb_on_white(DynamicImage::ImageRgba8(img));
         assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
         assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
-        let p = Preprocess { size: 2, mean: [127.0; 3], std: [128.0; 3] };
+        let p = Preprocess { size: 2, mean: [127.0; 3], std: [128.0; 3], resize: None };
         let out = p.apply(&rgb);
         assert_eq!(out.len(), 3 * 4);
         assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// ImageNet normalisation at 224 px, in 0..255 pixel units.
-pub const PREPROCESS: Preprocess = Preprocess { size: 224, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375] };
+pub const PREPROCESS: Preprocess = Preprocess { size: 224, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375], resize: None };
 
 /// A backbone under the name `--visual` gave it (recorded with the features and checked by bundles).
 pub struct CnnEncoder<M> {

@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::data::image::Preprocess;
 
 /// Input scaling of the TF-Lite models: `(x - 127) / 128` at 224 px.
-pub const PREPROCESS: Preprocess = Preprocess { size: 224, mean: [127.0; 3], std: [128.0; 3] };
+pub const PREPROCESS: Preprocess = Preprocess { size: 224, mean: [127.0; 3], std: [128.0; 3], resize: None };
 const BN_EPS: f64 = 1e-3;
 /// Blocks that downsample (stride 2).
 const STRIDE2_BLOCKS: [usize; 4] = [1, 3, 5, 11];

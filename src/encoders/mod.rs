@@ -5,10 +5,13 @@
 
 pub mod cnn;
 pub mod efficientnet_lite;
+pub mod preprocess_config;
 pub mod repvgg;
 pub mod resnet;
+pub mod swin;
 pub mod text;
 pub mod torch_legacy;
+mod transformer;
 pub mod vgg;
 pub mod vit;
 
@@ -25,7 +28,7 @@ pub trait ImageEncoder {
     /// before pooling [N, T, Dt] (`extract --tokens`). Encoders without a token output say so.
     fn features_and_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
         let _ = images;
-        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0 and vit)", self.name())))
+        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0, vit and swin-t)", self.name())))
     }
 }
 
@@ -51,7 +54,9 @@ impl ImageEncoder for efficientnet_lite::EfficientNetLite {
 /// `assets/efficientnet-lite0`), `efficientnet-lite0:DIR`, `vit:DIR` (Hugging Face folder),
 /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors);
 /// `wide_resnet50_2:FILE`, `vgg19:FILE`, `repvgg_a2:FILE` (or another `repvgg_{a0..a2,b0..b3}`):
-/// timm (or torchvision, for the ResNets and VGG) state dicts in safetensors.
+/// timm (or torchvision, for the ResNets and VGG) state dicts in safetensors; `swin_t:PATH`
+/// (also `swin-t`; timm layout: a safetensors file, or a folder with `model.safetensors` and
+/// timm's `config.json`).
 pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_core::Device) -> anyhow::Result<Box<dyn ImageEncoder>> {
     let (kind, path) = match spec.split_once(':') {
         Some((k, p)) => (k, Some(std::path::PathBuf::from(p))),
@@ -70,8 +75,9 @@ pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_cor
             let cfg = repvgg::Config::by_name(k)?;
             Box::new(cnn::CnnEncoder::from_file(&need()?, kind, dev, |vb| repvgg::RepVgg::load(vb, &cfg))?)
         }
+        "swin_t" | "swin-t" => Box::new(swin::Swin::load_path(&need()?, dev)?),
         other => anyhow::bail!(
-            "unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE, wide_resnet50_2:FILE, vgg19:FILE, repvgg_a2:FILE)"
+            "unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE, wide_resnet50_2:FILE, vgg19:FILE, repvgg_a2:FILE, swin_t:PATH)"
         ),
     })
 }

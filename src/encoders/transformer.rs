@@ -1,0 +1,78 @@
+//! The layers ViT and Swin share: the patch embedding, PyTorch `nn.Linear` weights as
+//! [`Linear`], and the pre-norm transformer layer (with an optional additive attention bias,
+//! which Swin's windows use). Each backbone loads them from its own key names.
+//!
+//! Every dense layer is a [`Linear`] (weights stored [in, out], one product block per thread:
+//! ~1.5x candle's `x W^T` here), with query, key and value as one product and the patch
+//! embedding as a product over unfolded patches.
+
+use crate::nn::linear::Linear;
+use candle_core::{DType, IndexOp, Module, Result, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
+
+/// PyTorch `nn.Linear`s ([out, in] weight) as one [`Linear`], concatenated along their outputs
+/// (e.g. query, key, value); zero bias where `bias` is false.
+pub(crate) fn dense(vbs: &[VarBuilder], in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+    let weights = vbs.iter().map(|vb| vb.get((out_dim, in_dim), "weight")).collect::<Result<Vec<_>>>()?;
+    let biases =
+        vbs.iter().map(|vb| if bias { vb.get(out_dim, "bias") } else { Tensor::zeros(out_dim, DType::F32, vb.device()) }).collect::<Result<Vec<_>>>()?;
+    Ok(Linear::new(Tensor::cat(&weights, 0)?.t()?.contiguous()?, Tensor::cat(&biases, 0)?))
+}
+
+/// A `p` x `p`, stride-`p` convolution (`nn.Conv2d` weight [dim, C, p, p] and bias) as one
+/// product over unfolded patches.
+pub(crate) struct PatchEmbed {
+    proj: Linear,
+    patch: usize,
+}
+
+impl PatchEmbed {
+    pub(crate) fn load(vb: VarBuilder, channels: usize, dim: usize, patch: usize) -> Result<Self> {
+        let weight = vb.get((dim, channels, patch, patch), "weight")?.reshape((dim, channels * patch * patch))?;
+        Ok(Self { proj: Linear::new(weight.t()?.contiguous()?, vb.get(dim, "bias")?), patch })
+    }
+
+    /// [B, C, H, W] -> [B, H / p, W / p, dim].
+    pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.patch;
+        let (gh, gw) = (h / p, w / p);
+        // [B, C, gh, P, gw, P] -> [B, gh, gw, C, P, P]: one row per patch, in the conv weight's order.
+        let rows = pixels.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b * gh * gw, c * p * p))?;
+        self.proj.forward(&rows)?.reshape((b, gh, gw, ()))
+    }
+}
+
+/// Pre-norm transformer layer: `x + attn(ln(x))`, then `x + mlp(ln(x))` (GELU, erf form).
+pub(crate) struct Block {
+    pub norm1: LayerNorm,
+    /// Query, key and value as one product.
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub heads: usize,
+}
+
+impl Block {
+    /// `x` [B, T, D]. `bias` [G, heads, T, T] (B a multiple of G) is added to the attention
+    /// scores of sequence `i` as `bias[i % G]`, before the softmax.
+    pub(crate) fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let (heads, dh) = (self.heads, h / self.heads);
+        let qkv = x.apply(&self.norm1)?.apply(&self.qkv)?.reshape((b, t, 3, heads, dh))?.permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.i(0)?.contiguous()?, qkv.i(1)?.contiguous()?, qkv.i(2)?.contiguous()?);
+        // softmax(q k^T / sqrt(d) + B) v (Liu et al., Swin, eq. 4; B = 0 in ViT).
+        let mut scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
+        if let Some(bias) = bias {
+            let g = bias.dim(0)?;
+            scores = scores.reshape((b / g, g, heads, t, t))?.broadcast_add(bias)?.reshape((b, heads, t, t))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((b, t, h))?;
+        let x = (x + ctx.apply(&self.proj)?)?;
+        let m = x.apply(&self.norm2)?.apply(&self.fc1)?.gelu_erf()?;
+        x + m.apply(&self.fc2)?
+    }
+}
