@@ -40,7 +40,7 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, &'static st
         None => (spec, None),
     };
     Ok(match (kind, path) {
-        ("efficientnet-lite0", p) => (vec![(p.unwrap_or_else(|| assets.join("efficientnet-lite0")).join(W), W)], "efficientnet-lite0:encoder".into()),
+        (k @ ("efficientnet-lite0" | "efficientnet-lite2"), p) => (vec![(p.unwrap_or_else(|| assets.join(k)).join(W), W)], format!("{k}:encoder")),
         ("vit", Some(dir)) => (vec![(dir.join("config.json"), "config.json"), (dir.join(W), W)], "vit:encoder".into()),
         (k @ ("resnet18" | "resnet50"), Some(file)) => (vec![(file, W)], format!("{k}:encoder/{W}")),
         _ => anyhow::bail!("cannot bundle visual encoder `{spec}`"),

@@ -37,7 +37,8 @@ pub struct ExtractSettings {
     /// assets/ of the checkout marnet was built from].
     #[arg(long)]
     pub assets: Option<PathBuf>,
-    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder),
+    /// Visual encoder: `efficientnet-lite0` or `efficientnet-lite2` (fetched; `NAME:DIR` for a
+    /// folder with the legacy `.pth` or its safetensors), `vit:DIR` (Hugging Face ViT folder),
     /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub visual: String,
