@@ -274,12 +274,12 @@ pub fn decode(pre: &Preprocess, images: usize) -> Result<DecodeBench> {
 /// The extraction rows: EfficientNet-Lite0 (real weights from `assets`, left out with a note
 /// when absent) at batch 32, ViT-B/16 (random weights) at batch 8, and JPEG decoding.
 pub fn extraction(assets: &std::path::Path, verbose: bool, dev: &Device) -> Result<(Vec<EncoderBench>, Option<DecodeBench>)> {
-    use crate::encoders::efficientnet_lite::{EfficientNetLite, PREPROCESS};
+    use crate::encoders::efficientnet_lite::{Config, EfficientNetLite, PREPROCESS};
     if verbose {
         eprintln!("timing the encoders and decoding...");
     }
     let mut encoders = vec![];
-    match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), dev) {
+    match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), Config::lite0(), dev) {
         Ok(enc) => encoders.push(encoder("EfficientNet-Lite0", "real", &enc, 32, dev)?),
         Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
     }

@@ -37,7 +37,8 @@ pub struct ExtractSettings {
     /// assets/ of the checkout marnet was built from].
     #[arg(long)]
     pub assets: Option<PathBuf>,
-    /// Visual encoder: `efficientnet-lite0` (fetched), `vit:DIR` (Hugging Face ViT folder, any
+    /// Visual encoder: `efficientnet-lite0` or `efficientnet-lite2` (fetched; `NAME:DIR` for a
+    /// folder with the legacy `.pth` or its safetensors), `vit:DIR` (Hugging Face ViT folder, any
     /// patch size: B/16, B/32; preprocessing from its preprocessor_config.json if present),
     /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors), `wide_resnet50_2:FILE`,
     /// `vgg19:FILE` (timm or torchvision state dict), `repvgg_a2:FILE` (timm training-time

@@ -39,8 +39,8 @@ fn legacy_efficientnet_file_converts() {
 }
 
 fn top_class(dir: &Path, image: &str) -> (usize, f32) {
-    use marnet::encoders::efficientnet_lite::{EfficientNetLite, PREPROCESS};
-    let model = EfficientNetLite::load_dir(dir, &Device::Cpu).unwrap();
+    use marnet::encoders::efficientnet_lite::{Config, EfficientNetLite, PREPROCESS};
+    let model = EfficientNetLite::load_dir(dir, Config::lite0(), &Device::Cpu).unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(image);
     let (x, status) = PREPROCESS.batch(&[path], &Device::Cpu).unwrap();
     assert!(status[0].is_ok());
@@ -231,5 +231,78 @@ fn emoji_food_token_extraction() {
             eprintln!("{}: {n} text tokens of {}; cosine of their masked mean to the pooled text {cos:.6}", s.meta.ids[r], t.len);
         }
         assert_eq!(t.len, longest, "texts are padded to the split's longest");
+    }
+}
+
+/// EfficientNet-Lite0 and Lite2 against PyTorch on the real weights: the model code the weights
+/// were published with (PyPI `efficientnet-lite-pytorch`, run in float64) on the tensor marnet's
+/// own preprocessing makes of three fixture images, to 1e-4 relative; and marnet's whole
+/// pipeline against the reference's PIL preprocessing (torchvision `Resize` + `CenterCrop`,
+/// bicubic) at the agreement measured there. `tests/fixtures/make_lite_reference.py` writes
+/// the expected values (it runs this test with `MARNET_LITE_INPUTS=DIR` to get the inputs).
+fn lite_matches_reference(config: marnet::encoders::efficientnet_lite::Config) {
+    use marnet::encoders::efficientnet_lite::EfficientNetLite;
+    let Some(dir) = asset(config.name) else { return };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let images = ["chelsea.png", "coffee.png", "cmyk.jpg"];
+    let paths: Vec<_> = images.iter().map(|n| fixtures.join("images").join(n)).collect();
+    let (x, status) = config.preprocess.batch(&paths, &Device::Cpu).unwrap();
+    assert!(status.iter().all(|s| s.is_ok()));
+    if let Some(out) = std::env::var_os("MARNET_LITE_INPUTS") {
+        x.save_safetensors("x", Path::new(&out).join(format!("{}.safetensors", config.name))).unwrap();
+    }
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join(format!("efficientnet-lite/{}.json", config.name))).unwrap()).unwrap();
+    let rows = |key: &str| -> Vec<Vec<f32>> { serde_json::from_value(want[key].clone()).unwrap() };
+    // The reference was computed on this very input: its pixel values (0..=255) sum the same.
+    let s = config.preprocess.size as usize;
+    let pixels = x.to_dtype(candle_core::DType::F64).unwrap().affine(128.0, 127.0).unwrap().reshape((3, 3 * s * s)).unwrap().to_vec2::<f64>().unwrap();
+    let sums: Vec<u64> = pixels.iter().map(|p| p.iter().map(|v| v.round() as u64).sum()).collect();
+    assert_eq!(serde_json::json!(sums), want["input_pixel_sums"], "{}: preprocessing changed since the reference was made", config.name);
+    let model = EfficientNetLite::load_dir(&dir, config.clone(), &Device::Cpu).unwrap();
+    let got = model.features(&x).unwrap().to_vec2::<f32>().unwrap();
+    let rel = |a: &[f32], b: &[f32]| {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    };
+    for (i, (g, w)) in got.iter().zip(rows("features")).enumerate() {
+        let r = rel(g, &w);
+        eprintln!("{} {}: max |marnet - PyTorch| / max |PyTorch| = {r:.1e}", config.name, images[i]);
+        assert!(r < 1e-4, "{} {}: relative error {r}", config.name, images[i]);
+    }
+    let top1: Vec<usize> = model.forward(&x).unwrap().argmax(1).unwrap().to_vec1::<u32>().unwrap().into_iter().map(|c| c as usize).collect();
+    assert_eq!(serde_json::json!(top1), want["top1"], "{}: top-1 ImageNet classes", config.name);
+    assert!((281..=285).contains(&top1[0]), "{}: chelsea.png is class {} (281..=285 are cats)", config.name, top1[0]);
+    // The whole pipeline against the reference's: the resizers differ (see the script's notes).
+    let floor = want["pil_cosine_floor"].as_f64().unwrap() as f32;
+    for (i, (g, w)) in got.iter().zip(rows("pil_features")).enumerate() {
+        let cos =
+            g.iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() / (g.iter().map(|a| a * a).sum::<f32>().sqrt() * w.iter().map(|b| b * b).sum::<f32>().sqrt());
+        eprintln!("{} {}: cosine to the PyTorch pipeline with PIL preprocessing {cos:.5}", config.name, images[i]);
+        assert!(cos > floor, "{} {}: cosine {cos} to the PIL-preprocessed reference", config.name, images[i]);
+    }
+}
+
+#[test]
+fn efficientnet_lite0_matches_pytorch_on_real_weights() {
+    lite_matches_reference(marnet::encoders::efficientnet_lite::Config::lite0());
+}
+
+#[test]
+fn efficientnet_lite2_matches_pytorch_on_real_weights() {
+    lite_matches_reference(marnet::encoders::efficientnet_lite::Config::lite2());
+}
+
+/// Each variant's loader refuses the other's checkpoint with the file and tensor named.
+#[test]
+fn efficientnet_lite_loaders_refuse_the_other_variant() {
+    use marnet::encoders::efficientnet_lite::{Config, EfficientNetLite};
+    let (Some(lite0), Some(lite2)) = (asset("efficientnet-lite0"), asset("efficientnet-lite2")) else { return };
+    for (dir, config) in [(lite0, Config::lite2()), (lite2, Config::lite0())] {
+        let name = config.name;
+        let err = format!("{:#}", EfficientNetLite::load_dir(&dir, config, &Device::Cpu).err().unwrap());
+        assert!(err.contains(&dir.join("model.safetensors").display().to_string()) && err.contains(&format!("not {name} weights")), "{err}");
+        assert!(err.contains("shape mismatch for _blocks."), "{err}");
+        eprintln!("{err}");
     }
 }

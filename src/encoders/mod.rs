@@ -28,17 +28,17 @@ pub trait ImageEncoder {
     /// before pooling [N, T, Dt] (`extract --tokens`). Encoders without a token output say so.
     fn features_and_tokens(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
         let _ = images;
-        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0, vit and swin-t)", self.name())))
+        Err(candle_core::Error::Msg(format!("visual encoder `{}` has no token output (--tokens works with efficientnet-lite0/2, vit and swin_t)", self.name())))
     }
 }
 
 impl ImageEncoder for efficientnet_lite::EfficientNetLite {
     fn name(&self) -> &str {
-        "efficientnet-lite0"
+        self.config.name
     }
 
     fn preprocess(&self) -> Preprocess {
-        efficientnet_lite::PREPROCESS
+        self.config.preprocess
     }
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
@@ -50,8 +50,9 @@ impl ImageEncoder for efficientnet_lite::EfficientNetLite {
     }
 }
 
-/// Loads the visual encoder a `--visual` value names: `efficientnet-lite0` (from
-/// `assets/efficientnet-lite0`), `efficientnet-lite0:DIR`, `vit:DIR` (Hugging Face folder),
+/// Loads the visual encoder a `--visual` value names: `efficientnet-lite0` or
+/// `efficientnet-lite2` (from `assets/NAME`), `efficientnet-lite0:DIR` or
+/// `efficientnet-lite2:DIR`, `vit:DIR` (Hugging Face folder),
 /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors);
 /// `wide_resnet50_2:FILE`, `vgg19:FILE`, `repvgg_a2:FILE` (or another `repvgg_{a0..a2,b0..b3}`):
 /// timm (or torchvision, for the ResNets and VGG) state dicts in safetensors; `swin_t:PATH`
@@ -64,9 +65,10 @@ pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_cor
     };
     let need = || path.clone().ok_or_else(|| anyhow::anyhow!("--visual {kind} needs a path: {kind}:PATH"));
     Ok(match kind {
-        "efficientnet-lite0" => {
-            let dir = path.clone().unwrap_or_else(|| assets.join("efficientnet-lite0"));
-            Box::new(efficientnet_lite::EfficientNetLite::load_dir(&dir, dev)?)
+        "efficientnet-lite0" | "efficientnet-lite2" => {
+            let config = if kind == "efficientnet-lite0" { efficientnet_lite::Config::lite0() } else { efficientnet_lite::Config::lite2() };
+            let dir = path.clone().unwrap_or_else(|| assets.join(kind));
+            Box::new(efficientnet_lite::EfficientNetLite::load_dir(&dir, config, dev)?)
         }
         "vit" => Box::new(vit::VitEncoder::load_dir(&need()?, dev)?),
         "resnet18" | "resnet50" | "wide_resnet50_2" => Box::new(resnet::ResnetEncoder::load_file(&need()?, kind, dev)?),
@@ -77,7 +79,7 @@ pub fn load_image_encoder(spec: &str, assets: &std::path::Path, dev: &candle_cor
         }
         "swin_t" | "swin-t" => Box::new(swin::Swin::load_path(&need()?, dev)?),
         other => anyhow::bail!(
-            "unknown visual encoder `{other}` (efficientnet-lite0, vit:DIR, resnet18:FILE, resnet50:FILE, wide_resnet50_2:FILE, vgg19:FILE, repvgg_a2:FILE, swin_t:PATH)"
+            "unknown visual encoder `{other}` (efficientnet-lite0, efficientnet-lite2, vit:DIR, resnet18:FILE, resnet50:FILE, wide_resnet50_2:FILE, vgg19:FILE, repvgg_a2:FILE, swin_t:PATH)"
         ),
     })
 }
