@@ -14,7 +14,7 @@ pub fn assets_required() -> bool {
 /// `assets/REL` (or `$MARNET_ASSETS/REL`) if `scripts/fetch-assets` put it there; otherwise
 /// panics when [`assets_required`], else prints SKIPPED and returns `None`.
 pub fn asset(rel: &str) -> Option<PathBuf> {
-    let root = std::env::var("MARNET_ASSETS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/assets").into());
+    let root = std::env::var("MARNET_ASSETS").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/assets").into());
     let p = Path::new(&root).join(rel);
     if p.exists() {
         return Some(p);
