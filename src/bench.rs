@@ -117,11 +117,11 @@ fn throughput(items: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64,
     Ok((median(rates), flop))
 }
 
-/// Runs `exe --threads N --quiet bench --heads-only ARGS` and reads its result: thread pools are
-/// sized once per process, so each thread count gets its own.
-pub fn heads_in_child(exe: &std::path::Path, threads: usize, args: &[String]) -> Result<HeadBench> {
+/// Runs `exe --threads N --device DEVICE --quiet bench --heads-only ARGS` and reads its result:
+/// thread pools are sized once per process, so each thread count gets its own.
+pub fn heads_in_child(exe: &std::path::Path, threads: usize, device: &str, args: &[String]) -> Result<HeadBench> {
     let out = std::process::Command::new(exe)
-        .args(["--threads", &threads.to_string(), "--quiet", "bench", "--heads-only"])
+        .args(["--threads", &threads.to_string(), "--device", device, "--quiet", "bench", "--heads-only"])
         .args(args)
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))?;
@@ -301,6 +301,8 @@ pub struct BenchRequest {
     pub assets: Option<std::path::PathBuf>,
     /// This process's `bench` arguments (after `bench`), passed on to the child processes.
     pub args: Vec<String>,
+    /// The `--device` the child processes time the heads on (`cpu`, `cuda`, `cuda:N`).
+    pub device: String,
     pub progress: bool,
 }
 
@@ -316,13 +318,13 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
         if req.progress {
             eprintln!("timing the {} head at {t} thread(s)...", req.model.variant.name());
         }
-        heads.push(heads_in_child(&exe, t, &child_args(&req.args))?);
+        heads.push(heads_in_child(&exe, t, &req.device, &child_args(&req.args))?);
     }
     let (encoders, decode) = match &req.assets {
         None => (vec![], None),
         Some(a) => extraction(a, req.progress, dev)?,
     };
-    Ok(Report { peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
+    Ok(Report { device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
 }
 
 /// The `bench` arguments that the per-thread-count child processes take too: all but those
@@ -344,6 +346,8 @@ fn child_args(args: &[String]) -> Vec<String> {
 /// Everything `marnet bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Where the heads and encoders ran (`--device`); the peak and decoding are the CPU's.
+    pub device: String,
     pub peak: Peak,
     pub heads: Vec<HeadBench>,
     pub encoders: Vec<EncoderBench>,
@@ -355,6 +359,9 @@ pub struct Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let p = &self.peak;
+        if self.device != "cpu" {
+            writeln!(f, "heads and encoders on {}; the FMA peak and JPEG decoding are the CPU's\n", self.device)?;
+        }
         let show = |g: Option<f64>| g.map_or("n/a".to_string(), |g| format!("{g:.0} GFLOP/s"));
         writeln!(f, "FMA peak, {} threads: AVX2 {}, AVX-512 {}\n", p.threads, show(p.avx2_gflops), show(p.avx512_gflops))?;
         let peak = p.avx512_gflops.or(p.avx2_gflops);
@@ -368,10 +375,15 @@ impl std::fmt::Display for Report {
         for h in &self.heads {
             let steps = self.epoch_rows.div_ceil(h.batch) as f64;
             // The peak was measured with all of `peak.threads` busy; scale it to the head's threads.
-            let pct = peak.map_or("n/a".into(), |p| format!("{:.0}%", 100.0 * h.train_gflops() / (p / self.peak.threads as f64 * h.threads as f64)));
+            // Products are counted on the CPU path only: on a GPU both columns are n/a.
+            let counted = h.train_step_gflop > 0.0;
+            let pct = peak
+                .filter(|_| counted)
+                .map_or("n/a".into(), |p| format!("{:.0}%", 100.0 * h.train_gflops() / (p / self.peak.threads as f64 * h.threads as f64)));
+            let products = if counted { format!("{:.0} GFLOP/s", h.train_gflops()) } else { "n/a".into() };
             writeln!(
                 f,
-                "| batch {}, {} parameters | {} | {:.2} ms | {:.2} / {:.2} / {:.2} ms | {:.0} GFLOP/s | {pct} | {:.1} s |",
+                "| batch {}, {} parameters | {} | {:.2} ms | {:.2} / {:.2} / {:.2} ms | {products} | {pct} | {:.1} s |",
                 h.batch,
                 h.params,
                 h.threads,
@@ -379,14 +391,14 @@ impl std::fmt::Display for Report {
                 h.forward_ms_median,
                 h.backward_ms_median,
                 h.optimizer_ms_median,
-                h.train_gflops(),
                 steps * h.train_step_ms_median / 1e3
             )?;
         }
         writeln!(f, "\n| inference | threads | samples/s | products |\n|---|---|---|---|")?;
         for h in &self.heads {
             for ((s, rate), (_, g)) in h.infer_samples_per_s.iter().zip(&h.infer_gflops) {
-                writeln!(f, "| {s} sampling steps | {} | {rate:.0} | {g:.0} GFLOP/s |", h.threads)?;
+                let products = if *g > 0.0 { format!("{g:.0} GFLOP/s") } else { "n/a".into() };
+                writeln!(f, "| {s} sampling steps | {} | {rate:.0} | {products} |", h.threads)?;
             }
         }
         writeln!(f, "\n| extraction, 224 px | weights | batch | images/s |\n|---|---|---|---|")?;

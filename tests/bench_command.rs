@@ -35,6 +35,7 @@ fn bench_reports_each_thread_count() {
     ]);
     assert!(out.contains("FMA peak") && out.contains("| head training (marnet) |"), "{out}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["device"], "cpu");
     let heads = r["heads"].as_array().unwrap();
     assert_eq!(heads.iter().map(|h| h["threads"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
     for h in heads {

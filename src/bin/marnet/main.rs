@@ -159,7 +159,18 @@ fn run() -> Result<()> {
             }
             let assets = if skip_extraction { None } else { Some(marnet::assets::resolve(assets.as_deref())?) };
             let args = std::env::args().skip_while(|a| a != "bench").skip(1).collect();
-            let req = marnet::bench::BenchRequest { model: cfg, batch, iters, infer_batch, sampling_steps, thread_counts, assets, args, progress };
+            let req = marnet::bench::BenchRequest {
+                model: cfg,
+                batch,
+                iters,
+                infer_batch,
+                sampling_steps,
+                thread_counts,
+                assets,
+                args,
+                device: cli.device.clone(),
+                progress,
+            };
             let report = marnet::bench::run(&req, &dev)?;
             print!("{report}");
             if let Some(p) = json {
