@@ -4,8 +4,8 @@
 //! on candle. Text is privileged information: it shapes training, and test time is image-only.
 //!
 //! ```text
-//! dataset (data) ─ extract ─>     frozen encoders (encoders: EfficientNet-Lite0, ViT, ResNet,
-//!                                 BERT/MiniLM) turn images and text into features
+//! dataset (data) ─ extract ─>     frozen encoders (encoders: EfficientNet-Lite0/2, ViT, Swin-T,
+//!                                 ResNet, VGG, RepVGG; BERT/MiniLM) turn images and text into features
 //! feature cache (features)        x_v [N, Dv], x_s [N, Ds], labels; one safetensors per split;
 //!                                 leave-one-vendor-out folds of a cache (features::folds)
 //!   └─ train (train, optim)       EMA (model::ema) + CDR (model::cdr, model::diffusion)

@@ -1,7 +1,9 @@
-//! Frozen encoders that turn raw inputs into features: text (BERT layout, e.g. MiniLM) and
-//! images (EfficientNet-Lite0; more backbones to come). Each loads local weights only.
-//! CNN backbones of the paper's Table 1 (`cnn`): ResNet-18/50, Wide-ResNet-50-2, VGG-19 and
-//! RepVGG, from timm / torchvision state dicts.
+//! Frozen encoders that turn raw inputs into features. Each loads local weights only.
+//! - Text: any BERT-layout folder, pooled as its sentence-transformers config says (`text`).
+//! - Images: EfficientNet-Lite0/2 (`efficientnet_lite`), the transformers ViT (`vit`) and Swin-T
+//!   (`swin`, sharing `transformer`'s layers), and the CNN backbones of the paper's Table 1
+//!   (`cnn`: `resnet`, `vgg`, `repvgg`) from timm / torchvision state dicts. Preprocessing comes
+//!   from the checkpoint's config where it has one (`preprocess_config`).
 
 pub mod cnn;
 pub mod efficientnet_lite;
