@@ -62,10 +62,10 @@ impl Centroids {
         }
         let avg = Tensor::from_vec(avg, (c, n), dev)?; // row k averages class k's rows
         let ids = Tensor::from_vec(groups.iter().map(|(y, _)| *y).collect::<Vec<_>>(), c, dev)?;
-        let seen = self.seen.as_tensor().index_select(&ids, 0)?; // [c, 1]
+        let seen = self.seen.as_tensor().detach().index_select(&ids, 0)?; // [c, 1], a buffer: no gradient
         let keep = (seen * MOMENTUM)?;
         let mix = |running: &Var, batch: Tensor| -> Result<Tensor> {
-            let r = running.as_tensor().index_select(&ids, 0)?;
+            let r = running.as_tensor().detach().index_select(&ids, 0)?;
             r.broadcast_mul(&keep)? + batch.broadcast_mul(&(1.0 - &keep)?)?
         };
         let uv = mix(&self.visual, avg.matmul(&l2_normalize(b.v)?)?)?;

@@ -50,13 +50,15 @@ impl TextScale {
     }
 
     /// `z = (x_s - mean) / std`, row-wise.
+    /// The statistics enter detached: as buffers they get no gradient, and so a product with
+    /// only data inputs (the denoiser's first layer) computes no input gradient either.
     pub fn standardise(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.broadcast_sub(self.mean.as_tensor())?.broadcast_div(self.std.as_tensor())
+        xs.broadcast_sub(&self.mean.as_tensor().detach())?.broadcast_div(&self.std.as_tensor().detach())
     }
 
     /// `x_s = z * std + mean`: a standardised feature back in the text encoder's space.
     pub fn restore(&self, z: &Tensor) -> Result<Tensor> {
-        z.broadcast_mul(self.std.as_tensor())?.broadcast_add(self.mean.as_tensor())
+        z.broadcast_mul(&self.std.as_tensor().detach())?.broadcast_add(&self.mean.as_tensor().detach())
     }
 }
 
