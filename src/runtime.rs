@@ -27,6 +27,12 @@ pub fn init(threads: Option<usize>) {
         // training steps 2-3 ms faster at 200 rounds; BENCHMARKS.md). A value the user set wins.
         unsafe { std::env::set_var(BARRIER_SPIN_ENV, "200") };
     }
+    // The matmul crate copies ("packs") the left operand of a product whose right one has more
+    // than 8 x 6 columns when it runs on one thread. The linear layers' forward products (one
+    // single-threaded block per thread, 64 rows: after the crate's transpose, the weight block
+    // times 64 columns) then copied the whole weight every step; at 16 x 6 they read it in
+    // place: 0.2 ms of a 10 ms training step (BENCHMARKS.md). Larger products still pack.
+    gemm::set_lhs_packing_threshold_single_thread(gemm::DEFAULT_LHS_PACKING_THRESHOLD_MULTI_THREAD);
     if let Some(n) = threads {
         // Read by candle's gemm and rayon pools on first use; nothing has started yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
