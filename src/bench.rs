@@ -132,6 +132,13 @@ pub fn heads_in_child(exe: &std::path::Path, threads: usize, device: &str, args:
     serde_json::from_slice(&out.stdout).context("unreadable result of the bench child process")
 }
 
+/// The CPU's model name from `/proc/cpuinfo` (`unknown CPU` elsewhere).
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()));
+    format!("{}, {} logical cores", name.unwrap_or_else(|| "unknown CPU".into()), std::thread::available_parallelism().map_or(0, |n| n.get()))
+}
+
 /// Peak single-precision rate of fused multiply-adds, all `threads` busy, by instruction set.
 #[derive(Debug, Clone, Serialize)]
 pub struct Peak {
@@ -324,7 +331,7 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
         None => (vec![], None),
         Some(a) => extraction(a, req.progress, dev)?,
     };
-    Ok(Report { device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
+    Ok(Report { cpu: cpu_model(), device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
 }
 
 /// The `bench` arguments that the per-thread-count child processes take too: all but those
@@ -346,6 +353,9 @@ fn child_args(args: &[String]) -> Vec<String> {
 /// Everything `marnet bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The CPU's model name, as `/proc/cpuinfo` gives it (speed differs more between CPU
+    /// vendors than within one: every table names it).
+    pub cpu: String,
     /// Where the heads and encoders ran (`--device`); the peak and decoding are the CPU's.
     pub device: String,
     pub peak: Peak,
@@ -359,6 +369,7 @@ pub struct Report {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let p = &self.peak;
+        writeln!(f, "{}\n", self.cpu)?;
         if self.device != "cpu" {
             writeln!(f, "heads and encoders on {}; the FMA peak and JPEG decoding are the CPU's\n", self.device)?;
         }
