@@ -256,6 +256,12 @@ pub enum Cmd {
         /// Leave out the encoder and decoding measurements.
         #[arg(long)]
         skip_extraction: bool,
+        /// Only the FMA peak, the encoders and decoding: leave out the heads.
+        #[arg(long, conflicts_with = "skip_extraction")]
+        extraction_only: bool,
+        /// Batch sizes to time EfficientNet-Lite0 at, one row each (ViT-B/16 runs at batch 8).
+        #[arg(long, value_delimiter = ',', default_value = "32")]
+        encoder_batches: Vec<usize>,
         /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
         /// assets/ of the checkout marnet was built from].
         #[arg(long)]

@@ -150,7 +150,24 @@ fn run() -> Result<()> {
             let c = FeatureCache::merge_shards(&shards, &out)?;
             println!("merged {} shards: train {} rows; wrote {}", shards.len(), c.train.len(), out.display());
         }
-        Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, thread_counts, skip_extraction, assets, json, heads_only, model } => {
+        Cmd::Bench {
+            variant,
+            dv,
+            ds,
+            classes,
+            batch,
+            iters,
+            infer_batch,
+            sampling_steps,
+            thread_counts,
+            skip_extraction,
+            extraction_only,
+            encoder_batches,
+            assets,
+            json,
+            heads_only,
+            model,
+        } => {
             let cfg = model.config(variant, dv, ds, classes);
             if heads_only {
                 let r = marnet::bench::heads(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
@@ -166,7 +183,9 @@ fn run() -> Result<()> {
                 infer_batch,
                 sampling_steps,
                 thread_counts,
+                heads: !extraction_only,
                 assets,
+                encoder_batches,
                 args,
                 device: cli.device.clone(),
                 progress,
