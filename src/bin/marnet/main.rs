@@ -132,12 +132,25 @@ fn run() -> Result<()> {
                 std::process::exit(2);
             }
         }
-        Cmd::Serve { model, addr, max_body_mib, max_batch, batch_wait_ms, timeout_s, top_k, header_timeout_s, idle_timeout_s, max_connections } => {
+        Cmd::Serve {
+            model,
+            addr,
+            max_body_mib,
+            max_batch,
+            batch_wait_ms,
+            decode_threads,
+            timeout_s,
+            top_k,
+            header_timeout_s,
+            idle_timeout_s,
+            max_connections,
+        } => {
             let opts = marnet::serve::ServeOptions {
                 addr,
                 max_body: (max_body_mib * 1024.0 * 1024.0) as usize,
                 max_batch,
                 batch_wait: Duration::from_millis(batch_wait_ms),
+                decode_threads: decode_threads.unwrap_or_else(marnet::serve::default_decode_threads),
                 timeout: Duration::from_secs_f64(timeout_s),
                 top_k,
                 header_timeout: Duration::from_secs_f64(header_timeout_s),
