@@ -4,12 +4,12 @@
 //!   `multipart/form-data` body; answers `{"top": [{"class", "index", "prob"}]}`.
 //! - `GET /health`: `{"status": "ok"}`. `GET /model`: classes, encoder, sampler and limits.
 //!
-//! Request bodies are decoded on a fixed pool of decode threads (`decode_threads`), apart from
-//! the encoder's, and one inference thread runs each forward pass on the images already decoded
-//! (up to `max_batch`) while the next ones are decoded: see [`pipeline`]. Each image's noise
-//! stream is keyed on its bytes, so an answer does not depend on its batch. Errors are JSON
-//! `{"error": ...}`: 400 for an unreadable image, 413 for a body over the limit, 504 past the
-//! timeout.
+//! Request bodies are decoded on a fixed pool of threads at low CPU priority (see [`Decoding`]),
+//! apart from the encoder's, and one inference thread runs each forward pass on the images
+//! already decoded (up to `max_batch`) while the next ones are decoded: see [`pipeline`]. Each
+//! image's noise stream is keyed on its bytes, so an answer does not depend on its batch. Errors
+//! are JSON `{"error": ...}`: 400 for an unreadable image, 413 for a body over the limit, 504
+//! past the timeout.
 //!
 //! Connections are limited so that slow or idle clients cannot hold the server: a client must
 //! send each request's headers within `header_timeout`, a keep-alive connection waiting for
@@ -17,6 +17,7 @@
 //! once (see [`ServeOptions`] and [`connections`]).
 
 pub mod connections;
+pub mod decode;
 pub mod pipeline;
 
 use crate::bundle::Predictor;
@@ -27,6 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::Device;
+pub use decode::{DecodePriority, Decoding};
+pub use pipeline::default_decode_threads;
 use pipeline::{Batching, Failure, Pipeline};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,8 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-pub use pipeline::default_decode_threads;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -50,9 +51,9 @@ pub struct ServeOptions {
     /// How long the inference thread, idle and woken by one request, waits for more to join
     /// its batch (it never waits while decoded images are queued).
     pub batch_wait: Duration,
-    /// Threads that decode and preprocess request bodies (at least 1), apart from the
-    /// encoder's thread pool; [`default_decode_threads`] is half the cores.
-    pub decode_threads: usize,
+    /// The threads that decode and preprocess request bodies, apart from the encoder's thread
+    /// pool, and their CPU priority.
+    pub decoding: Decoding,
     /// Per-request limit on decoding plus inference.
     pub timeout: Duration,
     /// Classes returned when the request does not say (`?k=`).
@@ -145,6 +146,7 @@ fn router(state: AppState) -> Router {
 /// serves until Ctrl-C (then stops gracefully, see [`connections::serve_connections`]).
 pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
     anyhow::ensure!(opts.max_connections > 0, "the connection limit must be at least 1");
+    anyhow::ensure!(opts.decoding.threads > 0, "at least one decode thread is needed");
     anyhow::ensure!(!opts.header_timeout.is_zero() && !opts.idle_timeout.is_zero(), "connection timeouts must be positive");
     let batching = Batching { max_batch: opts.max_batch, wait: opts.batch_wait };
     let load = move || {
@@ -158,10 +160,10 @@ pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
         let pre = pred.preprocess();
         Ok((pred, pre, info))
     };
-    let (pipeline, mut info) = Pipeline::start(load, batching, opts.decode_threads)?;
+    let (pipeline, mut info) = Pipeline::start(load, batching, opts.decoding)?;
     info["limits"] = serde_json::json!({
         "max_body_bytes": opts.max_body, "max_batch": opts.max_batch,
-        "batch_wait_ms": opts.batch_wait.as_millis() as u64, "decode_threads": opts.decode_threads.max(1),
+        "batch_wait_ms": opts.batch_wait.as_millis() as u64, "decode_threads": opts.decoding.threads, "decode_priority": opts.decoding.priority,
         "timeout_ms": opts.timeout.as_millis() as u64,
         "header_timeout_ms": opts.header_timeout.as_millis() as u64, "idle_timeout_ms": opts.idle_timeout.as_millis() as u64,
         "max_connections": opts.max_connections,

@@ -146,10 +146,15 @@ pub enum Cmd {
         /// (never while decoded images are waiting).
         #[arg(long, default_value_t = 2)]
         batch_wait_ms: u64,
-        /// Threads that decode request bodies, apart from the encoder's thread pool [default:
-        /// half the cores, at least 1].
+        /// Threads that decode request bodies, apart from the encoder's thread pool [default: one
+        /// per core].
         #[arg(long)]
         decode_threads: Option<usize>,
+        /// CPU priority of the decode threads (Linux): `idle` decodes only on CPU time the
+        /// encoder and everything else leave (when other processes leave none, the inference
+        /// thread decodes between its passes); `low` is nice 19, `normal` the encoder's.
+        #[arg(long, value_enum, default_value = "idle")]
+        decode_priority: marnet::serve::DecodePriority,
         /// Per-request limit (decode + inference), seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout_s: f64,
