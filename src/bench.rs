@@ -279,15 +279,20 @@ pub fn decode(pre: &Preprocess, images: usize) -> Result<DecodeBench> {
 }
 
 /// The extraction rows: EfficientNet-Lite0 (real weights from `assets`, left out with a note
-/// when absent) at batch 32, ViT-B/16 (random weights) at batch 8, and JPEG decoding.
-pub fn extraction(assets: &std::path::Path, verbose: bool, dev: &Device) -> Result<(Vec<EncoderBench>, Option<DecodeBench>)> {
+/// when absent) at each of `lite0_batches`, ViT-B/16 (random weights) at batch 8, and JPEG
+/// decoding.
+pub fn extraction(assets: &std::path::Path, lite0_batches: &[usize], verbose: bool, dev: &Device) -> Result<(Vec<EncoderBench>, Option<DecodeBench>)> {
     use crate::encoders::efficientnet_lite::{Config, EfficientNetLite, PREPROCESS};
     if verbose {
         eprintln!("timing the encoders and decoding...");
     }
     let mut encoders = vec![];
     match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), Config::lite0(), dev) {
-        Ok(enc) => encoders.push(encoder("EfficientNet-Lite0", "real", &enc, 32, dev)?),
+        Ok(enc) => {
+            for &batch in lite0_batches {
+                encoders.push(encoder("EfficientNet-Lite0", "real", &enc, batch, dev)?);
+            }
+        }
         Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
     }
     encoders.push(encoder("ViT-B/16", "random", &vit_b16_random(dev)?, 8, dev)?);
@@ -302,10 +307,14 @@ pub struct BenchRequest {
     pub iters: usize,
     pub infer_batch: usize,
     pub sampling_steps: Vec<usize>,
-    /// Thread counts for the heads (empty: 1 and this process's count).
+    /// Thread counts for the heads (empty: 1 and this process's count; `heads` false: none).
     pub thread_counts: Vec<usize>,
+    /// Whether to time the heads at all.
+    pub heads: bool,
     /// The encoder rows need the assets folder; `None` leaves them out.
     pub assets: Option<std::path::PathBuf>,
+    /// EfficientNet-Lite0's batch sizes, one row each (ViT-B/16 is timed at batch 8).
+    pub encoder_batches: Vec<usize>,
     /// This process's `bench` arguments (after `bench`), passed on to the child processes.
     pub args: Vec<String>,
     /// The `--device` the child processes time the heads on (`cpu`, `cuda`, `cuda:N`).
@@ -317,7 +326,12 @@ pub struct BenchRequest {
 pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
     let threads = candle_core::utils::get_num_threads();
     anyhow::ensure!(req.thread_counts.iter().all(|&t| t >= 1), "--thread-counts must all be at least 1");
-    let mut counts = if req.thread_counts.is_empty() { vec![1, threads] } else { req.thread_counts.clone() };
+    anyhow::ensure!(req.encoder_batches.iter().all(|&b| b >= 1), "--encoder-batches must all be at least 1");
+    let mut counts = match (req.heads, req.thread_counts.is_empty()) {
+        (false, _) => vec![],
+        (true, true) => vec![1, threads],
+        (true, false) => req.thread_counts.clone(),
+    };
     counts.dedup();
     let exe = std::env::current_exe()?;
     let mut heads = vec![];
@@ -329,7 +343,7 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
     }
     let (encoders, decode) = match &req.assets {
         None => (vec![], None),
-        Some(a) => extraction(a, req.progress, dev)?,
+        Some(a) => extraction(a, &req.encoder_batches, req.progress, dev)?,
     };
     Ok(Report { cpu: cpu_model(), device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
 }
@@ -337,7 +351,8 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
 /// The `bench` arguments that the per-thread-count child processes take too: all but those
 /// that set threads, outputs and extraction.
 fn child_args(args: &[String]) -> Vec<String> {
-    let (with_value, flags) = (["--threads", "--thread-counts", "--assets", "--json", "--device"], ["--skip-extraction", "--quiet", "-q", "--verbose", "-v"]);
+    let (with_value, flags) =
+        (["--threads", "--thread-counts", "--assets", "--json", "--device", "--encoder-batches"], ["--skip-extraction", "--quiet", "-q", "--verbose", "-v"]);
     let mut out = vec![];
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -375,7 +390,20 @@ impl std::fmt::Display for Report {
         }
         let show = |g: Option<f64>| g.map_or("n/a".to_string(), |g| format!("{g:.0} GFLOP/s"));
         writeln!(f, "FMA peak, {} threads: AVX2 {}, AVX-512 {}\n", p.threads, show(p.avx2_gflops), show(p.avx512_gflops))?;
-        let peak = p.avx512_gflops.or(p.avx2_gflops);
+        if !self.heads.is_empty() {
+            self.fmt_heads(f)?;
+        }
+        if !self.encoders.is_empty() || self.decode.is_some() {
+            self.fmt_extraction(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// The head training and inference tables.
+    fn fmt_heads(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let peak = self.peak.avx512_gflops.or(self.peak.avx2_gflops);
         writeln!(
             f,
             "| head training ({}) | threads | step (median) | fwd / bwd / AdamW | products | % of peak | epoch of {} rows |",
@@ -412,7 +440,12 @@ impl std::fmt::Display for Report {
                 writeln!(f, "| {s} sampling steps | {} | {rate:.0} | {products} |", h.threads)?;
             }
         }
-        writeln!(f, "\n| extraction, 224 px | weights | batch | images/s |\n|---|---|---|---|")?;
+        writeln!(f)
+    }
+
+    /// The encoder and decoding table.
+    fn fmt_extraction(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        writeln!(f, "| extraction, 224 px | weights | batch | images/s |\n|---|---|---|---|")?;
         for e in &self.encoders {
             writeln!(f, "| {} forward | {} | {} | {:.2} |", e.backbone, e.weights, e.batch, e.images_per_s)?;
         }

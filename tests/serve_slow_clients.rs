@@ -142,3 +142,22 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let t = closed_after(s, answered, Duration::from_secs_f64(IDLE_S + 3.0)).expect("idle connection still open");
     assert!(t >= 0.9 * IDLE_S, "closed after {t:.2}s, before the idle timeout");
 }
+
+#[test]
+fn a_request_past_the_timeout_gets_504_and_ctrl_c_stops_the_server() {
+    let mut server = common::serve(bundle(), &["--timeout-s", "0.000001", "--decode-threads", "1"]);
+    let (status, body) = request(&mut connect(&server.1), "POST", "/predict", &image());
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no answer within"), "{body}");
+    // The server still answers, and Ctrl-C with a kept-alive connection open ends it cleanly.
+    let mut s = connect(&server.1);
+    assert_eq!(request(&mut s, "GET", "/health", b"").0, 200);
+    let pid = server.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let t = Instant::now();
+    while server.0.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "still running 10 s after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.0.try_wait().unwrap().unwrap().success());
+}

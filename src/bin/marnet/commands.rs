@@ -137,12 +137,24 @@ pub enum Cmd {
         /// Largest request body, MiB.
         #[arg(long, default_value_t = 8.0)]
         max_body_mib: f64,
-        /// Most images per forward pass.
-        #[arg(long, default_value_t = 32)]
+        /// Most images per forward pass. Images decoded beyond it go in the next pass, so that
+        /// the encoder runs one batch while the clients it answered send and decode the next
+        /// (EfficientNet-Lite0 on a CPU: the same images/s from batch 2 to 32).
+        #[arg(long, default_value_t = 8)]
         max_batch: usize,
-        /// Milliseconds to wait for more requests to fill a batch.
+        /// Milliseconds an idle server, woken by one request, waits for more to join its batch
+        /// (never while decoded images are waiting).
         #[arg(long, default_value_t = 2)]
         batch_wait_ms: u64,
+        /// Threads that decode request bodies, apart from the encoder's thread pool [default: one
+        /// per core].
+        #[arg(long)]
+        decode_threads: Option<usize>,
+        /// CPU priority of the decode threads (Linux): `idle` decodes only on CPU time the
+        /// encoder and everything else leave (when other processes leave none, the inference
+        /// thread decodes between its passes); `low` is nice 19, `normal` the encoder's.
+        #[arg(long, value_enum, default_value = "idle")]
+        decode_priority: marnet::serve::DecodePriority,
         /// Per-request limit (decode + inference), seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout_s: f64,
@@ -256,6 +268,12 @@ pub enum Cmd {
         /// Leave out the encoder and decoding measurements.
         #[arg(long)]
         skip_extraction: bool,
+        /// Only the FMA peak, the encoders and decoding: leave out the heads.
+        #[arg(long, conflicts_with = "skip_extraction")]
+        extraction_only: bool,
+        /// Batch sizes to time EfficientNet-Lite0 at, one row each (ViT-B/16 runs at batch 8).
+        #[arg(long, value_delimiter = ',', default_value = "32")]
+        encoder_batches: Vec<usize>,
         /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
         /// assets/ of the checkout marnet was built from].
         #[arg(long)]

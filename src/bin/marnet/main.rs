@@ -132,12 +132,26 @@ fn run() -> Result<()> {
                 std::process::exit(2);
             }
         }
-        Cmd::Serve { model, addr, max_body_mib, max_batch, batch_wait_ms, timeout_s, top_k, header_timeout_s, idle_timeout_s, max_connections } => {
+        Cmd::Serve {
+            model,
+            addr,
+            max_body_mib,
+            max_batch,
+            batch_wait_ms,
+            decode_threads,
+            decode_priority,
+            timeout_s,
+            top_k,
+            header_timeout_s,
+            idle_timeout_s,
+            max_connections,
+        } => {
             let opts = marnet::serve::ServeOptions {
                 addr,
                 max_body: (max_body_mib * 1024.0 * 1024.0) as usize,
                 max_batch,
                 batch_wait: Duration::from_millis(batch_wait_ms),
+                decoding: marnet::serve::Decoding { threads: decode_threads.unwrap_or_else(marnet::serve::default_decode_threads), priority: decode_priority },
                 timeout: Duration::from_secs_f64(timeout_s),
                 top_k,
                 header_timeout: Duration::from_secs_f64(header_timeout_s),
@@ -150,7 +164,24 @@ fn run() -> Result<()> {
             let c = FeatureCache::merge_shards(&shards, &out)?;
             println!("merged {} shards: train {} rows; wrote {}", shards.len(), c.train.len(), out.display());
         }
-        Cmd::Bench { variant, dv, ds, classes, batch, iters, infer_batch, sampling_steps, thread_counts, skip_extraction, assets, json, heads_only, model } => {
+        Cmd::Bench {
+            variant,
+            dv,
+            ds,
+            classes,
+            batch,
+            iters,
+            infer_batch,
+            sampling_steps,
+            thread_counts,
+            skip_extraction,
+            extraction_only,
+            encoder_batches,
+            assets,
+            json,
+            heads_only,
+            model,
+        } => {
             let cfg = model.config(variant, dv, ds, classes);
             if heads_only {
                 let r = marnet::bench::heads(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
@@ -166,7 +197,9 @@ fn run() -> Result<()> {
                 infer_batch,
                 sampling_steps,
                 thread_counts,
+                heads: !extraction_only,
                 assets,
+                encoder_batches,
                 args,
                 device: cli.device.clone(),
                 progress,

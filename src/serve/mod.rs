@@ -1,0 +1,187 @@
+//! `marnet serve`: a bundle behind HTTP (axum).
+//!
+//! - `POST /predict[?k=5]`: one image as the raw body or as the first file of a
+//!   `multipart/form-data` body; answers `{"top": [{"class", "index", "prob"}]}`.
+//! - `GET /health`: `{"status": "ok"}`. `GET /model`: classes, encoder, sampler and limits.
+//!
+//! Request bodies are decoded on a fixed pool of threads at low CPU priority (see [`Decoding`]),
+//! apart from the encoder's, and one inference thread runs each forward pass on the images
+//! already decoded (up to `max_batch`) while the next ones are decoded: see [`pipeline`]. Each
+//! image's noise stream is keyed on its bytes, so an answer does not depend on its batch. Errors
+//! are JSON `{"error": ...}`: 400 for an unreadable image, 413 for a body over the limit, 504
+//! past the timeout.
+//!
+//! Connections are limited so that slow or idle clients cannot hold the server: a client must
+//! send each request's headers within `header_timeout`, a keep-alive connection waiting for
+//! its next request is closed after `idle_timeout`, and at most `max_connections` are open at
+//! once (see [`ServeOptions`] and [`connections`]).
+
+pub mod connections;
+pub mod decode;
+pub mod pipeline;
+
+use crate::bundle::Predictor;
+use anyhow::{Context, Result};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use candle_core::Device;
+pub use decode::{DecodePriority, Decoding};
+pub use pipeline::default_decode_threads;
+use pipeline::{Batching, Failure, Pipeline};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// Largest accepted request body, bytes.
+    pub max_body: usize,
+    /// Most images per forward pass. Queued images beyond it wait for the next pass, which
+    /// keeps several passes in flight (one running, the next being decoded); EfficientNet-Lite0
+    /// on a CPU gives the same images/s from batch 2 to 32, so small batches lose nothing.
+    pub max_batch: usize,
+    /// How long the inference thread, idle and woken by one request, waits for more to join
+    /// its batch (it never waits while decoded images are queued).
+    pub batch_wait: Duration,
+    /// The threads that decode and preprocess request bodies, apart from the encoder's thread
+    /// pool, and their CPU priority.
+    pub decoding: Decoding,
+    /// Per-request limit on decoding plus inference.
+    pub timeout: Duration,
+    /// Classes returned when the request does not say (`?k=`).
+    pub top_k: usize,
+    /// Time a client has to send a request's headers, counted from accepting the connection
+    /// for its first request and from the first byte of each later one; a client still short
+    /// of a complete header block then is disconnected (no response).
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request, counted from the previous
+    /// response, before the server closes it. A request being handled is never cut off by
+    /// this (`timeout` bounds it).
+    pub idle_timeout: Duration,
+    /// Most connections open at once. At the limit the server stops accepting: new clients
+    /// wait in the kernel's listen backlog (connected at the TCP level, unanswered) until an
+    /// open connection closes, so a burst is served late rather than refused (as nginx and Go's
+    /// `LimitListener` do). Once the backlog is full too, the kernel drops new connection
+    /// attempts and clients retry.
+    pub max_connections: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    pipeline: Pipeline,
+    model_info: Arc<serde_json::Value>,
+    opts: ServeOptions,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// The HTTP answer to a request the pipeline could not classify.
+fn failure(f: Failure) -> Response {
+    match f {
+        Failure::BadImage(e) => error(StatusCode::BAD_REQUEST, e),
+        Failure::Internal(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Failure::Stopped => error(StatusCode::SERVICE_UNAVAILABLE, "inference thread stopped"),
+    }
+}
+
+#[derive(Deserialize)]
+struct PredictQuery {
+    k: Option<usize>,
+}
+
+/// The image bytes of a request: the raw body, or the first file part of a multipart body.
+async fn image_bytes(state: &AppState, req: Request) -> Result<axum::body::Bytes, Response> {
+    let is_multipart = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
+    if is_multipart {
+        let mut form = Multipart::from_request(req, state).await.map_err(|e| error(e.status(), e.body_text()))?;
+        while let Some(field) = form.next_field().await.map_err(|e| error(e.status(), e.body_text()))? {
+            if field.file_name().is_some() || field.name() == Some("image") {
+                return field.bytes().await.map_err(|e| error(e.status(), e.body_text()));
+            }
+        }
+        return Err(error(StatusCode::BAD_REQUEST, "multipart body has no file part (send the image as `image`)"));
+    }
+    axum::body::Bytes::from_request(req, state).await.map_err(|e| error(e.status(), e.body_text()))
+}
+
+async fn predict(State(state): State<AppState>, Query(q): Query<PredictQuery>, req: Request) -> Response {
+    let k = q.k.unwrap_or(state.opts.top_k).clamp(1, state.model_info["classes"].as_array().map_or(1, |c| c.len()));
+    let work = async {
+        let bytes = image_bytes(&state, req).await?;
+        if bytes.is_empty() {
+            return Err(error(StatusCode::BAD_REQUEST, "empty body: send the image bytes"));
+        }
+        state.pipeline.submit(bytes, k).await.map_err(failure)
+    };
+    match tokio::time::timeout(state.opts.timeout, work).await {
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, format!("no answer within {:?}", state.opts.timeout)),
+        Ok(Err(resp)) => resp,
+        Ok(Ok(top)) => Json(serde_json::json!({ "top": top })).into_response(),
+    }
+}
+
+/// The HTTP routes over a running pipeline.
+fn router(state: AppState) -> Router {
+    let info = state.model_info.clone();
+    let limit = state.opts.max_body;
+    Router::new()
+        .route("/predict", post(predict))
+        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/model", get(move || async move { Json((*info).clone()) }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Loads the bundle at `bundle`, binds `opts.addr`, prints `listening on http://ADDR` and
+/// serves until Ctrl-C (then stops gracefully, see [`connections::serve_connections`]).
+pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
+    anyhow::ensure!(opts.max_connections > 0, "the connection limit must be at least 1");
+    anyhow::ensure!(opts.decoding.threads > 0, "at least one decode thread is needed");
+    anyhow::ensure!(!opts.header_timeout.is_zero() && !opts.idle_timeout.is_zero(), "connection timeouts must be positive");
+    let batching = Batching { max_batch: opts.max_batch, wait: opts.batch_wait };
+    let load = move || {
+        let pred = Predictor::load(&bundle, &dev)?;
+        let m = &pred.config;
+        let info = serde_json::json!({
+            "bundle": pred.dir, "classes": m.classes, "visual_encoder": m.visual_encoder,
+            "preprocess": m.preprocess, "sampler": m.inference.sampler, "seed": m.inference.seed,
+            "marnet_version": m.marnet_version,
+        });
+        let pre = pred.preprocess();
+        Ok((pred, pre, info))
+    };
+    let (pipeline, mut info) = Pipeline::start(load, batching, opts.decoding)?;
+    info["limits"] = serde_json::json!({
+        "max_body_bytes": opts.max_body, "max_batch": opts.max_batch,
+        "batch_wait_ms": opts.batch_wait.as_millis() as u64, "decode_threads": opts.decoding.threads, "decode_priority": opts.decoding.priority,
+        "timeout_ms": opts.timeout.as_millis() as u64,
+        "header_timeout_ms": opts.header_timeout.as_millis() as u64, "idle_timeout_ms": opts.idle_timeout.as_millis() as u64,
+        "max_connections": opts.max_connections,
+    });
+    let state = AppState { pipeline, model_info: Arc::new(info), opts: opts.clone() };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(opts.addr).await.with_context(|| format!("cannot bind {}", opts.addr))?;
+        println!("listening on http://{}", listener.local_addr()?);
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let (stop_tx, stop) = watch::channel(false);
+        tokio::spawn(async move {
+            while !crate::interrupt::requested() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = stop_tx.send(true);
+        });
+        connections::serve_connections(listener, router(state), &opts, stop).await
+    })
+}
