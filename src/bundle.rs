@@ -9,7 +9,7 @@ use crate::data::image::{Prepared, Preprocess};
 use crate::encoders::ImageEncoder;
 use crate::rng::Noise;
 use anyhow::{Context, Result, ensure};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -138,8 +138,18 @@ impl Predictor {
         if images.is_empty() {
             return Ok(vec![]);
         }
+        self.head_probabilities(&self.features(images)?, images)
+    }
+
+    /// The visual encoder's features [N, Dv] of prepared images.
+    pub fn features(&self, images: &[&Prepared]) -> Result<Tensor> {
         let x = self.preprocess().stack(images.iter().copied(), &self.dev)?;
-        let xv = self.encoder.features(&x)?;
+        Ok(self.encoder.features(&x)?)
+    }
+
+    /// The heads' class probabilities for `xv`, the [`Self::features`] of `images` (whose
+    /// contents key each row's sampling noise).
+    pub fn head_probabilities(&self, xv: &Tensor, images: &[&Prepared]) -> Result<Vec<Vec<f32>>> {
         let Inference { sampler, seed, batch } = self.config.inference;
         let mut probs = Vec::with_capacity(images.len());
         for (start, chunk) in (0..images.len()).step_by(batch.max(1)).zip(images.chunks(batch.max(1))) {

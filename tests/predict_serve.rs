@@ -148,4 +148,11 @@ fn serve_answers_like_predict_and_rejects_bad_requests() {
         assert_eq!(v["top"].as_array().unwrap().len(), 3);
         assert_eq!(v["top"][0]["index"].as_u64(), Some(want), "{body}");
     }
+    // The 50 images went through the encoder and the heads, and their time is accounted for.
+    let (status, body) = http(addr, "GET", "/stats", "text/plain", b"");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, stats["images"].as_u64()), (200, Some(50)), "{body}");
+    let secs = |k: &str| stats["stages_s"][k].as_f64().unwrap_or(0.0);
+    assert!(secs("encoder") > 0.0 && secs("heads") > 0.0, "{body}");
+    assert!(secs("encoder") + secs("heads") <= stats["pass_s"].as_f64().unwrap(), "{body}");
 }

@@ -3,6 +3,8 @@
 //! - `POST /predict[?k=5]`: one image as the raw body or as the first file of a
 //!   `multipart/form-data` body; answers `{"top": [{"class", "index", "prob"}]}`.
 //! - `GET /health`: `{"status": "ok"}`. `GET /model`: classes, encoder, sampler and limits.
+//! - `GET /stats`: the inference thread's counters since start ([`pipeline::Stats`]): passes,
+//!   images, seconds in the encoder, in the heads and waiting for decoded images.
 //!
 //! Request bodies are decoded on a fixed pool of threads at low CPU priority (see [`Decoding`]),
 //! apart from the encoder's, and one inference thread runs each forward pass on the images
@@ -138,6 +140,7 @@ fn router(state: AppState) -> Router {
         .route("/predict", post(predict))
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/model", get(move || async move { Json((*info).clone()) }))
+        .route("/stats", get(|State(state): State<AppState>| async move { Json(state.pipeline.stats()) }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

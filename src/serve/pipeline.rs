@@ -15,14 +15,19 @@
 //! they use only the CPU time the encoder leaves. Should they get none, because other processes
 //! keep every core busy, the inference thread decodes the waiting bodies itself whenever it has
 //! waited 20 ms with nothing to run.
+//!
+//! The inference thread keeps counters ([`Stats`], `GET /stats`): passes, images, and where its
+//! time went (each stage of the model's passes, and waiting for decoded images).
 
 use super::decode::{Bodies, Decoding, decode, decode_loop};
 use crate::bundle::{ClassProb, Predictor};
 use crate::data::image::{Prepared, Preprocess};
 use anyhow::Result;
 use axum::body::Bytes;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -34,13 +39,44 @@ const STARVED: Duration = Duration::from_millis(20);
 /// The heaviest stage: top-k classes of prepared images, where an image's answer does not
 /// depend on the other images in its batch.
 pub trait Classify {
-    fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Vec<Vec<ClassProb>>>;
+    fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Classified>;
+}
+
+/// One forward pass's answers, and how long each named stage of it took.
+pub struct Classified {
+    pub tops: Vec<Vec<ClassProb>>,
+    pub stages: Vec<(&'static str, Duration)>,
 }
 
 impl Classify for Predictor {
-    fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Vec<Vec<ClassProb>>> {
-        Predictor::top_k(self, images, k)
+    /// Stages `encoder` and `heads` (on a GPU, work the encoder queued may finish in `heads`).
+    fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Classified> {
+        if images.is_empty() {
+            return Ok(Classified { tops: vec![], stages: vec![] });
+        }
+        let t0 = Instant::now();
+        let xv = self.features(images)?;
+        let t1 = Instant::now();
+        let probs = self.head_probabilities(&xv, images)?;
+        let stages = vec![("encoder", t1 - t0), ("heads", t1.elapsed())];
+        Ok(Classified { tops: probs.iter().map(|row| crate::bundle::top_k(row, &self.config.classes, k)).collect(), stages })
     }
+}
+
+/// What the inference thread has done since the server started (`GET /stats`); the difference
+/// of two readings describes the time between them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Forward passes run, and the images in them.
+    pub passes: u64,
+    pub images: u64,
+    /// Seconds in forward passes, in all and by the model's stages (`encoder`, `heads`).
+    pub pass_s: f64,
+    pub stages_s: BTreeMap<&'static str, f64>,
+    /// Seconds waiting for decoded images, including decoding bodies itself when starved.
+    pub waiting_s: f64,
+    /// Bodies the inference thread decoded itself because no decode thread got to them.
+    pub decoded_inline: u64,
 }
 
 /// How the inference thread groups queued images into forward passes.
@@ -88,6 +124,7 @@ impl<T> Task<T> {
 #[derive(Clone)]
 pub struct Pipeline {
     bodies: Arc<Closer>,
+    stats: Arc<Mutex<Stats>>,
 }
 
 /// Closes the body queue when the last [`Pipeline`] goes.
@@ -108,6 +145,7 @@ struct Stages {
     bodies: Arc<Bodies>,
     pre: Preprocess,
     batching: Batching,
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl Pipeline {
@@ -122,11 +160,12 @@ impl Pipeline {
         let (jobs, queued) = mpsc::channel::<Task<Prepared>>();
         let bodies = Arc::new(Bodies::default());
         let (ready_tx, ready) = mpsc::channel();
-        let (shared, own) = (bodies.clone(), jobs.clone());
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let (shared, own, counters) = (bodies.clone(), jobs.clone(), stats.clone());
         std::thread::Builder::new().name("marnet-infer".into()).spawn(move || match load() {
             Ok((model, pre, extra)) => {
                 let _ = ready_tx.send(Ok((pre, extra)));
-                inference_loop(&model, &Stages { queued, _open: own, bodies: shared, pre, batching });
+                inference_loop(&model, &Stages { queued, _open: own, bodies: shared, pre, batching, stats: counters });
             }
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -134,7 +173,7 @@ impl Pipeline {
         })?;
         let (pre, extra) = ready.recv().map_err(|_| anyhow::anyhow!("the inference thread died while loading"))??;
         // Made first, so that a failure below stops the inference thread again.
-        let pipeline = Pipeline { bodies: Arc::new(Closer(bodies.clone())) };
+        let pipeline = Pipeline { bodies: Arc::new(Closer(bodies.clone())), stats };
         for i in 0..decoding.threads {
             let (bodies, jobs) = (bodies.clone(), jobs.clone());
             std::thread::Builder::new().name(format!("marnet-decode-{i}")).spawn(move || decode_loop(&bodies, pre, decoding.priority, &jobs))?;
@@ -154,15 +193,36 @@ impl Pipeline {
             }
         }
     }
+
+    /// The inference thread's counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// The inference thread: one forward pass per batch until the pipeline is dropped.
 fn inference_loop(model: &impl Classify, stages: &Stages) {
+    let mut waiting = Instant::now();
     while let Some(batch) = next_batch(stages) {
         let k = batch.iter().map(|t| t.k).max().unwrap_or(1);
         let images: Vec<&Prepared> = batch.iter().map(|t| &t.item).collect();
-        match catch_unwind(AssertUnwindSafe(|| model.top_k(&images, k))) {
-            Ok(Ok(tops)) => {
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| model.top_k(&images, k)));
+        {
+            let mut stats = stages.stats.lock().unwrap_or_else(|e| e.into_inner());
+            stats.passes += 1;
+            stats.images += images.len() as u64;
+            stats.waiting_s += (start - waiting).as_secs_f64();
+            stats.pass_s += start.elapsed().as_secs_f64();
+            if let Ok(Ok(c)) = &result {
+                for (name, t) in &c.stages {
+                    *stats.stages_s.entry(name).or_default() += t.as_secs_f64();
+                }
+            }
+        }
+        waiting = Instant::now();
+        match result {
+            Ok(Ok(Classified { tops, .. })) => {
                 for (task, mut top) in batch.into_iter().zip(tops) {
                     top.truncate(task.k);
                     let _ = task.reply.send(Ok(top));
@@ -202,6 +262,7 @@ fn next_batch(stages: &Stages) -> Option<Vec<Task<Prepared>>> {
                     && let Some(body) = stages.bodies.try_pop()
                 {
                     batch.extend(decode(body, stages.pre));
+                    stages.stats.lock().unwrap_or_else(|e| e.into_inner()).decoded_inline += 1;
                 }
                 if batch.is_empty() && stages.bodies.finished() {
                     return None;
@@ -242,10 +303,10 @@ mod tests {
     }
 
     impl Classify for Fake {
-        fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Vec<Vec<ClassProb>>> {
+        fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Classified> {
             self.batches.lock().unwrap().push(images.len());
             std::thread::sleep(self.delay);
-            Ok(images.iter().map(|p| vec![answer(p.key); k]).collect())
+            Ok(Classified { tops: images.iter().map(|p| vec![answer(p.key); k]).collect(), stages: vec![("sleep", self.delay)] })
         }
     }
 
@@ -309,6 +370,12 @@ mod tests {
             let batches = batches.lock().unwrap();
             assert_eq!(batches.iter().sum::<usize>(), 49);
             assert!(batches.iter().all(|&b| (1..=4).contains(&b)), "{batches:?}");
+            // The counters agree with the passes the model saw, and time each one's stage.
+            let stats = p.stats();
+            assert_eq!((stats.passes, stats.images), (batches.len() as u64, 49));
+            let sleep = stats.stages_s["sleep"];
+            assert!(sleep >= 0.002 * batches.len() as f64 && sleep <= stats.pass_s, "{stats:?}");
+            assert!(stats.waiting_s > 0.0 && (threads > 0 || stats.decoded_inline == 49), "{stats:?}");
         }
     }
 
@@ -333,10 +400,10 @@ mod tests {
         static PASSES: AtomicUsize = AtomicUsize::new(0);
         struct Gate(Mutex<mpsc::Receiver<()>>);
         impl Classify for Gate {
-            fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Vec<Vec<ClassProb>>> {
+            fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Classified> {
                 PASSES.fetch_add(images.len(), Ordering::SeqCst);
                 self.0.lock().unwrap().recv()?;
-                Ok(images.iter().map(|p| vec![answer(p.key); k]).collect())
+                Ok(Classified { tops: images.iter().map(|p| vec![answer(p.key); k]).collect(), stages: vec![] })
             }
         }
         let (open, gate) = mpsc::channel();

@@ -126,7 +126,8 @@ pub enum Cmd {
         batch: usize,
     },
     /// Serve a bundle over HTTP: `POST /predict` (image body or multipart; `?k=`), `GET /health`,
-    /// `GET /model`. Prints `listening on http://ADDR`; Ctrl-C stops it.
+    /// `GET /model`, `GET /stats` (passes, images, seconds in the encoder, the heads and waiting).
+    /// Prints `listening on http://ADDR`; Ctrl-C stops it.
     Serve {
         /// Bundle folder.
         #[arg(long)]
