@@ -15,6 +15,20 @@ use std::path::{Path, PathBuf};
 
 pub const BUNDLE: &str = "bundle.json";
 
+impl std::fmt::Display for BundleConfig {
+    /// The bundle in words: classes, encoder and how the heads sample.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} classes, visual encoder {}, inference: {}, noise seed {}",
+            self.classes.len(),
+            self.visual_encoder,
+            self.inference.sampler,
+            self.inference.seed
+        )
+    }
+}
+
 /// `bundle.json`: everything besides the heads that inference needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleConfig {
@@ -59,9 +73,26 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, String)>, S
 
 /// Writes a bundle of the model at `run` (a run folder or checkpoint) with the encoder `visual`
 /// (copied into the bundle; a bare name is looked up in `assets` as [`crate::assets::resolve`]
-/// finds it), to `out`.
-pub fn export(run: &Path, visual: &str, assets: Option<&Path>, inference: Inference, out: &Path, dev: &Device) -> Result<BundleConfig> {
+/// finds it; `None`: the encoder the run's cache was extracted with), to `out`. The files get the
+/// permissions of new files (0644 under the usual umask), whatever the sources have. A bundle
+/// already in `out` is replaced only with `replace`; any other non-empty folder never is.
+pub fn export(run: &Path, visual: Option<&str>, assets: Option<&Path>, inference: Inference, out: &Path, replace: bool, dev: &Device) -> Result<BundleConfig> {
+    if out.exists() {
+        let empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none());
+        ensure!(empty || out.join(BUNDLE).is_file(), "{}: this folder is not empty and holds no bundle; choose another --out", out.display());
+        ensure!(empty || replace, "{}: a bundle is already here; pass --force to replace it, or choose another --out", out.display());
+    }
     let ck = Checkpoint::open(run, dev)?;
+    let visual = match visual {
+        Some(v) => v.to_string(),
+        None => ck.run.visual.clone().with_context(|| {
+            format!(
+                "{}: the run does not record the visual encoder its cache was extracted with (a cache not made by `marnet extract`, or a run trained by an older marnet); pass --visual",
+                ck.dir.display()
+            )
+        })?,
+    };
+    let visual = visual.as_str();
     // Only a bare encoder name (`efficientnet-lite0`) needs the assets folder.
     let assets = &match visual.contains(':') {
         true => assets.map(Path::to_path_buf).unwrap_or_default(),
@@ -86,17 +117,26 @@ pub fn export(run: &Path, visual: &str, assets: Option<&Path>, inference: Infere
     };
     crate::fsutil::replace_dir(out, |tmp| {
         for name in [crate::checkpoint::CONFIG, crate::checkpoint::WEIGHTS, crate::checkpoint::METRICS] {
-            std::fs::copy(ck.dir.join(name), tmp.join(name)).with_context(|| format!("{}: cannot copy", ck.dir.join(name).display()))?;
+            copy_readable(&ck.dir.join(name), &tmp.join(name))?;
         }
         std::fs::create_dir_all(tmp.join("encoder"))?;
         for (from, name) in &files {
-            std::fs::copy(from, tmp.join("encoder").join(name)).with_context(|| format!("{}: cannot copy", from.display()))?;
+            copy_readable(from, &tmp.join("encoder").join(name))?;
         }
         std::fs::write(tmp.join(BUNDLE), serde_json::to_string_pretty(&cfg)?)?;
         Ok(())
     })?;
     Predictor::load(out, dev).context("the new bundle does not load")?;
     Ok(cfg)
+}
+
+/// Copies a file's contents into a new file (not `fs::copy`, which would keep a 0600 source's
+/// permissions and leave the bundle unreadable to other accounts).
+fn copy_readable(from: &Path, to: &Path) -> Result<()> {
+    let mut src = std::fs::File::open(from).with_context(|| format!("{}: cannot read", from.display()))?;
+    let mut dst = std::fs::File::create(to).with_context(|| format!("{}: cannot create", to.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("{}: cannot copy", from.display()))?;
+    Ok(())
 }
 
 /// One class with its probability.

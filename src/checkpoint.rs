@@ -16,7 +16,17 @@ pub struct RunConfig {
     pub model: MarnetConfig,
     pub train: TrainConfig,
     pub classes: Vec<String>,
+    /// The feature cache the run was trained on, relative to the run folder (the parent of
+    /// `best/` and `last/`), so that a run moved together with its cache keeps finding it. Runs
+    /// from before `cache_absolute` was recorded: the path as it was typed.
     pub cache: PathBuf,
+    /// The same cache as an absolute path, tried when the relative one is not there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_absolute: Option<PathBuf>,
+    /// The `--visual` value the cache was extracted with (paths absolute), read from its
+    /// `extract.json`: the encoder `export` bundles by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual: Option<String>,
     pub visual_encoder: String,
     pub text_encoder: String,
     pub dataset: String,
@@ -30,13 +40,12 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// The feature cache the run was trained on (its fold, for fold runs).
-    pub fn open_cache(&self) -> Result<crate::features::FeatureCache> {
-        let cache = crate::features::FeatureCache::open(&self.cache)?;
-        match &self.fold {
-            Some(f) => crate::features::folds::fold(&cache, f),
-            None => Ok(cache),
-        }
+    /// Records the cache at `cache_dir` for a run in `run_dir` (which exists): the path relative
+    /// to the run folder and the absolute path.
+    pub fn locate_cache(cache_dir: &Path, run_dir: &Path) -> (PathBuf, Option<PathBuf>) {
+        let absolute = |p: &Path| p.canonicalize().or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf());
+        let (cache, run) = (absolute(cache_dir), absolute(run_dir));
+        (crate::fsutil::relative_path(&cache, &run), Some(cache))
     }
 }
 
@@ -80,12 +89,15 @@ pub const WEIGHTS: &str = "model.safetensors";
 pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.json";
 
-/// Writes a checkpoint folder atomically. `extra` holds optimiser state, if any.
+/// Writes a checkpoint folder atomically. `extra` holds optimiser state, if any. The files get
+/// the permissions of any new file (0644 under the usual umask), so a run or bundle copied for
+/// another account stays readable.
 pub fn save(dir: &Path, run: &RunConfig, model: &LoadedModel, extra: Vec<(String, Tensor)>, metrics: &serde_json::Value) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = model.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
     tensors.extend(extra);
     crate::fsutil::replace_dir(dir, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp.join(WEIGHTS))?;
+        // Not candle's `safetensors::save`: it writes through a temporary file made 0600.
+        std::fs::write(tmp.join(WEIGHTS), safetensors::serialize(&tensors, None)?)?;
         std::fs::write(tmp.join(CONFIG), serde_json::to_string_pretty(run)?)?;
         std::fs::write(tmp.join(METRICS), serde_json::to_string_pretty(metrics)?)?;
         Ok(())
@@ -117,6 +129,46 @@ impl Checkpoint {
         Ok(Self { dir, run, tensors, metrics })
     }
 
+    /// The folder of the cache the model was trained on: `cache` relative to the run folder,
+    /// else `cache_absolute` (runs from before both were recorded: `cache` from the current
+    /// folder, then from the run folder). The error names every place it looked.
+    pub fn cache_dir(&self) -> Result<PathBuf> {
+        let run_dir = self.dir.parent().unwrap_or(Path::new("."));
+        let tried = match &self.run.cache_absolute {
+            Some(abs) => vec![run_dir.join(&self.run.cache), abs.clone()],
+            None => vec![self.run.cache.clone(), run_dir.join(&self.run.cache)],
+        };
+        if let Some(found) = tried.iter().find(|d| d.is_dir()) {
+            return Ok(found.clone());
+        }
+        let places: Vec<String> = tried.iter().map(|d| d.display().to_string()).collect();
+        anyhow::bail!(
+            "{}: the feature cache this model was trained on is not at {} (moved or deleted?); keep a run and its cache together, or name the cache with --cache where the command has it",
+            self.dir.display(),
+            places.join(" nor at ")
+        )
+    }
+
+    /// The feature cache the model was trained on (its fold, for fold runs), refused if it has
+    /// changed since: another extraction or edit would make the run's numbers meaningless.
+    pub fn open_cache(&self) -> Result<crate::features::FeatureCache> {
+        let dir = self.cache_dir()?;
+        let cache = crate::features::FeatureCache::open(&dir)?;
+        let cache = match &self.run.fold {
+            Some(f) => crate::features::folds::fold(&cache, f)?,
+            None => cache,
+        };
+        let (trained, now) = (&self.run.fingerprint.data, crate::fingerprint::cache_data(&cache));
+        ensure!(
+            trained.is_empty() || *trained == now,
+            "{}: the feature cache changed since the model at {} was trained on it\n  trained on: data {trained}\n  now:        data {now}\ntrain again on it (`train --force`), or evaluate on it as a new cache with `eval --cache {}`",
+            dir.display(),
+            self.dir.display(),
+            dir.display()
+        );
+        Ok(cache)
+    }
+
     /// Rebuilds the model and loads its weights.
     pub fn model(&self, dev: &Device) -> Result<LoadedModel> {
         let m = LoadedModel::init(&self.run.model, 0, dev)?;
@@ -129,10 +181,6 @@ impl Checkpoint {
 pub fn check_matches(ck: &Checkpoint, split: &crate::features::FeatureSplit) -> Result<()> {
     let m = &ck.run.model;
     ensure!(split.dv == m.dv, "visual features are {}-d but the model at {} was trained on {}-d", split.dv, ck.dir.display(), m.dv);
-    ensure!(
-        split.meta.classes == ck.run.classes[..split.meta.classes.len().min(ck.run.classes.len())],
-        "class names differ from those the model at {} was trained on",
-        ck.dir.display()
-    );
+    ensure!(split.meta.classes == ck.run.classes, "class names differ from those the model at {} was trained on", ck.dir.display());
     Ok(())
 }

@@ -48,7 +48,7 @@ pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::
     // Reused when this build extracted it from these files; extracted (again) when not.
     let (assets, out) = (opts.assets.display().to_string(), cache_dir.display().to_string());
     let settings: crate::extract::ExtractSettings = crate::options::parse(&["--dataset", &opts.dataset, "--assets", &assets, "--out", &out])?;
-    let cache = crate::extract::run(&settings, opts.verbosity != Verbosity::Quiet, true, dev)?.cache;
+    let cache = crate::extract::run(&settings, opts.verbosity != Verbosity::Quiet, crate::extract::Existing::ReuseOrReplace, dev)?.into_cache()?;
     let t_extract = t0.elapsed().as_secs_f64();
     let base = opts.model.config(Variant::Marnet, cache.train.dv, cache.train.ds, cache.num_classes());
     let mut tables = vec![];

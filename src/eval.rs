@@ -231,40 +231,52 @@ pub struct EvalReport {
     pub predictions: Vec<RowPrediction>,
 }
 
-/// Evaluates `req.model` on `req.split`: checks that the split fits the model, times inference.
+/// Evaluates `req.model` on `req.split`: the cache it was trained on (refused if it changed since,
+/// see [`crate::checkpoint::Checkpoint::open_cache`]), or `req.cache`, any cache with that split
+/// whose classes are among the model's (matched by name: a new test set); times inference.
 pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     use crate::features::FeatureCache;
     use anyhow::Context;
+    anyhow::ensure!(crate::features::SPLITS.contains(&req.split.as_str()), "--split {}: expected train, val or test", req.split);
     let ck = crate::checkpoint::Checkpoint::open(&req.model, dev)?;
-    let cache_dir = req.cache.clone().unwrap_or_else(|| ck.run.cache.clone());
-    let cache = FeatureCache::open(&cache_dir)?;
-    let cache = match &ck.run.fold {
-        Some(f) => crate::features::folds::fold(&cache, f)?,
-        None => cache,
+    let classes = ck.run.model.classes;
+    let missing = |dir: &std::path::Path| format!("{}: no `{}` split", dir.display(), req.split);
+    let (cache_dir, data, reference) = match (&req.cache, &ck.run.fold) {
+        (None, _) => {
+            let cache = ck.open_cache()?;
+            let data = cache.split(&req.split)?.with_context(|| missing(&cache.dir))?.clone();
+            (cache.dir.clone(), data, TextReference::class_means(&cache.train, classes))
+        }
+        // A fold run takes its fold of the other cache.
+        (Some(dir), Some(fold)) => {
+            let cache = crate::features::folds::fold(&FeatureCache::open(dir)?, fold)?;
+            let data = cache.split(&req.split)?.with_context(|| missing(dir))?.relabeled(&ck.run.classes)?;
+            let reference = cache.train.relabeled(&ck.run.classes).ok().and_then(|t| TextReference::class_means(&t, classes));
+            (dir.clone(), data, reference)
+        }
+        (Some(dir), None) => {
+            let path = FeatureCache::split_path(dir, &req.split);
+            anyhow::ensure!(path.exists(), "{}", missing(dir));
+            let data = FeatureCache::read_split(dir, &req.split)?.relabeled(&ck.run.classes).with_context(|| path.display().to_string())?;
+            let train = FeatureCache::read_split(dir, "train").ok().and_then(|t| t.relabeled(&ck.run.classes).ok());
+            (dir.clone(), data, train.and_then(|t| TextReference::class_means(&t, classes)))
+        }
     };
-    let data = match req.split.as_str() {
-        "train" => Some(&cache.train),
-        "val" => cache.val.as_ref(),
-        "test" => cache.test.as_ref(),
-        other => anyhow::bail!("unknown split `{other}` (train, val or test)"),
-    }
-    .with_context(|| format!("{}: no `{}` split", cache_dir.display(), req.split))?;
-    crate::checkpoint::check_matches(&ck, data).with_context(|| FeatureCache::split_path(&cache_dir, &req.split).display().to_string())?;
+    crate::checkpoint::check_matches(&ck, &data).with_context(|| FeatureCache::split_path(&cache_dir, &req.split).display().to_string())?;
     let m = ck.model(dev)?;
     let t0 = std::time::Instant::now();
-    let out = predict_split(&m.model, data, &req.inference, dev)?;
+    let out = predict_split(&m.model, &data, &req.inference, dev)?;
     let inference_seconds = t0.elapsed().as_secs_f64();
-    let reference = TextReference::class_means(&cache.train, ck.run.model.classes);
     Ok(EvalReport {
         model: ck.dir.clone(),
         cache: cache_dir,
         split: req.split.clone(),
         seed: req.inference.seed,
         sampler: req.inference.sampler,
-        result: accuracy(&out, data, ck.run.model.classes, reference.as_ref()),
+        result: accuracy(&out, &data, classes, reference.as_ref()),
         inference_seconds,
         samples_per_s: data.len() as f64 / inference_seconds,
-        predictions: row_predictions(data, &out.logits, &ck.run.classes),
+        predictions: row_predictions(&data, &out.logits, &ck.run.classes),
     })
 }
 

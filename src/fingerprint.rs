@@ -53,6 +53,13 @@ fn hash_split(h: u64, s: &FeatureSplit) -> u64 {
     for text in s.meta.ids.iter().chain(&s.meta.classes) {
         h = fnv1a_continue(h, text.bytes().chain([0]));
     }
+    // Groups only when recorded, so that caches without them keep their fingerprints.
+    if !s.meta.groups.is_empty() {
+        h = fnv1a_continue(h, *b"groups");
+        for g in &s.meta.groups {
+            h = fnv1a_continue(h, g.bytes().chain([0]));
+        }
+    }
     // Token features, when stored: the bits of the f16 values four at a time (a byte-wise pass
     // over hundreds of MB would cost seconds per run), then the masks.
     for (tag, tokens) in [(1u8, &s.visual_tokens), (2, &s.text_tokens)] {

@@ -59,8 +59,37 @@ pub fn recover_dir(dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// `path` relative to the folder `base`, both absolute (`../cache` from `/d/runs` to `/d/cache`);
+/// `path` itself when they share no root.
+pub fn relative_path(path: &Path, base: &Path) -> PathBuf {
+    use std::path::Component;
+    let (p, b): (Vec<Component>, Vec<Component>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return path.to_path_buf();
+    }
+    let up = b[common..].iter().map(|_| Component::ParentDir);
+    let rel: PathBuf = up.chain(p[common..].iter().copied()).collect();
+    if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel }
+}
+
 /// Reads and parses a JSON file; errors name the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: unexpected content", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_path;
+    use std::path::Path;
+
+    #[test]
+    fn relative_paths_climb_to_the_common_folder() {
+        let rel = |p: &str, b: &str| relative_path(Path::new(p), Path::new(b)).display().to_string();
+        assert_eq!(rel("/d/cache", "/d/runs/r1"), "../../cache");
+        assert_eq!(rel("/d/runs/r1/cache", "/d/runs/r1"), "cache");
+        assert_eq!(rel("/d", "/d"), ".");
+        assert_eq!(rel("/a/x", "/b/y"), "../../a/x");
+    }
 }

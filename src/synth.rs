@@ -188,6 +188,7 @@ pub fn generate(cfg: &SynthConfig) -> Result<FeatureCache> {
             text_encoder: "synthetic".into(),
             dataset: format!("synth(seed={}, classes={})", cfg.seed, cfg.classes),
             keys: vec![],
+            groups: vec![],
         };
         Ok(Some(FeatureSplit { visual, dv, text: Some(text), ds, label, meta, visual_tokens: None, text_tokens: None }))
     };

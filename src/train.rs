@@ -208,10 +208,13 @@ pub fn epoch_order(rng: &mut crate::rng::SeededRng, labels: &[u32], per_class: u
     crate::rng::permutation(rng, blocks.len()).into_iter().flat_map(|b| blocks[b].iter().copied()).collect()
 }
 
-/// What [`train`] does with a run already saved in its folder (`RUN/last`).
+/// What [`train`] does with a run already saved in its folder (`RUN/last`, `RUN/best`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
-    /// Start over.
+    /// Refuse, saying whether it is finished or interrupted (`train` without `--resume` or
+    /// `--force`): finished work is never replaced unasked.
+    Refuse,
+    /// Start over, replacing it (`train --force`).
     Never,
     /// Continue it (`train --resume`); refuse if its settings or its fingerprint (code, data)
     /// differ from now.
@@ -237,12 +240,47 @@ pub fn train(
     // The token widths come from the cache (and a token-level alignment without tokens stops here).
     let model_cfg = &model_cfg.with_cache_tokens(cache)?;
     let (train, val) = train_val(cache, cfg)?;
+    if cache.val.is_none() && verbosity == Verbosity::Epochs {
+        eprintln!(
+            "val: {:.0}% of train, {} rows, seeded (--seed {}); give rows `\"split\": \"val\"` to choose them yourself",
+            100.0 * cfg.val_fraction,
+            val.len(),
+            cfg.seed
+        );
+    }
+    let last_dir = out.join("last");
+    let saved_state = [last_dir.clone(), out.join("best")].iter().find_map(|d| crate::fsutil::recover_dir(d));
+    match (resume, saved_state) {
+        (Resume::Refuse, Some(found)) => {
+            let state: TrainState = crate::fsutil::read_json(&found.join(checkpoint::METRICS)).unwrap_or_default();
+            let planned = crate::fsutil::read_json::<RunConfig>(&found.join(checkpoint::CONFIG)).map_or(0, |r| r.train.epochs);
+            let what = match state.partial.is_none() && state.epochs_done >= planned {
+                true => format!("a finished run ({} epochs)", state.epochs_done),
+                false => format!("an interrupted run ({} of {planned} epochs done)", state.epochs_done),
+            };
+            anyhow::bail!("{}: {what} is already here; --resume continues it, --force replaces it, or choose another --out", out.display())
+        }
+        (Resume::Never, Some(_)) => {
+            for dir in [last_dir.clone(), out.join("best")] {
+                for d in [Some(dir.clone()), crate::fsutil::recover_dir(&dir)].into_iter().flatten().filter(|d| d.exists()) {
+                    std::fs::remove_dir_all(&d).with_context(|| format!("{}: cannot remove", d.display()))?;
+                }
+            }
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let meta = &cache.train.meta;
+    let (cache_rel, cache_absolute) = RunConfig::locate_cache(&cache.dir, out);
+    let visual =
+        crate::fsutil::read_json::<serde_json::Value>(&cache.dir.join("extract.json")).ok().and_then(|j| j["settings"]["visual"].as_str().map(String::from));
     let run = RunConfig {
         model: model_cfg.clone(),
         train: cfg.clone(),
         classes: meta.classes.clone(),
-        cache: cache.dir.clone(),
+        cache: cache_rel,
+        cache_absolute,
+        visual,
         visual_encoder: meta.visual_encoder.clone(),
         text_encoder: meta.text_encoder.clone(),
         dataset: meta.dataset.clone(),
@@ -257,9 +295,8 @@ pub fn train(
     let reference = TextReference::class_means(&train, model_cfg.classes);
     let mut opt = AdamW::new(model.trainable_vars(), cfg.optim)?;
     let mut state = TrainState::default();
-    let last_dir = out.join("last");
     let saved = match resume {
-        Resume::Never => None,
+        Resume::Never | Resume::Refuse => None,
         _ => crate::fsutil::recover_dir(&last_dir).map(|_| Checkpoint::open(&last_dir, dev)).transpose()?,
     };
     if let Some(ck) = saved.as_ref().filter(|ck| resume == Resume::IfCurrent && !ck.run.fingerprint.matches(&run.fingerprint)) {

@@ -1,7 +1,8 @@
 //! Dataset readers on small fixture trees in each published layout.
 
 use marnet::data::emoji::{Selection, emoji, emoji_all, emoji_food};
-use marnet::data::food::{ingredient101, manifest, vireo172};
+use marnet::data::food::{ingredient101, vireo172};
+use marnet::data::manifest::manifest;
 use marnet::data::{Dataset, Sample};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -70,49 +71,103 @@ fn ingredient101_labels_and_class_level_text() {
 }
 
 #[test]
-fn manifest_reads_and_rejects_bad_lines() {
+fn manifest_reads_rows_texts_and_groups() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.jsonl");
     std::fs::write(
         &p,
         concat!(
-            r#"{"image": "x/1.jpg", "label": "soup", "text": ["water", "salt"], "split": "train"}"#,
+            "\u{feff}", // a byte order mark, as some editors save
+            r#"{"image": "x/1.jpg", "label": "soup", "text": ["water", "salt"], "split": "train", "group": "phone"}"#,
             "\n",
-            r#"{"image": "x/2.jpg", "label": "cake", "text": "flour and eggs", "split": "train"}"#,
-            "\n",
-            r#"{"image": "x/3.jpg", "label": "soup", "split": "test"}"#,
+            r#"{"image": "x/2.jpg", "label": "cake", "text": "flour and eggs", "split": "train", "group": "dslr"}"#,
+            "\n\n",
+            r#"{"image": "x/3.jpg", "label": "soup", "split": "test", "group": "phone"}"#,
             "\n",
         ),
     )
     .unwrap();
-    let ds = manifest(&p).unwrap();
+    let ds = manifest(&p, false).unwrap();
     assert_eq!(ds.classes, ["cake", "soup"]);
     assert_eq!(ds.train[0].text.as_deref(), Some("water, salt"));
     assert_eq!((ds.train[0].label, ds.train[1].label, ds.test[0].label), (1, 0, 1));
     assert_eq!(ds.test[0].image, tmp.path().join("x/3.jpg"));
+    assert_eq!((ds.train[1].group.as_deref(), ds.test[0].origin.as_str()), (Some("dslr"), format!("{}:4", p.display()).as_str()));
+    // Test rows only (a new test set for `eval --cache`): no class needs training rows.
+    std::fs::write(&p, r#"{"image": "x/3.jpg", "label": "soup", "split": "test"}"#).unwrap();
+    assert_eq!(manifest(&p, false).unwrap().test.len(), 1);
+}
 
-    std::fs::write(&p, "{\"image\": \"a.jpg\", \"label\": \"soup\", \"split\": \"train\"}\n").unwrap();
-    let err = format!("{:#}", manifest(&p).unwrap_err());
-    assert!(err.contains("m.jsonl:1") && err.contains("needs `text`"), "{err}");
-    std::fs::write(&p, "{\"image\": \"a.jpg\", \"label\": \"soup\", \"text\": \"t\", \"split\": \"train\"}\nnot json\n").unwrap();
-    let err = format!("{:#}", manifest(&p).unwrap_err());
-    assert!(err.contains("m.jsonl:2") && err.contains("not a manifest line"), "{err}");
+/// Every problem of a manifest in one error, each with its line and what to do.
+#[test]
+fn manifest_problems_are_listed_together_with_their_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("m.jsonl");
+    write(tmp.path(), "a.png", "");
+    image::RgbImage::new(4, 4).save(tmp.path().join("ok.png")).unwrap();
+    image::RgbImage::new(4, 4).save(tmp.path().join("ok2.png")).unwrap();
+    let lines = [
+        r#"{"image": "ok.png", "label": "soup", "text": "t", "split": "train"}"#,
+        r#"{"image": "ok2.png", "label": "soup", "text": "t", "split": "train", "note": 1}"#,
+        r#"{"image": "b.png", "label": 3, "text": "t", "split": "train"}"#,
+        r#"{"image": "c.png", "label": "soup", "text": "t", "split": "training"}"#,
+        r#"{"image": "d.png", "label": "soup", "text": " ", "split": "train"}"#,
+        r#"{"image": "e.png", "label": "soup", "split": "train"}"#,
+        r#"{"image": "f.png", "label": "cake", "split": "test"}"#,
+        r#"{"image": "./ok.png", "label": "soup", "split": "test"}"#,
+        r#"{"image": "ok2.png", "label": "soup", "text": "t", "split": "train"}"#,
+        r#"{"image": "a.png", "label": "soup", "text": "t", "split": "train", "group": "x"}"#,
+        r#"{"image": "g.png", "label": "soup", "text": "t", "split": "train", "#,
+        r#"["not", "an", "object"]"#,
+    ];
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    let f = p.display().to_string();
+    for want in [
+        format!("{f}:2: unknown field `note`"),
+        format!("{f}:3: `label` must be a string, not a number"),
+        format!("{f}:4: split `training` is not train, val or test"),
+        format!("{f}:5: `text` is empty"),
+        format!("{f}:6: training rows need `text`"),
+        format!("{f}:7: class `cake` has no training rows (line 7)"),
+        format!("{f}:7: image `f.png` not found at {}", tmp.path().join("f.png").display()),
+        format!("{f}:8: image `./ok.png` is in train (line 1) and in test"),
+        format!("{f}:9: image `ok2.png` is listed twice (lines 2 and 9)"),
+        format!("{f}:10: image `a.png` at {} cannot be read as an image", tmp.path().join("a.png").display()),
+        format!("{f}:1: `group` is set on some lines but not on lines 1, 2, 5, 6, 7 and 2 more"),
+        format!("{f}:11: not a JSON object: EOF while parsing a value at column"),
+        format!("{f}:12: expected a JSON object"),
+    ] {
+        assert!(err.contains(&want), "expected `{want}` in:\n{err}");
+    }
+    assert!(!err.contains("at line 1 column"), "one line number per error: {err}");
+    // Rows with a usable image, label and split get every other check (lines 5 and 6: their
+    // images are missing too); line 3 (no label) and line 4 (no split) get no further ones.
+    assert_eq!(err.matches(&format!("\n  {f}:")).count(), 15, "{err}");
+    // With --skip-bad the images are not checked (unreadable ones are left out later).
+    let err = format!("{:#}", manifest(&p, false).unwrap_err());
+    assert!(!err.contains("not found") && !err.contains("cannot be read"), "{err}");
+}
 
-    // A class seen only outside train cannot be learned: `data::open` refuses it by name.
-    std::fs::write(&p, concat!(
-        r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#, "\n",
-        r#"{"image": "b.jpg", "label": "cake", "split": "test"}"#, "\n",
-    ))
-    .unwrap();
+/// A class seen only outside train cannot be learned; a single class is no classifier.
+#[test]
+fn manifest_classes_need_training_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("m.jsonl");
+    std::fs::write(&p, concat!(r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#, "\n", r#"{"image": "b.jpg", "label": "cake", "split": "test"}"#, "\n"))
+        .unwrap();
     let err = format!("{:#}", marnet::data::open("manifest", Some(&p), tmp.path(), "apple", 0.2, 0).unwrap_err());
-    assert!(err.contains("class `cake`") && err.contains("no training samples"), "{err}");
+    assert!(err.contains("m.jsonl:2: class `cake` has no training rows") && !err.contains("every row has label"), "{err}");
+    std::fs::write(&p, r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#).unwrap();
+    let err = format!("{:#}", manifest(&p, false).unwrap_err());
+    assert!(err.contains("every row has label `soup`: a classifier needs at least two classes"), "{err}");
 }
 
 #[test]
 fn shards_partition_in_order_and_merge_back() {
     use marnet::data::{Dataset, Sample, parse_shard};
     use marnet::features::FeatureCache;
-    let sample = |i: u32| Sample { id: format!("s{i}"), image: format!("{i}.png").into(), label: i % 3, text: None };
+    let sample = |i: u32| Sample { id: format!("s{i}"), image: format!("{i}.png").into(), label: i % 3, text: None, group: None, origin: String::new() };
     let ds = Dataset { name: "d".into(), classes: vec![], train: (0..10).map(sample).collect(), val: vec![], test: (0..3).map(sample).collect() };
     let shards: Vec<Dataset> = (0..3).map(|i| ds.shard(i, 3)).collect();
     let train: Vec<Sample> = shards.iter().flat_map(|s| s.train.clone()).collect();
@@ -251,7 +306,8 @@ fn emoji_all_skin_tones_are_extra_training_images_of_the_training_vendors() {
     let npm = tmp.path().join("npm");
     for test_vendor in ["apple", "google"] {
         let plain = emoji_all(&npm, test_vendor, 0.2, 0, false).unwrap();
-        let ds = marnet::data::open_with_skin_tones("emoji-all", None, tmp.path(), test_vendor, 0.2, 0, true).unwrap();
+        let opts = marnet::data::OpenOptions { test_vendor: test_vendor.into(), skin_tones: true, ..Default::default() };
+        let ds = marnet::data::open_with("emoji-all", None, tmp.path(), &opts).unwrap();
         assert_eq!(ds.classes, plain.classes);
         assert_eq!((&ds.val, &ds.test), (&plain.val, &plain.test), "val and test do not change");
         assert_eq!(ds.train[..plain.train.len()], plain.train[..]);
@@ -280,7 +336,8 @@ fn emoji_all_skin_tones_are_extra_training_images_of_the_training_vendors() {
         assert_eq!(ds.name, format!("emoji-all(test={test_vendor}, skin tones)"));
     }
     // Only emoji-all has skin-tone variants to add.
-    let err = format!("{:#}", marnet::data::open_with_skin_tones("emoji-food", None, tmp.path(), "apple", 0.2, 0, true).unwrap_err());
+    let opts = marnet::data::OpenOptions { skin_tones: true, ..Default::default() };
+    let err = format!("{:#}", marnet::data::open_with("emoji-food", None, tmp.path(), &opts).unwrap_err());
     assert!(err.contains("emoji-all only"), "{err}");
 }
 

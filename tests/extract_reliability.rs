@@ -53,13 +53,45 @@ fn extract_messy(extra: &[&str]) -> Option<(tempfile::TempDir, PathBuf, std::pro
     Some((tmp, out, run))
 }
 
+/// Without `--skip-bad`, the manifest check lists every image that is missing or whose header
+/// does not decode, each with its manifest line, before any work: nothing is written.
 #[test]
-fn first_bad_image_stops_the_run_naming_file_and_sample() {
+fn bad_images_are_listed_together_with_their_lines_before_any_work() {
     let Some((_tmp, out, run)) = extract_messy(&[]) else { return };
     assert!(!run.status.success(), "marnet extract should have failed");
     let err = String::from_utf8(run.stderr).unwrap();
-    assert!(err.contains("truncated.png") && err.contains("sample `truncated.png`") && err.contains("--skip-bad"), "{err}");
+    for (line, image, why) in [(5, "missing.png", "not found at"), (7, "not-an-image.jpg", "at "), (9, "empty.png", "at ")] {
+        assert!(err.contains(&format!("manifest.jsonl:{line}: image `{image}` {why}")), "line {line}: {err}");
+    }
+    assert_eq!(err.matches("cannot be read as an image").count(), 2, "{err}");
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(!out.exists() && !marnet::extract::partial_dir(&out).exists(), "nothing created on disk");
+}
+
+/// An image whose header decodes but whose data is cut short fails during extraction: the
+/// message names the sample, its manifest line and `--skip-bad`; as no block was saved, no
+/// `OUT.partial` stands in the way of the fixed rerun.
+#[test]
+fn a_truncated_image_stops_the_run_naming_its_line_and_leaves_no_progress_folder() {
+    let Some(assets) = asset("efficientnet-lite0").and_then(|p| Some(p.parent()?.display().to_string())) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = messy_manifest(tmp.path());
+    let keep = [1, 2, 3, 10];
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let lines: Vec<&str> = text.lines().enumerate().filter(|(i, _)| keep.contains(&(i + 1))).map(|(_, l)| l).collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let out = tmp.path().join("cache");
+    let args = ["extract", "--assets", &assets, "--dataset", "manifest", "--root", manifest.to_str().unwrap(), "--out", out.to_str().unwrap(), "--batch", "3"];
+    let run = marnet(&args);
+    let err = String::from_utf8(run.stderr).unwrap();
+    assert!(!run.status.success());
+    assert!(err.contains("sample `truncated.png` (") && err.contains("manifest.jsonl:3)") && err.contains("--skip-bad"), "{err}");
     assert!(!out.join("train.safetensors").exists());
+    assert!(!marnet::extract::partial_dir(&out).exists(), "a run that saved nothing leaves no progress folder");
+    // Fixed (the bad line removed), the same command runs.
+    std::fs::write(&manifest, [lines[0], lines[1], lines[3]].join("\n")).unwrap();
+    ok(&args);
+    assert!(out.join("train.safetensors").exists());
 }
 
 #[test]
@@ -156,22 +188,22 @@ fn a_reused_cache_is_extracted_again_when_an_image_changes() {
         tokens: false,
         progress: false,
         settings: serde_json::json!({}),
-        reuse_current: true,
+        existing: marnet::extract::Existing::ReuseOrReplace,
     };
     let out = tmp.path().join("cache");
     let extract = || {
         let ds = marnet::data::open("manifest", Some(&manifest), assets, "apple", 0.0, 0).unwrap();
-        marnet::extract::extract(&ds, image_enc.as_ref(), &text_enc, &opts, &out, &dev).unwrap().0
+        marnet::extract::extract(&ds, image_enc.as_ref(), &text_enc, &opts, &out, &dev).unwrap().0.remove(0).1
     };
     let mtime = || std::fs::metadata(out.join("train.safetensors")).unwrap().modified().unwrap();
     let first = extract();
     let t1 = mtime();
-    assert_eq!(extract().train, first.train);
+    assert_eq!(extract(), first);
     assert_eq!(mtime(), t1, "the current cache is reused, not written again");
     coffee.resize(32, 32, image::imageops::FilterType::Triangle).save(tmp.path().join("b.png")).unwrap();
     let changed = extract();
     assert_ne!(mtime(), t1, "a changed image file makes the cache stale");
-    assert_ne!(changed.train.visual, first.train.visual);
+    assert_ne!(changed.visual, first.visual);
 }
 
 /// `extract --text DIR` (tiny fixtures, no fetched assets): the cache's text features come from
@@ -215,9 +247,10 @@ fn a_cache_records_its_text_encoder_and_is_not_reused_for_another() {
         |text: &str| -> marnet::extract::ExtractSettings { marnet::options::parse(&args(text)[1..].iter().map(String::as_str).collect::<Vec<_>>()).unwrap() };
     let mtime = || std::fs::metadata(out.join("train.safetensors")).unwrap().modified().unwrap();
     let t1 = mtime();
-    assert_eq!(marnet::extract::run(&settings("text-st-legacy"), false, true, &dev).unwrap().cache.train, cache.train);
+    let reuse = marnet::extract::Existing::ReuseOrReplace;
+    assert_eq!(marnet::extract::run(&settings("text-st-legacy"), false, reuse, &dev).unwrap().into_cache().unwrap().train, cache.train);
     assert_eq!(mtime(), t1, "the same text encoder: reused");
-    let other = marnet::extract::run(&settings("text-plain"), false, true, &dev).unwrap().cache;
+    let other = marnet::extract::run(&settings("text-plain"), false, reuse, &dev).unwrap().into_cache().unwrap();
     assert_eq!((other.train.ds, other.train.meta.text_encoder.as_str()), (16, "text-plain"));
     assert_ne!(mtime(), t1, "another text encoder: extracted again");
     assert_eq!(other.train.visual, cache.train.visual);

@@ -4,7 +4,8 @@
 //! or an error naming the file, never a panic.
 
 use half::f16;
-use marnet::data::food::{ingredient101, manifest, vireo172};
+use marnet::data::food::{ingredient101, vireo172};
+use marnet::data::manifest::manifest;
 use marnet::features::{FeatureSplit, SPLITS, Tokens};
 use proptest::prelude::*;
 use std::path::Path;
@@ -69,7 +70,7 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("m.jsonl");
         std::fs::write(&path, text.join("\n")).unwrap();
-        names_a_file(manifest(&path), tmp.path())?;
+        names_a_file(manifest(&path, true), tmp.path())?;
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn unique_names(labels: Vec<String>, entries: &[&EmojiEntry]) -> Vec<String> {
 fn sample(npm_dir: &Path, vendor: &str, file: &str, label: usize, text: &str) -> Result<Sample> {
     let image: PathBuf = npm_dir.join(format!("emoji-datasource-{vendor}/img/{vendor}/64/{file}"));
     ensure!(image.exists(), "{}: image missing (run scripts/fetch-assets?)", image.display());
-    Ok(Sample { id: format!("{vendor}/{file}"), image, label: label as u32, text: Some(text.to_string()) })
+    Ok(Sample { id: format!("{vendor}/{file}"), image, label: label as u32, text: Some(text.to_string()), group: None, origin: String::new() })
 }
 
 /// Splits the training vendors' rows (vendor-major, one per class each) into train and val:

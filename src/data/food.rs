@@ -1,5 +1,5 @@
-//! The paper's datasets in their published on-disk layouts, and a JSON Lines manifest for
-//! anything else. Every malformed line is reported with its file and line number.
+//! The paper's datasets in their published on-disk layouts. Every malformed line is reported
+//! with its file and line number.
 
 use super::{Dataset, Sample};
 use anyhow::{Context, Result, bail, ensure};
@@ -64,6 +64,8 @@ pub fn vireo172(root: &Path) -> Result<Dataset> {
                     image: root.join("ready_chinese_food").join(rel),
                     label: (class - 1) as u32,
                     text: text_of.get(&line).or_else(|| text_of.get(&format!("/{rel}"))).cloned(),
+                    group: None,
+                    origin: format!("{}:{n}", path.display()),
                 })
             })
             .collect()
@@ -90,63 +92,24 @@ pub fn ingredient101(root: &Path) -> Result<Dataset> {
         images
             .into_iter()
             .zip(labels)
-            .map(|((_, img), (n, lab))| {
+            .map(|((m, img), (n, lab))| {
                 let label: usize = lab
                     .parse()
                     .ok()
                     .filter(|&l| l < classes.len())
                     .with_context(|| format!("{}:{n}: label `{lab}` is not a class index 0..{}", lp.display(), classes.len()))?;
-                Ok(Sample { id: img.clone(), image: root.join("images").join(format!("{img}.jpg")), label: label as u32, text: Some(texts[label].clone()) })
+                let image = root.join("images").join(format!("{img}.jpg"));
+                Ok(Sample {
+                    id: img.clone(),
+                    image,
+                    label: label as u32,
+                    text: Some(texts[label].clone()),
+                    group: None,
+                    origin: format!("{}:{m}", ip.display()),
+                })
             })
             .collect()
     };
     let (train, val, test) = (split("train")?, split("val")?, split("test")?);
     Ok(Dataset { name: "ingredient-101".into(), classes, train, val, test })
-}
-
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum ManifestText {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ManifestLine {
-    image: String,
-    label: String,
-    #[serde(default)]
-    text: Option<ManifestText>,
-    split: String,
-}
-
-/// JSON Lines: `{"image": "rel/path.jpg", "label": "name", "text": "..." | [..], "split": "train"}`,
-/// paths relative to the manifest's folder. Classes are the sorted distinct labels.
-pub fn manifest(path: &Path) -> Result<Dataset> {
-    let root = path.parent().unwrap_or(Path::new("."));
-    let mut rows = vec![];
-    for (n, line) in lines(path)? {
-        let m: ManifestLine = serde_json::from_str(&line).with_context(|| format!("{}:{n}: not a manifest line", path.display()))?;
-        ensure!(["train", "val", "test"].contains(&m.split.as_str()), "{}:{n}: split `{}` is not train, val or test", path.display(), m.split);
-        rows.push((n, m));
-    }
-    let mut classes: Vec<String> = rows.iter().map(|(_, m)| m.label.clone()).collect();
-    classes.sort();
-    classes.dedup();
-    let mut ds = Dataset { name: format!("manifest({})", path.display()), classes, train: vec![], val: vec![], test: vec![] };
-    for (n, m) in rows {
-        let text = m.text.map(|t| match t {
-            ManifestText::One(s) => s,
-            ManifestText::Many(v) => v.join(", "),
-        });
-        ensure!(m.split != "train" || text.is_some(), "{}:{n}: a training sample needs `text`", path.display());
-        let s = Sample { id: m.image.clone(), image: root.join(&m.image), label: ds.classes.binary_search(&m.label).unwrap() as u32, text };
-        match m.split.as_str() {
-            "train" => ds.train.push(s),
-            "val" => ds.val.push(s),
-            _ => ds.test.push(s),
-        }
-    }
-    Ok(ds)
 }

@@ -3,6 +3,7 @@
 pub mod emoji;
 pub mod food;
 pub mod image;
+pub mod manifest;
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,21 @@ pub struct Sample {
     pub image: PathBuf,
     pub label: u32,
     pub text: Option<String>,
+    /// The row's domain (a manifest's `group`) for leave-one-group-out folds; `None`: the first
+    /// path component of `id` ([`crate::features::folds`]).
+    pub group: Option<String>,
+    /// Where the row is declared (`manifest.jsonl:12`), for messages; empty if nowhere.
+    pub origin: String,
+}
+
+impl Sample {
+    /// `` `id` `` and, when known, where it is declared: for messages.
+    pub fn describe(&self) -> String {
+        match self.origin.is_empty() {
+            true => format!("`{}`", self.id),
+            false => format!("`{}` ({})", self.id, self.origin),
+        }
+    }
 }
 
 /// A dataset split three ways, with its class names.
@@ -64,32 +80,47 @@ pub fn parse_shard(s: &str) -> anyhow::Result<(usize, usize)> {
     Ok((i, n))
 }
 
-/// The dataset `name` names: `emoji-food` or `emoji-all` (built from the fetched emoji packages
-/// under `assets/npm`, split by vendor), `vireo172`, `ingredient101` (published layouts under
-/// `root`) or `manifest` (`root` is a JSON Lines file).
-pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, val_fraction: f64, seed: u64) -> Result<Dataset> {
-    open_with_skin_tones(name, root, assets, test_vendor, val_fraction, seed, false)
+/// How a dataset is opened: the emoji benchmarks' split settings, and whether a manifest's images
+/// are checked up front.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// emoji-*: the vendor held out as test.
+    pub test_vendor: String,
+    /// emoji-*: share of the training vendors' images held out for validation.
+    pub val_fraction: f64,
+    /// emoji-*: seed of the validation draw.
+    pub seed: u64,
+    /// emoji-all: add the training vendors' skin-tone variants as extra training images (see
+    /// [`emoji::emoji`]); refused for the other datasets, which have none.
+    pub skin_tones: bool,
+    /// manifest: check that every image exists and its header decodes (off with `--skip-bad`).
+    pub check_images: bool,
 }
 
-/// [`open`], where `skin_tones` adds emoji-all's skin-tone variants as extra training images
-/// (see [`emoji::emoji`]); it is refused for the other datasets, which have none.
-pub fn open_with_skin_tones(
-    name: &str,
-    root: Option<&Path>,
-    assets: &Path,
-    test_vendor: &str,
-    val_fraction: f64,
-    seed: u64,
-    skin_tones: bool,
-) -> Result<Dataset> {
-    anyhow::ensure!(!skin_tones || name == "emoji-all", "skin-tone variants apply to --dataset emoji-all only, not `{name}`");
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { test_vendor: "apple".into(), val_fraction: 0.2, seed: 0, skin_tones: false, check_images: true }
+    }
+}
+
+/// The dataset `name` names: `emoji-food` or `emoji-all` (built from the fetched emoji packages
+/// under `assets/npm`, split by vendor), `vireo172`, `ingredient101` (published layouts under
+/// `root`) or `manifest` (`root` is a JSON Lines file, see [`manifest`]).
+pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, val_fraction: f64, seed: u64) -> Result<Dataset> {
+    open_with(name, root, assets, &OpenOptions { test_vendor: test_vendor.into(), val_fraction, seed, ..Default::default() })
+}
+
+/// [`open`] with every option.
+pub fn open_with(name: &str, root: Option<&Path>, assets: &Path, o: &OpenOptions) -> Result<Dataset> {
+    anyhow::ensure!(!o.skin_tones || name == "emoji-all", "skin-tone variants apply to --dataset emoji-all only, not `{name}`");
     let need_root = || root.with_context(|| format!("--dataset {name} needs --root"));
     let ds = match name {
-        "emoji-food" => emoji::emoji_food(&assets.join("npm"), test_vendor, val_fraction, seed)?,
-        "emoji-all" => emoji::emoji_all(&assets.join("npm"), test_vendor, val_fraction, seed, skin_tones)?,
+        "emoji-food" => emoji::emoji_food(&assets.join("npm"), &o.test_vendor, o.val_fraction, o.seed)?,
+        "emoji-all" => emoji::emoji_all(&assets.join("npm"), &o.test_vendor, o.val_fraction, o.seed, o.skin_tones)?,
         "vireo172" => food::vireo172(need_root()?)?,
         "ingredient101" => food::ingredient101(need_root()?)?,
-        "manifest" => food::manifest(need_root()?)?,
+        // Checked whole, classes included (a test-only manifest needs no training rows).
+        "manifest" => return manifest::manifest(need_root()?, o.check_images),
         other => anyhow::bail!("unknown dataset `{other}` (emoji-food, emoji-all, vireo172, ingredient101, manifest)"),
     };
     let source = root.unwrap_or(assets);

@@ -1,6 +1,7 @@
-//! Leave-one-group-out folds of a feature cache: rows are grouped by the first path component of
-//! their id (the vendor for the emoji datasets: `apple/1f32d.png`), every group is the test split
-//! once, and validation stays inside the training groups. One extracted cache serves every fold.
+//! Leave-one-group-out folds of a feature cache: rows are grouped by their recorded group (a
+//! manifest's `group` field), else by the first path component of their id (the vendor for the
+//! emoji datasets: `apple/1f32d.png`); every group is the test split once, and validation stays
+//! inside the training groups. One extracted cache serves every fold.
 
 use crate::data::TRAIN_ONLY;
 use crate::features::{FeatureCache, FeatureSplit};
@@ -48,7 +49,7 @@ impl FoldSpec {
     }
 }
 
-/// The group of a row id: its first path component.
+/// The group of a row id when no group is recorded: its first path component.
 pub fn group_of(id: &str) -> &str {
     id.split_once('/').map_or(id, |(g, _)| g)
 }
@@ -62,10 +63,20 @@ fn all_rows(cache: &FeatureCache) -> Result<FeatureSplit> {
 /// The sorted groups of the cache's rows.
 pub fn groups(cache: &FeatureCache) -> Result<Vec<String>> {
     let rows = all_rows(cache)?;
-    let mut g: Vec<String> = rows.meta.ids.iter().map(|id| group_of(id).to_string()).collect();
+    let mut g: Vec<String> = (0..rows.len()).map(|i| rows.meta.group(i).to_string()).collect();
     g.sort();
     g.dedup();
-    ensure!(g.len() >= 2, "{}: leave-one-group-out needs row ids in at least two groups (`<group>/<file>`); found {g:?}", cache.dir.display());
+    if g.len() < 2 {
+        let source = match rows.meta.groups.is_empty() {
+            true => "the first folder of each row's image path, as no `group` is recorded",
+            false => "the manifest's `group` field",
+        };
+        anyhow::bail!(
+            "{}: --leave-one-out needs rows in at least two groups, but all {} rows are in group {g:?} (from {source}); give each manifest line a `group` (the camera, site or vendor it comes from) and extract again, or drop --leave-one-out",
+            cache.dir.display(),
+            rows.len()
+        );
+    }
     Ok(g)
 }
 
@@ -75,7 +86,7 @@ pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
     let rows = all_rows(cache)?;
     let all_groups = groups(cache)?;
     ensure!(all_groups.contains(&spec.test_group), "{}: no rows of group `{}` (groups: {all_groups:?})", cache.dir.display(), spec.test_group);
-    let group = |i: usize| group_of(&rows.meta.ids[i]);
+    let group = |i: usize| rows.meta.group(i);
     let train_only = |i: usize| rows.meta.ids[i].contains(TRAIN_ONLY);
     let (test, rest): (Vec<usize>, Vec<usize>) =
         (0..rows.len()).filter(|&i| !(train_only(i) && group(i) == spec.test_group)).partition(|&i| group(i) == spec.test_group);

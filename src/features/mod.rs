@@ -47,6 +47,19 @@ pub struct SplitMeta {
     /// Per row, [`crate::rng::content_key`] of the image file (empty if unknown): the key of
     /// the row's inference noise stream.
     pub keys: Vec<u64>,
+    /// Per row, its group (a manifest's `group`: camera, site, vendor) for leave-one-group-out
+    /// folds; empty: the first path component of each id is its group.
+    pub groups: Vec<String>,
+}
+
+impl SplitMeta {
+    /// Row `i`'s group: its recorded group, else the first path component of its id.
+    pub fn group(&self, i: usize) -> &str {
+        match self.groups.get(i) {
+            Some(g) => g,
+            None => crate::features::folds::group_of(&self.ids[i]),
+        }
+    }
 }
 
 /// Token features of every row of a split: `data` [N, len, dim] row-major in f16, and which
@@ -180,6 +193,9 @@ impl FeatureSplit {
         if !meta.keys.is_empty() {
             meta.keys = idx.iter().map(|&i| self.meta.keys[i]).collect();
         }
+        if !meta.groups.is_empty() {
+            meta.groups = idx.iter().map(|&i| self.meta.groups[i].clone()).collect();
+        }
         FeatureSplit {
             visual: self.gather_visual(idx),
             dv: self.dv,
@@ -205,6 +221,36 @@ impl FeatureSplit {
             visual_tokens: None,
             text_tokens: None,
         }
+    }
+
+    /// The split with its labels renumbered to `classes` by name (rows of a cache made from other
+    /// data, e.g. a test-only manifest, for a model trained on `classes`). Every class with rows
+    /// must be among `classes`; the error names those that are not.
+    pub fn relabeled(&self, classes: &[String]) -> Result<FeatureSplit> {
+        if self.meta.classes == classes {
+            return Ok(self.clone());
+        }
+        let index: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+        let mut missing: Vec<&str> = self.label.iter().map(|&l| self.meta.classes[l as usize].as_str()).filter(|c| !index.contains_key(c)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let known: Vec<&str> = classes.iter().take(10).map(String::as_str).collect();
+            let more = if classes.len() > 10 { ", ..." } else { "" };
+            bail!(
+                "{} class{} with rows here {} not among the model's {} classes ({}{more}): `{}`; leave their rows out, or train a model that has them",
+                missing.len(),
+                if missing.len() == 1 { "" } else { "es" },
+                if missing.len() == 1 { "is" } else { "are" },
+                classes.len(),
+                known.join(", "),
+                missing.join("`, `")
+            );
+        }
+        let mut out = self.clone();
+        out.label = self.label.iter().map(|&l| index[self.meta.classes[l as usize].as_str()]).collect();
+        out.meta.classes = classes.to_vec();
+        Ok(out)
     }
 
     /// Whether both token tensors are stored (what `--align team-tokens` trains on).
@@ -263,8 +309,13 @@ impl FeatureSplit {
             None => vec![],
         };
         ensure!(keys.is_empty() || keys.len() == n, "row-count mismatch: {n} rows but {} image keys in metadata", keys.len());
+        let groups = match md.get("groups") {
+            Some(s) => serde_json::from_str::<Vec<String>>(s).context("metadata `groups` is not a JSON list of strings")?,
+            None => vec![],
+        };
+        ensure!(groups.is_empty() || groups.len() == n, "row-count mismatch: {n} rows but {} groups in metadata", groups.len());
         let get = |k: &str| md.get(k).cloned().unwrap_or_default();
-        let meta = SplitMeta { classes, ids, visual_encoder: get("visual_encoder"), text_encoder: get("text_encoder"), dataset: get("dataset"), keys };
+        let meta = SplitMeta { classes, ids, visual_encoder: get("visual_encoder"), text_encoder: get("text_encoder"), dataset: get("dataset"), keys, groups };
         Ok(FeatureSplit { visual, dv, text, ds, label, meta, visual_tokens, text_tokens })
     }
 
@@ -296,6 +347,7 @@ impl FeatureSplit {
         ]
         .into_iter()
         .chain((!m.keys.is_empty()).then(|| ("image_keys", serde_json::to_string(&m.keys).unwrap())))
+        .chain((!m.groups.is_empty()).then(|| ("groups", serde_json::to_string(&m.groups).unwrap())))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let data = sorted_header(safetensors::serialize(views, Some(metadata))?)?;
@@ -374,21 +426,38 @@ impl FeatureCache {
     /// Writes every present split into `dir` and removes the file of any absent one (left by an
     /// earlier cache there).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        for (name, split) in [("train", Some(&self.train)), ("val", self.val.as_ref()), ("test", self.test.as_ref())] {
-            let path = Self::split_path(dir, name);
-            match split {
-                Some(s) => s.write(&path)?,
-                None if path.exists() => std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove", path.display()))?,
-                None => {}
-            }
-        }
-        Ok(())
+        let present = [("train", Some(&self.train)), ("val", self.val.as_ref()), ("test", self.test.as_ref())];
+        write_splits(dir, &present.into_iter().filter_map(|(n, s)| Some((n, s?))).collect::<Vec<_>>())
     }
 
     pub fn num_classes(&self) -> usize {
         self.train.meta.classes.len()
     }
+
+    /// The split called `name` (`train`, `val` or `test`), if the cache has it.
+    pub fn split(&self, name: &str) -> Result<Option<&FeatureSplit>> {
+        Ok(match name {
+            "train" => Some(&self.train),
+            "val" => self.val.as_ref(),
+            "test" => self.test.as_ref(),
+            other => bail!("unknown split `{other}` (train, val or test)"),
+        })
+    }
+}
+
+/// Writes `splits` (name, rows) into the cache folder `dir` and removes the file of every other
+/// split (left by an earlier cache there). A cache may lack train (test rows only, for `eval --cache`).
+pub fn write_splits(dir: &Path, splits: &[(&str, &FeatureSplit)]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    for name in SPLITS {
+        let path = FeatureCache::split_path(dir, name);
+        match splits.iter().find(|(n, _)| *n == name) {
+            Some((_, s)) => s.write(&path)?,
+            None if path.exists() => std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove", path.display()))?,
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn gather_rows(data: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
@@ -513,6 +582,8 @@ impl FeatureSplit {
             out.label.extend_from_slice(&p.label);
             out.meta.ids.extend(p.meta.ids.iter().cloned());
             out.meta.keys.extend(&p.meta.keys);
+            ensure!(p.meta.groups.is_empty() == out.meta.groups.is_empty(), "some parts record row groups and some do not");
+            out.meta.groups.extend(p.meta.groups.iter().cloned());
         }
         if out.meta.keys.len() != out.len() {
             out.meta.keys.clear(); // some shards had no image keys

@@ -108,6 +108,22 @@ impl Default for SamplerConfig {
     }
 }
 
+impl std::fmt::Display for SamplerConfig {
+    /// In words, e.g. `ancestral sampling (eq. 21-23), 10 reverse steps, 1 draw per image`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            SamplerMode::Ancestral => "ancestral sampling (eq. 21-23)",
+            SamplerMode::Ddim => "DDIM sampling (deterministic)",
+        };
+        write!(f, "{mode}, {} reverse step{}", self.steps, if self.steps == 1 { "" } else { "s" })?;
+        match (self.samples, self.average) {
+            (1, _) => write!(f, ", 1 draw per image"),
+            (k, SampleAverage::Probs) => write!(f, ", {k} draws per image with their class probabilities averaged"),
+            (k, SampleAverage::Features) => write!(f, ", {k} draws per image with their features averaged"),
+        }
+    }
+}
+
 /// What the CDR and fused classifiers see in training (the MSE of eq. 19 always uses the
 /// one-step prediction).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

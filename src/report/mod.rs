@@ -120,10 +120,8 @@ fn test_rows_with_x_cdr(ck: &Checkpoint, cache: &FeatureCache, classes: &[u32], 
 /// the most test images, over every fold's test split when the runs are folds (each vendor's
 /// image of a class is then a point). Not drawn when the classes have under 2 points each.
 fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
-    let caches: Vec<FeatureCache> = runs
-        .iter()
-        .map(|ck| ck.run.open_cache().with_context(|| format!("the cache the run at {} was trained on", ck.dir.display())))
-        .collect::<Result<_>>()?;
+    let caches: Vec<FeatureCache> =
+        runs.iter().map(|ck| ck.open_cache().with_context(|| format!("the cache the run at {} was trained on", ck.dir.display()))).collect::<Result<_>>()?;
     let n_classes = caches[0].num_classes();
     let mut counts = vec![0usize; n_classes];
     for c in &caches {
@@ -171,7 +169,7 @@ fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStat
 }
 
 fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
-    let cache = marnet.run.open_cache()?;
+    let cache = marnet.open_cache()?;
     let test = cache.test.as_ref().context("the cache has no test split")?;
     let classes = &marnet.run.classes;
     let c = classes.len();

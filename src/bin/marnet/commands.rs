@@ -62,6 +62,10 @@ pub enum Cmd {
         /// this cache (the fingerprints in its config.json), or it refuses.
         #[arg(long)]
         resume: bool,
+        /// Start over, replacing a run already in --out (without it, a finished or interrupted
+        /// run there is refused).
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
         #[command(flatten)]
         model: ModelOptions,
         #[command(flatten)]
@@ -96,15 +100,19 @@ pub enum Cmd {
         /// Bundle folder to write.
         #[arg(long)]
         out: PathBuf,
-        /// Visual encoder the cache was extracted with (as for `extract --visual`).
-        #[arg(long, default_value = "efficientnet-lite0")]
-        visual: String,
+        /// Visual encoder to bundle, as for `extract --visual` [default: the one the run's cache
+        /// was extracted with, as the run recorded it].
+        #[arg(long)]
+        visual: Option<String>,
         /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
         /// assets/ of the checkout marnet was built from].
         #[arg(long)]
         assets: Option<PathBuf>,
         #[command(flatten)]
         inference: Inference,
+        /// Replace a bundle already in --out.
+        #[arg(long)]
+        force: bool,
     },
     /// Classify image files with a bundle (`marnet export`): files, folders (recursive) or
     /// list files (.txt/.lst, one path per line). Unreadable files are reported and skipped;

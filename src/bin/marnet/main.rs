@@ -54,10 +54,14 @@ fn run() -> Result<()> {
             }
             println!("wrote {}", out.display());
         }
-        Cmd::Train { cache, out, variant, resume, model, train } => {
+        Cmd::Train { cache, out, variant, resume, force, model, train } => {
             let cache = FeatureCache::open(&cache)?;
             let mcfg = model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
-            let resume = if resume { Resume::Strict } else { Resume::Never };
+            let resume = match (resume, force) {
+                (true, _) => Resume::Strict,
+                (false, true) => Resume::Never,
+                (false, false) => Resume::Refuse,
+            };
             let state = marnet::train::train(&cache, &mcfg, &train, &out, resume, verbosity, &dev)?;
             let best = out.join("best");
             println!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
@@ -116,10 +120,10 @@ fn run() -> Result<()> {
             let t = marnet::experiments::run_table(&cache, &arms, &table.spec("Alignment methods (Table 1)", "Method", "comparison"), verbosity, &dev)?;
             println!("{}", t.markdown());
         }
-        Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, false, &dev)?),
-        Cmd::Export { model, out, visual, assets, inference } => {
-            let b = marnet::bundle::export(&model, &visual, assets.as_deref(), inference, &out, &dev)?;
-            println!("wrote bundle {} ({} classes, encoder {}, sampler {:?})", out.display(), b.classes.len(), b.visual_encoder, b.inference.sampler);
+        Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, marnet::extract::Existing::ReuseOrRefuse, &dev)?),
+        Cmd::Export { model, out, visual, assets, inference, force } => {
+            let b = marnet::bundle::export(&model, visual.as_deref(), assets.as_deref(), inference, &out, force, &dev)?;
+            println!("wrote bundle {}: {b}", out.display());
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
             let pred = marnet::bundle::Predictor::load(&model, &dev)?;

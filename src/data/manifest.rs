@@ -1,0 +1,266 @@
+//! Your own dataset as a JSON Lines manifest, checked in one pass before any work.
+//!
+//! One JSON object a line:
+//! `{"image": "photos/a.jpg", "label": "ramen", "text": "noodles, pork, egg", "split": "train", "group": "phone"}`
+//! - `image`: path of the image file, relative to the manifest's folder (or absolute); it is the
+//!   row's id in the cache, so it traces every row back to its file.
+//! - `label`: the class name (a string). Classes are the sorted distinct labels.
+//! - `text`: a string, or a list of strings joined with ", " (an ingredient list). Required on
+//!   training rows (the privileged information); optional on val and test rows.
+//! - `split`: `train`, `val` or `test`. Without val rows, `train` holds out a seeded share of train.
+//! - `group` (optional, on every line or none): the domain of the row (camera, site, vendor);
+//!   `--leave-one-out` tests on each group in turn. Without it the group is the first folder of
+//!   the image path.
+//!
+//! Every problem is reported at once, each as `file:line: what is wrong (what to do)`: lines that
+//! are not JSON objects, unknown or missing fields, wrong types, an unknown split, empty text, an
+//! image that is missing or whose header does not decode, the same image listed twice or in two
+//! splits, classes without training rows, `group` on some lines only. A UTF-8 byte order mark is
+//! ignored.
+
+use super::{Dataset, Sample};
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The fields a manifest line may have.
+pub const FIELDS: [&str; 5] = ["image", "label", "text", "split", "group"];
+
+/// Problems listed in one error at most; the rest are counted.
+const MAX_PROBLEMS: usize = 50;
+
+/// One line as read: its fields, or nothing if the line had problems of its own.
+struct Row {
+    line: usize,
+    image: String,
+    label: String,
+    text: Option<String>,
+    split: String,
+    group: Option<String>,
+}
+
+/// The problems found so far: line (0: the whole file) and message.
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<(usize, String)>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, line: usize, msg: impl std::fmt::Display) {
+        self.list.push((line, msg.to_string()));
+    }
+
+    fn whole(&mut self, msg: impl std::fmt::Display) {
+        self.at(0, msg);
+    }
+
+    /// `Err` listing every problem (up to [`MAX_PROBLEMS`]) in line order, each as
+    /// `file:line: message`, if there is any.
+    fn into_result(mut self) -> Result<()> {
+        let n = self.list.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.list.sort_by_key(|(line, _)| *line);
+        let file = self.file.display();
+        let mut msg = format!("{file} has {n} problem{}; nothing was extracted:", if n == 1 { "" } else { "s" });
+        for (line, p) in self.list.iter().take(MAX_PROBLEMS) {
+            msg += &match line {
+                0 => format!("\n  {file}: {p}"),
+                l => format!("\n  {file}:{l}: {p}"),
+            };
+        }
+        if n > MAX_PROBLEMS {
+            msg += &format!("\n  ... and {} more", n - MAX_PROBLEMS);
+        }
+        Err(anyhow::anyhow!(msg))
+    }
+}
+
+/// A JSON value's kind, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// serde_json's message without its ` at line L column C` (a manifest line is one line).
+fn json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+    format!("not a JSON object: {msg} at column {}", e.column())
+}
+
+/// The fields of one line, every problem of the line reported; `None` when the line has no usable
+/// image, label or split (the other checks then leave it out).
+fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option<Row> {
+    for key in obj.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        p.at(line, format!("unknown field `{key}` (the fields are {})", FIELDS.join(", ")));
+    }
+    let string = |key: &str, required: bool, p: &mut Problems| -> Option<String> {
+        match obj.get(key) {
+            None if required => p.at(line, format!("`{key}` is missing")),
+            None => {}
+            Some(Value::String(s)) if s.trim().is_empty() => p.at(line, format!("`{key}` is empty")),
+            Some(Value::String(s)) => return Some(s.clone()),
+            Some(v) => p.at(line, format!("`{key}` must be a string, not {}", kind(v))),
+        }
+        None
+    };
+    let image = string("image", true, p);
+    let label = string("label", true, p);
+    let split = string("split", true, p);
+    let group = string("group", false, p);
+    let split = match split {
+        Some(s) if !["train", "val", "test"].contains(&s.as_str()) => {
+            p.at(line, format!("split `{s}` is not train, val or test"));
+            None
+        }
+        s => s,
+    };
+    if let Some(g) = group.as_deref().filter(|g| g.contains(['/', '\\']) || *g == "." || *g == "..") {
+        p.at(line, format!("group `{g}` cannot name a folder (it names the fold's run folder): no `/`, `\\`, `.` or `..`"));
+    }
+    let text = match obj.get("text") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(items)) => {
+            let parts: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+            match parts {
+                Some(parts) => Some(parts.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")),
+                None => {
+                    p.at(line, "`text` must be a string or a list of strings");
+                    None
+                }
+            }
+        }
+        Some(v) => {
+            p.at(line, format!("`text` must be a string or a list of strings, not {}", kind(v)));
+            None
+        }
+    };
+    match (&text, split.as_deref()) {
+        (Some(t), _) if t.trim().is_empty() => p.at(line, "`text` is empty (training rows need their text; leave `text` out on a val or test row without one)"),
+        (None, Some("train")) if !obj.contains_key("text") => p.at(line, "training rows need `text` (the text seen only in training)"),
+        _ => {}
+    }
+    Some(Row { line, image: image?, label: label?, text, split: split?, group })
+}
+
+/// Why the image at `path` cannot be used, if it cannot: missing, not a file, or a header that
+/// does not decode.
+fn image_problem(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return Some(format!("not found at {} (paths are relative to the manifest's folder)", path.display()));
+    }
+    if !path.is_file() {
+        return Some(format!("at {} is not a file", path.display()));
+    }
+    let size = image::ImageReader::open(path).map_err(anyhow::Error::from).and_then(|r| Ok(r.with_guessed_format()?.into_dimensions()?));
+    match size {
+        Ok((w, h)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
+        Ok(_) => None,
+        Err(e) => Some(format!("at {} cannot be read as an image: {e}", path.display())),
+    }
+}
+
+/// Up to five line numbers, and how many more.
+fn line_list(lines: &[usize]) -> String {
+    let shown: Vec<String> = lines.iter().take(5).map(|l| l.to_string()).collect();
+    let more = if lines.len() > 5 { format!(" and {} more", lines.len() - 5) } else { String::new() };
+    format!("line{} {}{more}", if lines.len() == 1 { "" } else { "s" }, shown.join(", "))
+}
+
+/// Reads the manifest at `path` and checks all of it; `check_images`: also that every image
+/// exists and its header decodes (off with `extract --skip-bad`, which leaves such images out).
+/// Rows may be all test (a cache for `eval --cache`): then no class needs training rows.
+pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
+    let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the manifest", path.display()))?;
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            anyhow::bail!("{}:{line}: not UTF-8 text; save the manifest as UTF-8", path.display());
+        }
+    };
+    let mut p = Problems { file: path, list: vec![] };
+    let mut rows = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(obj)) => rows.extend(parse_line(&obj, i + 1, &mut p)),
+            Ok(v) => p.at(i + 1, format!("expected a JSON object {{\"image\": ..., \"label\": ..., \"text\": ..., \"split\": ...}}, found {}", kind(&v))),
+            Err(e) => p.at(i + 1, json_error(&e)),
+        }
+    }
+    if rows.is_empty() && p.list.is_empty() {
+        p.whole("no rows; write one JSON object a line: {\"image\": \"a.jpg\", \"label\": \"ramen\", \"text\": \"noodles, egg\", \"split\": \"train\"}");
+    }
+    let resolved: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.image)).collect();
+    if check_images {
+        let found: Vec<Option<String>> = resolved.par_iter().map(|f| image_problem(f)).collect();
+        for (r, problem) in rows.iter().zip(found) {
+            if let Some(why) = problem {
+                p.at(r.line, format!("image `{}` {why}", r.image));
+            }
+        }
+    }
+    // The same file twice, however its path is written.
+    let mut first_line: HashMap<PathBuf, &Row> = HashMap::new();
+    for (r, f) in rows.iter().zip(&resolved) {
+        let key = f.canonicalize().unwrap_or_else(|_| f.clone());
+        match first_line.get(&key) {
+            Some(o) if o.split == r.split => p.at(r.line, format!("image `{}` is listed twice (lines {} and {}); keep one line", r.image, o.line, r.line)),
+            Some(o) => p.at(
+                r.line,
+                format!(
+                    "image `{}` is in {} (line {}) and in {}: an image in two splits makes the score meaningless; keep it in one",
+                    r.image, o.split, o.line, r.split
+                ),
+            ),
+            None => {
+                first_line.insert(key, r);
+            }
+        }
+    }
+    let mut classes: BTreeMap<&str, (bool, Vec<usize>)> = BTreeMap::new();
+    for r in &rows {
+        let c = classes.entry(&r.label).or_default();
+        c.0 |= r.split == "train";
+        c.1.push(r.line);
+    }
+    if rows.iter().any(|r| r.split == "train") {
+        for (name, (_, lines)) in classes.iter().filter(|(_, (trained, _))| !trained) {
+            p.at(lines[0], format!("class `{name}` has no training rows ({}): add training images of it, or correct the label", line_list(lines)));
+        }
+        if classes.len() == 1 {
+            p.whole(format!("every row has label `{}`: a classifier needs at least two classes", rows[0].label));
+        }
+    }
+    let without: Vec<usize> = rows.iter().filter(|r| r.group.is_none()).map(|r| r.line).collect();
+    if !without.is_empty() && without.len() < rows.len() {
+        p.at(without[0], format!("`group` is set on some lines but not on {}: set it on every line or on none", line_list(&without)));
+    }
+    p.into_result()?;
+
+    let names: Vec<String> = classes.keys().map(|c| c.to_string()).collect();
+    let mut ds = Dataset { name: format!("manifest({})", path.display()), classes: names, train: vec![], val: vec![], test: vec![] };
+    for (r, image) in rows.into_iter().zip(resolved) {
+        let label = ds.classes.binary_search(&r.label).expect("every label is a class") as u32;
+        let s = Sample { id: r.image, image, label, text: r.text, group: r.group, origin: format!("{}:{}", path.display(), r.line) };
+        match r.split.as_str() {
+            "train" => ds.train.push(s),
+            "val" => ds.val.push(s),
+            _ => ds.test.push(s),
+        }
+    }
+    Ok(ds)
+}

@@ -1,0 +1,422 @@
+//! `marnet extract`: a dataset through the frozen encoders into a feature cache.
+//!
+//! Work is saved in blocks of a few batches under `OUT.partial/` as it goes, so a run that is
+//! killed or stopped with Ctrl-C resumes at the last completed block when the same command is
+//! run again; the finished cache is identical to an uninterrupted run's. A run that fails before
+//! saving a block leaves no `OUT.partial/`; a rerun whose dataset differs from the saved progress
+//! names the rows that changed. With `skip_bad`, images that cannot be read are left out and
+//! listed in `OUT/skipped.jsonl`. With `--tokens`, each split also stores the encoders' token
+//! features (see [`crate::features`]): the visual tokens are saved in the progress blocks with the
+//! pooled rows, the text tokens are computed with the pooled text features at the end of each
+//! split, as those are.
+//!
+//! A cache already in `OUT` is never replaced unasked: made by this build from the same samples
+//! with the same settings, it is reused; otherwise it is refused unless `--force` (see [`Existing`]).
+
+mod encode;
+mod progress;
+
+use crate::data::Dataset;
+use crate::encoders::ImageEncoder;
+use crate::encoders::text::TextEncoder;
+use crate::features::{FeatureCache, FeatureSplit};
+use anyhow::{Context, Result, ensure};
+use candle_core::Device;
+use progress::{Job, RowHashes};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What `marnet extract` extracts, and how; recorded in the cache's `extract.json` (a resumed or
+/// reused extraction must match it).
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct ExtractSettings {
+    /// Dataset: `emoji-food` (built in; the 128 Food & Drink emoji, split by vendor),
+    /// `emoji-all` (built in; the 1,583 emoji all four vendors draw, without flags), `vireo172`,
+    /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
+    /// JSON Lines file).
+    #[arg(long, default_value = "emoji-food")]
+    pub dataset: String,
+    /// Dataset folder (vireo172, ingredient101) or manifest file.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
+    /// assets/ of the checkout marnet was built from].
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Visual encoder: `efficientnet-lite0` or `efficientnet-lite2` (fetched; `NAME:DIR` for a
+    /// folder with the legacy `.pth` or its safetensors), `vit:DIR` (Hugging Face ViT folder, any
+    /// patch size: B/16, B/32; preprocessing from its preprocessor_config.json if present),
+    /// `resnet18:FILE` or `resnet50:FILE` (torchvision-layout safetensors), `wide_resnet50_2:FILE`,
+    /// `vgg19:FILE` (timm or torchvision state dict), `repvgg_a2:FILE` (timm training-time
+    /// state dict, fused at load; also `repvgg_a0`, `_a1`, `_b0`.. `_b3`), `swin_t:PATH` (timm
+    /// `swin_tiny_patch4_window7_224` safetensors, or a timm folder: model.safetensors + config.json).
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub visual: String,
+    /// Text encoder: a Hugging Face BERT-layout folder (config.json, model.safetensors,
+    /// tokenizer.json), e.g. BERT-base as in the paper [default: the fetched all-MiniLM-L6-v2,
+    /// ASSETS/minilm]. Pooled as its sentence-transformers files say (modules.json: Transformer,
+    /// Pooling with 1_Pooling/config.json naming cls, mean, max, ..., optional Normalize); a
+    /// plain folder without them: mean pooling, as sentence-transformers defaults. Max length:
+    /// sentence_bert_config.json max_seq_length, else tokenizer_config.json model_max_length,
+    /// else config.json max_position_embeddings.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<PathBuf>,
+    /// Output cache folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// emoji-food / emoji-all: the vendor held out as the test split (`ablate --leave-one-out`
+    /// re-splits the cache so every vendor is test once).
+    #[arg(long, default_value = "apple")]
+    pub test_vendor: String,
+    /// emoji-all: add the training vendors' skin-tone variants as extra training images of their
+    /// base class (never in val or test).
+    #[arg(long)]
+    pub skin_tones: bool,
+    /// emoji-food / emoji-all: fraction of the training vendors' images held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Only the first N samples of each split (a quick trial).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl)
+    /// instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Also store per-sample token features in f16 (for `--align team-tokens`): the visual
+    /// encoder's tokens before pooling (EfficientNet-Lite0: 7 x 7 = 49 of 1280 channels; ViT:
+    /// its patch tokens) and the text encoder's per-token last hidden states with their mask,
+    /// padded to the split's longest text. About 125 KB per image with EfficientNet-Lite0.
+    #[arg(long)]
+    pub tokens: bool,
+    /// Replace a feature cache already in --out that was made from other data, settings or by
+    /// another marnet build, and discard the saved progress of an unfinished extraction there.
+    /// Without it such a cache is refused, and one made the same way is reused.
+    #[arg(long)]
+    #[serde(skip)]
+    pub force: bool,
+}
+
+/// A finished (or reused) extraction, for the one-line summary `extract` prints.
+pub struct Extracted {
+    pub dataset: String,
+    pub classes: usize,
+    pub dir: PathBuf,
+    /// The splits written, in order (train, val, test); a manifest of test rows only has no train.
+    pub splits: Vec<(&'static str, FeatureSplit)>,
+    pub skipped: Vec<Skipped>,
+    pub seconds: f64,
+    /// The cache already in `dir` was reused (same samples, settings and build).
+    pub reused: bool,
+}
+
+impl Extracted {
+    /// The split called `name`, if written.
+    pub fn split(&self, name: &str) -> Option<&FeatureSplit> {
+        self.splits.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
+    }
+
+    /// The cache for training: it needs a train split.
+    pub fn into_cache(self) -> Result<FeatureCache> {
+        let mut splits = self.splits.into_iter();
+        let mut take = |name: &str| splits.find(|(n, _)| *n == name).map(|(_, s)| s);
+        let train = take("train").with_context(|| format!("{}: the cache has no training rows", self.dir.display()))?;
+        Ok(FeatureCache { dir: self.dir, train, val: take("val"), test: take("test"), fold: None })
+    }
+}
+
+impl std::fmt::Display for Extracted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = |name: &str| self.split(name).map_or(0, |s| s.len());
+        let n = rows("train") + rows("val") + rows("test");
+        let Some((_, first)) = self.splits.first() else { return write!(f, "no rows extracted") };
+        let ds = self.splits.iter().map(|(_, s)| s.ds).max().unwrap_or(0);
+        let tokens = match (&first.visual_tokens, self.splits.iter().find_map(|(_, s)| s.text_tokens.as_ref())) {
+            (Some(v), Some(t)) => format!("; tokens: visual {} x {}, text up to {} x {}", v.len, v.dim, t.len, t.dim),
+            (Some(v), None) => format!("; tokens: visual {} x {}", v.len, v.dim),
+            _ => String::new(),
+        };
+        let what = format!(
+            "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d{tokens}",
+            self.dataset,
+            self.classes,
+            rows("train"),
+            rows("val"),
+            rows("test"),
+            first.dv,
+            ds
+        );
+        if self.reused {
+            return write!(f, "{what}; reused the cache already in {} (same samples, settings and marnet build; --force extracts again)", self.dir.display());
+        }
+        write!(
+            f,
+            "{what}; {n} images in {:.1}s ({:.1} images/s); {} skipped; wrote {}",
+            self.seconds,
+            n as f64 / self.seconds,
+            self.skipped.len(),
+            self.dir.display()
+        )
+    }
+}
+
+/// What an extraction does with a feature cache already in its output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Reuse it when this build made it from the same samples with the same settings; refuse
+    /// it otherwise, saying why (`marnet extract`).
+    ReuseOrRefuse,
+    /// Reuse it when current, extract again when not (`demo`, which owns its cache folder).
+    ReuseOrReplace,
+    /// Extract again, replacing it and discarding saved progress (`extract --force`).
+    Replace,
+}
+
+/// `kind:PATH` with PATH made absolute when it exists (a bare name stays as it is), so that the
+/// recorded encoder is found from any folder.
+fn absolute_spec(spec: &str) -> String {
+    match spec.split_once(':') {
+        Some((kind, path)) => match std::path::absolute(path) {
+            Ok(abs) if Path::new(path).exists() => format!("{kind}:{}", abs.display()),
+            _ => spec.to_string(),
+        },
+        None => spec.to_string(),
+    }
+}
+
+/// The settings `extract.json` records: what was extracted and how, not where from or to (the
+/// dataset root absolute, the output folder left out) and only the options of this dataset.
+fn recorded_settings(s: &ExtractSettings) -> Result<serde_json::Value> {
+    let root = s.root.as_ref().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()));
+    let mut v = serde_json::to_value(ExtractSettings { assets: None, text: None, root, visual: absolute_spec(&s.visual), ..s.clone() })?;
+    let o = v.as_object_mut().expect("settings serialize to an object");
+    o.remove("out");
+    if !s.dataset.starts_with("emoji-") {
+        for key in ["test_vendor", "val_fraction", "seed", "skin_tones"] {
+            o.remove(key);
+        }
+    }
+    Ok(v)
+}
+
+/// `marnet extract` (and `demo`'s extraction): the dataset and encoders `settings` name, from
+/// the assets folder, into `settings.out`; a cache already there as `existing` says (`--force`
+/// makes it [`Existing::Replace`]).
+pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: &Device) -> Result<Extracted> {
+    let assets = crate::assets::resolve(settings.assets.as_deref())?;
+    let s = settings;
+    let open = crate::data::OpenOptions {
+        test_vendor: s.test_vendor.clone(),
+        val_fraction: s.val_fraction,
+        seed: s.seed,
+        skin_tones: s.skin_tones,
+        check_images: !s.skip_bad,
+    };
+    let ds = crate::data::open_with(&s.dataset, s.root.as_deref(), &assets, &open)?;
+    let ds = match &s.shard {
+        Some(sh) => {
+            let (i, n) = crate::data::parse_shard(sh)?;
+            ds.shard(i, n)
+        }
+        None => ds,
+    };
+    let image_enc = crate::encoders::load_image_encoder(&s.visual, &assets, dev)?;
+    let fetched = assets.join("minilm");
+    let text_enc = match &s.text {
+        Some(dir) => TextEncoder::load(dir, dev).context("--text")?,
+        None => TextEncoder::load(&fetched, dev).context("the default text encoder (scripts/fetch-assets fetches it)")?,
+    };
+    // The fetched MiniLM has one name however it is named.
+    let fetched = s.text.as_ref().is_none_or(|dir| dir.canonicalize().ok() == fetched.canonicalize().ok());
+    let text_enc = if fetched { text_enc.named(DEFAULT_TEXT) } else { text_enc };
+    // The assets and text encoder folders are where the inputs came from, not what they are: not
+    // recorded (the text encoder's identity is).
+    let existing = if s.force { Existing::Replace } else { existing };
+    let opts = ExtractOptions { batch: s.batch, limit: s.limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: recorded_settings(s)?, existing };
+    let t0 = std::time::Instant::now();
+    let (splits, skipped, reused) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), dir: s.out.clone(), splits, skipped, seconds, reused })
+}
+
+/// The name the fetched default text encoder (`ASSETS/minilm`) is recorded under.
+pub const DEFAULT_TEXT: &str = "all-MiniLM-L6-v2";
+
+/// Batches per saved block: an interrupted run redoes at most this many.
+const BLOCK_BATCHES: usize = 8;
+
+pub struct ExtractOptions {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Keep only the first N samples of each split (quick runs).
+    pub limit: Option<usize>,
+    /// Leave out unreadable images (listed in `skipped.jsonl`) instead of stopping.
+    pub skip_bad: bool,
+    /// Also store the encoders' token features (`--tokens`).
+    pub tokens: bool,
+    pub progress: bool,
+    /// The command's settings, written to `OUT/extract.json`; a resumed run must match them.
+    pub settings: serde_json::Value,
+    /// What to do with a cache already in `OUT`.
+    pub existing: Existing,
+}
+
+/// A sample left out by `--skip-bad`: one line of `skipped.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub split: String,
+    pub id: String,
+    pub image: PathBuf,
+    pub error: String,
+}
+
+/// The splits written in `out`, if any.
+type Splits = Vec<(&'static str, FeatureSplit)>;
+
+/// The cache in `out` and its `extract.json`, if there is one.
+fn cache_in(out: &Path) -> Result<Option<(Job, Splits, Vec<Skipped>)>> {
+    let record = out.join("extract.json");
+    let present: Vec<&'static str> = crate::features::SPLITS.into_iter().filter(|s| FeatureCache::split_path(out, s).exists()).collect();
+    if !record.exists() && present.is_empty() {
+        return Ok(None);
+    }
+    ensure!(
+        record.exists(),
+        "{}: a feature cache is already here, but not one `marnet extract` made (no extract.json); pass --force to replace it, or choose another --out",
+        out.display()
+    );
+    let job: Job = crate::fsutil::read_json(&record)?;
+    let splits = present.into_iter().map(|s| Ok((s, FeatureCache::read_split(out, s)?))).collect::<Result<_>>()?;
+    let skipped = std::fs::read_to_string(out.join("skipped.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<serde_json::Result<_>>()
+        .with_context(|| format!("{}: unreadable", out.join("skipped.jsonl").display()))?;
+    Ok(Some((job, splits, skipped)))
+}
+
+/// `OUT.partial`: where an unfinished extraction keeps its blocks.
+pub fn partial_dir(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// Takes up the progress folder for `job`: resumes saved progress of the same job, refuses
+/// another job's (naming the rows that changed) unless `existing` is `Replace`, and records the
+/// job and its rows.
+fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<()> {
+    let (job_path, rows_path) = (partial.join("job.json"), partial.join("rows.json"));
+    if job_path.exists() {
+        let saved: Job = crate::fsutil::read_json(&job_path)?;
+        match saved.differs(job) {
+            None => return Ok(()),
+            Some(_) if existing == Existing::Replace || !progress::has_blocks(partial) => {
+                std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
+            }
+            Some(why) => {
+                let changes = match crate::fsutil::read_json::<RowHashes>(&rows_path) {
+                    Ok(saved_rows) if saved.samples != job.samples => format!("\n{}", progress::describe_changes(&saved_rows, rows, splits)),
+                    _ => String::new(),
+                };
+                anyhow::bail!(
+                    "{}: the saved progress of an unfinished extraction is {why}:{changes}\nrerun with the dataset and settings it was made with to continue it, or pass --force to discard it and start over",
+                    partial.display()
+                );
+            }
+        }
+    }
+    crate::fsutil::write_atomic(&rows_path, serde_json::to_string(rows)?.as_bytes())?;
+    crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())
+}
+
+/// Extracts every split of `ds` and writes the cache to `out` (resuming from `OUT.partial` if
+/// an earlier run of the same job left one; a cache already in `out` as `opts.existing` says).
+/// Returns the splits written (a split whose images all failed is left out), the skipped samples,
+/// and whether an existing cache was reused.
+pub fn extract(
+    ds: &Dataset,
+    image_enc: &dyn ImageEncoder,
+    text_enc: &TextEncoder,
+    opts: &ExtractOptions,
+    out: &Path,
+    dev: &Device,
+) -> Result<(Splits, Vec<Skipped>, bool)> {
+    let limit = |v: &Vec<crate::data::Sample>| -> Vec<crate::data::Sample> { v.iter().take(opts.limit.unwrap_or(usize::MAX)).cloned().collect() };
+    let splits: Vec<(&str, Vec<crate::data::Sample>)> = vec![("train", limit(&ds.train)), ("val", limit(&ds.val)), ("test", limit(&ds.test))];
+    ensure!(splits.iter().any(|(_, v)| !v.is_empty()), "the dataset has no samples");
+    let job = Job {
+        settings: opts.settings.clone(),
+        visual_encoder: image_enc.name().to_string(),
+        text_encoder: text_enc.identity().clone(),
+        code: crate::fingerprint::code(),
+        samples: splits.iter().map(|(n, v)| (n.to_string(), v.len(), progress::samples_hash(v, &ds.classes))).collect(),
+        tokens: opts.tokens,
+    };
+    ensure!(!out.is_file(), "{}: --out is a file; name a folder for the feature cache", out.display());
+    if let Some((saved, found, skipped)) = cache_in(out).or_else(|e| if opts.existing == Existing::Replace { Ok(None) } else { Err(e) })? {
+        match (saved.differs(&job), opts.existing) {
+            (None, Existing::ReuseOrRefuse | Existing::ReuseOrReplace) => return Ok((found, skipped, true)),
+            (Some(why), Existing::ReuseOrRefuse) => {
+                anyhow::bail!("{}: a feature cache is already here, made {why}; pass --force to replace it, or choose another --out", out.display())
+            }
+            (Some(why), Existing::ReuseOrReplace) => eprintln!("{}: stale feature cache (made {why}): extracting again", out.display()),
+            (_, Existing::Replace) => {}
+        }
+    }
+    let partial = partial_dir(out);
+    claim_progress(&partial, &job, &progress::row_hashes(&splits, &ds.classes), &splits, opts.existing)?;
+    let result = write_cache(ds, &splits, image_enc, text_enc, opts, out, &partial, &job, dev);
+    if result.is_err() && !progress::has_blocks(&partial) {
+        // Nothing saved: nothing to resume, and nothing to stand in the way of the fixed rerun.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result.map(|(splits, skipped)| (splits, skipped, false))
+}
+
+/// Runs the encoders over `splits` (saving progress in `partial`) and writes the cache to `out`.
+#[allow(clippy::too_many_arguments)]
+fn write_cache(
+    ds: &Dataset,
+    splits: &[(&'static str, Vec<crate::data::Sample>)],
+    image_enc: &dyn ImageEncoder,
+    text_enc: &TextEncoder,
+    opts: &ExtractOptions,
+    out: &Path,
+    partial: &Path,
+    job: &Job,
+    dev: &Device,
+) -> Result<(Splits, Vec<Skipped>)> {
+    let run = encode::Extraction { image_enc, text_enc, opts, partial: partial.to_path_buf(), dev };
+    let mut found = vec![];
+    let mut skipped = Vec::new();
+    for (name, samples) in splits {
+        if samples.is_empty() {
+            continue;
+        }
+        let (split, sk) = run.split(name, samples, ds).with_context(|| format!("extracting {name}"))?;
+        skipped.extend(sk);
+        found.extend(split.map(|s| (*name, s)));
+    }
+    ensure!(!found.is_empty(), "no image could be read (see the messages above)");
+    ensure!(
+        found[0].0 == "train" || splits[0].1.is_empty(),
+        "no training image could be read: every one was skipped ({} of them)",
+        skipped.iter().filter(|s| s.split == "train").count()
+    );
+    crate::features::write_splits(out, &found.iter().map(|(n, s)| (*n, s)).collect::<Vec<_>>())?;
+    let lines: String = skipped.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<serde_json::Result<_>>()?;
+    crate::fsutil::write_atomic(&out.join("skipped.jsonl"), lines.as_bytes())?;
+    crate::fsutil::write_atomic(&out.join("extract.json"), serde_json::to_string_pretty(job)?.as_bytes())?;
+    std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
+    Ok((found, skipped))
+}

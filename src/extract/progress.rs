@@ -1,0 +1,194 @@
+//! What an extraction records so that it can resume, be reused, or say why it cannot: the job
+//! (`OUT.partial/job.json`, then `OUT/extract.json`), the saved blocks of visual rows
+//! (`OUT.partial/<split>-NNNNN.safetensors`) and a hash per sample (`OUT.partial/rows.json`),
+//! which names the rows that changed when a rerun's dataset differs from the saved progress.
+
+use crate::data::Sample;
+use crate::extract::Skipped;
+use anyhow::{Context, Result, ensure};
+use half::f16;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// What `OUT.partial/job.json` and `OUT/extract.json` record: a resumed or reused run must match it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Job {
+    pub settings: serde_json::Value,
+    pub visual_encoder: String,
+    #[serde(default)]
+    pub text_encoder: crate::encoders::text::TextIdentity,
+    /// The build that extracted it ([`crate::fingerprint::code`]).
+    #[serde(default)]
+    pub code: String,
+    /// Samples per split, and a hash of their ids, paths, file sizes, texts, labels and groups.
+    pub samples: Vec<(String, usize, String)>,
+    /// Token features stored too (`--tokens`); the progress blocks then hold visual tokens.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tokens: bool,
+}
+
+impl Job {
+    /// Why `self` (saved) is not `now`, in words; `None` if they are the same job.
+    pub fn differs(&self, now: &Job) -> Option<String> {
+        if self == now {
+            return None;
+        }
+        Some(if self.code != now.code {
+            format!("made by {}, this is {}", if self.code.is_empty() { "an older marnet" } else { &self.code }, now.code)
+        } else if self.samples != now.samples {
+            "from other rows of the dataset".to_string()
+        } else if self.text_encoder != now.text_encoder {
+            format!("text encoder {} there, {} now", self.text_encoder, now.text_encoder)
+        } else if self.visual_encoder != now.visual_encoder {
+            format!("visual encoder `{}` there, `{}` now", self.visual_encoder, now.visual_encoder)
+        } else {
+            let (a, b) = (&self.settings, &now.settings);
+            let keys: Vec<&String> = a.as_object().into_iter().chain(b.as_object()).flat_map(|o| o.keys()).collect();
+            let mut changed: Vec<String> =
+                keys.into_iter().filter(|k| a.get(k.as_str()) != b.get(k.as_str())).map(|k| format!("--{}", k.replace('_', "-"))).collect();
+            changed.dedup();
+            format!("with other settings ({})", if changed.is_empty() { "tokens".to_string() } else { changed.join(", ") })
+        })
+    }
+}
+
+/// The bytes that identify a sample: its id, image path, image file size, text, class name and group.
+fn sample_bytes(s: &Sample, classes: &[String]) -> Vec<u8> {
+    let size = std::fs::metadata(&s.image).map(|m| m.len()).unwrap_or(u64::MAX);
+    let mut b = Vec::new();
+    for part in [s.id.as_bytes(), s.image.to_string_lossy().as_bytes(), &size.to_le_bytes(), s.text.as_deref().unwrap_or_default().as_bytes()] {
+        b.extend_from_slice(part);
+        b.push(0);
+    }
+    for part in [classes[s.label as usize].as_str(), s.group.as_deref().unwrap_or_default()] {
+        b.extend_from_slice(part.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
+/// FNV-1a of the samples' identifying bytes, as hex: the dataset's fingerprint.
+pub(super) fn samples_hash(samples: &[Sample], classes: &[String]) -> String {
+    format!("{:016x}", crate::rng::fnv1a(samples.iter().flat_map(|s| sample_bytes(s, classes))))
+}
+
+/// Per split, each sample's id and hash (`rows.json` in the progress folder).
+pub(super) type RowHashes = BTreeMap<String, Vec<(String, String)>>;
+
+pub(super) fn row_hashes(splits: &[(&str, Vec<Sample>)], classes: &[String]) -> RowHashes {
+    let hash = |s: &Sample| format!("{:016x}", crate::rng::fnv1a(sample_bytes(s, classes)));
+    splits.iter().map(|(name, v)| (name.to_string(), v.iter().map(|s| (s.id.clone(), hash(s))).collect())).collect()
+}
+
+/// The rows of `now` that differ from `saved`, in words (at most ten per kind and split).
+pub(super) fn describe_changes(saved: &RowHashes, now: &RowHashes, splits: &[(&str, Vec<Sample>)]) -> String {
+    let mut out = vec![];
+    for (name, samples) in splits {
+        let (old, new) = (saved.get(*name).cloned().unwrap_or_default(), &now[*name]);
+        let old_map: HashMap<&str, &str> = old.iter().map(|(id, h)| (id.as_str(), h.as_str())).collect();
+        let new_ids: HashSet<&str> = new.iter().map(|(id, _)| id.as_str()).collect();
+        let (mut changed, mut added) = (vec![], vec![]);
+        for ((id, h), s) in new.iter().zip(samples) {
+            match old_map.get(id.as_str()) {
+                Some(oh) if oh != h => changed.push(s.describe()),
+                Some(_) => {}
+                None => added.push(s.describe()),
+            }
+        }
+        let removed: Vec<String> = old.iter().filter(|(id, _)| !new_ids.contains(id.as_str())).map(|(id, _)| format!("`{id}`")).collect();
+        let moved = changed.is_empty() && added.is_empty() && removed.is_empty() && old.iter().map(|r| &r.0).ne(new.iter().map(|r| &r.0));
+        for (what, list) in [("changed (file, text, label or group)", changed), ("added", added), ("removed", removed)] {
+            if !list.is_empty() {
+                let more = if list.len() > 10 { format!(" and {} more", list.len() - 10) } else { String::new() };
+                out.push(format!(
+                    "  {name}: {} row{} {what}: {}{more}",
+                    list.len(),
+                    if list.len() == 1 { "" } else { "s" },
+                    list[..list.len().min(10)].join(", ")
+                ));
+            }
+        }
+        if moved {
+            out.push(format!("  {name}: the same rows in another order"));
+        }
+    }
+    out.join("\n")
+}
+
+/// One saved block: visual rows of the samples that decoded, and those that did not.
+#[derive(Default)]
+pub(super) struct Block {
+    pub dv: usize,
+    pub visual: Vec<f32>,
+    /// With `--tokens`: (tokens per row, token width) and the rows' tokens [rows, T, Dt] in f16.
+    pub token_shape: Option<(usize, usize)>,
+    pub visual_tokens: Vec<f16>,
+    /// Position in the block and image key of each row.
+    pub kept: Vec<(usize, u64)>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Block {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<u8> = self.visual.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let token_bytes: Vec<u8> = self.visual_tokens.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut views = vec![("visual", TensorView::new(Dtype::F32, vec![self.visual.len()], &bytes)?)];
+        let mut md: HashMap<String, String> = [
+            ("dv".to_string(), self.dv.to_string()),
+            ("kept".to_string(), serde_json::to_string(&self.kept)?),
+            ("skipped".to_string(), serde_json::to_string(&self.skipped)?),
+        ]
+        .into();
+        if let Some(shape) = self.token_shape {
+            views.push(("visual_tokens", TensorView::new(Dtype::F16, vec![self.visual_tokens.len()], &token_bytes)?));
+            md.insert("token_shape".to_string(), serde_json::to_string(&shape)?);
+        }
+        crate::fsutil::write_atomic(path, &safetensors::serialize(views, Some(md))?)
+    }
+
+    pub fn read(path: &Path) -> Result<Block> {
+        let parse = |bytes: &[u8]| -> Result<Block> {
+            let (_, header) = SafeTensors::read_metadata(bytes)?;
+            let md = header.metadata().clone().unwrap_or_default();
+            let field = |k: &str| md.get(k).with_context(|| format!("metadata `{k}` missing"));
+            let st = SafeTensors::deserialize(bytes)?;
+            let visual = st.tensor("visual")?.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let token_shape: Option<(usize, usize)> = md.get("token_shape").map(|s| serde_json::from_str(s)).transpose()?;
+            let visual_tokens = match token_shape {
+                Some(_) => st.tensor("visual_tokens")?.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect(),
+                None => vec![],
+            };
+            let block = Block {
+                dv: field("dv")?.parse()?,
+                visual,
+                token_shape,
+                visual_tokens,
+                kept: serde_json::from_str(field("kept")?)?,
+                skipped: serde_json::from_str(field("skipped")?)?,
+            };
+            if let Some((t, d)) = block.token_shape {
+                ensure!(
+                    block.visual_tokens.len() == block.kept.len() * t * d,
+                    "{} visual token values for {} rows of {t} x {d}",
+                    block.visual_tokens.len(),
+                    block.kept.len()
+                );
+            }
+            Ok(block)
+        };
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        parse(&bytes).with_context(|| format!("{}: damaged progress file; delete it to redo its block", path.display()))
+    }
+}
+
+/// The file of block `b` of split `name` in the progress folder.
+pub(super) fn block_path(partial: &Path, name: &str, b: usize) -> PathBuf {
+    partial.join(format!("{name}-{b:05}.safetensors"))
+}
+
+/// Whether the progress folder holds any saved block.
+pub(super) fn has_blocks(partial: &Path) -> bool {
+    std::fs::read_dir(partial).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors")))
+}
