@@ -12,25 +12,29 @@ pub const EVAL_BATCH: usize = 500;
 /// Training hyper-parameters (all saved with every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainConfig {
-    #[arg(long, default_value_t = 10)]
+    /// Passes over the training rows (the model is selected on val after each).
+    #[arg(long, default_value_t = 10, value_parser = crate::options::at_least_one::<usize>)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Training rows per optimiser step.
+    #[arg(long, default_value_t = 64, value_parser = crate::options::at_least_one::<usize>)]
     pub batch: usize,
     #[command(flatten)]
     pub optim: AdamWConfig,
     /// Clip the global gradient norm to this (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::options::non_negative)]
     pub clip_grad: f64,
+    /// Seed of everything random in the run: initial weights, batch order, diffusion steps and
+    /// noise, the val carve-out (--val-fraction) and the sampling noise of val and test.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Fraction of train held out for model selection when the cache has no `val`.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::options::fraction)]
     pub val_fraction: f64,
     /// Sampler used for validation and test evaluation.
     #[command(flatten)]
     pub sampler: SamplerConfig,
     /// Rows per forward pass in validation and test.
-    #[arg(long, default_value_t = EVAL_BATCH)]
+    #[arg(long, default_value_t = EVAL_BATCH, value_parser = crate::options::at_least_one::<usize>)]
     pub eval_batch: usize,
     /// Draw batches as blocks of K rows of one class (CAN's class-aware sampling, for `--align
     /// cdd`); 0: plain shuffling.
@@ -65,7 +69,7 @@ pub struct Inference {
     pub seed: u64,
     /// Rows per forward pass of the heads.
     #[serde(default = "eval_batch")]
-    #[arg(long = "eval-batch", default_value_t = EVAL_BATCH)]
+    #[arg(long = "eval-batch", value_name = "EVAL_BATCH", default_value_t = EVAL_BATCH, value_parser = crate::options::at_least_one::<usize>)]
     pub batch: usize,
 }
 

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AdamWConfig {
-    #[arg(long, default_value_t = 1e-3)]
+    /// Learning rate of AdamW.
+    #[arg(long, default_value_t = 1e-3, value_parser = crate::options::positive_finite)]
     pub lr: f64,
     /// PyTorch's defaults for the moments and epsilon (no flags).
     #[arg(skip = 0.9)]
@@ -19,8 +20,8 @@ pub struct AdamWConfig {
     pub beta2: f64,
     #[arg(skip = 1e-8)]
     pub eps: f64,
-    /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.01)]
+    /// AdamW decoupled weight decay (0: none).
+    #[arg(long, default_value_t = 0.01, value_parser = crate::options::non_negative)]
     pub weight_decay: f64,
 }
 

@@ -12,3 +12,112 @@ pub fn parse<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> anyhow::Res
 pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     parse(&[]).expect("every option of the struct has a default")
 }
+
+// Value parsers for numeric options (`#[arg(value_parser = options::at_least_one)]`): each
+// checks the range up front, so that a bad value stops at parsing with clap's message naming
+// the option, e.g. `invalid value '0' for '--epochs <EPOCHS>': must be at least 1`.
+
+/// `s` as a number, with Rust's message (`invalid digit found in string`) when it is none.
+fn number<T: std::str::FromStr<Err: std::fmt::Display>>(s: &str) -> Result<T, String> {
+    s.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// A count of 1 or more.
+pub fn at_least_one<T: std::str::FromStr<Err: std::fmt::Display> + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    at_least(s, 1)
+}
+
+/// A count of 2 or more.
+pub fn at_least_two<T: std::str::FromStr<Err: std::fmt::Display> + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    at_least(s, 2)
+}
+
+fn at_least<T: std::str::FromStr<Err: std::fmt::Display> + PartialOrd + From<u8>>(s: &str, min: u8) -> Result<T, String> {
+    let v = number(s)?;
+    if v < T::from(min) {
+        return Err(format!("must be at least {min}"));
+    }
+    Ok(v)
+}
+
+/// An even count of 2 or more (a sinusoidal embedding's width: sines and cosines in pairs).
+pub fn positive_even(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    if v < 2 || !v.is_multiple_of(2) {
+        return Err("must be an even number, at least 2".into());
+    }
+    Ok(v)
+}
+
+/// A finite number above 0.
+pub fn positive_finite(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err("must be a finite number above 0".into());
+    }
+    Ok(v)
+}
+
+/// A finite number, 0 or more.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err("must be a finite number, 0 or more".into());
+    }
+    Ok(v)
+}
+
+/// [`non_negative`] for the `f32` options.
+pub fn non_negative_f32(s: &str) -> Result<f32, String> {
+    non_negative(s).map(|v| v as f32)
+}
+
+/// A number strictly between 0 and 1.
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if !(v > 0.0 && v < 1.0) {
+        return Err("must be strictly between 0 and 1".into());
+    }
+    Ok(v)
+}
+
+/// An extraction slice `i/n` with `0 <= i < n` (`extract --shard`), kept as given.
+pub fn shard(s: &str) -> Result<String, String> {
+    crate::data::parse_shard(s).map(|_| s.to_string()).map_err(|_| "expected i/n with 0 <= i < n, e.g. 0/4".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers_accept_their_range_and_name_it_otherwise() {
+        assert_eq!(at_least_one::<usize>("1"), Ok(1));
+        assert_eq!(at_least_one::<u64>(" 7 "), Ok(7));
+        assert_eq!(at_least_one::<usize>("0"), Err("must be at least 1".into()));
+        assert!(at_least_one::<usize>("-1").is_err() && at_least_one::<usize>("x").is_err());
+        assert_eq!(at_least_two::<usize>("2"), Ok(2));
+        assert_eq!(at_least_two::<usize>("1"), Err("must be at least 2".into()));
+        assert_eq!(positive_even("128"), Ok(128));
+        for bad in ["0", "7"] {
+            assert_eq!(positive_even(bad), Err("must be an even number, at least 2".into()));
+        }
+        assert_eq!(positive_finite("1e-3"), Ok(1e-3));
+        for bad in ["0", "-1", "inf", "NaN"] {
+            assert_eq!(positive_finite(bad), Err("must be a finite number above 0".into()), "{bad}");
+        }
+        assert_eq!(non_negative("0"), Ok(0.0));
+        assert_eq!(non_negative_f32("0.5"), Ok(0.5));
+        for bad in ["-0.1", "inf", "nan"] {
+            assert_eq!(non_negative(bad), Err("must be a finite number, 0 or more".into()), "{bad}");
+        }
+        assert_eq!(fraction("0.1"), Ok(0.1));
+        for bad in ["0", "1", "1.5", "-0.2", "nan"] {
+            assert_eq!(fraction(bad), Err("must be strictly between 0 and 1".into()), "{bad}");
+        }
+        assert_eq!(shard("3/4"), Ok("3/4".into()));
+        for bad in ["4/4", "1/0", "x/2", "3"] {
+            assert_eq!(shard(bad), Err("expected i/n with 0 <= i < n, e.g. 0/4".into()), "{bad}");
+        }
+    }
+}

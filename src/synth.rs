@@ -19,34 +19,39 @@ use std::path::Path;
 #[derive(Debug, Clone, clap::Args)]
 pub struct SynthConfig {
     /// Number of classes.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = crate::options::at_least_two::<usize>)]
     pub classes: usize,
-    /// Visual feature dimension.
-    #[arg(long, default_value_t = 256)]
+    /// Visual feature dimension Dv.
+    #[arg(long = "visual-dim", visible_alias = "dv", value_name = "DV", default_value_t = 256, value_parser = crate::options::at_least_one::<usize>)]
     pub dv: usize,
-    /// Text feature dimension.
-    #[arg(long, default_value_t = 256)]
+    /// Text feature dimension Ds.
+    #[arg(long = "text-dim", visible_alias = "ds", value_name = "DS", default_value_t = 256, value_parser = crate::options::at_least_one::<usize>)]
     pub ds: usize,
-    #[arg(long, default_value_t = 4000)]
+    /// Training rows.
+    #[arg(long, default_value_t = 4000, value_parser = crate::options::at_least_one::<usize>)]
     pub n_train: usize,
     /// Validation rows (0: none; training then carves its own).
     #[arg(long, default_value_t = 1000)]
     pub n_val: usize,
+    /// Test rows (0: no test split).
     #[arg(long, default_value_t = 2000)]
     pub n_test: usize,
-    /// Rank of the subspace the text class means live in.
-    #[arg(long, default_value_t = 32)]
+    /// Rank of the subspace the text class means live in (at most --text-dim; larger is clamped).
+    #[arg(long, default_value_t = 32, value_parser = crate::options::at_least_one::<usize>)]
     pub text_rank: usize,
-    #[arg(long, default_value_t = 0.3)]
+    /// Std of the per-row noise added to the text class mean.
+    #[arg(long, default_value_t = 0.3, value_parser = crate::options::non_negative_f32)]
     pub text_jitter: f32,
     /// Std of the visual noise (before normalisation).
-    #[arg(long, default_value_t = 7.0)]
+    #[arg(long, default_value_t = 7.0, value_parser = crate::options::non_negative_f32)]
     pub vis_noise: f32,
     /// Scale of the class-independent background nuisance.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = crate::options::non_negative_f32)]
     pub bg_scale: f32,
-    #[arg(long, default_value_t = 32)]
+    /// Number of background nuisance prototypes each visual row draws one of.
+    #[arg(long = "bg-prototypes", visible_alias = "n-bg", value_name = "N", default_value_t = 32, value_parser = crate::options::at_least_one::<usize>)]
     pub n_bg: usize,
+    /// Seed of the generated data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Prefix row ids with one of N groups (`g1/synth-train-000004`, round robin), so that
@@ -65,12 +70,14 @@ pub struct SynthTokens {
     /// noise. Drawn from their own seeded stream: the pooled features are those without --tokens.
     #[arg(long)]
     pub tokens: bool,
-    #[arg(long, default_value_t = 4)]
+    /// Visual tokens per row (with --tokens).
+    #[arg(long, default_value_t = 4, value_parser = crate::options::at_least_one::<usize>)]
     pub visual_tokens: usize,
-    /// Most text tokens per row (the padded length).
-    #[arg(long, default_value_t = 6)]
+    /// Most text tokens per row (the padded length; with --tokens).
+    #[arg(long, default_value_t = 6, value_parser = crate::options::at_least_one::<usize>)]
     pub text_tokens: usize,
-    #[arg(long, default_value_t = 1.0)]
+    /// Std of each token's noise around its row's feature (with --tokens).
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::non_negative_f32)]
     pub token_noise: f32,
 }
 

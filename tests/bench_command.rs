@@ -50,9 +50,12 @@ fn bench_reports_each_thread_count() {
 
 #[test]
 fn bench_refuses_empty_batches_and_zero_threads() {
-    for (flag, value, want) in
-        [("--batch", "0", "--batch and --infer-batch"), ("--thread-counts", "0", "--thread-counts"), ("--encoder-batches", "0", "--encoder-batches")]
-    {
+    for (flag, value, want) in [
+        ("--batch", "0", "'--batch <BATCH>': must be at least 1"),
+        ("--infer-batch", "0", "'--infer-batch <INFER_BATCH>': must be at least 1"),
+        ("--thread-counts", "0", "'--thread-counts <THREAD_COUNTS>': must be at least 1"),
+        ("--encoder-batches", "0", "'--encoder-batches <ENCODER_BATCHES>': must be at least 1"),
+    ] {
         let out =
             common::marnet(&["bench", "--skip-extraction", "--iters", "1", "--dv", "8", "--ds", "8", "--hidden", "16", "--d", "4", "--temb", "4", flag, value]);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -74,18 +74,19 @@ pub struct ExtractSettings {
     #[arg(long)]
     pub skin_tones: bool,
     /// emoji-food / emoji-all: fraction of the training vendors' images held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = crate::options::fraction)]
     pub val_fraction: f64,
+    /// emoji-food / emoji-all: seed of the choice of validation images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::options::at_least_one::<usize>)]
     pub batch: usize,
     /// Only the first N samples of each split (a quick trial).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::options::at_least_one::<usize>)]
     pub limit: Option<usize>,
     /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::options::shard)]
     pub shard: Option<String>,
     /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl)
     /// instead of stopping at the first one.

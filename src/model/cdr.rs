@@ -89,11 +89,12 @@ pub struct SamplerConfig {
     /// Reverse process: `ancestral` (the paper, eq. 21-23) or `ddim` (deterministic).
     #[arg(long = "sampler", value_name = "SAMPLER", value_enum, default_value = "ancestral")]
     pub mode: SamplerMode,
-    /// Reverse steps (a strided subsequence of 1..=T; T or more: every step).
-    #[arg(long, default_value_t = 10)]
+    /// Reverse-diffusion steps when sampling x_CDR: a strided subsequence of the model's T
+    /// diffusion steps (`--timesteps` in training); T or more runs every step.
+    #[arg(long, default_value_t = 10, value_parser = crate::options::at_least_one::<usize>)]
     pub steps: usize,
     /// Draws of x_CDR per image.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::options::at_least_one::<usize>)]
     pub samples: usize,
     /// How the draws combine: `probs` averages class probabilities (the posterior predictive),
     /// `features` averages the sampled features and classifies once.

@@ -6,14 +6,17 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct ScheduleConfig {
-    /// Diffusion steps T.
-    #[arg(id = "t_steps", long = "T", value_name = "T", default_value_t = 50)]
+    /// Diffusion timesteps T of the forward (noising) process (the paper's T).
+    #[arg(id = "t_steps", long = "timesteps", visible_alias = "T", value_name = "T", default_value_t = 50, value_parser = crate::options::at_least_two::<usize>)]
     pub steps: usize,
-    /// Linear beta schedule start, as given for T = 1000; scaled by 1000 / T (guided-diffusion
-    /// convention).
-    #[arg(long, default_value_t = 1e-4)]
+    /// Diffusion noise schedule: the variance beta_1 of the first noising step (linear schedule,
+    /// as given for T = 1000 and scaled by 1000 / T, the guided-diffusion convention); below
+    /// --beta-end. Not a loss weight (that is --align-weight).
+    #[arg(long, default_value_t = 1e-4, value_parser = crate::options::fraction)]
     pub beta_start: f64,
-    #[arg(long, default_value_t = 0.02)]
+    /// Diffusion noise schedule: the variance beta_T of the last noising step (scaled like
+    /// --beta-start, which must be below it).
+    #[arg(long, default_value_t = 0.02, value_parser = crate::options::fraction)]
     pub beta_end: f64,
 }
 
@@ -37,21 +40,34 @@ pub struct Schedule {
 impl Schedule {
     pub fn new(cfg: &ScheduleConfig) -> Result<Self> {
         let t_max = cfg.steps;
-        ensure!(t_max >= 1, "diffusion steps T must be at least 1");
+        ensure!(t_max >= 2, "diffusion timesteps T (--timesteps) must be at least 2; got {t_max}");
+        ensure!(
+            cfg.beta_start > 0.0 && cfg.beta_start < cfg.beta_end && cfg.beta_end < 1.0,
+            "the diffusion noise schedule needs 0 < --beta-start < --beta-end < 1; got {} and {}",
+            cfg.beta_start,
+            cfg.beta_end
+        );
         let scale = 1000.0 / t_max as f64;
         let (b0, b1) = (cfg.beta_start * scale, cfg.beta_end * scale);
         let mut betas = vec![0.0];
         for i in 0..t_max {
-            let f = if t_max == 1 { 0.0 } else { i as f64 / (t_max - 1) as f64 };
+            let f = i as f64 / (t_max - 1) as f64;
             betas.push(b0 + f * (b1 - b0));
         }
-        ensure!(betas[1..].iter().all(|&b| b > 0.0 && b < 1.0), "betas must lie in (0, 1); got [{b0}, {b1}] after scaling by 1000/T");
+        ensure!(
+            betas[1..].iter().all(|&b| b > 0.0 && b < 1.0),
+            "the diffusion betas must lie in (0, 1); --beta-start and --beta-end scaled by 1000 / T (--timesteps {t_max}) give [{b0}, {b1}]"
+        );
         let mut abar = vec![1.0];
         for t in 1..=t_max {
             abar.push(abar[t - 1] * (1.0 - betas[t]));
         }
         let s = Self { betas, abar };
-        ensure!(s.abar(t_max) < MAX_ABAR_T, "abar_T = {:.3e} is not below {MAX_ABAR_T:e}: x_T would still hold signal; raise T or beta_end", s.abar(t_max));
+        ensure!(
+            s.abar(t_max) < MAX_ABAR_T,
+            "abar_T = {:.3e} is not below {MAX_ABAR_T:e}: x_T would still hold signal; raise --timesteps or --beta-end",
+            s.abar(t_max)
+        );
         Ok(s)
     }
 
@@ -136,6 +152,21 @@ mod tests {
         assert_eq!(s.steps(), 50);
         assert!(s.abar(50) < MAX_ABAR_T, "abar_T = {}", s.abar(50));
         assert!(Schedule::new(&ScheduleConfig { steps: 5, beta_start: 1e-5, beta_end: 1e-4 }).is_err());
+    }
+
+    /// Schedules the flags cannot refuse one at a time are refused here, naming the flags.
+    #[test]
+    fn bad_schedules_are_refused_naming_the_options() {
+        let err = |cfg: ScheduleConfig| Schedule::new(&cfg).unwrap_err().to_string();
+        let d = ScheduleConfig::default();
+        assert!(err(ScheduleConfig { steps: 1, ..d }).contains("--timesteps"));
+        for (beta_start, beta_end) in [(0.02, 0.01), (0.01, 0.01), (0.0, 0.02), (1e-4, 1.0)] {
+            let e = err(ScheduleConfig { beta_start, beta_end, ..d });
+            assert!(e.contains("0 < --beta-start < --beta-end < 1"), "{beta_start} {beta_end}: {e}");
+        }
+        // Each within (0, 1), but above 1 once scaled by 1000 / T.
+        let e = err(ScheduleConfig { steps: 10, beta_start: 1e-4, beta_end: 0.02 });
+        assert!(e.contains("--beta-start and --beta-end") && e.contains("--timesteps 10"), "{e}");
     }
 
     /// Eq. 15 closed form equals composing eq. 14 step by step: the variance of

@@ -62,21 +62,24 @@ impl Variant {
     }
 }
 
-/// Loss weights of eq. 13 and 20: `a1 CE_ema + beta ITA + a2 CE_cdr + gamma MSE + CE_fused`.
+/// Loss weights of eq. 13 and 20: `a1 CE_ema + beta ITA + a2 CE_cdr + gamma MSE + CE_fused`
+/// (flags `--ema-ce-weight`, `--align-weight`, `--cdr-ce-weight`, `--mse-weight`; the paper's
+/// symbols `--a1`, `--beta`, `--a2`, `--gamma` remain as aliases).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct LossWeights {
-    /// Weight of the EMA cross-entropy (eq. 13).
-    #[arg(long, default_value_t = 1.0)]
+    /// Loss weight a1 (alpha_1, eq. 13) of the EMA head's cross-entropy.
+    #[arg(long = "ema-ce-weight", visible_alias = "a1", value_name = "A1", default_value_t = 1.0, value_parser = crate::options::non_negative)]
     pub a1: f64,
-    /// Weight of the alignment (ITA) loss (eq. 13).
-    #[arg(long, default_value_t = 1.0)]
+    /// Loss weight beta (eq. 13) of the alignment loss, whichever --align chooses (ITA in the
+    /// paper). Not the diffusion noise schedule (that is --beta-start/--beta-end).
+    #[arg(long = "align-weight", visible_alias = "beta", value_name = "BETA", default_value_t = 1.0, value_parser = crate::options::non_negative)]
     pub beta: f64,
-    /// Weight of the CDR cross-entropy (eq. 20).
-    #[arg(long, default_value_t = 1.0)]
+    /// Loss weight a2 (alpha_2, eq. 20) of the CDR head's cross-entropy.
+    #[arg(long = "cdr-ce-weight", visible_alias = "a2", value_name = "A2", default_value_t = 1.0, value_parser = crate::options::non_negative)]
     pub a2: f64,
-    /// Weight of the reconstruction error (eq. 20); eq. 19 is the squared L2 norm per sample
-    /// in standardised text units (gamma = 1/Ds gives a per-dimension mean instead).
-    #[arg(long, default_value_t = 1.0)]
+    /// Loss weight gamma (eq. 20) of the reconstruction error (MSE, eq. 19: the squared L2 norm
+    /// per sample in standardised text units; gamma = 1/Ds gives a per-dimension mean instead).
+    #[arg(long = "mse-weight", visible_alias = "gamma", value_name = "GAMMA", default_value_t = 1.0, value_parser = crate::options::non_negative)]
     pub gamma: f64,
 }
 
@@ -97,17 +100,17 @@ pub struct ModelOptions {
     /// `extract --tokens` or `synth --tokens`).
     #[arg(long, value_enum, default_value = "ita")]
     pub align: Alignment,
-    /// EMA shared-space dimension d.
-    #[arg(long, default_value_t = 256)]
+    /// Dimension d of EMA's shared space, into which x_v and x_s are projected and aligned.
+    #[arg(long = "dim", visible_alias = "d", value_name = "D", default_value_t = 256, value_parser = crate::options::at_least_one::<usize>)]
     pub d: usize,
-    /// Denoiser MLP width.
-    #[arg(long, default_value_t = 1024)]
+    /// Width of the CDR denoiser MLP's hidden layers.
+    #[arg(long, default_value_t = 1024, value_parser = crate::options::at_least_one::<usize>)]
     pub hidden: usize,
-    /// Time-embedding dimension.
-    #[arg(long, default_value_t = 128)]
+    /// Width of the denoiser's sinusoidal embedding of the diffusion step t (even).
+    #[arg(long = "time-embedding-dim", visible_alias = "temb", value_name = "N", default_value_t = 128, value_parser = crate::options::positive_even)]
     pub temb: usize,
-    /// Denoiser nonlinearity.
-    #[arg(long, value_enum, default_value = "silu")]
+    /// Nonlinearity between the denoiser's layers.
+    #[arg(long = "activation", visible_alias = "act", value_enum, default_value = "silu")]
     pub act: Activation,
     #[command(flatten)]
     pub schedule: ScheduleConfig,
@@ -119,7 +122,7 @@ pub struct ModelOptions {
     #[arg(long, value_enum, default_value = "noise")]
     pub cdr_train_input: CdrTrainInput,
     /// DDIM steps of `--cdr-train-input sampled`.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::options::at_least_one::<usize>)]
     pub cdr_train_steps: usize,
     /// Add a linear image-only classifier's logits to the EMA and fused heads (a residual path
     /// around the d-dimensional EMA bottleneck).

@@ -31,13 +31,14 @@ pub struct ReportOptions {
     /// for `extract --assets`].
     #[arg(long)]
     pub font: Option<PathBuf>,
-    /// Classes in the t-SNE figure (Fig. 3), and rows per class at most.
-    #[arg(long, default_value_t = 5)]
+    /// Classes in the t-SNE figure (Fig. 3): those with the most test images.
+    #[arg(long, default_value_t = 5, value_parser = crate::options::at_least_one::<usize>)]
     pub tsne_classes: usize,
-    #[arg(long, default_value_t = 100)]
+    /// Test images per class in the t-SNE figure, at most (the figure needs 2 per class).
+    #[arg(long, default_value_t = 100, value_parser = crate::options::at_least_two::<usize>)]
     pub tsne_per_class: usize,
     /// Test images in the top-5 figure (Fig. 4).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = crate::options::at_least_one::<usize>)]
     pub examples: usize,
     /// Show progress bars.
     #[arg(skip)]

@@ -19,22 +19,26 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
-    /// Worker threads for CPU math (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads for CPU math: the encoders and the heads [default: all cores].
+    #[arg(long, global = true, help_heading = GLOBAL, value_parser = marnet::options::at_least_one::<usize>)]
     pub threads: Option<usize>,
     /// Compute device: `cpu`, or `cuda` / `cuda:N` when built with the `cuda` feature.
-    #[arg(long, global = true, default_value = "cpu")]
+    #[arg(long, global = true, help_heading = GLOBAL, default_value = "cpu")]
     pub device: String,
-    /// No progress bars or per-epoch lines.
-    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    /// No progress bars or per-epoch lines on stderr (results and errors still print).
+    #[arg(long, short, global = true, help_heading = GLOBAL, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// A line per training epoch (every loss term, val metrics) in `ablate`, `compare` and
-    /// `demo` too; they show one progress bar per stage by default, `train` the epoch lines.
-    #[arg(long, short, global = true)]
+    /// Commands that train (`ablate`, `compare`, `demo`): a line per training epoch (every loss
+    /// term, val metrics) instead of one progress bar per stage; `train` always prints them,
+    /// other commands print the same either way.
+    #[arg(long, short, global = true, help_heading = GLOBAL)]
     pub verbose: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
+
+/// The heading of the options every command takes, apart from its own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Subcommand)]
 pub enum Cmd {
@@ -56,6 +60,7 @@ pub enum Cmd {
         /// Run folder: `best/` (selected on val) and `last/` (for --resume).
         #[arg(long)]
         out: PathBuf,
+        /// Model to train: a row of the paper's ablation (Table 2).
         #[arg(long, value_enum, default_value = "marnet")]
         variant: Variant,
         /// Continue from `OUT/last` if it exists: same configuration, and made by this build from
@@ -80,6 +85,7 @@ pub enum Cmd {
         /// always uses its fold of the cache).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Split to evaluate: `train`, `val` or `test`.
         #[arg(long, default_value = "test")]
         split: String,
         #[command(flatten)]
@@ -127,6 +133,7 @@ pub enum Cmd {
         /// Classes per image.
         #[arg(long, default_value_t = 5)]
         top_k: usize,
+        /// Output format on stdout.
         #[arg(long, value_enum, default_value = "table")]
         format: marnet::predict::Format,
         /// Images per forward pass.
@@ -189,6 +196,7 @@ pub enum Cmd {
     /// over --seeds, test on the held-out Apple images, and write OUT/report/ (tables, figures,
     /// report.html).
     Demo {
+        /// Output folder: the feature cache, the runs, the tables and report/.
         #[arg(long, default_value = "runs/demo")]
         out: PathBuf,
         /// `emoji-food` (128 classes, minutes) or `emoji-all` (1,583 classes: every emoji all
@@ -202,9 +210,11 @@ pub enum Cmd {
         /// assets/ of the checkout marnet was built from].
         #[arg(long)]
         assets: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
+        /// Runs per table row, with training seeds 0..N-1.
+        #[arg(long, default_value_t = 3, value_parser = marnet::options::at_least_one::<u64>)]
         seeds: u64,
-        #[arg(long, default_value_t = 30)]
+        /// Passes over the training rows in every run (the model is selected on val after each).
+        #[arg(long, default_value_t = 30, value_parser = marnet::options::at_least_one::<usize>)]
         epochs: usize,
         #[command(flatten)]
         model: ModelOptions,
@@ -214,6 +224,7 @@ pub enum Cmd {
     /// Regenerate DIR/report/ (tables, t-SNE and confidence figures, training curves,
     /// report.html) from the saved results of `ablate`, `compare` or `demo` in DIR.
     Report {
+        /// The `--out` folder of `ablate`, `compare` or `demo`.
         dir: PathBuf,
         #[command(flatten)]
         report: marnet::report::ReportOptions,
@@ -245,6 +256,7 @@ pub enum Cmd {
     Extract(marnet::extract::ExtractSettings),
     /// Concatenate shard caches (in the order given) into one cache.
     MergeShards {
+        /// Output cache folder.
         #[arg(long)]
         out: PathBuf,
         /// Shard cache folders, in shard order.
@@ -253,26 +265,32 @@ pub enum Cmd {
     },
     /// Time training steps and inference on random features (defaults: the reference's sizes).
     Bench {
+        /// Model whose heads are timed (a row of the paper's Table 2).
         #[arg(long, value_enum, default_value = "marnet")]
         variant: Variant,
-        #[arg(long, default_value_t = 768)]
+        /// Visual feature dimension Dv of the random features.
+        #[arg(long = "visual-dim", visible_alias = "dv", value_name = "DV", default_value_t = 768, value_parser = marnet::options::at_least_one::<usize>)]
         dv: usize,
-        #[arg(long, default_value_t = 768)]
+        /// Text feature dimension Ds of the random features.
+        #[arg(long = "text-dim", visible_alias = "ds", value_name = "DS", default_value_t = 768, value_parser = marnet::options::at_least_one::<usize>)]
         ds: usize,
-        #[arg(long, default_value_t = 172)]
+        /// Number of classes of the heads.
+        #[arg(long, default_value_t = 172, value_parser = marnet::options::at_least_one::<usize>)]
         classes: usize,
-        #[arg(long, default_value_t = 64)]
+        /// Rows per timed training step.
+        #[arg(long, default_value_t = 64, value_parser = marnet::options::at_least_one::<usize>)]
         batch: usize,
         /// Timed training steps (after 3 warm-up steps).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = marnet::options::at_least_one::<usize>)]
         iters: usize,
-        #[arg(long, default_value_t = marnet::config::EVAL_BATCH)]
+        /// Rows per timed inference pass of the heads.
+        #[arg(long, default_value_t = marnet::config::EVAL_BATCH, value_parser = marnet::options::at_least_one::<usize>)]
         infer_batch: usize,
         /// Reverse-diffusion step counts to time inference with.
-        #[arg(long, value_delimiter = ',', default_value = "10,50")]
+        #[arg(long, value_delimiter = ',', default_value = "10,50", value_parser = marnet::options::at_least_one::<usize>)]
         sampling_steps: Vec<usize>,
         /// Thread counts to time the heads at, each in a fresh process (default: 1 and --threads).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = marnet::options::at_least_one::<usize>)]
         thread_counts: Vec<usize>,
         /// Leave out the encoder and decoding measurements.
         #[arg(long)]
@@ -281,7 +299,7 @@ pub enum Cmd {
         #[arg(long, conflicts_with = "skip_extraction")]
         extraction_only: bool,
         /// Batch sizes to time EfficientNet-Lite0 at, one row each (ViT-B/16 runs at batch 8).
-        #[arg(long, value_delimiter = ',', default_value = "32")]
+        #[arg(long, value_delimiter = ',', default_value = "32", value_parser = marnet::options::at_least_one::<usize>)]
         encoder_batches: Vec<usize>,
         /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
         /// assets/ of the checkout marnet was built from].

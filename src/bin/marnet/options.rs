@@ -7,7 +7,14 @@ use marnet::features::FeatureCache;
 use marnet::model::marnet::{MarnetConfig, ModelOptions, Variant};
 use std::path::PathBuf;
 
+/// `--seed` of `TrainConfig` does less in a table: every run trains with its own seed 0..N-1
+/// (`--seeds`).
+const TABLE_SEED: &str = "With --leave-one-out --fold-val in-style: seed of the choice of each fold's validation \
+                          images, the same for every run (each run's weights, batch order, noise and any val \
+                          carve-out follow its own seed, 0..N-1 of --seeds); otherwise unused";
+
 #[derive(Args, Clone)]
+#[command(mut_arg("seed", |a| a.help(TABLE_SEED)))]
 pub struct TableArgs {
     /// Feature cache folder (needs a test split).
     #[arg(long)]
@@ -15,8 +22,9 @@ pub struct TableArgs {
     /// Folder for the runs (`OUT/<row>/seed<k>`) and the table.
     #[arg(long)]
     pub out: PathBuf,
-    /// Number of seeds (0..N).
-    #[arg(long, default_value_t = 3)]
+    /// Runs per table row, with training seeds 0..N-1 (each seeds a run's weights, batch order,
+    /// diffusion noise and any val carve-out); the table reports their mean ± std.
+    #[arg(long, default_value_t = 3, value_parser = marnet::options::at_least_one::<u64>)]
     pub seeds: u64,
     /// Leave-one-vendor-out: every group of rows (the first path component of the row ids: the
     /// vendor, for the emoji datasets) is the test split once, whatever split the cache put it

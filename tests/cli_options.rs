@@ -1,0 +1,23 @@
+//! Out-of-range option values stop `marnet` at parsing, before it reads or writes a file: exit
+//! status 2 (clap's usage error) and a message naming the option and the allowed range.
+
+mod common;
+
+#[test]
+fn train_refuses_out_of_range_values_before_touching_the_cache_or_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for (flag, value, want) in [
+        ("--epochs", "0", "invalid value '0' for '--epochs <EPOCHS>': must be at least 1"),
+        ("--lr", "0", "invalid value '0' for '--lr <LR>': must be a finite number above 0"),
+        ("--val-fraction", "1.5", "invalid value '1.5' for '--val-fraction <VAL_FRACTION>': must be strictly between 0 and 1"),
+        ("--timesteps", "1", "invalid value '1' for '--timesteps <T>': must be at least 2"),
+        ("--T", "1", "invalid value '1' for '--timesteps <T>': must be at least 2"),
+    ] {
+        let out = common::marnet(&["train", "--cache", "no-such-cache", "--out", run.to_str().unwrap(), flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+        assert!(!run.exists(), "{flag} {value}: wrote {}", run.display());
+    }
+}
