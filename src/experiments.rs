@@ -238,7 +238,7 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
     let rows = run_arms(cache, arms, &spec.train, &spec.seeds, &folds, &spec.out, verbosity, dev)?;
     let split = match folds.len() {
         0 => "test split".to_string(),
-        n => format!("leave-one-vendor-out over {n} folds, {} validation", spec.fold_val.name()),
+        n => format!("leave-one-group-out over {n} folds, {} validation", spec.fold_val.name()),
     };
     let table = Table {
         title: format!("{} on `{}`: {} seeds, {} epochs; {split}, model selected on val", spec.what, cache.dir.display(), spec.seeds.len(), spec.train.epochs),
@@ -281,7 +281,7 @@ impl Table {
         let folds: Vec<String> = self.rows.first().map(|r| r.folds.iter().map(|f| f.trim_start_matches("fold-").to_string()).collect()).unwrap_or_default();
         let mut head: Vec<String> = vec![self.first_column.clone(), "Acc-1 (%)".into(), "95% CI".into(), "Acc-5 (%)".into()];
         if !folds.is_empty() {
-            head.push(format!("Acc-1 per held-out vendor ({})", folds.join(" / ")));
+            head.push(format!("Acc-1 per held-out group ({})", folds.join(" / ")));
         }
         head.extend([
             "vs baseline".into(),

@@ -154,8 +154,11 @@ fn manifest_problems_are_listed_together_with_their_lines() {
 fn manifest_classes_need_training_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.jsonl");
-    std::fs::write(&p, concat!(r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#, "\n", r#"{"image": "b.jpg", "label": "cake", "split": "test"}"#, "\n"))
-        .unwrap();
+    std::fs::write(
+        &p,
+        concat!(r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#, "\n", r#"{"image": "b.jpg", "label": "cake", "split": "test"}"#, "\n"),
+    )
+    .unwrap();
     let err = format!("{:#}", marnet::data::open("manifest", Some(&p), tmp.path(), "apple", 0.2, 0).unwrap_err());
     assert!(err.contains("m.jsonl:2: class `cake` has no training rows") && !err.contains("every row has label"), "{err}");
     std::fs::write(&p, r#"{"image": "a.jpg", "label": "soup", "text": "t", "split": "train"}"#).unwrap();

@@ -108,7 +108,7 @@ fn leave_one_out_folds_statistics_and_report() {
     let runs = tmp.path().join("lovo").display().to_string();
     let table =
         ok(&[&["ablate", "--cache", &cache, "--out", &runs, "--seeds", "2", "--leave-one-out", "--variants", "baseline,ema,marnet"], TINY_MODEL].concat());
-    assert!(table.contains("Acc-1 per held-out vendor (g0 / g1 / g2)"), "{table}");
+    assert!(table.contains("Acc-1 per held-out group (g0 / g1 / g2)"), "{table}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("ablation.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
     for row in rows {

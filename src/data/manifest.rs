@@ -25,6 +25,22 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// The manifest's format, as `extract --help` shows it.
+pub const HELP: &str = "\
+Manifest (--dataset manifest --root FILE.jsonl): one JSON object a line, e.g.
+  {\"image\": \"photos/a.jpg\", \"label\": \"ramen\", \"text\": \"noodles, pork, egg\", \"split\": \"train\"}
+  {\"image\": \"photos/b.jpg\", \"label\": \"pho\", \"text\": [\"rice noodles\", \"beef\"], \"split\": \"train\"}
+  {\"image\": \"photos/c.jpg\", \"label\": \"ramen\", \"split\": \"test\"}
+  image  path of the image, relative to the manifest's folder (or absolute); also the row's id
+  label  class name (a string); the classes are the sorted distinct labels
+  text   a string or a list of strings (joined with \", \"); required on train rows, optional on val/test
+  split  train, val or test; without val rows, `train` holds out --val-fraction of train (seeded)
+  group  optional, on every line or none: the row's domain (camera, site, vendor) for
+         --leave-one-out; without it the group is the first folder of the image path
+Other keys are errors. The whole file is checked before any work (every image found and its
+header decoded, no image twice, every class with training rows) and every problem is listed with
+its line. A manifest of test rows only makes a cache for `eval --cache`.";
+
 /// The fields a manifest line may have.
 pub const FIELDS: [&str; 5] = ["image", "label", "text", "split", "group"];
 

@@ -113,6 +113,10 @@ pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, v
 /// [`open`] with every option.
 pub fn open_with(name: &str, root: Option<&Path>, assets: &Path, o: &OpenOptions) -> Result<Dataset> {
     anyhow::ensure!(!o.skin_tones || name == "emoji-all", "skin-tone variants apply to --dataset emoji-all only, not `{name}`");
+    // Absolute, so that image paths (and a cache's fingerprint of them) do not depend on the
+    // folder the command runs in.
+    let root = root.map(std::path::absolute).transpose().context("--root")?;
+    let root = root.as_deref();
     let need_root = || root.with_context(|| format!("--dataset {name} needs --root"));
     let ds = match name {
         "emoji-food" => emoji::emoji_food(&assets.join("npm"), &o.test_vendor, o.val_fraction, o.seed)?,

@@ -36,7 +36,7 @@ pub struct ExtractSettings {
     /// JSON Lines file).
     #[arg(long, default_value = "emoji-food")]
     pub dataset: String,
-    /// Dataset folder (vireo172, ingredient101) or manifest file.
+    /// Dataset folder (vireo172, ingredient101) or manifest file (JSON Lines, format below).
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
@@ -88,8 +88,9 @@ pub struct ExtractSettings {
     /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
     #[arg(long, value_parser = crate::options::shard)]
     pub shard: Option<String>,
-    /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl)
-    /// instead of stopping at the first one.
+    /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl).
+    /// Without it a manifest's missing and unreadable images are all listed before any work,
+    /// and an image that fails to decode later stops the run, naming its line.
     #[arg(long)]
     pub skip_bad: bool,
     /// Also store per-sample token features in f16 (for `--align team-tokens`): the visual

@@ -133,7 +133,7 @@ fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStat
     let chosen: Vec<u32> = order.into_iter().take(opts.tsne_classes).collect();
     let fewest = chosen.iter().map(|&c| counts[c as usize].min(opts.tsne_per_class)).min().unwrap_or(0);
     if fewest < 2 {
-        stats.skipped.push("fig3_tsne: the test split has one image per class; run with --leave-one-out for one point per vendor".into());
+        stats.skipped.push("fig3_tsne: the test split has one image per class; run with --leave-one-out for one point per group (vendor)".into());
         return Ok(());
     }
     let (mut xv, mut xc, mut labels) = (vec![], vec![], vec![]);
@@ -163,7 +163,7 @@ fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStat
     plots::save(&fig, &out.join("fig3_tsne"))?;
     let source = match runs.len() {
         1 => "the test split".to_string(),
-        n => format!("the test splits of {n} leave-one-vendor-out folds"),
+        n => format!("the test splits of {n} leave-one-group-out folds"),
     };
     let note = format!("t-SNE rows: {} test images from {source}", stats.tsne_points);
     crate::fsutil::write_atomic(&out.join("fig3_tsne.txt"), note.as_bytes())

@@ -253,6 +253,7 @@ pub enum Cmd {
     /// Encode a dataset into a feature cache with frozen encoders (by default EfficientNet-Lite0
     /// and MiniLM from the assets `scripts/fetch-assets` downloads; `--visual`, `--text` choose
     /// others).
+    #[command(after_help = marnet::data::manifest::HELP)]
     Extract(marnet::extract::ExtractSettings),
     /// Concatenate shard caches (in the order given) into one cache.
     MergeShards {

@@ -1,0 +1,239 @@
+//! A user's own dataset through the real binary, with tiny encoder fixtures (no fetched assets):
+//! caches and runs that work from any folder and after a move, nothing finished replaced
+//! unasked, a changed cache refused, a new test set matched by class name, bundles others can read.
+
+mod common;
+use common::{marnet, ok};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TINY: &[&str] = &["--dim", "16", "--hidden", "32", "--time-embedding-dim", "8", "--epochs", "2", "--batch", "8"];
+
+/// Runs `marnet --quiet ARGS` in folder `cwd`.
+fn marnet_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_marnet")).current_dir(cwd).arg("--quiet").args(args).output().unwrap()
+}
+
+fn ok_in(cwd: &Path, args: &[&str]) -> String {
+    let out = marnet_in(cwd, args);
+    assert!(out.status.success(), "marnet {args:?} in {} failed:\n{}", cwd.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err_in(cwd: &Path, args: &[&str]) -> String {
+    let out = marnet_in(cwd, args);
+    assert!(!out.status.success(), "marnet {args:?} should have failed");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// `dir/photos/<group>/<class><i>.png` (a class's colour plus noise) and `dir/manifest.jsonl`:
+/// 3 classes, 2 groups, 4 images each per group; `test_group` tests, the rest trains.
+fn dataset(dir: &Path, test_group: &str) -> PathBuf {
+    let classes = [("red", [200u8, 30, 30], "tomato, chili, pepper"), ("green", [30, 180, 40], "lettuce, basil, lime"), ("blue", [40, 60, 200], "berry, plum")];
+    let mut lines = vec![];
+    for group in ["phone", "camera"] {
+        std::fs::create_dir_all(dir.join("photos").join(group)).unwrap();
+        for (c, (name, rgb, text)) in classes.iter().enumerate() {
+            for i in 0..4u32 {
+                let img = image::RgbImage::from_fn(24, 20, |x, y| {
+                    let n = ((x * 7 + y * 13 + i * 31 + c as u32 * 17) % 40) as u8;
+                    image::Rgb(rgb.map(|v| v.saturating_add(n)))
+                });
+                let rel = format!("photos/{group}/{name}{i}.png");
+                img.save(dir.join(&rel)).unwrap();
+                let split = if group == test_group { "test" } else { "train" };
+                lines.push(format!(r#"{{"image": "{rel}", "label": "{name}", "text": "{text}", "split": "{split}", "group": "{group}"}}"#));
+            }
+        }
+    }
+    let path = dir.join("manifest.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// `extract` arguments with the tiny ViT and BERT fixtures.
+fn extract_args<'a>(manifest: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["extract", "--dataset", "manifest", "--root", manifest, "--out", out, "--visual", VIT, "--text", TEXT]
+}
+
+const VIT: &str = concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
+const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text-plain");
+
+#[test]
+fn extract_reuses_the_same_cache_refuses_another_and_replaces_it_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = dataset(tmp.path(), "camera");
+    let args = extract_args("manifest.jsonl", "cache");
+    let first = ok_in(tmp.path(), &args);
+    assert!(first.contains("train 12 / val 0 / test 12 rows") && first.contains("wrote cache"), "{first}");
+    let written = std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap();
+    // The same command from another folder, with absolute paths: the same job, reused.
+    let (m, c) = (manifest.display().to_string(), tmp.path().join("cache").display().to_string());
+    let again = ok_in(Path::new("/"), &extract_args(&m, &c));
+    assert!(again.contains("reused the cache already in"), "{again}");
+    assert_eq!(std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap(), written);
+    // Another text for one row: refused, saying why, until --force.
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen("tomato, chili, pepper", "tomato", 1);
+    std::fs::write(&manifest, text).unwrap();
+    let err = err_in(tmp.path(), &args);
+    assert!(err.contains("a feature cache is already here, made from other rows of the dataset") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap(), written, "refused: untouched");
+    ok_in(tmp.path(), &[args.clone(), vec!["--force"]].concat());
+    assert_ne!(std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap(), written);
+    // A folder that holds a cache marnet extract did not make is not replaced either.
+    ok(&["synth", "--out", tmp.path().join("synth").to_str().unwrap(), "--classes", "3", "--n-train", "30", "--n-val", "0", "--n-test", "0"]);
+    let err = err_in(tmp.path(), &extract_args("manifest.jsonl", "synth"));
+    assert!(err.contains("not one `marnet extract` made"), "{err}");
+}
+
+/// An extraction that saved blocks and then failed keeps them; a rerun after the manifest changed
+/// names the changed rows with their lines, and `--force` starts over.
+#[test]
+fn a_changed_manifest_against_saved_progress_names_the_rows_that_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = dataset(tmp.path(), "camera");
+    // The 12th image (line 12) decodes its header but not its data: the first 8 rows are saved
+    // (batch 1 x 8 batches a block), then the run stops.
+    let png = std::fs::read(tmp.path().join("photos/camera/red0.png")).unwrap();
+    std::fs::write(tmp.path().join("photos/phone/blue3.png"), &png[..png.len() / 2]).unwrap();
+    let args = [extract_args("manifest.jsonl", "cache"), vec!["--batch", "1"]].concat();
+    let err = err_in(tmp.path(), &args);
+    assert!(err.contains("blue3.png") && err.contains("manifest.jsonl:12"), "{err}");
+    assert!(tmp.path().join("cache.partial/train-00000.safetensors").exists(), "the saved block is kept");
+    // Fix the image, but also change line 2's text and drop line 3.
+    std::fs::copy(tmp.path().join("photos/camera/red0.png"), tmp.path().join("photos/phone/blue3.png")).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(&manifest).unwrap().lines().map(String::from).collect();
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("tomato, chili, pepper", "tomato");
+    edited.remove(2);
+    std::fs::write(&manifest, edited.join("\n")).unwrap();
+    let err = err_in(tmp.path(), &args);
+    assert!(err.contains("cache.partial: the saved progress of an unfinished extraction is from other rows of the dataset"), "{err}");
+    // Line 2's text, and the repaired image's file (now on line 11).
+    let m = manifest.display();
+    let changed = format!("train: 2 rows changed (file, text, label or group): `photos/phone/red1.png` ({m}:2), `photos/phone/blue3.png` ({m}:11)");
+    assert!(err.contains(&changed), "{err}");
+    assert!(err.contains("train: 1 row removed: `photos/phone/red2.png`") && err.contains("--force"), "{err}");
+    let out = ok_in(tmp.path(), &[args, vec!["--force"]].concat());
+    assert!(out.contains("train 11 / val 0 / test 12 rows"), "{out}");
+    assert!(!tmp.path().join("cache.partial").exists());
+}
+
+/// Extract, train and export with relative paths in one folder; move the whole folder; every
+/// command still works from another folder. A run records its cache relative and absolute.
+#[test]
+fn a_run_moved_with_its_cache_works_from_any_folder_and_exports_its_own_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    dataset(&a, "camera");
+    ok_in(&a, &extract_args("manifest.jsonl", "cache"));
+    let trained = ok_in(&a, &[&["train", "--cache", "cache", "--out", "runs/r1"][..], TINY].concat());
+    assert!(trained.contains("test top1"), "{trained}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("runs/r1/best/config.json")).unwrap()).unwrap();
+    assert_eq!(config["cache"], "../../cache");
+    assert_eq!(config["visual"], VIT, "the encoder the cache was extracted with, absolute");
+    let b = tmp.path().join("b");
+    std::fs::rename(&a, &b).unwrap();
+    let run = b.join("runs/r1");
+    let eval = ok_in(Path::new("/"), &["eval", "--model", run.to_str().unwrap()]);
+    assert!(eval.contains("| test | 12 |"), "{eval}");
+    // Export without --visual: the run's own encoder; files readable by others.
+    let bundle = b.join("bundle");
+    let said = ok_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
+    assert!(said.contains("3 classes, visual encoder") && said.contains("reverse steps") && !said.contains("SamplerConfig"), "{said}");
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["model.safetensors", "config.json", "encoder/model.safetensors"] {
+        let mode = std::fs::metadata(bundle.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o044, 0o044, "{f} is {mode:o}: others must be able to read it");
+    }
+    let mode = std::fs::metadata(run.join("best/model.safetensors")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o044, 0o044, "checkpoint weights are {mode:o}");
+    // An existing bundle is replaced only with --force; another folder with files never.
+    let err = err_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", bundle.to_str().unwrap()]);
+    assert!(err.contains("a bundle is already here; pass --force"), "{err}");
+    ok_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", bundle.to_str().unwrap(), "--force"]);
+    let err = err_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", b.join("photos").to_str().unwrap(), "--force"]);
+    assert!(err.contains("not empty and holds no bundle"), "{err}");
+    assert!(b.join("photos/phone/red0.png").exists());
+    // Predict from another folder.
+    let pred = ok_in(Path::new("/"), &["predict", "--model", bundle.to_str().unwrap(), b.join("photos/camera").to_str().unwrap()]);
+    assert_eq!(pred.lines().count(), 12, "{pred}");
+}
+
+#[test]
+fn train_refuses_a_run_already_there_unless_resume_or_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    ok(&["synth", "--out", &cache, "--classes", "4", "--n-train", "80", "--n-val", "0", "--n-test", "40", "--dv", "8", "--ds", "8"]);
+    let out = tmp.path().join("run").display().to_string();
+    let args = [&["train", "--cache", &cache, "--out", &out][..], TINY].concat();
+    let first = Command::new(env!("CARGO_BIN_EXE_marnet")).args(&args).output().unwrap();
+    assert!(first.status.success());
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(said.contains("val: 10% of train, 8 rows, seeded (--seed 0)"), "the carved validation split is reported: {said}");
+    let metrics = std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap();
+    let err = String::from_utf8(marnet(&args).stderr).unwrap();
+    assert!(err.contains("a finished run (2 epochs) is already here; --resume continues it, --force replaces it"), "{err}");
+    assert_eq!(std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap(), metrics, "untouched");
+    ok(&[args.clone(), vec!["--resume"]].concat());
+    ok(&[args.clone(), vec!["--force", "--seed", "1"]].concat());
+    assert_ne!(std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap(), metrics, "replaced");
+}
+
+/// A run's cache extracted again (other data in the same folder) is refused by `eval` and
+/// `report` with both fingerprints; `--cache` takes any cache whose classes the model has, by name.
+#[test]
+fn eval_refuses_a_changed_cache_and_matches_another_by_class_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    let synth = |seed: &str| {
+        ok(&["synth", "--out", &cache, "--classes", "4", "--n-train", "80", "--n-val", "20", "--n-test", "40", "--dv", "8", "--ds", "8", "--seed", seed])
+    };
+    synth("0");
+    let run = tmp.path().join("run").display().to_string();
+    ok(&[&["train", "--cache", &cache, "--out", &run, "--variant", "ema"][..], TINY].concat());
+    let preds = tmp.path().join("all.jsonl").display().to_string();
+    ok(&["eval", "--model", &run, "--predictions", &preds]);
+    synth("1");
+    let err = String::from_utf8(marnet(&["eval", "--model", &run]).stderr).unwrap();
+    assert!(err.contains("the feature cache changed since the model at") && err.contains("trained on: data ") && err.contains("now:        data "), "{err}");
+    assert!(ok(&["eval", "--model", &run, "--cache", &cache]).contains("| test | 40 |"), "explicitly named: evaluated");
+    synth("0");
+
+    // A test-only cache with two of the classes, in another order: labels matched by name.
+    let full = marnet::features::FeatureCache::open(Path::new(&cache)).unwrap();
+    let test = full.test.unwrap();
+    let rows: Vec<usize> = (0..test.len()).filter(|&i| test.label[i] == 1 || test.label[i] == 3).collect();
+    let mut sub = test.subset(&rows);
+    sub.label = sub.label.iter().map(|&l| if l == 3 { 0 } else { 1 }).collect();
+    sub.meta.classes = vec![test.meta.classes[3].clone(), test.meta.classes[1].clone()];
+    let other = tmp.path().join("other");
+    marnet::features::write_splits(&other, &[("test", &sub)]).unwrap();
+    let sub_preds = tmp.path().join("sub.jsonl").display().to_string();
+    let said = ok(&["eval", "--model", &run, "--cache", other.to_str().unwrap(), "--predictions", &sub_preds]);
+    assert!(said.contains(&format!("| test | {} |", rows.len())), "{said}");
+    let read = |p: &str| -> Vec<serde_json::Value> { std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (all, some) = (read(&preds), read(&sub_preds));
+    for (k, &i) in rows.iter().enumerate() {
+        assert_eq!((&some[k]["id"], &some[k]["label"], &some[k]["class"]), (&all[i]["id"], &all[i]["label"], &all[i]["class"]), "row {i}");
+    }
+    // A class the model does not have is named.
+    sub.meta.classes[0] = "durian".into();
+    marnet::features::write_splits(&other, &[("test", &sub)]).unwrap();
+    let err = String::from_utf8(marnet(&["eval", "--model", &run, "--cache", other.to_str().unwrap()]).stderr).unwrap();
+    assert!(err.contains("1 class with rows here is not among the model's 4 classes") && err.contains("`durian`"), "{err}");
+}
+
+/// `--leave-one-out` on rows of a single group says where groups come from and what to do.
+#[test]
+fn leave_one_out_over_one_group_says_how_to_add_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = dataset(tmp.path(), "camera");
+    let one_group = std::fs::read_to_string(&manifest).unwrap().replace(r#""group": "camera""#, r#""group": "phone""#);
+    std::fs::write(&manifest, one_group).unwrap();
+    ok_in(tmp.path(), &extract_args("manifest.jsonl", "cache"));
+    let err = err_in(tmp.path(), &[&["ablate", "--cache", "cache", "--out", "table", "--leave-one-out", "--seeds", "1"][..], TINY].concat());
+    assert!(err.contains("--leave-one-out needs rows in at least two groups") && err.contains("the manifest's `group` field"), "{err}");
+    assert!(!tmp.path().join("table").exists(), "nothing trained");
+}
