@@ -18,9 +18,11 @@
 //! its next request is closed after `idle_timeout`, and at most `max_connections` are open at
 //! once (see [`ServeOptions`] and [`connections`]).
 
+mod classify;
 pub mod connections;
 pub mod decode;
 pub mod pipeline;
+mod task;
 
 use crate::bundle::Predictor;
 use anyhow::{Context, Result};
@@ -30,8 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::Device;
-pub use decode::{DecodePriority, Decoding};
-pub use pipeline::default_decode_threads;
+pub use decode::{DecodePriority, Decoding, default_decode_threads};
 use pipeline::{Batching, Failure, Pipeline};
 use serde::Deserialize;
 use std::net::SocketAddr;
