@@ -156,3 +156,43 @@ fn serve_answers_like_predict_and_rejects_bad_requests() {
     assert!(secs("encoder") > 0.0 && secs("heads") > 0.0, "{body}");
     assert!(secs("encoder") + secs("heads") <= stats["pass_s"].as_f64().unwrap(), "{body}");
 }
+
+/// Counts, sizes and durations out of range are refused while parsing the arguments, naming
+/// the option and its range; no bundle is read.
+#[test]
+fn predict_and_serve_refuse_options_out_of_range() {
+    let (count, amount) = ("must be a whole number, at least 1", "must be a number above 0 (and finite)");
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["predict", "--top-k", "0", "x.png"], "--top-k", count),
+        (&["predict", "--batch", "0", "x.png"], "--batch", count),
+        (&["serve", "--top-k", "0"], "--top-k", count),
+        (&["serve", "--max-batch", "0"], "--max-batch", count),
+        (&["serve", "--decode-threads", "0"], "--decode-threads", count),
+        (&["serve", "--max-connections", "0"], "--max-connections", count),
+        (&["serve", "--timeout-s", "0"], "--timeout-s", amount),
+        (&["serve", "--header-timeout-s=-1"], "--header-timeout-s", amount),
+        (&["serve", "--idle-timeout-s", "NaN"], "--idle-timeout-s", amount),
+        (&["serve", "--max-body-mib", "inf"], "--max-body-mib", amount),
+    ];
+    for (args, option, range) in cases {
+        let out = common::marnet(&[&args[..1], &["--model", "no-bundle"], &args[1..]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(option) && err.contains(range), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn predict_finding_no_images_is_an_error_naming_where_it_looked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, list) = (tmp.path().join("photos"), tmp.path().join("list.txt"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.md"), "").unwrap();
+    std::fs::write(&list, "").unwrap();
+    let out = common::marnet(&["predict", "--model", "no-bundle", dir.to_str().unwrap(), list.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for want in [dir.to_str().unwrap(), list.to_str().unwrap(), ".png, .jpg, .jpeg, .webp"] {
+        assert!(err.contains(want), "`{want}` not in: {err}");
+    }
+}
