@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use axum::Router;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -22,6 +23,38 @@ enum Phase {
     Head(tokio::time::Instant),
     /// A request is being handled: no connection timeout (the per-request one applies).
     Busy,
+}
+
+/// The addresses `--addr` names (`HOST:PORT`, see [`super::ServeOptions::addr`]), in the
+/// resolver's order; an error that names the option, the value and an example otherwise.
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
+    let fail =
+        |why: String| anyhow::anyhow!("--addr `{addr}`: {why}; give HOST:PORT, e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080 (port 0 picks a free one)");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| fail("no port".into()))?;
+    if port.parse::<u16>().is_err() {
+        return Err(fail(format!("`{port}` is not a port (0 to 65535)")));
+    }
+    if host.is_empty() || host == "[]" {
+        return Err(fail("no host".into()));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(fail("an IPv6 address goes in brackets".into()));
+    }
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| fail(format!("cannot resolve `{host}` ({e})")))?.collect();
+    anyhow::ensure!(!addrs.is_empty(), fail(format!("`{host}` has no address")));
+    Ok(addrs)
+}
+
+/// Listens on the first of `addrs` that binds (they are what `addr` resolved to).
+pub(super) async fn bind(addrs: &[SocketAddr], addr: &str) -> Result<TcpListener> {
+    let mut failed = Vec::new();
+    for a in addrs {
+        match TcpListener::bind(a).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => failed.push(format!("{a}: {e}")),
+        }
+    }
+    anyhow::bail!("cannot listen on --addr `{addr}`: {}", failed.join("; "))
 }
 
 /// Accepts connections until `stop` turns true, then closes the idle ones, lets the others
@@ -157,5 +190,29 @@ impl AsyncWrite for Watched {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_take_host_names_and_refuse_what_has_no_port() {
+        assert_eq!(resolve("127.0.0.1:0").unwrap(), vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(resolve("[::1]:8080").unwrap(), vec!["[::1]:8080".parse::<SocketAddr>().unwrap()]);
+        let local = resolve("localhost:8080").unwrap();
+        assert!(!local.is_empty() && local.iter().all(|a| a.ip().is_loopback() && a.port() == 8080), "{local:?}");
+        for (bad, why) in [
+            ("localhost", "no port"),
+            ("localhost:http", "`http` is not a port"),
+            ("127.0.0.1:70000", "`70000` is not a port"),
+            (":8080", "no host"),
+            ("::1:8080", "an IPv6 address goes in brackets"),
+            ("no-such-host.invalid:8080", "cannot resolve `no-such-host.invalid`"),
+        ] {
+            let e = resolve(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--addr `{bad}`: {why}")) && e.contains("e.g. 127.0.0.1:8080"), "{e}");
+        }
     }
 }

@@ -134,7 +134,7 @@ pub enum Cmd {
         model: PathBuf,
         /// Address to bind (loopback by default; port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: std::net::SocketAddr,
+        addr: String,
         /// Largest request body, MiB.
         #[arg(long, default_value_t = 8.0, value_parser = marnet::options::positive)]
         max_body_mib: f64,
