@@ -5,6 +5,7 @@
 
 mod common;
 use common::{Answer, Server, asset, ok};
+use marnet::serve::heads::{MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -169,6 +170,11 @@ fn assert_error(a: &Answer, status: u16, says: &str) {
     assert!(msg.contains(says), "`{says}` not in: {msg}");
 }
 
+/// A request with these extra header lines (each ending in CRLF).
+fn get_with(path: &str, headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
+
 #[test]
 fn serve_answers_every_error_in_json() {
     let server = common::serve(common::fixture_bundle(), &["--max-body-mib", "0.05", "--top-k", "2"]);
@@ -219,8 +225,56 @@ fn serve_answers_every_error_in_json() {
     );
     assert_eq!(top(a), Some(2));
 
+    // Request heads hyper would refuse with a bare status line: over-long request lines (up to
+    // hyper's own limit, 64 KiB, and beyond), too many or too large headers, malformed ones.
+    for len in [MAX_REQUEST_LINE, 70_000] {
+        let target = format!("/predict?k={}", "1".repeat(len));
+        assert_error(&raw(addr, &get_with(&target, "")), 414, "request line longer than 8192 bytes");
+    }
+    let many = "X-A: b\r\n".repeat(MAX_HEADERS);
+    assert_error(&raw(addr, &get_with("/health", &many)), 431, "more than 100 header lines");
+    let large = format!("X-A: {}\r\n", "b".repeat(MAX_HEAD));
+    assert_error(&raw(addr, &get_with("/health", &large)), 431, "request head larger than 65536 bytes");
+    assert_error(&raw(addr, &get_with("/health", "Bad Header: x\r\n")), 400, "malformed request: invalid header name");
+    assert_error(&raw(addr, b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400, "Content-Length `-1`");
     // Still serving.
     assert_eq!(http(addr, "GET", "/health", "text/plain", b"").status, 200);
+}
+
+/// Connections kept alive and pipelined: a refused head is answered after the requests before
+/// it on its connection, whatever their bodies, and closes the connection.
+#[test]
+fn serve_refuses_a_head_after_the_requests_before_it_on_a_connection() {
+    let server = common::serve(common::fixture_bundle(), &[]);
+    let png = common::fixture_image("coffee.png");
+    let mut s = TcpStream::connect(&server.1).unwrap();
+    // A body by Content-Length, then one in chunks (with an extension and a trailer).
+    s.write_all(format!("POST /predict?k=1 HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", png.len()).as_bytes()).unwrap();
+    s.write_all(&png).unwrap();
+    assert_eq!(common::read_answer(&mut s).status, 200);
+    let (first, rest) = png.split_at(1000);
+    let chunked = [
+        &b"POST /predict?k=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        format!("{:x};x=y\r\n", first.len()).as_bytes(),
+        first,
+        format!("\r\n{:X}\r\n", rest.len()).as_bytes(),
+        rest,
+        b"\r\n0\r\nX-Trailer: t\r\n\r\n",
+    ]
+    .concat();
+    s.write_all(&chunked).unwrap();
+    assert_eq!(common::read_answer(&mut s).status, 200);
+    // Two pipelined requests, the second too long: the first is answered, then the refusal.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+    s.write_all(&[&b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"[..], long.as_bytes()].concat()).unwrap();
+    let health = common::read_answer(&mut s);
+    assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
+    let refused = common::read_answer(&mut s);
+    assert_error(&refused, 414, "request line longer");
+    assert_eq!(refused.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the refusal: {}", String::from_utf8_lossy(&rest));
 }
 
 #[test]

@@ -18,12 +18,15 @@
 //!
 //! Every error is answered `{"error": "..."}` with `content-type: application/json`:
 //! - 400: an unreadable image, an empty body, a multipart body that is malformed or has no file,
-//!   a bad `k`, a query parameter the route does not take;
+//!   a bad `k`, a query parameter the route does not take, a malformed request head;
 //! - 404: no such route; 405: a route that does not take the method (with an `Allow` header);
 //! - 413: a body over [`ServeOptions::max_body`];
+//! - 414: a request line over [`heads::MAX_REQUEST_LINE`] bytes; 431: a request head over
+//!   [`heads::MAX_HEAD`] bytes or [`heads::MAX_HEADERS`] headers (then the connection closes);
 //! - 500: inference failed; 503: the inference thread stopped; 504: past the timeout.
 //!
-//! Not yet: hyper answers a request head it cannot take (400, 414, 431) itself, with no body.
+//! Request heads go through a gate before hyper parses them ([`heads`]): hyper would answer the
+//! 400, 414 and 431 above itself, with no body.
 //!
 //! Connections are limited so that slow or idle clients cannot hold the server: a client must
 //! send each request's headers within `header_timeout`, a keep-alive connection waiting for
@@ -33,6 +36,7 @@
 mod classify;
 pub mod connections;
 pub mod decode;
+pub mod heads;
 pub mod pipeline;
 mod task;
 
@@ -235,6 +239,7 @@ pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
         "timeout_ms": opts.timeout.as_millis() as u64,
         "header_timeout_ms": opts.header_timeout.as_millis() as u64, "idle_timeout_ms": opts.idle_timeout.as_millis() as u64,
         "max_connections": opts.max_connections,
+        "max_request_line_bytes": heads::MAX_REQUEST_LINE, "max_head_bytes": heads::MAX_HEAD, "max_headers": heads::MAX_HEADERS,
     });
     let classes = info["classes"].as_array().map_or(1, |c| c.len());
     let state = AppState { pipeline, model_info: Arc::new(info), classes, opts: opts.clone() };
