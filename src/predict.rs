@@ -33,7 +33,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Expands the command line's inputs: folders recursively (image extensions only, sorted), a
 /// `.txt`/`.lst` file as one path per line (relative to the list's folder), anything else as
-/// an image path (a missing one is kept and fails as that file's error).
+/// an image path (a missing one is kept and fails as that file's error). Finding no image at
+/// all is an error that names every input and what is looked for.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in inputs {
@@ -47,6 +48,14 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else {
             out.push(p.clone());
         }
+    }
+    if out.is_empty() {
+        let searched: Vec<String> = inputs.iter().map(|p| format!("`{}`", p.display())).collect();
+        anyhow::bail!(
+            "no images found in {}: folders are searched (with their subfolders) for files ending in .{}, and list files (.txt, .lst) give one image path per line",
+            searched.join(", "),
+            IMAGE_EXTENSIONS.join(", .")
+        );
     }
     Ok(out)
 }
@@ -63,10 +72,11 @@ pub struct FileResult {
 
 /// Predicts every file in batches of `batch`, decoding each batch in parallel.
 pub fn predict_files(pred: &Predictor, files: &[PathBuf], k: usize, batch: usize, progress: bool) -> Result<Vec<FileResult>> {
+    anyhow::ensure!(k >= 1 && batch >= 1, "the classes per image and the batch must be at least 1");
     let bar = crate::progress::bar(progress, files.len() as u64, "images", "predict");
     let pre = pred.preprocess();
     let mut out = Vec::with_capacity(files.len());
-    for chunk in files.chunks(batch.max(1)) {
+    for chunk in files.chunks(batch) {
         let prepared: Vec<Result<Prepared>> = chunk.par_iter().map(|p| pre.prepare_file(p)).collect();
         let ok: Vec<&Prepared> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut tops = pred.top_k(&ok, k)?.into_iter();
@@ -157,5 +167,18 @@ mod tests {
         let got = collect_inputs(&[d.join("a"), d.join("list.txt"), d.join("missing.png")]).unwrap();
         let want: Vec<PathBuf> = ["a/2.png", "a/b/1.JPG", "x.webp", "a/2.png", "missing.png"].iter().map(|f| d.join(f)).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn finding_no_image_is_an_error_naming_what_was_searched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("empty")).unwrap();
+        std::fs::write(d.join("notes.md"), "").unwrap();
+        std::fs::write(d.join("list.txt"), "# nothing\n\n").unwrap();
+        let e = collect_inputs(&[d.to_path_buf(), d.join("list.txt")]).unwrap_err().to_string();
+        for want in [format!("`{}`", d.display()), format!("`{}`", d.join("list.txt").display()), ".png, .jpg, .jpeg, .webp".into()] {
+            assert!(e.contains(&want), "{want} not in: {e}");
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! `marnet export`, `predict` and `serve` on a model trained on emoji-food, with the real
-//! encoders fetched by `scripts/fetch-assets` (skipped, with a message, when absent).
+//! encoders fetched by `scripts/fetch-assets` (skipped, with a message, when absent); and how
+//! `predict` and `serve` refuse what they cannot do: arguments, inputs, requests (on the ViT
+//! fixture's bundle, no fetched assets needed).
 
 mod common;
-use common::{Server, asset, ok};
+use common::{Answer, Server, asset, ok};
+use marnet::serve::heads::{MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE};
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -92,18 +96,20 @@ fn predict_reports_unreadable_files_and_goes_on() {
     assert!(csv.lines().last().unwrap().contains("cannot decode image"), "{csv}");
 }
 
-/// A minimal HTTP/1.1 client: (status, body).
-fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+/// A minimal HTTP/1.1 client: one request on its own connection.
+fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> Answer {
     let head =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body); // the server may answer 413 before reading it all
+    raw(addr, &[head.as_bytes(), body].concat())
+}
+
+/// Sends `request` as it is on a new connection; the answer.
+fn raw(addr: &str, request: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(request); // the server may answer (413, 414) before reading it all
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    let status = resp.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    common::read_answer(&mut resp.as_slice())
 }
 
 fn serve(bundle: &Path) -> Server {
@@ -117,17 +123,16 @@ fn serve_answers_like_predict_and_rejects_bad_requests() {
     let server = serve(&t.bundle);
     let addr = server.1.as_str();
 
-    let (status, body) = http(addr, "GET", "/health", "text/plain", b"");
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
-    let (status, body) = http(addr, "GET", "/model", "text/plain", b"");
-    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((status, info["classes"].as_array().unwrap().len(), info["visual_encoder"].as_str()), (200, 128, Some("efficientnet-lite0")));
+    let a = http(addr, "GET", "/health", "text/plain", b"");
+    assert_eq!((a.status, a.body.as_str()), (200, r#"{"status":"ok"}"#));
+    let a = http(addr, "GET", "/model", "text/plain", b"");
+    let info: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!((a.status, info["classes"].as_array().unwrap().len(), info["visual_encoder"].as_str()), (200, 128, Some("efficientnet-lite0")));
 
-    let (status, body) = http(addr, "POST", "/predict", "image/png", b"\x89PNG\r\n\x1a\nthen garbage");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("cannot decode image"), "{body}");
-    let (status, body) = http(addr, "POST", "/predict", "application/octet-stream", &vec![7u8; 200_000]);
-    assert_eq!(status, 413, "{body}");
+    let a = http(addr, "POST", "/predict", "image/png", b"\x89PNG\r\n\x1a\nthen garbage");
+    assert_error(&a, 400, "cannot decode image");
+    let a = http(addr, "POST", "/predict", "application/octet-stream", &vec![7u8; 200_000]);
+    assert_error(&a, 413, "length limit exceeded");
 
     // 50 concurrent requests, each a test image; every answer matches `marnet predict`.
     let answers: Vec<(u16, String, u64)> = std::thread::scope(|s| {
@@ -135,8 +140,8 @@ fn serve_answers_like_predict_and_rejects_bad_requests() {
             .map(|i| {
                 let (path, want) = expected[i % expected.len()].clone();
                 s.spawn(move || {
-                    let (status, body) = http(addr, "POST", "/predict?k=3", "image/png", &std::fs::read(&path).unwrap());
-                    (status, body, want)
+                    let a = http(addr, "POST", "/predict?k=3", "image/png", &std::fs::read(&path).unwrap());
+                    (a.status, a.body, want)
                 })
             })
             .collect();
@@ -149,10 +154,176 @@ fn serve_answers_like_predict_and_rejects_bad_requests() {
         assert_eq!(v["top"][0]["index"].as_u64(), Some(want), "{body}");
     }
     // The 50 images went through the encoder and the heads, and their time is accounted for.
-    let (status, body) = http(addr, "GET", "/stats", "text/plain", b"");
+    let Answer { status, body, .. } = http(addr, "GET", "/stats", "text/plain", b"");
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, stats["images"].as_u64()), (200, Some(50)), "{body}");
     let secs = |k: &str| stats["stages_s"][k].as_f64().unwrap_or(0.0);
     assert!(secs("encoder") > 0.0 && secs("heads") > 0.0, "{body}");
     assert!(secs("encoder") + secs("heads") <= stats["pass_s"].as_f64().unwrap(), "{body}");
+}
+
+/// Asserts that `a` is the JSON error `{"error": ...}` with `status`, its message containing `says`.
+fn assert_error(a: &Answer, status: u16, says: &str) {
+    assert_eq!((a.status, a.header("content-type")), (status, Some("application/json")), "{}", a.body);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", a.body));
+    let msg = v["error"].as_str().unwrap_or_else(|| panic!("no `error` string: {}", a.body));
+    assert!(msg.contains(says), "`{says}` not in: {msg}");
+}
+
+/// A request with these extra header lines (each ending in CRLF).
+fn get_with(path: &str, headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn serve_answers_every_error_in_json() {
+    let server = common::serve(common::fixture_bundle(), &["--max-body-mib", "0.05", "--top-k", "2"]);
+    let addr = server.1.as_str();
+    let img = common::fixture_image("cmyk.jpg");
+    let predict = |query: &str, content_type: &str, body: &[u8]| http(addr, "POST", &format!("/predict{query}"), content_type, body);
+    let top = |a: Answer| serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["top"].as_array().map(|t| t.len());
+
+    // `k`: at least 1 (the default --top-k, 2, when absent); beyond the 4 classes, all 4.
+    let range = "query parameter `k` must be a whole number of at least 1 (the model has 4 classes; a larger `k` gives them all)";
+    for k in ["0", "abc", "-1", "1.5", ""] {
+        assert_error(&predict(&format!("?k={k}"), "image/jpeg", &img), 400, &format!("{range}, not `{k}`"));
+    }
+    assert_eq!(top(predict("", "image/jpeg", &img)), Some(2));
+    assert_eq!(top(predict("?k=1", "image/jpeg", &img)), Some(1));
+    for k in ["99", "99999999999999999999999999"] {
+        assert_eq!(top(predict(&format!("?k={k}"), "image/jpeg", &img)), Some(4), "k={k}");
+    }
+    // Other query parameters are refused, not ignored.
+    assert_error(&predict("?top_k=3", "image/jpeg", &img), 400, "unknown query parameter `top_k`: /predict takes only `k`");
+    assert_error(&predict("?k=1&k=2", "image/jpeg", &img), 400, "query parameter `k` given twice");
+    assert_error(&http(addr, "GET", "/health?verbose=1", "text/plain", b""), 400, "unknown query parameter `verbose`: /health takes no query parameters");
+
+    // Unknown routes and methods; a 405 keeps its Allow header.
+    assert_error(&http(addr, "GET", "/nope", "text/plain", b""), 404, "no route GET /nope: the routes are POST /predict, GET /health");
+    let a = http(addr, "GET", "/predict", "text/plain", b"");
+    assert_error(&a, 405, "/predict does not take GET");
+    assert_eq!(a.header("allow"), Some("POST"));
+    let a = http(addr, "DELETE", "/model", "text/plain", b"");
+    assert_error(&a, 405, "/model does not take DELETE");
+    assert_eq!(a.header("allow"), Some("GET,HEAD"));
+
+    // Bodies: empty, over the limit, not an image, multipart without a boundary, a file or an end.
+    assert_error(&predict("", "image/png", b""), 400, "empty body");
+    assert_error(&predict("", "image/png", &vec![7u8; 60_000]), 413, "length limit exceeded");
+    assert_error(&predict("", "image/png", b"not an image"), 400, "cannot decode image");
+    assert_error(&predict("", "multipart/form-data", b"x"), 400, "boundary");
+    let form = b"--XX\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--XX--\r\n";
+    assert_error(&predict("", "multipart/form-data; boundary=XX", form), 400, "no file part");
+    let cut = b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nabc";
+    assert_error(&predict("", "multipart/form-data; boundary=XX", cut), 400, "field \"image\" received with incomplete data");
+    let big = [&b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"[..], &[7u8; 60_000], b"\r\n--XX--\r\n"].concat();
+    assert_error(&predict("", "multipart/form-data; boundary=XX", &big), 413, "Request payload is too large");
+    let a = predict(
+        "",
+        "multipart/form-data; boundary=XX",
+        &[&b"--XX\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n"[..], &img, b"\r\n--XX--\r\n"].concat(),
+    );
+    assert_eq!(top(a), Some(2));
+
+    // Request heads hyper would refuse with a bare status line: over-long request lines (up to
+    // hyper's own limit, 64 KiB, and beyond), too many or too large headers, malformed ones.
+    for len in [MAX_REQUEST_LINE, 70_000] {
+        let target = format!("/predict?k={}", "1".repeat(len));
+        assert_error(&raw(addr, &get_with(&target, "")), 414, "request line longer than 8192 bytes");
+    }
+    let many = "X-A: b\r\n".repeat(MAX_HEADERS);
+    assert_error(&raw(addr, &get_with("/health", &many)), 431, "more than 100 header lines");
+    let large = format!("X-A: {}\r\n", "b".repeat(MAX_HEAD));
+    assert_error(&raw(addr, &get_with("/health", &large)), 431, "request head larger than 65536 bytes");
+    assert_error(&raw(addr, &get_with("/health", "Bad Header: x\r\n")), 400, "malformed request: invalid header name");
+    assert_error(&raw(addr, b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400, "Content-Length `-1`");
+    // Still serving.
+    assert_eq!(http(addr, "GET", "/health", "text/plain", b"").status, 200);
+}
+
+/// Connections kept alive and pipelined: a refused head is answered after the requests before
+/// it on its connection, whatever their bodies, and closes the connection.
+#[test]
+fn serve_refuses_a_head_after_the_requests_before_it_on_a_connection() {
+    let server = common::serve(common::fixture_bundle(), &[]);
+    let png = common::fixture_image("coffee.png");
+    let mut s = TcpStream::connect(&server.1).unwrap();
+    // A body by Content-Length, then one in chunks (with an extension and a trailer).
+    s.write_all(format!("POST /predict?k=1 HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", png.len()).as_bytes()).unwrap();
+    s.write_all(&png).unwrap();
+    assert_eq!(common::read_answer(&mut s).status, 200);
+    let (first, rest) = png.split_at(1000);
+    let chunked = [
+        &b"POST /predict?k=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        format!("{:x};x=y\r\n", first.len()).as_bytes(),
+        first,
+        format!("\r\n{:X}\r\n", rest.len()).as_bytes(),
+        rest,
+        b"\r\n0\r\nX-Trailer: t\r\n\r\n",
+    ]
+    .concat();
+    s.write_all(&chunked).unwrap();
+    assert_eq!(common::read_answer(&mut s).status, 200);
+    // Two pipelined requests, the second too long: the first is answered, then the refusal.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(MAX_REQUEST_LINE));
+    s.write_all(&[&b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"[..], long.as_bytes()].concat()).unwrap();
+    let health = common::read_answer(&mut s);
+    assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
+    let refused = common::read_answer(&mut s);
+    assert_error(&refused, 414, "request line longer");
+    assert_eq!(refused.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the refusal: {}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
+fn serve_binds_a_host_name_and_refuses_addresses_it_cannot_use() {
+    let server = common::serve_on(common::fixture_bundle(), "localhost:0", &[]);
+    assert_eq!(http(&server.1, "GET", "/health", "text/plain", b"").status, 200);
+    for (addr, says) in [("localhost", "--addr `localhost`: no port"), ("no-such-host.invalid:80", "--addr `no-such-host.invalid:80`: cannot resolve")] {
+        let out = common::marnet(&["serve", "--model", "no-bundle-needed", "--addr", addr]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says) && err.contains("e.g. 127.0.0.1:8080, localhost:8080"), "{err}");
+    }
+}
+
+/// Counts, sizes and durations out of range are refused while parsing the arguments, naming
+/// the option and its range; no bundle is read.
+#[test]
+fn predict_and_serve_refuse_options_out_of_range() {
+    let (count, amount) = ("must be at least 1", "must be a finite number above 0");
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["predict", "--top-k", "0", "x.png"], "--top-k", count),
+        (&["predict", "--batch", "0", "x.png"], "--batch", count),
+        (&["serve", "--top-k", "0"], "--top-k", count),
+        (&["serve", "--max-batch", "0"], "--max-batch", count),
+        (&["serve", "--decode-threads", "0"], "--decode-threads", count),
+        (&["serve", "--max-connections", "0"], "--max-connections", count),
+        (&["serve", "--timeout-s", "0"], "--timeout-s", amount),
+        (&["serve", "--header-timeout-s=-1"], "--header-timeout-s", amount),
+        (&["serve", "--idle-timeout-s", "NaN"], "--idle-timeout-s", amount),
+        (&["serve", "--max-body-mib", "inf"], "--max-body-mib", amount),
+    ];
+    for (args, option, range) in cases {
+        let out = common::marnet(&[&args[..1], &["--model", "no-bundle"], &args[1..]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(option) && err.contains(range), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn predict_finding_no_images_is_an_error_naming_where_it_looked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, list) = (tmp.path().join("photos"), tmp.path().join("list.txt"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.md"), "").unwrap();
+    std::fs::write(&list, "").unwrap();
+    let out = common::marnet(&["predict", "--model", "no-bundle", dir.to_str().unwrap(), list.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for want in [dir.to_str().unwrap(), list.to_str().unwrap(), ".png, .jpg, .jpeg, .webp"] {
+        assert!(err.contains(want), "`{want}` not in: {err}");
+    }
 }

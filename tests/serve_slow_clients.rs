@@ -1,70 +1,30 @@
 //! `marnet serve` against slow and idle clients: a stalled request head is cut off after
 //! `--header-timeout-s`, an idle keep-alive connection after `--idle-timeout-s`, at most
 //! `--max-connections` are served at once, and normal requests are answered throughout.
-//! The bundle is a tiny model on the ViT fixture (no fetched assets needed).
+//! The bundle is a tiny model on the ViT fixture (`common::fixture_bundle`, no fetched assets
+//! needed).
 
 mod common;
-use common::{Server, ok};
+use common::{Answer, Server};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const HEADER_S: f64 = 1.0;
 const IDLE_S: f64 = 2.0;
 const MAX_CONNECTIONS: usize = 8;
 
-/// A bundle of a briefly trained model on a synthetic cache shaped like the ViT fixture's
-/// features (once per test binary).
-fn bundle() -> &'static Path {
-    static B: OnceLock<PathBuf> = OnceLock::new();
-    B.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let vit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
-        // --dv: the fixture's hidden size.
-        let cfg = common::synth_config(
-            "--classes 4 --dv 32 --ds 16 --n-train 64 --n-val 16 --n-test 0 --text-rank 4 --vis-noise 1.0 --bg-scale 1.0 --n-bg 2 --seed 1",
-        );
-        let mut cache = marnet::synth::generate(&cfg).unwrap();
-        cache.train.meta.visual_encoder = "vit".into();
-        cache.val.as_mut().unwrap().meta.visual_encoder = "vit".into();
-        cache.write(&dir.join("cache")).unwrap();
-        let s = |p: PathBuf| p.display().to_string();
-        let (cache, run, bundle) = (s(dir.join("cache")), s(dir.join("run")), dir.join("bundle"));
-        ok(&["train", "--cache", &cache, "--out", &run, "--epochs", "1", "--hidden", "16", "--d", "8", "--temb", "8"]);
-        ok(&["export", "--model", &run, "--out", &s(bundle.clone()), "--visual", &format!("vit:{vit}")]);
-        bundle
-    })
-}
-
 fn serve() -> Server {
     let (header, idle, cap) = (HEADER_S.to_string(), IDLE_S.to_string(), MAX_CONNECTIONS.to_string());
-    common::serve(bundle(), &["--header-timeout-s", &header, "--idle-timeout-s", &idle, "--max-connections", &cap])
+    common::serve(common::fixture_bundle(), &["--header-timeout-s", &header, "--idle-timeout-s", &idle, "--max-connections", &cap])
 }
 
-/// Sends one request on `s` (kept alive) and reads its answer: (status, body).
-fn request(s: &mut TcpStream, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+/// Sends one request on `s` (kept alive) and reads its answer.
+fn request(s: &mut TcpStream, method: &str, path: &str, body: &[u8]) -> Answer {
     let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n", body.len());
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).expect("no answer");
-        assert!(n > 0, "connection closed before the answer: {}", String::from_utf8_lossy(&resp));
-        resp.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                .expect("answer without content-length");
-            if body.len() >= len {
-                return (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string());
-            }
-        }
-    }
+    common::read_answer(s)
 }
 
 fn connect(addr: &str) -> TcpStream {
@@ -86,10 +46,6 @@ fn closed_after(mut s: TcpStream, since: Instant, limit: Duration) -> Option<f64
     }
 }
 
-fn image() -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images/coffee.png")).unwrap()
-}
-
 #[test]
 fn stalled_request_heads_are_dropped_and_normal_requests_still_answered() {
     let server = serve();
@@ -107,7 +63,7 @@ fn stalled_request_heads_are_dropped_and_normal_requests_still_answered() {
     // Normal clients, queued behind them: answered once the stalled ones have been dropped.
     let normal = std::thread::spawn(move || {
         let (mut health, mut predict) = (connect(&addr), connect(&addr));
-        let answers = [request(&mut health, "GET", "/health", b""), request(&mut predict, "POST", "/predict?k=2", &image())];
+        let answers = [request(&mut health, "GET", "/health", b""), request(&mut predict, "POST", "/predict?k=2", &common::fixture_image("coffee.png"))];
         (answers, start.elapsed().as_secs_f64())
     });
     let limit = Duration::from_secs_f64(2.0 * HEADER_S + 3.0);
@@ -119,14 +75,14 @@ fn stalled_request_heads_are_dropped_and_normal_requests_still_answered() {
         let t = t.unwrap_or_else(|| panic!("stalled client {i} still connected after {limit:?}: {closed:?}"));
         assert!(t >= 0.9 * HEADER_S, "stalled client {i} dropped after {t:.2}s, before the header timeout: {closed:?}");
     }
-    let ([(s1, b1), (s2, b2)], took) = normal.join().unwrap();
-    assert_eq!((s1, b1.as_str()), (200, r#"{"status":"ok"}"#));
-    assert_eq!(s2, 200, "{b2}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&b2).unwrap()["top"].as_array().unwrap().len(), 2);
+    let ([health, predict], took) = normal.join().unwrap();
+    assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(predict.status, 200, "{}", predict.body);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&predict.body).unwrap()["top"].as_array().unwrap().len(), 2);
     assert!(took < limit.as_secs_f64(), "normal requests took {took:.2}s");
     // And after: answered at once.
     let t = Instant::now();
-    assert_eq!(request(&mut connect(&server.1), "GET", "/health", b"").0, 200);
+    assert_eq!(request(&mut connect(&server.1), "GET", "/health", b"").status, 200);
     assert!(t.elapsed() < Duration::from_secs_f64(HEADER_S), "{:?}", t.elapsed());
 }
 
@@ -134,10 +90,10 @@ fn stalled_request_heads_are_dropped_and_normal_requests_still_answered() {
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let server = serve();
     let mut s = connect(&server.1);
-    assert_eq!(request(&mut s, "GET", "/health", b"").0, 200);
+    assert_eq!(request(&mut s, "GET", "/health", b"").status, 200);
     // Waiting past the header timeout (but within the idle one) before the next request is fine.
     std::thread::sleep(Duration::from_secs_f64((HEADER_S + IDLE_S) / 2.0));
-    assert_eq!(request(&mut s, "POST", "/predict", &image()).0, 200);
+    assert_eq!(request(&mut s, "POST", "/predict", &common::fixture_image("coffee.png")).status, 200);
     let answered = Instant::now();
     let t = closed_after(s, answered, Duration::from_secs_f64(IDLE_S + 3.0)).expect("idle connection still open");
     assert!(t >= 0.9 * IDLE_S, "closed after {t:.2}s, before the idle timeout");
@@ -145,13 +101,14 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[test]
 fn a_request_past_the_timeout_gets_504_and_ctrl_c_stops_the_server() {
-    let mut server = common::serve(bundle(), &["--timeout-s", "0.000001", "--decode-threads", "1"]);
-    let (status, body) = request(&mut connect(&server.1), "POST", "/predict", &image());
-    assert_eq!(status, 504, "{body}");
-    assert!(body.contains("no answer within"), "{body}");
+    let mut server = common::serve(common::fixture_bundle(), &["--timeout-s", "0.000001", "--decode-threads", "1"]);
+    let answer = request(&mut connect(&server.1), "POST", "/predict", &common::fixture_image("coffee.png"));
+    assert_eq!((answer.status, answer.header("content-type")), (504, Some("application/json")), "{}", answer.body);
+    let error: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert!(error["error"].as_str().unwrap().contains("no answer within"), "{}", answer.body);
     // The server still answers, and Ctrl-C with a kept-alive connection open ends it cleanly.
     let mut s = connect(&server.1);
-    assert_eq!(request(&mut s, "GET", "/health", b"").0, 200);
+    assert_eq!(request(&mut s, "GET", "/health", b"").status, 200);
     let pid = server.0.id().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let t = Instant::now();

@@ -1,7 +1,7 @@
 //! The decode stage of [`super::pipeline`]: a queue of request bodies, the threads that turn
 //! them into prepared images, and the CPU priority those threads run at.
 
-use super::pipeline::{Failure, Task};
+use super::task::{Failure, Task};
 use crate::data::image::{Prepared, Preprocess};
 use axum::body::Bytes;
 use serde::Serialize;
@@ -54,6 +54,12 @@ pub struct Decoding {
     /// with nothing to run (`serve` wants at least one; tests use none).
     pub threads: usize,
     pub priority: DecodePriority,
+}
+
+/// Decode threads when not told: one per core, so that idle-priority decoding can fill every
+/// core the encoder leaves.
+pub fn default_decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Request bodies waiting to be decoded. Unlike a channel behind a lock, a thread waiting here

@@ -1,49 +1,67 @@
 //! `marnet serve`: a bundle behind HTTP (axum).
 //!
 //! - `POST /predict[?k=5]`: one image as the raw body or as the first file of a
-//!   `multipart/form-data` body; answers `{"top": [{"class", "index", "prob"}]}`.
+//!   `multipart/form-data` body; answers `{"top": [{"class", "index", "prob"}]}`, its `k` best
+//!   classes (`k` at least 1, by default [`ServeOptions::top_k`]; beyond the model's classes, all
+//!   of them).
 //! - `GET /health`: `{"status": "ok"}`. `GET /model`: classes, encoder, sampler and limits.
 //! - `GET /stats`: the inference thread's counters since start ([`pipeline::Stats`]): passes,
 //!   images, seconds in the encoder, in the heads and waiting for decoded images.
 //!
+//! `k` is the only query parameter: any other, on any route, is refused (400) rather than
+//! ignored, so that a misspelt one (`?top_k=3`) does not go unnoticed.
+//!
 //! Request bodies are decoded on a fixed pool of threads at low CPU priority (see [`Decoding`]),
 //! apart from the encoder's, and one inference thread runs each forward pass on the images
 //! already decoded (up to `max_batch`) while the next ones are decoded: see [`pipeline`]. Each
-//! image's noise stream is keyed on its bytes, so an answer does not depend on its batch. Errors
-//! are JSON `{"error": ...}`: 400 for an unreadable image, 413 for a body over the limit, 504
-//! past the timeout.
+//! image's noise stream is keyed on its bytes, so an answer does not depend on its batch.
+//!
+//! Every error is answered `{"error": "..."}` with `content-type: application/json`:
+//! - 400: an unreadable image, an empty body, a multipart body that is malformed or has no file,
+//!   a bad `k`, a query parameter the route does not take, a malformed request head;
+//! - 404: no such route; 405: a route that does not take the method (with an `Allow` header);
+//! - 413: a body over [`ServeOptions::max_body`];
+//! - 414: a request line over [`heads::MAX_REQUEST_LINE`] bytes; 431: a request head over
+//!   [`heads::MAX_HEAD`] bytes or [`heads::MAX_HEADERS`] headers (then the connection closes);
+//! - 500: inference failed; 503: the inference thread stopped; 504: past the timeout.
+//!
+//! Request heads go through a gate before hyper parses them ([`heads`]): hyper would answer the
+//! 400, 414 and 431 above itself, with no body.
 //!
 //! Connections are limited so that slow or idle clients cannot hold the server: a client must
 //! send each request's headers within `header_timeout`, a keep-alive connection waiting for
 //! its next request is closed after `idle_timeout`, and at most `max_connections` are open at
 //! once (see [`ServeOptions`] and [`connections`]).
 
+mod classify;
 pub mod connections;
 pub mod decode;
+pub mod heads;
 pub mod pipeline;
+mod task;
 
 use crate::bundle::Predictor;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use candle_core::Device;
-pub use decode::{DecodePriority, Decoding};
-pub use pipeline::default_decode_threads;
+pub use decode::{DecodePriority, Decoding, default_decode_threads};
 use pipeline::{Batching, Failure, Pipeline};
-use serde::Deserialize;
-use std::net::SocketAddr;
+use std::num::IntErrorKind;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub addr: SocketAddr,
+    /// Where to listen: `HOST:PORT`, the host an IP address (IPv6 in brackets) or a name, whose
+    /// addresses are tried in the resolver's order until one binds. Port 0 picks a free one.
+    pub addr: String,
     /// Largest accepted request body, bytes.
     pub max_body: usize,
     /// Most images per forward pass. Queued images beyond it wait for the next pass, which
@@ -80,6 +98,8 @@ pub struct ServeOptions {
 struct AppState {
     pipeline: Pipeline,
     model_info: Arc<serde_json::Value>,
+    /// The model's number of classes.
+    classes: usize,
     opts: ServeOptions,
 }
 
@@ -96,9 +116,43 @@ fn failure(f: Failure) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct PredictQuery {
-    k: Option<usize>,
+/// The query parameters of `uri`, percent-decoded, refusing (with a message for a 400) any not
+/// in `allowed` (a misspelt one should not pass unnoticed) and any given twice.
+fn query_params(uri: &Uri, allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri).map_err(|e| e.body_text())?;
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if !allowed.contains(&name.as_str()) {
+            let takes = match allowed {
+                [] => "no query parameters".to_string(),
+                _ => format!("only {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")),
+            };
+            return Err(format!("unknown query parameter `{name}`: {} takes {takes}", uri.path()));
+        }
+        if pairs[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!("query parameter `{name}` given twice"));
+        }
+    }
+    Ok(pairs)
+}
+
+/// The classes `POST /predict` answers with: `?k=`, else `default`; at least 1, and more than
+/// the model's `classes` (even past `usize`) gives them all. A refusal's message for a 400.
+fn requested_k(uri: &Uri, default: usize, classes: usize) -> Result<usize, String> {
+    let classes = classes.max(1);
+    let Some((_, v)) = query_params(uri, &["k"])?.pop() else { return Ok(default.clamp(1, classes)) };
+    match v.parse::<usize>() {
+        Ok(k) if k >= 1 => Ok(k.min(classes)),
+        Err(e) if *e.kind() == IntErrorKind::PosOverflow => Ok(classes),
+        _ => Err(format!("query parameter `k` must be a whole number of at least 1 (the model has {classes} classes; a larger `k` gives them all), not `{v}`")),
+    }
+}
+
+/// Refuses query parameters on the routes that take none.
+async fn no_query(req: Request, next: Next) -> Response {
+    match query_params(req.uri(), &[]) {
+        Ok(_) => next.run(req).await,
+        Err(refused) => error(StatusCode::BAD_REQUEST, refused),
+    }
 }
 
 /// The image bytes of a request: the raw body, or the first file part of a multipart body.
@@ -116,8 +170,11 @@ async fn image_bytes(state: &AppState, req: Request) -> Result<axum::body::Bytes
     axum::body::Bytes::from_request(req, state).await.map_err(|e| error(e.status(), e.body_text()))
 }
 
-async fn predict(State(state): State<AppState>, Query(q): Query<PredictQuery>, req: Request) -> Response {
-    let k = q.k.unwrap_or(state.opts.top_k).clamp(1, state.model_info["classes"].as_array().map_or(1, |c| c.len()));
+async fn predict(State(state): State<AppState>, req: Request) -> Response {
+    let k = match requested_k(req.uri(), state.opts.top_k, state.classes) {
+        Ok(k) => k,
+        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+    };
     let work = async {
         let bytes = image_bytes(&state, req).await?;
         if bytes.is_empty() {
@@ -132,23 +189,35 @@ async fn predict(State(state): State<AppState>, Query(q): Query<PredictQuery>, r
     }
 }
 
+/// The routes, as the 404 answer lists them.
+const ROUTES: &str = "POST /predict, GET /health, GET /model, GET /stats";
+
 /// The HTTP routes over a running pipeline.
 fn router(state: AppState) -> Router {
     let info = state.model_info.clone();
     let limit = state.opts.max_body;
     Router::new()
-        .route("/predict", post(predict))
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/model", get(move || async move { Json((*info).clone()) }))
         .route("/stats", get(|State(state): State<AppState>| async move { Json(state.pipeline.stats()) }))
+        .route_layer(middleware::from_fn(no_query))
+        .route("/predict", post(predict))
+        .fallback(|method: Method, uri: Uri| async move { error(StatusCode::NOT_FOUND, format!("no route {method} {}: the routes are {ROUTES}", uri.path())) })
+        // axum adds the `Allow` header to this answer.
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{} does not take {method} (the Allow header says what it takes)", uri.path()))
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-/// Loads the bundle at `bundle`, binds `opts.addr`, prints `listening on http://ADDR` and
-/// serves until Ctrl-C (then stops gracefully, see [`connections::serve_connections`]).
+/// Resolves `opts.addr`, loads the bundle at `bundle`, binds the first of the addresses that
+/// works, prints `listening on http://ADDR` and serves until Ctrl-C (then stops gracefully, see
+/// [`connections::serve_connections`]).
 pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
+    let addrs = connections::resolve(&opts.addr)?;
     anyhow::ensure!(opts.max_connections > 0, "the connection limit must be at least 1");
+    anyhow::ensure!(opts.top_k > 0 && opts.max_batch > 0, "the default k and the batch must be at least 1");
     anyhow::ensure!(opts.decoding.threads > 0, "at least one decode thread is needed");
     anyhow::ensure!(!opts.header_timeout.is_zero() && !opts.idle_timeout.is_zero(), "connection timeouts must be positive");
     let batching = Batching { max_batch: opts.max_batch, wait: opts.batch_wait };
@@ -170,11 +239,13 @@ pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
         "timeout_ms": opts.timeout.as_millis() as u64,
         "header_timeout_ms": opts.header_timeout.as_millis() as u64, "idle_timeout_ms": opts.idle_timeout.as_millis() as u64,
         "max_connections": opts.max_connections,
+        "max_request_line_bytes": heads::MAX_REQUEST_LINE, "max_head_bytes": heads::MAX_HEAD, "max_headers": heads::MAX_HEADERS,
     });
-    let state = AppState { pipeline, model_info: Arc::new(info), opts: opts.clone() };
+    let classes = info["classes"].as_array().map_or(1, |c| c.len());
+    let state = AppState { pipeline, model_info: Arc::new(info), classes, opts: opts.clone() };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(opts.addr).await.with_context(|| format!("cannot bind {}", opts.addr))?;
+        let listener = connections::bind(&addrs, &opts.addr).await?;
         println!("listening on http://{}", listener.local_addr()?);
         use std::io::Write;
         std::io::stdout().flush()?;

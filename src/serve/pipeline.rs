@@ -19,8 +19,10 @@
 //! The inference thread keeps counters ([`Stats`], `GET /stats`): passes, images, and where its
 //! time went (each stage of the model's passes, and waiting for decoded images).
 
+pub use super::classify::{Classified, Classify};
 use super::decode::{Bodies, Decoding, decode, decode_loop};
-use crate::bundle::{ClassProb, Predictor};
+use super::task::Task;
+pub use super::task::{Answer, Failure};
 use crate::data::image::{Prepared, Preprocess};
 use anyhow::Result;
 use axum::body::Bytes;
@@ -35,33 +37,6 @@ use tokio::sync::oneshot;
 /// body itself (decode threads at idle priority get no CPU while other processes keep every
 /// core busy).
 const STARVED: Duration = Duration::from_millis(20);
-
-/// The heaviest stage: top-k classes of prepared images, where an image's answer does not
-/// depend on the other images in its batch.
-pub trait Classify {
-    fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Classified>;
-}
-
-/// One forward pass's answers, and how long each named stage of it took.
-pub struct Classified {
-    pub tops: Vec<Vec<ClassProb>>,
-    pub stages: Vec<(&'static str, Duration)>,
-}
-
-impl Classify for Predictor {
-    /// Stages `encoder` and `heads` (on a GPU, work the encoder queued may finish in `heads`).
-    fn top_k(&self, images: &[&Prepared], k: usize) -> Result<Classified> {
-        if images.is_empty() {
-            return Ok(Classified { tops: vec![], stages: vec![] });
-        }
-        let t0 = Instant::now();
-        let xv = self.features(images)?;
-        let t1 = Instant::now();
-        let probs = self.head_probabilities(&xv, images)?;
-        let stages = vec![("encoder", t1 - t0), ("heads", t1.elapsed())];
-        Ok(Classified { tops: probs.iter().map(|row| crate::bundle::top_k(row, &self.config.classes, k)).collect(), stages })
-    }
-}
 
 /// What the inference thread has done since the server started (`GET /stats`); the difference
 /// of two readings describes the time between them.
@@ -86,38 +61,6 @@ pub struct Batching {
     pub max_batch: usize,
     /// How long an idle inference thread, woken by one image, waits for more to join it.
     pub wait: Duration,
-}
-
-/// Why a request got no classes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// The body is not an image the decoder reads.
-    BadImage(String),
-    /// The model failed (or a stage panicked) on the request's batch.
-    Internal(String),
-    /// The inference thread is gone.
-    Stopped,
-}
-
-/// A request's answer: its top classes, best first.
-pub type Answer = std::result::Result<Vec<ClassProb>, Failure>;
-
-/// One request on its way through the stages: its body, then its prepared image.
-pub(super) struct Task<T> {
-    pub item: T,
-    pub k: usize,
-    pub reply: oneshot::Sender<Answer>,
-}
-
-impl<T> Task<T> {
-    /// Whether the client still waits for the answer.
-    pub fn wanted(&self) -> bool {
-        !self.reply.is_closed()
-    }
-
-    pub fn fail(self, why: Failure) {
-        let _ = self.reply.send(Err(why));
-    }
 }
 
 /// The running stages. Cloning shares them; they stop when the last clone is dropped.
@@ -282,15 +225,10 @@ fn next_batch(stages: &Stages) -> Option<Vec<Task<Prepared>>> {
     Some(batch)
 }
 
-/// Decode threads when not told: one per core, so that idle-priority decoding can fill every
-/// core the encoder leaves.
-pub fn default_decode_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::ClassProb;
     use crate::serve::decode::DecodePriority;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};

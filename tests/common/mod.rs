@@ -49,9 +49,14 @@ impl Drop for Server {
 /// Starts `marnet serve --model BUNDLE --addr 127.0.0.1:0 EXTRA...` and waits for its
 /// `listening on` line.
 pub fn serve(bundle: &Path, extra: &[&str]) -> Server {
+    serve_on(bundle, "127.0.0.1:0", extra)
+}
+
+/// [`serve`] with `--addr ADDR`.
+pub fn serve_on(bundle: &Path, addr: &str, extra: &[&str]) -> Server {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
-        .args(["serve", "--model", bundle.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args(["serve", "--model", bundle.to_str().unwrap(), "--addr", addr])
         .args(extra)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -60,6 +65,68 @@ pub fn serve(bundle: &Path, extra: &[&str]) -> Server {
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("unexpected first line `{line}`")).to_string();
     Server(child, addr)
+}
+
+/// A bundle of a briefly trained model (4 classes) on a synthetic cache shaped like the ViT
+/// fixture's features, with the fixture as its encoder: no fetched assets needed (made once per
+/// test binary).
+pub fn fixture_bundle() -> &'static Path {
+    static B: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let vit = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
+        // --dv: the fixture's hidden size.
+        let cfg = synth_config("--classes 4 --dv 32 --ds 16 --n-train 64 --n-val 16 --n-test 0 --text-rank 4 --vis-noise 1.0 --bg-scale 1.0 --n-bg 2 --seed 1");
+        let mut cache = marnet::synth::generate(&cfg).unwrap();
+        cache.train.meta.visual_encoder = "vit".into();
+        cache.val.as_mut().unwrap().meta.visual_encoder = "vit".into();
+        cache.write(&dir.join("cache")).unwrap();
+        let s = |p: PathBuf| p.display().to_string();
+        let (cache, run, bundle) = (s(dir.join("cache")), s(dir.join("run")), dir.join("bundle"));
+        ok(&["train", "--cache", &cache, "--out", &run, "--epochs", "1", "--hidden", "16", "--d", "8", "--temb", "8"]);
+        ok(&["export", "--model", &run, "--out", &s(bundle.clone()), "--visual", &format!("vit:{vit}")]);
+        bundle
+    })
+}
+
+/// The bytes of a test image in tests/fixtures/images (`coffee.png`: 600x400, 456 KiB;
+/// `cmyk.jpg`: 48x32, 2 KiB).
+pub fn fixture_image(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images").join(name)).unwrap()
+}
+
+/// An HTTP answer.
+pub struct Answer {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one answer from `s`, up to its Content-Length (so a kept-alive connection can go on,
+/// and a pipelined answer after it is left to read).
+pub fn read_answer(s: &mut impl std::io::Read) -> Answer {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("no answer");
+        assert!(n > 0, "connection closed before the answer: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.trim_end().split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines.map(|l| l.split_once(':').unwrap()).map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_string())).collect();
+    let len: usize = headers.iter().find(|(n, _)| n == "content-length").expect("answer without content-length").1.parse().unwrap();
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).expect("the answer's body");
+    Answer { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 /// A synthetic cache's settings from `synth` flags, space-separated (the rest at their defaults).

@@ -131,13 +131,13 @@ pub enum Cmd {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Classes per image.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = marnet::options::at_least_one::<usize>)]
         top_k: usize,
         /// Output format on stdout.
         #[arg(long, value_enum, default_value = "table")]
         format: marnet::predict::Format,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = marnet::options::at_least_one::<usize>)]
         batch: usize,
     },
     /// Serve a bundle over HTTP: `POST /predict` (image body or multipart; `?k=`), `GET /health`,
@@ -147,16 +147,16 @@ pub enum Cmd {
         /// Bundle folder.
         #[arg(long)]
         model: PathBuf,
-        /// Address to bind (loopback by default; port 0 picks a free one).
+        /// Address to bind, `HOST:PORT` with a host name or an IP (`localhost:8080`, `0.0.0.0:8080`, `[::1]:8080`); loopback by default, port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: std::net::SocketAddr,
+        addr: String,
         /// Largest request body, MiB.
-        #[arg(long, default_value_t = 8.0)]
+        #[arg(long, default_value_t = 8.0, value_parser = marnet::options::positive_finite)]
         max_body_mib: f64,
         /// Most images per forward pass. Images decoded beyond it go in the next pass, so that
         /// the encoder runs one batch while the clients it answered send and decode the next
         /// (EfficientNet-Lite0 on a CPU: the same images/s from batch 2 to 32).
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = marnet::options::at_least_one::<usize>)]
         max_batch: usize,
         /// Milliseconds an idle server, woken by one request, waits for more to join its batch
         /// (never while decoded images are waiting).
@@ -164,7 +164,7 @@ pub enum Cmd {
         batch_wait_ms: u64,
         /// Threads that decode request bodies, apart from the encoder's thread pool [default: one
         /// per core].
-        #[arg(long)]
+        #[arg(long, value_parser = marnet::options::at_least_one::<usize>)]
         decode_threads: Option<usize>,
         /// CPU priority of the decode threads (Linux): `idle` decodes only on CPU time the
         /// encoder and everything else leave (when other processes leave none, the inference
@@ -172,23 +172,23 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value = "idle")]
         decode_priority: marnet::serve::DecodePriority,
         /// Per-request limit (decode + inference), seconds.
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, default_value_t = 30.0, value_parser = marnet::options::positive_finite)]
         timeout_s: f64,
         /// Classes per answer unless the request says `?k=`.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = marnet::options::at_least_one::<usize>)]
         top_k: usize,
         /// Seconds a client has to send a request's headers (from connecting, or from the first
         /// byte of a later request on a kept-alive connection); slower clients are disconnected,
         /// so stalled "slowloris" clients cannot hold connections open.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = marnet::options::positive_finite)]
         header_timeout_s: f64,
         /// Seconds a kept-alive connection may sit with no request before the server closes it.
-        #[arg(long, default_value_t = 60.0)]
+        #[arg(long, default_value_t = 60.0, value_parser = marnet::options::positive_finite)]
         idle_timeout_s: f64,
         /// Most connections open at once. Beyond it the server stops accepting: new clients wait
         /// in the kernel's listen backlog until a connection closes (the timeouts above bound
         /// how long a stalled client holds one).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = marnet::options::at_least_one::<usize>)]
         max_connections: usize,
     },
     /// The main job: on the built-in emoji-food benchmark (after `scripts/fetch-assets`),

@@ -126,8 +126,8 @@ fn run() -> Result<()> {
             println!("wrote bundle {}: {b}", out.display());
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
-            let pred = marnet::bundle::Predictor::load(&model, &dev)?;
             let files = marnet::predict::collect_inputs(&inputs)?;
+            let pred = marnet::bundle::Predictor::load(&model, &dev)?;
             let results = marnet::predict::predict_files(&pred, &files, top_k, batch, progress)?;
             marnet::predict::write_results(&results, format, &mut std::io::stdout().lock())?;
             let failed = results.iter().filter(|r| r.error.is_some()).count();
