@@ -25,7 +25,7 @@ fn my_dishes(root: &Path) {
     ];
     let photo = |c: usize, rgb: [u8; 3], k: u32| {
         image::RgbImage::from_fn(72, 64, |x, y| {
-            let stripe = ((x + y * (c as u32 + 1) + k * 3) / (4 + c as u32)) % 2 == 0;
+            let stripe = ((x + y * (c as u32 + 1) + k * 3) / (4 + c as u32)).is_multiple_of(2);
             let n = ((x * 31 + y * 17 + k * 7) % 23) as u8;
             image::Rgb(rgb.map(|v| if stripe { v.saturating_sub(60) } else { v }.saturating_add(n)))
         })
