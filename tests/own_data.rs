@@ -66,6 +66,12 @@ fn extract_reuses_the_same_cache_refuses_another_and_replaces_it_with_force() {
     let args = extract_args("manifest.jsonl", "cache");
     let first = ok_in(tmp.path(), &args);
     assert!(first.contains("train 12 / val 0 / test 12 rows") && first.contains("wrote cache"), "{first}");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("cache/extract.json")).unwrap()).unwrap();
+    let settings = record["settings"].as_object().unwrap();
+    for emoji_only in ["test_vendor", "val_fraction", "seed", "skin_tones", "out"] {
+        assert!(!settings.contains_key(emoji_only), "a manifest cache records no `{emoji_only}`: {settings:?}");
+    }
+    assert_eq!(settings["root"], manifest.display().to_string(), "the manifest, absolute");
     let written = std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap();
     // The same command from another folder, with absolute paths: the same job, reused.
     let (m, c) = (manifest.display().to_string(), tmp.path().join("cache").display().to_string());
@@ -133,8 +139,11 @@ fn a_run_moved_with_its_cache_works_from_any_folder_and_exports_its_own_encoder(
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("runs/r1/best/config.json")).unwrap()).unwrap();
     assert_eq!(config["cache"], "../../cache");
     assert_eq!(config["visual"], VIT, "the encoder the cache was extracted with, absolute");
+    ok_in(&a, &[&["ablate", "--cache", "cache", "--out", "table", "--variants", "baseline,marnet", "--seeds", "1"][..], TINY].concat());
     let b = tmp.path().join("b");
     std::fs::rename(&a, &b).unwrap();
+    let report = ok_in(Path::new("/"), &["report", b.join("table").to_str().unwrap()]);
+    assert!(report.contains("report.html") && b.join("table/report/report.html").is_file(), "{report}");
     let run = b.join("runs/r1");
     let eval = ok_in(Path::new("/"), &["eval", "--model", run.to_str().unwrap()]);
     assert!(eval.contains("| test | 12 |"), "{eval}");
