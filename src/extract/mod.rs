@@ -22,7 +22,7 @@ use crate::encoders::text::TextEncoder;
 use crate::features::{FeatureCache, FeatureSplit};
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
-use progress::{Job, RowHashes};
+use progress::Job;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -281,64 +281,13 @@ pub struct Skipped {
 }
 
 /// The splits written in `out`, if any.
-type Splits = Vec<(&'static str, FeatureSplit)>;
-
-/// The cache in `out` and its `extract.json`, if there is one.
-fn cache_in(out: &Path) -> Result<Option<(Job, Splits, Vec<Skipped>)>> {
-    let record = out.join("extract.json");
-    let present: Vec<&'static str> = crate::features::SPLITS.into_iter().filter(|s| FeatureCache::split_path(out, s).exists()).collect();
-    if !record.exists() && present.is_empty() {
-        return Ok(None);
-    }
-    ensure!(
-        record.exists(),
-        "{}: a feature cache is already here, but not one `marnet extract` made (no extract.json); pass --force to replace it, or choose another --out",
-        out.display()
-    );
-    let job: Job = crate::fsutil::read_json(&record)?;
-    let splits = present.into_iter().map(|s| Ok((s, FeatureCache::read_split(out, s)?))).collect::<Result<_>>()?;
-    let skipped = std::fs::read_to_string(out.join("skipped.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<serde_json::Result<_>>()
-        .with_context(|| format!("{}: unreadable", out.join("skipped.jsonl").display()))?;
-    Ok(Some((job, splits, skipped)))
-}
+pub(crate) type Splits = Vec<(&'static str, FeatureSplit)>;
 
 /// `OUT.partial`: where an unfinished extraction keeps its blocks.
 pub fn partial_dir(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
     out.with_file_name(name)
-}
-
-/// Takes up the progress folder for `job`: resumes saved progress of the same job, refuses
-/// another job's (naming the rows that changed) unless `existing` is `Replace`, and records the
-/// job and its rows.
-fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<()> {
-    let (job_path, rows_path) = (partial.join("job.json"), partial.join("rows.json"));
-    if job_path.exists() {
-        let saved: Job = crate::fsutil::read_json(&job_path)?;
-        match saved.differs(job) {
-            None => return Ok(()),
-            Some(_) if existing == Existing::Replace || !progress::has_blocks(partial) => {
-                std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
-            }
-            Some(why) => {
-                let changes = match crate::fsutil::read_json::<RowHashes>(&rows_path) {
-                    Ok(saved_rows) if saved.samples != job.samples => format!("\n{}", progress::describe_changes(&saved_rows, rows, splits)),
-                    _ => String::new(),
-                };
-                anyhow::bail!(
-                    "{}: the saved progress of an unfinished extraction is {why}:{changes}\nrerun with the dataset and settings it was made with to continue it, or pass --force to discard it and start over",
-                    partial.display()
-                );
-            }
-        }
-    }
-    crate::fsutil::write_atomic(&rows_path, serde_json::to_string(rows)?.as_bytes())?;
-    crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())
 }
 
 /// Extracts every split of `ds` and writes the cache to `out` (resuming from `OUT.partial` if
@@ -365,7 +314,7 @@ pub fn extract(
         tokens: opts.tokens,
     };
     ensure!(!out.is_file(), "{}: --out is a file; name a folder for the feature cache", out.display());
-    if let Some((saved, found, skipped)) = cache_in(out).or_else(|e| if opts.existing == Existing::Replace { Ok(None) } else { Err(e) })? {
+    if let Some((saved, found, skipped)) = progress::cache_in(out).or_else(|e| if opts.existing == Existing::Replace { Ok(None) } else { Err(e) })? {
         match (saved.differs(&job), opts.existing) {
             (None, Existing::ReuseOrRefuse | Existing::ReuseOrReplace) => return Ok((found, skipped, true)),
             (Some(why), Existing::ReuseOrRefuse) => {
@@ -376,7 +325,7 @@ pub fn extract(
         }
     }
     let partial = partial_dir(out);
-    claim_progress(&partial, &job, &progress::row_hashes(&splits, &ds.classes), &splits, opts.existing)?;
+    progress::claim_progress(&partial, &job, &progress::row_hashes(&splits, &ds.classes), &splits, opts.existing)?;
     let result = write_cache(ds, &splits, image_enc, text_enc, opts, out, &partial, &job, dev);
     if result.is_err() && !progress::has_blocks(&partial) {
         // Nothing saved: nothing to resume, and nothing to stand in the way of the fixed rerun.

@@ -4,7 +4,8 @@
 //! which names the rows that changed when a rerun's dataset differs from the saved progress.
 
 use crate::data::Sample;
-use crate::extract::Skipped;
+use crate::extract::{Existing, Skipped, Splits};
+use crate::features::FeatureCache;
 use anyhow::{Context, Result, ensure};
 use half::f16;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -191,4 +192,55 @@ pub(super) fn block_path(partial: &Path, name: &str, b: usize) -> PathBuf {
 /// Whether the progress folder holds any saved block.
 pub(super) fn has_blocks(partial: &Path) -> bool {
     std::fs::read_dir(partial).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors")))
+}
+
+/// The cache in `out` and its `extract.json`, if there is one.
+pub(super) fn cache_in(out: &Path) -> Result<Option<(Job, Splits, Vec<Skipped>)>> {
+    let record = out.join("extract.json");
+    let present: Vec<&'static str> = crate::features::SPLITS.into_iter().filter(|s| FeatureCache::split_path(out, s).exists()).collect();
+    if !record.exists() && present.is_empty() {
+        return Ok(None);
+    }
+    ensure!(
+        record.exists(),
+        "{}: a feature cache is already here, but not one `marnet extract` made (no extract.json); pass --force to replace it, or choose another --out",
+        out.display()
+    );
+    let job: Job = crate::fsutil::read_json(&record)?;
+    let splits = present.into_iter().map(|s| Ok((s, FeatureCache::read_split(out, s)?))).collect::<Result<_>>()?;
+    let skipped = std::fs::read_to_string(out.join("skipped.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<serde_json::Result<_>>()
+        .with_context(|| format!("{}: unreadable", out.join("skipped.jsonl").display()))?;
+    Ok(Some((job, splits, skipped)))
+}
+
+/// Takes up the progress folder for `job`: resumes saved progress of the same job, refuses
+/// another job's (naming the rows that changed) unless `existing` is `Replace`, and records the
+/// job and its rows.
+pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<()> {
+    let (job_path, rows_path) = (partial.join("job.json"), partial.join("rows.json"));
+    if job_path.exists() {
+        let saved: Job = crate::fsutil::read_json(&job_path)?;
+        match saved.differs(job) {
+            None => return Ok(()),
+            Some(_) if existing == Existing::Replace || !has_blocks(partial) => {
+                std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
+            }
+            Some(why) => {
+                let changes = match crate::fsutil::read_json::<RowHashes>(&rows_path) {
+                    Ok(saved_rows) if saved.samples != job.samples => format!("\n{}", describe_changes(&saved_rows, rows, splits)),
+                    _ => String::new(),
+                };
+                anyhow::bail!(
+                    "{}: the saved progress of an unfinished extraction is {why}:{changes}\nrerun with the dataset and settings it was made with to continue it, or pass --force to discard it and start over",
+                    partial.display()
+                );
+            }
+        }
+    }
+    crate::fsutil::write_atomic(&rows_path, serde_json::to_string(rows)?.as_bytes())?;
+    crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())
 }
