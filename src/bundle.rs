@@ -78,11 +78,22 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, String)>, S
 /// already in `out` is replaced only with `replace`; any other non-empty folder never is.
 pub fn export(run: &Path, visual: Option<&str>, assets: Option<&Path>, inference: Inference, out: &Path, replace: bool, dev: &Device) -> Result<BundleConfig> {
     if out.exists() {
-        let empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_none());
-        ensure!(empty || out.join(BUNDLE).is_file(), "{}: this folder is not empty and holds no bundle; choose another --out", out.display());
-        ensure!(empty || replace, "{}: a bundle is already here; pass --force to replace it, or choose another --out", out.display());
+        ensure!(out.is_dir(), "{}: --out is a file; name a folder for the bundle", out.display());
+        let entries: Vec<String> = std::fs::read_dir(out)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let own = [BUNDLE, crate::checkpoint::CONFIG, crate::checkpoint::WEIGHTS, crate::checkpoint::METRICS, "encoder"];
+        let foreign: Vec<&String> = entries.iter().filter(|e| !own.contains(&e.as_str())).collect();
+        ensure!(
+            entries.is_empty() || (out.join(BUNDLE).is_file() && foreign.is_empty()),
+            "{}: this folder holds files that are not a bundle's ({}); choose another --out",
+            out.display(),
+            foreign.iter().take(5).map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+        );
+        ensure!(entries.is_empty() || replace, "{}: a bundle is already here; pass --force to replace it, or choose another --out", out.display());
     }
     let ck = Checkpoint::open(run, dev)?;
+    if let Some(why) = ck.unfinished() {
+        eprintln!("note: {why}");
+    }
     let visual = match visual {
         Some(v) => v.to_string(),
         None => ck.run.visual.clone().with_context(|| {

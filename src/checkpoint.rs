@@ -139,7 +139,7 @@ impl Checkpoint {
             None => vec![self.run.cache.clone(), run_dir.join(&self.run.cache)],
         };
         if let Some(found) = tried.iter().find(|d| d.is_dir()) {
-            return Ok(found.clone());
+            return Ok(found.canonicalize().unwrap_or_else(|_| found.clone()));
         }
         let places: Vec<String> = tried.iter().map(|d| d.display().to_string()).collect();
         anyhow::bail!(
@@ -167,6 +167,17 @@ impl Checkpoint {
             dir.display()
         );
         Ok(cache)
+    }
+
+    /// Why this checkpoint is not a finished run's selected model, if it is not: its run
+    /// (`last/` beside it) stopped before its planned epochs.
+    pub fn unfinished(&self) -> Option<String> {
+        let last = crate::fsutil::recover_dir(&self.dir.parent()?.join("last"))?;
+        let state: crate::train::TrainState = crate::fsutil::read_json(&last.join(METRICS)).ok()?;
+        let planned = crate::fsutil::read_json::<RunConfig>(&last.join(CONFIG)).ok()?.train.epochs;
+        (state.epochs_done < planned || state.partial.is_some()).then(|| {
+            format!("the run was interrupted after {} of {planned} epochs: this is the best of those (`train --resume` finishes it)", state.epochs_done)
+        })
     }
 
     /// Rebuilds the model and loads its weights.

@@ -226,6 +226,12 @@ pub struct EvalReport {
     pub result: EvalResult,
     pub inference_seconds: f64,
     pub samples_per_s: f64,
+    /// The leave-one-group-out fold evaluated (`fold-<group>`), for a fold run on its own cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fold: Option<String>,
+    /// Something the reader should know (an unfinished run, a split without text).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Each row's top-1 prediction (`--predictions`).
     #[serde(skip)]
     pub predictions: Vec<RowPrediction>,
@@ -241,20 +247,15 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     let ck = crate::checkpoint::Checkpoint::open(&req.model, dev)?;
     let classes = ck.run.model.classes;
     let missing = |dir: &std::path::Path| format!("{}: no `{}` split", dir.display(), req.split);
-    let (cache_dir, data, reference) = match (&req.cache, &ck.run.fold) {
-        (None, _) => {
+    let (cache_dir, data, reference) = match &req.cache {
+        None => {
             let cache = ck.open_cache()?;
             let data = cache.split(&req.split)?.with_context(|| missing(&cache.dir))?.clone();
             (cache.dir.clone(), data, TextReference::class_means(&cache.train, classes))
         }
-        // A fold run takes its fold of the other cache.
-        (Some(dir), Some(fold)) => {
-            let cache = crate::features::folds::fold(&FeatureCache::open(dir)?, fold)?;
-            let data = cache.split(&req.split)?.with_context(|| missing(dir))?.relabeled(&ck.run.classes)?;
-            let reference = cache.train.relabeled(&ck.run.classes).ok().and_then(|t| TextReference::class_means(&t, classes));
-            (dir.clone(), data, reference)
-        }
-        (Some(dir), None) => {
+        // Another cache is a new test set, taken as it is (a fold run too: its fold is a split of
+        // the cache it was trained on, not of this one).
+        Some(dir) => {
             let path = FeatureCache::split_path(dir, &req.split);
             anyhow::ensure!(path.exists(), "{}", missing(dir));
             let data = FeatureCache::read_split(dir, &req.split)?.relabeled(&ck.run.classes).with_context(|| path.display().to_string())?;
@@ -267,7 +268,16 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     let t0 = std::time::Instant::now();
     let out = predict_split(&m.model, &data, &req.inference, dev)?;
     let inference_seconds = t0.elapsed().as_secs_f64();
+    let mut notes: Vec<String> = ck.unfinished().into_iter().collect();
+    if data.text.is_none()
+        && reference.is_some()
+        && !matches!(ck.run.model.variant, crate::model::marnet::Variant::Baseline | crate::model::marnet::Variant::Ema)
+    {
+        notes.push(format!("no reconstruction measured: the {} split has no text for some or all of its rows", req.split));
+    }
     Ok(EvalReport {
+        fold: req.cache.is_none().then(|| ck.run.fold.as_ref().map(|f| f.name())).flatten(),
+        notes,
         model: ck.dir.clone(),
         cache: cache_dir,
         split: req.split.clone(),
@@ -284,7 +294,14 @@ impl EvalReport {
     /// The table of heads, the reconstruction and the inference rate, as `marnet eval` prints.
     pub fn markdown(&self) -> String {
         let r = &self.result;
-        let mut s = "| split | n | Acc-1 (%) | Acc-5 (%) | mean max prob |\n|---|---|---|---|---|\n".to_string();
+        let mut s = String::new();
+        if let Some(f) = &self.fold {
+            s += &format!("{f} of {} (the run's leave-one-group-out fold)\n", self.cache.display());
+        }
+        for n in &self.notes {
+            s += &format!("note: {n}\n");
+        }
+        s += "| split | n | Acc-1 (%) | Acc-5 (%) | mean max prob |\n|---|---|---|---|---|\n";
         for (name, h) in [("", Some(r.final_head)), (" (EMA head)", r.ema_head), (" (CDR head)", r.cdr_head)] {
             if let Some(h) = h {
                 s += &format!("| {}{name} | {} | {:.2} | {:.2} | {:.3} |\n", self.split, h.n, 100.0 * h.top1, 100.0 * h.top5, h.mean_max_prob);

@@ -208,6 +208,20 @@ pub fn epoch_order(rng: &mut crate::rng::SeededRng, labels: &[u32], per_class: u
     crate::rng::permutation(rng, blocks.len()).into_iter().flat_map(|b| blocks[b].iter().copied()).collect()
 }
 
+/// The settings that differ between two configurations, as `--field old → new`.
+fn config_changes<T: Serialize>(saved: &T, now: &T) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (serde_json::to_value(saved), serde_json::to_value(now)) else { return vec![] };
+    let mut out = vec![];
+    for (k, v) in &a {
+        match (v, b.get(k)) {
+            (serde_json::Value::Object(_), Some(w @ serde_json::Value::Object(_))) => out.extend(config_changes(v, w)),
+            (v, Some(w)) if v != w => out.push(format!("--{} {v} → {w}", k.replace('_', "-"))),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// What [`train`] does with a run already saved in its folder (`RUN/last`, `RUN/best`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {
@@ -248,15 +262,23 @@ pub fn train(
             cfg.seed
         );
     }
+    let other = [crate::checkpoint::WEIGHTS, "train.safetensors", "extract.json", "bundle.json"].into_iter().find(|f| out.join(f).exists());
+    ensure!(
+        other.is_none(),
+        "{}: this folder holds a feature cache, a bundle or a checkpoint (`{}`); choose another --out for the run",
+        out.display(),
+        other.unwrap_or_default()
+    );
     let last_dir = out.join("last");
     let saved_state = [last_dir.clone(), out.join("best")].iter().find_map(|d| crate::fsutil::recover_dir(d));
     match (resume, saved_state) {
         (Resume::Refuse, Some(found)) => {
             let state: TrainState = crate::fsutil::read_json(&found.join(checkpoint::METRICS)).unwrap_or_default();
             let planned = crate::fsutil::read_json::<RunConfig>(&found.join(checkpoint::CONFIG)).map_or(0, |r| r.train.epochs);
-            let what = match state.partial.is_none() && state.epochs_done >= planned {
-                true => format!("a finished run ({} epochs)", state.epochs_done),
-                false => format!("an interrupted run ({} of {planned} epochs done)", state.epochs_done),
+            let what = match (&state.partial, state.epochs_done >= planned) {
+                (None, true) => format!("a finished run ({} epochs)", state.epochs_done),
+                (None, false) => format!("an interrupted run ({} of {planned} epochs done)", state.epochs_done),
+                (Some(p), _) => format!("an interrupted run ({} of {planned} epochs done, stopped inside epoch {})", state.epochs_done, p.epoch + 1),
             };
             anyhow::bail!("{}: {what} is already here; --resume continues it, --force replaces it, or choose another --out", out.display())
         }
@@ -311,14 +333,17 @@ pub fn train(
     } else if let Some(ck) = saved {
         // Only the epoch budget may change on resume.
         let saved_train = TrainConfig { epochs: cfg.epochs, ..ck.run.train.clone() };
-        ensure!(
-            ck.run.model == run.model && saved_train == run.train,
-            "{}: cannot resume: the saved run used a different configuration (see its config.json)",
-            ck.dir.display()
-        );
+        if ck.run.model != run.model || saved_train != run.train {
+            let changed = [config_changes(&ck.run.model, &run.model), config_changes(&saved_train, &run.train)].concat();
+            anyhow::bail!(
+                "{}: cannot resume: the saved run used other settings ({}); resume with its settings (its config.json), or --force to start over",
+                ck.dir.display(),
+                changed.join(", ")
+            );
+        }
         ensure!(
             ck.run.fingerprint.matches(&run.fingerprint),
-            "{}: cannot resume: the saved run was made by other code or from other data\n  saved: {}\n  now:   {}\nrerun without --resume to start over",
+            "{}: cannot resume: the saved run was made by other code or from other data\n  saved: {}\n  now:   {}\nrerun with --force instead of --resume to start over",
             ck.dir.display(),
             ck.run.fingerprint,
             run.fingerprint
@@ -326,8 +351,20 @@ pub fn train(
         model.set_weights(&ck.tensors, &ck.dir)?;
         state = serde_json::from_value(ck.metrics.clone()).with_context(|| format!("{}: unreadable metrics.json", ck.dir.display()))?;
         opt.load_state(&ck.tensors, state.optimizer_steps)?;
-        if verbosity == Verbosity::Epochs {
-            eprintln!("resuming {} after epoch {}", out.display(), state.epochs_done);
+        if verbosity != Verbosity::Quiet && resume == Resume::Strict {
+            let (done, planned) = (state.epochs_done, ck.run.train.epochs);
+            match done.cmp(&cfg.epochs) {
+                std::cmp::Ordering::Less if planned != cfg.epochs => {
+                    eprintln!(
+                        "resuming {} after epoch {done}: training on to epoch {} (--epochs {}; the run was started for {planned})",
+                        out.display(),
+                        cfg.epochs,
+                        cfg.epochs
+                    )
+                }
+                std::cmp::Ordering::Less => eprintln!("resuming {} after epoch {done} of {planned}", out.display()),
+                _ => eprintln!("{}: the run already has {done} epochs (--epochs {}): nothing to train; its best/ stays as it is", out.display(), cfg.epochs),
+            }
         }
     }
 

@@ -149,6 +149,48 @@ fn manifest_problems_are_listed_together_with_their_lines() {
     assert!(!err.contains("not found") && !err.contains("cannot be read"), "{err}");
 }
 
+/// Mistakes a new user made: a JSON array, labels that differ in case or spaces, the same photo
+/// under two names in train and test, a text file named as an image, an empty group, every path wrong.
+#[test]
+fn manifest_catches_the_mistakes_people_make() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("m.jsonl");
+    let f = p.display().to_string();
+    let line = |img: &str, label: &str, split: &str| format!(r#"{{"image": "{img}", "label": "{label}", "text": "t", "split": "{split}"}}"#);
+    std::fs::write(&p, format!("[\n{},\n{}\n]\n", line("a.png", "x", "train"), line("b.png", "y", "train"))).unwrap();
+    let err = format!("{:#}", manifest(&p, false).unwrap_err());
+    assert!(err.contains("this is one JSON array; a manifest is JSON Lines") && err.matches(&f).count() == 1, "one message, not one a line: {err}");
+
+    image::RgbImage::from_pixel(5, 4, image::Rgb([9, 9, 9])).save(tmp.path().join("apple.png")).unwrap();
+    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(tmp.path().join("pear.png")).unwrap();
+    std::fs::copy(tmp.path().join("apple.png"), tmp.path().join("copy-of-apple.png")).unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), "not an image").unwrap();
+    let lines = [
+        line("apple.png", "apple", "train"),
+        line("pear.png", "Apple", "train"),
+        line("copy-of-apple.png", "apple", "test"),
+        line("notes.txt", " pear", "train"),
+        r#"{"image": "pear.png", "label": "pear", "text": "t", "split": "val", "group": ""}"#.to_string(),
+    ];
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    for want in [
+        format!("{f}:2: labels `apple` (line 1) and `Apple` (line 2) differ only in case or spaces"),
+        format!("{f}:3: image `copy-of-apple.png` (test) has the same bytes as `apple.png` (train, line 1)"),
+        format!("{f}:4: label ` pear` has spaces at its ends"),
+        format!("{f}:4: image `notes.txt` at {} is not a JPEG, PNG or WebP image (judged by its contents)", tmp.path().join("notes.txt").display()),
+        format!("{f}:5: `group` is empty"),
+        format!("{f}:1: `group` is set on some lines but not on lines 1, 2, 3, 4"),
+    ] {
+        assert!(err.contains(&want), "expected `{want}` in:\n{err}");
+    }
+    assert_eq!(err.matches("`group`").count(), 2, "an empty group is one problem, not also a missing one: {err}");
+
+    std::fs::write(&p, [line("x/a.png", "a", "train"), line("x/b.png", "b", "train")].join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    assert!(err.contains(&format!("none of the 2 images was found: the paths are relative to the manifest's folder, {}", tmp.path().display())), "{err}");
+}
+
 /// A class seen only outside train cannot be learned; a single class is no classifier.
 #[test]
 fn manifest_classes_need_training_rows() {

@@ -106,7 +106,7 @@ fn skip_bad_lists_each_bad_image_and_keeps_every_image_mode() {
     let ids: Vec<&str> = skipped.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["truncated.png", "missing.png", "not-an-image.jpg", "empty.png"]);
     for s in &skipped {
-        assert!(s.error.contains(&s.id), "{s:?}");
+        assert!(s.error.contains(&s.id) && s.origin.contains("manifest.jsonl:"), "{s:?}");
         eprintln!("{}: {}", s.id, s.error);
     }
     let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("extract.json")).unwrap()).unwrap();

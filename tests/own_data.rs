@@ -31,12 +31,12 @@ fn err_in(cwd: &Path, args: &[&str]) -> String {
 fn dataset(dir: &Path, test_group: &str) -> PathBuf {
     let classes = [("red", [200u8, 30, 30], "tomato, chili, pepper"), ("green", [30, 180, 40], "lettuce, basil, lime"), ("blue", [40, 60, 200], "berry, plum")];
     let mut lines = vec![];
-    for group in ["phone", "camera"] {
+    for (g, group) in ["phone", "camera"].into_iter().enumerate() {
         std::fs::create_dir_all(dir.join("photos").join(group)).unwrap();
         for (c, (name, rgb, text)) in classes.iter().enumerate() {
             for i in 0..4u32 {
                 let img = image::RgbImage::from_fn(24, 20, |x, y| {
-                    let n = ((x * 7 + y * 13 + i * 31 + c as u32 * 17) % 40) as u8;
+                    let n = ((x * 7 + y * 13 + i * 31 + c as u32 * 17 + g as u32 * 5) % 40) as u8;
                     image::Rgb(rgb.map(|v| v.saturating_add(n)))
                 });
                 let rel = format!("photos/{group}/{name}{i}.png");
@@ -83,9 +83,32 @@ fn extract_reuses_the_same_cache_refuses_another_and_replaces_it_with_force() {
     std::fs::write(&manifest, text).unwrap();
     let err = err_in(tmp.path(), &args);
     assert!(err.contains("a feature cache is already here, made from other rows of the dataset") && err.contains("--force"), "{err}");
+    assert!(err.contains(&format!("train: 1 row changed (file, text, label or group): `photos/phone/red0.png` ({}:1)", manifest.display())), "{err}");
     assert_eq!(std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap(), written, "refused: untouched");
     ok_in(tmp.path(), &[args.clone(), vec!["--force"]].concat());
     assert_ne!(std::fs::metadata(tmp.path().join("cache/train.safetensors")).unwrap().modified().unwrap(), written);
+    // The dataset and its cache moved together, run from inside with `..`: the same rows, reused.
+    let moved = tmp.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    for f in ["photos", "manifest.jsonl", "cache"] {
+        std::fs::rename(tmp.path().join(f), moved.join(f)).unwrap();
+    }
+    let again = ok_in(&moved.join("photos"), &extract_args("../manifest.jsonl", "../cache"));
+    assert!(again.contains("reused the cache already in"), "{again}");
+    for f in ["photos", "manifest.jsonl", "cache"] {
+        std::fs::rename(moved.join(f), tmp.path().join(f)).unwrap();
+    }
+    // Options of the emoji benchmarks are refused with a manifest, and --root with an emoji dataset.
+    let err = err_in(tmp.path(), &[args.clone(), vec!["--val-fraction", "0.5"]].concat());
+    assert!(err.contains("--val-fraction applies to the emoji datasets only") && err.contains("train --val-fraction"), "{err}");
+    let err = err_in(tmp.path(), &["extract", "--root", "manifest.jsonl", "--out", "x"]);
+    assert!(err.contains("--root is not used by --dataset emoji-food") && err.contains("--dataset manifest"), "{err}");
+    // A cache is not written into a run folder, nor a run into a cache folder.
+    std::fs::create_dir_all(tmp.path().join("a-run/best")).unwrap();
+    let err = err_in(tmp.path(), &extract_args("manifest.jsonl", "a-run"));
+    assert!(err.contains("this folder holds a training run or a bundle (`best`)"), "{err}");
+    let err = err_in(tmp.path(), &[&["train", "--cache", "cache", "--out", "cache"][..], TINY].concat());
+    assert!(err.contains("cache: this folder holds a feature cache") && err.contains("choose another --out for the run"), "{err}");
     // A folder that holds a cache marnet extract did not make is not replaced either.
     ok(&["synth", "--out", tmp.path().join("synth").to_str().unwrap(), "--classes", "3", "--n-train", "30", "--n-val", "0", "--n-test", "0"]);
     let err = err_in(tmp.path(), &extract_args("manifest.jsonl", "synth"));
@@ -107,7 +130,7 @@ fn a_changed_manifest_against_saved_progress_names_the_rows_that_changed() {
     assert!(err.contains("blue3.png") && err.contains("manifest.jsonl:12"), "{err}");
     assert!(tmp.path().join("cache.partial/train-00000.safetensors").exists(), "the saved block is kept");
     // Fix the image, but also change line 2's text and drop line 3.
-    std::fs::copy(tmp.path().join("photos/camera/red0.png"), tmp.path().join("photos/phone/blue3.png")).unwrap();
+    image::RgbImage::from_pixel(24, 20, image::Rgb([40, 60, 200])).save(tmp.path().join("photos/phone/blue3.png")).unwrap();
     let lines: Vec<String> = std::fs::read_to_string(&manifest).unwrap().lines().map(String::from).collect();
     let mut edited = lines.clone();
     edited[1] = edited[1].replace("tomato, chili, pepper", "tomato");
@@ -163,7 +186,10 @@ fn a_run_moved_with_its_cache_works_from_any_folder_and_exports_its_own_encoder(
     assert!(err.contains("a bundle is already here; pass --force"), "{err}");
     ok_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", bundle.to_str().unwrap(), "--force"]);
     let err = err_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", b.join("photos").to_str().unwrap(), "--force"]);
-    assert!(err.contains("not empty and holds no bundle"), "{err}");
+    assert!(err.contains("holds files that are not a bundle's (`camera`, `phone`)") || err.contains("(`phone`, `camera`)"), "{err}");
+    std::fs::write(bundle.join("my-notes.txt"), "mine").unwrap();
+    let err = err_in(Path::new("/"), &["export", "--model", run.to_str().unwrap(), "--out", bundle.to_str().unwrap(), "--force"]);
+    assert!(err.contains("`my-notes.txt`") && bundle.join("my-notes.txt").exists(), "--force replaces a bundle, never other files: {err}");
     assert!(b.join("photos/phone/red0.png").exists());
     // Predict from another folder.
     let pred = ok_in(Path::new("/"), &["predict", "--model", bundle.to_str().unwrap(), b.join("photos/camera").to_str().unwrap()]);
@@ -184,8 +210,21 @@ fn train_refuses_a_run_already_there_unless_resume_or_force() {
     let metrics = std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap();
     let err = String::from_utf8(marnet(&args).stderr).unwrap();
     assert!(err.contains("a finished run (2 epochs) is already here; --resume continues it, --force replaces it"), "{err}");
+    // (the runs below use `marnet` with --quiet)
     assert_eq!(std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap(), metrics, "untouched");
-    ok(&[args.clone(), vec!["--resume"]].concat());
+    // --resume on a finished run says there is nothing to do; with more epochs, that it trains on.
+    let said = Command::new(env!("CARGO_BIN_EXE_marnet")).args([args.clone(), vec!["--resume"]].concat()).output().unwrap();
+    assert!(String::from_utf8_lossy(&said.stderr).contains("the run already has 2 epochs (--epochs 2): nothing to train"), "{said:?}");
+    assert_eq!(std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap(), metrics, "untouched");
+    let more = [&["train", "--cache", &cache, "--out", &out][..], &TINY[..6], &["--batch", "8", "--resume", "--epochs", "3"]].concat();
+    let said = Command::new(env!("CARGO_BIN_EXE_marnet")).args(&more).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&said.stderr).contains("resuming")
+            && String::from_utf8_lossy(&said.stderr).contains("training on to epoch 3 (--epochs 3; the run was started for 2)"),
+        "{said:?}"
+    );
+    let err = String::from_utf8(marnet(&[more.clone(), vec!["--lr", "0.01"]].concat()).stderr).unwrap();
+    assert!(err.contains("the saved run used other settings (--lr 0.001 → 0.01)") && err.contains("--force"), "{err}");
     ok(&[args.clone(), vec!["--force", "--seed", "1"]].concat());
     assert_ne!(std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap(), metrics, "replaced");
 }
@@ -245,4 +284,23 @@ fn leave_one_out_over_one_group_says_how_to_add_groups() {
     let err = err_in(tmp.path(), &[&["ablate", "--cache", "cache", "--out", "table", "--leave-one-out", "--seeds", "1"][..], TINY].concat());
     assert!(err.contains("--leave-one-out needs rows in at least two groups") && err.contains("the manifest's `group` field"), "{err}");
     assert!(!tmp.path().join("table").exists(), "nothing trained");
+}
+
+/// `eval` on a leave-one-out fold run says which fold it evaluated; `--cache` with a new test set
+/// takes that cache as it is (no fold of it), test rows only.
+#[test]
+fn eval_of_a_fold_run_names_its_fold_and_takes_a_new_test_set_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    ok(&["synth", "--out", &cache, "--classes", "3", "--n-train", "60", "--n-val", "0", "--n-test", "30", "--dv", "8", "--ds", "8", "--groups", "2"]);
+    let table = tmp.path().join("table").display().to_string();
+    ok(&[&["ablate", "--cache", &cache, "--out", &table, "--leave-one-out", "--variants", "ema", "--seeds", "1"][..], TINY].concat());
+    let run = tmp.path().join("table/fold-g0/ema/seed0").display().to_string();
+    let said = ok(&["eval", "--model", &run]);
+    assert!(said.contains(&format!("fold-g0 of {cache} (the run's leave-one-group-out fold)")), "{said}");
+    let test = marnet::features::FeatureCache::open(Path::new(&cache)).unwrap().test.unwrap();
+    let new = tmp.path().join("new-test");
+    marnet::features::write_splits(&new, &[("test", &test)]).unwrap();
+    let said = ok(&["eval", "--model", &run, "--cache", new.to_str().unwrap()]);
+    assert!(said.contains("| test | 30 |") && !said.contains("fold-g0 of"), "{said}");
 }

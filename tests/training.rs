@@ -106,7 +106,7 @@ fn resume_refuses_a_different_configuration() {
     run(&c, Variant::Marnet, 1, &out, false);
     let other = TrainConfig { batch: 16, ..train_cfg(2) };
     let err = train(&c, &model_cfg(Variant::Marnet, &c), &other, &out, Resume::Strict, Verbosity::Quiet, &Device::Cpu).unwrap_err();
-    assert!(format!("{err:#}").contains("different configuration"), "{err:#}");
+    assert!(format!("{err:#}").contains("the saved run used other settings (--batch 32 → 16)"), "{err:#}");
 }
 
 /// The cache with one visual feature of one training row changed, written back in place.

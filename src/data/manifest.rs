@@ -55,6 +55,8 @@ struct Row {
     text: Option<String>,
     split: String,
     group: Option<String>,
+    /// The line names a `group` (even an unusable one).
+    has_group: bool,
 }
 
 /// The problems found so far: line (0: the whole file) and message.
@@ -167,7 +169,10 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option
         (None, Some("train")) if !obj.contains_key("text") => p.at(line, "training rows need `text` (the text seen only in training)"),
         _ => {}
     }
-    Some(Row { line, image: image?, label: label?, text, split: split?, group })
+    if let Some(l) = label.as_deref().filter(|l| l.trim() != *l) {
+        p.at(line, format!("label `{l}` has spaces at its ends (it would be a class of its own); remove them"));
+    }
+    Some(Row { line, image: image?, label: label?, text, split: split?, group, has_group: obj.contains_key("group") })
 }
 
 /// Why the image at `path` cannot be used, if it cannot: missing, not a file, or a header that
@@ -179,11 +184,46 @@ fn image_problem(path: &Path) -> Option<String> {
     if !path.is_file() {
         return Some(format!("at {} is not a file", path.display()));
     }
-    let size = image::ImageReader::open(path).map_err(anyhow::Error::from).and_then(|r| Ok(r.with_guessed_format()?.into_dimensions()?));
-    match size {
+    let reader = match image::ImageReader::open(path).and_then(|r| r.with_guessed_format()) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("at {} cannot be opened: {e}", path.display())),
+    };
+    match reader.into_dimensions() {
         Ok((w, h)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
         Ok(_) => None,
+        Err(image::ImageError::Unsupported(_)) => {
+            Some(format!("at {} is not a JPEG, PNG or WebP image (judged by its contents); convert it, or leave its line out", path.display()))
+        }
         Err(e) => Some(format!("at {} cannot be read as an image: {e}", path.display())),
+    }
+}
+
+/// Reports files with the same bytes in two splits (the same photo saved under two names): the
+/// sizes first, then the contents of the files whose size occurs in more than one split.
+fn same_bytes_in_two_splits(rows: &[Row], files: &[PathBuf], p: &mut Problems) {
+    let sizes: Vec<Option<u64>> = files.iter().map(|f| std::fs::metadata(f).ok().map(|m| m.len())).collect();
+    let mut splits_of: HashMap<u64, Vec<&str>> = HashMap::new();
+    for (r, s) in rows.iter().zip(&sizes) {
+        if let Some(s) = s {
+            splits_of.entry(*s).or_default().push(&r.split);
+        }
+    }
+    let suspect = |s: &Option<u64>| s.is_some_and(|s| splits_of[&s].iter().any(|x| *x != splits_of[&s][0]));
+    let candidates: Vec<usize> = (0..rows.len()).filter(|&i| suspect(&sizes[i])).collect();
+    let hashes: Vec<Option<u64>> = candidates.par_iter().map(|&i| std::fs::read(&files[i]).ok().map(crate::rng::fnv1a)).collect();
+    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+    for (&i, h) in candidates.iter().zip(hashes) {
+        let (Some(h), Some(size)) = (h, sizes[i]) else { continue };
+        let Some(&j) = first.get(&(size, h)) else {
+            first.insert((size, h), i);
+            continue;
+        };
+        let (r, o) = (&rows[i], &rows[j]);
+        // The same file under two spellings is reported as such by the path check.
+        if o.split != r.split && files[i].canonicalize().ok() != files[j].canonicalize().ok() {
+            let what = "the same photo in two splits makes the score meaningless; keep one";
+            p.at(r.line, format!("image `{}` ({}) has the same bytes as `{}` ({}, line {}): {what}", r.image, r.split, o.image, o.split, o.line));
+        }
     }
 }
 
@@ -208,6 +248,12 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             anyhow::bail!("{}:{line}: not UTF-8 text; save the manifest as UTF-8", path.display());
         }
     };
+    if text.trim_start().starts_with('[') && matches!(serde_json::from_str::<Value>(text), Ok(Value::Array(_))) {
+        anyhow::bail!(
+            "{}: this is one JSON array; a manifest is JSON Lines: one object a line, without the surrounding [ ] and the commas between objects",
+            path.display()
+        );
+    }
     let mut p = Problems { file: path, list: vec![] };
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -223,11 +269,16 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     let resolved: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.image)).collect();
     if check_images {
         let found: Vec<Option<String>> = resolved.par_iter().map(|f| image_problem(f)).collect();
+        let missing = found.iter().filter(|f| f.as_deref().is_some_and(|w| w.starts_with("not found"))).count();
         for (r, problem) in rows.iter().zip(found) {
             if let Some(why) = problem {
                 p.at(r.line, format!("image `{}` {why}", r.image));
             }
         }
+        if missing == rows.len() && missing > 1 {
+            p.whole(format!("none of the {missing} images was found: the paths are relative to the manifest's folder, {}", root.display()));
+        }
+        same_bytes_in_two_splits(&rows, &resolved, &mut p);
     }
     // The same file twice, however its path is written.
     let mut first_line: HashMap<PathBuf, &Row> = HashMap::new();
@@ -253,6 +304,15 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         c.0 |= r.split == "train";
         c.1.push(r.line);
     }
+    let mut by_case: BTreeMap<String, Vec<(&str, usize)>> = BTreeMap::new();
+    for (name, (_, lines)) in &classes {
+        by_case.entry(name.trim().to_lowercase()).or_default().push((name, lines[0]));
+    }
+    for spellings in by_case.values_mut().filter(|v| v.len() > 1) {
+        spellings.sort_by_key(|(_, line)| *line);
+        let listed: Vec<String> = spellings.iter().map(|(n, l)| format!("`{n}` (line {l})")).collect();
+        p.at(spellings[1].1, format!("labels {} differ only in case or spaces: they would be separate classes; use one spelling", listed.join(" and ")));
+    }
     if rows.iter().any(|r| r.split == "train") {
         for (name, (_, lines)) in classes.iter().filter(|(_, (trained, _))| !trained) {
             p.at(lines[0], format!("class `{name}` has no training rows ({}): add training images of it, or correct the label", line_list(lines)));
@@ -261,7 +321,7 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             p.whole(format!("every row has label `{}`: a classifier needs at least two classes", rows[0].label));
         }
     }
-    let without: Vec<usize> = rows.iter().filter(|r| r.group.is_none()).map(|r| r.line).collect();
+    let without: Vec<usize> = rows.iter().filter(|r| !r.has_group).map(|r| r.line).collect();
     if !without.is_empty() && without.len() < rows.len() {
         p.at(without[0], format!("`group` is set on some lines but not on {}: set it on every line or on none", line_list(&without)));
     }

@@ -110,7 +110,13 @@ impl Extraction<'_> {
                         Ok(key) => current.kept.push((first + j, key)),
                         Err(e) if opts.skip_bad => {
                             bar.println(format!("skipped {}: {e:#}", s.id));
-                            current.skipped.push(Skipped { split: name.into(), id: s.id.clone(), image: s.image.clone(), error: format!("{e:#}") })
+                            current.skipped.push(Skipped {
+                                split: name.into(),
+                                id: s.id.clone(),
+                                image: s.image.clone(),
+                                error: format!("{e:#}"),
+                                origin: s.origin.clone(),
+                            })
                         }
                         Err(e) => return Err(e.context(format!("{name} sample {} (use --skip-bad to leave out unreadable images)", s.describe()))),
                     }

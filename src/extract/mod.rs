@@ -36,7 +36,8 @@ pub struct ExtractSettings {
     /// JSON Lines file).
     #[arg(long, default_value = "emoji-food")]
     pub dataset: String,
-    /// Dataset folder (vireo172, ingredient101) or manifest file (JSON Lines, format below).
+    /// Dataset folder (vireo172, ingredient101) or manifest file (JSON Lines, format below); the
+    /// emoji datasets take none.
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
@@ -213,8 +214,26 @@ fn recorded_settings(s: &ExtractSettings) -> Result<serde_json::Value> {
 /// the assets folder, into `settings.out`; a cache already there as `existing` says (`--force`
 /// makes it [`Existing::Replace`]).
 pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: &Device) -> Result<Extracted> {
-    let assets = crate::assets::resolve(settings.assets.as_deref())?;
     let s = settings;
+    let emoji = s.dataset.starts_with("emoji-");
+    ensure!(
+        !emoji || s.root.is_none(),
+        "--root is not used by --dataset {}; for your own images add `--dataset manifest` (--root is then the manifest file)",
+        s.dataset
+    );
+    let defaults: ExtractSettings = crate::options::parse(&["--out", "x"])?;
+    let emoji_only = [
+        ("--test-vendor", s.test_vendor != defaults.test_vendor),
+        ("--val-fraction", s.val_fraction != defaults.val_fraction),
+        ("--seed", s.seed != defaults.seed),
+    ];
+    if let Some((flag, _)) = emoji_only.iter().find(|(_, set)| *set && !emoji) {
+        anyhow::bail!(
+            "{flag} applies to the emoji datasets only, not --dataset {}; a manifest says each row's split itself (rows without `val` get a share of train held out by `train --val-fraction`)",
+            s.dataset
+        );
+    }
+    let assets = crate::assets::resolve(settings.assets.as_deref())?;
     let open = crate::data::OpenOptions {
         test_vendor: s.test_vendor.clone(),
         val_fraction: s.val_fraction,
@@ -278,6 +297,9 @@ pub struct Skipped {
     pub id: String,
     pub image: PathBuf,
     pub error: String,
+    /// Where the row is declared (`manifest.jsonl:12`), if anywhere.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin: String,
 }
 
 /// The splits written in `out`, if any.
@@ -314,18 +336,30 @@ pub fn extract(
         tokens: opts.tokens,
     };
     ensure!(!out.is_file(), "{}: --out is a file; name a folder for the feature cache", out.display());
+    let other = ["best", "last", crate::bundle::BUNDLE].into_iter().find(|f| out.join(f).exists());
+    ensure!(
+        other.is_none(),
+        "{}: this folder holds a training run or a bundle (`{}`); choose another --out for the feature cache",
+        out.display(),
+        other.unwrap_or_default()
+    );
+    let rows = progress::row_hashes(&splits, &ds.classes);
     if let Some((saved, found, skipped)) = progress::cache_in(out).or_else(|e| if opts.existing == Existing::Replace { Ok(None) } else { Err(e) })? {
         match (saved.differs(&job), opts.existing) {
             (None, Existing::ReuseOrRefuse | Existing::ReuseOrReplace) => return Ok((found, skipped, true)),
             (Some(why), Existing::ReuseOrRefuse) => {
-                anyhow::bail!("{}: a feature cache is already here, made {why}; pass --force to replace it, or choose another --out", out.display())
+                let changes = match crate::fsutil::read_json::<progress::RowHashes>(&out.join(progress::ROWS)) {
+                    Ok(saved_rows) if saved.samples != job.samples => format!(":\n{}\n", progress::describe_changes(&saved_rows, &rows, &splits)),
+                    _ => "; ".into(),
+                };
+                anyhow::bail!("{}: a feature cache is already here, made {why}{changes}pass --force to replace it, or choose another --out", out.display())
             }
             (Some(why), Existing::ReuseOrReplace) => eprintln!("{}: stale feature cache (made {why}): extracting again", out.display()),
             (_, Existing::Replace) => {}
         }
     }
     let partial = partial_dir(out);
-    progress::claim_progress(&partial, &job, &progress::row_hashes(&splits, &ds.classes), &splits, opts.existing)?;
+    progress::claim_progress(&partial, &job, &rows, &splits, opts.existing)?;
     let result = write_cache(ds, &splits, image_enc, text_enc, opts, out, &partial, &job, dev);
     if result.is_err() && !progress::has_blocks(&partial) {
         // Nothing saved: nothing to resume, and nothing to stand in the way of the fixed rerun.
@@ -368,6 +402,9 @@ fn write_cache(
     let lines: String = skipped.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<serde_json::Result<_>>()?;
     crate::fsutil::write_atomic(&out.join("skipped.jsonl"), lines.as_bytes())?;
     crate::fsutil::write_atomic(&out.join("extract.json"), serde_json::to_string_pretty(job)?.as_bytes())?;
+    // Kept with the cache: a later extraction into it from changed rows names them.
+    std::fs::rename(partial.join(progress::ROWS), out.join(progress::ROWS))
+        .with_context(|| format!("{}: cannot move into place", out.join(progress::ROWS).display()))?;
     std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
     Ok((found, skipped))
 }

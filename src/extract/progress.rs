@@ -31,35 +31,50 @@ pub(super) struct Job {
 }
 
 impl Job {
-    /// Why `self` (saved) is not `now`, in words; `None` if they are the same job.
+    /// Why `self` (saved) is not `now`, in words; `None` if they are the same job. Where the
+    /// dataset's root is (a moved dataset) does not count: its rows do.
     pub fn differs(&self, now: &Job) -> Option<String> {
-        if self == now {
+        let without_root = |j: &Job| {
+            let mut j = j.clone();
+            if let Some(o) = j.settings.as_object_mut() {
+                o.remove("root");
+            }
+            j
+        };
+        let (old, now) = (without_root(self), without_root(now));
+        if old == now {
             return None;
         }
-        Some(if self.code != now.code {
-            format!("made by {}, this is {}", if self.code.is_empty() { "an older marnet" } else { &self.code }, now.code)
-        } else if self.samples != now.samples {
+        Some(if old.code != now.code {
+            format!("made by {}, this is {}", if old.code.is_empty() { "an older marnet" } else { &old.code }, now.code)
+        } else if old.samples != now.samples {
             "from other rows of the dataset".to_string()
-        } else if self.text_encoder != now.text_encoder {
-            format!("text encoder {} there, {} now", self.text_encoder, now.text_encoder)
-        } else if self.visual_encoder != now.visual_encoder {
-            format!("visual encoder `{}` there, `{}` now", self.visual_encoder, now.visual_encoder)
+        } else if old.text_encoder != now.text_encoder {
+            format!("text encoder {} there, {} now", old.text_encoder, now.text_encoder)
+        } else if old.visual_encoder != now.visual_encoder {
+            format!("visual encoder `{}` there, `{}` now", old.visual_encoder, now.visual_encoder)
         } else {
-            let (a, b) = (&self.settings, &now.settings);
-            let keys: Vec<&String> = a.as_object().into_iter().chain(b.as_object()).flat_map(|o| o.keys()).collect();
-            let mut changed: Vec<String> =
-                keys.into_iter().filter(|k| a.get(k.as_str()) != b.get(k.as_str())).map(|k| format!("--{}", k.replace('_', "-"))).collect();
-            changed.dedup();
-            format!("with other settings ({})", if changed.is_empty() { "tokens".to_string() } else { changed.join(", ") })
+            let (a, b) = (&old.settings, &now.settings);
+            let mut keys: Vec<&String> = a.as_object().into_iter().chain(b.as_object()).flat_map(|o| o.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| if v.is_null() { "unset".into() } else { v.to_string() });
+            let changed: Vec<String> = keys
+                .into_iter()
+                .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
+                .map(|k| format!("--{} {} → {}", k.replace('_', "-"), show(a.get(k.as_str())), show(b.get(k.as_str()))))
+                .collect();
+            format!("with other settings ({})", if changed.is_empty() { format!("--tokens {} → {}", old.tokens, now.tokens) } else { changed.join(", ") })
         })
     }
 }
 
-/// The bytes that identify a sample: its id, image path, image file size, text, class name and group.
+/// The bytes that identify a sample: its id, image file size, text, class name and group (not
+/// where the image is: a dataset moved whole is the same dataset).
 fn sample_bytes(s: &Sample, classes: &[String]) -> Vec<u8> {
     let size = std::fs::metadata(&s.image).map(|m| m.len()).unwrap_or(u64::MAX);
     let mut b = Vec::new();
-    for part in [s.id.as_bytes(), s.image.to_string_lossy().as_bytes(), &size.to_le_bytes(), s.text.as_deref().unwrap_or_default().as_bytes()] {
+    for part in [s.id.as_bytes(), &size.to_le_bytes(), s.text.as_deref().unwrap_or_default().as_bytes()] {
         b.extend_from_slice(part);
         b.push(0);
     }
@@ -75,7 +90,10 @@ pub(super) fn samples_hash(samples: &[Sample], classes: &[String]) -> String {
     format!("{:016x}", crate::rng::fnv1a(samples.iter().flat_map(|s| sample_bytes(s, classes))))
 }
 
-/// Per split, each sample's id and hash (`rows.json` in the progress folder).
+/// Where a cache and a progress folder keep their [`RowHashes`].
+pub(super) const ROWS: &str = "rows.json";
+
+/// Per split, each sample's id and hash (`rows.json` in the progress folder, then in the cache).
 pub(super) type RowHashes = BTreeMap<String, Vec<(String, String)>>;
 
 pub(super) fn row_hashes(splits: &[(&str, Vec<Sample>)], classes: &[String]) -> RowHashes {
@@ -221,7 +239,7 @@ pub(super) fn cache_in(out: &Path) -> Result<Option<(Job, Splits, Vec<Skipped>)>
 /// another job's (naming the rows that changed) unless `existing` is `Replace`, and records the
 /// job and its rows.
 pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<()> {
-    let (job_path, rows_path) = (partial.join("job.json"), partial.join("rows.json"));
+    let (job_path, rows_path) = (partial.join("job.json"), partial.join(ROWS));
     if job_path.exists() {
         let saved: Job = crate::fsutil::read_json(&job_path)?;
         match saved.differs(job) {

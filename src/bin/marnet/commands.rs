@@ -81,8 +81,9 @@ pub enum Cmd {
         /// Checkpoint folder, or a run folder (its `best/` is used).
         #[arg(long)]
         model: PathBuf,
-        /// Feature cache (default: the one the model was trained on; a leave-one-out fold run
-        /// always uses its fold of the cache).
+        /// Feature cache to evaluate on [default: the one the model was trained on, refused if it
+        /// changed since; a leave-one-out fold run uses its fold of it]. Another cache is a new
+        /// test set, taken as it is: its classes are matched to the model's by name.
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Split to evaluate: `train`, `val` or `test`.
