@@ -35,7 +35,8 @@
 //! Connections are limited so that slow or idle clients cannot hold the server: a client must
 //! send each request's headers within `header_timeout`, a keep-alive connection waiting for
 //! its next request is closed after `idle_timeout`, and at most `max_connections` are open at
-//! once (see [`ServeOptions`] and [`connections`]).
+//! once (see [`ServeOptions`] and [`connections`]). Ctrl-C stops accepting, closes the idle
+//! connections and finishes the requests in flight (a second Ctrl-C exits at once).
 
 mod classify;
 pub mod connections;
@@ -261,6 +262,7 @@ fn router(state: AppState) -> Router {
 /// works, prints `listening on http://ADDR` and serves until Ctrl-C (then stops gracefully, see
 /// [`connections::serve_connections`]).
 pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
+    let _stop = crate::interrupt::stop_at_safe_points("stopping: finishing the requests in flight");
     let addrs = connections::resolve(&opts.addr)?;
     anyhow::ensure!(opts.max_connections > 0, "the connection limit must be at least 1");
     anyhow::ensure!(opts.top_k > 0 && opts.max_batch > 0, "the default k and the batch must be at least 1");
