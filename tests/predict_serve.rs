@@ -365,3 +365,30 @@ fn serve_says_on_ctrl_c_that_it_finishes_the_requests_in_flight() {
     assert!(stderr.contains("interrupt: stopping: finishing the requests in flight"), "{stderr}");
     assert!(!stderr.contains("current step"), "{stderr}");
 }
+
+/// A training run given where a bundle goes (`predict`, `serve`) is refused with the `export`
+/// command that makes one; a bundle given to `eval` without `--cache` is refused saying what
+/// eval needs, and with `--cache` it is evaluated.
+#[test]
+fn a_run_and_a_bundle_given_for_each_other_say_which_is_needed() {
+    let bundle = common::fixture_bundle();
+    let dir = bundle.parent().unwrap();
+    let (run, cache) = (dir.join("run"), dir.join("cache"));
+    let (run, bundle, cache) = (run.to_str().unwrap(), bundle.to_str().unwrap(), cache.to_str().unwrap());
+    let is_run = format!("{run} is a training run, not a bundle: make one with `marnet export --model {run} --out BUNDLE`");
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images/cmyk.jpg");
+    for args in [&["predict", "--model", run, image][..], &["serve", "--model", run, "--addr", "127.0.0.1:0"]] {
+        let out = common::marnet(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&is_run), "{args:?}: {err}");
+    }
+    let out = common::marnet(&["eval", "--model", bundle]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let is_bundle =
+        format!("{bundle} is a bundle made by `export`; eval needs the training run folder (or pass --cache CACHE to evaluate the bundle's heads on a cache)");
+    assert!(!out.status.success() && err.contains(&is_bundle), "{err}");
+    let on_cache = ok(&["eval", "--model", bundle, "--cache", cache, "--split", "val"]);
+    let by_run = ok(&["eval", "--model", run, "--cache", cache, "--split", "val"]);
+    let rows = |t: &str| t.lines().filter(|l| l.starts_with("| val")).map(str::to_string).collect::<Vec<_>>();
+    assert!(!rows(&on_cache).is_empty() && rows(&on_cache) == rows(&by_run), "bundle:\n{on_cache}\nrun:\n{by_run}");
+}
