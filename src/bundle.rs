@@ -158,6 +158,17 @@ pub struct ClassProb {
     pub prob: f32,
 }
 
+/// Whether `dir` holds a training run (`best/`, `last/`) or one of its checkpoints
+/// (`config.json`) rather than a bundle (`bundle.json`).
+pub fn is_training_run(dir: &Path) -> bool {
+    !dir.join(BUNDLE).exists() && (dir.join("best").is_dir() || dir.join("last").is_dir() || dir.join(crate::checkpoint::CONFIG).is_file())
+}
+
+/// Whether `dir` holds a bundle made by [`export`].
+pub fn is_bundle(dir: &Path) -> bool {
+    dir.join(BUNDLE).is_file()
+}
+
 /// A loaded bundle: image bytes in, top-k classes out.
 pub struct Predictor {
     pub config: BundleConfig,
@@ -168,7 +179,13 @@ pub struct Predictor {
 }
 
 impl Predictor {
+    /// Loads the bundle in `dir`; a training run (or one of its checkpoints) there is refused
+    /// with the `export` command that makes a bundle of it.
     pub fn load(dir: &Path, dev: &Device) -> Result<Predictor> {
+        if is_training_run(dir) {
+            let d = dir.display();
+            anyhow::bail!("{d} is a training run, not a bundle: make one with `marnet export --model {d} --out BUNDLE`");
+        }
         let config: BundleConfig = crate::fsutil::read_json(&dir.join(BUNDLE)).context("not a marnet model bundle (see `marnet export`)")?;
         let ck = Checkpoint::open(dir, dev)?;
         let spec = match config.visual.split_once(':') {

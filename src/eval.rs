@@ -240,10 +240,16 @@ pub struct EvalReport {
 /// Evaluates `req.model` on `req.split`: the cache it was trained on (refused if it changed since,
 /// see [`crate::checkpoint::Checkpoint::open_cache`]), or `req.cache`, any cache with that split
 /// whose classes are among the model's (matched by name: a new test set); times inference.
+/// `req.model` is a run or checkpoint folder, or a bundle with `req.cache`: a run records its
+/// cache relative to the run folder, which a bundle has left, so a bundle alone is refused.
 pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     use crate::features::FeatureCache;
     use anyhow::Context;
     anyhow::ensure!(crate::features::SPLITS.contains(&req.split.as_str()), "--split {}: expected train, val or test", req.split);
+    if req.cache.is_none() && crate::bundle::is_bundle(&req.model) {
+        let b = req.model.display();
+        anyhow::bail!("{b} is a bundle made by `export`; eval needs the training run folder (or pass --cache CACHE to evaluate the bundle's heads on a cache)");
+    }
     let ck = crate::checkpoint::Checkpoint::open(&req.model, dev)?;
     let classes = ck.run.model.classes;
     let missing = |dir: &std::path::Path| format!("{}: no `{}` split", dir.display(), req.split);

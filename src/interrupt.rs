@@ -1,9 +1,18 @@
-//! Ctrl-C (SIGINT, and SIGTERM) as a request to stop at the next safe point: long loops poll
-//! [`requested`], save their progress and return [`Interrupted`]. A second Ctrl-C exits at once.
+//! Ctrl-C (SIGINT, and SIGTERM). While a command that can stop cleanly runs (a [`StopGuard`]
+//! from [`stop_at_safe_points`] is alive: `train` and `extract` save their progress, `serve`
+//! finishes the requests in flight), Ctrl-C is a request to stop: the handler prints what the
+//! command will do, long loops poll [`requested`] and return [`Interrupted`], and a second Ctrl-C
+//! exits at once. Otherwise (`predict`, `eval`, `export`, ...: nothing to save) Ctrl-C exits at
+//! once, with status 130.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// What the running command does on Ctrl-C, as the handler says it ("stopping after the current
+/// step"); `None`: nothing to finish, exit at once.
+static ON_STOP: Mutex<Option<&'static str>> = Mutex::new(None);
 
 /// The error a loop returns after it stopped on request and saved its progress.
 #[derive(Debug)]
@@ -20,14 +29,49 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+fn on_stop() -> std::sync::MutexGuard<'static, Option<&'static str>> {
+    ON_STOP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// While alive, Ctrl-C asks the command to stop at its next safe point, and the handler prints
+/// `interrupt: {what}`; dropping it restores what was in force before (guards nest).
+#[must_use = "Ctrl-C stops at safe points only while the guard is alive"]
+pub struct StopGuard {
+    before: Option<&'static str>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        *on_stop() = self.before;
+    }
+}
+
+/// Makes Ctrl-C a request to stop (see [`StopGuard`]); `what` says what the command does then,
+/// e.g. "stopping after the current step".
+pub fn stop_at_safe_points(what: &'static str) -> StopGuard {
+    StopGuard { before: on_stop().replace(what) }
+}
+
+/// What the handler says, and whether it exits, on a Ctrl-C: `second` when one came before,
+/// `on_stop` what the running command does (see [`StopGuard`]).
+fn reaction(second: bool, on_stop: Option<&str>) -> (String, bool) {
+    match (second, on_stop) {
+        (true, _) => ("second interrupt: exiting without saving".into(), true),
+        (false, Some(what)) => (format!("interrupt: {what} (Ctrl-C again to abort)"), false),
+        (false, None) => ("interrupted".into(), true),
+    }
+}
+
 /// Installs the handler (once per process; later calls do nothing).
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
-        if REQUESTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting without saving");
+        let what = *on_stop();
+        let second = REQUESTED.swap(true, Ordering::SeqCst);
+        let (said, exit) = reaction(second, what);
+        eprintln!("\n{said}");
+        if exit {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: stopping after the current step (Ctrl-C again to abort)");
     });
 }
 
@@ -39,4 +83,29 @@ pub fn requested() -> bool {
 /// Requests a stop, as Ctrl-C does (for tests and embedding programs).
 pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command that stops cleanly says what it does; one with nothing to save exits; guards
+    /// nest and restore what was in force.
+    #[test]
+    fn ctrl_c_says_what_the_running_command_does() {
+        assert_eq!(reaction(false, None), ("interrupted".into(), true));
+        assert_eq!(reaction(true, Some("x")), ("second interrupt: exiting without saving".into(), true));
+        let before = *on_stop();
+        {
+            let _serve = stop_at_safe_points("stopping: finishing the requests in flight");
+            let (said, exit) = reaction(false, *on_stop());
+            assert_eq!((said.as_str(), exit), ("interrupt: stopping: finishing the requests in flight (Ctrl-C again to abort)", false));
+            {
+                let _train = stop_at_safe_points("stopping after the current step");
+                assert_eq!(*on_stop(), Some("stopping after the current step"));
+            }
+            assert_eq!(*on_stop(), Some("stopping: finishing the requests in flight"));
+        }
+        assert_eq!(*on_stop(), before);
+    }
 }

@@ -249,6 +249,7 @@ pub fn train(
     verbosity: Verbosity,
     dev: &Device,
 ) -> Result<TrainState> {
+    let _stop = crate::interrupt::stop_at_safe_points("stopping after the current step");
     ensure!(cfg.batch >= 1, "--batch must be at least 1");
     ensure!(cfg.optim.lr > 0.0 && cfg.optim.lr.is_finite(), "--lr must be a positive number");
     // The token widths come from the cache (and a token-level alignment without tokens stops here).

@@ -132,7 +132,7 @@ fn serve_answers_like_predict_and_rejects_bad_requests() {
     let a = http(addr, "POST", "/predict", "image/png", b"\x89PNG\r\n\x1a\nthen garbage");
     assert_error(&a, 400, "cannot decode image");
     let a = http(addr, "POST", "/predict", "application/octet-stream", &vec![7u8; 200_000]);
-    assert_error(&a, 413, "length limit exceeded");
+    assert_error(&a, 413, "request body larger than the limit of 0.05 MiB (52428 bytes), which `marnet serve --max-body-mib` sets");
 
     // 50 concurrent requests, each a test image; every answer matches `marnet predict`.
     let answers: Vec<(u16, String, u64)> = std::thread::scope(|s| {
@@ -185,7 +185,8 @@ fn serve_answers_every_error_in_json() {
 
     // `k`: at least 1 (the default --top-k, 2, when absent); beyond the 4 classes, all 4.
     let range = "query parameter `k` must be a whole number of at least 1 (the model has 4 classes; a larger `k` gives them all)";
-    for k in ["0", "abc", "-1", "1.5", ""] {
+    // Quoted as sent: `+` is not shown as the space it decodes to, nor `%2B` as `+`; digits only.
+    for k in ["0", "abc", "-1", "1.5", "", "+3", "%2B3", "%203"] {
         assert_error(&predict(&format!("?k={k}"), "image/jpeg", &img), 400, &format!("{range}, not `{k}`"));
     }
     assert_eq!(top(predict("", "image/jpeg", &img)), Some(2));
@@ -209,7 +210,8 @@ fn serve_answers_every_error_in_json() {
 
     // Bodies: empty, over the limit, not an image, multipart without a boundary, a file or an end.
     assert_error(&predict("", "image/png", b""), 400, "empty body");
-    assert_error(&predict("", "image/png", &vec![7u8; 60_000]), 413, "length limit exceeded");
+    let too_large = "request body larger than the limit of 0.05 MiB (52428 bytes), which `marnet serve --max-body-mib` sets";
+    assert_error(&predict("", "image/png", &vec![7u8; 60_000]), 413, too_large);
     assert_error(&predict("", "image/png", b"not an image"), 400, "cannot decode image");
     assert_error(&predict("", "multipart/form-data", b"x"), 400, "boundary");
     let form = b"--XX\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--XX--\r\n";
@@ -217,13 +219,20 @@ fn serve_answers_every_error_in_json() {
     let cut = b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nabc";
     assert_error(&predict("", "multipart/form-data; boundary=XX", cut), 400, "field \"image\" received with incomplete data");
     let big = [&b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"[..], &[7u8; 60_000], b"\r\n--XX--\r\n"].concat();
-    assert_error(&predict("", "multipart/form-data; boundary=XX", &big), 413, "Request payload is too large");
-    let a = predict(
-        "",
-        "multipart/form-data; boundary=XX",
-        &[&b"--XX\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n"[..], &img, b"\r\n--XX--\r\n"].concat(),
-    );
-    assert_eq!(top(a), Some(2));
+    assert_error(&predict("", "multipart/form-data; boundary=XX", &big), 413, too_large);
+    // The file part: one with a filename, or the one named `image` without; other fields are
+    // ignored, and a second file part is refused rather than ignored.
+    let part = |name: &str, filename: Option<&str>, body: &[u8]| {
+        let filename = filename.map(|f| format!("; filename=\"{f}\"")).unwrap_or_default();
+        [format!("--XX\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\n\r\n").as_bytes(), body, b"\r\n"].concat()
+    };
+    let form = |parts: &[Vec<u8>]| predict("", "multipart/form-data; boundary=XX", &[&parts.concat()[..], b"--XX--\r\n"].concat());
+    assert_eq!(top(form(&[part("image", None, &img)])), Some(2));
+    assert_eq!(top(form(&[part("note", None, b"hello"), part("photo", Some("a.jpg"), &img), part("tag", None, b"x")])), Some(2));
+    assert_error(&form(&[part("photo", None, &img)]), 400, "no file part");
+    let two = "send one image per request (found 2 file parts)";
+    assert_error(&form(&[part("image", Some("a.jpg"), &img), part("image", Some("b.jpg"), &img)]), 400, two);
+    assert_error(&form(&[part("image", None, &img), part("other", Some("b.jpg"), b"not read")]), 400, two);
 
     // Request heads hyper would refuse with a bare status line: over-long request lines (up to
     // hyper's own limit, 64 KiB, and beyond), too many or too large headers, malformed ones.
@@ -281,7 +290,12 @@ fn serve_refuses_a_head_after_the_requests_before_it_on_a_connection() {
 fn serve_binds_a_host_name_and_refuses_addresses_it_cannot_use() {
     let server = common::serve_on(common::fixture_bundle(), "localhost:0", &[]);
     assert_eq!(http(&server.1, "GET", "/health", "text/plain", b"").status, 200);
-    for (addr, says) in [("localhost", "--addr `localhost`: no port"), ("no-such-host.invalid:80", "--addr `no-such-host.invalid:80`: cannot resolve")] {
+    for (addr, says) in [
+        ("localhost", "--addr `localhost`: no port"),
+        ("no-such-host.invalid:80", "--addr `no-such-host.invalid:80`: cannot resolve"),
+        ("8080", "--addr `8080`: the host is missing (`127.0.0.1:8080` or `localhost:8080` for this machine only)"),
+        ("http://localhost:8080", "--addr `http://localhost:8080`: `http://` is a URL scheme, not part of the address: drop it (`--addr localhost:8080`)"),
+    ] {
         let out = common::marnet(&["serve", "--model", "no-bundle-needed", "--addr", addr]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says) && err.contains("e.g. 127.0.0.1:8080, localhost:8080"), "{err}");
@@ -326,4 +340,55 @@ fn predict_finding_no_images_is_an_error_naming_where_it_looked() {
     for want in [dir.to_str().unwrap(), list.to_str().unwrap(), ".png, .jpg, .jpeg, .webp"] {
         assert!(err.contains(want), "`{want}` not in: {err}");
     }
+}
+
+/// Ctrl-C on `serve` says what a server does (not "the current step", which is training's), and
+/// the server stops cleanly.
+#[test]
+fn serve_says_on_ctrl_c_that_it_finishes_the_requests_in_flight() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let bundle = common::fixture_bundle().to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["serve", "--model", bundle, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on http://"), "{line}");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupt: stopping: finishing the requests in flight"), "{stderr}");
+    assert!(!stderr.contains("current step"), "{stderr}");
+}
+
+/// A training run given where a bundle goes (`predict`, `serve`) is refused with the `export`
+/// command that makes one; a bundle given to `eval` without `--cache` is refused saying what
+/// eval needs, and with `--cache` it is evaluated.
+#[test]
+fn a_run_and_a_bundle_given_for_each_other_say_which_is_needed() {
+    let bundle = common::fixture_bundle();
+    let dir = bundle.parent().unwrap();
+    let (run, cache) = (dir.join("run"), dir.join("cache"));
+    let (run, bundle, cache) = (run.to_str().unwrap(), bundle.to_str().unwrap(), cache.to_str().unwrap());
+    let is_run = format!("{run} is a training run, not a bundle: make one with `marnet export --model {run} --out BUNDLE`");
+    let image = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/images/cmyk.jpg");
+    for args in [&["predict", "--model", run, image][..], &["serve", "--model", run, "--addr", "127.0.0.1:0"]] {
+        let out = common::marnet(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&is_run), "{args:?}: {err}");
+    }
+    let out = common::marnet(&["eval", "--model", bundle]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let is_bundle =
+        format!("{bundle} is a bundle made by `export`; eval needs the training run folder (or pass --cache CACHE to evaluate the bundle's heads on a cache)");
+    assert!(!out.status.success() && err.contains(&is_bundle), "{err}");
+    let on_cache = ok(&["eval", "--model", bundle, "--cache", cache, "--split", "val"]);
+    let by_run = ok(&["eval", "--model", run, "--cache", cache, "--split", "val"]);
+    let rows = |t: &str| t.lines().filter(|l| l.starts_with("| val")).map(str::to_string).collect::<Vec<_>>();
+    assert!(!rows(&on_cache).is_empty() && rows(&on_cache) == rows(&by_run), "bundle:\n{on_cache}\nrun:\n{by_run}");
 }

@@ -359,6 +359,7 @@ pub fn extract(
         }
     }
     let partial = partial_dir(out);
+    let _stop = crate::interrupt::stop_at_safe_points("stopping once the block of images being encoded is saved");
     progress::claim_progress(&partial, &job, &rows, &splits, opts.existing)?;
     let result = write_cache(ds, &splits, image_enc, text_enc, opts, out, &partial, &job, dev);
     if result.is_err() && !progress::has_blocks(&partial) {

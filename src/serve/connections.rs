@@ -34,12 +34,20 @@ enum Phase {
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
     let fail =
         |why: String| anyhow::anyhow!("--addr `{addr}`: {why}; give HOST:PORT, e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080 (port 0 picks a free one)");
+    let no_host = |port: &str| fail(format!("the host is missing (`127.0.0.1:{port}` or `localhost:{port}` for this machine only)"));
+    if let Some((scheme, rest)) = addr.split_once("://") {
+        let instead = rest.split('/').next().filter(|a| !a.is_empty()).map(|a| format!(" (`--addr {a}`)")).unwrap_or_default();
+        return Err(fail(format!("`{scheme}://` is a URL scheme, not part of the address: drop it{instead}")));
+    }
+    if addr.parse::<u16>().is_ok() {
+        return Err(no_host(addr));
+    }
     let (host, port) = addr.rsplit_once(':').ok_or_else(|| fail("no port".into()))?;
     if port.parse::<u16>().is_err() {
         return Err(fail(format!("`{port}` is not a port (0 to 65535)")));
     }
     if host.is_empty() || host == "[]" {
-        return Err(fail("no host".into()));
+        return Err(no_host(port));
     }
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
         return Err(fail("an IPv6 address goes in brackets".into()));
@@ -310,7 +318,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses_take_host_names_and_refuse_what_has_no_port() {
+    fn addresses_take_host_names_and_refuse_what_is_not_host_port() {
         assert_eq!(resolve("127.0.0.1:0").unwrap(), vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()]);
         assert_eq!(resolve("[::1]:8080").unwrap(), vec!["[::1]:8080".parse::<SocketAddr>().unwrap()]);
         let local = resolve("localhost:8080").unwrap();
@@ -319,7 +327,10 @@ mod tests {
             ("localhost", "no port"),
             ("localhost:http", "`http` is not a port"),
             ("127.0.0.1:70000", "`70000` is not a port"),
-            (":8080", "no host"),
+            (":8080", "the host is missing (`127.0.0.1:8080` or `localhost:8080` for this machine only)"),
+            ("8080", "the host is missing (`127.0.0.1:8080` or `localhost:8080` for this machine only)"),
+            ("http://localhost:8080", "`http://` is a URL scheme, not part of the address: drop it (`--addr localhost:8080`)"),
+            ("https://[::1]:8080/predict", "`https://` is a URL scheme, not part of the address: drop it (`--addr [::1]:8080`)"),
             ("::1:8080", "an IPv6 address goes in brackets"),
             ("no-such-host.invalid:8080", "cannot resolve `no-such-host.invalid`"),
         ] {

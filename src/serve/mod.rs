@@ -1,9 +1,11 @@
 //! `marnet serve`: a bundle behind HTTP (axum).
 //!
-//! - `POST /predict[?k=5]`: one image as the raw body or as the first file of a
+//! - `POST /predict[?k=5]`: one image as the raw body or as the one file part of a
 //!   `multipart/form-data` body; answers `{"top": [{"class", "index", "prob"}]}`, its `k` best
-//!   classes (`k` at least 1, by default [`ServeOptions::top_k`]; beyond the model's classes, all
-//!   of them).
+//!   classes (`k` digits only, at least 1, by default [`ServeOptions::top_k`]; beyond the model's
+//!   classes, all of them). A file part is a part with a filename, or the part named `image` with
+//!   or without one (`curl -F image=@x.png` and `curl -F image=<x.png` both work); other parts
+//!   (form fields) are ignored, and two or more file parts are refused, not all but one dropped.
 //! - `GET /health`: `{"status": "ok"}`. `GET /model`: classes, encoder, sampler and limits.
 //! - `GET /stats`: the inference thread's counters since start ([`pipeline::Stats`]): passes,
 //!   images, seconds in the encoder, in the heads and waiting for decoded images.
@@ -17,10 +19,12 @@
 //! image's noise stream is keyed on its bytes, so an answer does not depend on its batch.
 //!
 //! Every error is answered `{"error": "..."}` with `content-type: application/json`:
-//! - 400: an unreadable image, an empty body, a multipart body that is malformed or has no file,
-//!   a bad `k`, a query parameter the route does not take, a malformed request head;
+//! - 400: an unreadable image, an empty body, a multipart body that is malformed or has no file
+//!   part or more than one, a bad `k` (quoted as sent), a query parameter the route does not
+//!   take, a malformed request head;
 //! - 404: no such route; 405: a route that does not take the method (with an `Allow` header);
-//! - 413: a body over [`ServeOptions::max_body`];
+//! - 413: a body over [`ServeOptions::max_body`] (the message gives it in MiB and names
+//!   `--max-body-mib`);
 //! - 414: a request line over [`heads::MAX_REQUEST_LINE`] bytes; 431: a request head over
 //!   [`heads::MAX_HEAD`] bytes or [`heads::MAX_HEADERS`] headers (then the connection closes);
 //! - 500: inference failed; 503: the inference thread stopped; 504: past the timeout.
@@ -31,7 +35,8 @@
 //! Connections are limited so that slow or idle clients cannot hold the server: a client must
 //! send each request's headers within `header_timeout`, a keep-alive connection waiting for
 //! its next request is closed after `idle_timeout`, and at most `max_connections` are open at
-//! once (see [`ServeOptions`] and [`connections`]).
+//! once (see [`ServeOptions`] and [`connections`]). Ctrl-C stops accepting, closes the idle
+//! connections and finishes the requests in flight (a second Ctrl-C exits at once).
 
 mod classify;
 pub mod connections;
@@ -140,11 +145,24 @@ fn query_params(uri: &Uri, allowed: &[&str]) -> Result<Vec<(String, String)>, St
 fn requested_k(uri: &Uri, default: usize, classes: usize) -> Result<usize, String> {
     let classes = classes.max(1);
     let Some((_, v)) = query_params(uri, &["k"])?.pop() else { return Ok(default.clamp(1, classes)) };
+    // Digits only: `usize::from_str` would take a sign (`%2B3`), while `+3` decodes to ` 3`.
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
     match v.parse::<usize>() {
-        Ok(k) if k >= 1 => Ok(k.min(classes)),
-        Err(e) if *e.kind() == IntErrorKind::PosOverflow => Ok(classes),
-        _ => Err(format!("query parameter `k` must be a whole number of at least 1 (the model has {classes} classes; a larger `k` gives them all), not `{v}`")),
+        Ok(k) if digits && k >= 1 => Ok(k.min(classes)),
+        Err(e) if digits && *e.kind() == IntErrorKind::PosOverflow => Ok(classes),
+        _ => Err(format!(
+            "query parameter `k` must be a whole number of at least 1 (the model has {classes} classes; a larger `k` gives them all), not `{}`",
+            raw_value(uri)
+        )),
     }
+}
+
+/// The value of the one query parameter of `uri` as it was sent (not percent-decoded, `+` not
+/// turned into a space), for error messages: [`query_params`] has accepted the query, so its
+/// only non-empty `&`-separated piece is that parameter.
+fn raw_value(uri: &Uri) -> &str {
+    let piece = uri.query().unwrap_or("").split('&').find(|p| !p.is_empty()).unwrap_or("");
+    piece.split_once('=').map_or("", |(_, v)| v)
 }
 
 /// Refuses query parameters on the routes that take none.
@@ -155,19 +173,48 @@ async fn no_query(req: Request, next: Next) -> Response {
     }
 }
 
-/// The image bytes of a request: the raw body, or the first file part of a multipart body.
-async fn image_bytes(state: &AppState, req: Request) -> Result<axum::body::Bytes, Response> {
-    let is_multipart = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
-    if is_multipart {
-        let mut form = Multipart::from_request(req, state).await.map_err(|e| error(e.status(), e.body_text()))?;
-        while let Some(field) = form.next_field().await.map_err(|e| error(e.status(), e.body_text()))? {
-            if field.file_name().is_some() || field.name() == Some("image") {
-                return field.bytes().await.map_err(|e| error(e.status(), e.body_text()));
-            }
-        }
-        return Err(error(StatusCode::BAD_REQUEST, "multipart body has no file part (send the image as `image`)"));
+/// The answer to a body axum could not read (`status` and `text` its own): a body over the limit
+/// is answered with the limit and the option that sets it, rather than axum's "length limit
+/// exceeded".
+fn unread_body(max_body: usize, status: StatusCode, text: String) -> Response {
+    if status != StatusCode::PAYLOAD_TOO_LARGE {
+        return error(status, text);
     }
-    axum::body::Bytes::from_request(req, state).await.map_err(|e| error(e.status(), e.body_text()))
+    let mib = format!("{:.3}", max_body as f64 / (1024.0 * 1024.0));
+    let mib = mib.trim_end_matches('0').trim_end_matches('.');
+    error(status, format!("request body larger than the limit of {mib} MiB ({max_body} bytes), which `marnet serve --max-body-mib` sets"))
+}
+
+/// Whether a multipart part is the image: a file part (one with a filename) or, filename or
+/// not, the part named `image`. Other parts (form fields such as `note=...`) are ignored.
+fn is_file_part(field: &axum::extract::multipart::Field) -> bool {
+    field.file_name().is_some() || field.name() == Some("image")
+}
+
+/// The image bytes of a request: the raw body, or the one file part of a multipart body
+/// (see [`is_file_part`]; more than one is refused rather than all but one ignored).
+async fn image_bytes(state: &AppState, req: Request) -> Result<axum::body::Bytes, Response> {
+    let unread = |status, text| unread_body(state.opts.max_body, status, text);
+    let is_multipart = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !is_multipart {
+        return axum::body::Bytes::from_request(req, state).await.map_err(|e| unread(e.status(), e.body_text()));
+    }
+    let mut form = Multipart::from_request(req, state).await.map_err(|e| unread(e.status(), e.body_text()))?;
+    let (mut image, mut files) = (None, 0);
+    // Read to the end (within the body limit) to count the file parts.
+    while let Some(field) = form.next_field().await.map_err(|e| unread(e.status(), e.body_text()))? {
+        let file = is_file_part(&field);
+        let bytes = field.bytes().await.map_err(|e| unread(e.status(), e.body_text()))?;
+        if file {
+            files += 1;
+            image.get_or_insert(bytes);
+        }
+    }
+    match (image, files) {
+        (Some(image), 1) => Ok(image),
+        (None, _) => Err(error(StatusCode::BAD_REQUEST, "multipart body has no file part (send the image as `image`)")),
+        (Some(_), n) => Err(error(StatusCode::BAD_REQUEST, format!("send one image per request (found {n} file parts)"))),
+    }
 }
 
 async fn predict(State(state): State<AppState>, req: Request) -> Response {
@@ -215,6 +262,7 @@ fn router(state: AppState) -> Router {
 /// works, prints `listening on http://ADDR` and serves until Ctrl-C (then stops gracefully, see
 /// [`connections::serve_connections`]).
 pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
+    let _stop = crate::interrupt::stop_at_safe_points("stopping: finishing the requests in flight");
     let addrs = connections::resolve(&opts.addr)?;
     anyhow::ensure!(opts.max_connections > 0, "the connection limit must be at least 1");
     anyhow::ensure!(opts.top_k > 0 && opts.max_batch > 0, "the default k and the batch must be at least 1");

@@ -148,7 +148,7 @@ pub enum Cmd {
         /// Bundle folder.
         #[arg(long)]
         model: PathBuf,
-        /// Address to bind, `HOST:PORT` with a host name or an IP (`localhost:8080`, `0.0.0.0:8080`, `[::1]:8080`); loopback by default, port 0 picks a free one.
+        /// Address to bind, `HOST:PORT` (no `http://`) with a host name or an IP (`localhost:8080`, `0.0.0.0:8080`, `[::1]:8080`); loopback by default, port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
         /// Largest request body, MiB.
