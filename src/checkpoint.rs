@@ -129,6 +129,15 @@ impl Checkpoint {
         Ok(Self { dir, run, tensors, metrics })
     }
 
+    /// The run folder of a run's `best/` or `last/` checkpoint, else the checkpoint's folder.
+    pub fn run_dir(&self) -> &Path {
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match ["best", "last"].iter().any(|c| name == *c || name == format!("{c}.old")) {
+            true => self.dir.parent().unwrap_or(&self.dir),
+            false => &self.dir,
+        }
+    }
+
     /// The folder of the cache the model was trained on: `cache` relative to the run folder,
     /// else `cache_absolute` (runs from before both were recorded: `cache` from the current
     /// folder, then from the run folder). The error names every place it looked.
@@ -139,6 +148,7 @@ impl Checkpoint {
             None => vec![self.run.cache.clone(), run_dir.join(&self.run.cache)],
         };
         if let Some(found) = tried.iter().find(|d| d.is_dir()) {
+            // `runs/t/marnet/seed0/../../../cache` named as the folder it is.
             return Ok(found.canonicalize().unwrap_or_else(|_| found.clone()));
         }
         let places: Vec<String> = tried.iter().map(|d| d.display().to_string()).collect();
@@ -161,9 +171,10 @@ impl Checkpoint {
         let (trained, now) = (&self.run.fingerprint.data, crate::fingerprint::cache_data(&cache));
         ensure!(
             trained.is_empty() || *trained == now,
-            "{}: the feature cache changed since the model at {} was trained on it\n  trained on: data {trained}\n  now:        data {now}\ntrain again on it (`train --force`), or evaluate on it as a new cache with `eval --cache {}`",
+            "{}: the feature cache changed since the model at {} was trained on it\n  trained on: data {trained}\n  now:        data {now}\ntrain again (`train --force`; `ablate`/`compare` retrain such runs when run again), or evaluate on it as a new cache with `eval --model {} --cache {}`",
             dir.display(),
             self.dir.display(),
+            self.run_dir().display(),
             dir.display()
         );
         Ok(cache)

@@ -3,7 +3,7 @@
 //! on the held-out vendor (or on every vendor in turn, leave-one-vendor-out), `report/`.
 
 use crate::config::TrainConfig;
-use crate::experiments::{Table, TableSpec, ablation_arms, alignment_arms, run_table};
+use crate::experiments::{Existing, Table, TableSpec, ablation_arms, alignment_arms, run_table};
 use crate::features::FeatureCache;
 use crate::model::marnet::Variant;
 use crate::train::Verbosity;
@@ -68,6 +68,8 @@ pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::
             fold_val: Default::default(),
             train: opts.train.clone(),
             command: opts.command.clone(),
+            // The demo owns its folder: runs made with other settings are trained again.
+            existing: Existing::Replace,
         };
         tables.push(run_table(&cache, &arms, &spec, opts.verbosity, dev)?);
         seconds.insert(file, t.elapsed().as_secs_f64());

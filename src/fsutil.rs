@@ -24,7 +24,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Replaces folder `dir` by one that `fill` writes: it fills `dir.tmp`, then swaps it in.
-/// If the process dies mid-swap, [`recover_dir`] finds the previous complete folder.
+/// If `fill` fails, `dir` stays as it was and `dir.tmp` is removed. If the process dies
+/// mid-swap, [`recover_dir`] finds the previous complete folder.
 pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = sibling(dir, ".tmp");
     let old = sibling(dir, ".old");
@@ -32,7 +33,10 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old)?;

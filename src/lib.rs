@@ -25,7 +25,7 @@
 //! structs' declared defaults), `fingerprint` (what a run or cache was made from),
 //! `bundle`/`predict`/`serve` (a trained model on image files), `report` (figures and
 //! report.html), `demo` (the whole chain), `stats`, `fsutil`, `rng`, `progress`,
-//! `interrupt`.
+//! `interrupt`, `words` (counts in messages).
 
 pub mod align;
 pub mod assets;
@@ -59,3 +59,4 @@ pub mod serve;
 pub mod stats;
 pub mod synth;
 pub mod train;
+pub mod words;

@@ -257,9 +257,9 @@ pub fn train(
     let (train, val) = train_val(cache, cfg)?;
     if cache.val.is_none() && verbosity == Verbosity::Epochs {
         eprintln!(
-            "val: {:.0}% of train, {} rows, seeded (--seed {}); give rows `\"split\": \"val\"` to choose them yourself",
+            "val: {:.0}% of train, {}, seeded (--seed {}); give rows `\"split\": \"val\"` to choose them yourself",
             100.0 * cfg.val_fraction,
-            val.len(),
+            crate::words::count(val.len(), "row"),
             cfg.seed
         );
     }

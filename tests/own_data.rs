@@ -283,6 +283,33 @@ fn leave_one_out_over_one_group_says_how_to_add_groups() {
     ok_in(tmp.path(), &extract_args("manifest.jsonl", "cache"));
     let err = err_in(tmp.path(), &[&["ablate", "--cache", "cache", "--out", "table", "--leave-one-out", "--seeds", "1"][..], TINY].concat());
     assert!(err.contains("--leave-one-out needs rows in at least two groups") && err.contains("the manifest's `group` field"), "{err}");
+    assert!(err.contains("are in group `phone` (from"), "the group as text: {err}");
+    assert!(!tmp.path().join("table").exists(), "nothing trained");
+}
+
+/// A class whose rows are all in one group has no training rows when that group is held out:
+/// said plainly, for every fold, before anything trains.
+#[test]
+fn leave_one_out_names_classes_found_in_one_group_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = dataset(tmp.path(), "camera");
+    // `green` only in `phone`, `blue` only in `camera`.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // (`blue` trains from `camera`, so that the cache itself has training rows of every class.)
+    let kept: Vec<String> = text
+        .lines()
+        .filter(|l| !l.contains("photos/camera/green") && !l.contains("photos/phone/blue"))
+        .map(|l| if l.contains("photos/camera/blue") { l.replace(r#""split": "test""#, r#""split": "train""#) } else { l.to_string() })
+        .collect();
+    std::fs::write(&manifest, kept.join("\n") + "\n").unwrap();
+    ok_in(tmp.path(), &extract_args("manifest.jsonl", "cache"));
+    let err = err_in(tmp.path(), &[&["ablate", "--cache", "cache", "--out", "table", "--leave-one-out", "--seeds", "1"][..], TINY].concat());
+    for (class, group) in [("green", "phone"), ("blue", "camera")] {
+        let said = format!(
+            "class `{class}` has rows only in group `{group}`: with `{group}` held out it has no training rows; add images of it from other groups, or leave out --leave-one-out"
+        );
+        assert!(err.contains(&said), "{err}");
+    }
     assert!(!tmp.path().join("table").exists(), "nothing trained");
 }
 

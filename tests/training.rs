@@ -132,12 +132,24 @@ fn resume_refuses_a_run_made_from_other_data_naming_both_fingerprints() {
 
 #[test]
 fn a_table_reuses_current_runs_and_recomputes_rows_whose_cache_changed() {
-    use marnet::experiments::{ablation_arms, run_arms};
+    use marnet::experiments::{Existing, TableSpec, ablation_arms, run_arms};
     let tmp = tempfile::tempdir().unwrap();
     let c = cache(&tmp.path().join("cache"));
     let arms = ablation_arms(&model_cfg(Variant::Ema, &c), &[Variant::Baseline, Variant::Ema]);
     let out = tmp.path().join("table");
-    let table = |c: &FeatureCache| run_arms(c, &arms, &train_cfg(1), &[0], &[], &out, Verbosity::Quiet, &Device::Cpu).unwrap();
+    let spec = TableSpec {
+        what: "Ablation".into(),
+        first_column: "Module".into(),
+        file: "ablation".into(),
+        out: out.clone(),
+        seeds: vec![0],
+        leave_one_out: false,
+        fold_val: Default::default(),
+        train: train_cfg(1),
+        command: String::new(),
+        existing: Existing::Refuse,
+    };
+    let table = |c: &FeatureCache| run_arms(c, &arms, &spec, Verbosity::Quiet, &Device::Cpu).unwrap();
     let config = || std::fs::read_to_string(out.join("ema/seed0/best/config.json")).unwrap();
     let mtime = || std::fs::metadata(out.join("ema/seed0/best/model.safetensors")).unwrap().modified().unwrap();
     table(&c);

@@ -71,10 +71,11 @@ pub fn groups(cache: &FeatureCache) -> Result<Vec<String>> {
             true => "the first folder of each row's image path, as no `group` is recorded",
             false => "the manifest's `group` field",
         };
+        let group = g.first().map_or("none".into(), |g| format!("`{g}`"));
         anyhow::bail!(
-            "{}: --leave-one-out needs rows in at least two groups, but all {} rows are in group {g:?} (from {source}); give each manifest line a `group` (the camera, site or vendor it comes from) and extract again, or drop --leave-one-out",
+            "{}: --leave-one-out needs rows in at least two groups, but all {} are in group {group} (from {source}); give each manifest line a `group` (the camera, site or vendor it comes from) and extract again, or drop --leave-one-out",
             cache.dir.display(),
-            rows.len()
+            crate::words::count(rows.len(), "row")
         );
     }
     Ok(g)
@@ -83,9 +84,28 @@ pub fn groups(cache: &FeatureCache) -> Result<Vec<String>> {
 /// One leave-one-group-out fold: `spec.test_group`'s rows are test, validation as `spec.val`,
 /// the remaining rows train. Every class must keep a training row.
 pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
+    folds(cache, std::slice::from_ref(spec)).map(|mut f| f.remove(0))
+}
+
+/// Every fold of `specs`, or an error naming each class that some fold leaves without
+/// training rows (every fold is checked before it fails).
+pub fn folds(cache: &FeatureCache, specs: &[FoldSpec]) -> Result<Vec<FeatureCache>> {
     let rows = all_rows(cache)?;
     let all_groups = groups(cache)?;
-    ensure!(all_groups.contains(&spec.test_group), "{}: no rows of group `{}` (groups: {all_groups:?})", cache.dir.display(), spec.test_group);
+    let (mut out, mut problems) = (vec![], vec![]);
+    for spec in specs {
+        let (fold, missing) = build(cache, &rows, &all_groups, spec)?;
+        out.push(fold);
+        problems.extend(missing.into_iter().filter(|m| !problems.contains(m)).collect::<Vec<_>>());
+    }
+    ensure!(problems.is_empty(), "{}: --leave-one-out: {}", cache.dir.display(), problems.join("; "));
+    Ok(out)
+}
+
+/// The fold `spec` of `rows` (every row of `cache`), and a sentence for each class it leaves
+/// without training rows.
+fn build(cache: &FeatureCache, rows: &FeatureSplit, all_groups: &[String], spec: &FoldSpec) -> Result<(FeatureCache, Vec<String>)> {
+    ensure!(all_groups.contains(&spec.test_group), "{}: no rows of group `{}` (groups: {})", cache.dir.display(), spec.test_group, all_groups.join(", "));
     let group = |i: usize| rows.meta.group(i);
     let train_only = |i: usize| rows.meta.ids[i].contains(TRAIN_ONLY);
     let (test, rest): (Vec<usize>, Vec<usize>) =
@@ -100,15 +120,13 @@ pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
     };
     let (val, mut train): (Vec<usize>, Vec<usize>) = match val_group {
         Some(vg) => rest.iter().partition(|&&i| group(i) == vg),
-        None => in_style_val(&rows, &rest, cache.num_classes(), spec.seed),
+        None => in_style_val(rows, &rest, cache.num_classes(), spec.seed),
     };
     // Training-only images join the training rows unless their group validates.
     train.extend(extra.into_iter().filter(|&i| Some(group(i)) != val_group));
     let mut seen = vec![false; cache.num_classes()];
     train.iter().for_each(|&i| seen[rows.label[i] as usize] = true);
-    if let Some(c) = seen.iter().position(|s| !s) {
-        anyhow::bail!("{}: fold {}: class `{}` has no training rows", cache.dir.display(), spec.name(), rows.meta.classes[c]);
-    }
+    let missing = (0..seen.len()).filter(|&c| !seen[c]).map(|c| no_training_rows(rows, c, &spec.test_group, val_group)).collect();
     let mut out = FeatureCache {
         dir: cache.dir.clone(),
         train: rows.subset(&train),
@@ -119,7 +137,29 @@ pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
     for s in [Some(&mut out.train), out.val.as_mut(), out.test.as_mut()].into_iter().flatten() {
         s.meta.dataset = format!("{} ({})", s.meta.dataset, spec.name());
     }
-    Ok(out)
+    Ok((out, missing))
+}
+
+/// Why class `c` has no training rows in the fold that tests on `test` (and validates on
+/// `val`, a group): the groups its rows are in, and what to do.
+fn no_training_rows(rows: &FeatureSplit, c: usize, test: &str, val: Option<&str>) -> String {
+    let name = &rows.meta.classes[c];
+    let mut in_groups: Vec<&str> = (0..rows.len()).filter(|&i| rows.label[i] as usize == c).map(|i| rows.meta.group(i)).collect();
+    in_groups.sort();
+    in_groups.dedup();
+    if in_groups.is_empty() {
+        return format!("class `{name}` has no rows");
+    }
+    let listed: Vec<String> = in_groups.iter().map(|g| format!("`{g}`")).collect();
+    let plural = if listed.len() == 1 { "" } else { "s" };
+    let (held, other) = match val {
+        Some(v) => (format!("`{test}` held out for test and `{v}` for validation (--fold-val group)"), ", use --fold-val in-style"),
+        None => (format!("`{test}` held out"), ""),
+    };
+    format!(
+        "class `{name}` has rows only in group{plural} {}: with {held} it has no training rows; add images of it from other groups{other}, or leave out --leave-one-out",
+        listed.join(" and ")
+    )
 }
 
 /// Splits `rows` (indices into `all`) into (val, train): one row each of a seeded
@@ -230,6 +270,22 @@ mod tests {
                 assert_eq!(t.data[r].to_f32(), s.text.as_ref().unwrap()[r]);
             }
         }
+    }
+
+    /// A class whose rows are all in one group is named, with that group, for every fold that
+    /// leaves it no training rows, all at once.
+    #[test]
+    fn a_class_in_one_group_only_is_named_for_every_fold_that_loses_it() {
+        let mut c = cache();
+        let keep: Vec<usize> = (0..c.train.len()).filter(|&i| c.train.label[i] != 3).collect();
+        c.train = c.train.subset(&keep);
+        let specs = |val| ["a", "b", "c"].map(|g| FoldSpec { test_group: g.into(), val, seed: 0 });
+        let err = format!("{:#}", folds(&c, &specs(FoldVal::InStyle)).unwrap_err());
+        let said = "cache: --leave-one-out: class `class3` has rows only in group `c`: with `c` held out it has no training rows; add images of it from other groups, or leave out --leave-one-out";
+        assert_eq!(err, said);
+        let err = format!("{:#}", folds(&c, &specs(FoldVal::Group)).unwrap_err());
+        let (b, c) = ("with `b` held out for test and `c` for validation (--fold-val group)", "with `c` held out for test and `a` for validation");
+        assert!(err.contains(b) && err.contains(c) && err.contains("use --fold-val in-style, or leave out --leave-one-out"), "{err}");
     }
 
     #[test]

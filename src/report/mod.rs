@@ -17,6 +17,7 @@ use crate::eval::predict_split;
 use crate::experiments::Table;
 use crate::features::{FeatureCache, FeatureSplit};
 use crate::train::TrainState;
+use crate::words::count;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 use plots::{ConfidenceFigure, CurvePanel, CurvesFigure, Example, ExamplesFigure, Scatter, TsneFigure};
@@ -73,6 +74,10 @@ pub struct FigureStats {
     /// Mean max-probability on test of the baseline and of the CDR head.
     pub mean_max_prob_baseline: Option<f64>,
     pub mean_max_prob_cdr: Option<f64>,
+    /// The classes in fig3_tsne: those with the most test images (`--tsne-classes`), and the
+    /// classes with test images that it leaves out.
+    pub tsne_classes: Vec<String>,
+    pub tsne_classes_left_out: Vec<String>,
     /// Figures not drawn and why.
     pub skipped: Vec<String>,
 }
@@ -130,15 +135,18 @@ fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStat
     }
     let mut order: Vec<u32> = (0..n_classes as u32).collect();
     order.sort_by_key(|&c| (std::cmp::Reverse(counts[c as usize]), c));
-    let chosen: Vec<u32> = order.into_iter().take(opts.tsne_classes).collect();
+    let (chosen, rest) = order.split_at(opts.tsne_classes.min(n_classes));
     let fewest = chosen.iter().map(|&c| counts[c as usize].min(opts.tsne_per_class)).min().unwrap_or(0);
     if fewest < 2 {
         stats.skipped.push("fig3_tsne: the test split has one image per class; run with --leave-one-out for one point per group (vendor)".into());
         return Ok(());
     }
+    let name = |c: &u32| caches[0].train.meta.classes[*c as usize].clone();
+    stats.tsne_classes = chosen.iter().map(name).collect();
+    stats.tsne_classes_left_out = rest.iter().filter(|&&c| counts[c as usize] > 0).map(name).collect();
     let (mut xv, mut xc, mut labels) = (vec![], vec![], vec![]);
     for (ck, cache) in runs.iter().zip(&caches) {
-        let (rows, x_cdr) = test_rows_with_x_cdr(ck, cache, &chosen, opts.tsne_per_class, dev)?;
+        let (rows, x_cdr) = test_rows_with_x_cdr(ck, cache, chosen, opts.tsne_per_class, dev)?;
         let ds = x_cdr.len() / rows.len().max(1);
         xv.extend(rows.visual.chunks(rows.dv).map(<[f32]>::to_vec));
         xc.extend(x_cdr.chunks(ds).map(<[f32]>::to_vec));
@@ -161,12 +169,37 @@ fn tsne_figure(runs: &[Checkpoint], opts: &ReportOptions, stats: &mut FigureStat
         class_names: names,
     };
     plots::save(&fig, &out.join("fig3_tsne"))?;
-    let source = match runs.len() {
+    crate::fsutil::write_atomic(&out.join("fig3_tsne.txt"), tsne_note(stats, runs.len(), opts).as_bytes())
+}
+
+/// What Figure 3 shows: its test images, the classes drawn and those left out, and the flags
+/// that change them.
+fn tsne_note(stats: &FigureStats, folds: usize, opts: &ReportOptions) -> String {
+    let source = match folds {
         1 => "the test split".to_string(),
-        n => format!("the test splits of {n} leave-one-group-out folds"),
+        n => format!("the test splits of {} (leave-one-group-out)", count(n, "fold")),
     };
-    let note = format!("t-SNE rows: {} test images from {source}", stats.tsne_points);
-    crate::fsutil::write_atomic(&out.join("fig3_tsne.txt"), note.as_bytes())
+    let per = format!("up to {} per class{} (--tsne-per-class)", opts.tsne_per_class, if folds > 1 { " and fold" } else { "" });
+    let (drawn, left) = (&stats.tsne_classes, &stats.tsne_classes_left_out);
+    let mut note = format!("t-SNE rows: {} from {source}, {per}", count(stats.tsne_points, "test image"));
+    match left.is_empty() {
+        true => note += &format!(", of {}: {}", count(drawn.len(), "class"), listed(drawn)),
+        false => {
+            let all = drawn.len() + left.len();
+            note += &format!(", of the {} with the most test images (--tsne-classes): {}", count(drawn.len(), "class"), listed(drawn));
+            note += &format!("; left out: {} (`--tsne-classes {all}` draws all {all})", listed(left));
+        }
+    }
+    note
+}
+
+/// `` `a`, `b` `` and, past ten names, `and N more`.
+fn listed(names: &[String]) -> String {
+    let shown: Vec<String> = names.iter().take(10).map(|n| format!("`{n}`")).collect();
+    match names.len().saturating_sub(10) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
 }
 
 fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportOptions, stats: &mut FigureStats, out: &Path, dev: &Device) -> Result<()> {
@@ -191,7 +224,7 @@ fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportOptio
     let max_probs = [0, 1].map(|h| heads[h].iter().map(|p| p.iter().copied().fold(0.0, f32::max)).collect::<Vec<f32>>());
     let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
     (stats.mean_max_prob_baseline, stats.mean_max_prob_cdr) = (Some(mean(&max_probs[0])), Some(mean(&max_probs[1])));
-    let title = format!("Max class probability on test ({n} images)");
+    let title = format!("Max class probability on test ({})", count(n, "image"));
     plots::save(&ConfidenceFigure { title, head_names: names, max_probs }, &out.join("fig4_confidence"))?;
     Ok(())
 }
@@ -224,7 +257,8 @@ fn curves_figure(dir: &Path, tables: &[(String, Table)], out: &Path) -> Result<(
     Ok(())
 }
 
-/// Writes `DIR/report/` from the saved results in `dir`; returns the report folder.
+/// Writes `DIR/report/` from the saved results in `dir`, all of it or, on failure, none (the
+/// previous report stays); returns the report folder.
 pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> {
     plots::use_font(&opts.font(None)?)?;
     let mut tables = vec![];
@@ -234,8 +268,14 @@ pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> 
         }
     }
     ensure!(!tables.is_empty(), "{}: no ablation.json or comparison.json (run `marnet ablate`, `compare` or `demo` first)", dir.display());
+    // Written whole into `report.tmp` and swapped in: a report that fails leaves the last one.
     let out = dir.join("report");
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+    crate::fsutil::replace_dir(&out, |tmp| write_into(dir, &tables, opts, tmp, dev))?;
+    Ok(out)
+}
+
+/// Writes the report of the tables of `dir` into the folder `out`.
+fn write_into(dir: &Path, tables: &[(String, Table)], opts: &ReportOptions, out: &Path, dev: &Device) -> Result<()> {
     let bar = crate::progress::bar(opts.progress, 4, "steps", "report: tables");
     let md: String = tables.iter().map(|(_, t)| t.markdown() + "\n").collect();
     crate::fsutil::write_atomic(&out.join("tables.md"), md.as_bytes())?;
@@ -244,27 +284,26 @@ pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> 
     bar.inc(1);
 
     let mut stats = FigureStats::default();
-    let open = |key: &str| -> Option<Checkpoint> { run_dir(dir, key, &tables).and_then(|d| Checkpoint::open(&d, dev).ok()) };
+    let open = |key: &str| -> Option<Checkpoint> { run_dir(dir, key, tables).and_then(|d| Checkpoint::open(&d, dev).ok()) };
     let (marnet, base) = (open("marnet"), open("baseline"));
     bar.set_message("report: t-SNE");
-    let marnet_folds: Vec<Checkpoint> = run_dirs(dir, "marnet", &tables).iter().map(|d| Checkpoint::open(d, dev)).collect::<Result<_>>()?;
+    let marnet_folds: Vec<Checkpoint> = run_dirs(dir, "marnet", tables).iter().map(|d| Checkpoint::open(d, dev)).collect::<Result<_>>()?;
     match marnet_folds.is_empty() {
-        false => tsne_figure(&marnet_folds, opts, &mut stats, &out, dev)?,
+        false => tsne_figure(&marnet_folds, opts, &mut stats, out, dev)?,
         true => stats.skipped.push("fig3_tsne: no MARNet run in this folder".into()),
     }
     bar.inc(1);
     bar.set_message("report: confidence");
     match (&base, &marnet) {
-        (Some(b), Some(m)) => confidence_figures(b, m, opts, &mut stats, &out, dev)?,
+        (Some(b), Some(m)) => confidence_figures(b, m, opts, &mut stats, out, dev)?,
         _ => stats.skipped.push("fig4: needs both a baseline and a MARNet run".into()),
     }
     bar.inc(1);
     bar.set_message("report: curves");
-    curves_figure(dir, &tables, &out)?;
+    curves_figure(dir, tables, out)?;
     bar.inc(1);
     bar.finish_and_clear();
     crate::fsutil::write_atomic(&out.join("figures.json"), serde_json::to_string_pretty(&stats)?.as_bytes())?;
     let extra = crate::fsutil::read_json::<serde_json::Value>(&dir.join("demo.json")).ok();
-    html::write(&out, &tables, &stats, extra.as_ref())?;
-    Ok(out)
+    html::write(out, tables, &stats, extra.as_ref())
 }

@@ -231,8 +231,9 @@ pub enum Cmd {
         report: marnet::report::ReportOptions,
     },
     /// The paper's ablation (Table 2): every variant x every seed, mean ± std on test.
-    /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning reuses finished runs made by this
-    /// build from this cache and trains stale ones again.
+    /// Writes `OUT/ablation.md` and `OUT/ablation.json`; rerunning with the same settings reuses
+    /// finished runs made by this build from this cache and trains stale ones again; other
+    /// settings are refused unless --force.
     Ablate {
         #[command(flatten)]
         table: TableArgs,
@@ -242,7 +243,7 @@ pub enum Cmd {
     },
     /// The alignment comparison (Table 1): visual baseline, EMA with each alignment loss
     /// (SWD, SSAN, CDD, SDM, TEAM, ITA) and MARNet, same budget, mean ± std on test.
-    /// Writes `OUT/comparison.md` and `OUT/comparison.json`.
+    /// Writes `OUT/comparison.md` and `OUT/comparison.json`; reruns as for `ablate`.
     Compare {
         #[command(flatten)]
         table: TableArgs,

@@ -49,7 +49,7 @@ fn run() -> Result<()> {
                         (Some(v), Some(t)) => format!("; tokens: visual {} x {}, text up to {} x {}", v.len, v.dim, t.len, t.dim),
                         _ => String::new(),
                     };
-                    println!("{name}: {} rows, visual {}-d, text {}-d{tokens}", s.len(), s.dv, s.ds);
+                    println!("{name}: {}, visual {}-d, text {}-d{tokens}", marnet::words::count(s.len(), "row"), s.dv, s.ds);
                 }
             }
             println!("wrote {}", out.display());
@@ -166,7 +166,7 @@ fn run() -> Result<()> {
         }
         Cmd::MergeShards { out, shards } => {
             let c = FeatureCache::merge_shards(&shards, &out)?;
-            println!("merged {} shards: train {} rows; wrote {}", shards.len(), c.train.len(), out.display());
+            println!("merged {}: train {}; wrote {}", marnet::words::count(shards.len(), "shard"), marnet::words::count(c.train.len(), "row"), out.display());
         }
         Cmd::Bench {
             variant,

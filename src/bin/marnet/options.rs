@@ -36,6 +36,12 @@ pub struct TableArgs {
     /// the model has not trained on, for choosing settings that must transfer).
     #[arg(long, value_enum, default_value = "in-style")]
     pub fold_val: marnet::features::folds::FoldVal,
+    /// Replace what a table made with other settings left in --out: its runs made with other
+    /// settings are trained again and the table is written as asked; nothing else is deleted.
+    /// Without it such a folder is refused, naming what differs (the same settings reuse its
+    /// finished runs and train only what is missing or stale).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub model: ModelOptions,
     #[command(flatten)]
@@ -61,6 +67,7 @@ impl TableArgs {
             fold_val: self.fold_val,
             train: self.train.clone(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            existing: if self.force { marnet::experiments::Existing::Replace } else { marnet::experiments::Existing::Refuse },
         }
     }
 }

@@ -3,6 +3,12 @@
 //! Table 2 is the ablation (variants); Table 1 compares alignment losses.
 
 use crate::align::Alignment;
+mod existing;
+mod table;
+
+pub use existing::Existing;
+pub use table::Table;
+
 use crate::config::TrainConfig;
 use crate::eval::EvalResult;
 use crate::eval::pct_mean_std;
@@ -11,11 +17,11 @@ use crate::features::folds::FoldSpec;
 use crate::model::marnet::{MarnetConfig, Variant};
 use crate::stats::PairedTest;
 use crate::stats::mean_std;
-use crate::train::{Resume, Verbosity, train};
+use crate::train::{Verbosity, train};
+use crate::words::count;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// One row of a table: a configuration, its folder name and its label.
 #[derive(Debug, Clone)]
@@ -155,58 +161,70 @@ fn add_paired_tests(rows: &mut [ResultRow]) {
     }
 }
 
-/// Trains every arm for each fold and seed into `out/[<fold>/]<key>/seed<k>`. Finished runs are
-/// resumed (a no-op) when made by this code from this data, and trained again when not, so an
-/// interrupted table picks up where it stopped and a stale one is recomputed. `folds` empty: the
-/// cache's own splits.
-#[allow(clippy::too_many_arguments)]
-pub fn run_arms(
-    cache: &FeatureCache,
-    arms: &[Arm],
-    train_cfg: &TrainConfig,
-    seeds: &[u64],
-    folds: &[FoldSpec],
-    out: &Path,
-    verbosity: Verbosity,
-    dev: &Device,
-) -> Result<Vec<ResultRow>> {
-    let plan: Vec<(Option<&FoldSpec>, FeatureCache)> = match folds {
-        [] => vec![(None, cache.clone())],
-        _ => folds.iter().map(|f| Ok((Some(f), crate::features::folds::fold(cache, f)?))).collect::<Result<_>>()?,
-    };
-    // With bars only, one bar over every run of the table; per-epoch lines with `Epochs`.
-    let bar = crate::progress::bar(verbosity == Verbosity::Progress, (arms.len() * plan.len() * seeds.len()) as u64, "runs", "training");
-    let run_verbosity = if verbosity == Verbosity::Epochs { verbosity } else { Verbosity::Quiet };
-    let mut rows = Vec::new();
+/// The folds `spec` asks for, each with its fold of the cache (one entry without a fold
+/// without `--leave-one-out`). Every fold is checked, and every problem named, before any
+/// training.
+fn folds(cache: &FeatureCache, spec: &TableSpec) -> Result<Vec<(Option<FoldSpec>, FeatureCache)>> {
+    if !spec.leave_one_out {
+        return Ok(vec![(None, cache.clone())]);
+    }
+    let specs: Vec<FoldSpec> =
+        crate::features::folds::groups(cache)?.into_iter().map(|g| FoldSpec { test_group: g, val: spec.fold_val, seed: spec.train.seed }).collect();
+    let caches = crate::features::folds::folds(cache, &specs)?;
+    Ok(specs.into_iter().map(Some).zip(caches).collect())
+}
+
+/// Trains every arm for each fold and seed as `spec` says into `OUT/[<fold>/]<key>/seed<k>` and
+/// returns the rows (without writing the table). First it looks at what `OUT` holds: a table or
+/// runs made with other settings are refused unless `spec.existing` replaces them. Finished runs
+/// made by this code from this data are reused, interrupted ones continued, stale ones trained
+/// again; the table says how many of each on stderr (unless quiet).
+pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Vec<ResultRow>> {
+    let plan = folds(cache, spec)?;
+    let previous = existing::previous(spec)?;
+    let now: Vec<_> = plan.iter().map(|(_, c)| existing::current(c)).collect();
+    let mut runs = vec![];
     for arm in arms {
-        let (mut runs, mut secs) = (vec![], vec![]);
-        for (spec, fold_cache) in &plan {
-            let dir = spec.map_or(out.to_path_buf(), |f| out.join(f.name()));
-            for &seed in seeds {
-                let tc = TrainConfig { seed, ..train_cfg.clone() };
-                let run_dir = dir.join(&arm.key).join(format!("seed{seed}"));
-                bar.set_message(format!("{} {}seed {seed}", arm.key, spec.map(|f| format!("{} ", f.name())).unwrap_or_default()));
-                let state = train(fold_cache, &arm.cfg, &tc, &run_dir, Resume::IfCurrent, run_verbosity, dev)
-                    .with_context(|| format!("training {} (seed {seed}{})", arm.key, spec.map(|f| format!(", {}", f.name())).unwrap_or_default()))?;
+        for ((fold, _), now) in plan.iter().zip(&now) {
+            for &seed in &spec.seeds {
+                let rel = format!("{}{}/seed{seed}", fold.as_ref().map(|f| format!("{}/", f.name())).unwrap_or_default(), arm.key);
+                let dir = spec.out.join(&rel);
+                let tc = TrainConfig { seed, ..spec.train.clone() };
+                runs.push(existing::plan_run(dir, rel, &arm.cfg, &tc, fold.as_ref(), now));
+            }
+        }
+    }
+    existing::check(spec, previous.as_ref(), arms, &runs)?;
+    // With bars only, one bar over every run of the table; per-epoch lines with `Epochs`.
+    let bar = crate::progress::bar(verbosity == Verbosity::Progress, runs.len() as u64, "runs", "training");
+    let run_verbosity = if verbosity == Verbosity::Epochs { verbosity } else { Verbosity::Quiet };
+    let (mut planned, mut rows) = (runs.iter(), Vec::new());
+    for arm in arms {
+        let (mut results, mut secs) = (vec![], vec![]);
+        for (fold, fold_cache) in &plan {
+            let fold_name = fold.as_ref().map(|f| f.name()).unwrap_or_default();
+            for &seed in &spec.seeds {
+                let run = planned.next().expect("a planned run for every arm, fold and seed");
+                let tc = TrainConfig { seed, ..spec.train.clone() };
+                bar.set_message(format!("{} {}seed {seed}", arm.key, fold.as_ref().map(|f| format!("{} ", f.name())).unwrap_or_default()));
+                let state = train(fold_cache, &arm.cfg, &tc, &run.dir, run.status.resume(), run_verbosity, dev)
+                    .with_context(|| format!("training {} (seed {seed}{})", arm.key, fold.as_ref().map(|f| format!(", {}", f.name())).unwrap_or_default()))?;
                 ensure!(state.test.is_some(), "{}: the cache has no test split", cache.dir.display());
                 secs.extend(state.history.iter().map(|h| h.train_seconds));
                 bar.inc(1);
-                runs.push(RunResult {
-                    fold: spec.map(|f| f.name()).unwrap_or_default(),
-                    seed,
-                    test: state.test,
-                    val_top1: state.best_val_top1,
-                    hits: state.test_hits,
-                });
+                results.push(RunResult { fold: fold_name.clone(), seed, test: state.test, val_top1: state.best_val_top1, hits: state.test_hits });
             }
         }
-        let row = ResultRow::new(arm, seeds, runs, mean_std(&secs).0);
+        let row = ResultRow::new(arm, &spec.seeds, results, mean_std(&secs).0);
         if verbosity != Verbosity::Quiet {
             bar.suspend(|| eprintln!("{}: test top1 {}", row.row, pct_mean_std(&row.test_top1)));
         }
         rows.push(row);
     }
     bar.finish_and_clear();
+    if verbosity != Verbosity::Quiet {
+        eprintln!("{}", existing::summary(&runs));
+    }
     add_paired_tests(&mut rows);
     Ok(rows)
 }
@@ -227,126 +245,26 @@ pub struct TableSpec {
     pub train: TrainConfig,
     /// The command line, recorded with the table.
     pub command: String,
+    /// What to do with a table or runs in `out` made with other settings.
+    pub existing: Existing,
 }
 
-/// Trains every arm as `spec` says (resuming current runs), writes the table and returns it.
+/// Trains every arm as `spec` says (see [`run_arms`]), writes the table and returns it.
 pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Table> {
-    let folds: Vec<FoldSpec> = match spec.leave_one_out {
-        true => crate::features::folds::groups(cache)?.into_iter().map(|g| FoldSpec { test_group: g, val: spec.fold_val, seed: spec.train.seed }).collect(),
-        false => vec![],
-    };
-    let rows = run_arms(cache, arms, &spec.train, &spec.seeds, &folds, &spec.out, verbosity, dev)?;
-    let split = match folds.len() {
+    let rows = run_arms(cache, arms, spec, verbosity, dev)?;
+    let split = match rows.first().map_or(0, |r| r.folds.len()) {
         0 => "test split".to_string(),
-        n => format!("leave-one-group-out over {n} folds, {} validation", spec.fold_val.name()),
+        n => format!("leave-one-group-out over {}, {} validation", count(n, "fold"), spec.fold_val.name()),
     };
+    let (seeds, epochs) = (count(spec.seeds.len(), "seed"), count(spec.train.epochs, "epoch"));
     let table = Table {
-        title: format!("{} on `{}`: {} seeds, {} epochs; {split}, model selected on val", spec.what, cache.dir.display(), spec.seeds.len(), spec.train.epochs),
+        title: format!("{} on `{}`: {seeds}, {epochs}; {split}, model selected on val", spec.what, cache.dir.display()),
         first_column: spec.first_column.clone(),
         command: spec.command.clone(),
         train: spec.train.clone(),
+        fold_val: spec.leave_one_out.then_some(spec.fold_val),
         rows,
     };
     table.write(&spec.out, &spec.file)?;
     Ok(table)
-}
-
-/// A finished table with what produced it (`OUT/<name>.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Table {
-    pub title: String,
-    pub first_column: String,
-    /// The command line that produced it.
-    pub command: String,
-    pub train: TrainConfig,
-    pub rows: Vec<ResultRow>,
-}
-
-/// `"+1.23 (p=0.004**)"`: a paired difference in points with its bootstrap p-value and marker.
-fn paired_cell(t: &Option<PairedTest>) -> String {
-    match t {
-        Some(t) => format!("{:+.2} (p={:.3}{})", 100.0 * t.diff, t.p_bootstrap, crate::stats::significance_marker(t.p_bootstrap)),
-        None => "".into(),
-    }
-}
-
-/// `"55.1 / 60.2"`-style list of percentages, or empty.
-fn pct_list(xs: &[f64]) -> String {
-    xs.iter().map(|x| format!("{:.1}", 100.0 * x)).collect::<Vec<_>>().join(" / ")
-}
-
-impl Table {
-    /// The header and the cells of every row, shared by the markdown and HTML renderings.
-    pub fn cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
-        let folds: Vec<String> = self.rows.first().map(|r| r.folds.iter().map(|f| f.trim_start_matches("fold-").to_string()).collect()).unwrap_or_default();
-        let mut head: Vec<String> = vec![self.first_column.clone(), "Acc-1 (%)".into(), "95% CI".into(), "Acc-5 (%)".into()];
-        if !folds.is_empty() {
-            head.push(format!("Acc-1 per held-out group ({})", folds.join(" / ")));
-        }
-        head.extend([
-            "vs baseline".into(),
-            "vs +EMA".into(),
-            "heads EMA / CDR Acc-1".into(),
-            "cos(x_CDR, x_s)".into(),
-            "val Acc-1 (%)".into(),
-            "train s/epoch".into(),
-        ]);
-        let rows = self
-            .rows
-            .iter()
-            .map(|r| {
-                let mut c = vec![
-                    r.row.clone(),
-                    pct_mean_std(&r.test_top1),
-                    format!("{:.1}–{:.1}", 100.0 * r.ci95_top1.0, 100.0 * r.ci95_top1.1),
-                    pct_mean_std(&r.test_top5),
-                ];
-                if !folds.is_empty() {
-                    c.push(pct_list(&r.fold_top1()));
-                }
-                let heads = match (r.ema_head_top1.is_empty(), r.cdr_head_top1.is_empty()) {
-                    (false, false) => format!("{:.2} / {:.2}", 100.0 * mean_std(&r.ema_head_top1).0, 100.0 * mean_std(&r.cdr_head_top1).0),
-                    _ => "".into(),
-                };
-                let cos = if r.test_cosine.is_empty() { String::new() } else { format!("{:.3}", mean_std(&r.test_cosine).0) };
-                c.extend([
-                    paired_cell(&r.vs_baseline),
-                    paired_cell(&r.vs_ema),
-                    heads,
-                    cos,
-                    pct_mean_std(&r.val_top1),
-                    format!("{:.2}", r.train_seconds_per_epoch),
-                ]);
-                c
-            })
-            .collect();
-        (head, rows)
-    }
-
-    /// The rows as a markdown table under the title, with a legend for the statistics.
-    pub fn markdown(&self) -> String {
-        let (head, rows) = self.cells();
-        let mut s = format!("{}\n\n| {} |\n|{}\n", self.title, head.join(" | "), "---|".repeat(head.len()));
-        for r in rows {
-            s += &format!("| {} |\n", r.join(" | "));
-        }
-        s + "\nAcc: mean ± std over runs (folds × seeds); 95% CI: t-interval of that mean. vs baseline / vs +EMA: \
-             difference in top-1 points on the same test images (per-image accuracy averaged over seeds), \
-             paired bootstrap p-value (* p < 0.05, ** p < 0.01).\n"
-    }
-
-    /// Writes `dir/<name>.md` and `dir/<name>.json`.
-    pub fn write(&self, dir: &Path, name: &str) -> Result<()> {
-        crate::fsutil::write_atomic(&dir.join(format!("{name}.md")), self.markdown().as_bytes())?;
-        crate::fsutil::write_atomic(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(self)?.as_bytes())
-    }
-
-    /// Reads `dir/<name>.json`, if present.
-    pub fn read(dir: &Path, name: &str) -> Result<Option<Table>> {
-        let p = dir.join(format!("{name}.json"));
-        if !p.exists() {
-            return Ok(None);
-        }
-        crate::fsutil::read_json(&p).map(Some)
-    }
 }
