@@ -5,62 +5,24 @@
 use crate::align::team_tokens::TokenBatch;
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig};
 use crate::config::TrainConfig;
-use crate::eval::{EvalResult, TextReference, evaluate};
+use crate::eval::{TextReference, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
 use crate::model::marnet::{Marnet, MarnetConfig};
 use crate::optim::{AdamW, clip_scale};
 use crate::rng::SeededRng;
 use anyhow::{Context, Result, ensure};
 use candle_core::{Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    /// Wall time of the epoch's training steps.
-    pub train_seconds: f64,
-    /// Wall time of the validation pass.
-    pub val_seconds: f64,
-    /// Mean of each weighted loss term over the epoch.
-    pub losses: BTreeMap<String, f64>,
-    pub val: EvalResult,
-}
+mod gate;
+mod order;
+mod state;
 
-/// `metrics.json` of a run: progress so far and the selected epoch.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TrainState {
-    pub epochs_done: usize,
-    pub optimizer_steps: u64,
-    pub best_epoch: Option<usize>,
-    pub best_val_top1: f64,
-    pub history: Vec<EpochRecord>,
-    /// Test accuracy of the selected model (reported, never used for selection).
-    pub test: Option<EvalResult>,
-    /// Per test row, whether the selected model's top-1 class is right (for paired tests).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub test_hits: Vec<bool>,
-    /// The late-fusion weight w fitted on validation (MARNet with `gate`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate: Option<f64>,
-    /// Set when the run stopped inside an epoch (Ctrl-C): where `--resume` picks up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partial: Option<PartialEpoch>,
-}
-
-/// An epoch cut short: the shuffle is re-derived from the seed, the noise stream restored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartialEpoch {
-    /// 0-based epoch index.
-    pub epoch: usize,
-    pub steps_done: usize,
-    pub loss_sums: BTreeMap<String, f64>,
-    /// `get_word_pos` of the epoch's noise stream (a u128, as decimal text).
-    pub noise_word_pos: String,
-    pub train_seconds: f64,
-}
+pub use order::epoch_order;
+pub use state::{EpochRecord, PartialEpoch, TrainState};
 
 /// How a run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,63 +111,6 @@ pub fn token_batch(train: &FeatureSplit, idx: &[usize], dev: &Device) -> Result<
         text: Tensor::from_vec(t.gather_f32(idx), (b, t.len, t.dim), dev)?,
         mask: Tensor::from_vec(t.gather_mask_f32(idx), (b, t.len), dev)?,
     })
-}
-
-/// Fits MARNet's late-fusion weight w (see `MarnetConfig::gate`) on `val` for the checkpoint in
-/// `best` and saves it there: the w in {0, 0.1, ..., 1} with the best val top-1 (ties: the
-/// largest, the most fusion). One inference pass: the heads' outputs do not depend on w, so
-/// each candidate mixes them on the host. Returns w and its val top-1.
-fn fit_gate(best: &Path, val: &FeatureSplit, cfg: &TrainConfig, dev: &Device) -> Result<(f64, f64)> {
-    let ck = Checkpoint::open(best, dev)?;
-    let m = ck.model(dev)?;
-    m.model.set_gate(1.0)?;
-    let out = crate::eval::predict_split(&m.model, val, &cfg.inference(), dev)?;
-    let ema = out.ema_logits.context("a gated model has an EMA head")?;
-    let classes = m.model.config().classes;
-    let (p_ema, p_fused) = (softmax_rows(&ema, classes), softmax_rows(&out.logits, classes));
-    let mut chosen = (f64::NEG_INFINITY, 1.0);
-    for k in 0..=10 {
-        let w = k as f64 / 10.0;
-        let mixed: Vec<f32> = p_ema.iter().zip(&p_fused).map(|(a, b)| ((1.0 - w) * a + w * b) as f32).collect();
-        let top1 = crate::eval::topk_accuracy(&mixed, classes, &val.label).top1;
-        if top1 >= chosen.0 {
-            chosen = (top1, w);
-        }
-    }
-    m.model.set_gate(chosen.1)?;
-    let mut metrics = ck.metrics.clone();
-    metrics["gate"] = chosen.1.into();
-    checkpoint::save(&ck.dir, &ck.run, &m, vec![], &metrics)?;
-    Ok((chosen.1, chosen.0))
-}
-
-/// Row-wise softmax of `logits` [N, C], in f64.
-fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f64> {
-    let mut out = Vec::with_capacity(logits.len());
-    for row in logits.chunks_exact(classes) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
-        let z: f64 = e.iter().sum();
-        out.extend(e.iter().map(|x| x / z));
-    }
-    out
-}
-
-/// The order of an epoch's training rows. `per_class` 0: a permutation. Otherwise CAN's
-/// class-aware sampling (Kang et al., CVPR 2019): each class's rows, shuffled, cut into blocks of
-/// `per_class`, and the blocks shuffled, so a batch holds several rows of each of its classes.
-/// Every row comes once either way.
-pub fn epoch_order(rng: &mut crate::rng::SeededRng, labels: &[u32], per_class: usize) -> Vec<usize> {
-    let perm = crate::rng::permutation(rng, labels.len());
-    if per_class == 0 {
-        return perm;
-    }
-    let mut by_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for i in perm {
-        by_class.entry(labels[i]).or_default().push(i);
-    }
-    let blocks: Vec<&[usize]> = by_class.values().flat_map(|rows| rows.chunks(per_class)).collect();
-    crate::rng::permutation(rng, blocks.len()).into_iter().flat_map(|b| blocks[b].iter().copied()).collect()
 }
 
 /// The settings that differ between two configurations, as `--field old → new`.
@@ -450,7 +355,7 @@ pub fn train(
 
     if model_cfg.gated() {
         // The selected model is now the gated one: its val top-1 is the one reported.
-        let (w, val_top1) = fit_gate(&out.join("best"), &val, cfg, dev)?;
+        let (w, val_top1) = gate::fit_gate(&out.join("best"), &val, cfg, dev)?;
         (state.gate, state.best_val_top1) = (Some(w), val_top1);
     }
     if let Some(test) = &cache.test {
@@ -462,39 +367,4 @@ pub fn train(
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;
     }
     Ok(state)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Maximal runs of consecutive rows of one class: (class, length).
-    fn class_runs(order: &[usize], labels: &[u32]) -> Vec<(u32, usize)> {
-        let mut runs: Vec<(u32, usize)> = vec![];
-        for &i in order {
-            match runs.last_mut() {
-                Some((c, n)) if *c == labels[i] => *n += 1,
-                _ => runs.push((labels[i], 1)),
-            }
-        }
-        runs
-    }
-
-    #[test]
-    fn class_blocks_keep_every_row_once_and_put_classmates_together() {
-        let labels: Vec<u32> = (0..60).map(|i| (i % 12) as u32).collect(); // 12 classes x 5 rows
-        let plain = epoch_order(&mut crate::rng::stream(1, "t", 0), &labels, 0);
-        let blocks = epoch_order(&mut crate::rng::stream(1, "t", 0), &labels, 3);
-        for order in [&plain, &blocks] {
-            let mut sorted = order.clone();
-            sorted.sort_unstable();
-            assert_eq!(sorted, (0..60).collect::<Vec<_>>());
-        }
-        // Blocks of 3 and 2 (5 = 3 + 2): every run of one class is at least 2 long, and each
-        // class forms one or two runs; a plain permutation leaves most rows alone.
-        let runs = class_runs(&blocks, &labels);
-        assert!(runs.iter().all(|&(_, n)| n >= 2), "{runs:?}");
-        assert!((12..=24).contains(&runs.len()), "{runs:?}");
-        assert!(class_runs(&plain, &labels).len() > 45);
-    }
 }
