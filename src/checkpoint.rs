@@ -115,6 +115,20 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a checkpoint folder; a run folder (holding `best/`) resolves to its best model.
     pub fn open(dir: &Path, dev: &Device) -> Result<Self> {
+        let table = ["ablation.json", "comparison.json"].into_iter().find(|t| dir.join(t).is_file());
+        ensure!(
+            table.is_none(),
+            "{}: this is a table folder (`{}`), not a run; pass one of its runs, e.g. {}",
+            dir.display(),
+            table.unwrap_or_default(),
+            dir.join("marnet/seed0").display()
+        );
+        ensure!(
+            !dir.join("train.safetensors").is_file(),
+            "{}: this is a feature cache, not a run; train one with `marnet train --cache {} --out RUN`",
+            dir.display(),
+            dir.display()
+        );
         let dir = if !dir.join(CONFIG).exists() && dir.join("best").is_dir() { dir.join("best") } else { dir.to_path_buf() };
         let dir = crate::fsutil::recover_dir(&dir).with_context(|| format!("{}: no checkpoint folder here", dir.display()))?;
         let read = |name: &str| -> Result<String> {

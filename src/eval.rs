@@ -16,19 +16,34 @@ pub struct Accuracy {
     /// Mean over rows of the largest softmax probability (the head's confidence).
     #[serde(default)]
     pub mean_max_prob: f64,
+    /// Rows whose outputs are not all finite (a diverged model): counted as misses.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub non_finite: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Rank of the true class in a row of scores: how many classes beat it (ties before it count
 /// as beating, so ties go to the lower class index).
 fn rank_of(row: &[f32], y: u32) -> usize {
+    // A row with NaN or infinite scores is a miss, never a hit (NaN beats nothing).
+    if row.iter().any(|v| !v.is_finite()) {
+        return row.len();
+    }
     let target = row[y as usize];
     row.iter().enumerate().filter(|&(c, &v)| v > target || (v == target && c < y as usize)).count()
 }
 
 /// Accuracy of row-major `logits` [N, C] against `labels`; ties go to the lower class index.
 pub fn topk_accuracy(logits: &[f32], classes: usize, labels: &[u32]) -> Accuracy {
-    let (mut hit1, mut hit5, mut conf) = (0usize, 0usize, 0f64);
+    let (mut hit1, mut hit5, mut conf, mut non_finite) = (0usize, 0usize, 0f64, 0usize);
     for (row, &y) in logits.chunks_exact(classes).zip(labels) {
+        if row.iter().any(|v| !v.is_finite()) {
+            non_finite += 1;
+            continue;
+        }
         let rank = rank_of(row, y);
         hit1 += (rank == 0) as usize;
         hit5 += (rank < 5) as usize;
@@ -36,7 +51,7 @@ pub fn topk_accuracy(logits: &[f32], classes: usize, labels: &[u32]) -> Accuracy
         conf += 1.0 / row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>();
     }
     let n = labels.len();
-    Accuracy { top1: hit1 as f64 / n as f64, top5: hit5 as f64 / n as f64, n, mean_max_prob: conf / n as f64 }
+    Accuracy { top1: hit1 as f64 / n as f64, top5: hit5 as f64 / n as f64, n, mean_max_prob: conf / n as f64, non_finite }
 }
 
 /// Per row of `logits` [N, C]: whether the top-1 class is the label (for paired tests).
@@ -151,7 +166,10 @@ pub fn predict_split(model: &Marnet, split: &FeatureSplit, inference: &Inference
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RowPrediction {
     pub id: String,
+    /// The true class: its index and name.
     pub label: u32,
+    pub label_class: String,
+    /// The top-1 class: its index and name.
     pub predicted: u32,
     pub class: String,
 }
@@ -163,7 +181,14 @@ pub fn row_predictions(split: &FeatureSplit, logits: &[f32], classes: &[String])
         .enumerate()
         .map(|(i, row)| {
             let best = (0..row.len()).fold(0, |b, c| if row[c] > row[b] { c } else { b });
-            RowPrediction { id: split.meta.ids[i].clone(), label: split.label[i], predicted: best as u32, class: classes[best].clone() }
+            let label = split.label[i];
+            RowPrediction {
+                id: split.meta.ids[i].clone(),
+                label,
+                label_class: classes[label as usize].clone(),
+                predicted: best as u32,
+                class: classes[best].clone(),
+            }
         })
         .collect()
 }
@@ -339,7 +364,12 @@ mod tests {
             0.6, 0.5, 0.4, 0.3, 0.2, 0.1, // true 5: rank 5, miss
         ];
         let a = topk_accuracy(&logits, 6, &[0, 4, 5]);
-        assert_eq!((a.top1, a.top5, a.n), (1.0 / 3.0, 2.0 / 3.0, 3));
+        assert_eq!((a.top1, a.top5, a.n, a.non_finite), (1.0 / 3.0, 2.0 / 3.0, 3, 0));
+        // A diverged model's NaN scores are misses, not hits (NaN compares false with everything).
+        let nan = [f32::NAN; 6];
+        let d = topk_accuracy(&nan, 6, &[2]);
+        assert_eq!((d.top1, d.top5, d.non_finite), (0.0, 0.0, 1));
+        assert!(!top1_hits(&nan, 6, &[0])[0]);
         assert_eq!(top1_hits(&logits, 6, &[0, 4, 5]), vec![true, false, false]);
         // Row 1: softmax max = 1 / sum(exp(v - 0.9)).
         let z1: f64 = [0.9f64, 0.1, 0.0, 0.0, 0.0, 0.0].iter().map(|v| (v - 0.9).exp()).sum();

@@ -77,6 +77,16 @@ pub fn relative_path(path: &Path, base: &Path) -> PathBuf {
     if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel }
 }
 
+/// Removes its folder when dropped if the folder is then empty: a command that created its
+/// output folder and failed before writing anything leaves nothing behind.
+pub struct RemoveIfEmpty(pub PathBuf);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0); // fails, as wanted, unless empty
+    }
+}
+
 /// Reads and parses a JSON file; errors name the file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;

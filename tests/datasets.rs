@@ -186,6 +186,25 @@ fn manifest_catches_the_mistakes_people_make() {
     }
     assert_eq!(err.matches("`group`").count(), 2, "an empty group is one problem, not also a missing one: {err}");
 
+    // A key given twice; the same photo under two names in two groups of one split.
+    std::fs::create_dir_all(tmp.path().join("phone")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("camera")).unwrap();
+    std::fs::copy(tmp.path().join("apple.png"), tmp.path().join("phone/a.png")).unwrap();
+    std::fs::copy(tmp.path().join("apple.png"), tmp.path().join("camera/b.png")).unwrap();
+    let lines = [
+        r#"{"image": "phone/a.png", "label": "apple", "label": "pear", "text": "t", "split": "train"}"#.to_string(),
+        line("camera/b.png", "apple", "train"),
+        line("pear.png", "pear", "train"),
+    ];
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    for want in [
+        format!("{f}:1: `label` is given more than once (JSON keeps the last); keep one"),
+        format!("{f}:2: image `camera/b.png` (group `camera`) has the same bytes as `phone/a.png` (group `phone`, line 1): with --leave-one-out"),
+    ] {
+        assert!(err.contains(&want), "expected `{want}` in:\n{err}");
+    }
+
     std::fs::write(&p, [line("x/a.png", "a", "train"), line("x/b.png", "b", "train")].join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
     assert!(err.contains(&format!("none of the 2 images was found: the paths are relative to the manifest's folder, {}", tmp.path().display())), "{err}");

@@ -331,3 +331,62 @@ fn eval_of_a_fold_run_names_its_fold_and_takes_a_new_test_set_as_it_is() {
     let said = ok(&["eval", "--model", &run, "--cache", new.to_str().unwrap()]);
     assert!(said.contains("| test | 30 |") && !said.contains("fold-g0 of"), "{said}");
 }
+
+/// A second new user's findings: a diverged run is refused before anything is saved (and leaves
+/// no folder), a table needs a test split before it trains, folders of one kind are not taken
+/// for another, and `--predictions` names the true class.
+#[test]
+fn diverged_runs_missing_test_splits_and_wrong_folders_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    ok(&["synth", "--out", &cache, "--classes", "4", "--n-train", "80", "--n-val", "20", "--n-test", "0", "--dv", "8", "--ds", "8"]);
+    let run = tmp.path().join("run").display().to_string();
+    let tiny_model = &TINY[..6];
+    let err =
+        String::from_utf8(marnet(&[&["train", "--cache", &cache, "--out", &run, "--lr", "1000", "--epochs", "2"][..], tiny_model].concat()).stderr).unwrap();
+    assert!(err.contains("training diverged in epoch 1: the model's outputs are not finite") && err.contains("nothing of this epoch was saved"), "{err}");
+    assert!(!Path::new(&run).exists(), "a failed run leaves no empty folder");
+    let table = tmp.path().join("table");
+    let err = String::from_utf8(marnet(&[&["ablate", "--cache", &cache, "--out", table.to_str().unwrap(), "--seeds", "1"][..], TINY].concat()).stderr).unwrap();
+    assert!(err.contains("the cache has no test split") && !table.join("baseline").exists(), "checked before training: {err}");
+    ok(&[&["train", "--cache", &cache, "--out", &run][..], TINY].concat());
+    // One kind of folder given for another.
+    let err = String::from_utf8(marnet(&["eval", "--model", &cache]).stderr).unwrap();
+    assert!(err.contains("this is a feature cache, not a run"), "{err}");
+    let err = String::from_utf8(marnet(&[&["train", "--cache", &run, "--out", "x"][..], TINY].concat()).stderr).unwrap();
+    assert!(err.contains("this is a training run, not a feature cache"), "{err}");
+    let manifest = tmp.path().join("m.jsonl");
+    std::fs::write(&manifest, "{}").unwrap();
+    let err = String::from_utf8(marnet(&[&["train", "--cache", manifest.to_str().unwrap(), "--out", "x"][..], TINY].concat()).stderr).unwrap();
+    assert!(err.contains("a manifest becomes a cache with `marnet extract --dataset manifest"), "{err}");
+    let err = String::from_utf8(marnet(&["ablate", "--cache", &cache, "--out", "t", "--fold-val", "group"]).stderr).unwrap();
+    assert!(err.contains("--leave-one-out"), "--fold-val needs --leave-one-out: {err}");
+    // --predictions names the true class beside its index.
+    let preds = tmp.path().join("p.jsonl");
+    ok(&["eval", "--model", &run, "--split", "val", "--predictions", preds.to_str().unwrap()]);
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&preds).unwrap().lines().next().unwrap()).unwrap();
+    let classes = marnet::features::FeatureCache::open(Path::new(&cache)).unwrap().train.meta.classes;
+    assert_eq!(first["label_class"], classes[first["label"].as_u64().unwrap() as usize], "{first}");
+}
+
+/// `--leave-one-out` needs every row's text; `--skip-bad` that loses a class's every training
+/// image stops rather than writing a cache that cannot learn it.
+#[test]
+fn leave_one_out_needs_all_texts_and_skip_bad_keeps_every_class() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = dataset(tmp.path(), "camera");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let first_test = text.lines().position(|l| l.contains(r#""split": "test""#)).unwrap();
+    let lines: Vec<String> =
+        text.lines().enumerate().map(|(i, l)| if i == first_test { l.replace(r#""text": "tomato, chili, pepper", "#, "") } else { l.to_string() }).collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    ok_in(tmp.path(), &extract_args("manifest.jsonl", "cache"));
+    let err = err_in(tmp.path(), &[&["ablate", "--cache", "cache", "--out", "t", "--leave-one-out", "--seeds", "1"][..], TINY].concat());
+    assert!(err.contains("--leave-one-out trains on every group in turn, so every row needs its text, but the test split has none"), "{err}");
+    // Every training image of `blue` broken: --skip-bad stops, naming the class.
+    for i in 0..4 {
+        std::fs::write(tmp.path().join(format!("photos/phone/blue{i}.png")), b"\x89PNG\r\n\x1a\n broken").unwrap();
+    }
+    let err = err_in(tmp.path(), &[extract_args("manifest.jsonl", "c2"), vec!["--skip-bad"]].concat());
+    assert!(err.contains("no training image of class `blue` could be read"), "{err}");
+}

@@ -97,6 +97,31 @@ impl Problems<'_> {
     }
 }
 
+/// The keys of a JSON object in order, a repeated one as often as it appears (a parsed
+/// [`Value`] keeps only the last).
+struct Keys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Keys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Keys, A::Error> {
+                let mut keys = vec![];
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// A JSON value's kind, for messages.
 fn kind(v: &Value) -> &'static str {
     match v {
@@ -198,17 +223,25 @@ fn image_problem(path: &Path) -> Option<String> {
     }
 }
 
-/// Reports files with the same bytes in two splits (the same photo saved under two names): the
-/// sizes first, then the contents of the files whose size occurs in more than one split.
+/// Reports files with the same bytes (the same photo saved under two names) in two splits, or
+/// in two groups (a leave-one-group-out fold would test on a photo it trained on): the sizes
+/// first, then the contents of the files whose size occurs in more than one split or group.
 fn same_bytes_in_two_splits(rows: &[Row], files: &[PathBuf], p: &mut Problems) {
+    // A file at the manifest's top has no folder for a group: all such rows are one group here.
+    let group = |r: &Row| match (&r.group, r.image.split_once('/')) {
+        (Some(g), _) => g.clone(),
+        (None, Some((folder, _))) => folder.to_string(),
+        (None, None) => String::new(),
+    };
+    let places: Vec<(String, String)> = rows.iter().map(|r| (r.split.clone(), group(r))).collect();
     let sizes: Vec<Option<u64>> = files.iter().map(|f| std::fs::metadata(f).ok().map(|m| m.len())).collect();
-    let mut splits_of: HashMap<u64, Vec<&str>> = HashMap::new();
-    for (r, s) in rows.iter().zip(&sizes) {
+    let mut places_of: HashMap<u64, Vec<&(String, String)>> = HashMap::new();
+    for (place, s) in places.iter().zip(&sizes) {
         if let Some(s) = s {
-            splits_of.entry(*s).or_default().push(&r.split);
+            places_of.entry(*s).or_default().push(place);
         }
     }
-    let suspect = |s: &Option<u64>| s.is_some_and(|s| splits_of[&s].iter().any(|x| *x != splits_of[&s][0]));
+    let suspect = |s: &Option<u64>| s.is_some_and(|s| places_of[&s].iter().any(|x| *x != places_of[&s][0]));
     let candidates: Vec<usize> = (0..rows.len()).filter(|&i| suspect(&sizes[i])).collect();
     let hashes: Vec<Option<u64>> = candidates.par_iter().map(|&i| std::fs::read(&files[i]).ok().map(crate::rng::fnv1a)).collect();
     let mut first: HashMap<(u64, u64), usize> = HashMap::new();
@@ -220,9 +253,14 @@ fn same_bytes_in_two_splits(rows: &[Row], files: &[PathBuf], p: &mut Problems) {
         };
         let (r, o) = (&rows[i], &rows[j]);
         // The same file under two spellings is reported as such by the path check.
-        if o.split != r.split && files[i].canonicalize().ok() != files[j].canonicalize().ok() {
-            let what = "the same photo in two splits makes the score meaningless; keep one";
-            p.at(r.line, format!("image `{}` ({}) has the same bytes as `{}` ({}, line {}): {what}", r.image, r.split, o.image, o.split, o.line));
+        if places[i] != places[j] && files[i].canonicalize().ok() != files[j].canonicalize().ok() {
+            let (what, here, there) = match o.split == r.split {
+                false => ("the same photo in two splits makes the score meaningless", r.split.clone(), o.split.clone()),
+                true => {
+                    ("with --leave-one-out a fold would test on a photo it trained on", format!("group `{}`", places[i].1), format!("group `{}`", places[j].1))
+                }
+            };
+            p.at(r.line, format!("image `{}` ({here}) has the same bytes as `{}` ({there}, line {}): {what}; keep one", r.image, o.image, o.line));
         }
     }
 }
@@ -258,7 +296,15 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(obj)) => rows.extend(parse_line(&obj, i + 1, &mut p)),
+            Ok(Value::Object(obj)) => {
+                if let Ok(Keys(mut keys)) = serde_json::from_str::<Keys>(line) {
+                    keys.sort();
+                    for k in keys.windows(2).filter(|w| w[0] == w[1]).map(|w| &w[0]) {
+                        p.at(i + 1, format!("`{k}` is given more than once (JSON keeps the last); keep one"));
+                    }
+                }
+                rows.extend(parse_line(&obj, i + 1, &mut p))
+            }
             Ok(v) => p.at(i + 1, format!("expected a JSON object {{\"image\": ..., \"label\": ..., \"text\": ..., \"split\": ...}}, found {}", kind(&v))),
             Err(e) => p.at(i + 1, json_error(&e)),
         }

@@ -181,6 +181,19 @@ fn folds(cache: &FeatureCache, spec: &TableSpec) -> Result<Vec<(Option<FoldSpec>
 /// again; the table says how many of each on stderr (unless quiet).
 pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Vec<ResultRow>> {
     let plan = folds(cache, spec)?;
+    // Checked before anything trains.
+    ensure!(
+        plan.iter().all(|(_, c)| c.test.is_some()),
+        "{}: the cache has no test split, and a table scores on it; give the manifest `test` rows (or use --leave-one-out over groups)",
+        cache.dir.display()
+    );
+    let run = ["best", "last", "bundle.json", "train.safetensors"].into_iter().find(|f| spec.out.join(f).exists());
+    ensure!(
+        run.is_none(),
+        "{}: this folder holds a run, a bundle or a cache (`{}`); choose another --out for the table",
+        spec.out.display(),
+        run.unwrap_or_default()
+    );
     let previous = existing::previous(spec)?;
     let now: Vec<_> = plan.iter().map(|(_, c)| existing::current(c)).collect();
     let mut runs = vec![];

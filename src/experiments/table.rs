@@ -60,7 +60,8 @@ impl Table {
                 let mut c = vec![
                     r.row.clone(),
                     pct_mean_std(&r.test_top1),
-                    format!("{:.1}–{:.1}", 100.0 * r.ci95_top1.0, 100.0 * r.ci95_top1.1),
+                    // An accuracy's interval, cut to the possible range (a t-interval over few runs can pass it).
+                    format!("[{:.1}, {:.1}]", (100.0 * r.ci95_top1.0).max(0.0), (100.0 * r.ci95_top1.1).min(100.0)),
                     pct_mean_std(&r.test_top5),
                 ];
                 if !folds.is_empty() {

@@ -81,14 +81,11 @@ impl std::fmt::Display for Extracted {
         if self.reused {
             return write!(f, "{what}; reused the cache already in {} (same samples, settings and marnet build; --force extracts again)", self.dir.display());
         }
-        write!(
-            f,
-            "{what}; {n} images in {:.1}s ({:.1} images/s); {} skipped; wrote {}",
-            self.seconds,
-            n as f64 / self.seconds,
-            self.skipped.len(),
-            self.dir.display()
-        )
+        let skipped = match self.skipped.len() {
+            0 => "0 skipped".to_string(),
+            k => format!("{k} skipped (listed in {})", self.dir.join("skipped.jsonl").display()),
+        };
+        write!(f, "{what}; {n} images in {:.1}s ({:.1} images/s); {skipped}; wrote {}", self.seconds, n as f64 / self.seconds, self.dir.display())
     }
 }
 
@@ -293,6 +290,17 @@ fn write_cache(
         "no training image could be read: every one was skipped ({} of them)",
         skipped.iter().filter(|s| s.split == "train").count()
     );
+    if let Some((_, train)) = found.iter().find(|(n, _)| *n == "train") {
+        let mut seen = vec![false; ds.classes.len()];
+        train.label.iter().for_each(|&l| seen[l as usize] = true);
+        let lost: Vec<&str> = ds.classes.iter().zip(&seen).filter(|(_, s)| !**s).map(|(c, _)| c.as_str()).collect();
+        ensure!(
+            lost.is_empty(),
+            "no training image of class{} `{}` could be read (see the skipped images above): fix those images, or leave the class out of the dataset",
+            if lost.len() == 1 { "" } else { "es" },
+            lost.join("`, `")
+        );
+    }
     crate::features::write_splits(out, &found.iter().map(|(n, s)| (*n, s)).collect::<Vec<_>>())?;
     let lines: String = skipped.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<serde_json::Result<_>>()?;
     crate::fsutil::write_atomic(&out.join("skipped.jsonl"), lines.as_bytes())?;

@@ -45,26 +45,34 @@ impl Job {
         if old == now {
             return None;
         }
+        let (a, b) = (&old.settings, &now.settings);
+        let mut keys: Vec<&String> = a.as_object().into_iter().chain(b.as_object()).flat_map(|o| o.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let show = |v: Option<&serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => "unset".to_string(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        };
+        let mut changed: Vec<String> = keys
+            .into_iter()
+            .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
+            .map(|k| format!("--{} {} → {}", k.replace('_', "-"), show(a.get(k.as_str())), show(b.get(k.as_str()))))
+            .collect();
+        if old.tokens != now.tokens {
+            changed.push(format!("--tokens {} → {}", old.tokens, now.tokens));
+        }
+        // Each phrase follows "made ...".
         Some(if old.code != now.code {
-            format!("made by {}, this is {}", if old.code.is_empty() { "an older marnet" } else { &old.code }, now.code)
-        } else if old.samples != now.samples {
-            "from other rows of the dataset".to_string()
-        } else if old.text_encoder != now.text_encoder {
-            format!("text encoder {} there, {} now", old.text_encoder, now.text_encoder)
+            format!("by {} (this is {})", if old.code.is_empty() { "an older marnet" } else { &old.code }, now.code)
+        } else if !changed.is_empty() {
+            format!("with other settings ({})", changed.join(", "))
         } else if old.visual_encoder != now.visual_encoder {
-            format!("visual encoder `{}` there, `{}` now", old.visual_encoder, now.visual_encoder)
+            format!("with visual encoder `{}` (now `{}`)", old.visual_encoder, now.visual_encoder)
+        } else if old.text_encoder != now.text_encoder {
+            format!("with text encoder {} (now {})", old.text_encoder, now.text_encoder)
         } else {
-            let (a, b) = (&old.settings, &now.settings);
-            let mut keys: Vec<&String> = a.as_object().into_iter().chain(b.as_object()).flat_map(|o| o.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            let show = |v: Option<&serde_json::Value>| v.map_or("unset".to_string(), |v| if v.is_null() { "unset".into() } else { v.to_string() });
-            let changed: Vec<String> = keys
-                .into_iter()
-                .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
-                .map(|k| format!("--{} {} → {}", k.replace('_', "-"), show(a.get(k.as_str())), show(b.get(k.as_str()))))
-                .collect();
-            format!("with other settings ({})", if changed.is_empty() { format!("--tokens {} → {}", old.tokens, now.tokens) } else { changed.join(", ") })
+            "from other rows of the dataset".to_string()
         })
     }
 }

@@ -56,6 +56,13 @@ pub fn group_of(id: &str) -> &str {
 
 /// Every row of the cache, in split order (train, val, test).
 fn all_rows(cache: &FeatureCache) -> Result<FeatureSplit> {
+    for (name, split) in [("val", cache.val.as_ref()), ("test", cache.test.as_ref())] {
+        ensure!(
+            split.is_none_or(|s| s.text.is_some()),
+            "{}: --leave-one-out trains on every group in turn, so every row needs its text, but the {name} split has none (rows without `text` in the manifest leave their whole split without); add the text to those rows and extract again, or drop --leave-one-out",
+            cache.dir.display()
+        );
+    }
     let parts: Vec<FeatureSplit> = [Some(&cache.train), cache.val.as_ref(), cache.test.as_ref()].into_iter().flatten().cloned().collect();
     FeatureSplit::concat(&parts).with_context(|| format!("{}: folds need text features for every split", cache.dir.display()))
 }

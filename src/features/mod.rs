@@ -89,7 +89,20 @@ impl FeatureCache {
 
     /// Reads and cross-validates every split present. Training text is required.
     pub fn open(dir: &Path) -> Result<FeatureCache> {
+        ensure!(
+            !dir.is_file(),
+            "{}: a file, not a feature cache folder{}",
+            dir.display(),
+            match dir.extension().is_some_and(|e| e == "jsonl" || e == "json") {
+                true => format!("; a manifest becomes a cache with `marnet extract --dataset manifest --root {} --out CACHE`", dir.display()),
+                false => String::new(),
+            }
+        );
         ensure!(dir.is_dir(), "{}: feature cache folder not found", dir.display());
+        let kind = [("best", "a training run"), ("last", "a training run"), ("bundle.json", "a bundle")].into_iter().find(|(f, _)| dir.join(f).exists());
+        if let Some((_, what)) = kind {
+            bail!("{}: this is {what}, not a feature cache; pass the cache folder `marnet extract` wrote", dir.display());
+        }
         let train = Self::read_split(dir, "train")?;
         let path = Self::split_path(dir, "train");
         ensure!(train.text.is_some(), "{}: tensor `text` is missing; MARNet needs text features for training", path.display());

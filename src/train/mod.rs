@@ -120,7 +120,10 @@ fn config_changes<T: Serialize>(saved: &T, now: &T) -> Vec<String> {
     for (k, v) in &a {
         match (v, b.get(k)) {
             (serde_json::Value::Object(_), Some(w @ serde_json::Value::Object(_))) => out.extend(config_changes(v, w)),
-            (v, Some(w)) if v != w => out.push(format!("--{} {v} → {w}", k.replace('_', "-"))),
+            (v, Some(w)) if v != w => {
+                let show = |x: &serde_json::Value| x.as_str().map_or_else(|| x.to_string(), String::from);
+                out.push(format!("--{} {} → {}", k.replace('_', "-"), show(v), show(w)))
+            }
             _ => {}
         }
     }
@@ -197,6 +200,7 @@ pub fn train(
         }
         _ => {}
     }
+    let _cleanup = (!out.exists()).then(|| crate::fsutil::RemoveIfEmpty(out.to_path_buf()));
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let meta = &cache.train.meta;
     let (cache_rel, cache_absolute) = RunConfig::locate_cache(&cache.dir, out);
@@ -315,7 +319,15 @@ pub fn train(
                 state.optimizer_steps = opt.steps_taken();
                 checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
                 return Err(crate::interrupt::Interrupted {
-                    resume_hint: format!("saved {} at epoch {}, step {steps_done}/{n_batches}; rerun with --resume to continue", last_dir.display(), epoch + 1),
+                    resume_hint: format!(
+                        "saved {} inside epoch {} (step {steps_done} of {n_batches}); {}",
+                        last_dir.display(),
+                        epoch + 1,
+                        match resume {
+                            Resume::IfCurrent => "run the same command again to continue",
+                            _ => "rerun with --resume to continue",
+                        }
+                    ),
                 }
                 .into());
             }
@@ -325,6 +337,14 @@ pub fn train(
         let losses: BTreeMap<String, f64> = sums.into_iter().map(|(k, v)| (k, v / n_batches as f64)).collect();
         ensure!(losses.values().all(|v| v.is_finite()), "training diverged in epoch {} (losses {losses:?}); lower --lr or set --clip-grad", epoch + 1);
         let (val_res, _) = evaluate(&model.model, &val, &cfg.inference(), reference.as_ref(), dev)?;
+        // Before anything is saved: a diverged model must not become `best/`.
+        ensure!(
+            val_res.final_head.non_finite == 0,
+            "training diverged in epoch {}: the model's outputs are not finite (NaN or infinite) on {} of {} val rows; nothing of this epoch was saved; lower --lr or set --clip-grad",
+            epoch + 1,
+            val_res.final_head.non_finite,
+            val.len()
+        );
         let val_seconds = t0.elapsed().as_secs_f64() + earlier_seconds - train_seconds;
         let rec = EpochRecord { epoch: epoch + 1, train_seconds, val_seconds, losses, val: val_res };
         if verbosity == Verbosity::Epochs {

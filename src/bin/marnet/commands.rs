@@ -94,7 +94,7 @@ pub enum Cmd {
         /// Also write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Also write each row's top-1 class as JSON Lines here (`{id, label, predicted, class}`).
+        /// Also write each row's top-1 class as JSON Lines here (`{id, label, label_class, predicted, class}`: the true and the top-1 class, each as index and name).
         #[arg(long)]
         predictions: Option<PathBuf>,
     },

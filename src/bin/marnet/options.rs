@@ -34,7 +34,7 @@ pub struct TableArgs {
     /// With --leave-one-out, where validation comes from: `in-style` (one image each of 20% of
     /// the training rows' classes) or `group` (every image of the next training vendor: a style
     /// the model has not trained on, for choosing settings that must transfer).
-    #[arg(long, value_enum, default_value = "in-style")]
+    #[arg(long, value_enum, default_value = "in-style", requires = "leave_one_out")]
     pub fold_val: marnet::features::folds::FoldVal,
     /// Replace what a table made with other settings left in --out: its runs made with other
     /// settings are trained again and the table is written as asked; nothing else is deleted.
