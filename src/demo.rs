@@ -70,6 +70,7 @@ pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::
             command: opts.command.clone(),
             // The demo owns its folder: runs made with other settings are trained again.
             existing: Existing::Replace,
+            task: None,
         };
         tables.push(run_table(&cache, &arms, &spec, opts.verbosity, dev)?);
         seconds.insert(file, t.elapsed().as_secs_f64());

@@ -32,6 +32,7 @@ pub mod assets;
 pub mod bench;
 pub mod bundle;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod data;
 #[cfg(feature = "report")]

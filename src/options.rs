@@ -81,9 +81,10 @@ pub fn fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// An extraction slice `i/n` with `0 <= i < n` (`extract --shard`), kept as given.
-pub fn shard(s: &str) -> Result<String, String> {
-    crate::data::parse_shard(s).map(|_| s.to_string()).map_err(|_| "expected i/n with 0 <= i < n, e.g. 0/4".into())
+/// A task's slice `i/n` with `0 <= i < n`, or `env` / `env/N` (`extract --shard`, the tables'
+/// `--task`), kept as given: resolved by [`crate::cluster::TaskSlice::resolve`] when used.
+pub fn task_slice(s: &str) -> Result<String, String> {
+    crate::cluster::check_syntax(s).map(|_| s.to_string())
 }
 
 #[cfg(test)]
@@ -115,9 +116,10 @@ mod tests {
         for bad in ["0", "1", "1.5", "-0.2", "nan"] {
             assert_eq!(fraction(bad), Err("must be strictly between 0 and 1".into()), "{bad}");
         }
-        assert_eq!(shard("3/4"), Ok("3/4".into()));
-        for bad in ["4/4", "1/0", "x/2", "3"] {
-            assert_eq!(shard(bad), Err("expected i/n with 0 <= i < n, e.g. 0/4".into()), "{bad}");
+        assert_eq!(task_slice("3/4"), Ok("3/4".into()));
+        assert_eq!(task_slice("env/4"), Ok("env/4".into()));
+        for bad in ["4/4", "1/0", "x/2", "3", "env/0"] {
+            assert!(task_slice(bad).is_err_and(|e| e.starts_with("expected i/n with 0 <= i < n (e.g. 0/4)")), "{bad}");
         }
     }
 }

@@ -192,6 +192,7 @@ fn tables_that_replace_other_settings_train_those_runs_again() {
             train,
             command: "test".into(),
             existing: Existing::Replace,
+            task: None,
         };
         (ablation_arms(&base, &[Variant::Baseline, Variant::Marnet]), spec)
     };

@@ -148,6 +148,7 @@ fn a_table_reuses_current_runs_and_recomputes_rows_whose_cache_changed() {
         train: train_cfg(1),
         command: String::new(),
         existing: Existing::Refuse,
+        task: None,
     };
     let table = |c: &FeatureCache| run_arms(c, &arms, &spec, Verbosity::Quiet, &Device::Cpu).unwrap();
     let config = || std::fs::read_to_string(out.join("ema/seed0/best/config.json")).unwrap();

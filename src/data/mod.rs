@@ -61,6 +61,16 @@ impl Dataset {
         Ok(())
     }
 
+    /// The first `limit` samples of each split (all without a limit).
+    pub fn limited(self, limit: Option<usize>) -> Dataset {
+        let Some(n) = limit else { return self };
+        let cut = |mut v: Vec<Sample>| {
+            v.truncate(n);
+            v
+        };
+        Dataset { train: cut(self.train), val: cut(self.val), test: cut(self.test), ..self }
+    }
+
     /// Shard `index` of `count`: a contiguous slice of every split, so that concatenating the
     /// shards' caches in order restores the full dataset's order (`marnet merge-shards`).
     pub fn shard(&self, index: usize, count: usize) -> Dataset {

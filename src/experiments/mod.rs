@@ -7,6 +7,7 @@ mod existing;
 mod table;
 
 pub use existing::Existing;
+use existing::PlannedRun;
 pub use table::Table;
 
 use crate::config::TrainConfig;
@@ -175,7 +176,8 @@ fn folds(cache: &FeatureCache, spec: &TableSpec) -> Result<Vec<(Option<FoldSpec>
 }
 
 /// Trains every arm for each fold and seed as `spec` says into `OUT/[<fold>/]<key>/seed<k>` and
-/// returns the rows (without writing the table). First it looks at what `OUT` holds: a table or
+/// returns the rows (without writing the table); with `spec.task`, only that task's share of
+/// the runs (every n-th, in the order planned) and no rows. First it looks at what `OUT` holds: a table or
 /// runs made with other settings are refused unless `spec.existing` replaces them. Finished runs
 /// made by this code from this data are reused, interrupted ones continued, stale ones trained
 /// again; the table says how many of each on stderr (unless quiet).
@@ -208,16 +210,21 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         }
     }
     existing::check(spec, previous.as_ref(), arms, &runs)?;
+    let mine: Vec<bool> = (0..runs.len()).map(|j| spec.task.is_none_or(|t| t.owns(j))).collect();
     // With bars only, one bar over every run of the table; per-epoch lines with `Epochs`.
-    let bar = crate::progress::bar(verbosity == Verbosity::Progress, runs.len() as u64, "runs", "training");
+    let owned = mine.iter().filter(|m| **m).count();
+    let bar = crate::progress::bar(verbosity == Verbosity::Progress, owned as u64, "runs", "training");
     let run_verbosity = if verbosity == Verbosity::Epochs { verbosity } else { Verbosity::Quiet };
-    let (mut planned, mut rows) = (runs.iter(), Vec::new());
+    let (mut planned, mut rows) = (runs.iter().zip(&mine), Vec::new());
     for arm in arms {
         let (mut results, mut secs) = (vec![], vec![]);
         for (fold, fold_cache) in &plan {
             let fold_name = fold.as_ref().map(|f| f.name()).unwrap_or_default();
             for &seed in &spec.seeds {
-                let run = planned.next().expect("a planned run for every arm, fold and seed");
+                let (run, mine) = planned.next().expect("a planned run for every arm, fold and seed");
+                if !mine {
+                    continue;
+                }
                 let tc = TrainConfig { seed, ..spec.train.clone() };
                 bar.set_message(format!("{} {}seed {seed}", arm.key, fold.as_ref().map(|f| format!("{} ", f.name())).unwrap_or_default()));
                 let state = train(fold_cache, &arm.cfg, &tc, &run.dir, run.status.resume(), run_verbosity, dev)
@@ -228,6 +235,9 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
                 results.push(RunResult { fold: fold_name.clone(), seed, test: state.test, val_top1: state.best_val_top1, hits: state.test_hits });
             }
         }
+        if spec.task.is_some() {
+            continue;
+        }
         let row = ResultRow::new(arm, &spec.seeds, results, mean_std(&secs).0);
         if verbosity != Verbosity::Quiet {
             bar.suspend(|| eprintln!("{}: test top1 {}", row.row, pct_mean_std(&row.test_top1)));
@@ -236,7 +246,9 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
     }
     bar.finish_and_clear();
     if verbosity != Verbosity::Quiet {
-        eprintln!("{}", existing::summary(&runs));
+        let share: Vec<PlannedRun> = runs.iter().zip(&mine).filter(|(_, m)| **m).map(|(r, _)| r.clone()).collect();
+        let of = spec.task.map(|t| format!("task {t}, {} of {}: ", count(owned, "run"), runs.len())).unwrap_or_default();
+        eprintln!("{of}{}", existing::summary(&share));
     }
     add_paired_tests(&mut rows);
     Ok(rows)
@@ -260,10 +272,13 @@ pub struct TableSpec {
     pub command: String,
     /// What to do with a table or runs in `out` made with other settings.
     pub existing: Existing,
+    /// Train only this task's share of the runs (a job array's task) and write no table.
+    pub task: Option<crate::cluster::TaskSlice>,
 }
 
 /// Trains every arm as `spec` says (see [`run_arms`]), writes the table and returns it.
 pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Table> {
+    ensure!(spec.task.is_none(), "a task's share of a table writes no table: train it with run_arms");
     let rows = run_arms(cache, arms, spec, verbosity, dev)?;
     let split = match rows.first().map_or(0, |r| r.folds.len()) {
         0 => "test split".to_string(),

@@ -26,7 +26,15 @@ pub(super) fn encode_texts(split: &str, samples: &[Sample], enc: &TextEncoder, b
     let mut rows: HashMap<&str, Vec<f32>> = HashMap::new();
     // Per distinct text: its real tokens [n_i, H] in f16.
     let mut token_rows: HashMap<&str, Vec<f16>> = HashMap::new();
-    for chunk in unique.chunks(batch.max(1)) {
+    // Batches of texts of one token length: nothing padded, so that a text's features do not
+    // depend on the texts beside it (a shard's cache is a slice of the whole one's).
+    let lens: Vec<usize> = unique.iter().map(|t| enc.token_ids(t).map(|ids| ids.len())).collect::<Result<_>>()?;
+    let mut by_len: Vec<(usize, &str)> = lens.into_iter().zip(unique.iter().copied()).collect();
+    by_len.sort_unstable();
+    let groups = by_len.chunk_by(|a, b| a.0 == b.0).flat_map(|g| g.chunks(batch.max(1)));
+    for group in groups {
+        let chunk: Vec<&str> = group.iter().map(|(_, t)| *t).collect();
+        let chunk = &chunk[..];
         let pooled = if tokens {
             let (pooled, tok) = enc.embed_with_tokens(chunk)?;
             for (t, row) in chunk.iter().zip(tok) {

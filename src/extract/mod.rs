@@ -14,9 +14,11 @@
 //! with the same settings, it is reused; otherwise it is refused unless `--force` (see [`Existing`]).
 
 mod encode;
+mod merge;
 mod progress;
 mod settings;
 
+pub use merge::merge_shards;
 pub use settings::ExtractSettings;
 
 use crate::data::Dataset;
@@ -133,13 +135,14 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
         check_images: !s.skip_bad,
     };
     let ds = crate::data::open_with(&s.dataset, s.root.as_deref(), &assets, &open)?;
-    let ds = match &s.shard {
-        Some(sh) => {
-            let (i, n) = crate::data::parse_shard(sh)?;
-            ds.shard(i, n)
-        }
-        None => ds,
+    // A shard is a slice of what one extraction would encode: --limit first.
+    let slice = s.shard.as_deref().map(|sh| crate::cluster::TaskSlice::resolve(sh, "--shard")).transpose()?;
+    let (ds, limit) = match slice {
+        Some(t) => (ds.limited(s.limit).shard(t.index, t.count), None),
+        None => (ds, s.limit),
     };
+    // Recorded as the slice it is (`env` is where it came from).
+    let resolved = ExtractSettings { shard: slice.map(|t| t.to_string()), ..s.clone() };
     let image_enc = crate::encoders::load_image_encoder(&s.visual, &assets, dev)?;
     let fetched = assets.join("minilm");
     let text_enc = match &s.text {
@@ -152,12 +155,15 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
     // The assets and text encoder folders are where the inputs came from, not what they are: not
     // recorded (the text encoder's identity is).
     let existing = if s.force { Existing::Replace } else { existing };
-    let opts = ExtractOptions { batch: s.batch, limit: s.limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: settings::recorded(s)?, existing };
+    let opts = ExtractOptions { batch: s.batch, limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: settings::recorded(&resolved)?, existing };
     let t0 = std::time::Instant::now();
     let (splits, skipped, reused) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), dir: s.out.clone(), splits, skipped, seconds, reused })
 }
+
+/// A finished cache's record of its extraction ([`progress::Job`]).
+const JOB: &str = "extract.json";
 
 /// The name the fetched default text encoder (`ASSETS/minilm`) is recorded under.
 pub const DEFAULT_TEXT: &str = "all-MiniLM-L6-v2";
@@ -291,9 +297,11 @@ fn write_cache(
         skipped.iter().filter(|s| s.split == "train").count()
     );
     if let Some((_, train)) = found.iter().find(|(n, _)| *n == "train") {
-        let mut seen = vec![false; ds.classes.len()];
-        train.label.iter().for_each(|&l| seen[l as usize] = true);
-        let lost: Vec<&str> = ds.classes.iter().zip(&seen).filter(|(_, s)| !**s).map(|(c, _)| c.as_str()).collect();
+        // Classes given training rows (after --limit) of which no image could be read.
+        let mut given = vec![false; ds.classes.len()];
+        splits[0].1.iter().for_each(|s| given[s.label as usize] = true);
+        train.label.iter().for_each(|&l| given[l as usize] = false);
+        let lost: Vec<&str> = ds.classes.iter().zip(&given).filter(|(_, g)| **g).map(|(c, _)| c.as_str()).collect();
         ensure!(
             lost.is_empty(),
             "no training image of class{} `{}` could be read (see the skipped images above): fix those images, or leave the class out of the dataset",
@@ -304,7 +312,7 @@ fn write_cache(
     crate::features::write_splits(out, &found.iter().map(|(n, s)| (*n, s)).collect::<Vec<_>>())?;
     let lines: String = skipped.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<serde_json::Result<_>>()?;
     crate::fsutil::write_atomic(&out.join("skipped.jsonl"), lines.as_bytes())?;
-    crate::fsutil::write_atomic(&out.join("extract.json"), serde_json::to_string_pretty(job)?.as_bytes())?;
+    crate::fsutil::write_atomic(&out.join(JOB), serde_json::to_string_pretty(job)?.as_bytes())?;
     // Kept with the cache: a later extraction into it from changed rows names them.
     std::fs::rename(partial.join(progress::ROWS), out.join(progress::ROWS))
         .with_context(|| format!("{}: cannot move into place", out.join(progress::ROWS).display()))?;

@@ -59,7 +59,7 @@ impl Job {
             .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
             .map(|k| format!("--{} {} → {}", k.replace('_', "-"), show(a.get(k.as_str())), show(b.get(k.as_str()))))
             .collect();
-        if old.tokens != now.tokens {
+        if old.tokens != now.tokens && !changed.iter().any(|c| c.starts_with("--tokens ")) {
             changed.push(format!("--tokens {} → {}", old.tokens, now.tokens));
         }
         // Each phrase follows "made ...".

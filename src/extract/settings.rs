@@ -64,8 +64,12 @@ pub struct ExtractSettings {
     /// Only the first N samples of each split (a quick trial).
     #[arg(long, value_parser = crate::options::at_least_one::<usize>)]
     pub limit: Option<usize>,
-    /// Extract only slice i of n (`--shard 0/4`); combine with `marnet merge-shards`.
-    #[arg(long, value_parser = crate::options::shard)]
+    /// Extract only slice i of n of the dataset (`0/4`: the first quarter of each split, after
+    /// --limit), for a job array; `marnet merge-shards` joins the slices. `env` reads i and n
+    /// from a Slurm array task (SLURM_ARRAY_TASK_ID minus SLURM_ARRAY_TASK_MIN, of
+    /// SLURM_ARRAY_TASK_COUNT); `env/N` also from a Kubernetes Indexed Job (JOB_COMPLETION_INDEX,
+    /// of N). The cache records the slice (`i/n`).
+    #[arg(long, value_name = "i/n|env|env/N", value_parser = crate::options::task_slice)]
     pub shard: Option<String>,
     /// Leave out images that cannot be read (listed with the reason in OUT/skipped.jsonl).
     /// Without it a manifest's missing and unreadable images are all listed before any work,

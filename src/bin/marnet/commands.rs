@@ -257,14 +257,21 @@ pub enum Cmd {
     /// others).
     #[command(after_help = marnet::data::manifest::HELP)]
     Extract(marnet::extract::ExtractSettings),
-    /// Concatenate shard caches (in the order given) into one cache.
+    /// Join the caches of `extract --shard i/n` into the cache one extraction would have
+    /// written, after checking that they are one set: every shard present once, finished, and
+    /// extracted with the same settings by the same build (every missing, unfinished or
+    /// differing one is named). A shell glob will do (`merge-shards --out CACHE shards/*`): each
+    /// cache records its slice, and an unfinished `X.partial` is named as such.
     MergeShards {
         /// Output cache folder.
         #[arg(long)]
         out: PathBuf,
-        /// Shard cache folders, in shard order.
+        /// Shard cache folders, in any order.
         #[arg(required = true)]
         shards: Vec<PathBuf>,
+        /// Replace a cache already in --out (the same shards merged again are reused without it).
+        #[arg(long)]
+        force: bool,
     },
     /// Time training steps and inference on random features (defaults: the reference's sizes).
     Bench {

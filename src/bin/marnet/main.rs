@@ -30,6 +30,24 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
+/// A table, or with `--task` only that task's share of its runs.
+fn table_or_task(
+    cache: &FeatureCache,
+    arms: &[marnet::experiments::Arm],
+    spec: &marnet::experiments::TableSpec,
+    verbosity: marnet::train::Verbosity,
+    dev: &candle_core::Device,
+) -> Result<()> {
+    match spec.task {
+        Some(task) => {
+            marnet::experiments::run_arms(cache, arms, spec, verbosity, dev)?;
+            println!("task {task}: its runs in {} are finished; the same command without --task writes the table", spec.out.display());
+        }
+        None => println!("{}", marnet::experiments::run_table(cache, arms, spec, verbosity, dev)?.markdown()),
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     marnet::runtime::init(cli.threads);
@@ -109,16 +127,14 @@ fn run() -> Result<()> {
             println!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
         }
         Cmd::Ablate { table, variants } => {
+            let spec = table.spec("Ablation (Table 2)", "Module", "ablation")?;
             let (cache, base) = table.open(Variant::Marnet)?;
-            let arms = marnet::experiments::ablation_arms(&base, &variants);
-            let t = marnet::experiments::run_table(&cache, &arms, &table.spec("Ablation (Table 2)", "Module", "ablation"), verbosity, &dev)?;
-            println!("{}", t.markdown());
+            table_or_task(&cache, &marnet::experiments::ablation_arms(&base, &variants), &spec, verbosity, &dev)?;
         }
         Cmd::Compare { table, aligns } => {
+            let spec = table.spec("Alignment methods (Table 1)", "Method", "comparison")?;
             let (cache, base) = table.open(Variant::Ema)?;
-            let arms = marnet::experiments::alignment_arms(&base, &aligns);
-            let t = marnet::experiments::run_table(&cache, &arms, &table.spec("Alignment methods (Table 1)", "Method", "comparison"), verbosity, &dev)?;
-            println!("{}", t.markdown());
+            table_or_task(&cache, &marnet::experiments::alignment_arms(&base, &aligns), &spec, verbosity, &dev)?;
         }
         Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, marnet::extract::Existing::ReuseOrRefuse, &dev)?),
         Cmd::Export { model, out, visual, assets, inference, force } => {
@@ -164,9 +180,13 @@ fn run() -> Result<()> {
             };
             marnet::serve::serve(model, dev, opts)?;
         }
-        Cmd::MergeShards { out, shards } => {
-            let c = FeatureCache::merge_shards(&shards, &out)?;
-            println!("merged {}: train {}; wrote {}", marnet::words::count(shards.len(), "shard"), marnet::words::count(c.train.len(), "row"), out.display());
+        Cmd::MergeShards { out, shards, force } => {
+            let (c, reused) = marnet::extract::merge_shards(&shards, &out, force)?;
+            let rows = marnet::words::count(c.train.len(), "training row");
+            match reused {
+                true => println!("{} already holds these shards merged ({rows}); reused", out.display()),
+                false => println!("merged {} ({rows}) into {}", marnet::words::count(shards.len(), "shard"), out.display()),
+            }
         }
         Cmd::Bench {
             variant,

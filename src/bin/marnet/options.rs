@@ -42,6 +42,13 @@ pub struct TableArgs {
     /// finished runs and train only what is missing or stale).
     #[arg(long)]
     pub force: bool,
+    /// Train only this task's share of the table's runs (every n-th of folds x rows x seeds) and
+    /// write no table, for a job array: `i/n`, or `env` (a Slurm array task's index and count)
+    /// or `env/N` (also a Kubernetes Indexed Job's JOB_COMPLETION_INDEX, of N). Then the same
+    /// command without --task reuses the finished runs, trains what is missing, and writes the
+    /// table. Tasks never share a run folder; a killed task rerun as it was resumes its run.
+    #[arg(long, value_name = "i/n|env|env/N", value_parser = marnet::options::task_slice)]
+    pub task: Option<String>,
     #[command(flatten)]
     pub model: ModelOptions,
     #[command(flatten)]
@@ -56,8 +63,8 @@ impl TableArgs {
     }
 
     /// The table's settings: `what` and `first_column` head it, `file` names its files.
-    pub fn spec(&self, what: &str, first_column: &str, file: &str) -> marnet::experiments::TableSpec {
-        marnet::experiments::TableSpec {
+    pub fn spec(&self, what: &str, first_column: &str, file: &str) -> Result<marnet::experiments::TableSpec> {
+        Ok(marnet::experiments::TableSpec {
             what: what.into(),
             first_column: first_column.into(),
             file: file.into(),
@@ -68,6 +75,7 @@ impl TableArgs {
             train: self.train.clone(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             existing: if self.force { marnet::experiments::Existing::Replace } else { marnet::experiments::Existing::Refuse },
-        }
+            task: self.task.as_deref().map(|t| marnet::cluster::TaskSlice::resolve(t, "--task")).transpose()?,
+        })
     }
 }

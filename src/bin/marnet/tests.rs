@@ -102,7 +102,7 @@ fn numeric_options_are_checked_at_parsing() {
         (&["extract", "--out", "o", "--batch", "0"], "'--batch <BATCH>'", "must be at least 1"),
         (&["extract", "--out", "o", "--limit", "0"], "'--limit <LIMIT>'", "must be at least 1"),
         (&["extract", "--out", "o", "--val-fraction", "1"], "'--val-fraction <VAL_FRACTION>'", "must be strictly between 0 and 1"),
-        (&["extract", "--out", "o", "--shard", "4/4"], "'--shard <SHARD>'", "0 <= i < n"),
+        (&["extract", "--out", "o", "--shard", "4/4"], "'--shard <i/n|env|env/N>'", "0 <= i < n"),
         (&["synth", "--out", "o", "--classes", "1"], "'--classes <CLASSES>'", "must be at least 2"),
         (&["synth", "--out", "o", "--dv", "0"], "'--visual-dim <DV>'", "must be at least 1"),
         (&["synth", "--out", "o", "--n-train", "0"], "'--n-train <N_TRAIN>'", "must be at least 1"),
