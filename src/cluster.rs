@@ -62,9 +62,10 @@ impl TaskSlice {
             let count =
                 num("SLURM_ARRAY_TASK_COUNT")?.with_context(|| format!("{flag} {spec}: SLURM_ARRAY_TASK_COUNT is not set (Slurm sets it from 18.08)"))?;
             let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
+            let step_said = if step == 1 { String::new() } else { format!(" in steps of {step}") };
             ensure!(
                 step == 1 && max + 1 == min + count,
-                "{flag} {spec}: this Slurm array's task ids are not one range ({count} tasks from {min} to {max}, step {step}); submit it as --array={}-{} (a `%` limit is fine)",
+                "{flag} {spec}: this Slurm array's task ids are not one range ({count} tasks from {min} to {max}{step_said}); submit it as --array={}-{} (a `%` limit is fine)",
                 min,
                 min + count - 1
             );

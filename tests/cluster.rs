@@ -63,10 +63,14 @@ fn extraction_shards_of_a_slurm_array_merge_into_the_one_process_cache() {
         serde_json::from_slice(&read(&tmp.path().join("merged/extract.json"))).unwrap(),
     );
     assert_eq!(one["settings"], merged["settings"], "the merged cache records the one extraction's settings");
-    // The same merge again is reused; another cache there is refused.
-    assert!(ok(&["merge-shards", "--out", &p("merged"), &p("shards/1"), &p("shards/2"), &p("shards/3")]).contains("reused"));
-    let err = err_env(&["merge-shards", "--out", &p("one"), &p("shards/1"), &p("shards/2"), &p("shards/3")], &[]);
-    assert!(err.contains("another cache is already here; --force replaces it"), "{err}");
+    // The same merge again is reused, and so is the one extraction's cache; another cache there
+    // is refused.
+    for out in ["merged", "one"] {
+        assert!(ok(&["merge-shards", "--out", &p(out), &p("shards/1"), &p("shards/2"), &p("shards/3")]).contains("reused"));
+    }
+    ok_env(&["extract", "--assets", assets, "--limit", "20", "--batch", "4", "--quiet", "--shard", "0/3", "--out", &p("shards/0-other")], &[]);
+    let err = err_env(&["merge-shards", "--out", &p("shards/0-other"), &p("shards/1"), &p("shards/2"), &p("shards/3")], &[]);
+    assert!(err.contains("another cache is already here, made with other settings (--limit 20 → 30, --shard 0/3 → unset); --force replaces it"), "{err}");
 
     // A broken set: shard 1 unfinished, shard 2 missing, a shard 0 of other settings, a
     // folder that is no shard. Every problem is named at once.
@@ -74,11 +78,10 @@ fn extraction_shards_of_a_slurm_array_merge_into_the_one_process_cache() {
     std::fs::copy(p("shards/2/extract.json"), p("shards/2.partial/job.json")).unwrap();
     std::fs::remove_dir_all(p("shards/2")).unwrap();
     std::fs::remove_dir_all(p("shards/3")).unwrap();
-    ok_env(&["extract", "--assets", assets, "--limit", "20", "--batch", "4", "--quiet", "--shard", "0/3", "--out", &p("shards/0-other")], &[]);
     let err = err_env(&["merge-shards", "--out", &p("m2"), &p("shards/1"), &p("shards/2.partial"), &p("shards/0-other"), &p("one")], &[]);
     for want in [
-        "shard 1/3 is unfinished; resubmit its task (index 1)",
-        "shard 2/3 is missing",
+        "shard 1/3 (the array's task #2) is unfinished; resubmit that task",
+        "shard 2/3 (the array's task #3) is missing",
         "--limit 30 → 20",
         "shard 0/3 given twice",
         "extracted without --shard",
@@ -162,4 +165,55 @@ fn a_tables_tasks_then_the_same_command_give_the_one_process_table() {
             .collect()
     };
     assert_eq!(rows("arr"), rows("one"), "the assembled table is the one-process table");
+}
+
+const VIT: &str = concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
+const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text-plain");
+
+/// `dir/m.jsonl` over 12 flat-colour images of 2 classes (8 train, 4 test); `texts[c]` is class
+/// c's text.
+fn manifest(dir: &Path, texts: [&str; 2]) -> String {
+    let lines: Vec<String> = (0..12u8)
+        .map(|i| {
+            let (c, split) = (i % 2, if i < 8 { "train" } else { "test" });
+            image::RgbImage::from_pixel(16, 16, image::Rgb([40 + 200 * c, 20 * i, 90])).save(dir.join(format!("{i}.png"))).unwrap();
+            format!(r#"{{"image": "{i}.png", "label": "c{c}", "text": "{}", "split": "{split}"}}"#, texts[c as usize])
+        })
+        .collect();
+    std::fs::write(dir.join("m.jsonl"), lines.join("\n")).unwrap();
+    dir.join("m.jsonl").display().to_string()
+}
+
+#[test]
+fn a_merge_is_the_one_extraction_and_refuses_shards_of_other_rows_or_a_wrong_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |rel: &str| tmp.path().join(rel).display().to_string();
+    let m = manifest(tmp.path(), ["red and round", "green leaf"]);
+    let extract = |out: &str, extra: &[&str]| {
+        ok(&[&["extract", "--dataset", "manifest", "--root", &m, "--visual", VIT, "--text", TEXT, "--out", out][..], extra].concat())
+    };
+    extract(&p("one"), &[]);
+    extract(&p("s/0"), &["--shard", "0/2"]);
+    extract(&p("s/1"), &["--shard", "1/2"]);
+    // A leftover empty progress folder beside a finished shard is no problem.
+    std::fs::create_dir_all(p("s/1.partial")).unwrap();
+    ok(&["merge-shards", "--out", &p("merged"), &p("s/0"), &p("s/1"), &p("s/1.partial")]);
+    for file in ["train.safetensors", "test.safetensors", "extract.json", "rows.json"] {
+        assert!(read(&tmp.path().join("one").join(file)) == read(&tmp.path().join("merged").join(file)), "{file} differs from one extraction's");
+    }
+    // So extract into the merged cache with the same settings reuses it.
+    let said = extract(&p("merged"), &[]);
+    assert!(said.contains("reused the cache already in"), "{said}");
+
+    // Shard 1 again from an edited manifest: other rows, same settings.
+    manifest(tmp.path(), ["red and round", "a green leaf"]);
+    extract(&p("s/1-edited"), &["--shard", "1/2"]);
+    let err = err_env(&["merge-shards", "--out", &p("m2"), &p("s/0"), &p("s/1-edited")], &[]);
+    assert!(err.contains("s/1-edited: made, next to") && err.contains("from other rows of the dataset"), "{err}");
+    // --out: one of the shards, or a folder holding a run.
+    let err = err_env(&["merge-shards", "--force", "--out", &p("s/0"), &p("s/0"), &p("s/1")], &[]);
+    assert!(err.contains("--out is (or holds) the shard"), "{err}");
+    ok(&["train", "--cache", &p("merged"), "--out", &p("run"), "--epochs", "1", "--dim", "16", "--hidden", "32", "--batch", "8"]);
+    let err = err_env(&["merge-shards", "--out", &p("run"), &p("s/0"), &p("s/1")], &[]);
+    assert!(err.contains("holds other things than a feature cache"), "{err}");
 }

@@ -189,6 +189,7 @@ fn a_reused_cache_is_extracted_again_when_an_image_changes() {
         progress: false,
         settings: serde_json::json!({}),
         existing: marnet::extract::Existing::ReuseOrReplace,
+        whole: vec![],
     };
     let out = tmp.path().join("cache");
     let extract = || {

@@ -23,4 +23,5 @@ extract=$(submit --array=0-$((${SHARDS:-4} - 1)) "$here/extract.sbatch")
 merge=$(submit --dependency=afterok:"$extract" "$here/merge.sbatch")
 table=$(submit --dependency=afterok:"$merge" --array=0-$((${TASKS:-4} - 1)) "$here/table.sbatch")
 echo "submitted: extract $extract, merge $merge, table $table, assemble (next line)"
-submit --dependency=afterok:"$table" "${wait_flag[@]}" "$here/assemble.sbatch"
+# (`${a[@]+...}`: an empty array under `set -u` on bash before 4.4.)
+submit --dependency=afterok:"$table" ${wait_flag[@]+"${wait_flag[@]}"} "$here/assemble.sbatch"

@@ -213,6 +213,9 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
     let mine: Vec<bool> = (0..runs.len()).map(|j| spec.task.is_none_or(|t| t.owns(j))).collect();
     // With bars only, one bar over every run of the table; per-epoch lines with `Epochs`.
     let owned = mine.iter().filter(|m| **m).count();
+    if let Some(t) = spec.task.filter(|_| owned == 0) {
+        eprintln!("task {t}: the table has {} for {} tasks; this one has none", count(runs.len(), "run"), t.count);
+    }
     let bar = crate::progress::bar(verbosity == Verbosity::Progress, owned as u64, "runs", "training");
     let run_verbosity = if verbosity == Verbosity::Epochs { verbosity } else { Verbosity::Quiet };
     let (mut planned, mut rows) = (runs.iter().zip(&mine), Vec::new());

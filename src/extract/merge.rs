@@ -1,8 +1,8 @@
 //! `marnet merge-shards`: the caches of `extract --shard i/n`, checked as one set (every shard
-//! present once, finished, extracted with the same settings by the same build) and joined in
-//! shard order into the cache one extraction would have written.
+//! present once, finished, extracted from the same rows with the same settings by the same
+//! build) and joined in shard order into the cache one extraction would have written.
 
-use super::progress::Job;
+use super::progress::{Job, ROWS, RowHashes};
 use super::{Skipped, partial_dir};
 use crate::features::FeatureCache;
 use crate::fsutil::read_json;
@@ -35,25 +35,39 @@ fn set_job(job: &Job) -> Job {
     j
 }
 
+/// `shard 1/3 (the array's task #2)`.
+fn shard_name(index: usize, n: usize) -> String {
+    format!("shard {index}/{n} (the array's task #{})", index + 1)
+}
+
 /// Checks `dirs` as one complete set of shards, naming every problem at once.
 fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
     let (mut shards, mut problems, mut unfinished) = (vec![], vec![], BTreeMap::new());
     for dir in dirs {
         let name = dir.display();
         let partial = dir.extension().is_some_and(|e| e == "partial");
-        let job_file = if partial { dir.join("job.json") } else { dir.join(super::JOB) };
-        if !partial && !dir.exists() && partial_dir(dir).exists() {
-            problems.push(format!("{name}: unfinished (only {} is there); resubmit its task, which resumes it", partial_dir(dir).display()));
+        // `X.partial` given, or `X` given with only `X.partial` there.
+        let progress = if partial { Some(dir.clone()) } else { (!dir.exists() && partial_dir(dir).exists()).then(|| partial_dir(dir)) };
+        if let Some(progress) = progress {
+            let finished = progress.with_extension("");
+            match read_json::<Job>(&progress.join("job.json")).ok().as_ref().and_then(slice_of) {
+                Some((i, n)) => {
+                    unfinished.insert((i, n), format!("{}: {} is unfinished; resubmit that task, which resumes it", progress.display(), shard_name(i, n)));
+                }
+                // Left by an extraction that saved nothing, beside its finished shard.
+                None if finished.join(super::JOB).exists() => {}
+                None => problems.push(format!("{}: an extraction that saved nothing; delete it and resubmit its task", progress.display())),
+            }
             continue;
         }
-        let job: Job = match read_json(&job_file) {
+        let job: Job = match read_json(&dir.join(super::JOB)) {
             Ok(j) => j,
             Err(_) if !dir.exists() => {
                 problems.push(format!("{name}: no such folder"));
                 continue;
             }
             Err(_) => {
-                problems.push(format!("{name}: not a shard cache (no readable {}); give the --out folders of `extract --shard`", job_file.display()));
+                problems.push(format!("{name}: not a shard cache (no readable {}); give the --out folders of `extract --shard`", super::JOB));
                 continue;
             }
         };
@@ -61,30 +75,24 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
             problems.push(format!("{name}: extracted without --shard; merge-shards joins the caches of `extract --shard i/n`"));
             continue;
         };
-        if partial {
-            unfinished.insert(index, format!("{name}: shard {index}/{n} is unfinished; resubmit its task (index {index}), which resumes it"));
-            continue;
-        }
         shards.push(Shard { dir: dir.clone(), job, index, count: n });
     }
     // A finished shard with an old `.partial` beside it (a glob picks up both) is finished.
-    unfinished.retain(|i, _| !shards.iter().any(|s| s.index == *i));
-    problems.extend(unfinished.into_values());
-    if let Some(first) = shards.first() {
-        let n = first.count;
+    unfinished.retain(|(i, n), _| !shards.iter().any(|s| s.index == *i && s.count == *n));
+    let first = shards.first().map(|s| (s.dir.clone(), s.count, set_job(&s.job)));
+    if let Some((first_dir, n, first_job)) = first {
         for s in &shards[1..] {
             if s.count != n {
                 problems.push(format!(
-                    "{}: shard {}/{} of another set ({} is {}/{n}); give the shards of one extraction",
+                    "{}: shard {}/{} of another set ({} is one of {n}); give the shards of one extraction",
                     s.dir.display(),
                     s.index,
                     s.count,
-                    first.dir.display(),
-                    first.index
+                    first_dir.display()
                 ));
-            } else if let Some(why) = set_job(&first.job).differs(&set_job(&s.job)) {
-                // `why` reads from `first` to `s`: `with other settings (--limit 30 → 20)`.
-                problems.push(format!("{}: made, next to {}, {why}; extract it again like the others", s.dir.display(), first.dir.display()));
+            } else if let Some(why) = first_job.differs(&set_job(&s.job)) {
+                // `why` reads from the first to this one: `with other settings (--limit 30 → 20)`.
+                problems.push(format!("{}: made, next to {}, {why}; extract it again like the others", s.dir.display(), first_dir.display()));
             }
         }
         for i in 0..n {
@@ -92,11 +100,12 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
             if found.len() > 1 {
                 let dirs: Vec<String> = found.iter().map(|s| format!("`{}`", s.dir.display())).collect();
                 problems.push(format!("shard {i}/{n} given twice: {}", dirs.join(", ")));
-            } else if found.is_empty() && !problems.iter().any(|p| p.contains(&format!("shard {i}/{n} is unfinished"))) {
-                problems.push(format!("shard {i}/{n} is missing: extract it (task index {i}) and give its folder"));
+            } else if found.is_empty() && !unfinished.contains_key(&(i, n)) {
+                problems.push(format!("{} is missing: extract it and give its folder", shard_name(i, n)));
             }
         }
     }
+    problems.extend(unfinished.into_values());
     if !problems.is_empty() {
         bail!("cannot merge {}:\n  {}", count(dirs.len(), "folder"), problems.join("\n  "));
     }
@@ -105,37 +114,69 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
     Ok(shards)
 }
 
-/// The job of the whole: the shards' settings without the slice, and per split the rows
-/// summed with the shards' row hashes in order.
+/// The job one extraction of the whole would record: the shards' settings without the slice,
+/// and the whole dataset's rows (shards made before that was recorded: the rows summed and the
+/// shards' hashes in order).
 fn merged_job(shards: &[Shard]) -> Job {
     let mut job = set_job(&shards[0].job);
     if let Some(o) = job.settings.as_object_mut() {
         o.insert("shard".into(), serde_json::Value::Null);
     }
-    for (split, _, _) in &shards[0].job.samples {
-        let of: Vec<&(String, usize, String)> = shards.iter().filter_map(|s| s.job.samples.iter().find(|(n, _, _)| n == split)).collect();
-        let hashes: Vec<&str> = of.iter().map(|(_, _, h)| h.as_str()).collect();
-        job.samples.push((split.clone(), of.iter().map(|(_, n, _)| n).sum(), format!("shards:{}", hashes.join("+"))));
+    job.samples = std::mem::take(&mut job.whole);
+    if job.samples.is_empty() {
+        for (split, _, _) in &shards[0].job.samples {
+            let of: Vec<&(String, usize, String)> = shards.iter().filter_map(|s| s.job.samples.iter().find(|(n, _, _)| n == split)).collect();
+            let hashes: Vec<&str> = of.iter().map(|(_, _, h)| h.as_str()).collect();
+            job.samples.push((split.clone(), of.iter().map(|(_, n, _)| n).sum(), format!("shards:{}", hashes.join("+"))));
+        }
     }
     job
 }
 
+/// Refuses an `out` that is one of the shards, or holds anything but a cache.
+fn check_out(out: &Path, shards: &[Shard]) -> Result<()> {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let target = abs(out);
+    if let Some(s) = shards.iter().find(|s| target.starts_with(abs(&s.dir)) || abs(&s.dir).starts_with(&target)) {
+        bail!("{}: --out is (or holds) the shard {}; merge into a folder of its own", out.display(), s.dir.display());
+    }
+    ensure!(!out.is_file(), "{}: --out is a file; name a folder for the merged cache", out.display());
+    let cache_files = ["train.safetensors", "val.safetensors", "test.safetensors", super::JOB, "skipped.jsonl", ROWS];
+    let other: Vec<String> = match std::fs::read_dir(out) {
+        Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !cache_files.contains(&n.as_str())).collect(),
+        Err(_) => vec![],
+    };
+    ensure!(
+        other.is_empty(),
+        "{}: this folder holds other things than a feature cache (`{}`); merge into a new or empty folder",
+        out.display(),
+        other.join("`, `")
+    );
+    Ok(())
+}
+
 /// Merges the shard caches in `dirs` (any order) into `out`, checked as one set first, and says
 /// whether `out` already held this merge (then reused). Another cache in `out` is refused
-/// unless `force`. Writes `extract.json` (the settings without the slice) and `skipped.jsonl`
-/// of the whole.
+/// unless `force`. Writes the `extract.json` and `rows.json` one extraction of the whole writes,
+/// and `skipped.jsonl` of the whole.
 pub fn merge_shards(dirs: &[PathBuf], out: &Path, force: bool) -> Result<(FeatureCache, bool)> {
     let shards = check_set(dirs)?;
+    check_out(out, &shards)?;
     let job = merged_job(&shards);
-    let there = out.join(super::JOB).exists() || FeatureCache::split_path(out, "train").exists();
-    if there && !force {
-        let same = read_json::<Job>(&out.join(super::JOB)).is_ok_and(|old| old == job);
-        ensure!(same, "{}: another cache is already here; --force replaces it, or choose another --out", out.display());
+    if !force && (out.join(super::JOB).exists() || FeatureCache::split_path(out, "train").exists()) {
+        let old = read_json::<Job>(&out.join(super::JOB)).ok();
+        let why = old.as_ref().map_or(Some("without an extract.json".to_string()), |old| old.differs(&job));
+        ensure!(
+            why.is_none(),
+            "{}: another cache is already here, made {}; --force replaces it, or choose another --out",
+            out.display(),
+            why.unwrap_or_default()
+        );
         return Ok((FeatureCache::open(out)?, true));
     }
     let paths: Vec<PathBuf> = shards.iter().map(|s| s.dir.clone()).collect();
     let cache = FeatureCache::merge_shards(&paths, out)?;
-    let mut skipped = String::new();
+    let (mut skipped, mut rows) = (String::new(), Some(RowHashes::new()));
     for s in &shards {
         let file = s.dir.join("skipped.jsonl");
         let text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -144,8 +185,18 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path, force: bool) -> Result<(Featur
             skipped.push_str(line);
             skipped.push('\n');
         }
+        // Rows of the whole, in shard order (none if a shard lacks them).
+        match (read_json::<RowHashes>(&s.dir.join(ROWS)).ok(), rows.as_mut()) {
+            (Some(part), Some(all)) => part.into_iter().for_each(|(split, r)| all.entry(split).or_default().extend(r)),
+            _ => rows = None,
+        }
     }
     crate::fsutil::write_atomic(&out.join("skipped.jsonl"), skipped.as_bytes())?;
+    match rows {
+        Some(rows) => crate::fsutil::write_atomic(&out.join(ROWS), serde_json::to_string(&rows)?.as_bytes())?,
+        None if out.join(ROWS).exists() => std::fs::remove_file(out.join(ROWS)).with_context(|| format!("{}: cannot remove", out.join(ROWS).display()))?,
+        None => {}
+    }
     crate::fsutil::write_atomic(&out.join(super::JOB), serde_json::to_string_pretty(&job)?.as_bytes())?;
     Ok((cache, false))
 }

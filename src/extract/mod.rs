@@ -137,9 +137,13 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
     let ds = crate::data::open_with(&s.dataset, s.root.as_deref(), &assets, &open)?;
     // A shard is a slice of what one extraction would encode: --limit first.
     let slice = s.shard.as_deref().map(|sh| crate::cluster::TaskSlice::resolve(sh, "--shard")).transpose()?;
-    let (ds, limit) = match slice {
-        Some(t) => (ds.limited(s.limit).shard(t.index, t.count), None),
-        None => (ds, s.limit),
+    let (ds, limit, whole) = match slice {
+        Some(t) => {
+            let ds = ds.limited(s.limit);
+            let whole = progress::splits_record(&[("train", ds.train.clone()), ("val", ds.val.clone()), ("test", ds.test.clone())], &ds.classes);
+            (ds.shard(t.index, t.count), None, whole)
+        }
+        None => (ds, s.limit, vec![]),
     };
     // Recorded as the slice it is (`env` is where it came from).
     let resolved = ExtractSettings { shard: slice.map(|t| t.to_string()), ..s.clone() };
@@ -155,7 +159,8 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
     // The assets and text encoder folders are where the inputs came from, not what they are: not
     // recorded (the text encoder's identity is).
     let existing = if s.force { Existing::Replace } else { existing };
-    let opts = ExtractOptions { batch: s.batch, limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: settings::recorded(&resolved)?, existing };
+    let opts =
+        ExtractOptions { batch: s.batch, limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: settings::recorded(&resolved)?, existing, whole };
     let t0 = std::time::Instant::now();
     let (splits, skipped, reused) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -185,6 +190,8 @@ pub struct ExtractOptions {
     pub settings: serde_json::Value,
     /// What to do with a cache already in `OUT`.
     pub existing: Existing,
+    /// A shard's: what one extraction of the whole dataset records of its splits (else empty).
+    pub whole: Vec<(String, usize, String)>,
 }
 
 /// A sample left out by `--skip-bad`: one line of `skipped.jsonl`.
@@ -229,8 +236,9 @@ pub fn extract(
         visual_encoder: image_enc.name().to_string(),
         text_encoder: text_enc.identity().clone(),
         code: crate::fingerprint::code(),
-        samples: splits.iter().map(|(n, v)| (n.to_string(), v.len(), progress::samples_hash(v, &ds.classes))).collect(),
+        samples: progress::splits_record(&splits, &ds.classes),
         tokens: opts.tokens,
+        whole: opts.whole.clone(),
     };
     ensure!(!out.is_file(), "{}: --out is a file; name a folder for the feature cache", out.display());
     let other = ["best", "last", crate::bundle::BUNDLE].into_iter().find(|f| out.join(f).exists());

@@ -28,6 +28,10 @@ pub(super) struct Job {
     /// Token features stored too (`--tokens`); the progress blocks then hold visual tokens.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tokens: bool,
+    /// A shard's: the `samples` one extraction of the whole dataset records, so that the shards
+    /// of a set are known to come from the same rows, and their merge records what it would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whole: Vec<(String, usize, String)>,
 }
 
 impl Job {
@@ -91,6 +95,11 @@ fn sample_bytes(s: &Sample, classes: &[String]) -> Vec<u8> {
         b.push(0);
     }
     b
+}
+
+/// What a job records of its splits: per split its name, rows and [`samples_hash`].
+pub(super) fn splits_record(splits: &[(&str, Vec<Sample>)], classes: &[String]) -> Vec<(String, usize, String)> {
+    splits.iter().map(|(n, v)| (n.to_string(), v.len(), samples_hash(v, classes))).collect()
 }
 
 /// FNV-1a of the samples' identifying bytes, as hex: the dataset's fingerprint.
