@@ -224,8 +224,8 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         for (fold, fold_cache) in &plan {
             let fold_name = fold.as_ref().map(|f| f.name()).unwrap_or_default();
             for &seed in &spec.seeds {
-                let (run, mine) = planned.next().expect("a planned run for every arm, fold and seed");
-                if !mine {
+                let (run, is_mine) = planned.next().expect("a planned run for every arm, fold and seed");
+                if !is_mine {
                     continue;
                 }
                 let tc = TrainConfig { seed, ..spec.train.clone() };
