@@ -88,6 +88,22 @@ fn label_out_of_range() {
 }
 
 #[test]
+fn label_without_class_names_is_bounded() {
+    // A damaged label (up to 2^32) in a file without class names must not make billions of names.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("train.safetensors");
+    let ts = [f32s("visual", 3, 4, 0.0), labels(&[0, 4_000_000_000, 1])];
+    let views: Vec<(&str, TensorView)> = ts.iter().map(|t| (t.name, TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap())).collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let msg = format!("{:#}", FeatureSplit::read(&path).unwrap_err());
+    assert!(msg.contains(&path.display().to_string()) && msg.contains("label 4000000000 but no metadata `classes`"), "{msg}");
+    let ts = [f32s("visual", 3, 4, 0.0), labels(&[0, 2, 1])];
+    let views: Vec<(&str, TensorView)> = ts.iter().map(|t| (t.name, TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap())).collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    assert_eq!(FeatureSplit::read(&path).unwrap().meta.classes, ["class_0", "class_1", "class_2"]);
+}
+
+#[test]
 fn non_finite_values() {
     let mut v = f32s("visual", 3, 4, 0.0);
     v.data = bytes(&[0., 0., 0., 0., 0., 0., f32::NAN, 0., 0., 0., 0., 0.]);

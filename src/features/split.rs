@@ -146,7 +146,14 @@ impl FeatureSplit {
         let max_label = *label.iter().max().unwrap() as usize;
         let classes = match md.get("classes") {
             Some(s) => serde_json::from_str::<Vec<String>>(s).context("metadata `classes` is not a JSON list of strings")?,
-            None => (0..=max_label).map(|i| format!("class_{i}")).collect(),
+            None => {
+                // Without names a damaged label (up to 2^32) would make billions of them.
+                ensure!(
+                    max_label < MAX_UNNAMED_CLASSES,
+                    "label {max_label} but no metadata `classes`: a file without class names may hold labels below {MAX_UNNAMED_CLASSES}; add the names to the metadata"
+                );
+                (0..=max_label).map(|i| format!("class_{i}")).collect()
+            }
         };
         ensure!(!classes.is_empty(), "metadata `classes` is empty");
         if max_label >= classes.len() {
@@ -235,6 +242,9 @@ fn read_f32_matrix(st: &SafeTensors, name: &str) -> Result<(Vec<f32>, usize, usi
     }
     Ok((v, n, d))
 }
+
+/// The most classes a feature file without metadata `classes` may hold (they are named class_0, ...).
+const MAX_UNNAMED_CLASSES: usize = 100_000;
 
 fn read_labels(st: &SafeTensors, n: usize) -> Result<Vec<u32>> {
     let t = st.tensor("label").map_err(|_| anyhow::anyhow!("tensor `label` is missing"))?;
