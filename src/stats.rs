@@ -142,9 +142,28 @@ pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
     (2.0 * (ln_pk + sum.ln()).exp()).min(1.0)
 }
 
-/// Markdown marker for a p-value: "**" if p < 0.01, "*" if p < 0.05, "" otherwise.
+/// 95% Wilson score interval of a proportion `p` observed on `n` items (the whole [0, 1] for none).
+pub fn wilson95(p: f64, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n) = (1.959964, n as f64);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// A p-value as a reader wants it: `p = 0.012`, or `p < 0.001` (the bootstrap's 10,000
+/// resamples cannot tell smaller ones apart, and a printed 0.000 reads as impossible).
+pub fn p_value(p: f64) -> String {
+    if p < 0.001 { "p < 0.001".into() } else { format!("p = {p:.3}") }
+}
+
+/// Markdown marker for a p-value: "***" if p < 0.001, "**" if p < 0.01, "*" if p < 0.05, "" otherwise.
 pub fn significance_marker(p: f64) -> &'static str {
-    if p < 0.01 {
+    if p < 0.001 {
+        "***"
+    } else if p < 0.01 {
         "**"
     } else if p < 0.05 {
         "*"
@@ -232,7 +251,12 @@ mod tests {
         assert!(close(r.diff, 0.4, 1e-12));
         assert!(r.ci_lo > 0.0 && r.ci_lo < 0.4 && r.ci_hi > 0.4, "{r:?}");
         assert!(r.p_bootstrap < 0.001 && r.p_mcnemar < 0.001, "{r:?}");
-        assert_eq!(significance_marker(r.p_mcnemar), "**");
+        assert_eq!(significance_marker(r.p_mcnemar), "***");
+        // Wilson: 8 of 10 is [0.49, 0.94]; an interval stays inside [0, 1] at the ends.
+        let (lo, hi) = wilson95(0.8, 10);
+        assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
+        assert_eq!(wilson95(1.0, 5).1, 1.0);
+        assert_eq!((p_value(r.p_bootstrap), p_value(0.0123)), ("p < 0.001".to_string(), "p = 0.012".to_string()));
         assert_eq!(r, paired_test(&a, &b, 10_000, 7));
         assert_ne!(r, paired_test(&a, &b, 10_000, 8));
         assert_eq!(significance_marker(0.03), "*");

@@ -66,13 +66,26 @@ fn synth_ablate_eval_chain() {
     for f in ["tables.md", "tables.json", "figures.json", "report.html", "fig3_tsne.svg", "fig4_examples.svg", "fig4_confidence.svg", "curves.svg"] {
         assert!(report.join(f).is_file(), "{f} missing");
     }
-    // 5 ablation rows + val top-1: 6 panels, 2 rows of 3.
-    for (png, size) in [("fig3_tsne", (1200, 560)), ("fig4_examples", (1000, 40 + 170 * 4)), ("fig4_confidence", (800, 500)), ("curves", (1200, 660))] {
+    // Figure 3: legend strip and two panels; Figure 4: a header and 4 examples of 5 bars; the
+    // curves: a legend, 5 loss panels in 2 rows of 3, the val panel.
+    for (png, size) in
+        [("fig3_tsne", (1200, 600)), ("fig4_examples", (1000, 40 + 176 * 4)), ("fig4_confidence", (800, 520)), ("curves", (1200, 40 + 600 + 40 + 380))]
+    {
         let img = image::open(report.join(format!("{png}.png"))).unwrap_or_else(|e| panic!("{png}.png: {e}"));
         assert_eq!((img.width(), img.height()), size, "{png}.png");
     }
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("+Fusion (MARNet)") && html.contains("ablate"));
+    // The run card and the summary come first; the table's run card was recorded (no "not
+    // recorded"), the paper's numbers are beside ours, p-values never print as 0.000.
+    let (card, summary, results) = (html.find("id=\"run-card\"").unwrap(), html.find("id=\"summary\"").unwrap(), html.find("id=\"results\"").unwrap());
+    assert!(card < summary && summary < results, "run card, then summary, then the tables");
+    assert!(!html.contains("not recorded") && html.contains("paper: Vireo-Food172") && !html.contains("p=0.000"), "{}", &html[card..results]);
+    for row in ["Baseline", "+EMA", "+MLP", "+CDR(MLP)", "+Fusion (MARNet)"] {
+        assert_eq!(html[results..].matches(&format!("<td>{row}</td><td>")).count(), 2, "{row}: a row in the table and one in the run details");
+    }
+    // Synthetic caches have no images: the examples say so rather than show a broken one.
+    assert_eq!(html.matches("class=\"nothumb\"").count(), 4);
     let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(report.join("figures.json")).unwrap()).unwrap();
     assert_eq!(stats["tsne_points"], 5 * 40);
 }
@@ -140,6 +153,10 @@ fn leave_one_out_folds_statistics_and_report() {
     let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&runs).join("report/figures.json")).unwrap()).unwrap();
     // 5 classes x 10 test images from each of the 3 folds.
     assert_eq!(stats["tsne_points"], 5 * 10 * 3);
+    // The per-held-out-group chart, and the folds with their test rows on the run card.
+    let html = std::fs::read_to_string(Path::new(&runs).join("report/report.html")).unwrap();
+    assert!(Path::new(&runs).join("report/folds.svg").is_file() && html.contains("id=\"folds\""));
+    assert!(html.contains("3 folds: g0 (350 test), g1 (350 test), g2 (350 test)"), "{html}");
 }
 
 #[test]

@@ -258,4 +258,12 @@ fn the_tsne_figure_names_the_classes_it_leaves_out() {
     ok(&["report", t.to_str().unwrap(), "--font", &font, "--tsne-per-class", "3", "--tsne-classes", "6"]);
     let stats = json(&t.join("report/figures.json"));
     assert_eq!((stats["tsne_classes"].as_array().unwrap().len(), stats["tsne_classes_left_out"].as_array().unwrap().len()), (6, 0), "{stats}");
+    // A table written before run cards were recorded: the card says what it does not know.
+    let mut table = json(&t.join("ablation.json"));
+    assert!(table["card"]["cpu"].as_str().is_some_and(|c| !c.is_empty()), "{table}");
+    table.as_object_mut().unwrap().remove("card");
+    std::fs::write(t.join("ablation.json"), table.to_string()).unwrap();
+    ok(&["report", t.to_str().unwrap(), "--font", &font]);
+    let html = String::from_utf8(read(&t.join("report/report.html"))).unwrap();
+    assert!(html.contains("<dt>Date</dt><dd><em>not recorded</em></dd>"), "{html}");
 }

@@ -120,6 +120,22 @@ pub fn open(name: &str, root: Option<&Path>, assets: &Path, test_vendor: &str, v
     open_with(name, root, assets, &OpenOptions { test_vendor: test_vendor.into(), val_fraction, seed, ..Default::default() })
 }
 
+/// The image file of the sample `id` of dataset `name` (as [`open`] names them), if it can be
+/// told without reading the dataset: for the report's thumbnails.
+pub fn image_of(name: &str, root: Option<&Path>, assets: &Path, id: &str) -> Option<PathBuf> {
+    let path = match name {
+        "emoji-food" | "emoji-all" => {
+            let (vendor, file) = id.split_once('/')?;
+            assets.join("npm").join(format!("emoji-datasource-{vendor}/img/{vendor}/64")).join(file.trim_start_matches(TRAIN_ONLY))
+        }
+        "vireo172" => root?.join("ready_chinese_food").join(id),
+        "ingredient101" => root?.join("images").join(format!("{id}.jpg")),
+        "manifest" => root?.parent()?.join(id),
+        _ => return None,
+    };
+    path.is_file().then_some(path)
+}
+
 /// [`open`] with every option.
 pub fn open_with(name: &str, root: Option<&Path>, assets: &Path, o: &OpenOptions) -> Result<Dataset> {
     anyhow::ensure!(!o.skin_tones || name == "emoji-all", "skin-tone variants apply to --dataset emoji-all only, not `{name}`");

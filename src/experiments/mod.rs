@@ -3,12 +3,14 @@
 //! Table 2 is the ablation (variants); Table 1 compares alignment losses.
 
 use crate::align::Alignment;
+mod card;
 mod existing;
 mod table;
 
+pub use card::RunCard;
 pub use existing::Existing;
 use existing::PlannedRun;
-pub use table::Table;
+pub use table::{COLUMNS, FOOTNOTE, Table};
 
 use crate::config::TrainConfig;
 use crate::eval::EvalResult;
@@ -96,8 +98,10 @@ pub struct ResultRow {
     pub vs_baseline: Option<PairedTest>,
     #[serde(default)]
     pub vs_ema: Option<PairedTest>,
-    /// Mean wall time of an epoch's training steps.
+    /// Mean wall time of an epoch's training steps, and their sum over every epoch of every run.
     pub train_seconds_per_epoch: f64,
+    #[serde(default)]
+    pub train_seconds: f64,
     #[serde(skip)]
     pub runs: Vec<RunResult>,
 }
@@ -106,7 +110,7 @@ pub struct ResultRow {
 const BOOTSTRAP_REPS: usize = 10_000;
 
 impl ResultRow {
-    fn new(arm: &Arm, seeds: &[u64], runs: Vec<RunResult>, train_seconds_per_epoch: f64) -> Self {
+    fn new(arm: &Arm, seeds: &[u64], runs: Vec<RunResult>, epoch_seconds: &[f64]) -> Self {
         let pick = |f: &dyn Fn(&EvalResult) -> Option<f64>| -> Vec<f64> { runs.iter().filter_map(|r| r.test.as_ref().and_then(f)).collect() };
         let mut folds: Vec<String> = runs.iter().map(|r| r.fold.clone()).filter(|f| !f.is_empty()).collect();
         folds.dedup();
@@ -126,7 +130,8 @@ impl ResultRow {
             test_cosine: pick(&|t| t.reconstruction.map(|r| r.cosine)),
             vs_baseline: None,
             vs_ema: None,
-            train_seconds_per_epoch,
+            train_seconds_per_epoch: mean_std(epoch_seconds).0,
+            train_seconds: epoch_seconds.iter().sum(),
             runs,
         }
     }
@@ -241,7 +246,7 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         if spec.task.is_some() {
             continue;
         }
-        let row = ResultRow::new(arm, &spec.seeds, results, mean_std(&secs).0);
+        let row = ResultRow::new(arm, &spec.seeds, results, &secs);
         if verbosity != Verbosity::Quiet {
             bar.suspend(|| eprintln!("{}: test top1 {}", row.row, pct_mean_std(&row.test_top1)));
         }
@@ -282,7 +287,13 @@ pub struct TableSpec {
 /// Trains every arm as `spec` says (see [`run_arms`]), writes the table and returns it.
 pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Table> {
     ensure!(spec.task.is_none(), "a task's share of a table writes no table: train it with run_arms");
+    let t0 = std::time::Instant::now();
     let rows = run_arms(cache, arms, spec, verbosity, dev)?;
+    // Each fold's test rows: the first row's first seed's run of each fold.
+    let fold_test_rows = match rows.first() {
+        Some(r) if !r.folds.is_empty() => r.runs.chunks(r.seeds.len().max(1)).filter_map(|c| c[0].test.as_ref().map(|t| t.final_head.n)).collect(),
+        _ => vec![],
+    };
     let split = match rows.first().map_or(0, |r| r.folds.len()) {
         0 => "test split".to_string(),
         n => format!("leave-one-group-out over {}, {} validation", count(n, "fold"), spec.fold_val.name()),
@@ -295,6 +306,7 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
         train: spec.train.clone(),
         fold_val: spec.leave_one_out.then_some(spec.fold_val),
         rows,
+        card: Some(RunCard::now(cache, fold_test_rows, t0.elapsed().as_secs_f64(), dev)),
     };
     table.write(&spec.out, &spec.file)?;
     Ok(table)

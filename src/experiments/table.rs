@@ -22,20 +22,70 @@ pub struct Table {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fold_val: Option<FoldVal>,
     pub rows: Vec<ResultRow>,
+    /// When, where and on what it was made (absent in older tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<super::RunCard>,
 }
 
-/// `"+1.23 (p=0.004**)"`: a paired difference in points with its bootstrap p-value and marker.
+/// `"+1.23 (p = 0.004**)"`: a paired difference in points with its bootstrap p-value and marker.
 fn paired_cell(t: &Option<PairedTest>) -> String {
     match t {
-        Some(t) => format!("{:+.2} (p={:.3}{})", 100.0 * t.diff, t.p_bootstrap, crate::stats::significance_marker(t.p_bootstrap)),
+        Some(t) => format!("{:+.2} ({}{})", 100.0 * t.diff, crate::stats::p_value(t.p_bootstrap), crate::stats::significance_marker(t.p_bootstrap)),
         None => "".into(),
     }
+}
+
+/// What each column of a table means (the report lists them under it), in column order of
+/// [`Table::cells`] after the first.
+pub const COLUMNS: &[(&str, &str)] = &[
+    ("Acc-1 (%)", "test top-1 accuracy, mean ± std over runs (folds × seeds); the model of each run is the epoch with the best val top-1"),
+    ("95% CI", "t-interval of that mean over the runs, cut to [0, 100] (marked ‡ where cut); n/a with one run"),
+    ("Acc-5 (%)", "test top-5 accuracy, mean ± std over runs"),
+    ("Acc-1 per held-out group", "leave-one-out tables: each fold's test top-1 (mean over seeds), the fold named by the group it tests on"),
+    (
+        "vs baseline",
+        "difference in test top-1 points from the baseline row on the same test images (each image's accuracy averaged over seeds), with its paired-bootstrap p-value (10,000 resamples); * p < 0.05, ** p < 0.01, *** p < 0.001",
+    ),
+    ("vs +EMA", "the same against the +EMA row (EMA with the ITA loss: Table 1's ITA row)"),
+    (
+        "heads EMA / CDR Acc-1",
+        "rows with both branches: the test top-1 of the EMA branch's own classifier and of the CDR branch's own classifier (the fused row's Acc-1 combines them)",
+    ),
+    (
+        "cos(x_CDR, x_s)",
+        "mean cosine between x_CDR, the text feature the CDR samples from the image (Eq. 21-23), and the true text feature x_s of the test image: how well the reconstruction reconstructs (1 = exactly)",
+    ),
+    ("val Acc-1 (%)", "best validation top-1 of each run (the epoch kept), mean ± std"),
+    ("train time/epoch", "wall time of one epoch's training steps, mean over epochs and runs"),
+];
+
+/// `"88.54 ± 0.45"` in percent, or the value alone for one run (a std of one run is no spread).
+fn mean_std_cell(xs: &[f64]) -> String {
+    match xs {
+        [x] => format!("{:.2}", 100.0 * x),
+        _ => pct_mean_std(xs),
+    }
+}
+
+/// An accuracy's 95% interval in percent, cut to the possible range (a t-interval over few runs
+/// can pass it; `‡` marks a cut end), or `n/a` for one run.
+fn ci_cell((lo, hi): (f64, f64), runs: usize) -> String {
+    if runs < 2 {
+        return "n/a (1 run)".into();
+    }
+    let cut = |x: f64| if (0.0..=1.0).contains(&x) { format!("{:.1}", 100.0 * x) } else { format!("{:.1}‡", 100.0 * x.clamp(0.0, 1.0)) };
+    format!("[{}, {}]", cut(lo), cut(hi))
 }
 
 /// `"55.1 / 60.2"`-style list of percentages, or empty.
 fn pct_list(xs: &[f64]) -> String {
     xs.iter().map(|x| format!("{:.1}", 100.0 * x)).collect::<Vec<_>>().join(" / ")
 }
+
+/// The statistics under every table.
+pub const FOOTNOTE: &str = "Acc: mean ± std over runs (folds × seeds; the mean alone for one run); 95% CI: t-interval of that mean (‡ cut to [0, 100]). vs baseline / vs +EMA (ITA): \
+     difference in top-1 points on the same test images (per-image accuracy averaged over seeds), \
+     paired bootstrap p-value (* p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
 
 impl Table {
     /// The header and the cells of every row, shared by the markdown and HTML renderings.
@@ -47,23 +97,17 @@ impl Table {
         }
         head.extend([
             "vs baseline".into(),
-            "vs +EMA".into(),
+            if self.rows.iter().any(|r| r.key == "ema" && r.row != "+EMA") { "vs +EMA (ITA)".into() } else { "vs +EMA".into() },
             "heads EMA / CDR Acc-1".into(),
             "cos(x_CDR, x_s)".into(),
             "val Acc-1 (%)".into(),
-            "train s/epoch".into(),
+            "train time/epoch".into(),
         ]);
         let rows = self
             .rows
             .iter()
             .map(|r| {
-                let mut c = vec![
-                    r.row.clone(),
-                    pct_mean_std(&r.test_top1),
-                    // An accuracy's interval, cut to the possible range (a t-interval over few runs can pass it).
-                    format!("[{:.1}, {:.1}]", (100.0 * r.ci95_top1.0).max(0.0), (100.0 * r.ci95_top1.1).min(100.0)),
-                    pct_mean_std(&r.test_top5),
-                ];
+                let mut c = vec![r.row.clone(), mean_std_cell(&r.test_top1), ci_cell(r.ci95_top1, r.test_top1.len()), mean_std_cell(&r.test_top5)];
                 if !folds.is_empty() {
                     c.push(pct_list(&r.fold_top1()));
                 }
@@ -77,8 +121,8 @@ impl Table {
                     paired_cell(&r.vs_ema),
                     heads,
                     cos,
-                    pct_mean_std(&r.val_top1),
-                    format!("{:.2}", r.train_seconds_per_epoch),
+                    mean_std_cell(&r.val_top1),
+                    crate::words::duration(r.train_seconds_per_epoch),
                 ]);
                 c
             })
@@ -93,9 +137,7 @@ impl Table {
         for r in rows {
             s += &format!("| {} |\n", r.join(" | "));
         }
-        s + "\nAcc: mean ± std over runs (folds × seeds); 95% CI: t-interval of that mean. vs baseline / vs +EMA: \
-             difference in top-1 points on the same test images (per-image accuracy averaged over seeds), \
-             paired bootstrap p-value (* p < 0.05, ** p < 0.01).\n"
+        s + &format!("\n{FOOTNOTE}\n")
     }
 
     /// Writes `dir/<name>.md` and `dir/<name>.json`.

@@ -3,6 +3,12 @@
 
 use anyhow::{Result, ensure};
 
+/// Whether `n` points are embedded exactly (too few for Barnes-Hut's 3 x perplexity neighbours)
+/// rather than with Barnes-Hut (theta 0.5).
+pub fn exact(n: usize) -> bool {
+    n < 3 * 30 + 1
+}
+
 /// Embeds `rows` (each a feature vector) in 2-D. Perplexity 30, or less when there are few
 /// points; the initial layout is drawn from `seed`, so the result is reproducible.
 pub fn embed(rows: &[Vec<f32>], seed: u64) -> Result<Vec<[f32; 2]>> {
@@ -18,7 +24,7 @@ pub fn embed(rows: &[Vec<f32>], seed: u64) -> Result<Vec<[f32; 2]>> {
     let y = pool.install(|| {
         let mut tsne = bhtsne::tSNE::<f32, &[f32], 2>::new(&samples);
         tsne.perplexity(perplexity).epochs(1000).initial_embedding(init);
-        if n < 3 * 30 + 1 { tsne.exact(euclid).embedding() } else { tsne.barnes_hut(0.5, euclid).embedding() }
+        if exact(n) { tsne.exact(euclid).embedding() } else { tsne.barnes_hut(0.5, euclid).embedding() }
     });
     Ok(y.chunks_exact(2).map(|p| [p[0], p[1]]).collect())
 }
