@@ -16,7 +16,7 @@ pub const IN_STYLE_VAL_FRACTION: f64 = 0.2;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FoldVal {
-    /// One image each of a seeded 20% of the training rows' classes (styles seen in training).
+    /// A seeded 20% of the training rows, at most one image per class (styles seen in training).
     #[default]
     InStyle,
     /// Every row of one training group (the next group after the test group, in sorted order):

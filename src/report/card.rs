@@ -86,14 +86,15 @@ pub fn summary(tables: &[(String, Table)]) -> String {
         }
         head.push(line + ".");
     }
-    if let Some(classes) = rows.first().map(|r| r.config.classes).filter(|&c| c > 1) {
-        let chance = 100.0 / classes as f64;
-        let near: Vec<String> = rows.iter().filter(|r| top1(r) < 3.0 * chance).map(|r| escape(&r.row)).collect();
-        if !near.is_empty() {
+    // Rows that learned little: under twice chance, or under a quarter of the best row's top-1.
+    if let (Some(classes), Some(best)) = (rows.first().map(|r| r.config.classes).filter(|&c| c > 1), rows.iter().map(|r| top1(r)).reduce(f64::max)) {
+        let floor = (200.0 / classes as f64).max(best / 4.0);
+        let weak: Vec<String> = rows.iter().filter(|r| top1(r) < floor).map(|r| escape(&r.row)).collect();
+        if !weak.is_empty() {
             head.push(format!(
-                "<b>Near chance</b> (under 3 × 1/{classes} = {:.1}%): {}. These rows have not learned with this budget; train longer (--epochs) before reading their differences.",
-                3.0 * chance,
-                near.join(", ")
+                "<b>Learned little</b> (test top-1 under {floor:.1}%: twice chance, 2/{classes}, or a quarter of the best row's): {}. \
+                 Their differences say more about this training budget than about the methods; train longer (--epochs) before reading them.",
+                weak.join(", ")
             ));
         }
     }
@@ -172,7 +173,7 @@ pub fn run_card(tables: &[(String, Table)], demo: Option<&serde_json::Value>) ->
             .collect();
         let val = match t.fold_val {
             Some(FoldVal::Group) => "validation: every row of the next training group (a style not trained on)",
-            _ => "validation: one training image each of a seeded 20% of the classes (in-style)",
+            _ => "validation: a seeded 20% of each fold's training rows, at most one image per class (in-style)",
         };
         items.push(item("Folds", &format!("leave-one-group-out, {}: {}; {val}", count(folds.len(), "fold"), escape(&list.join(", ")))));
     }

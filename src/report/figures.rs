@@ -164,16 +164,16 @@ pub fn confidence_figures(base: &Checkpoint, marnet: &Checkpoint, opts: &ReportO
     picks.extend(spread(&agree, want - picks.len()));
     picks.sort();
     stats.examples_rule = format!(
-        "{} of the {} test images{}: {} evenly spaced among the {} on which the two heads' top-1 differ, {} evenly spaced among the {} on which they agree (--examples); the models are the rows' first seed (seed {})",
+        "{} of the {} test images: {} evenly spaced among the {} on which the two heads' top-1 differ, {} evenly spaced among the {} on which they agree (--examples)",
         picks.len(),
         n,
-        marnet.run.fold.as_ref().map(|f| format!(" of the held-out group `{}` (the first fold)", f.test_group)).unwrap_or_default(),
         picks.iter().filter(|i| differ.contains(i)).count(),
         differ.len(),
         picks.iter().filter(|i| !differ.contains(i)).count(),
         agree.len(),
-        marnet.run.train.seed
     );
+    let split = marnet.run.fold.as_ref().map(|f| format!("the test split of the first fold, held-out group `{}`", f.test_group));
+    stats.examples_source = format!("{}, {} images; models of the rows' first seed, {}", split.unwrap_or("the test split".into()), n, marnet.run.train.seed);
     stats.examples = picks
         .iter()
         .map(|&i| ExampleRecord {
@@ -201,10 +201,16 @@ fn band(v: &[f64]) -> (f32, f32, f32) {
 }
 
 /// The loss terms of the model (`Marnet::losses`) and their colours ([`plots::color`]: black,
-/// olive, ochre, plum, brick, none of the ten the rows use); any other term is the row's
+/// olive, brick, plum, gold, none of the ten the rows use); any other term is the row's
 /// alignment loss (ita, sdm, ...), in blue-violet.
-const TERMS: [(&str, usize); 5] = [("ce", 19), ("ce_ema", 11), ("ce_cdr", 12), ("ce_fused", 14), ("mse", 18)];
+const TERMS: [(&str, usize); 5] = [("ce", 19), ("ce_ema", 11), ("ce_cdr", 18), ("ce_fused", 14), ("mse", 17)];
 const ALIGN_COLOR: usize = 15;
+
+/// A row's colour ([`plots::color`]), the same in every figure and report.
+fn row_color(key: &str) -> usize {
+    const ROWS: [&str; 10] = ["baseline", "ema", "mlp", "cdr", "marnet", "align-swd", "align-ssan", "align-cdd", "align-sdm", "align-team"];
+    ROWS.iter().position(|r| *r == key).unwrap_or(16)
+}
 
 /// Values of one quantity per epoch, over runs.
 type PerEpoch = BTreeMap<usize, Vec<f64>>;
@@ -233,14 +239,14 @@ pub fn curves_figure(dir: &Path, tables: &[(String, Table)], out: &Path) -> Resu
             }
         }
         if !val.is_empty() {
-            per_row.push((row.clone(), terms, val));
+            per_row.push((key.clone(), row.clone(), terms, val));
         }
     }
     ensure!(!per_row.is_empty(), "no run folders with training history under {}", dir.display());
     // A term's colour is fixed (the same in every report), and apart from the rows' colours.
     let mut legend: Vec<(String, usize)> = vec![];
     let mut aligns: Vec<String> = vec![];
-    for t in per_row.iter().flat_map(|(_, t, _)| t.keys()) {
+    for t in per_row.iter().flat_map(|(_, _, t, _)| t.keys()) {
         match TERMS.iter().find(|(x, _)| x == t) {
             Some((_, c)) => legend.push((t.clone(), *c)),
             None => aligns.push(t.clone()),
@@ -257,7 +263,7 @@ pub fn curves_figure(dir: &Path, tables: &[(String, Table)], out: &Path) -> Resu
     let curve = |m: &PerEpoch| m.iter().map(|(&e, v)| (e as f32, band(v).0, band(v).1, band(v).2)).collect::<Vec<_>>();
     let panels = per_row
         .iter()
-        .map(|(row, terms, _)| CurvePanel {
+        .map(|(_, row, terms, _)| CurvePanel {
             title: format!("{row}: loss terms"),
             y_desc: "loss".into(),
             series: terms.iter().map(|(t, m)| Band { name: t.clone(), color: term_color(t), points: curve(m) }).collect(),
@@ -265,9 +271,12 @@ pub fn curves_figure(dir: &Path, tables: &[(String, Table)], out: &Path) -> Resu
         .collect();
     let runs = tables.iter().flat_map(|(_, t)| t.rows.first()).map(|r| r.seeds.len() * r.folds.len().max(1)).max().unwrap_or(1);
     let val = CurvePanel {
-        title: format!("val top-1 of every row, mean ± std over {}", count(runs, "run")),
+        title: match runs {
+            1 => "val top-1 of every row (1 run each)".to_string(),
+            n => format!("val top-1 of every row, mean ± std over {n} runs"),
+        },
         y_desc: "val top-1 (%)".into(),
-        series: per_row.iter().enumerate().map(|(i, (row, _, v))| Band { name: row.clone(), color: i, points: curve(v) }).collect(),
+        series: per_row.iter().map(|(key, row, _, v)| Band { name: row.clone(), color: row_color(key), points: curve(v) }).collect(),
     };
     plots::save(&CurvesFigure { terms: legend, panels, val }, &out.join("curves"))?;
     Ok(())
@@ -283,6 +292,7 @@ pub fn folds_figure(tables: &[(String, Table)], out: &Path) -> Result<bool> {
         .iter()
         .map(|r| FoldBars {
             row: r.row.clone(),
+            color: row_color(&r.key),
             values: r
                 .fold_top1()
                 .iter()

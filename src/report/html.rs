@@ -122,10 +122,12 @@ fn configuration(tables: &[(String, Table)], demo: Option<&serde_json::Value>) -
     // The seed is each run's (the run card lists them); with folds, validation is the fold's,
     // not `val_fraction` of train.
     let folds = t.fold_val.is_some();
+    // val_fraction carves validation out of train only when the cache has no val split.
+    let own_val = folds || t.card.as_ref().is_some_and(|c| c.splits.iter().any(|(s, _)| s == "val"));
     let shown = |mut v: serde_json::Value| -> serde_json::Value {
         if let Some(o) = v.as_object_mut() {
             o.remove("seed");
-            if folds {
+            if own_val {
                 o.remove("val_fraction");
             }
         }
@@ -144,7 +146,11 @@ fn configuration(tables: &[(String, Table)], demo: Option<&serde_json::Value>) -
         true => "<p>Every setting is the default.</p>".into(),
         false => format!("<ul>{}</ul>", differs.iter().map(|d| format!("<li>{}</li>", escape(d))).collect::<String>()),
     };
-    let note = if folds { " (seeds and each fold's validation: see the run card)" } else { " (seeds: see the run card)" };
+    let note = match (folds, own_val) {
+        (true, _) => " (seeds and each fold's validation: see the run card)",
+        (false, true) => " (seeds: see the run card; validation: the cache's val split)",
+        _ => " (seeds: see the run card)",
+    };
     s += &format!("<h4>Training{note}</h4><pre>{}</pre>\n", escape(&serde_json::to_string_pretty(&train)?));
     if let Some(m) = model {
         s += &format!(
@@ -234,7 +240,10 @@ pub fn write(dir: &Path, tables: &[(String, Table)], stats: &FigureStats, demo: 
     body += &figure(
         dir,
         "fig4_confidence",
-        &format!("Histogram of the max class probability over the test set, bins of 0.1, the two heads side by side.{means}"),
+        &format!(
+            "Histogram of the max class probability over the same test images as the examples above ({}), bins of 0.1, the two heads side by side.{means}",
+            escape(&stats.examples_source)
+        ),
         stats,
     );
     body += "<h2 id=\"curves\">Training curves</h2>\n";

@@ -82,6 +82,8 @@ pub struct FigureStats {
     /// Figure 4's test images, and how they were chosen.
     pub examples: Vec<ExampleRecord>,
     pub examples_rule: String,
+    /// Whose test images Figure 4 shows: the split (the first fold's) and the seed.
+    pub examples_source: String,
     /// Figures not drawn (file stem) and why.
     pub skipped: Vec<(String, String)>,
 }

@@ -110,6 +110,8 @@ impl Figure for ConfidenceFigure {
 /// One table row's accuracy on each held-out group: mean and 95% interval, in points.
 pub struct FoldBars {
     pub row: String,
+    /// Its colour ([`super::color`]).
+    pub color: usize,
     pub values: Vec<(f32, f32, f32)>,
 }
 
@@ -126,7 +128,7 @@ impl Figure for FoldsFigure {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         let (top_area, rest) = root.split_vertically(40);
-        let items: Vec<_> = self.rows.iter().enumerate().map(|(i, r)| (r.row.clone(), color(i), Mark::Box)).collect();
+        let items: Vec<_> = self.rows.iter().map(|r| (r.row.clone(), color(r.color), Mark::Box)).collect();
         legend(&top_area, &items)?;
         // Bars start at 0: their lengths are the accuracies.
         let y0 = 0f32;
@@ -150,7 +152,7 @@ impl Figure for FoldsFigure {
             root.draw(&Text::new(name.clone(), (x, y + 6), style))?;
         }
         for (i, r) in self.rows.iter().enumerate() {
-            let c = color(i);
+            let c = color(r.color);
             for (g, &(m, lo, hi)) in r.values.iter().enumerate() {
                 let (x, w) = (g as f32 + 0.1 + 0.8 * i as f32 / k, 0.8 / k);
                 chart.draw_series([Rectangle::new([(x, y0), (x + 0.9 * w, m.max(y0))], c.filled())])?;

@@ -71,7 +71,7 @@ where
     let xs = || panel.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let x = xs().fold(f32::INFINITY, f32::min)..xs().fold(f32::NEG_INFINITY, f32::max).max(xs().fold(f32::INFINITY, f32::min) + 1.0);
     let mut chart =
-        ChartBuilder::on(area).caption(&panel.title, ("sans-serif", TITLE)).margin(10).x_label_area_size(40).y_label_area_size(56).build_cartesian_2d(x, y)?;
+        ChartBuilder::on(area).caption(&panel.title, ("sans-serif", TITLE)).margin(10).x_label_area_size(40).y_label_area_size(66).build_cartesian_2d(x, y)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
