@@ -218,10 +218,26 @@ impl Predictor {
     /// The heads' class probabilities for `xv`, the [`Self::features`] of `images` (whose
     /// contents key each row's sampling noise).
     pub fn head_probabilities(&self, xv: &Tensor, images: &[&Prepared]) -> Result<Vec<Vec<f32>>> {
+        self.keyed_probabilities(xv, &images.iter().map(|p| p.key).collect::<Vec<_>>())
+    }
+
+    /// The heads' class probabilities for visual features `xv` [N, Dv] computed elsewhere (the
+    /// bundle's encoder, run by the caller); each row's values key its sampling noise, so a row
+    /// gets the same answer in any batch.
+    pub fn feature_probabilities(&self, xv: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let dv = self.model.model.config().dv;
+        ensure!(xv.rank() == 2 && xv.dim(1)? == dv, "features of shape {:?}: this bundle's heads take [N, {dv}]", xv.dims());
+        let keys: Vec<u64> =
+            xv.to_vec2::<f32>()?.iter().map(|row| crate::rng::content_key(&row.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())).collect();
+        self.keyed_probabilities(xv, &keys)
+    }
+
+    /// Class probabilities of `xv`, row `i`'s sampling noise from `keys[i]`.
+    fn keyed_probabilities(&self, xv: &Tensor, keys: &[u64]) -> Result<Vec<Vec<f32>>> {
         let Inference { sampler, seed, batch } = self.config.inference;
-        let mut probs = Vec::with_capacity(images.len());
-        for (start, chunk) in (0..images.len()).step_by(batch.max(1)).zip(images.chunks(batch.max(1))) {
-            let mut rngs: Vec<_> = chunk.iter().map(|p| crate::rng::image_noise(seed, p.key)).collect();
+        let mut probs = Vec::with_capacity(keys.len());
+        for (start, chunk) in (0..keys.len()).step_by(batch.max(1)).zip(keys.chunks(batch.max(1))) {
+            let mut rngs: Vec<_> = chunk.iter().map(|&key| crate::rng::image_noise(seed, key)).collect();
             let p = self.model.model.predict(&xv.narrow(0, start, chunk.len())?, &sampler, &mut Noise::PerRow(&mut rngs))?;
             probs.extend(candle_nn::ops::softmax_last_dim(&p.logits)?.to_vec2::<f32>()?);
         }

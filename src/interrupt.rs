@@ -80,6 +80,11 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
+/// Forgets an earlier request: an embedding program (the Python module) starts each call afresh.
+pub fn clear() {
+    REQUESTED.store(false, Ordering::SeqCst);
+}
+
 /// Requests a stop, as Ctrl-C does (for tests and embedding programs).
 pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);

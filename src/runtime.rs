@@ -16,11 +16,17 @@ const BARRIER_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 /// Tunes the process before any work starts; call it first (the thread pools read their
 /// settings when they start). `threads`: worker threads for CPU math (default: all cores).
 pub fn init(threads: Option<usize>) {
+    crate::interrupt::install();
+    init_embedded(threads);
+}
+
+/// [`init`] without the Ctrl-C handler, for a host process that owns its signals (Python: the
+/// module polls the host's signals and calls [`crate::interrupt::request`]).
+pub fn init_embedded(threads: Option<usize>) {
     // Keep freed memory mapped: training frees and reallocates the same activation-sized blocks
     // every step, and returning them to the OS made every step page-fault and zero them again
     // (a third of inference time in `perf`).
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    crate::interrupt::install();
     if std::env::var_os(BARRIER_SPIN_ENV).is_none() {
         // candle's pool for elementwise ops spins 25,000 rounds after each op before it sleeps;
         // with 2 cores the spinning thread takes a core from the matrix products (measured:

@@ -20,8 +20,9 @@ pub mod vit;
 use crate::data::image::Preprocess;
 use candle_core::{Result, Tensor};
 
-/// A frozen visual backbone: preprocessing and a pooled feature per image.
-pub trait ImageEncoder {
+/// A frozen visual backbone: preprocessing and a pooled feature per image (shared by threads:
+/// the Python module runs it without the GIL).
+pub trait ImageEncoder: Send + Sync {
     fn name(&self) -> &str;
     fn preprocess(&self) -> Preprocess;
     /// [N, 3, H, W] -> [N, D].

@@ -5,11 +5,13 @@
 use crate::align::Alignment;
 mod card;
 mod existing;
+mod options;
 mod table;
 
 pub use card::RunCard;
 pub use existing::Existing;
 use existing::PlannedRun;
+pub use options::TableOptions;
 pub use table::{COLUMNS, FOOTNOTE, Table};
 
 use crate::config::TrainConfig;

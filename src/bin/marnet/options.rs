@@ -2,19 +2,12 @@
 
 use anyhow::Result;
 use clap::Args;
-use marnet::config::TrainConfig;
+use marnet::experiments::TableOptions;
 use marnet::features::FeatureCache;
-use marnet::model::marnet::{MarnetConfig, ModelOptions, Variant};
+use marnet::model::marnet::{MarnetConfig, Variant};
 use std::path::PathBuf;
 
-/// `--seed` of `TrainConfig` does less in a table: every run trains with its own seed 0..N-1
-/// (`--seeds`).
-const TABLE_SEED: &str = "With --leave-one-out --fold-val in-style: seed of the choice of each fold's validation \
-                          images, the same for every run (each run's weights, batch order, noise and any val \
-                          carve-out follow its own seed, 0..N-1 of --seeds); otherwise unused";
-
 #[derive(Args, Clone)]
-#[command(mut_arg("seed", |a| a.help(TABLE_SEED)))]
 pub struct TableArgs {
     /// Feature cache folder (needs a test split).
     #[arg(long)]
@@ -22,60 +15,19 @@ pub struct TableArgs {
     /// Folder for the runs (`OUT/<row>/seed<k>`) and the table.
     #[arg(long)]
     pub out: PathBuf,
-    /// Runs per table row, with training seeds 0..N-1 (each seeds a run's weights, batch order,
-    /// diffusion noise and any val carve-out); the table reports their mean ± std.
-    #[arg(long, default_value_t = 3, value_parser = marnet::options::at_least_one::<u64>)]
-    pub seeds: u64,
-    /// Leave-one-vendor-out: every group of rows (the first path component of the row ids: the
-    /// vendor, for the emoji datasets) is the test split once, whatever split the cache put it
-    /// in; runs go to OUT/fold-<vendor>/. The table reports each fold and the mean.
-    #[arg(long)]
-    pub leave_one_out: bool,
-    /// With --leave-one-out, where validation comes from: `in-style` (one image each of 20% of
-    /// the training rows' classes) or `group` (every image of the next training vendor: a style
-    /// the model has not trained on, for choosing settings that must transfer).
-    #[arg(long, value_enum, default_value = "in-style", requires = "leave_one_out")]
-    pub fold_val: marnet::features::folds::FoldVal,
-    /// Replace what a table made with other settings left in --out: its runs made with other
-    /// settings are trained again and the table is written as asked; nothing else is deleted.
-    /// Without it such a folder is refused, naming what differs (the same settings reuse its
-    /// finished runs and train only what is missing or stale).
-    #[arg(long)]
-    pub force: bool,
-    /// Train only this task's share of the table's runs (every n-th of folds x rows x seeds) and
-    /// write no table, for a job array: `i/n`, or `env` (a Slurm array task's index and count)
-    /// or `env/N` (also a Kubernetes Indexed Job's JOB_COMPLETION_INDEX, of N). Then the same
-    /// command without --task reuses the finished runs, trains what is missing, and writes the
-    /// table. Tasks never share a run folder; a killed task rerun as it was resumes its run.
-    #[arg(long, value_name = "i/n|env|env/N", value_parser = marnet::options::task_slice)]
-    pub task: Option<String>,
     #[command(flatten)]
-    pub model: ModelOptions,
-    #[command(flatten)]
-    pub train: TrainConfig,
+    pub options: TableOptions,
 }
 
 impl TableArgs {
     pub fn open(&self, variant: Variant) -> Result<(FeatureCache, MarnetConfig)> {
         let cache = FeatureCache::open(&self.cache)?;
-        let base = self.model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
+        let base = self.options.base(&cache, variant);
         Ok((cache, base))
     }
 
     /// The table's settings: `what` and `first_column` head it, `file` names its files.
     pub fn spec(&self, what: &str, first_column: &str, file: &str) -> Result<marnet::experiments::TableSpec> {
-        Ok(marnet::experiments::TableSpec {
-            what: what.into(),
-            first_column: first_column.into(),
-            file: file.into(),
-            out: self.out.clone(),
-            seeds: (0..self.seeds).collect(),
-            leave_one_out: self.leave_one_out,
-            fold_val: self.fold_val,
-            train: self.train.clone(),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            existing: if self.force { marnet::experiments::Existing::Replace } else { marnet::experiments::Existing::Refuse },
-            task: self.task.as_deref().map(|t| marnet::cluster::TaskSlice::resolve(t, "--task")).transpose()?,
-        })
+        self.options.spec(&self.out, what, first_column, file, std::env::args().collect::<Vec<_>>().join(" "))
     }
 }
