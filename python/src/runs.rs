@@ -22,18 +22,34 @@ struct TrainOptions {
     model: ModelOptions,
 }
 
+/// A saved cache: the Python object's own (borrowed, not copied) or one opened from a folder.
+enum SavedCache<'py> {
+    Borrowed(PyRef<'py, FeatureCache>),
+    Opened(Box<marnet::features::FeatureCache>),
+}
+
+impl std::ops::Deref for SavedCache<'_> {
+    type Target = marnet::features::FeatureCache;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            SavedCache::Borrowed(c) => &c.inner,
+            SavedCache::Opened(c) => c,
+        }
+    }
+}
+
 /// The saved cache behind `cache` (a FeatureCache or a folder): a run records its cache's folder,
 /// so one made from numpy is saved first.
-fn saved(py: Python<'_>, cache: &Bound<'_, PyAny>) -> PyResult<marnet::features::FeatureCache> {
+fn saved<'py>(py: Python<'py>, cache: &Bound<'py, PyAny>) -> PyResult<SavedCache<'py>> {
     if let Ok(c) = cache.cast::<FeatureCache>() {
         let c = c.borrow();
         if c.inner.dir.as_os_str().is_empty() {
             return Err(PyValueError::new_err("this cache is only in memory: save it first (cache.save(folder)), a run records the folder it was trained on"));
         }
-        return Ok(c.inner.clone());
+        return Ok(SavedCache::Borrowed(c));
     }
     let dir: PathBuf = cache.extract().map_err(|_| PyValueError::new_err("`cache` must be a FeatureCache or a cache folder"))?;
-    py.detach(|| marnet::features::FeatureCache::open(&dir)).map_err(err)
+    py.detach(|| marnet::features::FeatureCache::open(&dir)).map(|c| SavedCache::Opened(Box::new(c))).map_err(err)
 }
 
 fn verbosity(progress: bool) -> Verbosity {
@@ -91,14 +107,15 @@ pub fn train(
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Run> {
     let o: TrainOptions = crate::options(options)?;
-    let c = saved(py, cache)?;
+    let saved = saved(py, cache)?;
+    let c: &marnet::features::FeatureCache = &saved;
     let cfg = o.model.config(o.variant, c.train.dv, c.train.ds, c.num_classes());
     let how = match (resume, force) {
         (true, _) => Resume::Strict,
         (false, true) => Resume::Never,
         _ => Resume::Refuse,
     };
-    let state = interruptible(py, || marnet::train::train(&c, &cfg, &o.train, &out, how, verbosity(progress), &candle_core::Device::Cpu))?;
+    let state = interruptible(py, || marnet::train::train(c, &cfg, &o.train, &out, how, verbosity(progress), &candle_core::Device::Cpu))?;
     let test = state.test.as_ref().map(|t| to_python(py, t)).transpose()?;
     Ok(Run { path: out, best_epoch: state.best_epoch, best_val_top1: state.best_val_top1, test })
 }
@@ -151,11 +168,12 @@ fn table(
     if o.task.is_some() {
         return Err(PyValueError::new_err("`task` is for job arrays on the command line: a task's share writes no table"));
     }
-    let c = saved(py, cache)?;
-    let arms = arms(&o.base(&c, variant));
+    let saved = saved(py, cache)?;
+    let c: &marnet::features::FeatureCache = &saved;
+    let arms = arms(&o.base(c, variant));
     let command = format!("marnet.{file}(...) from Python");
     let spec = o.spec(&out, what, first_column, file, command).map_err(err)?;
-    let inner = interruptible(py, || marnet::experiments::run_table(&c, &arms, &spec, verbosity(progress), &candle_core::Device::Cpu))?;
+    let inner = interruptible(py, || marnet::experiments::run_table(c, &arms, &spec, verbosity(progress), &candle_core::Device::Cpu))?;
     Ok(Table { inner, path: out.join(format!("{file}.json")) })
 }
 
@@ -222,17 +240,25 @@ fn parse_values<T: clap::ValueEnum>(names: Vec<String>, what: &str) -> PyResult<
         .collect()
 }
 
-/// `marnet extract`: encodes a dataset into the feature cache folder `out` and returns it. A
-/// manifest (JSON Lines: image, text, label, split) is `extract(out, dataset="manifest",
-/// root="data.jsonl")`; options are the command line's (`visual`, `text`, `batch`, `skip_bad`...).
-/// A finished cache with the same settings in `out` is reused; other settings are refused
-/// unless `force=True`.
+/// `marnet extract`: encodes a dataset into the feature cache folder `out` and returns it: your
+/// own as a manifest file (JSON Lines: image, text, label, split; see `marnet extract --help`),
+/// or with `manifest=None` a built-in one (`dataset="emoji-food"`, the default) or a published
+/// layout (`dataset="vireo172", root=...`). Options are the command line's (`visual`, `text`,
+/// `batch`, `skip_bad`...). A finished cache with the same settings in `out` is reused; other
+/// settings are refused unless `force=True`.
 #[pyfunction]
-#[pyo3(signature = (out, progress=true, **options))]
-pub fn extract(py: Python<'_>, out: PathBuf, progress: bool, options: Option<&Bound<'_, PyDict>>) -> PyResult<FeatureCache> {
+#[pyo3(signature = (manifest, out, progress=true, **options))]
+pub fn extract(py: Python<'_>, manifest: Option<PathBuf>, out: PathBuf, progress: bool, options: Option<&Bound<'_, PyDict>>) -> PyResult<FeatureCache> {
     let kwargs = PyDict::new(py);
     if let Some(o) = options {
         kwargs.update(o.as_mapping())?;
+    }
+    if let Some(m) = manifest {
+        if kwargs.contains("dataset")? || kwargs.contains("root")? {
+            return Err(PyValueError::new_err("give a manifest, or manifest=None with `dataset` (and `root`), not both"));
+        }
+        kwargs.set_item("dataset", "manifest")?;
+        kwargs.set_item("root", m)?;
     }
     kwargs.set_item("out", out)?;
     let settings: marnet::extract::ExtractSettings = crate::options(Some(&kwargs))?;

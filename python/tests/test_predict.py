@@ -20,9 +20,9 @@ def bundle(tmp_path_factory, cli):
             pytest.fail(f"no assets in {ASSETS}: run scripts/fetch-assets")
         pytest.skip(f"SKIPPED: no assets in {ASSETS} (scripts/fetch-assets)")
     d = tmp_path_factory.mktemp("predict")
-    cache = marnet.extract(d / "cache", assets=ASSETS, limit=24, batch=8, progress=False)
+    cache = marnet.extract(None, d / "cache", assets=ASSETS, limit=24, batch=8, progress=False)
     assert cache.path == d / "cache" and len(cache.split("train")) > 0
-    again = marnet.extract(d / "cache", assets=ASSETS, limit=24, batch=8, progress=False)
+    again = marnet.extract(None, d / "cache", assets=ASSETS, limit=24, batch=8, progress=False)
     np.testing.assert_array_equal(again.split("test").visual, cache.split("test").visual)
     marnet.train(cache, d / "run", epochs=2, dim=64, hidden=128, progress=False)
     cli("export", "--model", d / "run", "--out", d / "bundle", "--assets", ASSETS)

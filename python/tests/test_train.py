@@ -76,3 +76,10 @@ def test_ctrl_c_stops_training_and_leaves_a_run_that_resumes(tmp_path):
     resumed = marnet.train(tmp_path / "cache", tmp_path / "run", resume=True, progress=False, **opts)
     straight = marnet.train(tmp_path / "cache", tmp_path / "straight", progress=False, **opts)
     assert resumed.test == straight.test
+
+
+def test_extract_takes_a_manifest_or_a_dataset_and_names_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        marnet.extract(tmp_path / "data.jsonl", tmp_path / "cache", dataset="emoji-food")
+    with pytest.raises(RuntimeError, match="data.jsonl"):
+        marnet.extract(tmp_path / "data.jsonl", tmp_path / "cache", progress=False)
