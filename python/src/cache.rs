@@ -32,22 +32,34 @@ impl FeatureCache {
     #[staticmethod]
     #[pyo3(signature = (train, classes, val=None, test=None))]
     fn from_numpy(train: &Bound<'_, PyDict>, classes: Vec<String>, val: Option<&Bound<'_, PyDict>>, test: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        if let Some(dup) = classes.iter().enumerate().find_map(|(i, c)| classes[..i].contains(c).then_some(c)) {
+            return Err(PyValueError::new_err(format!("classes: `{dup}` is given twice (class names must be distinct)")));
+        }
         let train = split_from(train, &classes, "train")?;
         if train.text.is_none() {
             return Err(PyValueError::new_err("train: `text` is missing (the training split needs text features)"));
         }
         let val = val.map(|d| split_from(d, &classes, "val")).transpose()?;
         let test = test.map(|d| split_from(d, &classes, "test")).transpose()?;
-        for s in val.iter().chain(&test) {
-            if s.dv != train.dv {
-                return Err(PyValueError::new_err(format!("`visual` has {} columns in train but {} in another split", train.dv, s.dv)));
+        for (name, s) in [("val", &val), ("test", &test)] {
+            if let Some(s) = s.as_ref().filter(|s| s.dv != train.dv) {
+                return Err(PyValueError::new_err(format!("{name}: `visual` has {} columns, train's has {}", s.dv, train.dv)));
             }
         }
         Ok(Self { inner: Cache { dir: PathBuf::new(), train, val, test, fold: None } })
     }
 
-    /// Writes the cache into the folder `path`; `marnet train --cache PATH` reads it.
-    fn save(&mut self, path: PathBuf) -> PyResult<()> {
+    /// Writes the cache into the folder `path`; `marnet train --cache PATH` reads it. A folder
+    /// that already holds files is refused unless `force=True` (then its cache files are replaced).
+    #[pyo3(signature = (path, force=false))]
+    fn save(&mut self, path: PathBuf, force: bool) -> PyResult<()> {
+        let path = std::path::absolute(&path)?;
+        if !force && path.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            return Err(PyValueError::new_err(format!(
+                "{}: the folder is not empty (a cache or a run is kept there?): choose another, or save(path, force=True) to replace its cache",
+                path.display()
+            )));
+        }
         self.inner.write(&path).map_err(err)?;
         self.inner.dir = path;
         Ok(())
@@ -207,7 +219,8 @@ fn split_from(d: &Bound<'_, PyDict>, classes: &[String], name: &str) -> PyResult
         return Err(PyValueError::new_err(format!("{name}: `visual` has {n} rows but `label` has {}", label.len())));
     }
     if let Some((row, l)) = label.iter().enumerate().find(|&(_, &l)| l < 0 || l as usize >= classes.len()) {
-        return Err(PyValueError::new_err(format!("{name}: row {row} has label {l}, not a class index 0..{}", classes.len())));
+        let n = classes.len();
+        return Err(PyValueError::new_err(format!("{name}: row {row} has label {l}, not a class index 0 to {} ({n} class names given)", n.max(1) - 1)));
     }
     let (text, ds) = match array::<f32>(d, name, "text", 2, "f", "a 2-D float array [N, Ds]")? {
         Some(t) => {
@@ -227,7 +240,16 @@ fn split_from(d: &Bound<'_, PyDict>, classes: &[String], name: &str) -> PyResult
         }
         Ok(Some(v))
     };
+    if n == 0 {
+        return Err(PyValueError::new_err(format!("{name}: no rows (leave an empty split out)")));
+    }
     let ids = strings("ids")?.unwrap_or_else(|| (0..n).map(|i| format!("{name}/{i}")).collect());
+    let mut seen = std::collections::HashMap::new();
+    for (row, id) in ids.iter().enumerate() {
+        if let Some(first) = seen.insert(id, row) {
+            return Err(PyValueError::new_err(format!("{name}: id `{id}` is given to rows {first} and {row} (ids must be distinct)")));
+        }
+    }
     let groups = strings("group")?.unwrap_or_default();
     Ok(Split {
         visual,

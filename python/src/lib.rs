@@ -37,7 +37,8 @@ fn flags(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
             Ok(list) => list.iter().map(|x| x.str().map(|s| s.to_string())).collect::<PyResult<Vec<_>>>()?.join(","),
             Err(_) => v.str()?.to_string(),
         };
-        out.extend([flag, value]);
+        // One token, so that a negative value is not read as a flag.
+        out.push(format!("{flag}={value}"));
     }
     Ok(out)
 }
@@ -47,7 +48,14 @@ fn flags(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
 fn options<T: clap::Args + clap::FromArgMatches>(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<T> {
     let args = flags(kwargs)?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    marnet::options::parse(&args).map_err(|e| PyValueError::new_err(format!("{e:#}").trim_end().to_string()))
+    marnet::options::parse(&args).map_err(|e| PyValueError::new_err(option_error(&format!("{e:#}"))))
+}
+
+/// clap's message without what only a command line can use (`Usage:`, `try '--help'`).
+fn option_error(message: &str) -> String {
+    let first = message.split("\n\nUsage:").next().unwrap_or(message);
+    let first = first.split("\n\nFor more information").next().unwrap_or(first);
+    first.trim().trim_start_matches("error: ").to_string()
 }
 
 /// Runs `work` on its own thread while this one, without the GIL, polls Python's signals: Ctrl-C

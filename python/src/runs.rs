@@ -86,7 +86,8 @@ impl Run {
     }
 
     fn __repr__(&self) -> String {
-        format!("Run({:?}, best_epoch={:?}, best_val_top1={:.4})", self.path, self.best_epoch, self.best_val_top1)
+        let epoch = self.best_epoch.map_or("None".to_string(), |e| e.to_string());
+        format!("Run('{}', best_epoch={epoch}, best_val_top1={:.4})", self.path.display(), self.best_val_top1)
     }
 }
 
@@ -107,6 +108,10 @@ pub fn train(
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Run> {
     let o: TrainOptions = crate::options(options)?;
+    if resume && force {
+        return Err(PyValueError::new_err("resume=True continues the run in `out`, force=True starts it again: give one"));
+    }
+    let out = std::path::absolute(&out)?;
     let saved = saved(py, cache)?;
     let c: &marnet::features::FeatureCache = &saved;
     let cfg = o.model.config(o.variant, c.train.dv, c.train.ds, c.num_classes());

@@ -50,7 +50,7 @@ def test_bad_values_are_value_errors_naming_split_and_row():
     classes = list("abcd")
     with pytest.raises(ValueError, match="train: `visual` has 40 rows but `label` has 39"):
         marnet.FeatureCache.from_numpy(train=dict(a, label=a["label"][:-1]), classes=classes)
-    with pytest.raises(ValueError, match="train: row 0 has label 9, not a class index 0..4"):
+    with pytest.raises(ValueError, match=r"train: row 0 has label 9, not a class index 0 to 3 \(4 class names given\)"):
         marnet.FeatureCache.from_numpy(train=dict(a, label=np.full(40, 9)), classes=classes)
     bad = a["text"].copy()
     bad[7, 2] = np.nan
@@ -67,3 +67,20 @@ def test_a_cache_from_numpy_is_read_by_the_command_line(tmp_path, cli):
     marnet.FeatureCache.from_numpy(train=dict(a, ids=[f"v{i % 2}/row{i}" for i in range(40)]), classes=list("abcd")).save(tmp_path / "cache")
     out = cli("train", "--cache", tmp_path / "cache", "--out", tmp_path / "run", "--epochs", "1", "--dim", "8", "--hidden", "16")
     assert "best epoch 1" in out
+
+
+def test_duplicates_empty_splits_and_occupied_folders_are_refused(tmp_path):
+    a = arrays()
+    with pytest.raises(ValueError, match="classes: `a` is given twice"):
+        marnet.FeatureCache.from_numpy(train=a, classes=list("abca"))
+    with pytest.raises(ValueError, match="train: id `x` is given to rows 0 and 1"):
+        marnet.FeatureCache.from_numpy(train=dict(a, ids=["x"] * 40), classes=list("abcd"))
+    with pytest.raises(ValueError, match="test: no rows"):
+        marnet.FeatureCache.from_numpy(train=a, test=dict(visual=a["visual"][:0], label=a["label"][:0]), classes=list("abcd"))
+    with pytest.raises(ValueError, match=r"test: `visual` has 3 columns, train's has 8"):
+        marnet.FeatureCache.from_numpy(train=a, test=dict(visual=a["visual"][:, :3], label=a["label"]), classes=list("abcd"))
+    cache = marnet.FeatureCache.from_numpy(train=a, classes=list("abcd"))
+    cache.save(tmp_path / "cache")
+    with pytest.raises(ValueError, match="the folder is not empty"):
+        cache.save(tmp_path / "cache")
+    cache.save(tmp_path / "cache", force=True)

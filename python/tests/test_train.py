@@ -17,8 +17,13 @@ def test_train_takes_the_command_lines_options_by_keyword(tmp_path):
     cache = saved_cache(tmp_path / "cache")
     run = marnet.train(cache, tmp_path / "run", variant="baseline", epochs=2, progress=False, **SMALL)
     assert run.best_epoch in (1, 2) and 0.0 <= run.test["final_head"]["top1"] <= 1.0
-    with pytest.raises(ValueError, match="invalid value '0' for '--epochs <EPOCHS>': must be at least 1"):
+    assert run.path.is_absolute() and repr(run).startswith(f"Run('{run.path}', best_epoch={run.best_epoch},")
+    with pytest.raises(ValueError, match="^invalid value '0' for '--epochs <EPOCHS>': must be at least 1$"):
         marnet.train(cache, tmp_path / "run2", epochs=0)
+    with pytest.raises(ValueError, match="^invalid value '-1' for '--epochs <EPOCHS>'"):
+        marnet.train(cache, tmp_path / "run2", epochs=-1)
+    with pytest.raises(ValueError, match="give one"):
+        marnet.train(cache, tmp_path / "run", resume=True, force=True)
     with pytest.raises(ValueError, match="--epoch"):
         marnet.train(cache, tmp_path / "run2", epoch=3)
     with pytest.raises(RuntimeError, match="run"):
