@@ -6,8 +6,10 @@
 //! ~1.5x candle's `x W^T` here), with query, key and value as one product and the patch
 //! embedding as a product over unfolded patches.
 
+use crate::nn::attention::self_attention;
 use crate::nn::linear::Linear;
-use candle_core::{DType, IndexOp, Module, Result, Tensor};
+use crate::nn::stages::{Stage, timed};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 /// PyTorch `nn.Linear`s ([out, in] weight) as one [`Linear`], concatenated along their outputs
@@ -34,6 +36,10 @@ impl PatchEmbed {
 
     /// [B, C, H, W] -> [B, H / p, W / p, dim].
     pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        timed(Stage::PatchEmbedding, || self.unfold_and_project(pixels))
+    }
+
+    fn unfold_and_project(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixels.dims4()?;
         let p = self.patch;
         let (gh, gw) = (h / p, w / p);
@@ -59,20 +65,15 @@ impl Block {
     /// `x` [B, T, D]. `bias` [G, heads, T, T] (B a multiple of G) is added to the attention
     /// scores of sequence `i` as `bias[i % G]`, before the softmax.
     pub(crate) fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let (heads, dh) = (self.heads, h / self.heads);
-        let qkv = x.apply(&self.norm1)?.apply(&self.qkv)?.reshape((b, t, 3, heads, dh))?.permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (qkv.i(0)?.contiguous()?, qkv.i(1)?.contiguous()?, qkv.i(2)?.contiguous()?);
-        // softmax(q k^T / sqrt(d) + B) v (Liu et al., Swin, eq. 4; B = 0 in ViT).
-        let mut scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
-        if let Some(bias) = bias {
-            let g = bias.dim(0)?;
-            scores = scores.reshape((b / g, g, heads, t, t))?.broadcast_add(bias)?.reshape((b, heads, t, t))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((b, t, h))?;
-        let x = (x + ctx.apply(&self.proj)?)?;
-        let m = x.apply(&self.norm2)?.apply(&self.fc1)?.gelu_erf()?;
-        x + m.apply(&self.fc2)?
+        // Each stage timed for `marnet bench`'s breakdown (free unless it records).
+        let normed = timed(Stage::LayerNorm, || x.apply(&self.norm1))?;
+        let qkv = timed(Stage::QkvProduct, || normed.apply(&self.qkv))?;
+        let ctx = timed(Stage::Attention, || self_attention(&qkv, self.heads, bias))?;
+        let out = timed(Stage::OutputProduct, || ctx.apply(&self.proj))?;
+        let x = timed(Stage::Residual, || x + out)?;
+        let normed = timed(Stage::LayerNorm, || x.apply(&self.norm2))?;
+        let m = timed(Stage::Mlp1Gelu, || self.fc1.forward_gelu(&normed))?;
+        let m = timed(Stage::Mlp2, || m.apply(&self.fc2))?;
+        timed(Stage::Residual, || x + m)
     }
 }

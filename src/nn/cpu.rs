@@ -53,13 +53,14 @@ impl<'a> MatRef<'a> {
     }
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: each thread writes a disjoint block of the destination (see `matmul`).
+/// A destination shared by threads that each write their own disjoint part of it.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: users write disjoint parts only (`matmul`: a block each; attention: a head each).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }
@@ -75,18 +76,31 @@ pub fn matmul_flop() -> u64 {
     MATMUL_FLOP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Adds the flops of a product run outside [`matmul`] (attention's) to [`matmul_flop`].
+pub fn count_flop(flop: u64) {
+    MATMUL_FLOP.fetch_add(flop, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `lhs rhs` as a row-major [m, n] matrix, for `lhs` [m, k] and `rhs` [k, n].
 ///
 /// The output is cut into one block of columns (or of rows, when it has few columns) per
 /// thread, each a single-threaded product: measured on the MARNet layer shapes (64 rows) this
 /// runs at ~1.4x the rate of the matmul crate's own parallel split.
 pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    matmul_then(m, n, k, lhs, rhs, |_, _| {})
+}
+
+/// [`matmul`], then `finish(first_column, values)` on each row's part of each thread's block, by
+/// that thread once its product is done (a bias, an activation): no pass of its own.
+pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finish: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
-    MATMUL_FLOP.fetch_add((2 * m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+    count_flop((2 * m * n * k) as u64);
     if k == 0 {
-        return vec![0.0; m * n];
+        let mut dst = vec![0.0; m * n];
+        dst.chunks_exact_mut(n.max(1)).for_each(|row| finish(0, row));
+        return dst;
     }
     let mut dst: Vec<f32> = Vec::with_capacity(m * n);
     let threads = candle_core::utils::get_num_threads().max(1);
@@ -101,27 +115,22 @@ pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32
         // SAFETY: the operands' bounds were checked above and `dst` has room for m x n; the
         // blocks write disjoint parts of it, and `gemm` without `read_dst` only writes.
         unsafe {
-            gemm::gemm(
+            gemm_into(
                 rows,
                 cols,
                 k,
                 out.get().add(dst_off),
-                1,
-                n as isize,
-                false,
+                n,
                 lhs.data.as_ptr().add(lhs_off),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
+                [lhs.col_stride, lhs.row_stride],
                 rhs.data.as_ptr().add(rhs_off),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                [rhs.col_stride, rhs.row_stride],
             );
+        }
+        let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
+        for r in row0..row0 + rows {
+            // SAFETY: this block's part of row r, written by the product above and by no other thread.
+            finish(col0, unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) });
         }
     };
     let starts: Vec<usize> = (0..len).step_by(block.max(1)).collect();
@@ -133,6 +142,30 @@ pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32
     // SAFETY: every element was written above (an empty product writes nothing and has none).
     unsafe { dst.set_len(m * n) };
     dst
+}
+
+/// `dst = lhs rhs` on this thread, for `lhs` [m, k] and `rhs` [k, n] given by their pointers and
+/// (column, row) strides, and `dst` rows `dst_row_stride` apart. Only writes `dst`.
+///
+/// # Safety
+/// Every element the shapes and strides reach must lie inside live allocations, and nothing else
+/// may read or write `dst`'s elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row_stride: usize,
+    lhs: *const f32,
+    lhs_strides: [usize; 2],
+    rhs: *const f32,
+    rhs_strides: [usize; 2],
+) {
+    let [lcs, lrs] = lhs_strides.map(|s| s as isize);
+    let [rcs, rrs] = rhs_strides.map(|s| s as isize);
+    // SAFETY: as the caller promises; gemm without `read_dst` only writes the destination.
+    unsafe { gemm::gemm(m, n, k, dst, 1, dst_row_stride as isize, false, lhs, lcs, lrs, rhs, rcs, rrs, 0.0, 1.0, false, false, false, gemm::Parallelism::None) }
 }
 
 /// `src^T` for a row-major `src` [rows, cols], in 8x8 tiles.
@@ -169,7 +202,7 @@ mod tests {
     #[test]
     fn matmul_matches_the_definition() {
         let mut rng = crate::rng::stream(1, "test", 0);
-        for (m, n, k) in [(3, 5, 4), (64, 200, 33), (300, 20, 17), (1, 1, 1), (70, 130, 1)] {
+        for (m, n, k) in [(3, 5, 4), (64, 200, 33), (300, 20, 17), (1, 1, 1), (70, 130, 1), (4, 6, 0)] {
             let a = crate::rng::normal_vec(&mut rng, m * k);
             let b = crate::rng::normal_vec(&mut rng, k * n);
             let bt = transpose(&b, k, n);
@@ -179,6 +212,9 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k}: {g} vs {w}");
                 }
+                // `finish` sees every element once, with its column.
+                let then = matmul_then(m, n, k, MatRef::rows(&a, k), rhs, |c, row| row.iter_mut().enumerate().for_each(|(j, v)| *v += (c + j) as f32));
+                assert!(then.iter().zip(&got).enumerate().all(|(i, (t, g))| *t == g + (i % n) as f32), "{m}x{n}x{k}: finish");
             }
         }
     }

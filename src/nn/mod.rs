@@ -5,10 +5,13 @@
 //! files read like the paper and the performance kernels sit apart.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod cpu;
 pub mod linear;
 pub mod norm;
+pub mod stages;
+pub mod vmath;
 
 pub use linear::backward;
 

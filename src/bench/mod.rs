@@ -3,9 +3,13 @@
 //! inference (at each thread count, each in a fresh process), and feature extraction (encoder
 //! forward passes at 224 px, and image decoding).
 
+mod extraction;
+mod peak;
+
+pub use extraction::{DecodeBench, EncoderBench, Extraction, VitStages, decode, encoder, extraction, vit_b16_random, vit_stages};
+pub use peak::{Peak, fma_peak};
+
 use crate::checkpoint::LoadedModel;
-use crate::data::image::Preprocess;
-use crate::encoders::ImageEncoder;
 use crate::model::cdr::{SamplerConfig, SamplerMode};
 use crate::model::marnet::MarnetConfig;
 use crate::optim::{AdamW, AdamWConfig};
@@ -139,166 +143,6 @@ pub fn cpu_model() -> String {
     format!("{}, {} logical cores", name.unwrap_or_else(|| "unknown CPU".into()), std::thread::available_parallelism().map_or(0, |n| n.get()))
 }
 
-/// Peak single-precision rate of fused multiply-adds, all `threads` busy, by instruction set.
-#[derive(Debug, Clone, Serialize)]
-pub struct Peak {
-    pub threads: usize,
-    /// GFLOP/s with 256-bit FMA (AVX2), if the CPU has it.
-    pub avx2_gflops: Option<f64>,
-    /// GFLOP/s with 512-bit FMA (AVX-512F), if the CPU has it; the matmul kernels use these here.
-    pub avx512_gflops: Option<f64>,
-}
-
-/// Measures [`Peak`] with register-only FMA chains on `threads` threads at once.
-pub fn fma_peak(threads: usize) -> Peak {
-    // The best of five short runs: a peak, so interference from other work only lowers it.
-    let rate = |kernel: fn(u64) -> f32, flop_per_iter: f64| {
-        let iters = 10_000_000u64;
-        let once = || {
-            let t0 = Instant::now();
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    s.spawn(|| std::hint::black_box(kernel(iters)));
-                }
-            });
-            threads as f64 * iters as f64 * flop_per_iter / t0.elapsed().as_secs_f64() / 1e9
-        };
-        (0..5).map(|_| once()).fold(0.0, f64::max)
-    };
-    #[cfg(target_arch = "x86_64")]
-    {
-        let avx2 = (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then(|| rate(fma::avx2, fma::AVX2_FLOP));
-        let avx512 = is_x86_feature_detected!("avx512f").then(|| rate(fma::avx512, fma::AVX512_FLOP));
-        Peak { threads, avx2_gflops: avx2, avx512_gflops: avx512 }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = rate;
-        Peak { threads, avx2_gflops: None, avx512_gflops: None }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod fma {
-    use std::arch::x86_64::*;
-
-    /// Independent accumulator chains: enough to cover FMA latency on two ports.
-    const CHAINS: usize = 12;
-    pub const AVX2_FLOP: f64 = (CHAINS * 8 * 2) as f64;
-    pub const AVX512_FLOP: f64 = (CHAINS * 16 * 2) as f64;
-
-    pub fn avx2(iters: u64) -> f32 {
-        // SAFETY: only called after runtime detection of AVX2 and FMA.
-        unsafe { avx2_chains(iters) }
-    }
-
-    pub fn avx512(iters: u64) -> f32 {
-        // SAFETY: only called after runtime detection of AVX-512F.
-        unsafe { avx512_chains(iters) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_chains(iters: u64) -> f32 {
-        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, a, b);
-            }
-        }
-        let mut out = [0f32; 8];
-        let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
-        out.iter().sum()
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_chains(iters: u64) -> f32 {
-        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(*x, a, b);
-            }
-        }
-        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x)))
-    }
-}
-
-/// Forward throughput of a visual encoder on random images.
-#[derive(Debug, Clone, Serialize)]
-pub struct EncoderBench {
-    pub backbone: String,
-    pub weights: String,
-    pub batch: usize,
-    pub images_per_s: f64,
-}
-
-/// Images/s of `enc` on random [batch, 3, size, size] input: one warm-up pass, median of three.
-pub fn encoder(backbone: &str, weights: &str, enc: &dyn ImageEncoder, batch: usize, dev: &Device) -> Result<EncoderBench> {
-    let s = enc.preprocess().size as usize;
-    let x = randn(&mut stream(0, "bench-images", 0), (batch, 3, s, s), dev)?;
-    let (images_per_s, _) = throughput(batch, || {
-        enc.features(&x)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(())
-    })?;
-    Ok(EncoderBench { backbone: backbone.into(), weights: weights.into(), batch, images_per_s })
-}
-
-/// ViT-B/16 at 224 px with random weights (no real ones can be fetched here; speed is the same).
-pub fn vit_b16_random(dev: &Device) -> Result<crate::encoders::vit::VitEncoder> {
-    use crate::encoders::vit::VitEncoder;
-    let cfg = candle_transformers::models::vit::Config::vit_base_patch16_224();
-    let vm = candle_nn::VarMap::new();
-    VitEncoder::load(candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, dev), &cfg)?;
-    // Loaded again from plain tensors, as from a file: variables would make every op record its
-    // inputs for autograd and keep a whole forward pass's activations alive.
-    let weights = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-    Ok(VitEncoder::load(candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, dev), &cfg)?)
-}
-
-/// Decoding and preprocessing throughput, all threads, on a generated photo-sized JPEG.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecodeBench {
-    pub width: u32,
-    pub height: u32,
-    pub images_per_s: f64,
-}
-
-/// Images/s of JPEG decode + resize + crop + normalise (the extraction input path), in parallel.
-pub fn decode(pre: &Preprocess, images: usize) -> Result<DecodeBench> {
-    use rayon::prelude::*;
-    let (width, height) = (512, 384);
-    let mut rng = stream(0, "bench-jpeg", 0);
-    let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, rng.random()]));
-    let mut jpeg = vec![];
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img)?;
-    let t0 = Instant::now();
-    let n: usize = (0..images).into_par_iter().map(|_| pre.prepare(&jpeg, "bench.jpg").map(|p| p.pixels.len())).collect::<Result<Vec<_>>>()?.len();
-    Ok(DecodeBench { width, height, images_per_s: n as f64 / t0.elapsed().as_secs_f64() })
-}
-
-/// The extraction rows: EfficientNet-Lite0 (real weights from `assets`, left out with a note
-/// when absent) at each of `lite0_batches`, ViT-B/16 (random weights) at batch 8, and JPEG
-/// decoding.
-pub fn extraction(assets: &std::path::Path, lite0_batches: &[usize], verbose: bool, dev: &Device) -> Result<(Vec<EncoderBench>, Option<DecodeBench>)> {
-    use crate::encoders::efficientnet_lite::{Config, EfficientNetLite, PREPROCESS};
-    if verbose {
-        eprintln!("timing the encoders and decoding...");
-    }
-    let mut encoders = vec![];
-    match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), Config::lite0(), dev) {
-        Ok(enc) => {
-            for &batch in lite0_batches {
-                encoders.push(encoder("EfficientNet-Lite0", "real", &enc, batch, dev)?);
-            }
-        }
-        Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
-    }
-    encoders.push(encoder("ViT-B/16", "random", &vit_b16_random(dev)?, 8, dev)?);
-    Ok((encoders, Some(decode(&PREPROCESS, 256)?)))
-}
-
 /// What `marnet bench` measures (the heads in one child process per thread count).
 pub struct BenchRequest {
     pub model: MarnetConfig,
@@ -341,11 +185,11 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
         }
         heads.push(heads_in_child(&exe, t, &req.device, &child_args(&req.args))?);
     }
-    let (encoders, decode) = match &req.assets {
-        None => (vec![], None),
+    let Extraction { encoders, decode, vit_stages } = match &req.assets {
+        None => Extraction { encoders: vec![], decode: None, vit_stages: None },
         Some(a) => extraction(a, &req.encoder_batches, req.progress, dev)?,
     };
-    Ok(Report { cpu: cpu_model(), device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, epoch_rows: 66_071 })
+    Ok(Report { cpu: cpu_model(), device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, vit_stages, epoch_rows: 66_071 })
 }
 
 /// The `bench` arguments that the per-thread-count child processes take too: all but those
@@ -377,6 +221,7 @@ pub struct Report {
     pub heads: Vec<HeadBench>,
     pub encoders: Vec<EncoderBench>,
     pub decode: Option<DecodeBench>,
+    pub vit_stages: Option<VitStages>,
     /// Rows per epoch the training step is scaled to (Vireo-Food172's training split).
     pub epoch_rows: usize,
 }
@@ -451,6 +296,14 @@ impl Report {
         }
         if let Some(d) = &self.decode {
             writeln!(f, "| JPEG {}x{} decode + preprocess | | | {:.1} |", d.width, d.height, d.images_per_s)?;
+        }
+        if let Some(v) = &self.vit_stages {
+            writeln!(f, "\nViT-B/16 forward at batch {}, by stage: {:.0} ms a pass\n", v.batch, v.pass_ms)?;
+            writeln!(f, "| stage | ms per pass | share | products |\n|---|---|---|---|")?;
+            for (stage, ms, gflops) in &v.stages {
+                let products = gflops.map_or(String::new(), |g| format!("{g:.0} GFLOP/s"));
+                writeln!(f, "| {stage} | {ms:.1} | {:.1}% | {products} |", 100.0 * ms / v.pass_ms)?;
+            }
         }
         Ok(())
     }
