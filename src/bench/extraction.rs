@@ -21,14 +21,19 @@ pub struct EncoderBench {
     pub images_per_s: f64,
 }
 
-/// Images/s of `enc` on random [batch, 3, size, size] input: one warm-up pass, median of three.
-pub fn encoder(backbone: &str, weights: &str, enc: &dyn ImageEncoder, batch: usize, dev: &Device) -> Result<EncoderBench> {
+/// One forward pass of `enc` on the same random [batch, 3, size, size] input at each call.
+fn random_pass<'a>(enc: &'a dyn ImageEncoder, batch: usize, dev: &Device) -> Result<impl Fn() -> Result<()> + 'a> {
     let s = enc.preprocess().size as usize;
     let x = randn(&mut stream(0, "bench-images", 0), (batch, 3, s, s), dev)?;
-    let (images_per_s, _) = throughput(batch, || {
+    Ok(move || {
         enc.features(&x)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(())
-    })?;
+    })
+}
+
+/// Images/s of `enc` on random [batch, 3, size, size] input: one warm-up pass, median of three.
+pub fn encoder(backbone: &str, weights: &str, enc: &dyn ImageEncoder, batch: usize, dev: &Device) -> Result<EncoderBench> {
+    let (images_per_s, _) = throughput(batch, random_pass(enc, batch, dev)?)?;
     Ok(EncoderBench { backbone: backbone.into(), weights: weights.into(), batch, images_per_s })
 }
 
@@ -89,11 +94,7 @@ pub struct VitStages {
 
 /// Times three passes of `enc` at `batch` by stage, after one warm-up pass.
 pub fn vit_stages(enc: &crate::encoders::vit::VitEncoder, batch: usize, dev: &Device) -> Result<VitStages> {
-    let x = randn(&mut stream(0, "bench-images", 0), (batch, 3, 224, 224), dev)?;
-    let pass = || -> Result<()> {
-        enc.features(&x)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(())
-    };
+    let pass = random_pass(enc, batch, dev)?;
     pass()?;
     const PASSES: usize = 3;
     let t0 = Instant::now();
