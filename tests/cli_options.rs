@@ -21,3 +21,24 @@ fn train_refuses_out_of_range_values_before_touching_the_cache_or_the_run() {
         assert!(!run.exists(), "{flag} {value}: wrote {}", run.display());
     }
 }
+
+/// Output into a pipe whose reader has gone (`marnet eval ... | grep -q`, `| head`) ends the
+/// command quietly with status 0, as `cat` would; it used to panic with status 101 (the `cuda`
+/// CI smoke test failed on it). The reader is closed before the start, so this is no race.
+#[test]
+fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["--quiet", "synth", "--out", cache.to_str().unwrap(), "--n-train", "40", "--n-val", "10", "--n-test", "20"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(cache.join("test.safetensors").exists(), "synth did not finish {}", cache.display());
+}

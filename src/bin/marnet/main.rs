@@ -11,6 +11,15 @@ use marnet::model::marnet::Variant;
 use marnet::train::{Resume, Verbosity};
 use std::time::{Duration, Instant};
 
+/// `println!` that returns an error when stdout is closed (`| head`, `| grep -q`) instead of
+/// panicking; `main` turns that error into exit status 0.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 fn main() {
     if let Err(e) = run() {
         if let Some(i) = e.downcast_ref::<marnet::interrupt::Interrupted>() {
@@ -41,9 +50,9 @@ fn table_or_task(
     match spec.task {
         Some(task) => {
             marnet::experiments::run_arms(cache, arms, spec, verbosity, dev)?;
-            println!("task {task}: its runs in {} are finished; the same command without --task writes the table", spec.out.display());
+            out!("task {task}: its runs in {} are finished; the same command without --task writes the table", spec.out.display());
         }
-        None => println!("{}", marnet::experiments::run_table(cache, arms, spec, verbosity, dev)?.markdown()),
+        None => out!("{}", marnet::experiments::run_table(cache, arms, spec, verbosity, dev)?.markdown()),
     }
     Ok(())
 }
@@ -67,10 +76,10 @@ fn run() -> Result<()> {
                         (Some(v), Some(t)) => format!("; tokens: visual {} x {}, text up to {} x {}", v.len, v.dim, t.len, t.dim),
                         _ => String::new(),
                     };
-                    println!("{name}: {}, visual {}-d, text {}-d{tokens}", marnet::words::count(s.len(), "row"), s.dv, s.ds);
+                    out!("{name}: {}, visual {}-d, text {}-d{tokens}", marnet::words::count(s.len(), "row"), s.dv, s.ds);
                 }
             }
-            println!("wrote {}", out.display());
+            out!("wrote {}", out.display());
         }
         Cmd::Train { cache, out, variant, resume, force, model, train } => {
             let cache = FeatureCache::open(&cache)?;
@@ -82,9 +91,9 @@ fn run() -> Result<()> {
             };
             let state = marnet::train::train(&cache, &mcfg, &train, &out, resume, verbosity, &dev)?;
             let best = out.join("best");
-            println!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
+            out!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
             if let Some(t) = state.test {
-                println!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
+                out!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
             }
         }
         Cmd::Eval { model, cache, split, inference, json, predictions } => {
@@ -94,7 +103,7 @@ fn run() -> Result<()> {
                 let lines: Vec<String> = report.predictions.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
                 marnet::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes())?;
             }
-            println!("{}", report.markdown());
+            out!("{}", report.markdown());
             if let Some(p) = json {
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
@@ -116,15 +125,15 @@ fn run() -> Result<()> {
             };
             let (tables, summary) = marnet::demo::run(&opts, &dev)?;
             for t in &tables {
-                println!("{}", t.markdown());
+                out!("{}", t.markdown());
             }
-            println!("stage seconds: {}", summary["seconds"]);
-            println!("report: {}; total wall time {:.1} s", out.join("report/report.html").display(), t0.elapsed().as_secs_f64());
+            out!("stage seconds: {}", summary["seconds"]);
+            out!("report: {}; total wall time {:.1} s", out.join("report/report.html").display(), t0.elapsed().as_secs_f64());
         }
         Cmd::Report { dir, report } => {
             let t0 = Instant::now();
             let out = marnet::report::write(&dir, &marnet::report::ReportOptions { progress, ..report }, &dev)?;
-            println!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
+            out!("wrote {} in {:.1} s", out.join("report.html").display(), t0.elapsed().as_secs_f64());
         }
         Cmd::Ablate { table, variants } => {
             let spec = table.spec("Ablation (Table 2)", "Module", "ablation")?;
@@ -136,10 +145,10 @@ fn run() -> Result<()> {
             let (cache, base) = table.open(Variant::Ema)?;
             table_or_task(&cache, &marnet::experiments::alignment_arms(&base, &aligns), &spec, verbosity, &dev)?;
         }
-        Cmd::Extract(settings) => println!("{}", marnet::extract::run(&settings, progress, marnet::extract::Existing::ReuseOrRefuse, &dev)?),
+        Cmd::Extract(settings) => out!("{}", marnet::extract::run(&settings, progress, marnet::extract::Existing::ReuseOrRefuse, &dev)?),
         Cmd::Export { model, out, visual, assets, inference, force } => {
             let b = marnet::bundle::export(&model, visual.as_deref(), assets.as_deref(), inference, &out, force, &dev)?;
-            println!("wrote bundle {}: {b}", out.display());
+            out!("wrote bundle {}: {b}", out.display());
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
             let files = marnet::predict::collect_inputs(&inputs)?;
@@ -184,8 +193,8 @@ fn run() -> Result<()> {
             let (c, reused) = marnet::extract::merge_shards(&shards, &out, force)?;
             let rows = marnet::words::count(c.train.len(), "training row");
             match reused {
-                true => println!("{} already holds these shards merged ({rows}); reused", out.display()),
-                false => println!("merged {} ({rows}) into {}", marnet::words::count(shards.len(), "shard"), out.display()),
+                true => out!("{} already holds these shards merged ({rows}); reused", out.display()),
+                false => out!("merged {} ({rows}) into {}", marnet::words::count(shards.len(), "shard"), out.display()),
             }
         }
         Cmd::Bench {
@@ -209,7 +218,7 @@ fn run() -> Result<()> {
             let cfg = model.config(variant, dv, ds, classes);
             if heads_only {
                 let r = marnet::bench::heads(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
-                println!("{}", serde_json::to_string(&r)?);
+                out!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
             let assets = if skip_extraction { None } else { Some(marnet::assets::resolve(assets.as_deref())?) };
