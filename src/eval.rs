@@ -127,26 +127,22 @@ pub struct SplitOutputs {
     pub x_cdr: Option<Vec<f32>>,
 }
 
-/// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Rows
-/// with image keys (caches from `marnet extract`) draw their noise from per-image streams, so
-/// they get the same prediction as `marnet predict` gives for the image file.
+/// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Every
+/// row draws its noise from a stream of its own (drawn in parallel; a row's prediction does not
+/// depend on the batch size): rows with image keys (caches from `marnet extract`) from their
+/// image's stream, so they get the same prediction as `marnet predict` gives for the image file;
+/// rows without (synthetic caches) from their row number's.
 pub fn predict_split(model: &Marnet, split: &FeatureSplit, inference: &Inference, dev: &Device) -> anyhow::Result<SplitOutputs> {
     let Inference { sampler, seed, batch } = *inference;
     let sampler = &sampler;
-    let mut rng = crate::rng::stream(seed, "eval", 0);
+    let keyed = split.meta.keys.len() == split.len();
     let (mut logits, mut ema, mut cdr, mut x_cdr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let idx: Vec<usize> = (0..split.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
         let xv = Tensor::from_vec(split.gather_visual(chunk), (chunk.len(), split.dv), dev)?;
         // In candle's CPU thread pool: the small ops between products then run on a worker.
-        let p = dev.with_context(|| {
-            if split.meta.keys.len() == split.len() {
-                let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::image_noise(seed, split.meta.keys[i])).collect();
-                model.predict(&xv, sampler, &mut Noise::PerRow(&mut rngs))
-            } else {
-                model.predict(&xv, sampler, &mut Noise::Shared(&mut rng))
-            }
-        })?;
+        let mut rngs: Vec<_> = chunk.iter().map(|&i| crate::rng::image_noise(seed, if keyed { split.meta.keys[i] } else { i as u64 })).collect();
+        let p = dev.with_context(|| model.predict(&xv, sampler, &mut Noise::PerRow(&mut rngs)))?;
         logits.extend(p.logits.flatten_all()?.to_vec1::<f32>()?);
         if let Some(l) = p.ema_logits {
             ema.extend(l.flatten_all()?.to_vec1::<f32>()?);

@@ -13,8 +13,9 @@ use std::sync::Mutex;
 pub type SeededRng = rand_chacha::ChaCha12Rng;
 
 /// The inference noise of one image: keyed on its bytes ([`content_key`]), so that `eval` (on
-/// its extracted features), `predict` and `serve` give an image the same answer in any batch.
-/// The one place these streams are made.
+/// its extracted features), `predict` and `serve` give an image the same answer in any batch; in
+/// a cache without image keys, `eval` keys a row on its number. The one place these streams are
+/// made.
 pub fn image_noise(seed: u64, key: u64) -> SeededRng {
     stream(seed, "image", key)
 }

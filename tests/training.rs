@@ -297,3 +297,25 @@ fn team_tokens_trains_end_to_end_on_a_synthetic_token_cache() {
     // Every other alignment trains on it as before; the baseline ignores --align.
     common::ok(&["train", "--cache", &p("plain"), "--out", &p("baseline"), "--variant", "baseline", "--align", "team-tokens", "--epochs", "1"]);
 }
+
+/// On a cache without image keys (synthetic) every row still has a noise stream of its own, so
+/// a row's CDR sample and prediction do not depend on the rows batched with it.
+#[test]
+fn keyless_rows_get_the_same_sample_at_any_eval_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cache(&tmp.path().join("cache"));
+    let test = c.test.as_ref().unwrap();
+    assert!(test.meta.keys.is_empty());
+    let vb = candle_nn::VarBuilder::from_varmap(&candle_nn::VarMap::new(), candle_core::DType::F32, &Device::Cpu);
+    let model = marnet::model::marnet::Marnet::load(vb, &model_cfg(Variant::Marnet, &c)).unwrap();
+    let outputs = |batch| {
+        let inference = marnet::config::Inference { batch, ..Default::default() };
+        marnet::eval::predict_split(&model, test, &inference, &Device::Cpu).unwrap()
+    };
+    let (whole, small) = (outputs(500), outputs(7));
+    let (a, b) = (whole.x_cdr.unwrap(), small.x_cdr.unwrap());
+    let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-5, "x_CDR differs by {worst} between eval batches 500 and 7");
+    let top1 = |l: &[f32]| l.chunks(c.num_classes()).map(|r| r.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0).collect::<Vec<_>>();
+    assert_eq!(top1(&whole.logits), top1(&small.logits));
+}

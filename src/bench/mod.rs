@@ -83,7 +83,9 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     for s in steps {
         let sampler = SamplerConfig { mode: SamplerMode::Ancestral, steps: s.max(1), samples: 1, ..Default::default() };
         let (rate, flop) = throughput(infer_batch, || {
-            let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::Shared(&mut rng)))?;
+            // One noise stream per row, as `eval`, `predict` and `serve` draw it.
+            let mut rngs: Vec<_> = (0..infer_batch as u64).map(|row| crate::rng::image_noise(0, row)).collect();
+            let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::PerRow(&mut rngs)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
             Ok(())
         })?;

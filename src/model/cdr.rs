@@ -3,7 +3,7 @@
 
 use super::diffusion::{Schedule, ScheduleConfig};
 pub use crate::nn::activation::Activation;
-use crate::nn::linear::{Linear, linear};
+use crate::nn::linear::{Linear, Then, linear};
 use crate::rng::{Noise, SeededRng};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -31,13 +31,16 @@ impl DenoiserMlp {
         self.layers[0].split_inputs(sizes)
     }
 
-    /// The network after the first layer's product `h0`.
-    fn forward_after_first(&self, h0: &Tensor) -> Result<Tensor> {
-        let mut x = h0.clone();
-        for l in &self.layers[1..] {
-            x = l.forward(&self.act.apply(&x)?)?;
+    /// The x_s^0 prediction for sampling, with no backward pass: `first` (the first layer's x_t
+    /// part, its bias shifted by the emb(t) part) on `x_t`, plus `cond` (the x_v part), then the
+    /// other layers; each activation happens inside the product before it.
+    fn sample_forward(&self, first: &Linear, shift: &Tensor, x_t: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let (act, last) = (Then::Act(self.act), self.layers.len() - 1);
+        let mut h = first.forward_frozen(x_t, Some(shift), Some(cond), act)?;
+        for l in &self.layers[1..last] {
+            h = l.forward_frozen(&h, None, None, act)?;
         }
-        Ok(x)
+        self.layers[last].forward_frozen(&h, None, None, Then::Nothing)
     }
 }
 
@@ -261,10 +264,9 @@ impl Cdr {
     fn jump(&self, first: &FirstLayer, mode: SamplerMode, x: Tensor, t: usize, s: usize, noise: &mut Noise) -> Result<Tensor> {
         let (b, dev) = (x.dim(0)?, x.device().clone());
         let step = first.t.forward(&self.temb.narrow(0, t, 1)?)?;
-        let h0 = first.x.forward(&x)?.broadcast_add(&step)?.add(&first.cond)?;
-        // Detached: the weights are variables, and their autograd record would otherwise
-        // keep every step's activations alive until the loop ends.
-        let x0 = self.den.forward_after_first(&h0)?.detach();
+        // No autograd record: the weights are variables, and it would keep every step's
+        // activations alive until the loop ends.
+        let x0 = self.den.sample_forward(&first.x, &step, &x, &first.cond)?;
         let sch = &self.schedule;
         match mode {
             SamplerMode::Ancestral => {

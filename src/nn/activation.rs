@@ -1,7 +1,9 @@
 //! The denoiser's nonlinearity and EMA's LeakyReLU (eq. 6). On the CPU each is one op with a
-//! hand-written backward pass (candle's SiLU backward is a chain of six elementwise ops).
+//! hand-written backward pass (candle's SiLU backward is a chain of six elementwise ops), SiLU
+//! with a vectorised exp.
 
 use crate::nn::cpu::{f32_slice, with_f32};
+use crate::nn::vmath::{sigmoid_in_place, silu_in_place};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -32,42 +34,37 @@ impl Activation {
         }
     }
 
-    fn value(self, z: f32) -> f32 {
+    /// `v[i] = f(v[i])`; SiLU vectorised ([`crate::nn::vmath`]).
+    pub(crate) fn apply_in_place(self, v: &mut [f32]) {
         match self {
-            Self::Silu => z / (1.0 + (-z).exp()),
-            Self::Relu => z.max(0.0),
-            Self::Leaky => z.max(LEAKY_SLOPE * z),
+            Self::Silu => silu_in_place(v),
+            Self::Relu => v.iter_mut().for_each(|z| *z = z.max(0.0)),
+            Self::Leaky => v.iter_mut().for_each(|z| *z = z.max(LEAKY_SLOPE * *z)),
         }
     }
 
-    fn derivative(self, z: f32) -> f32 {
+    /// `out[i] = g[i] f'(z[i])`; `out` holds z on entry.
+    fn gradient_in_place(self, out: &mut [f32], g: &[f32]) {
         match self {
             Self::Silu => {
-                let s = 1.0 / (1.0 + (-z).exp());
-                s * (1.0 + z * (1.0 - s))
+                let mut s = out.to_vec();
+                sigmoid_in_place(&mut s);
+                out.iter_mut().zip(s.iter().zip(g)).for_each(|(z, (&s, &g))| *z = g * (s * (1.0 + *z * (1.0 - s))));
             }
-            Self::Relu => (z > 0.0) as u8 as f32,
-            Self::Leaky => {
-                if z > 0.0 {
-                    1.0
-                } else {
-                    LEAKY_SLOPE
-                }
-            }
+            Self::Relu => out.iter_mut().zip(g).for_each(|(z, &g)| *z = g * ((*z > 0.0) as u8 as f32)),
+            Self::Leaky => out.iter_mut().zip(g).for_each(|(z, &g)| *z = if *z > 0.0 { g } else { g * LEAKY_SLOPE }),
         }
     }
 }
 
-/// `out[i] = f(a[i], b[i])`, on all threads for large inputs.
-fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let run = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
-    };
-    if a.len() < PAR_MIN {
-        run((&mut out, (a, b)));
+/// A copy of `z` with `f(out_chunk, g_chunk)` applied to it in chunks, on all threads for large
+/// inputs (the chunks do not depend on the thread count).
+fn map_chunks(z: &[f32], g: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = z.to_vec();
+    if z.len() < PAR_MIN {
+        f(&mut out, g);
     } else {
-        out.par_chunks_mut(PAR_MIN / 2).zip(a.par_chunks(PAR_MIN / 2).zip(b.par_chunks(PAR_MIN / 2))).for_each(run);
+        out.par_chunks_mut(PAR_MIN / 2).zip(g.par_chunks(PAR_MIN / 2)).for_each(|(o, g)| f(o, g));
     }
     out
 }
@@ -81,13 +78,13 @@ impl CustomOp1 for ActivationOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let z = f32_slice("activation", s, l)?;
-        let y = zip_map(z, z, |z, _| self.0.value(z));
+        let y = map_chunks(z, z, |y, _| self.0.apply_in_place(y));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, z: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let grad = grad.contiguous()?;
-        let gz = with_f32("activation", z, |z| with_f32("activation", &grad, |g| zip_map(z, g, |z, g| g * self.0.derivative(z))))??;
+        let gz = with_f32("activation", z, |z| with_f32("activation", &grad, |g| map_chunks(z, g, |o, g| self.0.gradient_in_place(o, g))))??;
         Ok(Some(Tensor::from_vec(gz, z.shape(), z.device())?))
     }
 }

@@ -87,19 +87,19 @@ pub fn count_flop(flop: u64) {
 /// thread, each a single-threaded product: measured on the MARNet layer shapes (64 rows) this
 /// runs at ~1.4x the rate of the matmul crate's own parallel split.
 pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
-    matmul_then(m, n, k, lhs, rhs, |_, _| {})
+    matmul_then(m, n, k, lhs, rhs, |_, _, _| {})
 }
 
-/// [`matmul`], then `finish(first_column, values)` on each row's part of each thread's block, by
-/// that thread once its product is done (a bias, an activation): no pass of its own.
-pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finish: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+/// [`matmul`], then `finish(row, first_column, values)` on each row's part of each thread's
+/// block, by that thread once its product is done (a bias, an activation): no pass of its own.
+pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finish: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
     count_flop((2 * m * n * k) as u64);
     if k == 0 {
         let mut dst = vec![0.0; m * n];
-        dst.chunks_exact_mut(n.max(1)).for_each(|row| finish(0, row));
+        dst.chunks_exact_mut(n.max(1)).enumerate().for_each(|(r, row)| finish(r, 0, row));
         return dst;
     }
     let mut dst: Vec<f32> = Vec::with_capacity(m * n);
@@ -130,7 +130,7 @@ pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finis
         let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
         for r in row0..row0 + rows {
             // SAFETY: this block's part of row r, written by the product above and by no other thread.
-            finish(col0, unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) });
+            finish(r, col0, unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) });
         }
     };
     let starts: Vec<usize> = (0..len).step_by(block.max(1)).collect();
@@ -212,9 +212,10 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{m}x{n}x{k}: {g} vs {w}");
                 }
-                // `finish` sees every element once, with its column.
-                let then = matmul_then(m, n, k, MatRef::rows(&a, k), rhs, |c, row| row.iter_mut().enumerate().for_each(|(j, v)| *v += (c + j) as f32));
-                assert!(then.iter().zip(&got).enumerate().all(|(i, (t, g))| *t == g + (i % n) as f32), "{m}x{n}x{k}: finish");
+                // `finish` sees every element once, with its row and column.
+                let then =
+                    matmul_then(m, n, k, MatRef::rows(&a, k), rhs, |r, c, row| row.iter_mut().enumerate().for_each(|(j, v)| *v += (1000 * r + c + j) as f32));
+                assert!(then.iter().zip(&got).enumerate().all(|(i, (t, g))| *t == g + (1000 * (i / n) + i % n) as f32), "{m}x{n}x{k}: finish");
             }
         }
     }

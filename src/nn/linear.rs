@@ -12,6 +12,7 @@
 //!   candle's gradient store, which adds each one into a fresh zero tensor (a memset and a full
 //!   pass per weight and step). Train with [`backward`], not `Tensor::backward`.
 
+use crate::nn::activation::Activation;
 use crate::nn::cpu::{MatRef, f32_slice, matmul, matmul_then, transpose, with_f32};
 use crate::nn::vmath::gelu_in_place;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, TensorId, Var, backprop::GradStore};
@@ -61,30 +62,102 @@ impl Linear {
     /// pass). On the CPU each thread applies it to its block of the product, with a vectorised
     /// erf ([`crate::nn::vmath`], within 3e-7 of candle's).
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, LinearOp { gelu: true }, |y| y.gelu_erf())
+        self.forward_frozen(x, None, None, Then::Gelu)
     }
 
-    /// `x` [..., in] -> [..., out] by `op` on the CPU (leading dimensions flattened into one
-    /// product), else by candle's product and bias, then `rest`.
-    fn apply(&self, x: &Tensor, op: LinearOp, rest: impl Fn(Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    /// `then(x W + (b + shift) + add)` with no backward pass (sampling, frozen encoders): `shift`
+    /// [out] moves the bias, `add` has the output's shape. On the CPU all of it happens inside
+    /// each thread's block of the product, with no pass of its own.
+    pub fn forward_frozen(&self, x: &Tensor, shift: Option<&Tensor>, add: Option<&Tensor>, then: Then) -> Result<Tensor> {
+        let bias = match shift {
+            Some(s) => (&self.bias + s.flatten_all()?)?,
+            None => self.bias.clone(),
+        };
         if x.rank() > 2 {
             let mut dims = x.dims().to_vec();
-            let y = self.apply(&x.flatten_to(dims.len() - 2)?, op, rest)?;
+            let add = add.map(|a| a.flatten_to(a.rank() - 2)).transpose()?;
+            let y = Linear::new(self.weight.clone(), bias).forward_frozen(&x.flatten_to(dims.len() - 2)?, None, add.as_ref(), then)?;
             *dims.last_mut().unwrap() = y.dim(1)?;
             return y.reshape(dims);
         }
-        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
-            let x = x.contiguous()?;
-            return if op.gelu { x.apply_op3_no_bwd(&self.weight, &self.bias, &op) } else { x.apply_op3(&self.weight, &self.bias, op) };
+        if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+            let y = x.matmul(&self.weight)?.broadcast_add(&bias)?;
+            let y = match add {
+                Some(a) => (y + a)?,
+                None => y,
+            };
+            return then.apply(&y.detach());
         }
-        rest(x.matmul(&self.weight)?.broadcast_add(&self.bias)?)
+        let (rows, k) = x.dims2()?;
+        let n = self.weight.dim(1)?;
+        let (x, add) = (x.contiguous()?, add.map(|a| a.contiguous()).transpose()?);
+        if add.as_ref().is_some_and(|a| a.dims() != [rows, n]) {
+            candle_core::bail!("linear: `add` has shape {:?}, the output [{rows}, {n}]", add.unwrap().shape());
+        }
+        let y = with_f32("linear", &x, |x| {
+            with_f32("linear", &self.weight, |w| {
+                with_f32("linear", &bias, |b| {
+                    let product = |add: Option<&[f32]>| {
+                        matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::rows(w, n), |r, c, y| {
+                            y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b);
+                            if let Some(a) = add {
+                                y.iter_mut().zip(&a[r * n + c..]).for_each(|(y, a)| *y += a);
+                            }
+                            then.apply_in_place(y);
+                        })
+                    };
+                    match &add {
+                        Some(a) => with_f32("linear", a, |a| product(Some(a))),
+                        None => Ok(product(None)),
+                    }
+                })
+            })
+        })????;
+        Tensor::from_vec(y, (rows, n), x.device())
+    }
+}
+
+/// What [`Linear::forward_frozen`] applies to its output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Then {
+    Nothing,
+    /// GELU, erf form.
+    Gelu,
+    Act(Activation),
+}
+
+impl Then {
+    fn apply_in_place(self, y: &mut [f32]) {
+        match self {
+            Then::Nothing => {}
+            Then::Gelu => gelu_in_place(y),
+            Then::Act(a) => a.apply_in_place(y),
+        }
+    }
+
+    /// The same on any device, by candle's ops.
+    fn apply(self, y: &Tensor) -> Result<Tensor> {
+        match self {
+            Then::Nothing => Ok(y.clone()),
+            Then::Gelu => y.gelu_erf(),
+            Then::Act(a) => a.apply(y),
+        }
     }
 }
 
 impl Module for Linear {
     /// `x` [..., in] -> [..., out]; leading dimensions are flattened into one product.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.apply(x, LinearOp { gelu: false }, Ok)
+        if x.rank() > 2 {
+            let mut dims = x.dims().to_vec();
+            let y = self.forward(&x.flatten_to(dims.len() - 2)?)?;
+            *dims.last_mut().unwrap() = y.dim(1)?;
+            return y.reshape(dims);
+        }
+        if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp);
+        }
+        x.matmul(&self.weight)?.broadcast_add(&self.bias)
     }
 }
 
@@ -129,11 +202,8 @@ fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
     Ok(())
 }
 
-/// `x W + b`, then GELU when `gelu` (forward only).
-#[derive(Clone, Copy)]
-struct LinearOp {
-    gelu: bool,
-}
+/// `x W + b`, with its backward pass.
+struct LinearOp;
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -147,12 +217,7 @@ impl CustomOp3 for LinearOp {
         if k != k2 || b.len() != n {
             candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", xl.shape(), wl.shape(), bl.shape());
         }
-        let y = matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::rows(w, n), |c, y| {
-            y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b);
-            if self.gelu {
-                gelu_in_place(y);
-            }
-        });
+        let y = matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::rows(w, n), |_, c, y| y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b));
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
@@ -215,6 +280,11 @@ mod tests {
             assert!(close(&fast, &slow)? < 1e-4);
             // GELU applied in the product's blocks is candle's GELU of the same values.
             assert!(close(&layer.forward_gelu(x.as_tensor())?, &fast.gelu_erf()?)? < 2e-6);
+            // So are a shifted bias, an added matrix and SiLU (sampling's first layer).
+            let (shift, add) = (randn(&mut rng, n, &dev)?, randn(&mut rng, (rows, n), &dev)?);
+            let frozen = layer.forward_frozen(x.as_tensor(), Some(&shift), Some(&add), Then::Act(Activation::Silu))?;
+            assert!(close(&frozen, &(slow.broadcast_add(&shift)? + &add)?.silu()?)? < 1e-4);
+            assert!(!frozen.track_op(), "forward_frozen recorded an autograd op");
             // Leading dimensions are flattened into the same product.
             let batched = layer.forward(&x.as_tensor().reshape((1, rows, k))?)?;
             assert_eq!(batched.dims(), &[1, rows, n]);

@@ -1,11 +1,12 @@
-//! `exp` and GELU over whole slices, written so that the compiler vectorises them (no branches,
+//! `exp`, GELU, SiLU and the sigmoid over whole slices, written so that the compiler vectorises them (no branches,
 //! no libm calls) and compiled three times: plain x86-64 (SSE2), AVX2 and AVX-512, the widest
 //! the CPU has chosen at run time. Every version does the same IEEE operations in the same order
 //! (Rust never fuses a multiply and an add on its own), so all three give the same bits: the
 //! choice changes speed only. `MARNET_SIMD=sse2|avx2|avx512` forces one (the tests compare them).
 //!
 //! Used by the frozen encoders' attention softmax and GELU, where libm's scalar `expf` and
-//! `erff` took 5-8% of a ViT-B/16 forward pass (`perf`, BENCHMARKS.md).
+//! `erff` took 5-8% of a ViT-B/16 forward pass (`perf`, BENCHMARKS.md), and by the denoiser's
+//! SiLU and its gradient (libm's `expf` was 5% of CDR sampling).
 
 use std::sync::OnceLock;
 
@@ -109,6 +110,18 @@ fn gelu1(x: f32) -> f32 {
     0.5 * x * (1.0 + erf1(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// The logistic sigmoid `1 / (1 + e^-x)`.
+#[inline(always)]
+fn sigmoid1(x: f32) -> f32 {
+    1.0 / (1.0 + exp1(-x))
+}
+
+/// SiLU, `x / (1 + e^-x)`.
+#[inline(always)]
+fn silu1(x: f32) -> f32 {
+    x / (1.0 + exp1(-x))
+}
+
 macro_rules! slice_fn {
     ($(#[$doc:meta])* $name:ident, $one:ident) => {
         $(#[$doc])*
@@ -161,6 +174,16 @@ slice_fn!(
     gelu_in_place,
     gelu1
 );
+slice_fn!(
+    /// `v[i] = silu(v[i]) = v[i] / (1 + e^-v[i])`.
+    silu_in_place,
+    silu1
+);
+slice_fn!(
+    /// `v[i] = 1 / (1 + e^-v[i])`.
+    sigmoid_in_place,
+    sigmoid1
+);
 
 #[cfg(test)]
 mod tests {
@@ -200,6 +223,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn silu_and_sigmoid_are_within_a_few_ulp_of_libm() {
+        let xs = sweep();
+        let (mut silu, mut sig) = (xs.clone(), xs.clone());
+        silu_in_place(&mut silu);
+        sigmoid_in_place(&mut sig);
+        for ((x, g), s) in xs.iter().zip(&silu).zip(&sig) {
+            let (want_s, want_g) = (1.0 / (1.0 + (-x).exp()), x / (1.0 + (-x).exp()));
+            // Where libm's e^-x overflows (x < -88.7) it gives exactly 0; here e^88 bounds it.
+            assert!((s - want_s).abs() <= 8.0 * f32::EPSILON * want_s + 1e-36, "sigmoid({x}) = {s}, libm {want_s}");
+            assert!((g - want_g).abs() <= 8.0 * f32::EPSILON * want_g.abs() + 1e-34, "silu({x}) = {g}, libm {want_g}");
+        }
+        let mut edges = [f32::NEG_INFINITY, f32::INFINITY, -200.0, 200.0, f32::NAN];
+        silu_in_place(&mut edges[2..]);
+        assert!(edges[2] <= 0.0 && edges[2] > -1e-34 && edges[3] == 200.0 && edges[4].is_nan());
+        sigmoid_in_place(&mut edges[..2]);
+        assert!(edges[0] >= 0.0 && edges[0] < 1e-37 && edges[1] == 1.0);
+    }
+
     fn libm_erf(x: f32) -> f32 {
         candle_core::cpu::erf::erf_f32(x)
     }
@@ -209,7 +251,7 @@ mod tests {
     #[test]
     fn every_width_gives_the_same_bits() {
         let xs: Vec<f32> = sweep().into_iter().take(40_003).collect();
-        for f in [exp_in_place::at, gelu_in_place::at] {
+        for f in [exp_in_place::at, gelu_in_place::at, silu_in_place::at, sigmoid_in_place::at] {
             let mut plain = xs.clone();
             f(Simd::Sse2, &mut plain);
             for level in Simd::available() {
