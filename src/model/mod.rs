@@ -6,4 +6,5 @@ pub mod diffusion;
 pub mod ema;
 pub mod fusion;
 pub mod marnet;
+pub mod marnet_config;
 pub mod text_scale;
