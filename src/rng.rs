@@ -45,8 +45,9 @@ pub fn randn(rng: &mut SeededRng, shape: impl Into<Shape>, dev: &Device) -> Resu
 pub enum Noise<'a> {
     /// One stream for the whole batch: a row's draws depend on its place in the batch.
     Shared(&'a mut SeededRng),
-    /// One stream per row (keyed on the image's bytes): an image gets the same draws, and so
-    /// the same prediction, in any batch (`eval`, `predict`, `serve`).
+    /// One stream per row (keyed on the image's bytes, or in `eval` of a cache without image
+    /// keys on the row's number): a row gets the same draws, and so the same prediction, in any
+    /// batch (`eval`, `predict`, `serve`).
     PerRow(&'a mut [SeededRng]),
 }
 

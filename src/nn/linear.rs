@@ -75,9 +75,12 @@ impl Linear {
         };
         if x.rank() > 2 {
             let mut dims = x.dims().to_vec();
+            *dims.last_mut().unwrap() = self.weight.dim(1)?;
+            if let Some(a) = add.filter(|a| a.dims() != dims) {
+                candle_core::bail!("linear: `add` has shape {:?}, the output {dims:?}", a.shape());
+            }
             let add = add.map(|a| a.flatten_to(a.rank() - 2)).transpose()?;
             let y = Linear::new(self.weight.clone(), bias).forward_frozen(&x.flatten_to(dims.len() - 2)?, None, add.as_ref(), then)?;
-            *dims.last_mut().unwrap() = y.dim(1)?;
             return y.reshape(dims);
         }
         if !(x.device().is_cpu() && x.dtype() == DType::F32) {
@@ -90,9 +93,12 @@ impl Linear {
         }
         let (rows, k) = x.dims2()?;
         let n = self.weight.dim(1)?;
+        if self.weight.dims() != [k, n] || bias.dims() != [n] {
+            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", x.shape(), self.weight.shape(), bias.shape());
+        }
         let (x, add) = (x.contiguous()?, add.map(|a| a.contiguous()).transpose()?);
-        if add.as_ref().is_some_and(|a| a.dims() != [rows, n]) {
-            candle_core::bail!("linear: `add` has shape {:?}, the output [{rows}, {n}]", add.unwrap().shape());
+        if let Some(a) = add.as_ref().filter(|a| a.dims() != [rows, n]) {
+            candle_core::bail!("linear: `add` has shape {:?}, the output [{rows}, {n}]", a.shape());
         }
         let y = with_f32("linear", &x, |x| {
             with_f32("linear", &self.weight, |w| {
@@ -285,6 +291,13 @@ mod tests {
             let frozen = layer.forward_frozen(x.as_tensor(), Some(&shift), Some(&add), Then::Act(Activation::Silu))?;
             assert!(close(&frozen, &(slow.broadcast_add(&shift)? + &add)?.silu()?)? < 1e-4);
             assert!(!frozen.track_op(), "forward_frozen recorded an autograd op");
+            // Shapes that do not fit are errors, not panics or silent truncation.
+            assert!(layer.forward_frozen(&randn(&mut rng, (rows, k + 1), &dev)?, None, None, Then::Nothing).is_err());
+            assert!(layer.forward_frozen(x.as_tensor(), None, Some(&shift), Then::Nothing).is_err());
+            let batched = x.as_tensor().reshape((1, rows, k))?;
+            assert!(layer.forward_frozen(&batched, None, Some(&add), Then::Nothing).is_err());
+            let frozen3 = layer.forward_frozen(&batched, Some(&shift), Some(&add.reshape((1, rows, n))?), Then::Act(Activation::Silu))?;
+            assert_eq!(close(&frozen3.squeeze(0)?, &frozen)?, 0.0);
             // Leading dimensions are flattened into the same product.
             let batched = layer.forward(&x.as_tensor().reshape((1, rows, k))?)?;
             assert_eq!(batched.dims(), &[1, rows, n]);

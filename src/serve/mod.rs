@@ -294,10 +294,10 @@ pub fn serve(bundle: PathBuf, dev: Device, opts: ServeOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = connections::bind(&addrs, &opts.addr).await?;
+        // Informational: a closed stdout must not stop the server.
         use std::io::Write;
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "listening on http://{}", listener.local_addr()?)?;
-        stdout.flush()?;
+        let _ = writeln!(stdout, "listening on http://{}", listener.local_addr()?).and_then(|_| stdout.flush());
         let (stop_tx, stop) = watch::channel(false);
         tokio::spawn(async move {
             while !crate::interrupt::requested() {

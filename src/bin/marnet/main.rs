@@ -12,7 +12,8 @@ use marnet::train::{Resume, Verbosity};
 use std::time::{Duration, Instant};
 
 /// `println!` that returns an error when stdout is closed (`| head`, `| grep -q`) instead of
-/// panicking; `main` turns that error into exit status 0.
+/// panicking; `main` turns that error into exit status 0. Files a command writes (`--json`) are
+/// written before its output, so they are complete whenever it exits 0.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -103,10 +104,10 @@ fn run() -> Result<()> {
                 let lines: Vec<String> = report.predictions.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
                 marnet::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes())?;
             }
-            out!("{}", report.markdown());
             if let Some(p) = json {
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
+            out!("{}", report.markdown());
         }
         Cmd::Demo { out, dataset, leave_one_out, assets, seeds, epochs, model, report } => {
             let t0 = Instant::now();
@@ -238,10 +239,10 @@ fn run() -> Result<()> {
                 progress,
             };
             let report = marnet::bench::run(&req, &dev)?;
-            print!("{report}");
             if let Some(p) = json {
                 marnet::fsutil::write_atomic(&p, serde_json::to_string_pretty(&report)?.as_bytes())?;
             }
+            out!("{}", report.to_string().trim_end());
         }
     }
     Ok(())
