@@ -74,14 +74,14 @@ impl Linear {
             None => self.bias.clone(),
         };
         if x.rank() > 2 {
-            let mut dims = x.dims().to_vec();
-            *dims.last_mut().unwrap() = self.weight.dim(1)?;
-            if let Some(a) = add.filter(|a| a.dims() != dims) {
-                candle_core::bail!("linear: `add` has shape {:?}, the output {dims:?}", a.shape());
+            let mut out = x.dims().to_vec();
+            *out.last_mut().unwrap() = self.weight.dim(1)?;
+            if let Some(a) = add.filter(|a| a.dims() != out) {
+                candle_core::bail!("linear: `add` has shape {:?}, the output {out:?}", a.shape());
             }
             let add = add.map(|a| a.flatten_to(a.rank() - 2)).transpose()?;
-            let y = Linear::new(self.weight.clone(), bias).forward_frozen(&x.flatten_to(dims.len() - 2)?, None, add.as_ref(), then)?;
-            return y.reshape(dims);
+            let shifted = Linear::new(self.weight.clone(), bias);
+            return on_rows(x, |x| shifted.forward_frozen(x, None, add.as_ref(), then));
         }
         if !(x.device().is_cpu() && x.dtype() == DType::F32) {
             let y = x.matmul(&self.weight)?.broadcast_add(&bias)?;
@@ -155,16 +155,22 @@ impl Module for Linear {
     /// `x` [..., in] -> [..., out]; leading dimensions are flattened into one product.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.rank() > 2 {
-            let mut dims = x.dims().to_vec();
-            let y = self.forward(&x.flatten_to(dims.len() - 2)?)?;
-            *dims.last_mut().unwrap() = y.dim(1)?;
-            return y.reshape(dims);
+            return on_rows(x, |x| self.forward(x));
         }
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
             return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp);
         }
         x.matmul(&self.weight)?.broadcast_add(&self.bias)
     }
+}
+
+/// `f` on `x` [..., in] flattened to [rows, in] (one product for all leading dimensions), its
+/// output [rows, out] shaped back to [..., out].
+fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let y = f(&x.flatten_to(dims.len() - 2)?)?;
+    *dims.last_mut().unwrap() = y.dim(1)?;
+    y.reshape(dims)
 }
 
 /// Gradients of linear layers' weights and biases from backward passes, by parameter, until
