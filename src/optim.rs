@@ -53,12 +53,18 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
 }
 
 impl AdamW {
-    pub fn new(mut params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        Self::with_moments(params, cfg, |p| p.device().is_cpu())
+    }
+
+    /// [`AdamW::new`] with host moments for the parameters where `host` says so (the tensor path
+    /// is for other devices; tests run it on the CPU too).
+    fn with_moments(mut params: Vec<(String, Var)>, cfg: AdamWConfig, host: impl Fn(&Var) -> bool) -> Result<Self> {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let moments = params
             .iter()
             .map(|(_, p)| {
-                Ok(if p.device().is_cpu() {
+                Ok(if host(p) {
                     Moments::Host { m: vec![0.0; p.elem_count()], v: vec![0.0; p.elem_count()] }
                 } else {
                     Moments::Device { m: p.zeros_like()?, v: p.zeros_like()? }
@@ -119,7 +125,12 @@ impl AdamW {
                     p.as_tensor().inplace_op2(g, &kernel)?;
                 }
                 Moments::Device { m, v } => {
-                    let g = if grad_scale == 1.0 { g.clone() } else { (g * grad_scale)? };
+                    // Detached: a parameter's gradient keeps the backward graph that made it (candle
+                    // detaches only inner nodes'), and the moments would chain every step's
+                    // gradient and temporaries to the next: ~130 MB a step on the Vireo-size head,
+                    // out of GPU memory within the first epoch (scripts/gpu-check, 2026-12-04).
+                    let g = g.detach();
+                    let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
                     *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                     *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let denom = ((&*v * (1.0 / bc2))?.sqrt()? + c.eps)?;
@@ -258,6 +269,30 @@ mod tests {
             assert!((got[i] as f64 - want[i]).abs() < 1e-5, "{got:?} vs {want:?}");
         }
         assert_eq!(opt.steps_taken(), 3);
+        Ok(())
+    }
+
+    /// The tensor path (GPUs) computes what the host path computes, and its moments hold no
+    /// backward graph: the gradients they are made from do.
+    #[test]
+    fn the_tensor_path_matches_and_keeps_no_graph() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.05, ..Default::default() };
+        let run = |host: bool| -> Result<(Vec<f32>, AdamW)> {
+            let p = Var::new(&[2.0f32, -1.0, 0.5], &dev)?;
+            let mut opt = AdamW::with_moments(vec![("p".into(), p.clone())], cfg, |_| host)?;
+            let k = Tensor::new(&[1.0f32, 3.0, -2.0], &dev)?;
+            for step in 0..3 {
+                let grads = (p.as_tensor().sqr()? * &k)?.sum_all()?.backward()?;
+                assert!(grads.get(p.as_tensor()).unwrap().track_op(), "the gradient should carry its graph");
+                opt.step(&grads, if step == 1 { 0.5 } else { 1.0 })?;
+            }
+            Ok((p.as_tensor().to_vec1()?, opt))
+        };
+        let ((host, _), (tensor, opt)) = (run(true)?, run(false)?);
+        assert!(host.iter().zip(&tensor).all(|(a, b)| (a - b).abs() < 1e-5), "{host:?} vs {tensor:?}");
+        let Moments::Device { m, v } = &opt.moments[0] else { panic!("expected tensor moments") };
+        assert!(!m.track_op() && !v.track_op(), "the moments keep a backward graph alive");
         Ok(())
     }
 
