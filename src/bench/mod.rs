@@ -5,9 +5,11 @@
 
 mod extraction;
 mod peak;
+mod products;
 
 pub use extraction::{DecodeBench, EncoderBench, Extraction, VitStages, decode, encoder, extraction, vit_b16_random, vit_stages};
 pub use peak::{Peak, fma_peak};
+pub use products::{ProductBench, products};
 
 use crate::checkpoint::LoadedModel;
 use crate::model::cdr::{SamplerConfig, SamplerMode};
@@ -191,7 +193,17 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
         None => Extraction { encoders: vec![], decode: None, vit_stages: None },
         Some(a) => extraction(a, &req.encoder_batches, req.progress, dev)?,
     };
-    Ok(Report { cpu: cpu_model(), device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, vit_stages, epoch_rows: 66_071 })
+    // The products alone: with the extraction rows, and only where marnet's kernels run.
+    let products = match req.assets.is_some() && dev.is_cpu() {
+        true => {
+            if req.progress {
+                eprintln!("timing the matrix products alone...");
+            }
+            products()
+        }
+        false => vec![],
+    };
+    Ok(Report { cpu: cpu_model(), device: req.device.clone(), peak: fma_peak(threads), heads, encoders, decode, vit_stages, products, epoch_rows: 66_071 })
 }
 
 /// The `bench` arguments that the per-thread-count child processes take too: all but those
@@ -224,6 +236,8 @@ pub struct Report {
     pub encoders: Vec<EncoderBench>,
     pub decode: Option<DecodeBench>,
     pub vit_stages: Option<VitStages>,
+    /// The matrix products alone on the heads' and ViT-B/16's shapes (CPU only).
+    pub products: Vec<ProductBench>,
     /// Rows per epoch the training step is scaled to (Vireo-Food172's training split).
     pub epoch_rows: usize,
 }
@@ -242,6 +256,9 @@ impl std::fmt::Display for Report {
         }
         if !self.encoders.is_empty() || self.decode.is_some() {
             self.fmt_extraction(f)?;
+        }
+        if !self.products.is_empty() {
+            self.fmt_products(f)?;
         }
         Ok(())
     }
@@ -306,6 +323,32 @@ impl Report {
                 let products = gflops.map_or(String::new(), |g| format!("{g:.0} GFLOP/s"));
                 writeln!(f, "| {stage} | {ms:.1} | {:.1}% | {products} |", 100.0 * ms / v.pass_ms)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The products-alone table, rates as GFLOP/s and as shares of the FMA peak of the threads used.
+    fn fmt_products(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let peak = self.peak.avx512_gflops.or(self.peak.avx2_gflops);
+        let cell = |g: f64, threads: usize| match peak {
+            Some(p) => format!("{g:.0} ({:.0}%)", 100.0 * g / (p / self.peak.threads as f64 * threads as f64)),
+            None => format!("{g:.0}"),
+        };
+        let t = self.peak.threads;
+        writeln!(f, "\nmatrix products alone, GFLOP/s (share of the FMA peak)\n")?;
+        writeln!(f, "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | one thread |\n|---|---|---|---|---|")?;
+        for p in &self.products {
+            writeln!(
+                f,
+                "| {} | {} x {} x {} | {} | {} | {} |",
+                p.what,
+                p.m,
+                p.n,
+                p.k,
+                cell(p.marnet_gflops, t),
+                cell(p.crate_split_gflops, t),
+                cell(p.one_thread_gflops, 1)
+            )?;
         }
         Ok(())
     }

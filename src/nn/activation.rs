@@ -47,9 +47,14 @@ impl Activation {
     fn gradient_in_place(self, out: &mut [f32], g: &[f32]) {
         match self {
             Self::Silu => {
-                let mut s = out.to_vec();
-                sigmoid_in_place(&mut s);
-                out.iter_mut().zip(s.iter().zip(g)).for_each(|(z, (&s, &g))| *z = g * (s * (1.0 + *z * (1.0 - s))));
+                // The sigmoid of a few hundred values at a time, on the stack.
+                let mut buf = [0f32; 256];
+                for (out, g) in out.chunks_mut(buf.len()).zip(g.chunks(buf.len())) {
+                    let s = &mut buf[..out.len()];
+                    s.copy_from_slice(out);
+                    sigmoid_in_place(s);
+                    out.iter_mut().zip(s.iter().zip(g)).for_each(|(z, (&s, &g))| *z = g * (s * (1.0 + *z * (1.0 - s))));
+                }
             }
             Self::Relu => out.iter_mut().zip(g).for_each(|(z, &g)| *z = g * ((*z > 0.0) as u8 as f32)),
             Self::Leaky => out.iter_mut().zip(g).for_each(|(z, &g)| *z = if *z > 0.0 { g } else { g * LEAKY_SLOPE }),

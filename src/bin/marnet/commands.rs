@@ -302,10 +302,11 @@ pub enum Cmd {
         /// Thread counts to time the heads at, each in a fresh process (default: 1 and --threads).
         #[arg(long, value_delimiter = ',', value_parser = marnet::options::at_least_one::<usize>)]
         thread_counts: Vec<usize>,
-        /// Leave out the encoder and decoding measurements.
+        /// Leave out the encoder, decoding and products-alone measurements.
         #[arg(long)]
         skip_extraction: bool,
-        /// Only the FMA peak, the encoders and decoding: leave out the heads.
+        /// Only the FMA peak, the encoders, decoding and the matrix products alone (on the heads' and
+        /// ViT-B/16's shapes: marnet's split, the matmul crate's, one thread): leave out the heads.
         #[arg(long, conflicts_with = "skip_extraction")]
         extraction_only: bool,
         /// Batch sizes to time EfficientNet-Lite0 at, one row each (ViT-B/16 runs at batch 8).

@@ -1,0 +1,109 @@
+//! The matrix products alone, on the shapes the heads and ViT-B/16 run: marnet's split
+//! ([`crate::nn::cpu::matmul`], one single-threaded block per thread) against the matmul crate's
+//! own parallel split and against one thread, to tell the kernel's rate from the split's.
+
+use crate::nn::cpu::{MatRef, matmul};
+use serde::Serialize;
+use std::time::Instant;
+
+/// One product shape `[m, k] x [k, n]` and its rates.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductBench {
+    pub what: &'static str,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// GFLOP/s of marnet's split at this process's thread count.
+    pub marnet_gflops: f64,
+    /// GFLOP/s of the matmul crate's own split over the same threads.
+    pub crate_split_gflops: f64,
+    /// GFLOP/s of one single-threaded product.
+    pub one_thread_gflops: f64,
+}
+
+/// The shapes as the layers run them: (what, m, n, k, left operand read transposed, right
+/// operand read transposed); see `nn::linear` for the head's forward and backward products.
+const SHAPES: [(&str, usize, usize, usize, bool, bool); 9] = [
+    ("head: projection 768 -> 256, batch 64", 64, 256, 768, false, false),
+    ("head: denoiser layer 1024 -> 1024, batch 64", 64, 1024, 1024, false, false),
+    ("head: its weight gradient x^T dy", 1024, 1024, 64, true, false),
+    ("head: its input gradient W dy^T", 1024, 64, 1024, false, true),
+    ("sampling: denoiser layer, batch 500", 500, 1024, 1024, false, false),
+    ("serve: denoiser layer, batch 8", 8, 1024, 1024, false, false),
+    ("ViT-B/16: query/key/value, batch 8", 1576, 2304, 768, false, false),
+    ("ViT-B/16: MLP first layer", 1576, 3072, 768, false, false),
+    ("ViT-B/16: MLP second layer", 1576, 768, 3072, false, false),
+];
+
+/// Times every shape in [`SHAPES`]: the median rate of five runs of at least 50 ms each.
+pub fn products() -> Vec<ProductBench> {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let mut rng = crate::rng::stream(0, "bench-products", 0);
+    SHAPES
+        .iter()
+        .map(|&(what, m, n, k, lhs_t, rhs_t)| {
+            let a = crate::rng::normal_vec(&mut rng, m * k);
+            let b = crate::rng::normal_vec(&mut rng, k * n);
+            let lhs = if lhs_t { MatRef::transposed(&a, m) } else { MatRef::rows(&a, k) };
+            let rhs = if rhs_t { MatRef::transposed(&b, k) } else { MatRef::rows(&b, n) };
+            let mut dst = vec![0f32; m * n];
+            let mut crate_product = |par: gemm::Parallelism| {
+                // SAFETY: `dst` is m x n, `a` and `b` hold the operands at the strides given.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        dst.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        lhs.data.as_ptr(),
+                        lhs.col_stride as isize,
+                        lhs.row_stride as isize,
+                        rhs.data.as_ptr(),
+                        rhs.col_stride as isize,
+                        rhs.row_stride as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    )
+                };
+                std::hint::black_box(&dst);
+            };
+            let flop = 2.0 * (m * n * k) as f64;
+            ProductBench {
+                what,
+                m,
+                n,
+                k,
+                marnet_gflops: rate(flop, || {
+                    std::hint::black_box(matmul(m, n, k, lhs, rhs));
+                }),
+                crate_split_gflops: rate(flop, || crate_product(gemm::Parallelism::Rayon(threads))),
+                one_thread_gflops: rate(flop, || crate_product(gemm::Parallelism::None)),
+            }
+        })
+        .collect()
+}
+
+/// GFLOP/s of `run` (`flop` each): after one warm-up run, the median of five timings, each of as
+/// many runs as fill 50 ms.
+fn rate(flop: f64, mut run: impl FnMut()) -> f64 {
+    run();
+    let mut rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let (t0, mut n) = (Instant::now(), 0u32);
+            while n == 0 || t0.elapsed().as_secs_f64() < 0.05 {
+                run();
+                n += 1;
+            }
+            flop * n as f64 / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[2]
+}
