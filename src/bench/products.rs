@@ -13,7 +13,8 @@ pub struct ProductBench {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    /// GFLOP/s of marnet's split at this process's thread count.
+    /// GFLOP/s of marnet's split at this process's thread count (each run allocating its output,
+    /// as the layers' products do).
     pub marnet_gflops: f64,
     /// GFLOP/s of the matmul crate's own split over the same threads.
     pub crate_split_gflops: f64,
