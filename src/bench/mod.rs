@@ -349,3 +349,30 @@ impl Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The products table rates each split against the peak of the threads it used: the two
+    /// splits against the all-threads peak, the one-thread column against one thread's own.
+    #[test]
+    fn products_table_uses_each_columns_peak() {
+        let peak = |threads, gflops| Peak { threads, avx2_gflops: Some(gflops), avx512_gflops: None };
+        let row = ProductBench { what: "layer", m: 64, n: 1024, k: 1024, marnet_gflops: 100.0, crate_split_gflops: 50.0, one_thread_gflops: 60.0 };
+        let report = Report {
+            cpu: "test CPU".into(),
+            device: "cpu".into(),
+            peak: peak(2, 200.0),
+            peak_one_thread: Some(peak(1, 120.0)),
+            heads: vec![],
+            encoders: vec![],
+            decode: None,
+            vit_stages: None,
+            products: vec![row],
+            epoch_rows: 1,
+        };
+        let text = report.to_string();
+        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) |"), "{text}");
+    }
+}
