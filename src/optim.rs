@@ -127,8 +127,8 @@ impl AdamW {
                 Moments::Device { m, v } => {
                     // Detached: a parameter's gradient keeps the backward graph that made it (candle
                     // detaches only inner nodes'), and the moments would chain every step's
-                    // gradient and temporaries to the next: ~130 MB a step on the Vireo-size head,
-                    // out of GPU memory within the first epoch (scripts/gpu-check, 2026-12-04).
+                    // gradient and temporaries to the next (21 MB each on the Vireo-size head): out
+                    // of GPU memory within the first epoch (scripts/gpu-check, 2026-12-04).
                     let g = g.detach();
                     let g = if grad_scale == 1.0 { g } else { (g * grad_scale)? };
                     *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
