@@ -66,7 +66,12 @@ def test_ablate_returns_the_table_the_command_line_writes(tmp_path, cli):
 def test_ctrl_c_stops_training_and_leaves_a_run_that_resumes(tmp_path):
     saved_cache(tmp_path / "cache", n=20000, dv=64, ds=64, classes=10)
     opts = dict(epochs=2, dim=64, hidden=128)
-    child = f"import marnet; marnet.train({str(tmp_path / 'cache')!r}, {str(tmp_path / 'run')!r}, progress=False, **{opts!r})"
+    # Ctrl-C as in an interactive session: a shell without job control starts background jobs
+    # (a CI runner's, say) with SIGINT ignored, and Python keeps that disposition.
+    child = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); import marnet; "
+        f"marnet.train({str(tmp_path / 'cache')!r}, {str(tmp_path / 'run')!r}, progress=False, **{opts!r})"
+    )
     p = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (tmp_path / "run").exists() and time.time() < deadline and p.poll() is None:
