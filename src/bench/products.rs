@@ -2,7 +2,7 @@
 //! ([`crate::nn::cpu::matmul`], one single-threaded block per thread) against the matmul crate's
 //! own parallel split and against one thread, to tell the kernel's rate from the split's.
 
-use crate::nn::cpu::{MatRef, matmul};
+use crate::nn::cpu::{MatRef, gemm_into, matmul};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -49,30 +49,9 @@ pub fn products() -> Vec<ProductBench> {
             let rhs = if rhs_t { MatRef::transposed(&b, k) } else { MatRef::rows(&b, n) };
             let mut dst = vec![0f32; m * n];
             let mut crate_product = |par: gemm::Parallelism| {
+                let (l, r) = ([lhs.col_stride, lhs.row_stride], [rhs.col_stride, rhs.row_stride]);
                 // SAFETY: `dst` is m x n, `a` and `b` hold the operands at the strides given.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        dst.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        lhs.data.as_ptr(),
-                        lhs.col_stride as isize,
-                        lhs.row_stride as isize,
-                        rhs.data.as_ptr(),
-                        rhs.col_stride as isize,
-                        rhs.row_stride as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    )
-                };
+                unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), n, lhs.data.as_ptr(), l, rhs.data.as_ptr(), r, par) };
                 std::hint::black_box(&dst);
             };
             let flop = 2.0 * (m * n * k) as f64;
@@ -95,16 +74,16 @@ pub fn products() -> Vec<ProductBench> {
 /// many runs as fill 50 ms.
 fn rate(flop: f64, mut run: impl FnMut()) -> f64 {
     run();
-    let mut rates: Vec<f64> = (0..5)
-        .map(|_| {
-            let (t0, mut n) = (Instant::now(), 0u32);
-            while n == 0 || t0.elapsed().as_secs_f64() < 0.05 {
-                run();
-                n += 1;
-            }
-            flop * n as f64 / t0.elapsed().as_secs_f64() / 1e9
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[2]
+    super::median(
+        (0..5)
+            .map(|_| {
+                let (t0, mut n) = (Instant::now(), 0u32);
+                while n == 0 || t0.elapsed().as_secs_f64() < 0.05 {
+                    run();
+                    n += 1;
+                }
+                flop * n as f64 / t0.elapsed().as_secs_f64() / 1e9
+            })
+            .collect(),
+    )
 }

@@ -73,7 +73,7 @@ impl Attention {
                 // scores = q k^T, each [T, d] with rows 3 x hidden apart.
                 // SAFETY: q, k and v rows lie inside `qkv` (T rows of 3 x hidden from the sequence's
                 // start); `scores` holds T x T values.
-                unsafe { gemm_into(t, t, dh, scores.as_mut_ptr(), t, q.as_ptr(), [1, h3], q.as_ptr().add(h), [h3, 1]) };
+                unsafe { gemm_into(t, t, dh, scores.as_mut_ptr(), t, q.as_ptr(), [1, h3], q.as_ptr().add(h), [h3, 1], gemm::Parallelism::None) };
                 scores.iter_mut().for_each(|s| *s *= scale);
                 if let Some((all, groups)) = bias {
                     let bias = &all[((seq % groups) * heads + head) * t * t..][..t * t];
@@ -84,7 +84,20 @@ impl Attention {
                 // SAFETY: the destination block (T rows of `hidden`, this head's d columns) is
                 // inside `out` (B x T x hidden) and written by this job only; gemm without
                 // `read_dst` only writes.
-                unsafe { gemm_into(t, dh, t, dst.get().add(seq * t * h + head * dh), h, scores.as_ptr(), [1, t], q.as_ptr().add(2 * h), [1, h3]) };
+                unsafe {
+                    gemm_into(
+                        t,
+                        dh,
+                        t,
+                        dst.get().add(seq * t * h + head * dh),
+                        h,
+                        scores.as_ptr(),
+                        [1, t],
+                        q.as_ptr().add(2 * h),
+                        [1, h3],
+                        gemm::Parallelism::None,
+                    )
+                };
             },
         );
         // SAFETY: the jobs wrote every (sequence, token, head, d) above.

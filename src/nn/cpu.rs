@@ -125,6 +125,7 @@ pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finis
                 [lhs.col_stride, lhs.row_stride],
                 rhs.data.as_ptr().add(rhs_off),
                 [rhs.col_stride, rhs.row_stride],
+                gemm::Parallelism::None,
             );
         }
         let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
@@ -144,8 +145,9 @@ pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finis
     dst
 }
 
-/// `dst = lhs rhs` on this thread, for `lhs` [m, k] and `rhs` [k, n] given by their pointers and
-/// (column, row) strides, and `dst` rows `dst_row_stride` apart. Only writes `dst`.
+/// `dst = lhs rhs` for `lhs` [m, k] and `rhs` [k, n] given by their pointers and (column, row)
+/// strides, and `dst` rows `dst_row_stride` apart, split as `par` says (the layers pass `None`:
+/// one thread, their own split is in [`matmul_then`]). Only writes `dst`.
 ///
 /// # Safety
 /// Every element the shapes and strides reach must lie inside live allocations, and nothing else
@@ -161,11 +163,12 @@ pub(crate) unsafe fn gemm_into(
     lhs_strides: [usize; 2],
     rhs: *const f32,
     rhs_strides: [usize; 2],
+    par: gemm::Parallelism,
 ) {
     let [lcs, lrs] = lhs_strides.map(|s| s as isize);
     let [rcs, rrs] = rhs_strides.map(|s| s as isize);
     // SAFETY: as the caller promises; gemm without `read_dst` only writes the destination.
-    unsafe { gemm::gemm(m, n, k, dst, 1, dst_row_stride as isize, false, lhs, lcs, lrs, rhs, rcs, rrs, 0.0, 1.0, false, false, false, gemm::Parallelism::None) }
+    unsafe { gemm::gemm(m, n, k, dst, 1, dst_row_stride as isize, false, lhs, lcs, lrs, rhs, rcs, rrs, 0.0, 1.0, false, false, false, par) }
 }
 
 /// `src^T` for a row-major `src` [rows, cols], in 8x8 tiles.
