@@ -2,6 +2,7 @@
 //! and global-norm gradient clipping, which candle lacks.
 
 use crate::nn::cpu::{f32_slice, f32_slice_mut, with_f32};
+use crate::nn::vmath::Simd;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var, backprop::GradStore};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -196,7 +197,39 @@ struct AdamWKernel<'a> {
 }
 
 impl AdamWKernel<'_> {
+    /// The update at the CPU's widest vector width ([`Simd::detected`]): every width gives the same
+    /// bits (the same IEEE operations in the same order). SSE2's square root and division made the
+    /// one-thread pass bound by arithmetic: AVX-512 took it from 2.6 to 2.1 ms (BENCHMARKS.md).
     fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.update_at(Simd::detected(), p, g, m, v)
+    }
+
+    /// [`Self::update`] at a given width (one [`Simd::available`] lists).
+    fn update_at(&self, level: Simd, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        match level {
+            // SAFETY: `available` lists a level only when the CPU has its features.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { self.avx2(p, g, m, v) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { self.avx512(p, g, m, v) },
+            _ => self.body(p, g, m, v),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.body(p, g, m, v)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn avx512(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.body(p, g, m, v)
+    }
+
+    #[inline(always)]
+    fn body(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let (b1, b2, s) = (self.beta1, self.beta2, self.grad_scale);
         let n = p.len();
         let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
@@ -294,6 +327,39 @@ mod tests {
         let Moments::Device { m, v } = &opt.moments[0] else { panic!("expected tensor moments") };
         assert!(!m.track_op() && !v.track_op(), "the moments keep a backward graph alive");
         Ok(())
+    }
+
+    /// Every vector width this CPU has gives the plain version's bits (an odd length covers the
+    /// tails); only the widths of the CPU that runs the tests are compared.
+    #[test]
+    fn every_width_gives_the_same_bits() {
+        let mut rng = crate::rng::stream(2, "test", 0);
+        let n = 1003;
+        let (p0, g) = (crate::rng::normal_vec(&mut rng, n), crate::rng::normal_vec(&mut rng, n));
+        let (m0, v0) = (crate::rng::normal_vec(&mut rng, n), crate::rng::normal_vec(&mut rng, n).iter().map(|x| x * x).collect::<Vec<f32>>());
+        let (mut mm, mut vv) = (Vec::new(), Vec::new());
+        let kernel = AdamWKernel {
+            m: Mutex::new(&mut mm),
+            v: Mutex::new(&mut vv),
+            beta1: 0.9,
+            beta2: 0.999,
+            grad_scale: 0.7,
+            decay: 0.999,
+            step: 0.01,
+            inv_bc2: 3.0,
+            eps: 1e-8,
+        };
+        let run = |level| {
+            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+            kernel.update_at(level, &mut p, &g, &mut m, &mut v);
+            [p, m, v].concat().iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+        };
+        let plain = run(Simd::Sse2);
+        let before: Vec<u32> = [&p0[..], &m0, &v0].concat().iter().map(|x| x.to_bits()).collect();
+        assert_ne!(plain, before, "the update changed nothing");
+        for level in Simd::available() {
+            assert_eq!(run(level), plain, "{level:?}");
+        }
     }
 
     #[test]

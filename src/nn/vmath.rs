@@ -6,7 +6,8 @@
 //!
 //! Used by the frozen encoders' attention softmax and GELU, where libm's scalar `expf` and
 //! `erff` took 5-8% of a ViT-B/16 forward pass (`perf`, BENCHMARKS.md), and by the denoiser's
-//! SiLU and its gradient (libm's `expf` was 5% of CDR sampling).
+//! SiLU and its gradient (libm's `expf` was 5% of CDR sampling). [`Simd`] also picks the width of
+//! AdamW's pass (`crate::optim`).
 
 use std::sync::OnceLock;
 
