@@ -91,7 +91,7 @@ impl AdamW {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
             sq += if g.device().is_cpu() {
                 with_f32("grad-norm", g, |g| {
-                    let parts: Vec<f64> = g.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum()).collect();
+                    let parts: Vec<f64> = g.par_chunks(CHUNK).map(sum_of_squares).collect();
                     parts.iter().sum::<f64>()
                 })?
             } else {
@@ -180,6 +180,21 @@ impl AdamW {
 
 /// Elements per parallel work unit of the CPU kernels.
 const CHUNK: usize = 1 << 16;
+
+/// `sum x^2` in f64 over eight interleaved partial sums, added in a fixed order (the same bits on
+/// any thread count). With one running sum, each addition waited on the last: `--clip-grad` cost
+/// 2.1 ms a step on the Vireo-size head, now 0.5 (AMD EPYC Zen 5, BENCHMARKS.md).
+fn sum_of_squares(c: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let eights = c.chunks_exact(8);
+    let rest = eights.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+    for e in eights {
+        for (s, &x) in lanes.iter_mut().zip(e) {
+            *s += (x as f64) * (x as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
 
 /// One pass over a CPU parameter, in place: with `g' = grad_scale g`,
 /// `m = b1 m + (1 - b1) g'`, `v = b2 v + (1 - b2) g'^2`,
@@ -359,6 +374,17 @@ mod tests {
         assert_ne!(plain, before, "the update changed nothing");
         for level in Simd::available() {
             assert_eq!(run(level), plain, "{level:?}");
+        }
+    }
+
+    #[test]
+    fn the_sum_of_squares_matches_the_plain_sum() {
+        let mut rng = crate::rng::stream(3, "test", 0);
+        for n in [0, 1, 7, 8, 9, 100_003] {
+            let x = crate::rng::normal_vec(&mut rng, n);
+            let plain: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let got = sum_of_squares(&x);
+            assert!((got - plain).abs() <= 1e-12 * plain.max(1.0), "{n}: {got} vs {plain}");
         }
     }
 
