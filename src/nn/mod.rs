@@ -10,6 +10,7 @@ pub mod conv;
 pub mod cpu;
 pub mod linear;
 pub mod norm;
+pub mod pool;
 pub mod stages;
 pub mod vmath;
 

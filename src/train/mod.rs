@@ -76,19 +76,26 @@ pub fn step(
     noise: &mut SeededRng,
     clip_grad: f64,
 ) -> Result<Step> {
-    let t0 = Instant::now();
-    let losses = model.losses_with_tokens(xv, xs, tokens, y, noise)?;
-    let mut total = losses[0].1.clone();
-    for (_, l) in &losses[1..] {
-        total = (total + l)?;
+    let mut phases = move || -> Result<Step> {
+        let t0 = Instant::now();
+        let losses = model.losses_with_tokens(xv, xs, tokens, y, noise)?;
+        let mut total = losses[0].1.clone();
+        for (_, l) in &losses[1..] {
+            total = (total + l)?;
+        }
+        let t1 = Instant::now();
+        let grads = crate::nn::backward(&total, opt.params())?;
+        let t2 = Instant::now();
+        let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
+        opt.step(&grads, scale)?;
+        let losses = losses.into_iter().map(|(name, l)| Ok((name, l.to_scalar::<f32>()?))).collect::<Result<_>>()?;
+        Ok(Step { losses, forward: t1 - t0, backward: t2 - t1, update: t2.elapsed() })
+    };
+    // Dozens of short parallel sections: on the CPU the pool's workers wait awake between them.
+    match xv.device().is_cpu() {
+        true => crate::nn::pool::with_workers_awake(phases),
+        false => phases(),
     }
-    let t1 = Instant::now();
-    let grads = crate::nn::backward(&total, opt.params())?;
-    let t2 = Instant::now();
-    let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
-    opt.step(&grads, scale)?;
-    let losses = losses.into_iter().map(|(name, l)| Ok((name, l.to_scalar::<f32>()?))).collect::<Result<_>>()?;
-    Ok(Step { losses, forward: t1 - t0, backward: t2 - t1, update: t2.elapsed() })
 }
 
 /// One optimiser step on the training rows `idx`.
