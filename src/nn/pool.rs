@@ -3,29 +3,42 @@
 //! Between two matrix products of a training step the calling thread works alone for a while (a
 //! loss term, a transpose); rayon's idle workers go to sleep meanwhile, and waking them took
 //! 12-99 µs on the VM we measured (`rayon::broadcast` inside a step), against products of
-//! 100-400 µs. Kept awake, the step took 6% less there (BENCHMARKS.md); sampling did not change.
+//! 100-400 µs. Kept awake, the step took 3.5-6.5% less there (BENCHMARKS.md); sampling did not
+//! change. A poller runs whatever work the pool has, another training's step on the same pool
+//! included, and returns only after it.
 
 use rayon::Yield;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a poller waits for work before it goes back to rayon's own sleeping: longer than
 /// the gaps between a step's parallel sections.
 const MAX_IDLE: Duration = Duration::from_millis(1);
 
-/// Runs `f` in the current rayon pool with its other workers polling for work
-/// ([`rayon::yield_now`]) until `f` returns (or no work came for [`MAX_IDLE`]), instead of
-/// sleeping between its parallel sections. Work is split and ordered as without it: results are
-/// the same bits.
+/// How long the caller waits for the pollers to start before it runs `f` without the rest.
+const MAX_START: Duration = Duration::from_micros(200);
+
+/// Runs `f` with the pool's other workers polling for work ([`rayon::yield_now`]) until `f`
+/// returns, instead of sleeping between its parallel sections; a poller that finds no work for
+/// [`MAX_IDLE`] sleeps again. `f` runs on this thread when it is a worker of a pool, else on a
+/// worker of rayon's global pool. Only which thread runs a piece of work changes: marnet's
+/// kernels split work by the thread count and add partial results in a fixed order, so results
+/// are the same bits.
 pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let stop = AtomicBool::new(false);
+    // Pollers started so far, or -1 once `f` has begun: a poller that starts later could be
+    // picked up by a thread waiting inside one of `f`'s jobs, and hold that job back while it
+    // polls, so it returns at once instead.
+    let started = AtomicIsize::new(0);
     rayon::scope(|s| {
         let caller = rayon::current_thread_index();
-        let stop = &stop;
-        for _ in 1..rayon::current_num_threads() {
+        let pollers = rayon::current_num_threads() as isize - 1;
+        let (stop, started) = (&stop, &started);
+        for _ in 0..pollers {
             s.spawn(move |_| {
-                // The caller itself may pop a poller while it waits in a join: it must not spin.
-                if rayon::current_thread_index() == caller {
+                // The caller pops leftover pollers while it waits in a join: it must not spin.
+                if rayon::current_thread_index() == caller || started.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n >= 0).then_some(n + 1)).is_err()
+                {
                     return;
                 }
                 let mut idle_since = None;
@@ -33,8 +46,6 @@ pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                     if rayon::yield_now() == Some(Yield::Executed) {
                         idle_since = None;
                     } else if idle_since.get_or_insert_with(Instant::now).elapsed() > MAX_IDLE {
-                        // A poller that a waiting job's thread picked up would hold that job
-                        // (and `f`) back until `stop`: giving up after a while bounds that wait.
                         return;
                     } else {
                         std::hint::spin_loop();
@@ -42,7 +53,12 @@ pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 }
             });
         }
-        // Set when `f` returns or panics: a poller left spinning would hold the scope forever.
+        let t = Instant::now();
+        while started.load(Ordering::Acquire) < pollers && t.elapsed() < MAX_START {
+            std::hint::spin_loop();
+        }
+        started.store(-1, Ordering::Release);
+        // Set when `f` returns or panics: a poller left spinning would hold the scope until idle.
         let _stop = StopOnDrop(stop);
         f()
     })
