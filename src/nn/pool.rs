@@ -31,14 +31,12 @@ pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // polls, so it returns at once instead.
     let started = AtomicIsize::new(0);
     rayon::scope(|s| {
-        let caller = rayon::current_thread_index();
         let pollers = rayon::current_num_threads() as isize - 1;
         let (stop, started) = (&stop, &started);
         for _ in 0..pollers {
             s.spawn(move |_| {
-                // The caller pops leftover pollers while it waits in a join: it must not spin.
-                if rayon::current_thread_index() == caller || started.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n >= 0).then_some(n + 1)).is_err()
-                {
+                // Late, e.g. popped by the caller itself while it waits in one of `f`'s joins.
+                if started.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n >= 0).then_some(n + 1)).is_err() {
                     return;
                 }
                 let mut idle_since = None;
