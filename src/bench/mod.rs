@@ -31,7 +31,8 @@ pub struct HeadBench {
     pub params: usize,
     pub train_step_ms_median: f64,
     pub train_step_ms_min: f64,
-    /// Medians of the step's phases: loss forward, backward, optimiser update.
+    /// Medians of the step's phases: loss forward, backward (with the AdamW updates that run
+    /// during it), the rest of the optimiser update.
     pub forward_ms_median: f64,
     pub backward_ms_median: f64,
     pub optimizer_ms_median: f64,
@@ -274,7 +275,7 @@ impl Report {
         let peak = self.peak.avx512_gflops.or(self.peak.avx2_gflops);
         writeln!(
             f,
-            "| head training ({}) | threads | step (median) | fwd / bwd / AdamW | products | % of peak | epoch of {} rows |",
+            "| head training ({}) | threads | step (median) | fwd / bwd with AdamW / rest | products | % of peak | epoch of {} rows |",
             self.heads.first().map_or("", |h| &h.variant),
             self.epoch_rows
         )?;

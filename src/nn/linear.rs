@@ -8,17 +8,16 @@
 //!   gradient is computed transposed, `dx^T = W dy^T`, which the matmul crate runs ~3x faster
 //!   than `dy W^T` here;
 //! - the input gradient is skipped when the input tracks no gradient (data inputs);
-//! - the weight and bias gradients are handed to [`backward`] directly instead of through
+//! - the weight and bias gradients are handed to [`crate::nn::grads`] directly instead of through
 //!   candle's gradient store, which adds each one into a fresh zero tensor (a memset and a full
-//!   pass per weight and step). Train with [`backward`], not `Tensor::backward`.
+//!   pass per weight and step). Train with [`crate::nn::backward`], not `Tensor::backward`.
 
 use crate::nn::activation::Activation;
 use crate::nn::cpu::{MatRef, f32_slice, matmul, matmul_then, transpose, with_f32};
+use crate::nn::grads::{hand_over, note_use};
 use crate::nn::vmath::gelu_in_place;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, TensorId, Var, backprop::GradStore};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -158,6 +157,8 @@ impl Module for Linear {
             return on_rows(x, |x| self.forward(x));
         }
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
+            note_use(&self.weight);
+            note_use(&self.bias);
             return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp);
         }
         x.matmul(&self.weight)?.broadcast_add(&self.bias)
@@ -171,47 +172,6 @@ fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tens
     let y = f(&x.flatten_to(dims.len() - 2)?)?;
     *dims.last_mut().unwrap() = y.dim(1)?;
     y.reshape(dims)
-}
-
-/// Gradients of linear layers' weights and biases from backward passes, by parameter, until
-/// [`backward`] moves them into its gradient store. Keyed by parameter (not by thread: rayon may
-/// run another training's step on the same worker thread while this one waits).
-static PENDING: Mutex<Option<HashMap<TensorId, Tensor>>> = Mutex::new(None);
-
-fn pending() -> std::sync::MutexGuard<'static, Option<HashMap<TensorId, Tensor>>> {
-    PENDING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The gradients of `loss` for `params`: `loss.backward()` plus what the [`Linear`] layers'
-/// backward passes produced for their weights and biases among `params`.
-pub fn backward(loss: &Tensor, params: &[(String, Var)]) -> Result<GradStore> {
-    let take = |id: TensorId| pending().get_or_insert_default().remove(&id);
-    for (_, p) in params {
-        take(p.id()); // left over from a backward pass that was never collected
-    }
-    let mut grads = loss.backward()?;
-    for (_, p) in params {
-        if let Some(g) = take(p.id()) {
-            let total = match grads.remove(p.as_tensor()) {
-                Some(earlier) => (earlier + g)?,
-                None => g,
-            };
-            grads.insert(p.as_tensor(), total);
-        }
-    }
-    Ok(grads)
-}
-
-/// Adds `grad` to the pending gradient of `param` (a layer applied twice contributes twice).
-fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
-    let mut guard = pending();
-    let map = guard.get_or_insert_default();
-    let total = match map.remove(&param.id()) {
-        Some(earlier) => (earlier + grad)?,
-        None => grad,
-    };
-    map.insert(param.id(), total);
-    Ok(())
 }
 
 /// `x W + b`, with its backward pass.
@@ -267,6 +227,7 @@ impl CustomOp3 for LinearOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::backward;
     use crate::rng::{randn, stream};
     use candle_core::{Device, Var};
 

@@ -8,13 +8,14 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod cpu;
+pub mod grads;
 pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod stages;
 pub mod vmath;
 
-pub use linear::backward;
+pub use grads::backward;
 
 /// Variables whose name contains this are state, not parameters: saved with the weights, never
 /// updated by the optimiser.

@@ -128,6 +128,37 @@ fn silu1(x: f32) -> f32 {
     if x < EXP_NEG_MAX { -0.0 } else { y }
 }
 
+/// A loop to compile at each vector width: [`at_width`] runs it inside a function built for the
+/// width, so `run` must be `#[inline(always)]` to be vectorised there.
+pub(crate) trait Kernel {
+    fn run(self);
+}
+
+/// Runs `k` compiled for `level`, which must be one [`Simd::available`] lists.
+pub(crate) fn at_width(level: Simd, k: impl Kernel) {
+    debug_assert!(Simd::available().contains(&level), "{level:?} is not available on this CPU");
+    match level {
+        // SAFETY: `available` lists a level only when the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { avx2(k) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { avx512(k) },
+        _ => k.run(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2(k: impl Kernel) {
+    k.run()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512(k: impl Kernel) {
+    k.run()
+}
+
 macro_rules! slice_fn {
     ($(#[$doc:meta])* $name:ident, $one:ident) => {
         $(#[$doc])*
@@ -138,33 +169,18 @@ macro_rules! slice_fn {
         mod $name {
             use super::*;
 
-            #[inline(always)]
-            fn body(v: &mut [f32]) {
-                v.iter_mut().for_each(|x| *x = $one(*x));
-            }
+            struct Map<'a>(&'a mut [f32]);
 
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            fn avx2(v: &mut [f32]) {
-                body(v)
-            }
-
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            fn avx512(v: &mut [f32]) {
-                body(v)
+            impl Kernel for Map<'_> {
+                #[inline(always)]
+                fn run(self) {
+                    self.0.iter_mut().for_each(|x| *x = $one(*x));
+                }
             }
 
             /// At a given width (one [`Simd::available`] lists).
             pub fn at(level: Simd, v: &mut [f32]) {
-                match level {
-                    // SAFETY: `available` lists a level only when the CPU has its features.
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx2 => unsafe { avx2(v) },
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx512 => unsafe { avx512(v) },
-                    _ => body(v),
-                }
+                at_width(level, Map(v))
             }
         }
     };

@@ -2,27 +2,28 @@
 //! after every epoch (`RUN/last`, with optimiser state, for `--resume`) and the selected model
 //! in `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
-use crate::align::team_tokens::TokenBatch;
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig};
 use crate::config::TrainConfig;
 use crate::eval::{TextReference, evaluate};
 use crate::features::{FeatureCache, FeatureSplit};
-use crate::model::marnet::{Marnet, MarnetConfig};
-use crate::optim::{AdamW, clip_scale};
-use crate::rng::SeededRng;
+use crate::model::marnet::MarnetConfig;
+use crate::optim::AdamW;
 use anyhow::{Context, Result, ensure};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod gate;
 mod order;
 mod state;
+mod step;
 
 pub use order::epoch_order;
 pub use state::{EpochRecord, PartialEpoch, TrainState};
+use step::train_step;
+pub use step::{Step, step, token_batch};
 
 /// How a run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,74 +51,6 @@ pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSpli
     );
     let perm = crate::rng::permutation(&mut crate::rng::stream(cfg.seed, "val-split", 0), n);
     Ok((cache.train.subset(&perm[n_val..]), cache.train.subset(&perm[..n_val])))
-}
-
-/// What one optimiser step produced: the weighted loss terms and the wall time of its phases
-/// (exact on the CPU, where every op finishes before the next starts).
-pub struct Step {
-    pub losses: Vec<(&'static str, f32)>,
-    /// Loss forward pass.
-    pub forward: Duration,
-    pub backward: Duration,
-    /// Clipping (if on), the AdamW update and reading the losses back.
-    pub update: Duration,
-}
-
-/// One optimiser step on a batch (`marnet bench` times this same function). `tokens`: the
-/// batch's token features, when the model's alignment trains on them.
-#[allow(clippy::too_many_arguments)]
-pub fn step(
-    model: &Marnet,
-    opt: &mut AdamW,
-    xv: &Tensor,
-    xs: &Tensor,
-    tokens: Option<&TokenBatch>,
-    y: &Tensor,
-    noise: &mut SeededRng,
-    clip_grad: f64,
-) -> Result<Step> {
-    let mut phases = move || -> Result<Step> {
-        let t0 = Instant::now();
-        let losses = model.losses_with_tokens(xv, xs, tokens, y, noise)?;
-        let mut total = losses[0].1.clone();
-        for (_, l) in &losses[1..] {
-            total = (total + l)?;
-        }
-        let t1 = Instant::now();
-        let grads = crate::nn::backward(&total, opt.params())?;
-        let t2 = Instant::now();
-        let scale = if clip_grad > 0.0 { clip_scale(opt.grad_norm(&grads)?, clip_grad) } else { 1.0 };
-        opt.step(&grads, scale)?;
-        let losses = losses.into_iter().map(|(name, l)| Ok((name, l.to_scalar::<f32>()?))).collect::<Result<_>>()?;
-        Ok(Step { losses, forward: t1 - t0, backward: t2 - t1, update: t2.elapsed() })
-    };
-    // Dozens of short parallel sections: on the CPU the pool's workers wait awake between them.
-    match xv.device().is_cpu() {
-        true => crate::nn::pool::with_workers_awake(phases),
-        false => phases(),
-    }
-}
-
-/// One optimiser step on the training rows `idx`.
-fn train_step(model: &LoadedModel, opt: &mut AdamW, train: &FeatureSplit, idx: &[usize], noise: &mut SeededRng, clip_grad: f64, dev: &Device) -> Result<Step> {
-    let b = idx.len();
-    let xv = Tensor::from_vec(train.gather_visual(idx), (b, train.dv), dev)?;
-    let xs = Tensor::from_vec(train.gather_text(idx).context("the training split has no text features")?, (b, train.ds), dev)?;
-    let y = Tensor::from_vec(train.gather_label(idx), b, dev)?;
-    // Token features only for the token-level alignment: other runs never touch them.
-    let tokens = if model.model.config().needs_tokens() { Some(token_batch(train, idx, dev)?) } else { None };
-    step(&model.model, opt, &xv, &xs, tokens.as_ref(), &y, noise, clip_grad)
-}
-
-/// The token features of the training rows `idx`, as f32 tensors.
-pub fn token_batch(train: &FeatureSplit, idx: &[usize], dev: &Device) -> Result<TokenBatch> {
-    let (Some(v), Some(t)) = (&train.visual_tokens, &train.text_tokens) else { anyhow::bail!("the training split has no token features") };
-    let b = idx.len();
-    Ok(TokenBatch {
-        visual: Tensor::from_vec(v.gather_f32(idx), (b, v.len, v.dim), dev)?,
-        text: Tensor::from_vec(t.gather_f32(idx), (b, t.len, t.dim), dev)?,
-        mask: Tensor::from_vec(t.gather_mask_f32(idx), (b, t.len), dev)?,
-    })
 }
 
 /// The settings that differ between two configurations, as `--field old → new`.

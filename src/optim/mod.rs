@@ -1,13 +1,16 @@
 //! AdamW (decoupled weight decay, PyTorch semantics) with state that checkpoints can save,
 //! and global-norm gradient clipping, which candle lacks.
 
-use crate::nn::cpu::{f32_slice, f32_slice_mut, with_f32};
-use crate::nn::vmath::Simd;
-use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var, backprop::GradStore};
+mod kernel;
+
+use crate::nn::cpu::with_f32;
+use crate::nn::grads::{Update, arm, handed_over_only};
+use candle_core::{Result, Tensor, Var, backprop::GradStore};
+use kernel::{AdamWConstants, AdamWKernel, CHUNK, HostMoments, sum_of_squares};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct AdamWConfig {
@@ -38,14 +41,26 @@ pub struct AdamW {
     params: Vec<(String, Var)>,
     moments: Vec<Moments>,
     step: u64,
+    /// Whether [`AdamW::step_in_backward`] updates CPU parameters during the backward pass.
+    in_backward: bool,
 }
 
 /// First and second moments of one parameter: plain vectors for a CPU parameter, so that one
-/// fused pass updates moments and parameter together; tensors on other devices.
+/// fused pass updates moments and parameter together (shared with an update running in the
+/// backward pass); tensors on other devices.
 enum Moments {
-    Host { m: Vec<f32>, v: Vec<f32> },
+    Host(Arc<Mutex<HostMoments>>),
     Device { m: Tensor, v: Tensor },
 }
+
+impl Moments {
+    fn host(m: Vec<f32>, v: Vec<f32>) -> Self {
+        Moments::Host(Arc::new(Mutex::new(HostMoments { m, v })))
+    }
+}
+
+/// `MARNET_UPDATE_IN_BACKWARD=0` turns the updates in the backward pass off (to compare).
+const IN_BACKWARD_ENV: &str = "MARNET_UPDATE_IN_BACKWARD";
 
 /// The factor that scales gradients of global norm `norm` down to `max_norm` (1 when
 /// `max_norm <= 0`, i.e. no clipping, or when the norm is already within it).
@@ -66,13 +81,19 @@ impl AdamW {
             .iter()
             .map(|(_, p)| {
                 Ok(if host(p) {
-                    Moments::Host { m: vec![0.0; p.elem_count()], v: vec![0.0; p.elem_count()] }
+                    Moments::host(vec![0.0; p.elem_count()], vec![0.0; p.elem_count()])
                 } else {
                     Moments::Device { m: p.zeros_like()?, v: p.zeros_like()? }
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { cfg, params, moments, step: 0 })
+        let in_backward = std::env::var(IN_BACKWARD_ENV).map_or(true, |v| v != "0");
+        Ok(Self { cfg, params, moments, step: 0, in_backward })
+    }
+
+    /// With `false`, [`AdamW::step_in_backward`] updates every parameter after the backward pass.
+    pub fn set_update_in_backward(&mut self, on: bool) {
+        self.in_backward = on;
     }
 
     /// The parameters it updates, sorted by name.
@@ -105,26 +126,58 @@ impl AdamW {
     /// parameters without a gradient are left untouched.
     pub fn step(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
         self.step += 1;
+        self.update(grads, grad_scale)
+    }
+
+    /// One AdamW update (gradients unscaled) around `forward_backward`, which runs the loss's
+    /// forward pass and [`crate::nn::backward`] and returns its gradients. The update of a CPU
+    /// parameter that only linear layers use starts on the thread pool as soon as the backward
+    /// pass has completed its gradient ([`crate::nn::grads`]); the others' (and all of the first
+    /// step's) after it. The parameters get the bits [`AdamW::step`] gives them; if
+    /// `forward_backward` fails, some may have been updated and the step is counted.
+    pub fn step_in_backward<R>(&mut self, forward_backward: impl FnOnce() -> anyhow::Result<(R, GradStore)>) -> anyhow::Result<R> {
+        self.step += 1;
+        let k = self.constants(1.0);
+        let mut updates: Vec<(Tensor, Update)> = Vec::new();
+        for ((_, p), moments) in self.params.iter().zip(&self.moments) {
+            // Only parameters that linear layers alone gave gradients to in the last step.
+            if let (Moments::Host(mv), true) = (moments, self.in_backward && handed_over_only(p.as_tensor())) {
+                let mv = mv.clone();
+                updates.push((p.as_tensor().clone(), Box::new(move |p: &Tensor, g: &Tensor| p.inplace_op2(g, &AdamWKernel { moments: &mv, k }))));
+            }
+        }
+        let armed = arm(updates);
+        let (out, grads) = forward_backward()?;
+        // The parameters updated so far took their gradients out of `grads`.
+        armed.finish(&grads)?;
+        self.update(&grads, 1.0)?;
+        Ok(out)
+    }
+
+    /// The kernel's constants for step `self.step`.
+    fn constants(&self, grad_scale: f64) -> AdamWConstants {
+        let c = self.cfg;
+        AdamWConstants {
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            grad_scale: grad_scale as f32,
+            decay: (1.0 - c.lr * c.weight_decay) as f32,
+            step: (c.lr / (1.0 - c.beta1.powi(self.step as i32))) as f32,
+            inv_bc2: (1.0 / (1.0 - c.beta2.powi(self.step as i32))) as f32,
+            eps: c.eps as f32,
+        }
+    }
+
+    /// The update of step `self.step` of every parameter with a gradient in `grads`.
+    fn update(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
         let c = self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let k = self.constants(grad_scale);
         for ((_, p), moments) in self.params.iter().zip(&mut self.moments) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
             match moments {
-                Moments::Host { m, v } => {
-                    let kernel = AdamWKernel {
-                        m: Mutex::new(m),
-                        v: Mutex::new(v),
-                        beta1: c.beta1 as f32,
-                        beta2: c.beta2 as f32,
-                        grad_scale: grad_scale as f32,
-                        decay: (1.0 - c.lr * c.weight_decay) as f32,
-                        step: (c.lr / bc1) as f32,
-                        inv_bc2: (1.0 / bc2) as f32,
-                        eps: c.eps as f32,
-                    };
-                    p.as_tensor().inplace_op2(g, &kernel)?;
-                }
+                Moments::Host(mv) => p.as_tensor().inplace_op2(g, &AdamWKernel { moments: mv, k })?,
                 Moments::Device { m, v } => {
                     // Detached: a parameter's gradient keeps the backward graph that made it (candle
                     // detaches only inner nodes'), and the moments would chain every step's
@@ -149,7 +202,10 @@ impl AdamW {
         let mut out = Vec::new();
         for ((name, p), moments) in self.params.iter().zip(&self.moments) {
             let (m, v) = match moments {
-                Moments::Host { m, v } => (Tensor::from_slice(m, p.shape(), p.device())?, Tensor::from_slice(v, p.shape(), p.device())?),
+                Moments::Host(mv) => {
+                    let mv = mv.lock().unwrap_or_else(|e| e.into_inner());
+                    (Tensor::from_slice(&mv.m, p.shape(), p.device())?, Tensor::from_slice(&mv.v, p.shape(), p.device())?)
+                }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
             out.push((format!("adamw.m.{name}"), m));
@@ -169,114 +225,11 @@ impl AdamW {
             };
             let (m, v) = (get("m")?, get("v")?);
             *moments = match moments {
-                Moments::Host { .. } => Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? },
+                Moments::Host(_) => Moments::host(m.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?),
                 Moments::Device { .. } => Moments::Device { m, v },
             };
         }
         self.step = step;
-        Ok(())
-    }
-}
-
-/// Elements per parallel work unit of the CPU kernels.
-const CHUNK: usize = 1 << 16;
-
-/// `sum x^2` in f64 over eight interleaved partial sums, added in a fixed order (the same bits on
-/// any thread count). With one running sum, each addition waited on the last: `--clip-grad` cost
-/// 2.1 ms a step on the Vireo-size head, now 0.5 (AMD EPYC Zen 5, BENCHMARKS.md).
-fn sum_of_squares(c: &[f32]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let eights = c.chunks_exact(8);
-    let rest = eights.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
-    for e in eights {
-        for (s, &x) in lanes.iter_mut().zip(e) {
-            *s += (x as f64) * (x as f64);
-        }
-    }
-    lanes.iter().sum::<f64>() + rest
-}
-
-/// One pass over a CPU parameter, in place: with `g' = grad_scale g`,
-/// `m = b1 m + (1 - b1) g'`, `v = b2 v + (1 - b2) g'^2`,
-/// `p = p (1 - lr wd) - lr (m / bc1) / (sqrt(v / bc2) + eps)` (PyTorch's AdamW).
-struct AdamWKernel<'a> {
-    m: Mutex<&'a mut Vec<f32>>,
-    v: Mutex<&'a mut Vec<f32>>,
-    beta1: f32,
-    beta2: f32,
-    grad_scale: f32,
-    decay: f32,
-    step: f32,
-    inv_bc2: f32,
-    eps: f32,
-}
-
-impl AdamWKernel<'_> {
-    /// The update at the CPU's widest vector width ([`Simd::detected`]): every width gives the same
-    /// bits (the same IEEE operations in the same order). SSE2's square root and division made the
-    /// one-thread pass bound by arithmetic: AVX-512 took it from 2.6 to 2.1 ms (BENCHMARKS.md).
-    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        self.update_at(Simd::detected(), p, g, m, v)
-    }
-
-    /// [`Self::update`] at a given width (one [`Simd::available`] lists).
-    fn update_at(&self, level: Simd, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        match level {
-            // SAFETY: `available` lists a level only when the CPU has its features.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { self.avx2(p, g, m, v) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { self.avx512(p, g, m, v) },
-            _ => self.body(p, g, m, v),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn avx2(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        self.body(p, g, m, v)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn avx512(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        self.body(p, g, m, v)
-    }
-
-    #[inline(always)]
-    fn body(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let (b1, b2, s) = (self.beta1, self.beta2, self.grad_scale);
-        let n = p.len();
-        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-        for i in 0..n {
-            let g = g[i] * s;
-            m[i] = b1 * m[i] + (1.0 - b1) * g;
-            v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-            p[i] = p[i] * self.decay - self.step * m[i] / ((v[i] * self.inv_bc2).sqrt() + self.eps);
-        }
-    }
-}
-
-impl InplaceOp2 for AdamWKernel<'_> {
-    fn name(&self) -> &'static str {
-        "adamw"
-    }
-
-    fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
-        let (p, g) = (f32_slice_mut("adamw", p, pl)?, f32_slice("adamw", g, gl)?);
-        let (mut m, mut v) = (self.m.lock().unwrap(), self.v.lock().unwrap());
-        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
-            candle_core::bail!("adamw: parameter, gradient and moments differ in length");
-        }
-        if p.len() <= CHUNK {
-            self.update(p, g, &mut m[..], &mut v[..]);
-            return Ok(());
-        }
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| self.update(p, g, m, v));
         Ok(())
     }
 }
@@ -344,48 +297,41 @@ mod tests {
         Ok(())
     }
 
-    /// Every vector width this CPU has gives the plain version's bits (an odd length covers the
-    /// tails); only the widths of the CPU that runs the tests are compared.
+    /// Updates during the backward pass give the bits of updates after it, on a pool of two
+    /// threads, for linear layers (one applied three times, one whose weight is also penalised)
+    /// and a parameter outside them.
     #[test]
-    fn every_width_gives_the_same_bits() {
-        let mut rng = crate::rng::stream(2, "test", 0);
-        let n = 1003;
-        let (p0, g) = (crate::rng::normal_vec(&mut rng, n), crate::rng::normal_vec(&mut rng, n));
-        let (m0, v0) = (crate::rng::normal_vec(&mut rng, n), crate::rng::normal_vec(&mut rng, n).iter().map(|x| x * x).collect::<Vec<f32>>());
-        let (mut mm, mut vv) = (Vec::new(), Vec::new());
-        let kernel = AdamWKernel {
-            m: Mutex::new(&mut mm),
-            v: Mutex::new(&mut vv),
-            beta1: 0.9,
-            beta2: 0.999,
-            grad_scale: 0.7,
-            decay: 0.999,
-            step: 0.01,
-            inv_bc2: 3.0,
-            eps: 1e-8,
+    fn updates_in_the_backward_pass_give_the_same_bits() -> anyhow::Result<()> {
+        use crate::nn::linear::Linear;
+        use candle_core::Module;
+        let dev = Device::Cpu;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+        let run = |in_backward: bool| -> anyhow::Result<Vec<u32>> {
+            let mut rng = crate::rng::stream(6, "test", 0);
+            let mut var = |shape: &[usize]| Var::from_tensor(&crate::rng::randn(&mut rng, shape, &dev)?);
+            let vars = [var(&[300, 200])?, var(&[200])?, var(&[200, 300])?, var(&[300])?, var(&[1])?, var(&[200, 200])?, var(&[200])?];
+            let (x, r) = (crate::rng::randn(&mut rng, (64, 300), &dev)?, crate::rng::randn(&mut rng, (64, 200), &dev)?);
+            let params: Vec<(String, Var)> = vars.iter().enumerate().map(|(i, v)| (format!("p{i}"), v.clone())).collect();
+            let mut opt = AdamW::new(params.clone(), AdamWConfig { lr: 0.01, ..Default::default() })?;
+            opt.set_update_in_backward(in_backward);
+            let [w1, b1, w2, b2, scale, w3, b3] = vars.each_ref().map(|v| v.as_tensor().clone());
+            let (l1, l2, l3) = (Linear::new(w1, b1), Linear::new(w2, b2), Linear::new(w3.clone(), b3));
+            for _ in 0..3 {
+                pool.install(|| {
+                    opt.step_in_backward(|| {
+                        let y = (l1.forward(&x)? + l1.forward(&l2.forward(&l1.forward(&x)?)?)?)?;
+                        // l3's weight is also penalised: never updated in the backward pass.
+                        let loss = (l3.forward(&y)? * &r)?.sum_all()?.broadcast_mul(&scale)?;
+                        let loss = loss.broadcast_add(&(w3.sqr()?.sum_all()? * 1e-3)?)?;
+                        Ok(((), crate::nn::backward(&loss, &params)?))
+                    })
+                })?;
+            }
+            let values = vars.iter().map(|v| v.as_tensor().flatten_all()?.to_vec1::<f32>()).collect::<Result<Vec<_>>>()?;
+            Ok(values.concat().iter().map(|x| x.to_bits()).collect())
         };
-        let run = |level| {
-            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-            kernel.update_at(level, &mut p, &g, &mut m, &mut v);
-            [p, m, v].concat().iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
-        };
-        let plain = run(Simd::Sse2);
-        let before: Vec<u32> = [&p0[..], &m0, &v0].concat().iter().map(|x| x.to_bits()).collect();
-        assert_ne!(plain, before, "the update changed nothing");
-        for level in Simd::available() {
-            assert_eq!(run(level), plain, "{level:?}");
-        }
-    }
-
-    #[test]
-    fn the_sum_of_squares_matches_the_plain_sum() {
-        let mut rng = crate::rng::stream(3, "test", 0);
-        for n in [0, 1, 7, 8, 9, 100_003] {
-            let x = crate::rng::normal_vec(&mut rng, n);
-            let plain: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let got = sum_of_squares(&x);
-            assert!((got - plain).abs() <= 1e-12 * plain.max(1.0), "{n}: {got} vs {plain}");
-        }
+        assert_eq!(run(true)?, run(false)?);
+        Ok(())
     }
 
     #[test]
