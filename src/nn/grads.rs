@@ -207,7 +207,7 @@ mod tests {
 
     /// An armed update gets the parameter's whole gradient (a layer applied twice: the sum of
     /// both uses) once its last use's backward pass has run, and the store leaves it out; a
-    /// layer whose output the loss ignores is never updated; an update's error reaches `finish`.
+    /// layer with a use the loss ignores is left to the store; an update's error reaches `finish`.
     #[test]
     fn updates_get_whole_gradients_once() -> Result<()> {
         let dev = Device::Cpu;
