@@ -64,17 +64,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// passes handed over for their weights and biases among `params`, less those an armed update
 /// has taken.
 pub fn backward(loss: &Tensor, params: &[(String, Var)]) -> Result<GradStore> {
-    let take = |id: TensorId| with_state(|s| s.pending.remove(&id));
-    for (_, p) in params {
-        take(p.id()); // left over from a backward pass that was never collected
-    }
+    with_state(|s| {
+        for (_, p) in params {
+            s.pending.remove(&p.id()); // left over from a backward pass that was never collected
+        }
+    });
     let mut grads = loss.backward()?;
     for (_, p) in params {
-        let (ours, theirs) = (take(p.id()), grads.remove(p.as_tensor()));
-        with_state(|s| match (&ours, &theirs) {
-            (Some(_), None) => s.handed_over_only.insert(p.id()),
-            (_, Some(_)) => s.handed_over_only.remove(&p.id()),
-            (None, None) => false, // no gradient, or taken by its update
+        let theirs = grads.remove(p.as_tensor());
+        let ours = with_state(|s| {
+            let ours = s.pending.remove(&p.id());
+            match (&ours, &theirs) {
+                (Some(_), None) => s.handed_over_only.insert(p.id()),
+                (_, Some(_)) => s.handed_over_only.remove(&p.id()),
+                (None, None) => false, // no gradient, or taken by its update
+            };
+            ours
         });
         let total = match (theirs, ours) {
             (Some(a), Some(b)) => (a + b)?,

@@ -130,49 +130,54 @@ impl AdamW {
     }
 
     /// One AdamW update (gradients unscaled) around `forward_backward`, which runs the loss's
-    /// forward pass and [`crate::nn::backward`] and returns its gradients. The update of a CPU
+    /// forward pass and [`crate::nn::backward`] for the parameters it is given and returns
+    /// their gradients. The update of a CPU
     /// parameter that only linear layers use starts on the thread pool as soon as the backward
     /// pass has completed its gradient ([`crate::nn::grads`]); the others' (and all of the first
     /// step's) after it. The parameters get the bits [`AdamW::step`] gives them; if
     /// `forward_backward` fails, some may have been updated and the step is counted.
-    pub fn step_in_backward<R>(&mut self, forward_backward: impl FnOnce() -> anyhow::Result<(R, GradStore)>) -> anyhow::Result<R> {
+    pub fn step_in_backward<R>(&mut self, forward_backward: impl FnOnce(&[(String, Var)]) -> anyhow::Result<(R, GradStore)>) -> anyhow::Result<R> {
         self.step += 1;
         let k = self.constants(1.0);
         let mut updates: Vec<(Tensor, Update)> = Vec::new();
         for ((_, p), moments) in self.params.iter().zip(&self.moments) {
             // Only parameters that linear layers alone gave gradients to in the last step.
-            if let (Moments::Host(mv), true) = (moments, self.in_backward && handed_over_only(p.as_tensor())) {
+            let Moments::Host(mv) = moments else { continue };
+            if self.in_backward && handed_over_only(p.as_tensor()) {
                 let mv = mv.clone();
                 updates.push((p.as_tensor().clone(), Box::new(move |p: &Tensor, g: &Tensor| p.inplace_op2(g, &AdamWKernel { moments: &mv, k }))));
             }
         }
         let armed = arm(updates);
-        let (out, grads) = forward_backward()?;
+        let (out, grads) = forward_backward(&self.params)?;
         // The parameters updated so far took their gradients out of `grads`.
         armed.finish(&grads)?;
         self.update(&grads, 1.0)?;
         Ok(out)
     }
 
+    /// The bias corrections of step `self.step`: `1 - beta1^t`, `1 - beta2^t`.
+    fn bias_corrections(&self) -> (f64, f64) {
+        (1.0 - self.cfg.beta1.powi(self.step as i32), 1.0 - self.cfg.beta2.powi(self.step as i32))
+    }
+
     /// The kernel's constants for step `self.step`.
     fn constants(&self, grad_scale: f64) -> AdamWConstants {
-        let c = self.cfg;
+        let (c, (bc1, bc2)) = (self.cfg, self.bias_corrections());
         AdamWConstants {
             beta1: c.beta1 as f32,
             beta2: c.beta2 as f32,
             grad_scale: grad_scale as f32,
             decay: (1.0 - c.lr * c.weight_decay) as f32,
-            step: (c.lr / (1.0 - c.beta1.powi(self.step as i32))) as f32,
-            inv_bc2: (1.0 / (1.0 - c.beta2.powi(self.step as i32))) as f32,
+            step: (c.lr / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
             eps: c.eps as f32,
         }
     }
 
     /// The update of step `self.step` of every parameter with a gradient in `grads`.
     fn update(&mut self, grads: &GradStore, grad_scale: f64) -> Result<()> {
-        let c = self.cfg;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let (c, (bc1, bc2)) = (self.cfg, self.bias_corrections());
         let k = self.constants(grad_scale);
         for ((_, p), moments) in self.params.iter().zip(&mut self.moments) {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
@@ -318,12 +323,12 @@ mod tests {
             let (l1, l2, l3) = (Linear::new(w1, b1), Linear::new(w2, b2), Linear::new(w3.clone(), b3));
             for _ in 0..3 {
                 pool.install(|| {
-                    opt.step_in_backward(|| {
+                    opt.step_in_backward(|params| {
                         let y = (l1.forward(&x)? + l1.forward(&l2.forward(&l1.forward(&x)?)?)?)?;
                         // l3's weight is also penalised: never updated in the backward pass.
                         let loss = (l3.forward(&y)? * &r)?.sum_all()?.broadcast_mul(&scale)?;
                         let loss = loss.broadcast_add(&(w3.sqr()?.sum_all()? * 1e-3)?)?;
-                        Ok(((), crate::nn::backward(&loss, &params)?))
+                        Ok(((), crate::nn::backward(&loss, params)?))
                     })
                 })?;
             }

@@ -7,7 +7,7 @@ use crate::model::marnet::Marnet;
 use crate::optim::{AdamW, clip_scale};
 use crate::rng::SeededRng;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use std::time::{Duration, Instant};
 
 /// What one optimiser step produced: the weighted loss terms and the wall time of its phases
@@ -37,20 +37,20 @@ pub fn step(
     clip_grad: f64,
 ) -> Result<Step> {
     let mut phases = move || -> Result<Step> {
-        let (t0, params) = (Instant::now(), opt.params().to_vec());
-        let mut forward_backward = || -> Result<_> {
+        let t0 = Instant::now();
+        let mut forward_backward = |params: &[(String, Var)]| -> Result<_> {
             let losses = model.losses_with_tokens(xv, xs, tokens, y, noise)?;
             let mut total = losses[0].1.clone();
             for (_, l) in &losses[1..] {
                 total = (total + l)?;
             }
             let t1 = Instant::now();
-            let grads = crate::nn::backward(&total, &params)?;
+            let grads = crate::nn::backward(&total, params)?;
             Ok(((losses, t1, Instant::now()), grads))
         };
         let (losses, t1, t2) = if clip_grad > 0.0 {
             // Clipping needs every gradient before any update.
-            let (r, grads) = forward_backward()?;
+            let (r, grads) = forward_backward(opt.params())?;
             opt.step(&grads, clip_scale(opt.grad_norm(&grads)?, clip_grad))?;
             r
         } else {
