@@ -78,8 +78,9 @@ impl LoadedModel {
     pub fn set_weights(&self, tensors: &HashMap<String, Tensor>, origin: &Path) -> Result<()> {
         for (name, var) in self.named_vars() {
             let t = tensors.get(&name).with_context(|| format!("{}: weight `{name}` is missing", origin.display()))?;
-            ensure!(t.shape() == var.shape(), "{}: weight `{name}` has shape {:?}, the model expects {:?}", origin.display(), t.shape(), var.shape());
-            var.set(&t.to_device(var.device())?)?;
+            let want = crate::nn::padded::logical_dims(var.as_tensor());
+            ensure!(t.dims() == want, "{}: weight `{name}` has shape {:?}, the model expects {want:?}", origin.display(), t.shape());
+            var.set(&crate::nn::padded::storage_form(var.as_tensor(), &t.to_device(var.device())?)?)?;
         }
         Ok(())
     }
@@ -93,7 +94,10 @@ pub const METRICS: &str = "metrics.json";
 /// the permissions of any new file (0644 under the usual umask), so a run or bundle copied for
 /// another account stays readable.
 pub fn save(dir: &Path, run: &RunConfig, model: &LoadedModel, extra: Vec<(String, Tensor)>, metrics: &serde_json::Value) -> Result<()> {
-    let mut tensors: HashMap<String, Tensor> = model.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect();
+    let mut tensors = HashMap::new();
+    for (name, var) in model.named_vars() {
+        tensors.insert(name, crate::nn::padded::logical(var.as_tensor(), var.as_tensor())?);
+    }
     tensors.extend(extra);
     crate::fsutil::replace_dir(dir, |tmp| {
         // Not candle's `safetensors::save`: it writes through a temporary file made 0600.

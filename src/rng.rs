@@ -2,6 +2,7 @@
 //! matters (initial weights, shuffles, diffusion steps and noise) is drawn here, on the host,
 //! from a ChaCha12 stream derived from the run's seed. Same seed, same bits.
 
+use crate::nn::padded;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarMap, init::NormalOrUniform, var_builder::SimpleBackend};
 use rand::{Rng, SeedableRng};
@@ -136,20 +137,26 @@ impl SimpleBackend for SeededInit {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let mut data = self.map.data().lock().unwrap();
         if let Some(v) = data.get(name) {
-            if v.shape() != &s {
-                candle_core::bail!("{name}: shape {:?} differs from {:?}", v.shape(), s);
+            if padded::logical_dims(v.as_tensor()) != s.dims() {
+                candle_core::bail!("{name}: shape {:?} differs from {:?}", padded::logical_dims(v.as_tensor()), s);
             }
-            return Ok(v.as_tensor().clone());
+            return padded::offer(v);
         }
-        let t = Tensor::from_vec(self.draw(&s, h), s, dev)?.to_dtype(dtype)?;
-        let var = Var::from_tensor(&t)?;
-        data.insert(name.to_string(), var.clone());
-        Ok(var.as_tensor().clone())
+        let t = Tensor::from_vec(self.draw(&s, h), s.clone(), dev)?.to_dtype(dtype)?;
+        let (var, view) = match padded::wanted(s.dims(), dev) {
+            true => padded::padded_var(&t)?,
+            false => {
+                let var = Var::from_tensor(&t)?;
+                (var.clone(), var.as_tensor().clone())
+            }
+        };
+        data.insert(name.to_string(), var);
+        Ok(view)
     }
 
     fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
         match self.map.data().lock().unwrap().get(name) {
-            Some(v) => Ok(v.as_tensor().clone()),
+            Some(v) => padded::offer(v),
             None => candle_core::bail!("{name}: no such variable"),
         }
     }

@@ -59,7 +59,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize, sampling_steps: &[usize], dev: &Device) -> Result<HeadBench> {
     anyhow::ensure!(batch >= 1 && infer_batch >= 1, "--batch and --infer-batch must be at least 1");
     let m = LoadedModel::init(cfg, 0, dev)?;
-    let params = m.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+    let params = m.trainable_vars().iter().map(|(_, v)| crate::nn::padded::logical_dims(v).iter().product::<usize>()).sum();
     let mut opt = AdamW::new(m.trainable_vars(), AdamWConfig::default())?;
     let mut rng = stream(0, "bench", 0);
     let xv = randn(&mut rng, (batch, cfg.dv), dev)?;
@@ -342,9 +342,13 @@ impl Report {
         };
         let (t, all, one) = (self.peak.threads, best(&self.peak), self.peak_one_thread.as_ref().and_then(best));
         writeln!(f, "\nmatrix products alone, GFLOP/s (share of the FMA peak of the threads used)\n")?;
-        writeln!(f, "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | one thread |\n|---|---|---|---|---|")?;
+        writeln!(
+            f,
+            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | one thread | marnet's split, rows 4 KiB apart padded |\n|---|---|---|---|---|---|"
+        )?;
         for p in &self.products {
-            let cells = [cell(p.marnet_gflops, all), cell(p.crate_split_gflops, all), cell(p.one_thread_gflops, one)];
+            let padded = p.padded_gflops.map_or("-".into(), |g| cell(g, all));
+            let cells = [cell(p.marnet_gflops, all), cell(p.crate_split_gflops, all), cell(p.one_thread_gflops, one), padded];
             writeln!(f, "| {} | {} x {} x {} | {} |", p.what, p.m, p.n, p.k, cells.join(" | "))?;
         }
         Ok(())
@@ -360,7 +364,16 @@ mod tests {
     #[test]
     fn products_table_uses_each_columns_peak() {
         let peak = |threads, gflops| Peak { threads, avx2_gflops: Some(gflops), avx512_gflops: None };
-        let row = ProductBench { what: "layer", m: 64, n: 1024, k: 1024, marnet_gflops: 100.0, crate_split_gflops: 50.0, one_thread_gflops: 60.0 };
+        let row = ProductBench {
+            what: "layer",
+            m: 64,
+            n: 1024,
+            k: 1024,
+            marnet_gflops: 100.0,
+            crate_split_gflops: 50.0,
+            one_thread_gflops: 60.0,
+            padded_gflops: Some(150.0),
+        };
         let report = Report {
             cpu: "test CPU".into(),
             device: "cpu".into(),
@@ -374,6 +387,6 @@ mod tests {
             epoch_rows: 1,
         };
         let text = report.to_string();
-        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) |"), "{text}");
+        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) | 150 (75%) |"), "{text}");
     }
 }

@@ -1,8 +1,11 @@
 //! The matrix products alone, on the shapes the heads and ViT-B/16 run: marnet's split
 //! ([`crate::nn::cpu::matmul`], one single-threaded block per thread) against the matmul crate's
-//! own parallel split and against one thread, to tell the kernel's rate from the split's.
+//! own parallel split and against one thread, to tell the kernel's rate from the split's; and
+//! marnet's split with rows that lie a multiple of 4 KiB apart padded, as the head's layers hold
+//! them ([`crate::nn::padded`]), to show what that padding is worth on this CPU.
 
 use crate::nn::cpu::{MatRef, gemm_into, matmul};
+use crate::nn::padded;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -20,6 +23,9 @@ pub struct ProductBench {
     pub crate_split_gflops: f64,
     /// GFLOP/s of one single-threaded product.
     pub one_thread_gflops: f64,
+    /// GFLOP/s of marnet's split with each operand's rows padded where they would lie a multiple
+    /// of 4 KiB apart (`None`: no operand's are).
+    pub padded_gflops: Option<f64>,
 }
 
 /// The shapes as the layers run them: (what, m, n, k, left operand read transposed, right
@@ -55,6 +61,16 @@ pub fn products() -> Vec<ProductBench> {
                 std::hint::black_box(&dst);
             };
             let flop = 2.0 * (m * n * k) as f64;
+            // The operands as stored (the transposed ones as their transposes), rows padded.
+            let (a_cols, b_cols) = (if lhs_t { m } else { k }, if rhs_t { k } else { n });
+            let ((ap, lda), (bp, ldb)) = (padded::rows_apart(&a, a_cols), padded::rows_apart(&b, b_cols));
+            let padded_gflops = (lda != a_cols || ldb != b_cols).then(|| {
+                let lhs = if lhs_t { MatRef::transposed(&ap, lda) } else { MatRef::strided_rows(&ap, lda) };
+                let rhs = if rhs_t { MatRef::transposed(&bp, ldb) } else { MatRef::strided_rows(&bp, ldb) };
+                rate(flop, || {
+                    std::hint::black_box(matmul(m, n, k, lhs, rhs));
+                })
+            });
             ProductBench {
                 what,
                 m,
@@ -65,6 +81,7 @@ pub fn products() -> Vec<ProductBench> {
                 }),
                 crate_split_gflops: rate(flop, || crate_product(gemm::Parallelism::Rayon(threads))),
                 one_thread_gflops: rate(flop, || crate_product(gemm::Parallelism::None)),
+                padded_gflops,
             }
         })
         .collect()

@@ -19,6 +19,34 @@ pub fn f32_slice_mut<'a>(op: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<
     }
 }
 
+/// The values of a 2-D f32 tensor whose rows are contiguous but may lie further apart than their
+/// length (a padded weight, [`crate::nn::padded`]): from the first row's start, and the
+/// distance between rows.
+pub fn f32_rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+    let (rows, cols) = l.shape().dims2()?;
+    let stride = l.stride();
+    let row_stride = if rows <= 1 { cols } else { stride[0] };
+    match s {
+        CpuStorage::F32(v) if (cols <= 1 || stride[1] == 1) && row_stride >= cols => {
+            let start = l.start_offset();
+            Ok((&v[start..start + rows.saturating_sub(1) * row_stride + cols], row_stride))
+        }
+        _ => candle_core::bail!("{op}: expected an f32 matrix with contiguous rows"),
+    }
+}
+
+/// Runs `f` on the rows of a 2-D f32 CPU tensor as [`f32_rows`] gives them, without copying.
+pub fn with_f32_rows<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => {
+            let (v, row_stride) = f32_rows(op, s, layout)?;
+            Ok(f(v, row_stride))
+        }
+        _ => candle_core::bail!("{op}: expected a CPU tensor"),
+    }
+}
+
 /// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
 pub fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -40,6 +68,11 @@ impl<'a> MatRef<'a> {
     /// A row-major matrix with `cols` columns.
     pub fn rows(data: &'a [f32], cols: usize) -> Self {
         Self { data, row_stride: cols, col_stride: 1 }
+    }
+
+    /// A matrix whose rows are `row_stride` floats apart ([`f32_rows`]).
+    pub fn strided_rows(data: &'a [f32], row_stride: usize) -> Self {
+        Self { data, row_stride, col_stride: 1 }
     }
 
     /// The transpose of a row-major matrix with `cols` columns (a view, no copy).
@@ -93,16 +126,24 @@ pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32
 /// [`matmul`], then `finish(row, first_column, values)` on each row's part of each thread's
 /// block, by that thread once its product is done (a bias, an activation): no pass of its own.
 pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finish: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
+    matmul_padded(m, n, k, lhs, rhs, n, finish)
+}
+
+/// [`matmul_then`] with the output's rows `row_stride` (>= n) apart: each row followed by
+/// `row_stride - n` zeros (a padded weight's gradient, [`crate::nn::padded`]).
+pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row_stride: usize, finish: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     use rayon::prelude::*;
+    assert!(row_stride >= n, "matmul: output rows {row_stride} apart hold {n} columns");
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
     count_flop((2 * m * n * k) as u64);
-    if k == 0 {
-        let mut dst = vec![0.0; m * n];
-        dst.chunks_exact_mut(n.max(1)).enumerate().for_each(|(r, row)| finish(r, 0, row));
+    let ld = row_stride;
+    if k == 0 || n == 0 {
+        let mut dst = vec![0.0; m * ld];
+        dst.chunks_exact_mut(ld.max(1)).enumerate().for_each(|(r, row)| finish(r, 0, &mut row[..n]));
         return dst;
     }
-    let mut dst: Vec<f32> = Vec::with_capacity(m * n);
+    let mut dst: Vec<f32> = Vec::with_capacity(m * ld);
     let threads = candle_core::utils::get_num_threads().max(1);
     let by_cols = n >= MIN_SPLIT_COLS * threads || n >= m;
     let len = if by_cols { n } else { m };
@@ -111,16 +152,16 @@ pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finis
     let run = |start: usize| {
         let size = block.min(len - start);
         let (rows, cols) = if by_cols { (m, size) } else { (size, n) };
-        let (lhs_off, rhs_off, dst_off) = if by_cols { (0, start * rhs.col_stride, start) } else { (start * lhs.row_stride, 0, start * n) };
-        // SAFETY: the operands' bounds were checked above and `dst` has room for m x n; the
-        // blocks write disjoint parts of it, and `gemm` without `read_dst` only writes.
+        let (lhs_off, rhs_off, dst_off) = if by_cols { (0, start * rhs.col_stride, start) } else { (start * lhs.row_stride, 0, start * ld) };
+        // SAFETY: the operands' bounds were checked above and `dst` has room for m rows of ld;
+        // the blocks write disjoint parts of it, and `gemm` without `read_dst` only writes.
         unsafe {
             gemm_into(
                 rows,
                 cols,
                 k,
                 out.get().add(dst_off),
-                n,
+                ld,
                 lhs.data.as_ptr().add(lhs_off),
                 [lhs.col_stride, lhs.row_stride],
                 rhs.data.as_ptr().add(rhs_off),
@@ -131,7 +172,14 @@ pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finis
         let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
         for r in row0..row0 + rows {
             // SAFETY: this block's part of row r, written by the product above and by no other thread.
-            finish(r, col0, unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) });
+            finish(r, col0, unsafe { std::slice::from_raw_parts_mut(out.get().add(r * ld + col0), cols) });
+        }
+        if ld > n && (!by_cols || start + size == n) {
+            // This block holds the rows' ends: zero their padding.
+            for r in row0..row0 + rows {
+                // SAFETY: row r's padding, after the last block's columns, written by this thread only.
+                unsafe { std::ptr::write_bytes(out.get().add(r * ld + n), 0, ld - n) };
+            }
         }
     };
     let starts: Vec<usize> = (0..len).step_by(block.max(1)).collect();
@@ -140,8 +188,8 @@ pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finis
     } else {
         starts.into_par_iter().for_each(run);
     }
-    // SAFETY: every element was written above (an empty product writes nothing and has none).
-    unsafe { dst.set_len(m * n) };
+    // SAFETY: every element was written above, padding included.
+    unsafe { dst.set_len(m * ld) };
     dst
 }
 

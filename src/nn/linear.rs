@@ -13,31 +13,35 @@
 //!   pass per weight and step). Train with [`crate::nn::backward`], not `Tensor::backward`.
 
 use crate::nn::activation::Activation;
-use crate::nn::cpu::{MatRef, f32_slice, matmul, matmul_then, transpose, with_f32};
+use crate::nn::cpu::{MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_then, transpose, with_f32, with_f32_rows};
 use crate::nn::grads::{hand_over, note_use};
+use crate::nn::padded;
 use crate::nn::vmath::gelu_in_place;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// [in, out]; a view of `padded` when there is one.
     weight: Tensor,
     bias: Tensor,
+    /// The variable holding the weight in padded rows ([`crate::nn::padded`]).
+    padded: Option<Tensor>,
 }
 
 /// `y = x W + b` with W [in, out]; initialised as PyTorch's `nn.Linear`: U(-1/sqrt(in), 1/sqrt(in)).
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let bound = 1.0 / (in_dim as f64).sqrt();
     let init = Init::Uniform { lo: -bound, up: bound };
-    let weight = vb.get_with_hints((in_dim, out_dim), "weight", init)?;
+    let (weight, padded) = padded::linear_weight(|| vb.get_with_hints((in_dim, out_dim), "weight", init))?;
     let bias = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(Linear { weight, bias })
+    Ok(Linear { weight, bias, padded })
 }
 
 impl Linear {
     /// A layer from its weight [in, out] and bias [out].
     pub fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, padded: None }
     }
 
     /// The layer cut by input blocks of the given sizes: `x W + b` equals the sum of the parts
@@ -46,9 +50,9 @@ impl Linear {
         let mut start = 0;
         let mut parts = Vec::with_capacity(sizes.len());
         for (i, &n) in sizes.iter().enumerate() {
-            let weight = self.weight.narrow(0, start, n)?.contiguous()?.detach();
+            let weight = padded::padded_copy(&self.weight.narrow(0, start, n)?)?.detach();
             let bias = if i == 0 { self.bias.detach() } else { self.bias.zeros_like()? };
-            parts.push(Linear { weight, bias });
+            parts.push(Linear::new(weight, bias));
             start += n;
         }
         if start != self.weight.dim(0)? {
@@ -79,7 +83,7 @@ impl Linear {
                 candle_core::bail!("linear: `add` has shape {:?}, the output {out:?}", a.shape());
             }
             let add = add.map(|a| a.flatten_to(a.rank() - 2)).transpose()?;
-            let shifted = Linear::new(self.weight.clone(), bias);
+            let shifted = Linear { bias, ..self.clone() };
             return on_rows(x, |x| shifted.forward_frozen(x, None, add.as_ref(), then));
         }
         if !(x.device().is_cpu() && x.dtype() == DType::F32) {
@@ -100,10 +104,10 @@ impl Linear {
             candle_core::bail!("linear: `add` has shape {:?}, the output [{rows}, {n}]", a.shape());
         }
         let y = with_f32("linear", &x, |x| {
-            with_f32("linear", &self.weight, |w| {
+            with_f32_rows("linear", &self.weight, |w, ldw| {
                 with_f32("linear", &bias, |b| {
                     let product = |add: Option<&[f32]>| {
-                        matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::rows(w, n), |r, c, y| {
+                        matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), |r, c, y| {
                             y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b);
                             if let Some(a) = add {
                                 y.iter_mut().zip(&a[r * n + c..]).for_each(|(y, a)| *y += a);
@@ -157,9 +161,9 @@ impl Module for Linear {
             return on_rows(x, |x| self.forward(x));
         }
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
-            note_use(&self.weight);
+            note_use(self.padded.as_ref().unwrap_or(&self.weight));
             note_use(&self.bias);
-            return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp);
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp { padded: self.padded.clone() });
         }
         x.matmul(&self.weight)?.broadcast_add(&self.bias)
     }
@@ -174,8 +178,10 @@ fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tens
     y.reshape(dims)
 }
 
-/// `x W + b`, with its backward pass.
-struct LinearOp;
+/// `x W + b`, with its backward pass; `padded`: the variable behind a padded W, which gets W's gradient.
+struct LinearOp {
+    padded: Option<Tensor>,
+}
 
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
@@ -183,41 +189,54 @@ impl CustomOp3 for LinearOp {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (f32_slice("linear", xs, xl)?, f32_slice("linear", ws, wl)?, f32_slice("linear", bs, bl)?);
+        let (x, (w, ldw), b) = (f32_slice("linear", xs, xl)?, f32_rows("linear", ws, wl)?, f32_slice("linear", bs, bl)?);
         let (rows, k) = xl.shape().dims2()?;
         let (k2, n) = wl.shape().dims2()?;
         if k != k2 || b.len() != n {
             candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", xl.shape(), wl.shape(), bl.shape());
         }
-        let y = matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::rows(w, n), |_, c, y| y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b));
+        let y = matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), |_, c, y| y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b));
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, n) = grad.dims2()?;
         let k = x.dim(1)?;
+        // The weight's gradient in the shape of the variable it goes to: rows padded like it.
+        let (w_param, ld) = match &self.padded {
+            Some(p) => (p, p.dim(1)?),
+            None => (w, n),
+        };
         let grad = grad.contiguous()?;
         let (gw, gb, gx) = with_f32("linear", &grad, |g| -> Result<_> {
+            // Both products read dy across its rows, the weight gradient x too: rows padded
+            // ([`padded::rows_apart`]) when they would lie a multiple of 4 KiB apart.
+            let (g_rows, ldg) = padded::rows_apart(g, n);
             // Frozen weights (not variables) get no gradient.
             let (mut gw, mut gb) = (None, None);
-            if w.track_op() {
+            if self.padded.is_some() || w.track_op() {
                 let mut sums = vec![0f32; n];
                 for row in g.chunks_exact(n) {
                     sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
                 }
                 gb = Some(sums);
-                gw = Some(with_f32("linear", x, |x| matmul(k, n, rows, MatRef::transposed(x, k), MatRef::rows(g, n)))?);
+                gw = Some(with_f32("linear", x, |x| {
+                    let (x, ldx) = padded::rows_apart(x, k);
+                    matmul_padded(k, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g_rows, ldg), ld, |_, _, _| {})
+                })?);
             }
             // dx^T [k, rows] = W dy^T (all operands row-major or plain views), transposed back.
             let gx = match x.track_op() {
-                true => Some(with_f32("linear", w, |w| transpose(&matmul(k, rows, n, MatRef::rows(w, n), MatRef::transposed(g, n)), k, rows))?),
+                true => Some(with_f32_rows("linear", w, |w, ldw| {
+                    transpose(&matmul(k, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(&g_rows, ldg)), k, rows)
+                })?),
                 false => None,
             };
             Ok((gw, gb, gx))
         })??;
         let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, k), x.device())).transpose()?;
         if let (Some(gw), Some(gb)) = (gw, gb) {
-            hand_over(w, Tensor::from_vec(gw, (k, n), w.device())?)?;
+            hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
             hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
         }
         Ok((gx, None, None))
@@ -246,7 +265,7 @@ mod tests {
             let w = Var::from_tensor(&randn(&mut rng, (k, n), &dev)?)?;
             let b = Var::from_tensor(&randn(&mut rng, n, &dev)?)?;
             let r = randn(&mut rng, (rows, n), &dev)?;
-            let layer = Linear { weight: w.as_tensor().clone(), bias: b.as_tensor().clone() };
+            let layer = Linear::new(w.as_tensor().clone(), b.as_tensor().clone());
             let params = [("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
             let fast = layer.forward(x.as_tensor())?;
             let slow = x.as_tensor().matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;

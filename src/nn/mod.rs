@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod grads;
 pub mod linear;
 pub mod norm;
+pub mod padded;
 pub mod pool;
 pub mod stages;
 pub mod vmath;

@@ -5,6 +5,7 @@ mod kernel;
 
 use crate::nn::cpu::with_f32;
 use crate::nn::grads::{Update, arm, handed_over_only};
+use crate::nn::padded;
 use candle_core::{Result, Tensor, Var, backprop::GradStore};
 use kernel::{AdamWConstants, AdamWKernel, CHUNK, HostMoments, sum_of_squares};
 use rayon::prelude::*;
@@ -110,6 +111,8 @@ impl AdamW {
         let mut sq = 0f64;
         for (_, p) in &self.params {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            // Without a padded weight's zeros: they would move the chunks' bounds, and the sum's bits.
+            let g = &padded::logical(p, g)?;
             sq += if g.device().is_cpu() {
                 with_f32("grad-norm", g, |g| {
                     let parts: Vec<f64> = g.par_chunks(CHUNK).map(sum_of_squares).collect();
@@ -213,8 +216,8 @@ impl AdamW {
                 }
                 Moments::Device { m, v } => (m.clone(), v.clone()),
             };
-            out.push((format!("adamw.m.{name}"), m));
-            out.push((format!("adamw.v.{name}"), v));
+            out.push((format!("adamw.m.{name}"), padded::logical(p, &m)?));
+            out.push((format!("adamw.v.{name}"), padded::logical(p, &v)?));
         }
         Ok(out)
     }
@@ -225,8 +228,9 @@ impl AdamW {
             let get = |kind: &str| -> anyhow::Result<Tensor> {
                 let key = format!("adamw.{kind}.{name}");
                 let t = tensors.get(&key).ok_or_else(|| anyhow::anyhow!("optimiser state `{key}` is missing"))?;
-                anyhow::ensure!(t.shape() == p.shape(), "optimiser state `{key}` has shape {:?}, expected {:?}", t.shape(), p.shape());
-                Ok(t.to_device(p.device())?)
+                let want = padded::logical_dims(p);
+                anyhow::ensure!(t.dims() == want, "optimiser state `{key}` has shape {:?}, expected {want:?}", t.shape());
+                Ok(padded::storage_form(p, &t.to_device(p.device())?)?)
             };
             let (m, v) = (get("m")?, get("v")?);
             *moments = match moments {

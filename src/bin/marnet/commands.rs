@@ -306,7 +306,8 @@ pub enum Cmd {
         #[arg(long)]
         skip_extraction: bool,
         /// Only the FMA peak, the encoders, decoding and the matrix products alone (on the heads' and
-        /// ViT-B/16's shapes: marnet's split, the matmul crate's, one thread): leave out the heads.
+        /// ViT-B/16's shapes: marnet's split, the matmul crate's, one thread, and marnet's split with
+        /// rows a multiple of 4 KiB apart padded, as the heads' layers hold them): leave out the heads.
         #[arg(long, conflicts_with = "skip_extraction")]
         extraction_only: bool,
         /// Batch sizes to time EfficientNet-Lite0 at, one row each (ViT-B/16 runs at batch 8).
