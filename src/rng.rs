@@ -140,7 +140,7 @@ impl SimpleBackend for SeededInit {
             if padded::logical_dims(v.as_tensor()) != s.dims() {
                 candle_core::bail!("{name}: shape {:?} differs from {:?}", padded::logical_dims(v.as_tensor()), s);
             }
-            return padded::offer(v);
+            return padded::offer(v, name);
         }
         let t = Tensor::from_vec(self.draw(&s, h), s.clone(), dev)?.to_dtype(dtype)?;
         let (var, view) = match padded::wanted(s.dims(), dev) {
@@ -156,7 +156,7 @@ impl SimpleBackend for SeededInit {
 
     fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
         match self.map.data().lock().unwrap().get(name) {
-            Some(v) => padded::offer(v),
+            Some(v) => padded::offer(v, name),
             None => candle_core::bail!("{name}: no such variable"),
         }
     }

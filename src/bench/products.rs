@@ -4,7 +4,7 @@
 //! marnet's split with rows that lie a multiple of 4 KiB apart padded, as the head's layers hold
 //! them ([`crate::nn::padded`]), to show what that padding is worth on this CPU.
 
-use crate::nn::cpu::{MatRef, gemm_into, matmul};
+use crate::nn::cpu::{MatRef, gemm_into, matmul, matmul_padded};
 use crate::nn::padded;
 use serde::Serialize;
 use std::time::Instant;
@@ -23,24 +23,51 @@ pub struct ProductBench {
     pub crate_split_gflops: f64,
     /// GFLOP/s of one single-threaded product.
     pub one_thread_gflops: f64,
-    /// GFLOP/s of marnet's split with each operand's rows padded where they would lie a multiple
-    /// of 4 KiB apart (`None`: no operand's are).
+    /// GFLOP/s of marnet's split with the operands and output padded as the head's layers pad
+    /// them where rows would lie a multiple of 4 KiB apart (`None`: none is).
     pub padded_gflops: Option<f64>,
 }
 
-/// The shapes as the layers run them: (what, m, n, k, left operand read transposed, right
-/// operand read transposed); see `nn::linear` for the head's forward and backward products.
-const SHAPES: [(&str, usize, usize, usize, bool, bool); 9] = [
-    ("head: projection 768 -> 256, batch 64", 64, 256, 768, false, false),
-    ("head: denoiser layer 1024 -> 1024, batch 64", 64, 1024, 1024, false, false),
-    ("head: its weight gradient x^T dy", 1024, 1024, 64, true, false),
-    ("head: its input gradient W dy^T", 1024, 64, 1024, false, true),
-    ("sampling: denoiser layer, batch 500", 500, 1024, 1024, false, false),
-    ("serve: denoiser layer, batch 8", 8, 1024, 1024, false, false),
-    ("ViT-B/16: query/key/value, batch 8", 1576, 2304, 768, false, false),
-    ("ViT-B/16: MLP first layer", 1576, 3072, 768, false, false),
-    ("ViT-B/16: MLP second layer", 1576, 768, 3072, false, false),
+/// A product as a layer runs it; see `nn::linear` for the head's forward and backward products.
+struct Product {
+    what: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    /// The left operand is read transposed (stored as its transpose).
+    lhs_t: bool,
+    /// The right operand is read transposed.
+    rhs_t: bool,
+    /// What the head's layers store in padded rows when the rows would lie a multiple of 4 KiB
+    /// apart ([`padded`]): the left operand, the right one, the output.
+    pads: [bool; 3],
+}
+
+const fn product(what: &'static str, (m, n, k): (usize, usize, usize), (lhs_t, rhs_t): (bool, bool), pads: [bool; 3]) -> Product {
+    Product { what, m, n, k, lhs_t, rhs_t, pads }
+}
+
+/// A forward product of a head's layer: its weight on the right.
+const FORWARD: [bool; 3] = [false, true, false];
+/// The frozen encoders' weights are never padded.
+const UNPADDED: [bool; 3] = [false; 3];
+
+const SHAPES: [Product; 9] = [
+    product("head: projection 768 -> 256, batch 64", (64, 256, 768), (false, false), FORWARD),
+    product("head: denoiser layer 1024 -> 1024, batch 64", (64, 1024, 1024), (false, false), FORWARD),
+    product("head: its weight gradient x^T dy", (1024, 1024, 64), (true, false), [true, true, true]),
+    product("head: its input gradient W dy^T", (1024, 64, 1024), (false, true), [true, true, false]),
+    product("sampling: denoiser layer, batch 500", (500, 1024, 1024), (false, false), FORWARD),
+    product("serve: denoiser layer, batch 8", (8, 1024, 1024), (false, false), FORWARD),
+    product("ViT-B/16: query/key/value, batch 8", (1576, 2304, 768), (false, false), UNPADDED),
+    product("ViT-B/16: MLP first layer", (1576, 3072, 768), (false, false), UNPADDED),
+    product("ViT-B/16: MLP second layer", (1576, 768, 3072), (false, false), UNPADDED),
 ];
+
+/// `values` in rows of `cols` floats, padded as [`padded::rows_apart`] pads them if `pad`.
+fn stored(values: &[f32], cols: usize, pad: bool) -> (std::borrow::Cow<'_, [f32]>, usize) {
+    if pad { padded::rows_apart(values, cols) } else { (values.into(), cols) }
+}
 
 /// Times every shape in [`SHAPES`]: the median rate of five runs of at least 50 ms each.
 pub fn products() -> Vec<ProductBench> {
@@ -48,7 +75,7 @@ pub fn products() -> Vec<ProductBench> {
     let mut rng = crate::rng::stream(0, "bench-products", 0);
     SHAPES
         .iter()
-        .map(|&(what, m, n, k, lhs_t, rhs_t)| {
+        .map(|&Product { what, m, n, k, lhs_t, rhs_t, pads: [pad_lhs, pad_rhs, pad_out] }| {
             let a = crate::rng::normal_vec(&mut rng, m * k);
             let b = crate::rng::normal_vec(&mut rng, k * n);
             let lhs = if lhs_t { MatRef::transposed(&a, m) } else { MatRef::rows(&a, k) };
@@ -61,14 +88,15 @@ pub fn products() -> Vec<ProductBench> {
                 std::hint::black_box(&dst);
             };
             let flop = 2.0 * (m * n * k) as f64;
-            // The operands as stored (the transposed ones as their transposes), rows padded.
+            // The operands as stored (the transposed ones as their transposes), padded as the layers pad them.
             let (a_cols, b_cols) = (if lhs_t { m } else { k }, if rhs_t { k } else { n });
-            let ((ap, lda), (bp, ldb)) = (padded::rows_apart(&a, a_cols), padded::rows_apart(&b, b_cols));
-            let padded_gflops = (lda != a_cols || ldb != b_cols).then(|| {
+            let ((ap, lda), (bp, ldb)) = (stored(&a, a_cols, pad_lhs), stored(&b, b_cols, pad_rhs));
+            let ld_out = if pad_out && padded::aliasing(n) { n + padded::PAD } else { n };
+            let padded_gflops = (lda != a_cols || ldb != b_cols || ld_out != n).then(|| {
                 let lhs = if lhs_t { MatRef::transposed(&ap, lda) } else { MatRef::strided_rows(&ap, lda) };
                 let rhs = if rhs_t { MatRef::transposed(&bp, ldb) } else { MatRef::strided_rows(&bp, ldb) };
                 rate(flop, || {
-                    std::hint::black_box(matmul(m, n, k, lhs, rhs));
+                    std::hint::black_box(matmul_padded(m, n, k, lhs, rhs, ld_out, |_, _, _| {}));
                 })
             });
             ProductBench {

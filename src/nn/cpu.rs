@@ -29,7 +29,8 @@ pub fn f32_rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32
     match s {
         CpuStorage::F32(v) if (cols <= 1 || stride[1] == 1) && row_stride >= cols => {
             let start = l.start_offset();
-            Ok((&v[start..start + rows.saturating_sub(1) * row_stride + cols], row_stride))
+            let len = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * row_stride + cols };
+            Ok((&v[start..start + len], row_stride))
         }
         _ => candle_core::bail!("{op}: expected an f32 matrix with contiguous rows"),
     }

@@ -50,7 +50,9 @@ impl Linear {
         let mut start = 0;
         let mut parts = Vec::with_capacity(sizes.len());
         for (i, &n) in sizes.iter().enumerate() {
-            let weight = padded::padded_copy(&self.weight.narrow(0, start, n)?)?.detach();
+            // A padded weight's rows stay apart as they are (a view); others as before.
+            let part = self.weight.narrow(0, start, n)?;
+            let weight = if self.padded.is_some() { part } else { part.contiguous()? }.detach();
             let bias = if i == 0 { self.bias.detach() } else { self.bias.zeros_like()? };
             parts.push(Linear::new(weight, bias));
             start += n;
@@ -164,6 +166,10 @@ impl Module for Linear {
             note_use(self.padded.as_ref().unwrap_or(&self.weight));
             note_use(&self.bias);
             return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp { padded: self.padded.clone() });
+        }
+        if self.padded.is_some() {
+            // Its view is detached: candle's graph would give the weight no gradient.
+            candle_core::bail!("linear: a padded weight runs on f32 CPU inputs only, got {:?} on {:?}", x.dtype(), x.device());
         }
         x.matmul(&self.weight)?.broadcast_add(&self.bias)
     }

@@ -4,8 +4,9 @@
 //! that distance is a multiple of 4 KiB (out = 1024, 2048, ...: the denoiser's hidden layers),
 //! every row of a column block falls into the same few sets of the L1 cache and the hardware
 //! prefetchers do not follow the stride: the matmul crate, reading the weight in place (the
-//! 64-row training products, serving's 8-row ones), ran the 1024 -> 1024 layer ~20% slower on
-//! the Zen 5 than with rows 1040 floats apart (BENCHMARKS.md). So the variable behind such a
+//! 64-row training products, serving's 8-row ones), ran the 1024 -> 1024 layer 12-19% slower on
+//! the Zen 5 than with rows 1040 floats apart, its input gradient 21-31% (BENCHMARKS.md,
+//! 2026-12-05; `marnet bench --extraction-only` shows both). So the variable behind such a
 //! layer's weight holds [in, out + PAD], each row followed by PAD zeros, and the layer reads the
 //! [in, out] view of it. The padding keeps its zeros through training: its gradient is zero, and
 //! so is AdamW's update of a zero weight with zero moments. The backward products read the
@@ -75,9 +76,18 @@ fn set_on_this_thread(on: bool) {
 /// A linear layer's weight from `get` (a `VarBuilder` call), and the padded variable behind it
 /// when the builder made one ([`crate::rng::SeededInit`] does, for shapes that need it).
 pub(crate) fn linear_weight(get: impl FnOnce() -> Result<Tensor>) -> Result<(Tensor, Option<Tensor>)> {
-    let before = REQUEST.replace(Some(None));
+    /// Puts the request that was pending back, even if `get` panics.
+    struct Restore(Option<Option<Option<Tensor>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(before) = self.0.take() {
+                REQUEST.set(before);
+            }
+        }
+    }
+    let mut restore = Restore(Some(REQUEST.replace(Some(None))));
     let weight = get();
-    let made = REQUEST.replace(before).flatten();
+    let made = REQUEST.replace(restore.0.take().expect("set above")).flatten();
     Ok((weight?, made))
 }
 
@@ -93,19 +103,19 @@ pub fn padded_var(values: &Tensor) -> Result<(Var, Tensor)> {
     let cols = values.dim(1)?;
     let var = Var::from_tensor(&values.pad_with_zeros(1, 0, PAD)?)?;
     with_registry(|r| r.insert(var.id(), cols));
-    Ok((var.clone(), offer(&var)?))
+    Ok((var.clone(), offer(&var, "a new variable")?))
 }
 
 /// A variable's view as a layer reads it: itself, or the [in, out] view of a padded one, then
-/// offered to the layer that asked ([`linear_weight`]). The view is detached (candle's backward
-/// pass would expect a gradient for it): the layer hands its gradient to the variable.
-pub fn offer(var: &Var) -> Result<Tensor> {
+/// offered to the linear layer that asked ([`linear_weight`]). The view is detached (candle's
+/// backward pass would expect a gradient for it): the layer hands its gradient to the variable,
+/// so a padded variable `name` asked for by anything else is an error.
+pub fn offer(var: &Var, name: &str) -> Result<Tensor> {
     let Some(cols) = logical_cols(var) else { return Ok(var.as_tensor().clone()) };
-    REQUEST.with_borrow_mut(|r| {
-        if let Some(slot) = r {
-            *slot = Some(var.as_tensor().clone());
-        }
-    });
+    let asked = REQUEST.with_borrow_mut(|r| r.as_mut().map(|slot| *slot = Some(var.as_tensor().clone())).is_some());
+    if !asked {
+        candle_core::bail!("{name}: a padded linear weight, asked for by something other than a linear layer");
+    }
     Ok(var.as_tensor().narrow(1, 0, cols)?.detach())
 }
 
@@ -138,12 +148,6 @@ pub fn storage_form(var: &Tensor, values: &Tensor) -> Result<Tensor> {
         Some(cols) => values.pad_with_zeros(1, 0, var.dim(1)? - cols),
         None => Ok(values.clone()),
     }
-}
-
-/// A contiguous copy of the matrix `t`, padded as a new variable of its shape would be.
-pub fn padded_copy(t: &Tensor) -> Result<Tensor> {
-    let (_, cols) = t.dims2()?;
-    if t.device().is_cpu() && aliasing(cols) { t.pad_with_zeros(1, 0, PAD)?.narrow(1, 0, cols) } else { t.contiguous() }
 }
 
 #[cfg(test)]
@@ -208,12 +212,22 @@ mod tests {
         Ok(())
     }
 
-    /// Checkpoint values go into a padded model's variables and come back out unchanged.
+    /// Checkpoint values go into a padded model's variables and come back out unchanged; the
+    /// layer that asked gets the variable.
     #[test]
     fn values_round_trip_through_a_padded_variable() -> Result<()> {
         let dev = Device::Cpu;
         let values = randn(&mut stream(4, "test", 0), (3, 1024), &dev)?;
-        let (var, view) = padded_var(&values)?;
+        let mut made = None;
+        let (view, offered) = linear_weight(|| {
+            let (var, view) = padded_var(&values)?;
+            made = Some(var);
+            Ok(view)
+        })?;
+        let var = made.expect("made");
+        assert_eq!(offered.map(|t| t.id()), Some(var.id()), "the layer gets the variable");
+        // Asked for by anything but a linear layer, it is an error: that reader would get no gradient.
+        assert!(offer(&var, "w").is_err());
         assert_eq!((var.dims(), view.dims(), logical_dims(&var)), (&[3, 1024 + PAD][..], &[3, 1024][..], vec![3, 1024]));
         let back = logical(&var, &var)?;
         assert_eq!((&back - &values)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
