@@ -2,11 +2,11 @@
 //!
 //! A weight [in, out] is stored row-major, so a product reads its rows `out` floats apart. When
 //! that distance is a multiple of 4 KiB (out = 1024, 2048, ...: the denoiser's hidden layers),
-//! every row of a column block falls into the same few sets of the L1 cache and the hardware
-//! prefetchers do not follow the stride: the matmul crate, reading the weight in place (the
-//! 64-row training products, serving's 8-row ones), ran the 1024 -> 1024 layer 12-19% slower on
-//! the Zen 5 than with rows 1040 floats apart, its input gradient 21-31% (BENCHMARKS.md,
-//! 2026-12-05; `marnet bench --extraction-only` shows both). So the variable behind such a
+//! every row of a column block falls into the same few sets of the L1 cache (and of L2): the
+//! matmul crate, reading the weight in place (the 64-row training products, serving's 8-row
+//! ones), ran the 1024 -> 1024 layer 12-19% slower on the Zen 5 than with rows 1040 floats
+//! apart, its input gradient 21-31% (BENCHMARKS.md, 2026-12-05; `marnet bench
+//! --extraction-only` shows both). So the variable behind such a
 //! layer's weight holds [in, out + PAD], each row followed by PAD zeros, and the layer reads the
 //! [in, out] view of it. The padding keeps its zeros through training: its gradient is zero, and
 //! so is AdamW's update of a zero weight with zero moments. The backward products read the
