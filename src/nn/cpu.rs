@@ -89,7 +89,8 @@ impl<'a> MatRef<'a> {
 
 /// A destination shared by threads that each write their own disjoint part of it.
 pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: users write disjoint parts only (`matmul`: a block each; attention: a head each).
+// SAFETY: users write disjoint parts only (`matmul`: a block each; attention: a head each;
+// `transpose`: a block of rows each).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
@@ -101,6 +102,15 @@ impl SendPtr {
 
 /// Columns below which the output is split by rows instead.
 const MIN_SPLIT_COLS: usize = 64;
+
+/// Rows of the products whose output may be cut into two blocks of columns per thread
+/// ([`matmul_padded`]): a training batch's.
+const FEW_ROWS: std::ops::RangeInclusive<usize> = 32..=256;
+
+/// Narrowest block of columns, the last one included, of that finer cut; it is taken only when
+/// every block is at least this wide. (Blocks of at most 64 columns take the matmul crate's
+/// small-size path, which cuts the sum over k at other points: other bits.)
+const MIN_FINE_COLS: usize = 128;
 
 /// Floating-point operations done by [`matmul`] in this process (`marnet bench` reports GFLOP/s).
 static MATMUL_FLOP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -118,14 +128,15 @@ pub fn count_flop(flop: u64) {
 /// `lhs rhs` as a row-major [m, n] matrix, for `lhs` [m, k] and `rhs` [k, n].
 ///
 /// The output is cut into one block of columns (or of rows, when it has few columns) per
-/// thread, each a single-threaded product: measured on the MARNet layer shapes (64 rows) this
-/// runs at ~1.4x the rate of the matmul crate's own parallel split.
+/// thread (two for the wide products of 32 to 256 rows), each a single-threaded product: measured
+/// on the MARNet layer shapes (64 rows) this runs at ~1.4x the rate of the matmul crate's own
+/// parallel split.
 pub fn matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
     matmul_then(m, n, k, lhs, rhs, |_, _, _| {})
 }
 
-/// [`matmul`], then `finish(row, first_column, values)` on each row's part of each thread's
-/// block, by that thread once its product is done (a bias, an activation): no pass of its own.
+/// [`matmul`], then `finish(row, first_column, values)` on each row's part of each block, by
+/// the thread that ran the block once its product is done (a bias, an activation): no pass of its own.
 pub fn matmul_then(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, finish: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     matmul_padded(m, n, k, lhs, rhs, n, finish)
 }
@@ -148,7 +159,16 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     let threads = candle_core::utils::get_num_threads().max(1);
     let by_cols = n >= MIN_SPLIT_COLS * threads || n >= m;
     let len = if by_cols { n } else { m };
-    let block = len.div_ceil(threads).next_multiple_of(16);
+    // A training batch's wide products (64 rows) get two blocks per thread: a thread that starts
+    // its block late (busy with an AdamW pass, or waking) then leaves the other one a block to
+    // take instead of waiting for it (the forward pass 5% faster; BENCHMARKS.md, 2026-12-05,
+    // later). Every block wider than 64 columns is the same product of its columns however wide:
+    // the same bits.
+    let block = match by_cols && threads > 1 && FEW_ROWS.contains(&m) {
+        true => Some(n.div_ceil(2 * threads).next_multiple_of(16)).filter(|&b| b >= MIN_FINE_COLS && n - (2 * threads - 1) * b >= MIN_FINE_COLS),
+        false => None,
+    };
+    let block = block.unwrap_or_else(|| len.div_ceil(threads).next_multiple_of(16));
     let out = SendPtr(dst.as_mut_ptr());
     let run = |start: usize| {
         let size = block.min(len - start);
@@ -220,26 +240,42 @@ pub(crate) unsafe fn gemm_into(
     unsafe { gemm::gemm(m, n, k, dst, 1, dst_row_stride as isize, false, lhs, lcs, lrs, rhs, rcs, rrs, 0.0, 1.0, false, false, false, par) }
 }
 
-/// `src^T` for a row-major `src` [rows, cols], in 8x8 tiles.
+/// `src^T` for a row-major `src` [rows, cols], in 8x8 tiles; a large one split across threads
+/// by blocks of `src`'s rows (the linear layers' input gradients: on one thread, about 0.1 ms of
+/// a training step while the other thread waited; BENCHMARKS.md, 2026-12-05, later).
 pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     assert_eq!(src.len(), rows * cols, "transpose: {rows}x{cols} does not match the data");
     const TILE: usize = 8;
     let mut dst: Vec<f32> = Vec::with_capacity(rows * cols);
-    let out = dst.as_mut_ptr();
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    // SAFETY: r < rows and c < cols, so both indices are in bounds.
-                    unsafe { *out.add(c * rows + r) = *src.get_unchecked(r * cols + c) };
+    let out = SendPtr(dst.as_mut_ptr());
+    let tiles = |r_start: usize, r_end: usize| {
+        for r0 in (r_start..r_end).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    for r in r0..(r0 + TILE).min(r_end) {
+                        // SAFETY: r < rows and c < cols, so both indices are in bounds; (c, r) for r in
+                        // this block of rows is written by this block only.
+                        unsafe { *out.get().add(c * rows + r) = *src.get_unchecked(r * cols + c) };
+                    }
                 }
             }
         }
+    };
+    let threads = rayon::current_num_threads().max(1);
+    let block = rows.div_ceil(threads).next_multiple_of(TILE);
+    if threads > 1 && rows * cols >= PARALLEL_TRANSPOSE_MIN && block < rows {
+        (0..rows).into_par_iter().step_by(block).for_each(|r| tiles(r, (r + block).min(rows)));
+    } else {
+        tiles(0, rows);
     }
     // SAFETY: the loops above wrote every (c, r).
     unsafe { dst.set_len(rows * cols) };
     dst
 }
+
+/// Elements from which [`transpose`] splits across threads.
+const PARALLEL_TRANSPOSE_MIN: usize = 1 << 15;
 
 #[cfg(test)]
 mod tests {
@@ -272,11 +308,43 @@ mod tests {
         }
     }
 
+    /// The finer cut of a training batch's wide products gives the bits of one block per
+    /// thread, padded rows included: each block of the output, computed alone, is the same
+    /// product of its columns (k > 512, where the matmul crate cuts the sum over k).
+    #[test]
+    fn two_blocks_per_thread_give_the_same_bits() {
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let mut rng = crate::rng::stream(6, "test", 0);
+        let (n, k) = (256 * threads.max(2), 600);
+        for m in [64, 200] {
+            let (a, b) = (crate::rng::normal_vec(&mut rng, m * k), crate::rng::normal_vec(&mut rng, k * n));
+            let (lhs, rhs) = (MatRef::rows(&a, k), MatRef::rows(&b, n));
+            let ld = n + 16;
+            let got = matmul_padded(m, n, k, lhs, rhs, ld, |_, _, _| {});
+            // One thread's product of each block of the old cut (one block per thread).
+            let block = n.div_ceil(threads).next_multiple_of(16);
+            let mut want = vec![f32::NAN; m * ld];
+            for start in (0..n).step_by(block) {
+                let cols = block.min(n - start);
+                // SAFETY: the block's columns of m rows ld apart lie inside `want`, the operands' inside `a` and `b`.
+                unsafe { gemm_into(m, cols, k, want.as_mut_ptr().add(start), ld, a.as_ptr(), [1, k], b.as_ptr().add(start), [1, n], gemm::Parallelism::None) };
+            }
+            want.chunks_exact_mut(ld).for_each(|row| row[n..].fill(0.0));
+            assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{m} x {n} x {k} on {threads} threads");
+        }
+    }
+
     #[test]
     fn transpose_round_trips() {
         let x: Vec<f32> = (0..35).map(|i| i as f32).collect();
         let t = transpose(&x, 5, 7);
         assert_eq!(t[1], x[7]); // t[0][1] = x[1][0]
         assert_eq!(transpose(&t, 7, 5), x);
+        // Large enough to split across threads, with rows not a multiple of the blocks.
+        let (rows, cols) = (1003, 70);
+        let x: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let t = pool.install(|| transpose(&x, rows, cols));
+        assert!((0..rows * cols).all(|i| t[(i % cols) * rows + i / cols] == x[i]));
     }
 }

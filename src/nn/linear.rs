@@ -4,7 +4,7 @@
 //! `marnet bench`; see BENCHMARKS.md), because candle's generic graph was slow here:
 //! - with candle's usual [out, in] layout the forward multiplies by a transposed view and the
 //!   weight gradient flows back through that transpose with strided copies;
-//! - products run as one single-threaded block per thread ([`crate::nn::cpu::matmul`]); the input
+//! - products run as single-threaded blocks, one or two per thread ([`crate::nn::cpu::matmul`]); the input
 //!   gradient is computed transposed, `dx^T = W dy^T`, which the matmul crate runs ~3x faster
 //!   than `dy W^T` here;
 //! - the input gradient is skipped when the input tracks no gradient (data inputs);
