@@ -61,6 +61,12 @@ impl Alignment {
         self == Alignment::TeamTokens
     }
 
+    /// Whether the loss draws from the training step's random stream (sampled negatives,
+    /// random projections).
+    pub fn draws_noise(self) -> bool {
+        matches!(self, Alignment::Team | Alignment::TeamTokens | Alignment::Swd)
+    }
+
     /// The row label used in Table 1.
     pub fn table_row(self) -> &'static str {
         match self {

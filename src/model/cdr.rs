@@ -161,6 +161,12 @@ struct FirstLayer {
     cond: Tensor,
 }
 
+/// The random draws of one training forward ([`Cdr::draw`]): per-row steps t and eps [b, ds].
+pub struct DiffusionDraws {
+    t: Vec<usize>,
+    eps: Vec<f32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Cdr {
     den: DenoiserMlp,
@@ -189,8 +195,23 @@ impl Cdr {
     /// Training forward: draw t ~ U{1..T} and eps, diffuse x_s by eq. 15, predict x_s^0.
     /// The caller applies eq. 19-20 (MSE to x_s plus CE of the classifier on the prediction).
     pub fn reconstruct(&self, xs: &Tensor, xv: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
+        let draws = self.draw(xs.dim(0)?, rng);
+        self.reconstruct_drawn(xs, xv, draws)
+    }
+
+    /// The draws of [`Cdr::reconstruct`] for `b` rows, in its order: t ~ U{1..T} per row, then eps.
+    pub fn draw(&self, b: usize, rng: &mut SeededRng) -> DiffusionDraws {
+        let t = (0..b).map(|_| rng.random_range(1..=self.schedule.steps())).collect();
+        DiffusionDraws { t, eps: crate::rng::normal_vec(rng, b * self.ds) }
+    }
+
+    /// [`Cdr::reconstruct`] with its draws already taken ([`Cdr::draw`]).
+    pub fn reconstruct_drawn(&self, xs: &Tensor, xv: &Tensor, draws: DiffusionDraws) -> Result<Tensor> {
         let (b, ds) = xs.dims2()?;
-        let t: Vec<usize> = (0..b).map(|_| rng.random_range(1..=self.schedule.steps())).collect();
+        let DiffusionDraws { t, eps } = draws;
+        if t.len() != b || eps.len() != b * ds {
+            candle_core::bail!("cdr: draws for {} rows of {} values, the batch is {b} x {ds}", t.len(), eps.len() / t.len().max(1));
+        }
         let (a, s): (Vec<f32>, Vec<f32>) = t
             .iter()
             .map(|&t| {
@@ -201,7 +222,7 @@ impl Cdr {
         let dev = xs.device();
         let a = Tensor::from_vec(a, (b, 1), dev)?;
         let s = Tensor::from_vec(s, (b, 1), dev)?;
-        let eps = crate::rng::randn(rng, (b, ds), dev)?;
+        let eps = Tensor::from_vec(eps, (b, ds), dev)?;
         let x_t = (xs.broadcast_mul(&a)? + eps.broadcast_mul(&s)?)?;
         self.denoise(&x_t, &t, xv)
     }

@@ -145,10 +145,31 @@ impl Marnet {
             return Ok(out);
         }
         let residual = self.residual(xv)?;
+        let cdr = match &self.recon {
+            Some((Reconstructor::Diffusion(cdr), _)) => Some(cdr),
+            _ => None,
+        };
+        let mut cdr_draws = None;
         let mut ema_out = None;
         if let Some(ema) = &self.ema {
             // Eq. 13: a1 CE + beta ITA (or the configured alignment loss).
-            let e = ema.forward_train(xv, xs, tokens, &y.to_vec1::<u32>()?, rng)?;
+            let labels = y.to_vec1::<u32>()?;
+            let e = match cdr {
+                // The CDR's draws come next in the stream: when the alignment draws nothing they
+                // are taken on another thread beside the EMA's products, the same values in the
+                // same order (on one thread, 0.16 ms of a training step that the other spent
+                // waiting; BENCHMARKS.md, 2026-12-05, later).
+                Some(cdr) if !self.cfg.align.draws_noise() => {
+                    let (mut untouched, start, rows) = (rng.clone(), rng.get_word_pos(), xv.dim(0)?);
+                    let (e, draws) = rayon::join(|| ema.forward_train(xv, xs, tokens, &labels, &mut untouched), || cdr.draw(rows, rng));
+                    if untouched.get_word_pos() != start {
+                        candle_core::bail!("the {} alignment drew from the step's random stream: Alignment::draws_noise must say so", self.cfg.align.name());
+                    }
+                    cdr_draws = Some(draws);
+                    e?
+                }
+                _ => ema.forward_train(xv, xs, tokens, &labels, rng)?,
+            };
             let logits = Self::plus(e.logits, &residual)?;
             out.push((self.cfg.align.name(), (e.align_loss * w.beta)?));
             out.push(("ce_ema", (cross_entropy(&logits, y)? * w.a1)?));
@@ -160,7 +181,10 @@ impl Marnet {
             let (z_hat, seen) = match recon {
                 Reconstructor::Mlp(mlp) => (mlp.forward(xv)?, None),
                 Reconstructor::Diffusion(cdr) => {
-                    let one_step = cdr.reconstruct(&z, xv, rng)?;
+                    let one_step = match cdr_draws.take() {
+                        Some(draws) => cdr.reconstruct_drawn(&z, xv, draws)?,
+                        None => cdr.reconstruct(&z, xv, rng)?,
+                    };
                     let seen = cdr.train_input(self.cfg.cdr_train_input, xv, self.cfg.cdr_train_steps, rng)?;
                     (one_step, seen)
                 }
@@ -248,4 +272,41 @@ fn mean_probs_log(mut scores: Vec<Tensor>) -> Result<Tensor> {
     }
     let probs: Vec<Tensor> = scores.iter().map(|s| log_softmax(s, D::Minus1)?.exp()).collect::<Result<_>>()?;
     mean(&probs)?.log()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::align::Alignment;
+    use crate::checkpoint::LoadedModel;
+    use crate::model::cdr::CdrTrainInput;
+    use crate::rng::{randn, stream};
+    use candle_core::Device;
+
+    /// The CDR's draws taken beside the EMA's products: every pooled alignment trains (one that
+    /// draws without [`Alignment::draws_noise`] saying so is an error), and with one that draws
+    /// nothing the step's stream moves by the CDR's draws alone, as in one pass after the other.
+    #[test]
+    fn the_cdr_draws_beside_the_ema_come_from_the_same_stream() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+        let mut data = stream(3, "test", 0);
+        let (xv, xs) = (randn(&mut data, (16, 12), &dev)?, randn(&mut data, (16, 10), &dev)?);
+        let y = Tensor::from_vec((0..16u32).map(|i| i % 5).collect::<Vec<_>>(), 16, &dev)?;
+        for align in Alignment::ALL {
+            // The one-step training input: the classifiers draw nothing more after eq. 15's draws.
+            let cfg = MarnetConfig { align, cdr_train_input: CdrTrainInput::Onestep, ..MarnetConfig::new(Variant::Marnet, 12, 10, 5) };
+            let model = LoadedModel::init(&cfg, 1, &dev)?.model;
+            let mut rng = stream(4, "test", 0);
+            let losses = pool.install(|| model.losses_with_tokens(&xv, &xs, None, &y, &mut rng))?;
+            assert!(losses.iter().all(|(_, l)| l.to_scalar::<f32>().is_ok_and(f32::is_finite)), "{}", align.name());
+            if !align.draws_noise() {
+                let Some((Reconstructor::Diffusion(cdr), _)) = &model.recon else { panic!("no CDR") };
+                let mut alone = stream(4, "test", 0);
+                cdr.draw(16, &mut alone);
+                assert_eq!(rng.get_word_pos(), alone.get_word_pos(), "{}", align.name());
+            }
+        }
+        Ok(())
+    }
 }
