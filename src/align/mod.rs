@@ -61,7 +61,7 @@ impl Alignment {
         self == Alignment::TeamTokens
     }
 
-    /// Whether the loss draws from the training step's random stream (sampled negatives,
+    /// Whether the loss may draw from the training step's random stream (sampled negatives,
     /// random projections).
     pub fn draws_noise(self) -> bool {
         matches!(self, Alignment::Team | Alignment::TeamTokens | Alignment::Swd)

@@ -285,7 +285,7 @@ mod tests {
 
     /// The CDR's draws taken beside the EMA's products: every pooled alignment trains (one that
     /// draws without [`Alignment::draws_noise`] saying so is an error), and with one that draws
-    /// nothing the step's stream moves by the CDR's draws alone, as in one pass after the other.
+    /// nothing the reconstruction loss and the stream's end are those of one pass after the other.
     #[test]
     fn the_cdr_draws_beside_the_ema_come_from_the_same_stream() -> anyhow::Result<()> {
         let dev = Device::Cpu;
@@ -301,9 +301,14 @@ mod tests {
             let losses = pool.install(|| model.losses_with_tokens(&xv, &xs, None, &y, &mut rng))?;
             assert!(losses.iter().all(|(_, l)| l.to_scalar::<f32>().is_ok_and(f32::is_finite)), "{}", align.name());
             if !align.draws_noise() {
+                // One pass after the other, from the same stream: eq. 15's draws come first.
                 let Some((Reconstructor::Diffusion(cdr), _)) = &model.recon else { panic!("no CDR") };
                 let mut alone = stream(4, "test", 0);
-                cdr.draw(16, &mut alone);
+                let z = model.text_scale.as_ref().expect("text scale").standardise(&xs)?;
+                let mse = (cdr.reconstruct(&z, &xv, &mut alone)? - &z)?.sqr()?.sum(1)?.mean(0)?;
+                let want = (mse * model.cfg.weights.gamma)?.to_scalar::<f32>()?;
+                let got = losses.iter().find(|(name, _)| *name == "mse").expect("an mse term").1.to_scalar::<f32>()?;
+                assert_eq!(got.to_bits(), want.to_bits(), "{}: mse", align.name());
                 assert_eq!(rng.get_word_pos(), alone.get_word_pos(), "{}", align.name());
             }
         }
