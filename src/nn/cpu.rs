@@ -165,7 +165,9 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     // later). Every block wider than 64 columns is the same product of its columns however wide:
     // the same bits.
     let block = match by_cols && threads > 1 && FEW_ROWS.contains(&m) {
-        true => Some(n.div_ceil(2 * threads).next_multiple_of(16)).filter(|&b| b >= MIN_FINE_COLS && n - (2 * threads - 1) * b >= MIN_FINE_COLS),
+        // With 2t blocks of b columns the last one holds n - (2t - 1) b (none when that is negative).
+        true => Some(n.div_ceil(2 * threads).next_multiple_of(16))
+            .filter(|&b| b >= MIN_FINE_COLS && n.checked_sub((2 * threads - 1) * b).is_some_and(|last| last >= MIN_FINE_COLS)),
         false => None,
     };
     let block = block.unwrap_or_else(|| len.div_ceil(threads).next_multiple_of(16));
