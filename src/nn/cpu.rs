@@ -164,13 +164,11 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     // take instead of waiting for it (the forward pass 5% faster; BENCHMARKS.md, 2026-12-05,
     // later). Every block wider than 64 columns is the same product of its columns however wide:
     // the same bits.
-    let block = match by_cols && threads > 1 && FEW_ROWS.contains(&m) {
-        // With 2t blocks of b columns the last one holds n - (2t - 1) b (none when that is negative).
-        true => Some(n.div_ceil(2 * threads).next_multiple_of(16))
-            .filter(|&b| b >= MIN_FINE_COLS && n.checked_sub((2 * threads - 1) * b).is_some_and(|last| last >= MIN_FINE_COLS)),
-        false => None,
-    };
-    let block = block.unwrap_or_else(|| len.div_ceil(threads).next_multiple_of(16));
+    let fine = (by_cols && threads > 1 && FEW_ROWS.contains(&m)).then(|| n.div_ceil(2 * threads).next_multiple_of(16));
+    // With 2t blocks of b columns the last one holds n - (2t - 1) b <= b (none when that is
+    // negative): when it is wide enough, so is every block.
+    let fine = fine.filter(|&b| n.checked_sub((2 * threads - 1) * b).is_some_and(|last| last >= MIN_FINE_COLS));
+    let block = fine.unwrap_or_else(|| len.div_ceil(threads).next_multiple_of(16));
     let out = SendPtr(dst.as_mut_ptr());
     let run = |start: usize| {
         let size = block.min(len - start);
@@ -266,7 +264,8 @@ pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     };
     let threads = rayon::current_num_threads().max(1);
     let block = rows.div_ceil(threads).next_multiple_of(TILE);
-    if threads > 1 && rows * cols >= PARALLEL_TRANSPOSE_MIN && block < rows {
+    // One block (one thread, or few rows) runs here.
+    if rows * cols >= PARALLEL_TRANSPOSE_MIN && block < rows {
         (0..rows).into_par_iter().step_by(block).for_each(|r| tiles(r, (r + block).min(rows)));
     } else {
         tiles(0, rows);
