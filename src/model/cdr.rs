@@ -205,7 +205,8 @@ impl Cdr {
         DiffusionDraws { t, eps: crate::rng::normal_vec(rng, b * self.ds) }
     }
 
-    /// [`Cdr::reconstruct`] with its draws already taken ([`Cdr::draw`]).
+    /// Eq. 15 (x_s^t from x_s, t and eps) and the x_s^0 prediction: [`Cdr::reconstruct`] with its
+    /// draws already taken ([`Cdr::draw`]).
     pub fn reconstruct_drawn(&self, xs: &Tensor, xv: &Tensor, draws: DiffusionDraws) -> Result<Tensor> {
         let (b, ds) = xs.dims2()?;
         let DiffusionDraws { t, eps } = draws;
