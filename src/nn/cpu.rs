@@ -214,6 +214,34 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     dst
 }
 
+/// Rows `first..` of `lhs rhs` (`lhs` [.., k], `rhs` [k, n]) into `dst`, on the calling thread:
+/// as many rows as `dst` holds, each `row_stride` (>= n) floats with zeros after column n. Each
+/// value is [`matmul_padded`]'s, the same bits, when `2 <= rows`, `3 <= k <= 512` and `n >= 128`
+/// (every product of the matmul crate then sums over k in one run, in order).
+pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) {
+    assert!(row_stride >= n && dst.len().is_multiple_of(row_stride.max(1)), "matmul: output rows {row_stride} apart hold {n} columns");
+    let rows = dst.len() / row_stride.max(1);
+    lhs.check(first + rows, k, "lhs");
+    rhs.check(k, n, "rhs");
+    count_flop((2 * rows * n * k) as u64);
+    // SAFETY: the operands' bounds were checked above; `dst` holds rows x row_stride floats.
+    unsafe {
+        gemm_into(
+            rows,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            row_stride,
+            lhs.data.as_ptr().add(first * lhs.row_stride),
+            [lhs.col_stride, lhs.row_stride],
+            rhs.data.as_ptr(),
+            [rhs.col_stride, rhs.row_stride],
+            gemm::Parallelism::None,
+        )
+    };
+    dst.chunks_exact_mut(row_stride.max(1)).for_each(|row| row[n..].fill(0.0));
+}
+
 /// `dst = lhs rhs` for `lhs` [m, k] and `rhs` [k, n] given by their pointers and (column, row)
 /// strides, and `dst` rows `dst_row_stride` apart, split as `par` says (the layers pass `None`:
 /// one thread, their own split is in [`matmul_then`]). Only writes `dst`.

@@ -10,18 +10,58 @@
 //! update gets the gradient the store would have held (the uses summed in the same order), so
 //! the parameters come out the same bits either way.
 //!
+//! An update that takes its gradient by rows ([`RowsUpdate`]: AdamW's) gets a linear layer's
+//! weight gradient from its last use as a job on the pool that computes one block of rows at a
+//! time and updates those rows from it, beside the rest of the backward pass
+//! ([`update_by_rows`]): the gradient never goes to memory as a whole. Vireo-size epochs took
+//! 9-16% less in interleaved pairs (BENCHMARKS.md, 2026-12-05, evening).
+//!
 //! An update must not run while another op can still read its parameter: only a parameter
 //! whose whole gradient came from linear layers in the last backward pass should be armed
 //! ([`handed_over_only`]); a weight also read elsewhere (tied, penalised) never is.
 
+use crate::nn::cpu::with_f32;
 use candle_core::{Result, Tensor, TensorId, Var, backprop::GradStore};
 use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// An update of a parameter with its whole gradient.
+pub type WholeUpdate = Box<dyn FnOnce(&Tensor, &Tensor) -> Result<()> + Send>;
+
 /// What to do with a parameter and its complete gradient.
-pub type Update = Box<dyn FnOnce(&Tensor, &Tensor) -> Result<()> + Send>;
+pub enum Update {
+    /// Runs on the whole gradient once it is complete.
+    Whole(WholeUpdate),
+    /// The same update, which can also take the gradient block by block of rows ([`RowsUpdate`]).
+    Rows(Box<dyn RowsUpdate>),
+}
+
+/// A gradient given by blocks of rows: `grad(first_row, block)` writes the values of the rows
+/// from `first_row` on that `block` holds.
+pub type GradRows<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+/// A parameter update that runs on the whole gradient or on blocks of its rows as they are
+/// computed: a linear layer's backward pass computes each block of its weight's gradient into a
+/// buffer that stays in cache and the update reads it from there ([`update_by_rows`]), instead
+/// of the whole gradient going to memory and back.
+pub trait RowsUpdate: Send {
+    /// The update with the whole gradient.
+    fn whole(&self, param: &Tensor, grad: &Tensor) -> Result<()>;
+    /// The update with the gradient of `param` ([rows, cols]) by blocks of `block_rows` rows
+    /// (the last one may have fewer).
+    fn by_rows(&self, param: &Tensor, block_rows: usize, grad: &GradRows) -> Result<()>;
+}
+
+impl Update {
+    fn run(self, param: &Tensor, grad: &Tensor) -> Result<()> {
+        match self {
+            Update::Whole(f) => f(param, grad),
+            Update::Rows(u) => u.whole(param, grad),
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -48,6 +88,18 @@ struct Flight {
     running: AtomicUsize,
     done: Mutex<HashSet<TensorId>>,
     errors: Mutex<Vec<String>>,
+}
+
+impl Flight {
+    /// Records how an update that [`Flight::running`] counted ended.
+    fn record(&self, id: TensorId, outcome: std::thread::Result<Result<()>>) {
+        match outcome {
+            Ok(Ok(())) => _ = lock(&self.done).insert(id),
+            Ok(Err(e)) => lock(&self.errors).push(e.to_string()),
+            Err(_) => lock(&self.errors).push("an update panicked".into()),
+        }
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -133,14 +185,52 @@ pub(crate) fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
     drop(state);
     rayon::spawn(move || {
         let id = a.param.id();
-        match catch_unwind(AssertUnwindSafe(|| (a.update)(&a.param, &total))) {
-            Ok(Ok(())) => _ = lock(&a.flight.done).insert(id),
-            Ok(Err(e)) => lock(&a.flight.errors).push(e.to_string()),
-            Err(_) => lock(&a.flight.errors).push("an update panicked".into()),
-        }
-        a.flight.running.fetch_sub(1, Ordering::AcqRel);
+        a.flight.record(id, catch_unwind(AssertUnwindSafe(|| a.update.run(&a.param, &total))));
     });
     Ok(())
+}
+
+/// Where an update by rows gets one use's part of the gradient: called with the update, it runs
+/// it with the [`GradRows`] that computes that part (holding what it reads meanwhile).
+pub(crate) type RowsSource = Box<dyn FnOnce(&dyn Fn(&GradRows) -> Result<()>) -> Result<()> + Send>;
+
+/// For a linear layer's backward pass, instead of [`hand_over`]: when this use's gradient
+/// completes `param`'s (its last counted use) and its armed update takes gradients by rows,
+/// starts that update on the thread pool with blocks of `block_rows` rows from `source()` (added
+/// to what earlier uses handed over: the same bits as [`hand_over`]'s sum), and
+/// says true; otherwise does nothing and says false (the caller then computes the whole
+/// gradient and hands it over).
+pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: impl FnOnce() -> RowsSource) -> bool {
+    let mut state = lock(&STATE);
+    let s = state.get_or_insert_default();
+    if !s.armed.get(&param.id()).is_some_and(|a| a.uses == 1 && matches!(a.update, Update::Rows(_))) {
+        return false;
+    }
+    let (a, earlier) = (s.armed.remove(&param.id()).expect("armed"), s.pending.remove(&param.id()));
+    a.flight.running.fetch_add(1, Ordering::AcqRel);
+    drop(state);
+    let source = source();
+    rayon::spawn(move || {
+        let Update::Rows(update) = a.update else { unreachable!("checked above") };
+        let (param, cols) = (&a.param, a.param.dims().last().copied().unwrap_or(1));
+        let run = |grad: &GradRows| match &earlier {
+            None => update.by_rows(param, block_rows, grad),
+            Some(earlier) => {
+                if earlier.dims() != param.dims() {
+                    candle_core::bail!("gradient {:?} for a parameter {:?}", earlier.shape(), param.shape());
+                }
+                with_f32("update", earlier, |e| {
+                    let sum = |first: usize, out: &mut [f32]| {
+                        grad(first, out);
+                        out.iter_mut().zip(&e[first * cols..]).for_each(|(g, e)| *g += *e);
+                    };
+                    update.by_rows(param, block_rows, &sum)
+                })?
+            }
+        };
+        a.flight.record(param.id(), catch_unwind(AssertUnwindSafe(|| source(&run))));
+    });
+    true
 }
 
 /// Updates armed by [`arm`]; [`ArmedUpdates::finish`] waits for them. Dropped without it
@@ -232,10 +322,10 @@ mod tests {
         let seen: Arc<Mutex<Vec<(TensorId, Tensor)>>> = Arc::default();
         let record = |fail: bool| -> Update {
             let seen = seen.clone();
-            Box::new(move |p: &Tensor, g: &Tensor| {
+            Update::Whole(Box::new(move |p: &Tensor, g: &Tensor| {
                 lock(&seen).push((p.id(), g.clone()));
                 if fail { candle_core::bail!("refused") } else { Ok(()) }
-            })
+            }))
         };
         let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), record(false))).collect());
         let grads = backward(&loss(&l1, &l2)?, &params)?;
@@ -256,6 +346,56 @@ mod tests {
         let armed = arm(vec![(w1.as_tensor().clone(), record(true))]);
         let grads = backward(&loss(&l1, &l2)?, &params)?;
         assert!(armed.finish(&grads).unwrap_err().to_string().contains("refused"));
+        Ok(())
+    }
+
+    /// Linear layers hand their weights' gradients to updates that take them by rows, in blocks
+    /// that make up the store's gradient bit for bit (a layer used twice: the sum of both uses);
+    /// biases, and weights in a batch too small for blocks, get whole gradients.
+    #[test]
+    fn updates_by_rows_get_the_stores_gradient() -> Result<()> {
+        type Seen = Arc<Mutex<Vec<(TensorId, &'static str, Vec<f32>)>>>;
+        struct Recorder(Seen);
+        impl RowsUpdate for Recorder {
+            fn whole(&self, p: &Tensor, g: &Tensor) -> Result<()> {
+                lock(&self.0).push((p.id(), "whole", g.flatten_all()?.to_vec1()?));
+                Ok(())
+            }
+            fn by_rows(&self, p: &Tensor, block_rows: usize, grad: &GradRows) -> Result<()> {
+                let (rows, cols) = p.dims2()?;
+                let mut all = vec![f32::NAN; rows * cols];
+                for (i, block) in all.chunks_mut(block_rows * cols).enumerate() {
+                    grad(i * block_rows, block);
+                }
+                lock(&self.0).push((p.id(), "rows", all));
+                Ok(())
+            }
+        }
+        let dev = Device::Cpu;
+        let mut rng = stream(7, "test", 0);
+        let mut var = |shape: &[usize]| Var::from_tensor(&randn(&mut rng, shape, &dev)?);
+        let (w1, b1, w2, b2) = (var(&[130, 200])?, var(&[200])?, var(&[200, 200])?, var(&[200])?);
+        let params: Vec<(String, Var)> = [("w1", &w1), ("b1", &b1), ("w2", &w2), ("b2", &b2)].map(|(n, v)| (n.to_string(), v.clone())).to_vec();
+        let (l1, l2) = (Linear::new(w1.as_tensor().clone(), b1.as_tensor().clone()), Linear::new(w2.as_tensor().clone(), b2.as_tensor().clone()));
+        for (batch, by_rows) in [(64usize, true), (2, false)] {
+            let mut rng = stream(8, "test", batch as u64);
+            let (x, r) = (randn(&mut rng, (batch, 130), &dev)?, randn(&mut rng, (batch, 200), &dev)?);
+            // l1 once, l2 twice.
+            let loss = || (l2.forward(&l2.forward(&l1.forward(&x)?)?)? * &r)?.sum_all();
+            let want = backward(&loss()?, &params)?;
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), Update::Rows(Box::new(Recorder(seen.clone()))))).collect());
+            let grads = backward(&loss()?, &params)?;
+            armed.finish(&grads)?;
+            let seen = std::mem::take(&mut *lock(&seen));
+            assert_eq!(seen.len(), 4, "batch {batch}: every parameter updated once");
+            for (id, how, g) in seen {
+                let expected = if by_rows && (id == w1.id() || id == w2.id()) { "rows" } else { "whole" };
+                assert_eq!(how, expected, "batch {batch}: parameter {id:?}");
+                let want = want.get_id(id).unwrap().flatten_all()?.to_vec1::<f32>()?;
+                assert!(g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "batch {batch}: {how} gradient of {id:?} differs from the store's");
+            }
+        }
         Ok(())
     }
 }

@@ -10,11 +10,13 @@
 //! - the input gradient is skipped when the input tracks no gradient (data inputs);
 //! - the weight and bias gradients are handed to [`crate::nn::grads`] directly instead of through
 //!   candle's gradient store, which adds each one into a fresh zero tensor (a memset and a full
-//!   pass per weight and step). Train with [`crate::nn::backward`], not `Tensor::backward`.
+//!   pass per weight and step); a weight whose update takes its gradient by rows gets it block
+//!   by block, each block's product followed by the update of its rows ([`weight_grad_rows`]).
+//!   Train with [`crate::nn::backward`], not `Tensor::backward`.
 
 use crate::nn::activation::Activation;
-use crate::nn::cpu::{MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_then, transpose, with_f32, with_f32_rows};
-use crate::nn::grads::{hand_over, note_use};
+use crate::nn::cpu::{MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, transpose, with_f32, with_f32_rows};
+use crate::nn::grads::{RowsSource, hand_over, note_use, update_by_rows};
 use crate::nn::padded;
 use crate::nn::vmath::gelu_in_place;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
@@ -184,6 +186,36 @@ fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tens
     y.reshape(dims)
 }
 
+/// Rows of a block of the weight gradient (`k` x `n`, from a batch of `rows`) computed and
+/// applied at a time by an update that takes it by rows ([`update_by_rows`]): about 64 (a
+/// 1024-wide block in a thread's cache), blocks of even size; `None` where the blocks' products
+/// would not give [`matmul_padded`]'s bits ([`matmul_rows_into`]).
+fn rows_per_block(k: usize, n: usize, rows: usize) -> Option<usize> {
+    if k < 2 {
+        return None;
+    }
+    let block = k.div_ceil(k.div_ceil(64));
+    let last = k - block * (k.div_ceil(block) - 1);
+    (last >= 2 && (3..=512).contains(&rows) && n >= 128).then_some(block)
+}
+
+/// The weight gradient `x^T dy` of a layer with input `x` [rows, k] and output gradient `dy`
+/// [rows, n], by blocks of rows `ld` floats apart, for a job on the pool: it holds both tensors.
+fn weight_grad_rows(x: &Tensor, dy: &Tensor, ld: usize) -> RowsSource {
+    let (x, dy) = (x.clone(), dy.clone());
+    Box::new(move |update| {
+        let ((rows, k), n) = (x.dims2()?, dy.dim(1)?);
+        with_f32("linear", &dy, |g| {
+            with_f32("linear", &x, |x| {
+                // Read across their rows: padded as the whole product's operands are.
+                let ((g, ldg), (x, ldx)) = (padded::rows_apart(g, n), padded::rows_apart(x, k));
+                let (xt, dy) = (MatRef::transposed(&x, ldx), MatRef::strided_rows(&g, ldg));
+                update(&|first, out| matmul_rows_into(first, out, ld, n, rows, xt, dy))
+            })?
+        })?
+    })
+}
+
 /// `x W + b`, with its backward pass; `padded`: the variable behind a padded W, which gets W's gradient.
 struct LinearOp {
     padded: Option<Tensor>,
@@ -214,35 +246,44 @@ impl CustomOp3 for LinearOp {
             None => (w, n),
         };
         let grad = grad.contiguous()?;
+        // Frozen weights (not variables) get no gradient.
+        let wants_w = self.padded.is_some() || w.track_op();
         let (gw, gb, gx) = with_f32("linear", &grad, |g| -> Result<_> {
             // Both products read dy across its rows, the weight gradient x too: rows padded
             // ([`padded::rows_apart`]) when they would lie a multiple of 4 KiB apart.
             let (g_rows, ldg) = padded::rows_apart(g, n);
-            // Frozen weights (not variables) get no gradient.
-            let (mut gw, mut gb) = (None, None);
-            if self.padded.is_some() || w.track_op() {
+            let gb = wants_w.then(|| {
                 let mut sums = vec![0f32; n];
                 for row in g.chunks_exact(n) {
                     sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
                 }
-                gb = Some(sums);
-                gw = Some(with_f32("linear", x, |x| {
-                    let (x, ldx) = padded::rows_apart(x, k);
-                    matmul_padded(k, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g_rows, ldg), ld, |_, _, _| {})
-                })?);
-            }
-            // dx^T [k, rows] = W dy^T (all operands row-major or plain views), transposed back.
+                sums
+            });
+            // dx^T [k, rows] = W dy^T (all operands row-major or plain views), transposed back;
+            // before the weight's update below, which may change W.
             let gx = match x.track_op() {
                 true => Some(with_f32_rows("linear", w, |w, ldw| {
                     transpose(&matmul(k, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(&g_rows, ldg)), k, rows)
                 })?),
                 false => None,
             };
+            // dW = x^T dy: by rows as its update takes them, beside the rest of the backward
+            // pass, when it allows that; otherwise whole, handed over below.
+            let by_rows = wants_w && rows_per_block(k, n, rows).is_some_and(|block| update_by_rows(w_param, block, || weight_grad_rows(x, &grad, ld)));
+            let gw = match wants_w && !by_rows {
+                false => None,
+                true => Some(with_f32("linear", x, |x| {
+                    let (x, ldx) = padded::rows_apart(x, k);
+                    matmul_padded(k, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g_rows, ldg), ld, |_, _, _| {})
+                })?),
+            };
             Ok((gw, gb, gx))
         })??;
         let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, k), x.device())).transpose()?;
-        if let (Some(gw), Some(gb)) = (gw, gb) {
+        if let Some(gw) = gw {
             hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
+        }
+        if let Some(gb) = gb {
             hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
         }
         Ok((gx, None, None))

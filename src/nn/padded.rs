@@ -163,7 +163,7 @@ mod tests {
 
     /// What a training run leaves, as a checkpoint stores it (every variable's values and the
     /// optimiser's moments), and how many of its variables are padded.
-    fn train(pad: bool, clip_grad: f64) -> anyhow::Result<(Bits, usize)> {
+    fn train(pad: bool, clip_grad: f64, in_backward: bool) -> anyhow::Result<(Bits, usize)> {
         let dev = Device::Cpu;
         let cfg = MarnetConfig { hidden: 1024, temb: 8, ..MarnetConfig::new(Variant::Marnet, 12, 10, 5) };
         // Every thread of the run pads, or none does (the backward products' operands too).
@@ -172,6 +172,7 @@ mod tests {
         let vars = model.trainable_vars();
         let padded = vars.iter().filter(|(_, v)| logical_cols(v).is_some()).count();
         let mut opt = AdamW::new(vars.clone(), AdamWConfig { lr: 0.01, ..Default::default() })?;
+        opt.set_update_in_backward(in_backward);
         let mut rng = stream(3, "test", 0);
         let (xv, xs) = (randn(&mut rng, (16, 12), &dev)?, randn(&mut rng, (16, 10), &dev)?);
         let y = Tensor::from_vec((0..16u32).map(|i| i % 5).collect::<Vec<_>>(), 16, &dev)?;
@@ -196,13 +197,16 @@ mod tests {
 
     /// The denoiser's 1024-wide layers get padded weights, which train to the same bits as
     /// unpadded ones with no padded copies in the backward pass either (with and without
-    /// gradient clipping, whose norm skips the padding), keep their padding at zero, and are
-    /// stored without it.
+    /// gradient clipping, whose norm skips the padding; with updates in the backward pass, by
+    /// rows, and after it), keep their padding at zero, and are stored without it.
     #[test]
     fn padded_weights_train_to_the_same_bits() -> anyhow::Result<()> {
+        let (by_rows, _) = train(true, 0.0, true)?;
+        let (after, _) = train(true, 0.0, false)?;
+        assert!(by_rows == after, "updates in the backward pass differ from those after it");
         for clip_grad in [0.0, 0.5] {
-            let (on, padded) = train(true, clip_grad)?;
-            let (off, none) = train(false, clip_grad)?;
+            let (on, padded) = train(true, clip_grad, true)?;
+            let (off, none) = train(false, clip_grad, true)?;
             assert_eq!((padded, none), (3, 0), "padded weights with padding on and off");
             assert_eq!(on.len(), off.len());
             for ((name, a), (_, b)) in on.iter().zip(&off) {

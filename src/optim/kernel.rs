@@ -1,9 +1,11 @@
 //! AdamW's pass over a CPU parameter and the sum of squares behind gradient clipping's norm.
 
 use crate::nn::cpu::{f32_slice, f32_slice_mut};
+use crate::nn::grads::GradRows;
 use crate::nn::vmath::{Kernel, Simd, at_width};
-use candle_core::{CpuStorage, InplaceOp2, Layout, Result};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result};
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::sync::Mutex;
 
 /// A CPU parameter's first and second moments.
@@ -108,6 +110,47 @@ impl InplaceOp2 for AdamWKernel<'_> {
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
             .for_each(|(((p, g), m), v)| k.update(p, g, m, v));
+        Ok(())
+    }
+}
+
+/// [`AdamWKernel`] with the gradient given by blocks of rows as they are computed
+/// ([`crate::nn::grads::RowsUpdate`]): each block goes into a buffer of the thread's that stays
+/// in its cache, and the update reads it from there. The same bits as the whole gradient's pass.
+pub(super) struct AdamWByRows<'a> {
+    pub(super) moments: &'a Mutex<HostMoments>,
+    pub(super) k: AdamWConstants,
+    pub(super) block_rows: usize,
+    pub(super) grad: &'a GradRows<'a>,
+}
+
+thread_local! {
+    /// A thread's block of gradient rows for [`AdamWByRows`], kept between blocks.
+    static BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl InplaceOp1 for AdamWByRows<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-by-rows"
+    }
+
+    fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout) -> Result<()> {
+        let (_, cols) = pl.shape().dims2()?;
+        let p = f32_slice_mut("adamw", p, pl)?;
+        let mut guard = self.moments.lock().unwrap_or_else(|e| e.into_inner());
+        let HostMoments { m, v } = &mut *guard;
+        if m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("adamw: parameter and moments differ in length");
+        }
+        let (k, len) = (&self.k, (self.block_rows * cols).max(1));
+        p.par_chunks_mut(len).zip(m.par_chunks_mut(len)).zip(v.par_chunks_mut(len)).enumerate().for_each(|(i, ((p, m), v))| {
+            BLOCK.with_borrow_mut(|g| {
+                g.resize(g.len().max(p.len()), 0.0);
+                let g = &mut g[..p.len()];
+                (self.grad)(i * self.block_rows, g);
+                k.update(p, g, m, v);
+            })
+        });
         Ok(())
     }
 }

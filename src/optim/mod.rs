@@ -4,10 +4,10 @@
 mod kernel;
 
 use crate::nn::cpu::with_f32;
-use crate::nn::grads::{Update, arm, handed_over_only};
+use crate::nn::grads::{GradRows, RowsUpdate, Update, arm, handed_over_only};
 use crate::nn::padded;
 use candle_core::{Result, Tensor, Var, backprop::GradStore};
-use kernel::{AdamWConstants, AdamWKernel, CHUNK, HostMoments, sum_of_squares};
+use kernel::{AdamWByRows, AdamWConstants, AdamWKernel, CHUNK, HostMoments, sum_of_squares};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -57,6 +57,22 @@ enum Moments {
 impl Moments {
     fn host(m: Vec<f32>, v: Vec<f32>) -> Self {
         Moments::Host(Arc::new(Mutex::new(HostMoments { m, v })))
+    }
+}
+
+/// AdamW's update of a CPU parameter in the backward pass, on its whole gradient or by rows.
+struct HostUpdate {
+    moments: Arc<Mutex<HostMoments>>,
+    k: AdamWConstants,
+}
+
+impl RowsUpdate for HostUpdate {
+    fn whole(&self, p: &Tensor, g: &Tensor) -> Result<()> {
+        p.inplace_op2(g, &AdamWKernel { moments: &self.moments, k: self.k })
+    }
+
+    fn by_rows(&self, p: &Tensor, block_rows: usize, grad: &GradRows) -> Result<()> {
+        p.inplace_op1(&AdamWByRows { moments: &self.moments, k: self.k, block_rows, grad })
     }
 }
 
@@ -147,8 +163,7 @@ impl AdamW {
             // Only parameters that linear layers alone gave gradients to in the last step.
             let Moments::Host(mv) = moments else { continue };
             if self.in_backward && handed_over_only(p.as_tensor()) {
-                let mv = mv.clone();
-                updates.push((p.as_tensor().clone(), Box::new(move |p: &Tensor, g: &Tensor| p.inplace_op2(g, &AdamWKernel { moments: &mv, k }))));
+                updates.push((p.as_tensor().clone(), Update::Rows(Box::new(HostUpdate { moments: mv.clone(), k }))));
             }
         }
         let armed = arm(updates);
