@@ -157,7 +157,7 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     }
     let mut dst: Vec<f32> = Vec::with_capacity(m * ld);
     let threads = candle_core::utils::get_num_threads().max(1);
-    let by_cols = n >= MIN_SPLIT_COLS * threads || n >= m;
+    let by_cols = cuts_by_columns(m, n, threads);
     let len = if by_cols { n } else { m };
     // A training batch's wide products (64 rows) get two blocks per thread: a thread that starts
     // its block late (busy with an AdamW pass, or waking) then leaves the other one a block to
@@ -214,10 +214,23 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     dst
 }
 
+/// Whether [`matmul_rows_into`]'s blocks of at least 2 rows give the bits of [`matmul_padded`]'s
+/// [m, n] product over k: `3 <= k <= 512`, `n >= 128`, and `matmul_padded` cutting by columns.
+/// Every product of the matmul crate then sums over k in one run, in order, from zero; a block of
+/// 1 row (a cut by rows can leave one) takes its vector path, which can give -0 for +0.
+pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    (3..=512).contains(&k) && n >= 128 && cuts_by_columns(m, n, threads)
+}
+
+/// Whether [`matmul_padded`] cuts an [m, n] output into blocks of columns (else of rows).
+fn cuts_by_columns(m: usize, n: usize, threads: usize) -> bool {
+    n >= MIN_SPLIT_COLS * threads || n >= m
+}
+
 /// Rows `first..` of `lhs rhs` (`lhs` [.., k], `rhs` [k, n]) into `dst`, on the calling thread:
-/// as many rows as `dst` holds, each `row_stride` (>= n) floats with zeros after column n. Each
-/// value is [`matmul_padded`]'s, the same bits, when `2 <= rows`, `3 <= k <= 512` and `n >= 128`
-/// (every product of the matmul crate then sums over k in one run, in order).
+/// as many rows as `dst` holds, each `row_stride` (>= n) floats with zeros after column n (the
+/// bits of [`matmul_padded`]'s rows where [`rows_give_the_same_bits`] says so).
 pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) {
     assert!(row_stride >= n && dst.len().is_multiple_of(row_stride.max(1)), "matmul: output rows {row_stride} apart hold {n} columns");
     let rows = dst.len() / row_stride.max(1);

@@ -196,11 +196,11 @@ pub(crate) type RowsSource = Box<dyn FnOnce(&dyn Fn(&GradRows) -> Result<()>) ->
 
 /// For a linear layer's backward pass, instead of [`hand_over`]: when this use's gradient
 /// completes `param`'s (its last counted use) and its armed update takes gradients by rows,
-/// starts that update on the thread pool with blocks of `block_rows` rows from `source()` (added
+/// starts that update on the thread pool with blocks of `block_rows` rows from `source` (added
 /// to what earlier uses handed over: the same bits as [`hand_over`]'s sum), and
 /// says true; otherwise does nothing and says false (the caller then computes the whole
 /// gradient and hands it over).
-pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: impl FnOnce() -> RowsSource) -> bool {
+pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: RowsSource) -> bool {
     let mut state = lock(&STATE);
     let s = state.get_or_insert_default();
     if !s.armed.get(&param.id()).is_some_and(|a| a.uses == 1 && matches!(a.update, Update::Rows(_))) {
@@ -209,7 +209,6 @@ pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: impl FnO
     let (a, earlier) = (s.armed.remove(&param.id()).expect("armed"), s.pending.remove(&param.id()));
     a.flight.running.fetch_add(1, Ordering::AcqRel);
     drop(state);
-    let source = source();
     rayon::spawn(move || {
         let Update::Rows(update) = a.update else { unreachable!("checked above") };
         let (param, cols) = (&a.param, a.param.dims().last().copied().unwrap_or(1));

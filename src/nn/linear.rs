@@ -15,7 +15,9 @@
 //!   Train with [`crate::nn::backward`], not `Tensor::backward`.
 
 use crate::nn::activation::Activation;
-use crate::nn::cpu::{MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, transpose, with_f32, with_f32_rows};
+use crate::nn::cpu::{
+    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, transpose, with_f32, with_f32_rows,
+};
 use crate::nn::grads::{RowsSource, hand_over, note_use, update_by_rows};
 use crate::nn::padded;
 use crate::nn::vmath::gelu_in_place;
@@ -188,15 +190,15 @@ fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tens
 
 /// Rows of a block of the weight gradient (`k` x `n`, from a batch of `rows`) computed and
 /// applied at a time by an update that takes it by rows ([`update_by_rows`]): about 64 (a
-/// 1024-wide block in a thread's cache), blocks of even size; `None` where the blocks' products
-/// would not give [`matmul_padded`]'s bits ([`matmul_rows_into`]).
+/// 1024-wide block in a thread's cache), every block the same size but the last; `None` where
+/// the blocks' products would not give [`matmul_padded`]'s bits ([`rows_give_the_same_bits`]).
 fn rows_per_block(k: usize, n: usize, rows: usize) -> Option<usize> {
-    if k < 2 {
+    if !rows_give_the_same_bits(k, n, rows) {
         return None;
     }
     let block = k.div_ceil(k.div_ceil(64));
     let last = k - block * (k.div_ceil(block) - 1);
-    (last >= 2 && (3..=512).contains(&rows) && n >= 128).then_some(block)
+    (last >= 2).then_some(block)
 }
 
 /// The weight gradient `x^T dy` of a layer with input `x` [rows, k] and output gradient `dy`
@@ -269,7 +271,7 @@ impl CustomOp3 for LinearOp {
             };
             // dW = x^T dy: by rows as its update takes them, beside the rest of the backward
             // pass, when it allows that; otherwise whole, handed over below.
-            let by_rows = wants_w && rows_per_block(k, n, rows).is_some_and(|block| update_by_rows(w_param, block, || weight_grad_rows(x, &grad, ld)));
+            let by_rows = wants_w && rows_per_block(k, n, rows).is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(x, &grad, ld)));
             let gw = match wants_w && !by_rows {
                 false => None,
                 true => Some(with_f32("linear", x, |x| {

@@ -152,8 +152,9 @@ impl AdamW {
     /// forward pass and [`crate::nn::backward`] for the parameters it is given and returns
     /// their gradients. The update of a CPU
     /// parameter that only linear layers use starts on the thread pool as soon as the backward
-    /// pass has completed its gradient ([`crate::nn::grads`]); the others' (and all of the first
-    /// step's) after it. The parameters get the bits [`AdamW::step`] gives them; if
+    /// pass has completed its gradient, or for a weight at its last use, computing the gradient
+    /// by blocks of rows itself ([`crate::nn::grads`]); the others' (and all of the first step's)
+    /// after it. The parameters get the bits [`AdamW::step`] gives them; if
     /// `forward_backward` fails, some may have been updated and the step is counted.
     pub fn step_in_backward<R>(&mut self, forward_backward: impl FnOnce(&[(String, Var)]) -> anyhow::Result<(R, GradStore)>) -> anyhow::Result<R> {
         self.step += 1;

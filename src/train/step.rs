@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 /// What one optimiser step produced: the weighted loss terms and the wall time of its phases
 /// (on the CPU, where every op finishes before the next starts, except the AdamW updates that
-/// run beside the backward pass: those still running when it ends count in `update`).
+/// run beside the backward pass, weight gradients by rows included: those still running when it
+/// ends count in `update`).
 pub struct Step {
     pub losses: Vec<(&'static str, f32)>,
     /// Loss forward pass.
