@@ -10,7 +10,7 @@
 //! update gets the gradient the store would have held (the uses summed in the same order), so
 //! the parameters come out the same bits either way.
 //!
-//! An update that takes its gradient by rows ([`RowsUpdate`]: AdamW's) gets a linear layer's
+//! An update ([`ParamUpdate`]: AdamW's) gets a linear layer's
 //! weight gradient from its last use as a job on the pool that computes one block of rows at a
 //! time and updates those rows from it, beside the rest of the backward pass
 //! ([`update_by_rows`]): the gradient never goes to memory as a whole. Vireo-size epochs took
@@ -27,40 +27,20 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// An update of a parameter with its whole gradient.
-pub type WholeUpdate = Box<dyn FnOnce(&Tensor, &Tensor) -> Result<()> + Send>;
-
-/// What to do with a parameter and its complete gradient.
-pub enum Update {
-    /// Runs on the whole gradient once it is complete.
-    Whole(WholeUpdate),
-    /// The same update, which can also take the gradient block by block of rows ([`RowsUpdate`]).
-    Rows(Box<dyn RowsUpdate>),
-}
-
 /// A gradient given by blocks of rows: `grad(first_row, block)` writes the values of the rows
 /// from `first_row` on that `block` holds.
 pub type GradRows<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
 
-/// A parameter update that runs on the whole gradient or on blocks of its rows as they are
-/// computed: a linear layer's backward pass computes each block of its weight's gradient into a
-/// buffer that stays in cache and the update reads it from there ([`update_by_rows`]), instead
-/// of the whole gradient going to memory and back.
-pub trait RowsUpdate: Send {
+/// What to do with a parameter and its complete gradient: the whole gradient, or for a linear
+/// layer's weight, blocks of its rows as they are computed: the layer's backward pass computes
+/// each block into a buffer that stays in cache and the update reads it from there
+/// ([`update_by_rows`]), instead of the whole gradient going to memory and back.
+pub trait ParamUpdate: Send {
     /// The update with the whole gradient.
     fn whole(&self, param: &Tensor, grad: &Tensor) -> Result<()>;
     /// The update with the gradient of `param` ([rows, cols]) by blocks of `block_rows` rows
     /// (the last one may have fewer).
     fn by_rows(&self, param: &Tensor, block_rows: usize, grad: &GradRows) -> Result<()>;
-}
-
-impl Update {
-    fn run(self, param: &Tensor, grad: &Tensor) -> Result<()> {
-        match self {
-            Update::Whole(f) => f(param, grad),
-            Update::Rows(u) => u.whole(param, grad),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -78,7 +58,7 @@ struct State {
 struct Armed {
     param: Tensor,
     uses: usize,
-    update: Update,
+    update: Box<dyn ParamUpdate>,
     flight: Arc<Flight>,
 }
 
@@ -185,7 +165,7 @@ pub(crate) fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
     drop(state);
     rayon::spawn(move || {
         let id = a.param.id();
-        a.flight.record(id, catch_unwind(AssertUnwindSafe(|| a.update.run(&a.param, &total))));
+        a.flight.record(id, catch_unwind(AssertUnwindSafe(|| a.update.whole(&a.param, &total))));
     });
     Ok(())
 }
@@ -195,22 +175,21 @@ pub(crate) fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
 pub(crate) type RowsSource = Box<dyn FnOnce(&dyn Fn(&GradRows) -> Result<()>) -> Result<()> + Send>;
 
 /// For a linear layer's backward pass, instead of [`hand_over`]: when this use's gradient
-/// completes `param`'s (its last counted use) and its armed update takes gradients by rows,
-/// starts that update on the thread pool with blocks of `block_rows` rows from `source` (added
+/// completes `param`'s (its last counted use), starts its armed update on the thread pool with blocks of `block_rows` rows from `source` (added
 /// to what earlier uses handed over: the same bits as [`hand_over`]'s sum), and
 /// says true; otherwise does nothing and says false (the caller then computes the whole
 /// gradient and hands it over).
 pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: RowsSource) -> bool {
     let mut state = lock(&STATE);
     let s = state.get_or_insert_default();
-    if !s.armed.get(&param.id()).is_some_and(|a| a.uses == 1 && matches!(a.update, Update::Rows(_))) {
+    if s.armed.get(&param.id()).is_none_or(|a| a.uses != 1) {
         return false;
     }
     let (a, earlier) = (s.armed.remove(&param.id()).expect("armed"), s.pending.remove(&param.id()));
     a.flight.running.fetch_add(1, Ordering::AcqRel);
     drop(state);
     rayon::spawn(move || {
-        let Update::Rows(update) = a.update else { unreachable!("checked above") };
+        let update = &a.update;
         let (param, cols) = (&a.param, a.param.dims().last().copied().unwrap_or(1));
         let run = |grad: &GradRows| match &earlier {
             None => update.by_rows(param, block_rows, grad),
@@ -241,7 +220,7 @@ pub struct ArmedUpdates {
 
 /// Arms `update` for each parameter: it runs, on the thread pool, once the parameter's uses by
 /// linear layers counted from now on have all handed their gradients over.
-pub fn arm(updates: Vec<(Tensor, Update)>) -> ArmedUpdates {
+pub fn arm(updates: Vec<(Tensor, Box<dyn ParamUpdate>)>) -> ArmedUpdates {
     let flight = Arc::new(Flight::default());
     let ids = updates.iter().map(|(p, _)| p.id()).collect();
     with_state(|s| {
@@ -299,6 +278,41 @@ mod tests {
     use crate::rng::{randn, stream};
     use candle_core::{Device, Module};
 
+    type Seen = Arc<Mutex<Vec<(TensorId, &'static str, Vec<f32>)>>>;
+
+    /// Records each update's parameter, how it got its gradient and the gradient's values; with
+    /// `fail`, refuses after recording.
+    struct Recorder {
+        seen: Seen,
+        fail: bool,
+    }
+
+    impl Recorder {
+        fn armed(seen: &Seen, fail: bool) -> Box<dyn ParamUpdate> {
+            Box::new(Recorder { seen: seen.clone(), fail })
+        }
+
+        fn record(&self, p: &Tensor, how: &'static str, g: Vec<f32>) -> Result<()> {
+            lock(&self.seen).push((p.id(), how, g));
+            if self.fail { candle_core::bail!("refused") } else { Ok(()) }
+        }
+    }
+
+    impl ParamUpdate for Recorder {
+        fn whole(&self, p: &Tensor, g: &Tensor) -> Result<()> {
+            self.record(p, "whole", g.flatten_all()?.to_vec1()?)
+        }
+
+        fn by_rows(&self, p: &Tensor, block_rows: usize, grad: &GradRows) -> Result<()> {
+            let (rows, cols) = p.dims2()?;
+            let mut all = vec![f32::NAN; rows * cols];
+            for (i, block) in all.chunks_mut(block_rows * cols).enumerate() {
+                grad(i * block_rows, block);
+            }
+            self.record(p, "rows", all)
+        }
+    }
+
     /// An armed update gets the parameter's whole gradient (a layer applied twice: the sum of
     /// both uses) once its last use's backward pass has run, and the store leaves it out; a
     /// layer with a use the loss ignores is left to the store; an update's error reaches `finish`.
@@ -318,31 +332,25 @@ mod tests {
             ((l1.forward(&x)? + l1.forward(&l2.forward(&x)?)?)? * &r)?.sum_all()
         };
         let want = backward(&loss(&l1, &l2)?, &params)?;
-        let seen: Arc<Mutex<Vec<(TensorId, Tensor)>>> = Arc::default();
-        let record = |fail: bool| -> Update {
-            let seen = seen.clone();
-            Update::Whole(Box::new(move |p: &Tensor, g: &Tensor| {
-                lock(&seen).push((p.id(), g.clone()));
-                if fail { candle_core::bail!("refused") } else { Ok(()) }
-            }))
-        };
-        let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), record(false))).collect());
+        let seen = Seen::default();
+        let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), Recorder::armed(&seen, false))).collect());
         let grads = backward(&loss(&l1, &l2)?, &params)?;
         armed.finish(&grads)?;
-        let seen = std::mem::take(&mut *lock(&seen));
-        let ids: HashSet<TensorId> = seen.iter().map(|(id, _)| *id).collect();
+        let got = std::mem::take(&mut *lock(&seen));
+        let ids: HashSet<TensorId> = got.iter().map(|(id, _, _)| *id).collect();
         // w1 and b1 (two uses, both in the loss) are updated once each; l2 has a use outside the
         // loss, so its update never starts and its gradients stay in the store.
         assert_eq!(ids, HashSet::from([w1.id(), b1.id()]), "updated");
-        assert_eq!(seen.len(), 2, "an update ran twice");
-        for (id, g) in &seen {
-            let diff = (g - want.get_id(*id).unwrap())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert_eq!(diff, 0.0, "the update's gradient differs from the store's");
+        assert_eq!(got.len(), 2, "an update ran twice");
+        for (id, how, g) in &got {
+            assert_eq!(*how, "whole", "a weight 5 wide took its gradient by rows");
+            let want = want.get_id(*id).unwrap().flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(g, &want, "the update's gradient differs from the store's");
             assert!(grads.get_id(*id).is_none(), "an updated parameter is still in the store");
         }
         assert!(grads.get(w2.as_tensor()).is_some() && grads.get(b2.as_tensor()).is_some());
         // An update's error is `finish`'s.
-        let armed = arm(vec![(w1.as_tensor().clone(), record(true))]);
+        let armed = arm(vec![(w1.as_tensor().clone(), Recorder::armed(&seen, true))]);
         let grads = backward(&loss(&l1, &l2)?, &params)?;
         assert!(armed.finish(&grads).unwrap_err().to_string().contains("refused"));
         Ok(())
@@ -353,23 +361,6 @@ mod tests {
     /// biases, and weights in a batch too small for blocks, get whole gradients.
     #[test]
     fn updates_by_rows_get_the_stores_gradient() -> Result<()> {
-        type Seen = Arc<Mutex<Vec<(TensorId, &'static str, Vec<f32>)>>>;
-        struct Recorder(Seen);
-        impl RowsUpdate for Recorder {
-            fn whole(&self, p: &Tensor, g: &Tensor) -> Result<()> {
-                lock(&self.0).push((p.id(), "whole", g.flatten_all()?.to_vec1()?));
-                Ok(())
-            }
-            fn by_rows(&self, p: &Tensor, block_rows: usize, grad: &GradRows) -> Result<()> {
-                let (rows, cols) = p.dims2()?;
-                let mut all = vec![f32::NAN; rows * cols];
-                for (i, block) in all.chunks_mut(block_rows * cols).enumerate() {
-                    grad(i * block_rows, block);
-                }
-                lock(&self.0).push((p.id(), "rows", all));
-                Ok(())
-            }
-        }
         let dev = Device::Cpu;
         let mut rng = stream(7, "test", 0);
         let mut var = |shape: &[usize]| Var::from_tensor(&randn(&mut rng, shape, &dev)?);
@@ -382,8 +373,8 @@ mod tests {
             // l1 once, l2 twice.
             let loss = || (l2.forward(&l2.forward(&l1.forward(&x)?)?)? * &r)?.sum_all();
             let want = backward(&loss()?, &params)?;
-            let seen = Arc::new(Mutex::new(Vec::new()));
-            let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), Update::Rows(Box::new(Recorder(seen.clone()))))).collect());
+            let seen = Seen::default();
+            let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), Recorder::armed(&seen, false))).collect());
             let grads = backward(&loss()?, &params)?;
             armed.finish(&grads)?;
             let seen = std::mem::take(&mut *lock(&seen));

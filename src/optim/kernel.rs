@@ -88,6 +88,16 @@ impl Kernel for AdamWLoop<'_> {
     }
 }
 
+/// `f` on the moments behind `moments`, once their lengths are checked against a parameter's `len`.
+fn with_moments<R>(moments: &Mutex<HostMoments>, len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> Result<R> {
+    let mut guard = moments.lock().unwrap_or_else(|e| e.into_inner());
+    let HostMoments { m, v } = &mut *guard;
+    if m.len() != len || v.len() != len {
+        candle_core::bail!("adamw: a parameter of {len} values with moments of {} and {}", m.len(), v.len());
+    }
+    Ok(f(m, v))
+}
+
 impl InplaceOp2 for AdamWKernel<'_> {
     fn name(&self) -> &'static str {
         "adamw"
@@ -95,22 +105,20 @@ impl InplaceOp2 for AdamWKernel<'_> {
 
     fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
         let (p, g) = (f32_slice_mut("adamw", p, pl)?, f32_slice("adamw", g, gl)?);
-        let mut guard = self.moments.lock().unwrap_or_else(|e| e.into_inner());
-        let HostMoments { m, v } = &mut *guard;
-        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
-            candle_core::bail!("adamw: parameter, gradient and moments differ in length");
+        if g.len() != p.len() {
+            candle_core::bail!("adamw: a parameter of {} values with a gradient of {}", p.len(), g.len());
         }
         let k = &self.k;
-        if p.len() <= CHUNK {
-            k.update(p, g, m, v);
-            return Ok(());
-        }
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| k.update(p, g, m, v));
-        Ok(())
+        with_moments(self.moments, p.len(), |m, v| {
+            if p.len() <= CHUNK {
+                return k.update(p, g, m, v);
+            }
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| k.update(p, g, m, v))
+        })
     }
 }
 
@@ -137,21 +145,17 @@ impl InplaceOp1 for AdamWByRows<'_> {
     fn cpu_fwd(&self, p: &mut CpuStorage, pl: &Layout) -> Result<()> {
         let (_, cols) = pl.shape().dims2()?;
         let p = f32_slice_mut("adamw", p, pl)?;
-        let mut guard = self.moments.lock().unwrap_or_else(|e| e.into_inner());
-        let HostMoments { m, v } = &mut *guard;
-        if m.len() != p.len() || v.len() != p.len() {
-            candle_core::bail!("adamw: parameter and moments differ in length");
-        }
         let (k, len) = (&self.k, (self.block_rows * cols).max(1));
-        p.par_chunks_mut(len).zip(m.par_chunks_mut(len)).zip(v.par_chunks_mut(len)).enumerate().for_each(|(i, ((p, m), v))| {
-            BLOCK.with_borrow_mut(|g| {
-                g.resize(g.len().max(p.len()), 0.0);
-                let g = &mut g[..p.len()];
-                (self.grad)(i * self.block_rows, g);
-                k.update(p, g, m, v);
+        with_moments(self.moments, p.len(), |m, v| {
+            p.par_chunks_mut(len).zip(m.par_chunks_mut(len)).zip(v.par_chunks_mut(len)).enumerate().for_each(|(i, ((p, m), v))| {
+                BLOCK.with_borrow_mut(|g| {
+                    g.resize(g.len().max(p.len()), 0.0);
+                    let g = &mut g[..p.len()];
+                    (self.grad)(i * self.block_rows, g);
+                    k.update(p, g, m, v);
+                })
             })
-        });
-        Ok(())
+        })
     }
 }
 

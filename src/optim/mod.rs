@@ -4,7 +4,7 @@
 mod kernel;
 
 use crate::nn::cpu::with_f32;
-use crate::nn::grads::{GradRows, RowsUpdate, Update, arm, handed_over_only};
+use crate::nn::grads::{GradRows, ParamUpdate, arm, handed_over_only};
 use crate::nn::padded;
 use candle_core::{Result, Tensor, Var, backprop::GradStore};
 use kernel::{AdamWByRows, AdamWConstants, AdamWKernel, CHUNK, HostMoments, sum_of_squares};
@@ -66,7 +66,7 @@ struct HostUpdate {
     k: AdamWConstants,
 }
 
-impl RowsUpdate for HostUpdate {
+impl ParamUpdate for HostUpdate {
     fn whole(&self, p: &Tensor, g: &Tensor) -> Result<()> {
         p.inplace_op2(g, &AdamWKernel { moments: &self.moments, k: self.k })
     }
@@ -159,12 +159,12 @@ impl AdamW {
     pub fn step_in_backward<R>(&mut self, forward_backward: impl FnOnce(&[(String, Var)]) -> anyhow::Result<(R, GradStore)>) -> anyhow::Result<R> {
         self.step += 1;
         let k = self.constants(1.0);
-        let mut updates: Vec<(Tensor, Update)> = Vec::new();
+        let mut updates: Vec<(Tensor, Box<dyn ParamUpdate>)> = Vec::new();
         for ((_, p), moments) in self.params.iter().zip(&self.moments) {
             // Only parameters that linear layers alone gave gradients to in the last step.
             let Moments::Host(mv) = moments else { continue };
             if self.in_backward && handed_over_only(p.as_tensor()) {
-                updates.push((p.as_tensor().clone(), Update::Rows(Box::new(HostUpdate { moments: mv.clone(), k }))));
+                updates.push((p.as_tensor().clone(), Box::new(HostUpdate { moments: mv.clone(), k })));
             }
         }
         let armed = arm(updates);
