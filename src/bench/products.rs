@@ -52,12 +52,9 @@ const FORWARD: [bool; 3] = [false, true, false];
 /// The frozen encoders' weights are never padded.
 const UNPADDED: [bool; 3] = [false; 3];
 
-const SHAPES: [Product; 10] = [
+const SHAPES: [Product; 9] = [
     product("head: projection 768 -> 256, batch 64", (64, 256, 768), (false, false), FORWARD),
     product("head: denoiser layer 1024 -> 1024, batch 64", (64, 1024, 1024), (false, false), FORWARD),
-    // The weight stored [out, in] (PyTorch's layout) instead: its forward product. Its input
-    // gradient `dy W` would then be the row above's shape and layout.
-    product("head: the same, weight stored [out, in]: x W^T", (64, 1024, 1024), (false, true), FORWARD),
     product("head: its weight gradient x^T dy", (1024, 1024, 64), (true, false), [true, true, true]),
     product("head: its input gradient W dy^T", (1024, 64, 1024), (false, true), [true, true, false]),
     product("sampling: denoiser layer, batch 500", (500, 1024, 1024), (false, false), FORWARD),

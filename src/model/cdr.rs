@@ -196,7 +196,7 @@ impl Cdr {
     /// The caller applies eq. 19-20 (MSE to x_s plus CE of the classifier on the prediction).
     pub fn reconstruct(&self, xs: &Tensor, xv: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
         let draws = self.draw(xs.dim(0)?, rng);
-        self.reconstruct_drawn(xs, xv, draws)
+        Ok(self.reconstruct_drawn(xs, xv, draws, None)?.0)
     }
 
     /// The draws of [`Cdr::reconstruct`] for `b` rows, in its order: t ~ U{1..T} per row, then eps.
@@ -206,8 +206,10 @@ impl Cdr {
     }
 
     /// Eq. 15 (x_s^t from x_s, t and eps) and the x_s^0 prediction: [`Cdr::reconstruct`] with its
-    /// draws already taken ([`Cdr::draw`]).
-    pub fn reconstruct_drawn(&self, xs: &Tensor, xv: &Tensor, draws: DiffusionDraws) -> Result<Tensor> {
+    /// draws already taken ([`Cdr::draw`]). With `also` = (x, t) ([`Cdr::train_input`]), the
+    /// prediction from x at step t too, in the same denoiser pass (its rows after the batch's):
+    /// one pass of 2b rows instead of two of b.
+    pub fn reconstruct_drawn(&self, xs: &Tensor, xv: &Tensor, draws: DiffusionDraws, also: Option<(Tensor, usize)>) -> Result<(Tensor, Option<Tensor>)> {
         let (b, ds) = xs.dims2()?;
         let DiffusionDraws { t, eps } = draws;
         if t.len() != b || eps.len() != b * ds {
@@ -225,28 +227,27 @@ impl Cdr {
         let s = Tensor::from_vec(s, (b, 1), dev)?;
         let eps = Tensor::from_vec(eps, (b, ds), dev)?;
         let x_t = (xs.broadcast_mul(&a)? + eps.broadcast_mul(&s)?)?;
-        self.denoise(&x_t, &t, xv)
+        let Some((x, step)) = also else { return Ok((self.denoise(&x_t, &t, xv)?, None)) };
+        let steps: Vec<usize> = t.iter().copied().chain(std::iter::repeat_n(step, x.dim(0)?)).collect();
+        let both = self.denoise(&Tensor::cat(&[&x_t, &x], 0)?, &steps, &Tensor::cat(&[xv, xv], 0)?)?;
+        Ok((both.narrow(0, 0, b)?, Some(both.narrow(0, b, x.dim(0)?)?)))
     }
 
-    /// What the classifiers see in training for `input` (see [`CdrTrainInput`]); `None` for
-    /// the one-step prediction, which the caller already has.
-    pub fn train_input(&self, input: CdrTrainInput, xv: &Tensor, train_steps: usize, rng: &mut SeededRng) -> Result<Option<Tensor>> {
+    /// The input of what the classifiers see in training for `input` (see [`CdrTrainInput`]):
+    /// x and the step t to predict x_s^0 from ([`Cdr::reconstruct_drawn`]'s `also`); `None` for
+    /// the one-step prediction itself.
+    pub fn train_input(&self, input: CdrTrainInput, xv: &Tensor, train_steps: usize, rng: &mut SeededRng) -> Result<Option<(Tensor, usize)>> {
         let (b, dev) = (xv.dim(0)?, xv.device());
-        let t_max = self.schedule.steps();
         match input {
             CdrTrainInput::Onestep => Ok(None),
-            CdrTrainInput::Noise => {
-                let eps = crate::rng::randn(rng, (b, self.ds), dev)?;
-                self.denoise(&eps, &vec![t_max; b], xv).map(Some)
-            }
+            CdrTrainInput::Noise => Ok(Some((crate::rng::randn(rng, (b, self.ds), dev)?, self.schedule.steps()))),
             CdrTrainInput::Sampled => {
                 let ts = self.schedule.sampling_steps(train_steps);
                 let first = self.first_layer(xv)?;
                 let x = crate::rng::randn(rng, (b, self.ds), dev)?;
                 let last = *ts.last().expect("at least one step");
-                let x = self.reverse(&first, SamplerMode::Ddim, &ts, x, &mut Noise::Shared(rng))?;
-                // The last jump lands on the x_0 prediction (s = 0): that call keeps its gradient.
-                self.denoise(&x, &vec![last; b], xv).map(Some)
+                // The last jump lands on the x_0 prediction (s = 0): the caller's pass, which keeps its gradient.
+                Ok(Some((self.reverse(&first, SamplerMode::Ddim, &ts, x, &mut Noise::Shared(rng))?, last)))
             }
         }
     }
@@ -316,14 +317,18 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
+    /// A CDR with dv 6, ds 5, hidden 16 and temb 4, its variables in `vm`.
+    fn small_cdr(vm: &VarMap) -> Cdr {
+        let cfg = CdrConfig { dv: 6, ds: 5, hidden: 16, temb: 4, act: Activation::Silu, schedule: ScheduleConfig::default() };
+        Cdr::load(VarBuilder::from_varmap(vm, DType::F32, &Device::Cpu), &cfg).unwrap()
+    }
+
     /// Sampling with the first layer split (x_v part once, emb(t) part once per step) gives
     /// what the plain denoiser on the concatenated input gives, step by step.
     #[test]
     fn split_first_layer_sampling_matches_the_plain_denoiser() -> Result<()> {
-        let dev = Device::Cpu;
-        let cfg = CdrConfig { dv: 6, ds: 5, hidden: 16, temb: 4, act: Activation::Silu, schedule: ScheduleConfig::default() };
-        let vm = VarMap::new();
-        let cdr = Cdr::load(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
+        let (dev, vm) = (Device::Cpu, VarMap::new());
+        let cdr = small_cdr(&vm);
         let xv = crate::rng::randn(&mut crate::rng::stream(1, "test", 0), (3, 6), &dev)?;
         for mode in [SamplerMode::Ddim, SamplerMode::Ancestral] {
             let sampler = SamplerConfig { mode, steps: 5, samples: 1, ..Default::default() };
@@ -350,6 +355,32 @@ mod tests {
             }
             let diff = (got - x)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "{mode:?}: {diff}");
+        }
+        Ok(())
+    }
+
+    /// The one-step prediction and the classifiers' input from one pass of 2b rows are the two
+    /// passes of b rows each: both outputs and the gradients of the denoiser's weights.
+    #[test]
+    fn one_pass_for_both_predictions_matches_two() -> Result<()> {
+        let (dev, vm) = (Device::Cpu, VarMap::new());
+        let cdr = small_cdr(&vm);
+        let mut rng = crate::rng::stream(3, "test", 0);
+        let (xs, xv) = (crate::rng::randn(&mut rng, (4, 5), &dev)?, crate::rng::randn(&mut rng, (4, 6), &dev)?);
+        let (draws, t) = (cdr.draw(4, &mut rng), cdr.schedule.steps());
+        let x = cdr.train_input(CdrTrainInput::Noise, &xv, 1, &mut rng)?.expect("noise").0;
+        let DiffusionDraws { t: ts, eps } = &draws;
+        let separate = (cdr.reconstruct_drawn(&xs, &xv, DiffusionDraws { t: ts.clone(), eps: eps.clone() }, None)?.0, cdr.denoise(&x, &[t; 4], &xv)?);
+        let (one, other) = cdr.reconstruct_drawn(&xs, &xv, draws, Some((x, t)))?;
+        let r = crate::rng::randn(&mut rng, (4, 5), &dev)?;
+        let params: Vec<(String, candle_core::Var)> = vm.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let grads = |a: &Tensor, b: &Tensor| crate::nn::backward(&((a * &r)?.sum_all()? + b.sqr()?.sum_all()?)?, &params);
+        let (g1, g2) = (grads(&separate.0, &separate.1)?, grads(&one, other.as_ref().expect("asked for"))?);
+        let close = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
+        assert!(close(&one, &separate.0)? < 1e-6 && close(other.as_ref().unwrap(), &separate.1)? < 1e-6);
+        for (name, var) in &params {
+            let (a, b) = (g1.get(var.as_tensor()).expect("a gradient"), g2.get(var.as_tensor()).expect("a gradient"));
+            assert!(close(a, b)? < 1e-5, "{name}");
         }
         Ok(())
     }

@@ -181,12 +181,13 @@ impl Marnet {
             let (z_hat, seen) = match recon {
                 Reconstructor::Mlp(mlp) => (mlp.forward(xv)?, None),
                 Reconstructor::Diffusion(cdr) => {
-                    let one_step = match cdr_draws.take() {
-                        Some(draws) => cdr.reconstruct_drawn(&z, xv, draws)?,
-                        None => cdr.reconstruct(&z, xv, rng)?,
+                    let draws = match cdr_draws.take() {
+                        Some(draws) => draws,
+                        None => cdr.draw(xv.dim(0)?, rng),
                     };
+                    // The classifiers' input from the same denoiser pass as the one-step prediction.
                     let seen = cdr.train_input(self.cfg.cdr_train_input, xv, self.cfg.cdr_train_steps, rng)?;
-                    (one_step, seen)
+                    cdr.reconstruct_drawn(&z, xv, draws, seen)?
                 }
             };
             // Eq. 19: the squared L2 norm of the error per sample (standardised units), batch mean.
