@@ -10,9 +10,9 @@
 //! update gets the gradient the store would have held (the uses summed in the same order), so
 //! the parameters come out the same bits either way.
 //!
-//! An update ([`ParamUpdate`]: AdamW's) gets a linear layer's
-//! weight gradient from its last use as a job on the pool that computes one block of rows at a
-//! time and updates those rows from it, beside the rest of the backward pass
+//! An update ([`ParamUpdate`]: AdamW's) gets a linear layer's weight gradient from its last use
+//! as a job on the pool that computes one block of rows at a time and updates those rows from
+//! it, beside the rest of the backward pass
 //! ([`update_by_rows`]): the gradient never goes to memory as a whole. Vireo-size epochs took
 //! 9-16% less in interleaved pairs (BENCHMARKS.md, 2026-12-05, evening).
 //!
@@ -175,10 +175,10 @@ pub(crate) fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
 pub(crate) type RowsSource = Box<dyn FnOnce(&dyn Fn(&GradRows) -> Result<()>) -> Result<()> + Send>;
 
 /// For a linear layer's backward pass, instead of [`hand_over`]: when this use's gradient
-/// completes `param`'s (its last counted use), starts its armed update on the thread pool with blocks of `block_rows` rows from `source` (added
-/// to what earlier uses handed over: the same bits as [`hand_over`]'s sum), and
-/// says true; otherwise does nothing and says false (the caller then computes the whole
-/// gradient and hands it over).
+/// completes `param`'s (its last counted use), starts its armed update on the thread pool with
+/// blocks of `block_rows` rows from `source` (added to what earlier uses handed over: the same
+/// bits as [`hand_over`]'s sum), and says true; otherwise does nothing and says false (the
+/// caller then computes the whole gradient and hands it over).
 pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: RowsSource) -> bool {
     let mut state = lock(&STATE);
     let s = state.get_or_insert_default();
@@ -386,6 +386,12 @@ mod tests {
                 assert!(g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "batch {batch}: {how} gradient of {id:?} differs from the store's");
             }
         }
+        // An update by rows that fails: its error is `finish`'s.
+        let (x, seen) = (randn(&mut stream(9, "test", 0), (64, 130), &dev)?, Seen::default());
+        let armed = arm(vec![(w1.as_tensor().clone(), Recorder::armed(&seen, true))]);
+        let grads = backward(&l1.forward(&x)?.sum_all()?, &params)?;
+        assert!(armed.finish(&grads).unwrap_err().to_string().contains("refused"));
+        assert_eq!(lock(&seen).first().map(|s| s.1), Some("rows"));
         Ok(())
     }
 }

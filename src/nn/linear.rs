@@ -10,8 +10,9 @@
 //! - the input gradient is skipped when the input tracks no gradient (data inputs);
 //! - the weight and bias gradients are handed to [`crate::nn::grads`] directly instead of through
 //!   candle's gradient store, which adds each one into a fresh zero tensor (a memset and a full
-//!   pass per weight and step); a weight whose update takes its gradient by rows gets it block
-//!   by block, each block's product followed by the update of its rows ([`weight_grad_rows`]).
+//!   pass per weight and step); a weight with an armed update gets it block by block, each
+//!   block's product followed by the update of its rows ([`weight_grad_rows`]), where the
+//!   blocks give the whole product's bits.
 //!   Train with [`crate::nn::backward`], not `Tensor::backward`.
 
 use crate::nn::activation::Activation;

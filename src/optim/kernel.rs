@@ -123,7 +123,7 @@ impl InplaceOp2 for AdamWKernel<'_> {
 }
 
 /// [`AdamWKernel`] with the gradient given by blocks of rows as they are computed
-/// ([`crate::nn::grads::RowsUpdate`]): each block goes into a buffer of the thread's that stays
+/// ([`crate::nn::grads::ParamUpdate`]): each block goes into a buffer of the thread's that stays
 /// in its cache, and the update reads it from there. The same bits as the whole gradient's pass.
 pub(super) struct AdamWByRows<'a> {
     pub(super) moments: &'a Mutex<HostMoments>,
