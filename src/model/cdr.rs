@@ -1,61 +1,15 @@
 //! CDR: cross-modal diffusion reconstruction (paper section 3.3.2). The diffused variable is
 //! the text feature x_s; the condition is the visual feature x_v; a four-layer MLP predicts x_s^0.
 
+use super::denoiser::DenoiserMlp;
 use super::diffusion::{Schedule, ScheduleConfig};
 pub use crate::nn::activation::Activation;
-use crate::nn::linear::{Linear, Then, linear};
+use crate::nn::linear::Linear;
 use crate::rng::{Noise, SeededRng};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-
-/// Four Linear layers with a nonlinearity between them: `X_theta` of the paper.
-#[derive(Debug, Clone)]
-pub struct DenoiserMlp {
-    layers: Vec<Linear>,
-    act: Activation,
-}
-
-impl DenoiserMlp {
-    pub fn load(vb: VarBuilder, input: usize, hidden: usize, output: usize, act: Activation) -> Result<Self> {
-        let dims = [input, hidden, hidden, hidden, output];
-        let layers = (0..4).map(|i| linear(dims[i], dims[i + 1], vb.pp(format!("l{i}")))).collect::<Result<_>>()?;
-        Ok(Self { layers, act })
-    }
-}
-
-impl DenoiserMlp {
-    /// The first layer cut by input blocks (see [`Linear::split_inputs`]).
-    fn split_first(&self, sizes: &[usize]) -> Result<Vec<Linear>> {
-        self.layers[0].split_inputs(sizes)
-    }
-
-    /// The x_s^0 prediction for sampling, with no backward pass: `first` (the first layer's x_t
-    /// part, its bias shifted by the emb(t) part) on `x_t`, plus `cond` (the x_v part), then the
-    /// other layers; each activation happens inside the product before it.
-    fn sample_forward(&self, first: &Linear, shift: &Tensor, x_t: &Tensor, cond: &Tensor) -> Result<Tensor> {
-        let (act, last) = (Then::Act(self.act), self.layers.len() - 1);
-        let mut h = first.forward_frozen(x_t, Some(shift), Some(cond), act)?;
-        for l in &self.layers[1..last] {
-            h = l.forward_frozen(&h, None, None, act)?;
-        }
-        self.layers[last].forward_frozen(&h, None, None, Then::Nothing)
-    }
-}
-
-impl Module for DenoiserMlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
-        for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(&x)?;
-            if i + 1 < self.layers.len() {
-                x = self.act.apply(&x)?;
-            }
-        }
-        Ok(x)
-    }
-}
 
 /// Sinusoidal embedding of step t: `[sin(t f_i), cos(t f_i)]`, `f_i = 10000^(-i / (dim/2))`.
 pub fn time_embedding_row(t: usize, dim: usize) -> Vec<f32> {
@@ -162,6 +116,7 @@ struct FirstLayer {
 }
 
 /// The random draws of one training forward ([`Cdr::draw`]): per-row steps t and eps [b, ds].
+#[derive(Clone)]
 pub struct DiffusionDraws {
     t: Vec<usize>,
     eps: Vec<f32>,
@@ -205,10 +160,10 @@ impl Cdr {
         DiffusionDraws { t, eps: crate::rng::normal_vec(rng, b * self.ds) }
     }
 
-    /// Eq. 15 (x_s^t from x_s, t and eps) and the x_s^0 prediction: [`Cdr::reconstruct`] with its
-    /// draws already taken ([`Cdr::draw`]). With `also` = (x, t) ([`Cdr::train_input`]), the
-    /// prediction from x at step t too, in the same denoiser pass (its rows after the batch's):
-    /// one pass of 2b rows instead of two of b.
+    /// Eq. 15 (x_s^t from x_s, t and eps) and the x_s^0 prediction `X(x_s^t, t, x_v)` of eq. 19:
+    /// [`Cdr::reconstruct`] with its draws already taken ([`Cdr::draw`]). With `also` = (x, t)
+    /// ([`Cdr::train_input`], x of x_s's shape), the prediction `X(x, t, x_v)` too, in the same
+    /// denoiser pass (its rows after the batch's): one pass of 2b rows instead of two of b.
     pub fn reconstruct_drawn(&self, xs: &Tensor, xv: &Tensor, draws: DiffusionDraws, also: Option<(Tensor, usize)>) -> Result<(Tensor, Option<Tensor>)> {
         let (b, ds) = xs.dims2()?;
         let DiffusionDraws { t, eps } = draws;
@@ -228,14 +183,17 @@ impl Cdr {
         let eps = Tensor::from_vec(eps, (b, ds), dev)?;
         let x_t = (xs.broadcast_mul(&a)? + eps.broadcast_mul(&s)?)?;
         let Some((x, step)) = also else { return Ok((self.denoise(&x_t, &t, xv)?, None)) };
-        let steps: Vec<usize> = t.iter().copied().chain(std::iter::repeat_n(step, x.dim(0)?)).collect();
+        if x.dims() != xs.dims() {
+            candle_core::bail!("cdr: a second input of {:?} beside a batch of {:?}", x.shape(), xs.shape());
+        }
+        let steps: Vec<usize> = t.iter().copied().chain(std::iter::repeat_n(step, b)).collect();
         let both = self.denoise(&Tensor::cat(&[&x_t, &x], 0)?, &steps, &Tensor::cat(&[xv, xv], 0)?)?;
-        Ok((both.narrow(0, 0, b)?, Some(both.narrow(0, b, x.dim(0)?)?)))
+        Ok((both.narrow(0, 0, b)?, Some(both.narrow(0, b, b)?)))
     }
 
-    /// The input of what the classifiers see in training for `input` (see [`CdrTrainInput`]):
-    /// x and the step t to predict x_s^0 from ([`Cdr::reconstruct_drawn`]'s `also`); `None` for
-    /// the one-step prediction itself.
+    /// What the denoiser is given for the classifiers' training input (see [`CdrTrainInput`]): x
+    /// and its step t (`Noise`: eps at T; `Sampled`: DDIM's x at its last step), for
+    /// [`Cdr::reconstruct_drawn`]'s `also`; `None` for `Onestep`.
     pub fn train_input(&self, input: CdrTrainInput, xv: &Tensor, train_steps: usize, rng: &mut SeededRng) -> Result<Option<(Tensor, usize)>> {
         let (b, dev) = (xv.dim(0)?, xv.device());
         match input {
@@ -360,28 +318,33 @@ mod tests {
     }
 
     /// The one-step prediction and the classifiers' input from one pass of 2b rows are the two
-    /// passes of b rows each: both outputs and the gradients of the denoiser's weights.
+    /// passes of b rows each (both outputs, every weight's gradient); `Sampled`'s second half is
+    /// DDIM sampling's result.
     #[test]
     fn one_pass_for_both_predictions_matches_two() -> Result<()> {
         let (dev, vm) = (Device::Cpu, VarMap::new());
         let cdr = small_cdr(&vm);
         let mut rng = crate::rng::stream(3, "test", 0);
         let (xs, xv) = (crate::rng::randn(&mut rng, (4, 5), &dev)?, crate::rng::randn(&mut rng, (4, 6), &dev)?);
-        let (draws, t) = (cdr.draw(4, &mut rng), cdr.schedule.steps());
-        let x = cdr.train_input(CdrTrainInput::Noise, &xv, 1, &mut rng)?.expect("noise").0;
-        let DiffusionDraws { t: ts, eps } = &draws;
-        let separate = (cdr.reconstruct_drawn(&xs, &xv, DiffusionDraws { t: ts.clone(), eps: eps.clone() }, None)?.0, cdr.denoise(&x, &[t; 4], &xv)?);
-        let (one, other) = cdr.reconstruct_drawn(&xs, &xv, draws, Some((x, t)))?;
-        let r = crate::rng::randn(&mut rng, (4, 5), &dev)?;
+        let draws = cdr.draw(4, &mut rng);
+        let (x, t) = cdr.train_input(CdrTrainInput::Noise, &xv, 1, &mut rng)?.expect("noise");
+        assert_eq!(t, cdr.schedule.steps());
+        let separate = (cdr.reconstruct_drawn(&xs, &xv, draws.clone(), None)?.0, cdr.denoise(&x, &[t; 4], &xv)?);
+        let (one, other) = cdr.reconstruct_drawn(&xs, &xv, draws.clone(), Some((x, t)))?;
+        let (other, r) = (other.expect("asked for"), crate::rng::randn(&mut rng, (4, 5), &dev)?);
         let params: Vec<(String, candle_core::Var)> = vm.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         let grads = |a: &Tensor, b: &Tensor| crate::nn::backward(&((a * &r)?.sum_all()? + b.sqr()?.sum_all()?)?, &params);
-        let (g1, g2) = (grads(&separate.0, &separate.1)?, grads(&one, other.as_ref().expect("asked for"))?);
+        let (g1, g2) = (grads(&separate.0, &separate.1)?, grads(&one, &other)?);
         let close = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>() };
-        assert!(close(&one, &separate.0)? < 1e-6 && close(other.as_ref().unwrap(), &separate.1)? < 1e-6);
+        assert!(close(&one, &separate.0)? < 1e-6, "the one-step half");
+        assert!(close(&other, &separate.1)? < 1e-6, "the second half");
         for (name, var) in &params {
-            let (a, b) = (g1.get(var.as_tensor()).expect("a gradient"), g2.get(var.as_tensor()).expect("a gradient"));
-            assert!(close(a, b)? < 1e-5, "{name}");
+            assert!(close(g1.get(var.as_tensor()).expect("a gradient"), g2.get(var.as_tensor()).expect("a gradient"))? < 1e-5, "{name}");
         }
+        let sampler = SamplerConfig { mode: SamplerMode::Ddim, steps: 3, samples: 1, ..Default::default() };
+        let want = cdr.sample(&xv, &sampler, &mut Noise::Shared(&mut crate::rng::stream(4, "test", 0)))?.remove(0);
+        let also = cdr.train_input(CdrTrainInput::Sampled, &xv, 3, &mut crate::rng::stream(4, "test", 0))?;
+        assert!(close(&cdr.reconstruct_drawn(&xs, &xv, draws, also)?.1.expect("asked for"), &want)? < 1e-5, "sampled");
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The MARNet head and its ablation variants (paper Table 2 rows), eq. 1-4.
 
-use super::cdr::{Cdr, DenoiserMlp, SampleAverage, SamplerConfig};
+use super::cdr::{Cdr, SampleAverage, SamplerConfig};
+use super::denoiser::DenoiserMlp;
 use super::ema::{Ema, EmaConfig};
 use super::fusion::{Fusion, FusionHead, FusionInput};
 use super::text_scale::TextScale;

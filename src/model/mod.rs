@@ -2,6 +2,7 @@
 //! kernels they are built from live below, in [`crate::nn`].
 
 pub mod cdr;
+pub mod denoiser;
 pub mod diffusion;
 pub mod ema;
 pub mod fusion;
