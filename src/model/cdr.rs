@@ -147,21 +147,16 @@ impl Cdr {
         self.den.forward(&Tensor::cat(&[x_t, &emb, xv], 1)?)
     }
 
-    /// Training forward: draw t ~ U{1..T} and eps, diffuse x_s by eq. 15, predict x_s^0.
-    /// The caller applies eq. 19-20 (MSE to x_s plus CE of the classifier on the prediction).
-    pub fn reconstruct(&self, xs: &Tensor, xv: &Tensor, rng: &mut SeededRng) -> Result<Tensor> {
-        let draws = self.draw(xs.dim(0)?, rng);
-        Ok(self.reconstruct_drawn(xs, xv, draws, None)?.0)
-    }
-
-    /// The draws of [`Cdr::reconstruct`] for `b` rows, in its order: t ~ U{1..T} per row, then eps.
+    /// The draws of a training forward ([`Cdr::reconstruct_drawn`]) for `b` rows, in their order:
+    /// t ~ U{1..T} per row, then eps.
     pub fn draw(&self, b: usize, rng: &mut SeededRng) -> DiffusionDraws {
         let t = (0..b).map(|_| rng.random_range(1..=self.schedule.steps())).collect();
         DiffusionDraws { t, eps: crate::rng::normal_vec(rng, b * self.ds) }
     }
 
-    /// Eq. 15 (x_s^t from x_s, t and eps) and the x_s^0 prediction `X(x_s^t, t, x_v)` of eq. 19:
-    /// [`Cdr::reconstruct`] with its draws already taken ([`Cdr::draw`]). With `also` = (x, t)
+    /// Training forward, eq. 15 (x_s^t from x_s and the draws t and eps, [`Cdr::draw`]) and the
+    /// x_s^0 prediction `X(x_s^t, t, x_v)` of eq. 19; the caller applies eq. 19-20 (MSE to x_s plus
+    /// CE of the classifier on the prediction). With `also` = (x, t)
     /// ([`Cdr::train_input`], x of x_s's shape), the prediction `X(x, t, x_v)` too, in the same
     /// denoiser pass (its rows after the batch's): one pass of 2b rows instead of two of b.
     pub fn reconstruct_drawn(&self, xs: &Tensor, xv: &Tensor, draws: DiffusionDraws, also: Option<(Tensor, usize)>) -> Result<(Tensor, Option<Tensor>)> {

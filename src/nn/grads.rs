@@ -160,14 +160,17 @@ pub(crate) fn hand_over(param: &Tensor, grad: Tensor) -> Result<()> {
         return Ok(());
     }
     let a = s.armed.remove(&param.id()).expect("armed");
-    // Counted before the lock goes: a `wait` on another thread must not miss it.
+    start(state, a, move |a| a.update.whole(&a.param, &total));
+    Ok(())
+}
+
+/// Runs `job` for the armed update `a`, taken out of the state that `state` locks, on the thread
+/// pool; its end goes to `a`'s flight. Counted before the lock goes: a `wait` on another thread
+/// must not miss it.
+fn start(state: MutexGuard<'_, Option<State>>, a: Armed, job: impl FnOnce(&Armed) -> Result<()> + Send + 'static) {
     a.flight.running.fetch_add(1, Ordering::AcqRel);
     drop(state);
-    rayon::spawn(move || {
-        let id = a.param.id();
-        a.flight.record(id, catch_unwind(AssertUnwindSafe(|| a.update.whole(&a.param, &total))));
-    });
-    Ok(())
+    rayon::spawn(move || a.flight.record(a.param.id(), catch_unwind(AssertUnwindSafe(|| job(&a)))));
 }
 
 /// Where an update by rows gets one use's part of the gradient: called with the update, it runs
@@ -186,11 +189,9 @@ pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: RowsSour
         return false;
     }
     let (a, earlier) = (s.armed.remove(&param.id()).expect("armed"), s.pending.remove(&param.id()));
-    a.flight.running.fetch_add(1, Ordering::AcqRel);
-    drop(state);
-    rayon::spawn(move || {
-        let update = &a.update;
-        let (param, cols) = (&a.param, a.param.dims().last().copied().unwrap_or(1));
+    start(state, a, move |a| {
+        let (update, param) = (&a.update, &a.param);
+        let cols = param.dims().last().copied().unwrap_or(1);
         let run = |grad: &GradRows| match &earlier {
             None => update.by_rows(param, block_rows, grad),
             Some(earlier) => {
@@ -206,7 +207,7 @@ pub(crate) fn update_by_rows(param: &Tensor, block_rows: usize, source: RowsSour
                 })?
             }
         };
-        a.flight.record(param.id(), catch_unwind(AssertUnwindSafe(|| source(&run))));
+        source(&run)
     });
     true
 }
