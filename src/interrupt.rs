@@ -62,14 +62,24 @@ fn reaction(second: bool, on_stop: Option<&str>) -> (String, bool) {
     }
 }
 
+/// One Ctrl-C on `flag`: says what happens, then raises the flag; true when the process is to
+/// exit. The flag goes up only after the message is out: a command that sees it can finish and
+/// exit before this thread runs again (a server with nothing in flight did, and its Ctrl-C
+/// message was lost).
+fn on_ctrl_c(flag: &AtomicBool, on_stop: Option<&str>, say: impl FnOnce(&str)) -> bool {
+    // Ctrl-C reactions run one at a time on ctrlc's thread: nothing raises the flag in between
+    // but `request`, which makes this Ctrl-C the second one anyway.
+    let (said, exit) = reaction(flag.load(Ordering::SeqCst), on_stop);
+    say(&said);
+    flag.store(true, Ordering::SeqCst);
+    exit
+}
+
 /// Installs the handler (once per process; later calls do nothing).
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         let what = *on_stop();
-        let second = REQUESTED.swap(true, Ordering::SeqCst);
-        let (said, exit) = reaction(second, what);
-        eprintln!("\n{said}");
-        if exit {
+        if on_ctrl_c(&REQUESTED, what, |said| eprintln!("\n{said}")) {
             std::process::exit(130);
         }
     });
@@ -112,5 +122,18 @@ mod tests {
             assert_eq!(*on_stop(), Some("stopping: finishing the requests in flight"));
         }
         assert_eq!(*on_stop(), before);
+    }
+
+    /// The message is out before the stop is requested, and a second Ctrl-C exits.
+    #[test]
+    fn ctrl_c_says_what_happens_before_the_command_can_stop() {
+        let flag = AtomicBool::new(false);
+        let mut heard = Vec::new();
+        let exit = on_ctrl_c(&flag, Some("stopping"), |said| heard.push((said.to_string(), flag.load(Ordering::SeqCst))));
+        assert!(!exit && flag.load(Ordering::SeqCst));
+        assert!(on_ctrl_c(&flag, Some("stopping"), |said| heard.push((said.to_string(), flag.load(Ordering::SeqCst)))));
+        let raised_when_said: Vec<bool> = heard.iter().map(|h| h.1).collect();
+        assert_eq!(raised_when_said, [false, true], "{heard:?}");
+        assert_eq!(heard[1].0, "second interrupt: exiting without saving");
     }
 }
