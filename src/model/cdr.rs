@@ -140,11 +140,12 @@ impl Cdr {
         Ok(Self { den, schedule, temb, ds: cfg.ds })
     }
 
-    /// `X_theta(x_s^t, t, x_v)`: the x_s^0 prediction for a batch with per-row steps `t`.
+    /// `X_theta(x_s^t, t, x_v)`: the x_s^0 prediction for a batch with per-row steps `t`; `xv`'s b
+    /// rows stand for each block of b rows of `x_t` (the first layer's x_v part computed once).
     pub fn denoise(&self, x_t: &Tensor, t: &[usize], xv: &Tensor) -> Result<Tensor> {
         let idx = Tensor::from_vec(t.iter().map(|&t| t as u32).collect(), t.len(), xv.device())?;
         let emb = self.temb.index_select(&idx, 0)?;
-        self.den.forward(&Tensor::cat(&[x_t, &emb, xv], 1)?)
+        self.den.forward_tiled(&Tensor::cat(&[x_t, &emb], 1)?, xv)
     }
 
     /// The draws of a training forward ([`Cdr::reconstruct_drawn`]) for `b` rows, in their order:
@@ -182,7 +183,7 @@ impl Cdr {
             candle_core::bail!("cdr: a second input of {:?} beside a batch of {:?}", x.shape(), xs.shape());
         }
         let steps: Vec<usize> = t.iter().copied().chain(std::iter::repeat_n(step, b)).collect();
-        let both = self.denoise(&Tensor::cat(&[&x_t, &x], 0)?, &steps, &Tensor::cat(&[xv, xv], 0)?)?;
+        let both = self.denoise(&Tensor::cat(&[&x_t, &x], 0)?, &steps, xv)?;
         Ok((both.narrow(0, 0, b)?, Some(both.narrow(0, b, b)?)))
     }
 

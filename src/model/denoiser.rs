@@ -20,6 +20,16 @@ impl DenoiserMlp {
         Ok(Self { layers, act })
     }
 
+    /// [`Module::forward`] on `[x | tile(cond)]`: `cond` [b, ..] stands after each block of b rows
+    /// of `x`, its part of the first layer computed once ([`Linear::forward_tiled`]).
+    pub fn forward_tiled(&self, x: &Tensor, cond: &Tensor) -> Result<Tensor> {
+        let mut h = self.layers[0].forward_tiled(x, cond)?;
+        for l in &self.layers[1..] {
+            h = l.forward(&self.act.apply(&h)?)?;
+        }
+        Ok(h)
+    }
+
     /// The first layer cut by input blocks (see [`Linear::split_inputs`]).
     pub(super) fn split_first(&self, sizes: &[usize]) -> Result<Vec<Linear>> {
         self.layers[0].split_inputs(sizes)

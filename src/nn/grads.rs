@@ -11,14 +11,12 @@
 //! the parameters come out the same bits either way.
 //!
 //! An update ([`ParamUpdate`]: AdamW's) gets a linear layer's weight gradient from its last use
-//! as a job on the pool that computes one block of rows at a time and updates those rows from
-//! it, beside the rest of the backward pass
-//! ([`update_by_rows`]): the gradient never goes to memory as a whole. Vireo-size epochs took
-//! 9-16% less in interleaved pairs (BENCHMARKS.md, 2026-12-05, evening).
+//! as a job on the pool that computes one block of rows at a time and updates those rows from it,
+//! beside the rest of the backward pass ([`update_by_rows`]): the gradient never goes to memory
+//! as a whole (Vireo-size epochs 9-16% faster; BENCHMARKS.md, 2026-12-05, evening).
 //!
-//! An update must not run while another op can still read its parameter: only a parameter
-//! whose whole gradient came from linear layers in the last backward pass should be armed
-//! ([`handed_over_only`]); a weight also read elsewhere (tied, penalised) never is.
+//! An update must not run while another op can still read its parameter: only one whose whole
+//! gradient came from linear layers in the last backward pass is armed ([`handed_over_only`]).
 
 use crate::nn::cpu::with_f32;
 use candle_core::{Result, Tensor, TensorId, Var, backprop::GradStore};
@@ -358,30 +356,33 @@ mod tests {
     }
 
     /// Linear layers hand their weights' gradients to updates that take them by rows, in blocks
-    /// that make up the store's gradient bit for bit (a layer used twice: the sum of both uses);
-    /// biases, and weights in a batch too small for blocks, get whole gradients.
+    /// that make up the store's gradient bit for bit (a layer used twice: the sum of both uses;
+    /// one with a tiled tail: blocks across the cut between its parts); biases, and weights in a
+    /// batch too small for blocks, get whole gradients.
     #[test]
     fn updates_by_rows_get_the_stores_gradient() -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = stream(7, "test", 0);
         let mut var = |shape: &[usize]| Var::from_tensor(&randn(&mut rng, shape, &dev)?);
-        let (w1, b1, w2, b2) = (var(&[130, 200])?, var(&[200])?, var(&[200, 200])?, var(&[200])?);
-        let params: Vec<(String, Var)> = [("w1", &w1), ("b1", &b1), ("w2", &w2), ("b2", &b2)].map(|(n, v)| (n.to_string(), v.clone())).to_vec();
-        let (l1, l2) = (Linear::new(w1.as_tensor().clone(), b1.as_tensor().clone()), Linear::new(w2.as_tensor().clone(), b2.as_tensor().clone()));
+        let [w1, b1, w2, b2, w3, b3] = [&[130, 200][..], &[200], &[200, 200], &[200], &[270, 200], &[200]].map(|s| var(s).unwrap());
+        let params: Vec<(String, Var)> = [&w1, &b1, &w2, &b2, &w3, &b3].iter().enumerate().map(|(i, v)| (format!("p{i}"), (*v).clone())).collect();
+        let layer = |w: &Var, b: &Var| Linear::new(w.as_tensor().clone(), b.as_tensor().clone());
+        let (l1, l2, l3) = (layer(&w1, &b1), layer(&w2, &b2), layer(&w3, &b3));
         for (batch, by_rows) in [(64usize, true), (2, false)] {
             let mut rng = stream(8, "test", batch as u64);
             let (x, r) = (randn(&mut rng, (batch, 130), &dev)?, randn(&mut rng, (batch, 200), &dev)?);
-            // l1 once, l2 twice.
-            let loss = || (l2.forward(&l2.forward(&l1.forward(&x)?)?)? * &r)?.sum_all();
+            let tail = randn(&mut rng, (batch / 2, 70), &dev)?;
+            // l1 once, l2 twice, then l3 with a tail of 70 inputs (blocks of 54 rows: one cut at 200).
+            let loss = || (l3.forward_tiled(&l2.forward(&l2.forward(&l1.forward(&x)?)?)?, &tail)? * &r)?.sum_all();
             let want = backward(&loss()?, &params)?;
             let seen = Seen::default();
             let armed = arm(params.iter().map(|(_, v)| (v.as_tensor().clone(), Recorder::armed(&seen, false))).collect());
             let grads = backward(&loss()?, &params)?;
             armed.finish(&grads)?;
             let seen = std::mem::take(&mut *lock(&seen));
-            assert_eq!(seen.len(), 4, "batch {batch}: every parameter updated once");
+            assert_eq!(seen.len(), 6, "batch {batch}: every parameter updated once");
             for (id, how, g) in seen {
-                let expected = if by_rows && (id == w1.id() || id == w2.id()) { "rows" } else { "whole" };
+                let expected = if by_rows && [w1.id(), w2.id(), w3.id()].contains(&id) { "rows" } else { "whole" };
                 assert_eq!(how, expected, "batch {batch}: parameter {id:?}");
                 let want = want.get_id(id).unwrap().flatten_all()?.to_vec1::<f32>()?;
                 assert!(g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "batch {batch}: {how} gradient of {id:?} differs from the store's");

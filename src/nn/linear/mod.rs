@@ -11,19 +11,23 @@
 //! - the weight and bias gradients are handed to [`crate::nn::grads`] directly instead of through
 //!   candle's gradient store, which adds each one into a fresh zero tensor (a memset and a full
 //!   pass per weight and step); a weight with an armed update gets it block by block, each
-//!   block's product followed by the update of its rows ([`weight_grad_rows`]), where the
-//!   blocks give the whole product's bits.
-//!   Train with [`crate::nn::backward`], not `Tensor::backward`.
+//!   block's product followed by the update of its rows (`op.rs`), where the blocks give the
+//!   whole product's bits;
+//! - an input block that every block of b rows shares ([`Linear::forward_tiled`]: the CDR's x_v in
+//!   its training pass of 2b rows) is multiplied once, forward and for the weight gradient.
+//!
+//! Train with [`crate::nn::backward`], not `Tensor::backward`.
+
+mod op;
 
 use crate::nn::activation::Activation;
-use crate::nn::cpu::{
-    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, transpose, with_f32, with_f32_rows,
-};
-use crate::nn::grads::{RowsSource, hand_over, note_use, update_by_rows};
+use crate::nn::cpu::{MatRef, matmul_then, with_f32, with_f32_rows};
+use crate::nn::grads::note_use;
 use crate::nn::padded;
 use crate::nn::vmath::gelu_in_place;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use op::LinearOp;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -66,6 +70,24 @@ impl Linear {
             candle_core::bail!("split_inputs: sizes {sizes:?} do not add up to {} inputs", self.weight.dim(0)?);
         }
         Ok(parts)
+    }
+
+    /// `[x | tile(tail)] W + b` for `x` [r b, in - kt] and `tail` [b, kt] (data: no gradient):
+    /// the tail's rows stand after each block of b rows of `x`, their product with W's last kt
+    /// rows computed once on the CPU (the weight gradient's part too, from the blocks' summed
+    /// output gradients). One block (r = 1) is the plain layer on the rows joined.
+    pub fn forward_tiled(&self, x: &Tensor, tail: &Tensor) -> Result<Tensor> {
+        let (rows, b) = (x.dim(0)?, tail.dim(0)?);
+        if tail.track_op() || b == 0 || !rows.is_multiple_of(b) || x.rank() != 2 || tail.rank() != 2 {
+            candle_core::bail!("linear: {:?} cannot be tiled over the rows of {:?} (a data input whose rows divide x's)", tail.shape(), x.shape());
+        }
+        if rows > b && x.device().is_cpu() && x.dtype() == DType::F32 {
+            note_use(self.padded.as_ref().unwrap_or(&self.weight));
+            note_use(&self.bias);
+            let op = LinearOp { padded: self.padded.clone(), tail: Some(tail.contiguous()?) };
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
+        self.forward(&Tensor::cat(&[x, &tail.repeat((rows / b, 1))?], 1)?)
     }
 
     /// `gelu(x W + b)`, GELU in its erf form (candle's `gelu_erf`), for frozen layers (no backward
@@ -170,7 +192,7 @@ impl Module for Linear {
         if x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 2 {
             note_use(self.padded.as_ref().unwrap_or(&self.weight));
             note_use(&self.bias);
-            return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp { padded: self.padded.clone() });
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, LinearOp { padded: self.padded.clone(), tail: None });
         }
         if self.padded.is_some() {
             // Its view is detached: candle's graph would give the weight no gradient.
@@ -187,110 +209,6 @@ fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tens
     let y = f(&x.flatten_to(dims.len() - 2)?)?;
     *dims.last_mut().unwrap() = y.dim(1)?;
     y.reshape(dims)
-}
-
-/// Rows of a block of the weight gradient (`k` x `n`, from a batch of `rows`) computed and
-/// applied at a time by an update that takes it by rows ([`update_by_rows`]): about 64 (a
-/// 1024-wide block in a thread's cache), every block the same size but the last; `None` where
-/// the blocks' products would not give [`matmul_padded`]'s bits ([`rows_give_the_same_bits`]).
-fn rows_per_block(k: usize, n: usize, rows: usize) -> Option<usize> {
-    if !rows_give_the_same_bits(k, n, rows) {
-        return None;
-    }
-    let block = k.div_ceil(k.div_ceil(64));
-    let last = k - block * (k.div_ceil(block) - 1);
-    (last >= 2).then_some(block)
-}
-
-/// The weight gradient `x^T dy` of a layer with input `x` [rows, k] and output gradient `dy`
-/// [rows, n], by blocks of rows `ld` floats apart, for a job on the pool: it holds both tensors.
-fn weight_grad_rows(x: &Tensor, dy: &Tensor, ld: usize) -> RowsSource {
-    let (x, dy) = (x.clone(), dy.clone());
-    Box::new(move |update| {
-        let ((rows, k), n) = (x.dims2()?, dy.dim(1)?);
-        with_f32("linear", &dy, |g| {
-            with_f32("linear", &x, |x| {
-                // Read across their rows: padded as the whole product's operands are.
-                let ((g, ldg), (x, ldx)) = (padded::rows_apart(g, n), padded::rows_apart(x, k));
-                let (xt, dy) = (MatRef::transposed(&x, ldx), MatRef::strided_rows(&g, ldg));
-                update(&|first, out| matmul_rows_into(first, out, ld, n, rows, xt, dy))
-            })?
-        })?
-    })
-}
-
-/// `x W + b`, with its backward pass; `padded`: the variable behind a padded W, which gets W's gradient.
-struct LinearOp {
-    padded: Option<Tensor>,
-}
-
-impl CustomOp3 for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, (w, ldw), b) = (f32_slice("linear", xs, xl)?, f32_rows("linear", ws, wl)?, f32_slice("linear", bs, bl)?);
-        let (rows, k) = xl.shape().dims2()?;
-        let (k2, n) = wl.shape().dims2()?;
-        if k != k2 || b.len() != n {
-            candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", xl.shape(), wl.shape(), bl.shape());
-        }
-        let y = matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), |_, c, y| y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b));
-        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
-    }
-
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, n) = grad.dims2()?;
-        let k = x.dim(1)?;
-        // The weight's gradient in the shape of the variable it goes to: rows padded like it.
-        let (w_param, ld) = match &self.padded {
-            Some(p) => (p, p.dim(1)?),
-            None => (w, n),
-        };
-        let grad = grad.contiguous()?;
-        // Frozen weights (not variables) get no gradient.
-        let wants_w = self.padded.is_some() || w.track_op();
-        let (gw, gb, gx) = with_f32("linear", &grad, |g| -> Result<_> {
-            // Both products read dy across its rows, the weight gradient x too: rows padded
-            // ([`padded::rows_apart`]) when they would lie a multiple of 4 KiB apart.
-            let (g_rows, ldg) = padded::rows_apart(g, n);
-            let gb = wants_w.then(|| {
-                let mut sums = vec![0f32; n];
-                for row in g.chunks_exact(n) {
-                    sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
-                }
-                sums
-            });
-            // dx^T [k, rows] = W dy^T (all operands row-major or plain views), transposed back;
-            // before the weight's update below, which may change W.
-            let gx = match x.track_op() {
-                true => Some(with_f32_rows("linear", w, |w, ldw| {
-                    transpose(&matmul(k, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(&g_rows, ldg)), k, rows)
-                })?),
-                false => None,
-            };
-            // dW = x^T dy: by rows as its update takes them, beside the rest of the backward
-            // pass, when it allows that; otherwise whole, handed over below.
-            let by_rows = wants_w && rows_per_block(k, n, rows).is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(x, &grad, ld)));
-            let gw = match wants_w && !by_rows {
-                false => None,
-                true => Some(with_f32("linear", x, |x| {
-                    let (x, ldx) = padded::rows_apart(x, k);
-                    matmul_padded(k, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g_rows, ldg), ld, |_, _, _| {})
-                })?),
-            };
-            Ok((gw, gb, gx))
-        })??;
-        let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, k), x.device())).transpose()?;
-        if let Some(gw) = gw {
-            hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
-        }
-        if let Some(gb) = gb {
-            hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
-        }
-        Ok((gx, None, None))
-    }
 }
 
 #[cfg(test)]
@@ -353,6 +271,36 @@ mod tests {
             let g2 = backward(&(twice * &r)?.sum_all()?, &params)?;
             let doubled = (g.get(w.as_tensor()).unwrap() * 2.0)?;
             assert!(close(g2.get(w.as_tensor()).unwrap(), &doubled)? < 1e-4);
+        }
+        Ok(())
+    }
+
+    /// A tiled tail gives the output and the gradients of the layer on the rows joined with the
+    /// tail repeated; one block is that plain layer; tails that do not fit are refused.
+    #[test]
+    fn a_tiled_tail_is_the_layer_on_the_rows_joined() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = stream(10, "test", 0);
+        for (b, blocks, kx, kt, n) in [(5, 3, 4, 3, 6), (64, 2, 200, 150, 130)] {
+            let w = Var::from_tensor(&randn(&mut rng, (kx + kt, n), &dev)?)?;
+            let bias = Var::from_tensor(&randn(&mut rng, n, &dev)?)?;
+            let x = Var::from_tensor(&randn(&mut rng, (b * blocks, kx), &dev)?)?;
+            let (tail, r) = (randn(&mut rng, (b, kt), &dev)?, randn(&mut rng, (b * blocks, n), &dev)?);
+            let layer = Linear::new(w.as_tensor().clone(), bias.as_tensor().clone());
+            let params = [("w".to_string(), w.clone()), ("b".to_string(), bias.clone())];
+            let joined = Tensor::cat(&[x.as_tensor(), &tail.repeat((blocks, 1))?], 1)?;
+            let (tiled, plain) = (layer.forward_tiled(x.as_tensor(), &tail)?, joined.matmul(w.as_tensor())?.broadcast_add(bias.as_tensor())?);
+            assert!(close(&tiled, &plain)? < 1e-4);
+            let gt = backward(&(&tiled * &r)?.sum_all()?, &params)?;
+            let gp = (&plain * &r)?.sum_all()?.backward()?;
+            for v in [&x, &w, &bias] {
+                assert!(close(gt.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap())? < 1e-3, "gradient differs");
+            }
+            let one = layer.forward_tiled(&x.as_tensor().narrow(0, 0, b)?, &tail)?;
+            assert_eq!(close(&one, &layer.forward(&joined.narrow(0, 0, b)?)?)?, 0.0);
+            assert!(layer.forward_tiled(&x.as_tensor().narrow(0, 0, b + 1)?, &tail).is_err());
+            assert!(layer.forward_tiled(x.as_tensor(), &randn(&mut rng, (b, kt + 1), &dev)?).is_err());
+            assert!(layer.forward_tiled(x.as_tensor(), x.as_tensor()).is_err(), "a tail that tracks a gradient");
         }
         Ok(())
     }

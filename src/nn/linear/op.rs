@@ -1,0 +1,192 @@
+//! The linear layer's CPU op, `x W + b`, and its backward pass (see the parent module's comment).
+//! With a `tail` [b, kt] it is `[x | tile(tail)] W + b`: the tail's rows repeated over `x`'s
+//! blocks of b rows, its product with W's last kt rows computed once.
+
+use crate::nn::cpu::{
+    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, transpose, with_f32, with_f32_rows,
+};
+use crate::nn::grads::{RowsSource, hand_over, update_by_rows};
+use crate::nn::padded;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+/// `x W + b`, with its backward pass; `padded`: the variable behind a padded W, which gets W's
+/// gradient; `tail`: an input [b, kt] (no gradient) for W's last kt rows, the same for each
+/// block of b rows of `x`.
+pub(super) struct LinearOp {
+    pub padded: Option<Tensor>,
+    pub tail: Option<Tensor>,
+}
+
+/// Rows `start..` of a weight gradient: `x^T dy`, summed over the rows of `x` [rows, k] and `dy`
+/// [rows, n].
+#[derive(Clone)]
+struct GradPart {
+    start: usize,
+    x: Tensor,
+    dy: Tensor,
+}
+
+/// Rows of a block of the weight gradient (`k` x `n`, from `parts`) computed and applied at a
+/// time by an update that takes it by rows ([`update_by_rows`]): about 64 (a 1024-wide block in a
+/// thread's cache), every block the same size but the last; `None` where the blocks' products
+/// would not give [`matmul_padded`]'s bits ([`rows_give_the_same_bits`]; a block that a part's
+/// start cuts leaves at least 2 rows on each side, as the last block does).
+fn rows_per_block(k: usize, n: usize, parts: &[GradPart]) -> Result<Option<usize>> {
+    let block = k.div_ceil(k.div_ceil(64));
+    let last = k - block * (k.div_ceil(block) - 1);
+    for (i, p) in parts.iter().enumerate() {
+        let (rows, kp) = p.x.dims2()?;
+        let end = parts.get(i + 1).map_or(k, |next| next.start);
+        let cut = p.start % block;
+        if kp != end - p.start || !rows_give_the_same_bits(kp, n, rows) || (cut != 0 && (cut < 2 || cut + 2 > block)) {
+            return Ok(None);
+        }
+    }
+    Ok((last >= 2).then_some(block))
+}
+
+/// Runs `f` on the values of contiguous f32 CPU tensors, without copying them.
+fn with_f32_all<R>(op: &str, tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
+    let held: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let values = held
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(s) => f32_slice(op, s, l),
+            _ => candle_core::bail!("{op}: expected a CPU tensor"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(f(&values))
+}
+
+/// The weight gradient of `parts` (`k` rows in all) by blocks of rows `ld` floats apart, for a
+/// job on the pool: it holds their tensors.
+fn weight_grad_rows(parts: Vec<GradPart>, k: usize, ld: usize) -> RowsSource {
+    Box::new(move |update| {
+        let n = parts[0].dy.dim(1)?;
+        let tensors: Vec<&Tensor> = parts.iter().flat_map(|p| [&p.x, &p.dy]).collect();
+        with_f32_all("linear", &tensors, |values| {
+            // Read across their rows: padded as the whole product's operands are.
+            let operands: Vec<_> = parts
+                .iter()
+                .zip(values.chunks_exact(2))
+                .enumerate()
+                .map(|(i, (p, v))| {
+                    let end = parts.get(i + 1).map_or(k, |next| next.start);
+                    (p.start, end, v[0].len() / (end - p.start), padded::rows_apart(v[0], end - p.start), padded::rows_apart(v[1], n))
+                })
+                .collect();
+            update(&|first, out| {
+                let last = first + out.len() / ld;
+                for (start, end, rows, (x, ldx), (dy, ldg)) in &operands {
+                    let (from, to) = (first.max(*start), last.min(*end));
+                    if from < to {
+                        let (xt, dy) = (MatRef::transposed(x, *ldx), MatRef::strided_rows(dy, *ldg));
+                        matmul_rows_into(from - start, &mut out[(from - first) * ld..(to - first) * ld], ld, n, *rows, xt, dy);
+                    }
+                }
+            })
+        })?
+    })
+}
+
+/// A part's rows of the weight gradient, whole, each row `ld` floats apart.
+fn part_product(p: &GradPart, kp: usize, ld: usize) -> Result<Vec<f32>> {
+    let (rows, n) = p.dy.dims2()?;
+    with_f32_all("linear", &[&p.x, &p.dy], |v| {
+        let ((x, ldx), (g, ldg)) = (padded::rows_apart(v[0], kp), padded::rows_apart(v[1], n));
+        matmul_padded(kp, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g, ldg), ld, |_, _, _| {})
+    })
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, (w, ldw), b) = (f32_slice("linear", xs, xl)?, f32_rows("linear", ws, wl)?, f32_slice("linear", bs, bl)?);
+        let (rows, kx) = xl.shape().dims2()?;
+        let (k, n) = wl.shape().dims2()?;
+        let tail = self.tail.as_ref().map(|t| t.dims2()).transpose()?;
+        let (tb, kt) = tail.unwrap_or((1, 0));
+        if kx + kt != k || b.len() != n || (tail.is_some() && (tb == 0 || !rows.is_multiple_of(tb))) {
+            let tail = self.tail.as_ref().map(|t| t.shape().clone());
+            candle_core::bail!("linear: input {:?}, tiled {tail:?}, weight {:?}, bias {:?}", xl.shape(), wl.shape(), bl.shape());
+        }
+        // The tail's product with W's last rows, once for every block of `x`.
+        let t = match &self.tail {
+            Some(t) => Some(with_f32("linear", t, |t| matmul(tb, n, kt, MatRef::rows(t, kt), MatRef::strided_rows(&w[kx * ldw..], ldw)))?),
+            None => None,
+        };
+        let y = matmul_then(rows, n, kx, MatRef::rows(x, kx), MatRef::strided_rows(w, ldw), |r, c, y| {
+            y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b);
+            if let Some(t) = &t {
+                y.iter_mut().zip(&t[(r % tb) * n + c..]).for_each(|(y, t)| *y += t);
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, n) = grad.dims2()?;
+        let (kx, k) = (x.dim(1)?, w.dim(0)?);
+        // The weight's gradient in the shape of the variable it goes to: rows padded like it.
+        let (w_param, ld) = match &self.padded {
+            Some(p) => (p, p.dim(1)?),
+            None => (w, n),
+        };
+        let grad = grad.contiguous()?;
+        // Frozen weights (not variables) get no gradient.
+        let wants_w = self.padded.is_some() || w.track_op();
+        let mut parts = vec![GradPart { start: 0, x: x.clone(), dy: grad.clone() }];
+        if let (Some(tail), true) = (&self.tail, wants_w) {
+            // The tail's rows stood in every block: the sum of the blocks' output gradients.
+            let tb = tail.dim(0)?;
+            let sum = with_f32("linear", &grad, |g| {
+                let mut sum = g[..tb * n].to_vec();
+                for block in g.chunks_exact(tb * n).skip(1) {
+                    sum.iter_mut().zip(block).for_each(|(s, g)| *s += g);
+                }
+                sum
+            })?;
+            parts.push(GradPart { start: kx, x: tail.clone(), dy: Tensor::from_vec(sum, (tb, n), grad.device())? });
+        }
+        let (gb, gx) = with_f32("linear", &grad, |g| -> Result<_> {
+            let gb = wants_w.then(|| {
+                let mut sums = vec![0f32; n];
+                for row in g.chunks_exact(n) {
+                    sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+                }
+                sums
+            });
+            // dx^T [kx, rows] = W dy^T (all operands row-major or plain views; dy's rows padded,
+            // [`padded::rows_apart`], when they would lie a multiple of 4 KiB apart), transposed
+            // back; before the weight's update below, which may change W.
+            let gx = match x.track_op() {
+                true => Some(with_f32_rows("linear", w, |w, ldw| {
+                    let (g, ldg) = padded::rows_apart(g, n);
+                    transpose(&matmul(kx, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(&g, ldg)), kx, rows)
+                })?),
+                false => None,
+            };
+            Ok((gb, gx))
+        })??;
+        // dW = x^T dy: by rows as its update takes them, beside the rest of the backward pass,
+        // when it allows that; otherwise whole, handed over below.
+        let block = if wants_w { rows_per_block(k, n, &parts)? } else { None };
+        let by_rows = block.is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(parts.clone(), k, ld)));
+        if wants_w && !by_rows {
+            let mut gw = Vec::with_capacity(k * ld);
+            for (i, p) in parts.iter().enumerate() {
+                let end = parts.get(i + 1).map_or(k, |next| next.start);
+                gw.extend(part_product(p, end - p.start, ld)?);
+            }
+            hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
+        }
+        let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, kx), x.device())).transpose()?;
+        if let Some(gb) = gb {
+            hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
+        }
+        Ok((gx, None, None))
+    }
+}
