@@ -5,6 +5,7 @@
 //! exits at once. Otherwise (`predict`, `eval`, `export`, ...: nothing to save) Ctrl-C exits at
 //! once, with status 130.
 
+use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -67,8 +68,8 @@ fn reaction(second: bool, on_stop: Option<&str>) -> (String, bool) {
 /// exit before this thread runs again (a server with nothing in flight did, and its Ctrl-C
 /// message was lost).
 fn on_ctrl_c(flag: &AtomicBool, on_stop: Option<&str>, say: impl FnOnce(&str)) -> bool {
-    // Ctrl-C reactions run one at a time on ctrlc's thread: nothing raises the flag in between
-    // but `request`, which makes this Ctrl-C the second one anyway.
+    // Ctrl-C reactions run one at a time on ctrlc's thread; `request` (tests, embedding
+    // programs, which install no handler) is the only other writer.
     let (said, exit) = reaction(flag.load(Ordering::SeqCst), on_stop);
     say(&said);
     flag.store(true, Ordering::SeqCst);
@@ -79,7 +80,11 @@ fn on_ctrl_c(flag: &AtomicBool, on_stop: Option<&str>, say: impl FnOnce(&str)) -
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         let what = *on_stop();
-        if on_ctrl_c(&REQUESTED, what, |said| eprintln!("\n{said}")) {
+        // Not `eprintln!`, which panics when stderr is a closed pipe (`serve 2>&1 | tee log`:
+        // tee gets the same Ctrl-C): that would end ctrlc's thread with the flag still down,
+        // and every later Ctrl-C and SIGTERM would go unheard.
+        let say = |said: &str| drop(writeln!(std::io::stderr(), "\n{said}"));
+        if on_ctrl_c(&REQUESTED, what, say) {
             std::process::exit(130);
         }
     });

@@ -1,6 +1,7 @@
 //! `marnet serve` against slow and idle clients: a stalled request head is cut off after
 //! `--header-timeout-s`, an idle keep-alive connection after `--idle-timeout-s`, at most
-//! `--max-connections` are served at once, and normal requests are answered throughout.
+//! `--max-connections` are served at once, and normal requests are answered throughout; Ctrl-C
+//! stops it, with a connection open or its stderr closed.
 //! The bundle is a tiny model on the ViT fixture (`common::fixture_bundle`, no fetched assets
 //! needed).
 
@@ -117,4 +118,32 @@ fn a_request_past_the_timeout_gets_504_and_ctrl_c_stops_the_server() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(server.0.try_wait().unwrap().unwrap().success());
+}
+
+/// Ctrl-C stops the server when its message cannot be written (`serve 2>&1 | tee log`, tee
+/// stopped by the same Ctrl-C): a panicking write once left the stop unrequested.
+#[test]
+fn ctrl_c_stops_the_server_when_its_stderr_is_a_closed_pipe() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let bundle = common::fixture_bundle().to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
+        .args(["serve", "--model", bundle, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on http://"), "{line}");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("still running 10 s after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -16,7 +16,8 @@
 //! as a whole (Vireo-size epochs 9-16% faster; BENCHMARKS.md, 2026-12-05, evening).
 //!
 //! An update must not run while another op can still read its parameter: only one whose whole
-//! gradient came from linear layers in the last backward pass is armed ([`handed_over_only`]).
+//! gradient came from linear layers in the last backward pass is armed ([`handed_over_only`]);
+//! a weight also read elsewhere (tied, penalised) never is.
 
 use crate::nn::cpu::with_f32;
 use candle_core::{Result, Tensor, TensorId, Var, backprop::GradStore};
@@ -279,8 +280,7 @@ mod tests {
 
     type Seen = Arc<Mutex<Vec<(TensorId, &'static str, Vec<f32>)>>>;
 
-    /// Records each update's parameter, how it got its gradient and the gradient's values; with
-    /// `fail`, refuses after recording.
+    /// Records each update's parameter, how it got its gradient and its values; `fail`: refuses after.
     struct Recorder {
         seen: Seen,
         fail: bool,

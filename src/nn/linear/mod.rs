@@ -72,16 +72,20 @@ impl Linear {
         Ok(parts)
     }
 
-    /// `[x | tile(tail)] W + b` for `x` [r b, in - kt] and `tail` [b, kt] (data: no gradient):
-    /// the tail's rows stand after each block of b rows of `x`, their product with W's last kt
-    /// rows computed once on the CPU (the weight gradient's part too, from the blocks' summed
-    /// output gradients). One block (r = 1) is the plain layer on the rows joined.
+    /// `[x | tile(tail)] W + b` for `x` [r b, in - kt] and `tail` [b, kt]: the tail's rows stand
+    /// after each block of b rows of `x`; on the CPU their product with W's last kt rows is
+    /// computed once (the weight gradient's part too, from the blocks' summed output gradients),
+    /// and the tail, data there, gets no gradient. One block (r = 1) is the plain layer on the
+    /// rows joined.
     pub fn forward_tiled(&self, x: &Tensor, tail: &Tensor) -> Result<Tensor> {
-        let (rows, b) = (x.dim(0)?, tail.dim(0)?);
-        if tail.track_op() || b == 0 || !rows.is_multiple_of(b) || x.rank() != 2 || tail.rank() != 2 {
-            candle_core::bail!("linear: {:?} cannot be tiled over the rows of {:?} (a data input whose rows divide x's)", tail.shape(), x.shape());
+        let ((rows, kx), (b, kt)) = (x.dims2()?, tail.dims2()?);
+        if b == 0 || !rows.is_multiple_of(b) || kx == 0 || kt == 0 {
+            candle_core::bail!("linear: {:?} cannot be tiled over the rows of {:?} (b rows that divide x's, both with columns)", tail.shape(), x.shape());
         }
         if rows > b && x.device().is_cpu() && x.dtype() == DType::F32 {
+            if tail.track_op() {
+                candle_core::bail!("linear: a tiled input takes no gradient; detach it");
+            }
             note_use(self.padded.as_ref().unwrap_or(&self.weight));
             note_use(&self.bias);
             let op = LinearOp { padded: self.padded.clone(), tail: Some(tail.contiguous()?) };
@@ -301,6 +305,7 @@ mod tests {
             assert!(layer.forward_tiled(&x.as_tensor().narrow(0, 0, b + 1)?, &tail).is_err());
             assert!(layer.forward_tiled(x.as_tensor(), &randn(&mut rng, (b, kt + 1), &dev)?).is_err());
             assert!(layer.forward_tiled(x.as_tensor(), x.as_tensor()).is_err(), "a tail that tracks a gradient");
+            assert!(layer.forward_tiled(x.as_tensor(), &Tensor::zeros((b, 0), DType::F32, &dev)?).is_err(), "an empty tail");
         }
         Ok(())
     }

@@ -29,20 +29,20 @@ struct GradPart {
 /// Rows of a block of the weight gradient (`k` x `n`, from `parts`) computed and applied at a
 /// time by an update that takes it by rows ([`update_by_rows`]): about 64 (a 1024-wide block in a
 /// thread's cache), every block the same size but the last; `None` where the blocks' products
-/// would not give [`matmul_padded`]'s bits ([`rows_give_the_same_bits`]; a block that a part's
-/// start cuts leaves at least 2 rows on each side, as the last block does).
+/// would not give [`matmul_padded`]'s bits ([`rows_give_the_same_bits`]; a piece of 1 row: every
+/// part and the last block have at least 2 rows, a part's start cuts a block 2 rows from its ends).
 fn rows_per_block(k: usize, n: usize, parts: &[GradPart]) -> Result<Option<usize>> {
-    let block = k.div_ceil(k.div_ceil(64));
-    let last = k - block * (k.div_ceil(block) - 1);
     for (i, p) in parts.iter().enumerate() {
         let (rows, kp) = p.x.dims2()?;
         let end = parts.get(i + 1).map_or(k, |next| next.start);
-        let cut = p.start % block;
-        if kp != end - p.start || !rows_give_the_same_bits(kp, n, rows) || (cut != 0 && (cut < 2 || cut + 2 > block)) {
+        if kp < 2 || kp != end.saturating_sub(p.start) || !rows_give_the_same_bits(kp, n, rows) {
             return Ok(None);
         }
     }
-    Ok((last >= 2).then_some(block))
+    let block = k.div_ceil(k.div_ceil(64));
+    let last = k - block * (k.div_ceil(block) - 1);
+    let cuts_fit = parts.iter().map(|p| p.start % block).all(|cut| cut == 0 || (cut >= 2 && cut + 2 <= block));
+    Ok((last >= 2 && cuts_fit).then_some(block))
 }
 
 /// Runs `f` on the values of contiguous f32 CPU tensors, without copying them.
@@ -110,8 +110,8 @@ impl CustomOp3 for LinearOp {
         let tail = self.tail.as_ref().map(|t| t.dims2()).transpose()?;
         let (tb, kt) = tail.unwrap_or((1, 0));
         if kx + kt != k || b.len() != n || (tail.is_some() && (tb == 0 || !rows.is_multiple_of(tb))) {
-            let tail = self.tail.as_ref().map(|t| t.shape().clone());
-            candle_core::bail!("linear: input {:?}, tiled {tail:?}, weight {:?}, bias {:?}", xl.shape(), wl.shape(), bl.shape());
+            let tail = self.tail.as_ref().map_or(String::new(), |t| format!(", tiled {:?}", t.shape()));
+            candle_core::bail!("linear: input {:?}{tail}, weight {:?}, bias {:?}", xl.shape(), wl.shape(), bl.shape());
         }
         // The tail's product with W's last rows, once for every block of `x`.
         let t = match &self.tail {
@@ -139,7 +139,7 @@ impl CustomOp3 for LinearOp {
         // Frozen weights (not variables) get no gradient.
         let wants_w = self.padded.is_some() || w.track_op();
         let mut parts = vec![GradPart { start: 0, x: x.clone(), dy: grad.clone() }];
-        if let (Some(tail), true) = (&self.tail, wants_w) {
+        if let Some(tail) = self.tail.as_ref().filter(|_| wants_w) {
             // The tail's rows stood in every block: the sum of the blocks' output gradients.
             let tb = tail.dim(0)?;
             let sum = with_f32("linear", &grad, |g| {
@@ -176,11 +176,9 @@ impl CustomOp3 for LinearOp {
         let block = if wants_w { rows_per_block(k, n, &parts)? } else { None };
         let by_rows = block.is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(parts.clone(), k, ld)));
         if wants_w && !by_rows {
-            let mut gw = Vec::with_capacity(k * ld);
-            for (i, p) in parts.iter().enumerate() {
-                let end = parts.get(i + 1).map_or(k, |next| next.start);
-                gw.extend(part_product(p, end - p.start, ld)?);
-            }
+            let ends = parts.iter().skip(1).map(|p| p.start).chain([k]);
+            let mut gw = parts.iter().zip(ends).map(|(p, end)| part_product(p, end - p.start, ld)).collect::<Result<Vec<_>>>()?;
+            let gw = if gw.len() == 1 { gw.pop().expect("one part") } else { gw.concat() };
             hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
         }
         let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, kx), x.device())).transpose()?;
@@ -188,5 +186,25 @@ impl CustomOp3 for LinearOp {
             hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
         }
         Ok((gx, None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Blocks by rows only where no piece of a block, as the parts' starts cut it, has 1 row.
+    #[test]
+    fn blocks_by_rows_leave_no_piece_of_one_row() -> Result<()> {
+        let zeros = |shape: (usize, usize)| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+        let part = |start: usize, k: usize, rows: usize| Ok::<_, candle_core::Error>(GradPart { start, x: zeros((rows, k))?, dy: zeros((rows, 200))? });
+        let block = |cut: usize| -> Result<Option<usize>> { rows_per_block(130, 200, &[part(0, cut, 64)?, part(cut, 130 - cut, 32)?]) };
+        // 130 rows: blocks of 44, 44 and 42.
+        assert_eq!(rows_per_block(130, 200, &[part(0, 130, 64)?])?, Some(44));
+        assert_eq!((block(100)?, block(88)?, block(128)?), (Some(44), Some(44), Some(44)));
+        // 1 row before the cut (89 = 88 + 1), 1 row after it (87 = 44 + 43), a part of 1 row.
+        assert_eq!((block(89)?, block(87)?, block(129)?, block(1)?), (None, None, None, None));
+        Ok(())
     }
 }
