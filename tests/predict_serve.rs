@@ -346,22 +346,12 @@ fn predict_finding_no_images_is_an_error_naming_where_it_looked() {
 /// the server stops cleanly.
 #[test]
 fn serve_says_on_ctrl_c_that_it_finishes_the_requests_in_flight() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let bundle = common::fixture_bundle().to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
-        .args(["serve", "--model", bundle, "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening on http://"), "{line}");
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    use std::io::Read;
+    let mut server = common::serve_with_stderr(common::fixture_bundle(), "127.0.0.1:0", &[], std::process::Stdio::piped());
+    assert!(std::process::Command::new("kill").args(["-INT", &server.0.id().to_string()]).status().unwrap().success());
+    let mut stderr = String::new();
+    server.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(server.0.wait().unwrap().success(), "{stderr}");
     assert!(stderr.contains("interrupt: stopping: finishing the requests in flight"), "{stderr}");
     assert!(!stderr.contains("current step"), "{stderr}");
 }

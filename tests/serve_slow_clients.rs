@@ -110,40 +110,27 @@ fn a_request_past_the_timeout_gets_504_and_ctrl_c_stops_the_server() {
     // The server still answers, and Ctrl-C with a kept-alive connection open ends it cleanly.
     let mut s = connect(&server.1);
     assert_eq!(request(&mut s, "GET", "/health", b"").status, 200);
-    let pid = server.0.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(ctrl_c(&mut server).success());
+}
+
+/// Sends SIGINT to the server; its exit status, within 10 s.
+fn ctrl_c(server: &mut Server) -> std::process::ExitStatus {
+    assert!(std::process::Command::new("kill").args(["-INT", &server.0.id().to_string()]).status().unwrap().success());
     let t = Instant::now();
-    while server.0.try_wait().unwrap().is_none() {
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            return status;
+        }
         assert!(t.elapsed() < Duration::from_secs(10), "still running 10 s after Ctrl-C");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(server.0.try_wait().unwrap().unwrap().success());
 }
 
 /// Ctrl-C stops the server when its message cannot be written (`serve 2>&1 | tee log`, tee
 /// stopped by the same Ctrl-C): a panicking write once left the stop unrequested.
 #[test]
 fn ctrl_c_stops_the_server_when_its_stderr_is_a_closed_pipe() {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let bundle = common::fixture_bundle().to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
-        .args(["serve", "--model", bundle, "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("listening on http://"), "{line}");
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let t = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > Duration::from_secs(10) {
-            child.kill().unwrap();
-            panic!("still running 10 s after Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = common::serve_with_stderr(common::fixture_bundle(), "127.0.0.1:0", &[], std::process::Stdio::piped());
+    drop(server.0.stderr.take());
+    ctrl_c(&mut server);
 }

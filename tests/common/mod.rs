@@ -54,11 +54,17 @@ pub fn serve(bundle: &Path, extra: &[&str]) -> Server {
 
 /// [`serve`] with `--addr ADDR`.
 pub fn serve_on(bundle: &Path, addr: &str, extra: &[&str]) -> Server {
+    serve_with_stderr(bundle, addr, extra, std::process::Stdio::inherit())
+}
+
+/// [`serve_on`] with its stderr going to `stderr` (piped: the test reads it, or closes it).
+pub fn serve_with_stderr(bundle: &Path, addr: &str, extra: &[&str], stderr: std::process::Stdio) -> Server {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_marnet"))
         .args(["serve", "--model", bundle.to_str().unwrap(), "--addr", addr])
         .args(extra)
         .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
