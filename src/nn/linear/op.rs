@@ -29,8 +29,9 @@ struct GradPart {
 /// Rows of a block of the weight gradient (`k` x `n`, from `parts`) computed and applied at a
 /// time by an update that takes it by rows ([`update_by_rows`]): about 64 (a 1024-wide block in a
 /// thread's cache), every block the same size but the last; `None` where the blocks' products
-/// would not give [`matmul_padded`]'s bits ([`rows_give_the_same_bits`]; a piece of 1 row: every
-/// part and the last block have at least 2 rows, a part's start cuts a block 2 rows from its ends).
+/// would not give [`matmul_padded`]'s bits: a part that [`rows_give_the_same_bits`] refuses, or a
+/// piece of 1 row (each part and the last block need 2 rows or more, and a part's start needs 2
+/// rows or more on each side within the block it cuts).
 fn rows_per_block(k: usize, n: usize, parts: &[GradPart]) -> Result<Option<usize>> {
     for (i, p) in parts.iter().enumerate() {
         let (rows, kp) = p.x.dims2()?;
