@@ -59,22 +59,20 @@ fn with_f32_all<R>(op: &str, tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R
     Ok(f(&values))
 }
 
-/// The weight gradient of `parts` (`k` rows in all) by blocks of rows `ld` floats apart, for a
-/// job on the pool: it holds their tensors.
-fn weight_grad_rows(parts: Vec<GradPart>, k: usize, ld: usize) -> RowsSource {
+/// The weight gradient of `parts` by blocks of rows `ld` floats apart, for a job on the pool: it
+/// holds their tensors.
+fn weight_grad_rows(parts: Vec<GradPart>, ld: usize) -> RowsSource {
     Box::new(move |update| {
         let n = parts[0].dy.dim(1)?;
+        let shapes = parts.iter().map(|p| p.x.dims2()).collect::<Result<Vec<_>>>()?;
         let tensors: Vec<&Tensor> = parts.iter().flat_map(|p| [&p.x, &p.dy]).collect();
         with_f32_all("linear", &tensors, |values| {
             // Read across their rows: padded as the whole product's operands are.
             let operands: Vec<_> = parts
                 .iter()
+                .zip(&shapes)
                 .zip(values.chunks_exact(2))
-                .enumerate()
-                .map(|(i, (p, v))| {
-                    let end = parts.get(i + 1).map_or(k, |next| next.start);
-                    (p.start, end, v[0].len() / (end - p.start), padded::rows_apart(v[0], end - p.start), padded::rows_apart(v[1], n))
-                })
+                .map(|((p, &(rows, kp)), v)| (p.start, p.start + kp, rows, padded::rows_apart(v[0], kp), padded::rows_apart(v[1], n)))
                 .collect();
             update(&|first, out| {
                 let last = first + out.len() / ld;
@@ -91,8 +89,8 @@ fn weight_grad_rows(parts: Vec<GradPart>, k: usize, ld: usize) -> RowsSource {
 }
 
 /// A part's rows of the weight gradient, whole, each row `ld` floats apart.
-fn part_product(p: &GradPart, kp: usize, ld: usize) -> Result<Vec<f32>> {
-    let (rows, n) = p.dy.dims2()?;
+fn part_product(p: &GradPart, ld: usize) -> Result<Vec<f32>> {
+    let ((rows, kp), n) = (p.x.dims2()?, p.dy.dim(1)?);
     with_f32_all("linear", &[&p.x, &p.dy], |v| {
         let ((x, ldx), (g, ldg)) = (padded::rows_apart(v[0], kp), padded::rows_apart(v[1], n));
         matmul_padded(kp, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g, ldg), ld, |_, _, _| {})
@@ -175,10 +173,9 @@ impl CustomOp3 for LinearOp {
         // dW = x^T dy: by rows as its update takes them, beside the rest of the backward pass,
         // when it allows that; otherwise whole, handed over below.
         let block = if wants_w { rows_per_block(k, n, &parts)? } else { None };
-        let by_rows = block.is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(parts.clone(), k, ld)));
+        let by_rows = block.is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(parts.clone(), ld)));
         if wants_w && !by_rows {
-            let ends = parts.iter().skip(1).map(|p| p.start).chain([k]);
-            let mut gw = parts.iter().zip(ends).map(|(p, end)| part_product(p, end - p.start, ld)).collect::<Result<Vec<_>>>()?;
+            let mut gw = parts.iter().map(|p| part_product(p, ld)).collect::<Result<Vec<_>>>()?;
             let gw = if gw.len() == 1 { gw.pop().expect("one part") } else { gw.concat() };
             hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
         }
