@@ -63,6 +63,20 @@ pub fn rows_apart(values: &[f32], cols: usize) -> (Cow<'_, [f32]>, usize) {
     (Cow::Owned(out), ld)
 }
 
+/// [`rows_apart`] for a contiguous 2-D tensor: `t` itself, or the [rows, cols] view of a padded
+/// copy, for readers that take rows apart ([`crate::nn::cpu::with_f32_rows`]).
+pub fn rows_apart_tensor(t: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    if !aliasing(cols) {
+        return Ok(t.clone());
+    }
+    let (values, ld) = crate::nn::cpu::with_f32("padded", t, |v| {
+        let (v, ld) = rows_apart(v, cols);
+        (v.into_owned(), ld)
+    })?;
+    Tensor::from_vec(values, (rows, ld), t.device())?.narrow(1, 0, cols)
+}
+
 fn with_registry<R>(f: impl FnOnce(&mut HashMap<TensorId, usize>) -> R) -> R {
     f(PADDED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default())
 }

@@ -3,11 +3,11 @@
 //! blocks of b rows, its product with W's last kt rows computed once.
 
 use crate::nn::cpu::{
-    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, transpose, with_f32, with_f32_rows,
+    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, transpose, with_f32, with_f32_rows_all,
 };
 use crate::nn::grads::{RowsSource, hand_over, update_by_rows};
 use crate::nn::padded;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `x W + b`, with its backward pass; `padded`: the variable behind a padded W, which gets W's
 /// gradient; `tail`: an input [b, kt] (no gradient) for W's last kt rows, the same for each
@@ -18,7 +18,9 @@ pub(super) struct LinearOp {
 }
 
 /// Rows `start..` of a weight gradient: `x^T dy`, summed over the rows of `x` [rows, k] and `dy`
-/// [rows, n].
+/// [rows, n]. The products read both across their rows: `dy` is held with its rows apart when
+/// they would lie a multiple of 4 KiB apart ([`padded::rows_apart_tensor`]); contiguous `x` is
+/// padded so by the job that reads it, beside the rest of the backward pass.
 #[derive(Clone)]
 struct GradPart {
     start: usize,
@@ -46,19 +48,6 @@ fn rows_per_block(k: usize, n: usize, parts: &[GradPart]) -> Result<Option<usize
     Ok((last >= 2 && cuts_fit).then_some(block))
 }
 
-/// Runs `f` on the values of contiguous f32 CPU tensors, without copying them.
-fn with_f32_all<R>(op: &str, tensors: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
-    let held: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let values = held
-        .iter()
-        .map(|(s, l)| match &**s {
-            Storage::Cpu(s) => f32_slice(op, s, l),
-            _ => candle_core::bail!("{op}: expected a CPU tensor"),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(f(&values))
-}
-
 /// The weight gradient of `parts` by blocks of rows `ld` floats apart, for a job on the pool: it
 /// holds their tensors.
 fn weight_grad_rows(parts: Vec<GradPart>, ld: usize) -> RowsSource {
@@ -66,21 +55,20 @@ fn weight_grad_rows(parts: Vec<GradPart>, ld: usize) -> RowsSource {
         let n = parts[0].dy.dim(1)?;
         let shapes = parts.iter().map(|p| p.x.dims2()).collect::<Result<Vec<_>>>()?;
         let tensors: Vec<&Tensor> = parts.iter().flat_map(|p| [&p.x, &p.dy]).collect();
-        with_f32_all("linear", &tensors, |values| {
-            // Read across their rows: padded as the whole product's operands are.
+        with_f32_rows_all("linear", &tensors, |values| {
             let operands: Vec<_> = parts
                 .iter()
                 .zip(&shapes)
                 .zip(values.chunks_exact(2))
-                .map(|((p, &(rows, kp)), v)| (p.start, p.start + kp, rows, padded::rows_apart(v[0], kp), padded::rows_apart(v[1], n)))
+                .map(|((p, &(rows, kp)), v)| (p.start, p.start + kp, rows, padded::rows_apart(v[0].0, kp), v[1]))
                 .collect();
             update(&|first, out| {
                 let last = first + out.len() / ld;
-                for (start, end, rows, (x, ldx), (dy, ldg)) in &operands {
-                    let (from, to) = (first.max(*start), last.min(*end));
+                for &(start, end, rows, (ref x, ldx), (dy, ldg)) in &operands {
+                    let (from, to) = (first.max(start), last.min(end));
                     if from < to {
-                        let (xt, dy) = (MatRef::transposed(x, *ldx), MatRef::strided_rows(dy, *ldg));
-                        matmul_rows_into(from - start, &mut out[(from - first) * ld..(to - first) * ld], ld, n, *rows, xt, dy);
+                        let (xt, dy) = (MatRef::transposed(x, ldx), MatRef::strided_rows(dy, ldg));
+                        matmul_rows_into(from - start, &mut out[(from - first) * ld..(to - first) * ld], ld, n, rows, xt, dy);
                     }
                 }
             })
@@ -91,9 +79,9 @@ fn weight_grad_rows(parts: Vec<GradPart>, ld: usize) -> RowsSource {
 /// A part's rows of the weight gradient, whole, each row `ld` floats apart.
 fn part_product(p: &GradPart, ld: usize) -> Result<Vec<f32>> {
     let ((rows, kp), n) = (p.x.dims2()?, p.dy.dim(1)?);
-    with_f32_all("linear", &[&p.x, &p.dy], |v| {
-        let ((x, ldx), (g, ldg)) = (padded::rows_apart(v[0], kp), padded::rows_apart(v[1], n));
-        matmul_padded(kp, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(&g, ldg), ld, |_, _, _| {})
+    with_f32_rows_all("linear", &[&p.x, &p.dy], |v| {
+        let ((x, ldx), (g, ldg)) = (padded::rows_apart(v[0].0, kp), v[1]);
+        matmul_padded(kp, n, rows, MatRef::transposed(&x, ldx), MatRef::strided_rows(g, ldg), ld, |_, _, _| {})
     })
 }
 
@@ -137,8 +125,33 @@ impl CustomOp3 for LinearOp {
         let grad = grad.contiguous()?;
         // Frozen weights (not variables) get no gradient.
         let wants_w = self.padded.is_some() || w.track_op();
-        let mut parts = vec![GradPart { start: 0, x: x.clone(), dy: grad.clone() }];
-        if let Some(tail) = self.tail.as_ref().filter(|_| wants_w) {
+        if !wants_w && !x.track_op() {
+            return Ok((None, None, None));
+        }
+        // dy as the products read it, across its rows (padded once for all of them).
+        let dy = padded::rows_apart_tensor(&grad)?;
+        // dx^T [kx, rows] = W dy^T (all operands row-major or plain views), transposed back;
+        // before the weight's update below, which may change W.
+        let gx = match x.track_op() {
+            true => Some(with_f32_rows_all("linear", &[w, &dy], |v| {
+                let ((w, ldw), (g, ldg)) = (v[0], v[1]);
+                transpose(&matmul(kx, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(g, ldg)), kx, rows)
+            })?),
+            false => None,
+        };
+        let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, kx), x.device())).transpose()?;
+        if !wants_w {
+            return Ok((gx, None, None));
+        }
+        let gb = with_f32("linear", &grad, |g| {
+            let mut sums = vec![0f32; n];
+            for row in g.chunks_exact(n) {
+                sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+            }
+            sums
+        })?;
+        let mut parts = vec![GradPart { start: 0, x: x.contiguous()?, dy }];
+        if let Some(tail) = &self.tail {
             // The tail's rows stood in every block: the sum of the blocks' output gradients.
             let tb = tail.dim(0)?;
             let sum = with_f32("linear", &grad, |g| {
@@ -148,41 +161,18 @@ impl CustomOp3 for LinearOp {
                 }
                 sum
             })?;
-            parts.push(GradPart { start: kx, x: tail.clone(), dy: Tensor::from_vec(sum, (tb, n), grad.device())? });
+            let dy = padded::rows_apart_tensor(&Tensor::from_vec(sum, (tb, n), grad.device())?)?;
+            parts.push(GradPart { start: kx, x: tail.contiguous()?, dy });
         }
-        let (gb, gx) = with_f32("linear", &grad, |g| -> Result<_> {
-            let gb = wants_w.then(|| {
-                let mut sums = vec![0f32; n];
-                for row in g.chunks_exact(n) {
-                    sums.iter_mut().zip(row).for_each(|(s, g)| *s += g);
-                }
-                sums
-            });
-            // dx^T [kx, rows] = W dy^T (all operands row-major or plain views; dy's rows padded,
-            // [`padded::rows_apart`], when they would lie a multiple of 4 KiB apart), transposed
-            // back; before the weight's update below, which may change W.
-            let gx = match x.track_op() {
-                true => Some(with_f32_rows("linear", w, |w, ldw| {
-                    let (g, ldg) = padded::rows_apart(g, n);
-                    transpose(&matmul(kx, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(&g, ldg)), kx, rows)
-                })?),
-                false => None,
-            };
-            Ok((gb, gx))
-        })??;
         // dW = x^T dy: by rows as its update takes them, beside the rest of the backward pass,
         // when it allows that; otherwise whole, handed over below.
-        let block = if wants_w { rows_per_block(k, n, &parts)? } else { None };
-        let by_rows = block.is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(parts.clone(), ld)));
-        if wants_w && !by_rows {
+        let by_rows = rows_per_block(k, n, &parts)?.is_some_and(|block| update_by_rows(w_param, block, weight_grad_rows(parts.clone(), ld)));
+        if !by_rows {
             let mut gw = parts.iter().map(|p| part_product(p, ld)).collect::<Result<Vec<_>>>()?;
             let gw = if gw.len() == 1 { gw.pop().expect("one part") } else { gw.concat() };
             hand_over(w_param, Tensor::from_vec(gw, (k, ld), w.device())?)?;
         }
-        let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, kx), x.device())).transpose()?;
-        if let Some(gb) = gb {
-            hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
-        }
+        hand_over(b, Tensor::from_vec(gb, n, b.device())?)?;
         Ok((gx, None, None))
     }
 }

@@ -1,61 +1,9 @@
 //! CPU building blocks of the hand-written kernels (AdamW, linear, activations, depthwise
-//! conv): views of candle's CPU storage, and matrix products split across threads.
+//! conv): views of candle's CPU storage ([`view`]), and matrix products split across threads.
 
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+mod view;
 
-/// The f32 values a contiguous tensor covers; `op` names the kernel in the error.
-pub fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
-    }
-}
-
-/// Mutable form of [`f32_slice`].
-pub fn f32_slice_mut<'a>(op: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
-    }
-}
-
-/// The values of a 2-D f32 tensor whose rows are contiguous but may lie further apart than their
-/// length (a padded weight, [`crate::nn::padded`]): from the first row's start, and the
-/// distance between rows.
-pub fn f32_rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
-    let (rows, cols) = l.shape().dims2()?;
-    let stride = l.stride();
-    let row_stride = if rows <= 1 { cols } else { stride[0] };
-    match s {
-        CpuStorage::F32(v) if (cols <= 1 || stride[1] == 1) && row_stride >= cols => {
-            let start = l.start_offset();
-            let len = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * row_stride + cols };
-            Ok((&v[start..start + len], row_stride))
-        }
-        _ => candle_core::bail!("{op}: expected an f32 matrix with contiguous rows"),
-    }
-}
-
-/// Runs `f` on the rows of a 2-D f32 CPU tensor as [`f32_rows`] gives them, without copying.
-pub fn with_f32_rows<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => {
-            let (v, row_stride) = f32_rows(op, s, layout)?;
-            Ok(f(v, row_stride))
-        }
-        _ => candle_core::bail!("{op}: expected a CPU tensor"),
-    }
-}
-
-/// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
-pub fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => Ok(f(f32_slice(op, s, layout)?)),
-        _ => candle_core::bail!("{op}: expected a CPU tensor"),
-    }
-}
+pub use view::{f32_rows, f32_slice, f32_slice_mut, with_f32, with_f32_rows, with_f32_rows_all};
 
 /// A read-only matrix in a slice: element (i, j) at `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
