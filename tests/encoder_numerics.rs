@@ -347,6 +347,8 @@ fn vit_b32_matches_transformers() {
     let vit = marnet::encoders::vit::VitEncoder::load(formula_vb(&dev), &cfg).unwrap();
     let (cls, patches) = vit.features_and_tokens(&pixels64()).unwrap();
     assert_close(&cls, &expected("vit-b32-formula", "cls"));
+    // `features` runs the last layer on the CLS row alone.
+    assert_close(&vit.features(&pixels64()).unwrap(), &expected("vit-b32-formula", "cls"));
     assert_eq!(patches.dims(), &[2, 4, 32]);
 }
 

@@ -6,7 +6,7 @@
 //! ~1.5x candle's `x W^T` here), with query, key and value as one product and the patch
 //! embedding as a product over unfolded patches.
 
-use crate::nn::attention::self_attention;
+use crate::nn::attention::{attention_of_first, self_attention};
 use crate::nn::linear::Linear;
 use crate::nn::stages::{Stage, timed};
 use candle_core::{DType, Module, Result, Tensor};
@@ -69,6 +69,21 @@ impl Block {
         let normed = timed(Stage::LayerNorm, || x.apply(&self.norm1))?;
         let qkv = timed(Stage::QkvProduct, || normed.apply(&self.qkv))?;
         let ctx = timed(Stage::Attention, || self_attention(&qkv, self.heads, bias))?;
+        self.finish(x, &ctx)
+    }
+
+    /// The first token's rows [B, 1, D] of [`Self::forward`] (no bias): its query against every
+    /// token's keys and values, and the rest of the layer on that row alone (ViT's last layer,
+    /// whose features are the CLS token's).
+    pub(crate) fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let normed = timed(Stage::LayerNorm, || x.apply(&self.norm1))?;
+        let qkv = timed(Stage::QkvProduct, || normed.apply(&self.qkv))?;
+        let ctx = timed(Stage::Attention, || attention_of_first(&qkv, self.heads, 1))?;
+        self.finish(&x.narrow(1, 0, 1)?, &ctx)
+    }
+
+    /// The layer after attention, on the rows of `x` whose context `ctx` holds.
+    fn finish(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
         let out = timed(Stage::OutputProduct, || ctx.apply(&self.proj))?;
         let x = timed(Stage::Residual, || x + out)?;
         let normed = timed(Stage::LayerNorm, || x.apply(&self.norm2))?;

@@ -79,9 +79,17 @@ impl VitEncoder {
         self.preprocess
     }
 
-    /// The layernormed CLS token of each image [N, hidden].
+    /// The layernormed CLS token of each image [N, hidden]. The last layer runs on the CLS
+    /// row alone after its attention ([`Block::forward_first`]).
     pub fn features(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        self.hidden(pixels)?.i((.., 0, ..))?.apply(&self.layernorm)
+        let Some((last, blocks)) = self.blocks.split_last() else {
+            return self.hidden(pixels)?.i((.., 0, ..))?.apply(&self.layernorm);
+        };
+        let mut x = self.embed(pixels)?;
+        for block in blocks {
+            x = block.forward(&x, None)?;
+        }
+        last.forward_first(&x)?.i((.., 0, ..))?.apply(&self.layernorm)
     }
 
     /// The layernormed CLS token [N, hidden] (as [`Self::features`]) and the layernormed patch
@@ -95,16 +103,22 @@ impl VitEncoder {
 
     /// The last block's output [N, 1 + patches, hidden] (CLS first), before the final layernorm.
     fn hidden(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self.embed(pixels)?;
+        for block in &self.blocks {
+            x = block.forward(&x, None)?;
+        }
+        Ok(x)
+    }
+
+    /// The first block's input [N, 1 + patches, hidden]: CLS and the embedded patches, with
+    /// their positions.
+    fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
         let b = pixels.dim(0)?;
         let patches = self.patch.forward(pixels)?;
         let hidden = patches.dim(D::Minus1)?;
         let patches = patches.reshape((b, (), hidden))?;
         let cls = self.cls_token.broadcast_as((b, 1, hidden))?;
-        let mut x = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position)?;
-        for block in &self.blocks {
-            x = block.forward(&x, None)?;
-        }
-        Ok(x)
+        Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position)
     }
 }
 

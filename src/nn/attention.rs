@@ -20,76 +20,99 @@ use rayon::prelude::*;
 /// For frozen encoders: on the CPU no gradient flows back through it.
 pub fn self_attention(qkv: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, h3) = qkv.dims3()?;
-    if heads == 0 || t == 0 || h3 % (3 * heads) != 0 {
-        candle_core::bail!("attention: {h3} columns are not query, key and value of {heads} heads");
-    }
     if let Some(bias) = bias {
         let (g, bh, t1, t2) = bias.dims4()?;
         if b % g != 0 || bh != heads || t1 != t || t2 != t {
             candle_core::bail!("attention: bias {:?} does not fit {b} sequences of {t} tokens and {heads} heads", bias.shape());
         }
     }
+    check(t, h3, heads, t)?;
     let cpu = qkv.device().is_cpu() && qkv.dtype() == DType::F32 && bias.is_none_or(|b| b.dtype() == DType::F32);
     match (cpu, bias) {
-        (true, None) => qkv.contiguous()?.apply_op1_no_bwd(&Attention { heads }),
-        (true, Some(bias)) => qkv.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &Attention { heads }),
-        (false, _) => generic(qkv, heads, bias),
+        (true, None) => qkv.contiguous()?.apply_op1_no_bwd(&Attention { heads, queries: t }),
+        (true, Some(bias)) => qkv.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &Attention { heads, queries: t }),
+        (false, _) => generic(qkv, heads, bias, t),
     }
 }
 
-/// candle's ops (any device; the reference the CPU op is tested against).
-fn generic(qkv: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+/// The rows of [`self_attention`] (no bias) for the first `queries` tokens only, [B, queries,
+/// hidden]: their queries against every token's keys and values (ViT's last layer, whose
+/// features are the CLS token's).
+pub fn attention_of_first(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
+    let (_, t, h3) = qkv.dims3()?;
+    check(t, h3, heads, queries)?;
+    match qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
+        true => qkv.contiguous()?.apply_op1_no_bwd(&Attention { heads, queries }),
+        false => generic(qkv, heads, None, queries),
+    }
+}
+
+fn check(t: usize, h3: usize, heads: usize, queries: usize) -> Result<()> {
+    if heads == 0 || t == 0 || !h3.is_multiple_of(3 * heads) {
+        candle_core::bail!("attention: {h3} columns are not query, key and value of {heads} heads");
+    }
+    if queries == 0 || queries > t {
+        candle_core::bail!("attention: {queries} queries of {t} tokens");
+    }
+    Ok(())
+}
+
+/// candle's ops (any device; the reference the CPU op is tested against), for the first
+/// `queries` tokens (a bias only with all of them).
+fn generic(qkv: &Tensor, heads: usize, bias: Option<&Tensor>, queries: usize) -> Result<Tensor> {
     let (b, t, h3) = qkv.dims3()?;
     let (h, dh) = (h3 / 3, h3 / 3 / heads);
     let qkv = qkv.reshape((b, t, 3, heads, dh))?.permute((2, 0, 3, 1, 4))?;
-    let (q, k, v) = (qkv.i(0)?.contiguous()?, qkv.i(1)?.contiguous()?, qkv.i(2)?.contiguous()?);
+    let (q, k, v) = (qkv.i(0)?.narrow(2, 0, queries)?.contiguous()?, qkv.i(1)?.contiguous()?, qkv.i(2)?.contiguous()?);
     let mut scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
     if let Some(bias) = bias {
         let g = bias.dim(0)?;
         scores = scores.reshape((b / g, g, heads, t, t))?.broadcast_add(bias)?.reshape((b, heads, t, t))?;
     }
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((b, t, h))
+    probs.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?.reshape((b, queries, h))
 }
 
+/// The CPU op: the context of the first `queries` tokens (all T in [`self_attention`]).
 struct Attention {
     heads: usize,
+    queries: usize,
 }
 
 impl Attention {
     fn run(&self, qkv: &[f32], shape: &Shape, bias: Option<(&[f32], usize)>) -> Result<(CpuStorage, Shape)> {
         let (b, t, h3) = shape.dims3()?;
-        let (h, heads) = (h3 / 3, self.heads);
+        let (h, heads, tq) = (h3 / 3, self.heads, self.queries);
         let dh = h / heads;
         let scale = 1.0 / (dh as f32).sqrt();
-        crate::nn::cpu::count_flop((4 * b * heads * t * t * dh) as u64);
-        let mut out: Vec<f32> = Vec::with_capacity(b * t * h);
+        crate::nn::cpu::count_flop((4 * b * heads * tq * t * dh) as u64);
+        let mut out: Vec<f32> = Vec::with_capacity(b * tq * h);
         let dst = SendPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each_init(
-            || vec![0f32; t * t],
+            || vec![0f32; tq * t],
             |scores, job| {
                 let (seq, head) = (job / heads, job % heads);
                 let q = &qkv[seq * t * h3 + head * dh..];
-                // scores = q k^T, each [T, d] with rows 3 x hidden apart.
+                // scores = q k^T, [tq, d] by [d, T], rows 3 x hidden apart.
                 // SAFETY: q, k and v rows lie inside `qkv` (T rows of 3 x hidden from the sequence's
-                // start); `scores` holds T x T values.
-                unsafe { gemm_into(t, t, dh, scores.as_mut_ptr(), t, q.as_ptr(), [1, h3], q.as_ptr().add(h), [h3, 1], gemm::Parallelism::None) };
+                // start); `scores` holds tq x T values.
+                unsafe { gemm_into(tq, t, dh, scores.as_mut_ptr(), t, q.as_ptr(), [1, h3], q.as_ptr().add(h), [h3, 1], gemm::Parallelism::None) };
                 scores.iter_mut().for_each(|s| *s *= scale);
                 if let Some((all, groups)) = bias {
                     let bias = &all[((seq % groups) * heads + head) * t * t..][..t * t];
                     scores.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
                 }
                 scores.chunks_exact_mut(t).for_each(softmax_in_place);
-                // context rows [T, d] of this head = probs v, written into the output's rows.
-                // SAFETY: the destination block (T rows of `hidden`, this head's d columns) is
-                // inside `out` (B x T x hidden) and written by this job only; gemm without
+                // context rows [tq, d] of this head = probs v, written into the output's rows.
+                // SAFETY: the destination block (tq rows of `hidden`, this head's d columns) is
+                // inside `out` (B x tq x hidden) and written by this job only; gemm without
                 // `read_dst` only writes.
                 unsafe {
                     gemm_into(
-                        t,
+                        tq,
                         dh,
                         t,
-                        dst.get().add(seq * t * h + head * dh),
+                        dst.get().add(seq * tq * h + head * dh),
                         h,
                         scores.as_ptr(),
                         [1, t],
@@ -100,9 +123,9 @@ impl Attention {
                 };
             },
         );
-        // SAFETY: the jobs wrote every (sequence, token, head, d) above.
-        unsafe { out.set_len(b * t * h) };
-        Ok((CpuStorage::F32(out), Shape::from((b, t, h))))
+        // SAFETY: the jobs wrote every (sequence, query, head, d) above.
+        unsafe { out.set_len(b * tq * h) };
+        Ok((CpuStorage::F32(out), Shape::from((b, tq, h))))
     }
 }
 
@@ -161,13 +184,29 @@ mod tests {
                 ),
             };
             let fast = self_attention(&qkv, heads, bias.as_ref())?;
-            let slow = generic(&qkv, heads, bias.as_ref())?;
+            let slow = generic(&qkv, heads, bias.as_ref(), t)?;
             assert_eq!(fast.dims(), &[b, t, heads * dh]);
             assert!(max_diff(&fast, &slow)? < 1e-5, "{b}x{t}, {heads} heads: {}", max_diff(&fast, &slow)?);
             // Sequences are independent: the first one alone gives the same rows.
             let first = self_attention(&qkv.narrow(0, 0, 1)?, heads, bias.as_ref().map(|x| x.narrow(0, 0, 1)).transpose()?.as_ref())?;
             assert_eq!(max_diff(&first, &fast.narrow(0, 0, 1)?)?, 0.0);
         }
+        Ok(())
+    }
+
+    /// The first tokens' context alone: the rows of the whole attention, by the CPU op and by
+    /// candle's graph.
+    #[test]
+    fn first_tokens_are_the_first_rows_of_the_whole() -> Result<()> {
+        let qkv = randn(&mut stream(7, "test", 0), (3, 50, 3 * 4 * 16), &Device::Cpu)?;
+        let all = self_attention(&qkv, 4, None)?;
+        for queries in [1, 7, 50] {
+            let first = attention_of_first(&qkv, 4, queries)?;
+            assert_eq!(first.dims(), &[3, queries, 64]);
+            assert!(max_diff(&first, &all.narrow(1, 0, queries)?)? < 1e-6, "{queries} queries");
+            assert!(max_diff(&first, &generic(&qkv, 4, None, queries)?)? < 1e-5, "{queries} queries, graph");
+        }
+        assert!(attention_of_first(&qkv, 4, 0).is_err() && attention_of_first(&qkv, 4, 51).is_err());
         Ok(())
     }
 
