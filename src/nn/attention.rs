@@ -89,38 +89,35 @@ impl Attention {
         let mut out: Vec<f32> = Vec::with_capacity(b * tq * h);
         let dst = SendPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each_init(
-            || vec![0f32; tq * t],
-            |scores, job| {
+            || (vec![0f32; tq * t], vec![0f32; tq]),
+            |(scores, sums), job| {
                 let (seq, head) = (job / heads, job % heads);
                 let q = &qkv[seq * t * h3 + head * dh..];
                 // scores = q k^T, [tq, d] by [d, T], rows 3 x hidden apart.
                 // SAFETY: q, k and v rows lie inside `qkv` (T rows of 3 x hidden from the sequence's
                 // start); `scores` holds tq x T values.
                 unsafe { gemm_into(tq, t, dh, scores.as_mut_ptr(), t, q.as_ptr(), [1, h3], q.as_ptr().add(h), [h3, 1], gemm::Parallelism::None) };
-                scores.iter_mut().for_each(|s| *s *= scale);
-                if let Some((all, groups)) = bias {
-                    let bias = &all[((seq % groups) * heads + head) * t * t..][..t * t];
-                    scores.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+                match bias {
+                    Some((all, groups)) => {
+                        let bias = &all[((seq % groups) * heads + head) * t * t..][..tq * t];
+                        scores.iter_mut().zip(bias).for_each(|(s, b)| *s = *s * scale + b);
+                    }
+                    None => scores.iter_mut().for_each(|s| *s *= scale),
                 }
-                scores.chunks_exact_mut(t).for_each(softmax_in_place);
+                // Each row's exp(s - max), and its sum: the softmax's division is done on the
+                // d values of the context row instead of the T probabilities.
+                scores.chunks_exact_mut(t).zip(sums.iter_mut()).for_each(|(row, sum)| *sum = exp_from_max(row));
                 // context rows [tq, d] of this head = probs v, written into the output's rows.
+                let ctx = seq * tq * h + head * dh;
                 // SAFETY: the destination block (tq rows of `hidden`, this head's d columns) is
                 // inside `out` (B x tq x hidden) and written by this job only; gemm without
                 // `read_dst` only writes.
-                unsafe {
-                    gemm_into(
-                        tq,
-                        dh,
-                        t,
-                        dst.get().add(seq * tq * h + head * dh),
-                        h,
-                        scores.as_ptr(),
-                        [1, t],
-                        q.as_ptr().add(2 * h),
-                        [1, h3],
-                        gemm::Parallelism::None,
-                    )
-                };
+                unsafe { gemm_into(tq, dh, t, dst.get().add(ctx), h, scores.as_ptr(), [1, t], q.as_ptr().add(2 * h), [1, h3], gemm::Parallelism::None) };
+                for (r, sum) in sums.iter().enumerate() {
+                    // SAFETY: row r's d columns of this head, written above by this job only.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(ctx + r * h), dh) };
+                    row.iter_mut().for_each(|x| *x /= sum);
+                }
             },
         );
         // SAFETY: the jobs wrote every (sequence, query, head, d) above.
@@ -129,13 +126,29 @@ impl Attention {
     }
 }
 
-/// `exp(x - max) / sum`, as candle's `softmax_last_dim` (with a vectorised `exp`).
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// `row = exp(row - max(row))`, returning the row's sum: softmax but for the division (with a
+/// vectorised `exp`). The max and the sum run over 16 interleaved lanes: as one chain, each step
+/// waited on the last (the max's bits do not depend on the order; the sum's last bits do).
+fn exp_from_max(row: &mut [f32]) -> f32 {
+    let max = lanes(row, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max);
     row.iter_mut().for_each(|s| *s -= max);
     exp_in_place(row);
-    let sum: f32 = row.iter().sum();
-    row.iter_mut().for_each(|s| *s /= sum);
+    lanes(row, 0.0, |a, b| a + b).iter().sum()
+}
+
+/// `f` folded over `row`'s elements `i, i + 16, i + 32, ...` for each lane `i`.
+fn lanes(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 16] {
+    let mut acc = [init; 16];
+    let blocks = row.chunks_exact(16);
+    for (a, &x) in acc.iter_mut().zip(blocks.remainder()) {
+        *a = f(*a, x);
+    }
+    for block in blocks {
+        for (a, &x) in acc.iter_mut().zip(block) {
+            *a = f(*a, x);
+        }
+    }
+    acc
 }
 
 impl CustomOp1 for Attention {
