@@ -10,12 +10,12 @@
 //! computed here.
 
 use super::preprocess_config::TimmPretrained;
-use super::transformer::{Block, PatchEmbed, dense};
+use super::transformer::{Block, LayerNorm, PatchEmbed, dense, layer_norm};
 use crate::data::image::Preprocess;
 use crate::nn::linear::Linear;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{LayerNorm, VarBuilder, layer_norm};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use std::path::Path;
 

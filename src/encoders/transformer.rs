@@ -1,5 +1,5 @@
 //! The layers ViT and Swin share: the patch embedding, PyTorch `nn.Linear` weights as
-//! [`Linear`], and the pre-norm transformer layer (with an optional additive attention bias,
+//! [`Linear`], the layer norm ([`LayerNorm`]), and the pre-norm transformer layer (with an optional additive attention bias,
 //! which Swin's windows use). Each backbone loads them from its own key names.
 //!
 //! Every dense layer is a [`Linear`] (weights stored [in, out], one product block per thread:
@@ -8,9 +8,10 @@
 
 use crate::nn::attention::{attention_of_first, self_attention};
 use crate::nn::linear::Linear;
+pub(crate) use crate::nn::norm::{LayerNorm, layer_norm};
 use crate::nn::stages::{Stage, timed};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// PyTorch `nn.Linear`s ([out, in] weight) as one [`Linear`], concatenated along their outputs
 /// (e.g. query, key, value); zero bias where `bias` is false.

@@ -6,11 +6,11 @@
 //! fast [`crate::nn::linear::Linear`] (see [`super::transformer`]). Preprocessing follows the
 //! folder's `preprocessor_config.json` where there is one.
 
-use super::transformer::{Block, PatchEmbed, dense};
+use super::transformer::{Block, LayerNorm, PatchEmbed, dense, layer_norm};
 use crate::data::image::Preprocess;
 use anyhow::{Context, Result};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
-use candle_nn::{LayerNorm, VarBuilder, layer_norm};
+use candle_nn::VarBuilder;
 use candle_transformers::models::vit::Config;
 use std::path::Path;
 
