@@ -7,7 +7,7 @@
 //! embedding as a product over unfolded patches.
 
 use crate::nn::attention::{attention_of_first, self_attention};
-use crate::nn::linear::Linear;
+use crate::nn::linear::{Linear, Then};
 pub(crate) use crate::nn::norm::{LayerNorm, layer_norm};
 use crate::nn::stages::{Stage, timed};
 use candle_core::{DType, Module, Result, Tensor};
@@ -83,13 +83,12 @@ impl Block {
         self.finish(&x.narrow(1, 0, 1)?, &ctx)
     }
 
-    /// The layer after attention, on the rows of `x` whose context `ctx` holds.
+    /// The layer after attention, on the rows of `x` whose context `ctx` holds; the residual
+    /// additions inside the products' blocks ([`Linear::forward_frozen`]: no pass of their own).
     fn finish(&self, x: &Tensor, ctx: &Tensor) -> Result<Tensor> {
-        let out = timed(Stage::OutputProduct, || ctx.apply(&self.proj))?;
-        let x = timed(Stage::Residual, || x + out)?;
+        let x = timed(Stage::OutputProduct, || self.proj.forward_frozen(ctx, None, Some(x), Then::Nothing))?;
         let normed = timed(Stage::LayerNorm, || x.apply(&self.norm2))?;
         let m = timed(Stage::Mlp1Gelu, || self.fc1.forward_gelu(&normed))?;
-        let m = timed(Stage::Mlp2, || m.apply(&self.fc2))?;
-        timed(Stage::Residual, || x + m)
+        timed(Stage::Mlp2, || self.fc2.forward_frozen(&m, None, Some(&x), Then::Nothing))
     }
 }

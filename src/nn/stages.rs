@@ -15,12 +15,11 @@ pub enum Stage {
     OutputProduct,
     Mlp1Gelu,
     Mlp2,
-    Residual,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] =
-        [Stage::PatchEmbedding, Stage::LayerNorm, Stage::QkvProduct, Stage::Attention, Stage::OutputProduct, Stage::Mlp1Gelu, Stage::Mlp2, Stage::Residual];
+    pub const ALL: [Stage; 7] =
+        [Stage::PatchEmbedding, Stage::LayerNorm, Stage::QkvProduct, Stage::Attention, Stage::OutputProduct, Stage::Mlp1Gelu, Stage::Mlp2];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -28,10 +27,9 @@ impl Stage {
             Stage::LayerNorm => "layer norms",
             Stage::QkvProduct => "query/key/value product + bias",
             Stage::Attention => "attention (q k^T, softmax, x v)",
-            Stage::OutputProduct => "attention output product + bias",
+            Stage::OutputProduct => "attention output product + bias + residual",
             Stage::Mlp1Gelu => "MLP first product + bias + GELU",
-            Stage::Mlp2 => "MLP second product + bias",
-            Stage::Residual => "residual additions",
+            Stage::Mlp2 => "MLP second product + bias + residual",
         }
     }
 }
