@@ -1,6 +1,7 @@
 //! The layers ViT and Swin share: the patch embedding, PyTorch `nn.Linear` weights as
-//! [`Linear`], the layer norm ([`LayerNorm`]), and the pre-norm transformer layer (with an optional additive attention bias,
-//! which Swin's windows use). Each backbone loads them from its own key names.
+//! [`Linear`], the layer norm ([`LayerNorm`]), and the pre-norm transformer layer (with an
+//! optional additive attention bias, which Swin's windows use). Each backbone loads them from
+//! its own key names.
 //!
 //! Every dense layer is a [`Linear`] (weights stored [in, out], one product block per thread:
 //! ~1.5x candle's `x W^T` here), with query, key and value as one product and the patch
@@ -51,6 +52,7 @@ impl PatchEmbed {
 }
 
 /// Pre-norm transformer layer: `x + attn(ln(x))`, then `x + mlp(ln(x))` (GELU, erf form).
+/// Frozen: no gradient flows through it.
 pub(crate) struct Block {
     pub norm1: LayerNorm,
     /// Query, key and value as one product.

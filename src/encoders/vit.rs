@@ -92,11 +92,12 @@ impl VitEncoder {
         last.forward_first(&x)?.i((.., 0, ..))?.apply(&self.layernorm)
     }
 
-    /// The layernormed CLS token [N, hidden] (as [`Self::features`]) and the layernormed patch
-    /// tokens [N, patches, hidden] (the final layer's `last_hidden_state` without CLS).
+    /// The layernormed CLS token [N, hidden] ([`Self::features`], to the last bits: here the
+    /// last layer runs on every row) and the layernormed patch tokens [N, patches, hidden] (the
+    /// final layer's `last_hidden_state` without CLS).
     pub fn features_and_tokens(&self, pixels: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let x = self.hidden(pixels)?;
-        let cls = x.i((.., 0, ..))?.apply(&self.layernorm)?;
+        let cls = x.i((.., 0, ..))?.contiguous()?.apply(&self.layernorm)?;
         let patches = x.i((.., 1.., ..))?.contiguous()?.apply(&self.layernorm)?;
         Ok((cls, patches))
     }

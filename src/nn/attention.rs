@@ -10,7 +10,7 @@
 //! Every head is computed by one thread in a fixed order: results do not depend on the threads.
 
 use crate::nn::cpu::{SendPtr, f32_slice, gemm_into};
-use crate::nn::vmath::exp_in_place;
+use crate::nn::vmath::{exp_in_place, fold_in_lanes};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, IndexOp, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -26,7 +26,7 @@ pub fn self_attention(qkv: &Tensor, heads: usize, bias: Option<&Tensor>) -> Resu
             candle_core::bail!("attention: bias {:?} does not fit {b} sequences of {t} tokens and {heads} heads", bias.shape());
         }
     }
-    check(t, h3, heads, t)?;
+    check_shapes(t, h3, heads, t)?;
     let cpu = qkv.device().is_cpu() && qkv.dtype() == DType::F32 && bias.is_none_or(|b| b.dtype() == DType::F32);
     match (cpu, bias) {
         (true, None) => qkv.contiguous()?.apply_op1_no_bwd(&Attention { heads, queries: t }),
@@ -40,14 +40,16 @@ pub fn self_attention(qkv: &Tensor, heads: usize, bias: Option<&Tensor>) -> Resu
 /// features are the CLS token's).
 pub fn attention_of_first(qkv: &Tensor, heads: usize, queries: usize) -> Result<Tensor> {
     let (_, t, h3) = qkv.dims3()?;
-    check(t, h3, heads, queries)?;
+    check_shapes(t, h3, heads, queries)?;
     match qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
         true => qkv.contiguous()?.apply_op1_no_bwd(&Attention { heads, queries }),
         false => generic(qkv, heads, None, queries),
     }
 }
 
-fn check(t: usize, h3: usize, heads: usize, queries: usize) -> Result<()> {
+/// Refuses `qkv` rows of `h3` columns that are not query, key and value of `heads` heads, no
+/// tokens, and query counts outside `1..=t`.
+fn check_shapes(t: usize, h3: usize, heads: usize, queries: usize) -> Result<()> {
     if heads == 0 || t == 0 || !h3.is_multiple_of(3 * heads) {
         candle_core::bail!("attention: {h3} columns are not query, key and value of {heads} heads");
     }
@@ -130,25 +132,10 @@ impl Attention {
 /// vectorised `exp`). The max and the sum run over 16 interleaved lanes: as one chain, each step
 /// waited on the last (the max's bits do not depend on the order; the sum's last bits do).
 fn exp_from_max(row: &mut [f32]) -> f32 {
-    let max = lanes(row, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max);
+    let max = fold_in_lanes(row, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max);
     row.iter_mut().for_each(|s| *s -= max);
     exp_in_place(row);
-    lanes(row, 0.0, |a, b| a + b).iter().sum()
-}
-
-/// `f` folded over `row`'s elements `i, i + 16, i + 32, ...` for each lane `i`.
-fn lanes(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 16] {
-    let mut acc = [init; 16];
-    let blocks = row.chunks_exact(16);
-    for (a, &x) in acc.iter_mut().zip(blocks.remainder()) {
-        *a = f(*a, x);
-    }
-    for block in blocks {
-        for (a, &x) in acc.iter_mut().zip(block) {
-            *a = f(*a, x);
-        }
-    }
-    acc
+    fold_in_lanes(row, 0.0, |a, b| a + b).iter().sum()
 }
 
 impl CustomOp1 for Attention {

@@ -1,6 +1,7 @@
 //! Normalisation helpers shared by the head, the alignment losses and the frozen encoders.
 
 use crate::nn::cpu::f32_slice;
+use crate::nn::vmath::fold_in_lanes;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 
 /// Rows scaled to unit L2 norm (norms clamped at 1e-12, as `F.normalize`).
@@ -10,9 +11,10 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 }
 
 /// candle's `LayerNorm` (same weights, loaded by [`layer_norm`] as `candle_nn::layer_norm`
-/// loads them), whose pass over a contiguous f32 CPU input without gradient sums each row over
-/// 16 lanes, mean first, then the squared deviations (candle's op sums `x` and `x^2` in one
-/// chain of dependent additions each: the frozen encoders' layer norms were bound by it).
+/// loads them) for the frozen encoders: on a contiguous f32 CPU input each row is summed over 16
+/// lanes, mean first, then the squared deviations (candle's op sums `x` and `x^2` in one chain
+/// of dependent additions each: the encoders' layer norms were bound by it); other inputs take
+/// candle's. Neither path has a backward pass for a contiguous input (candle's op has none).
 #[derive(Clone, Debug)]
 pub struct LayerNorm(candle_nn::LayerNorm);
 
@@ -25,7 +27,7 @@ impl candle_core::Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let ln = &self.0;
         match ln.bias() {
-            Some(bias) if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() && !x.track_op() => {
+            Some(bias) if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() => {
                 x.apply_op3_no_bwd(ln.weight(), bias, &RowNorm { eps: ln.eps() as f32 })
             }
             _ => x.apply(ln),
@@ -33,6 +35,8 @@ impl candle_core::Module for LayerNorm {
     }
 }
 
+/// `y = (x - mean) / sqrt(var + eps) * w + b` over each row's last dimension, the mean and the
+/// variance each by one pass of 16 lanes ([`fold_in_lanes`]).
 struct RowNorm {
     eps: f32,
 }
@@ -51,24 +55,13 @@ impl CustomOp3 for RowNorm {
         }
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-            let mean = lanes_sum(x, |v| v) / n as f32;
-            let var = lanes_sum(x, |v| (v - mean) * (v - mean)) / n as f32;
+            let mean = fold_in_lanes(x, 0.0, |s, v| s + v).iter().sum::<f32>() / n as f32;
+            let var = fold_in_lanes(x, 0.0, |s, v| s + (v - mean) * (v - mean)).iter().sum::<f32>() / n as f32;
             let inv_std = (var + self.eps).sqrt().recip();
             y.iter_mut().zip(x).zip(w.iter().zip(b)).for_each(|((y, x), (w, b))| *y = (x - mean) * inv_std * w + b);
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
-}
-
-/// The sum of `f(v)` over `row` in 16 interleaved partial sums, added in a fixed order.
-fn lanes_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let blocks = row.chunks_exact(16);
-    let rest: f32 = blocks.remainder().iter().map(|&v| f(v)).sum();
-    for block in blocks {
-        acc.iter_mut().zip(block).for_each(|(a, &v)| *a += f(v));
-    }
-    acc.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]
@@ -82,8 +75,9 @@ mod tests {
     fn layer_norm_matches_f64() -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = crate::rng::stream(8, "test", 0);
-        let x = (crate::rng::randn(&mut rng, (3, 5, 768), &dev)? + 4.0)?;
-        let (w, b) = (crate::rng::randn(&mut rng, 768, &dev)?, crate::rng::randn(&mut rng, 768, &dev)?);
+        // 770 features: 48 blocks of 16 lanes and 2 left over.
+        let x = (crate::rng::randn(&mut rng, (3, 5, 770), &dev)? + 4.0)?;
+        let (w, b) = (crate::rng::randn(&mut rng, 770, &dev)?, crate::rng::randn(&mut rng, 770, &dev)?);
         let ln = LayerNorm(candle_nn::LayerNorm::new(w.clone(), b.clone(), 1e-6));
         let (x64, w64, b64) = (x.to_dtype(DType::F64)?, w.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
         let centred = x64.broadcast_sub(&x64.mean_keepdim(D::Minus1)?)?;
@@ -92,6 +86,9 @@ mod tests {
         let error = |y: &Tensor| -> Result<f64> { (y.to_dtype(DType::F64)? - &exact)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>() };
         let (ours, candle) = (error(&ln.forward(&x)?)?, error(&x.apply(&ln.0)?)?);
         assert!(ours < 1e-5 && ours < candle, "ours {ours}, candle's {candle}");
+        // A non-contiguous input takes candle's graph, which centres first too.
+        let strided = ln.forward(&x.transpose(0, 1)?)?.transpose(0, 1)?;
+        assert!(error(&strided)? < 5e-5, "candle's graph: {}", error(&strided)?);
         Ok(())
     }
 }

@@ -128,6 +128,23 @@ fn silu1(x: f32) -> f32 {
     if x < EXP_NEG_MAX { -0.0 } else { y }
 }
 
+/// `f` folded over `row`'s elements `i, i + 16, i + 32, ...` into lane `i` (the leftover elements
+/// first), for reductions that one chain of dependent steps would make wait on each step (a
+/// sum, a max): 16 independent chains the compiler vectorises. Combine the lanes in a fixed order.
+pub fn fold_in_lanes(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 16] {
+    let mut acc = [init; 16];
+    let blocks = row.chunks_exact(16);
+    for (a, &x) in acc.iter_mut().zip(blocks.remainder()) {
+        *a = f(*a, x);
+    }
+    for block in blocks {
+        for (a, &x) in acc.iter_mut().zip(block) {
+            *a = f(*a, x);
+        }
+    }
+    acc
+}
+
 /// A loop to compile at each vector width: [`at_width`] runs it inside a function built for the
 /// width, so `run` must be `#[inline(always)]` to be vectorised there.
 pub(crate) trait Kernel {

@@ -1,5 +1,5 @@
 //! CPU building blocks of the hand-written kernels (AdamW, linear, activations, depthwise
-//! conv): views of candle's CPU storage ([`view`]), and matrix products split across threads.
+//! conv): views of candle's CPU storage (`view.rs`), and matrix products split across threads.
 
 mod view;
 

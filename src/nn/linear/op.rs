@@ -18,9 +18,10 @@ pub(super) struct LinearOp {
 }
 
 /// Rows `start..` of a weight gradient: `x^T dy`, summed over the rows of `x` [rows, k] and `dy`
-/// [rows, n]. The products read both across their rows: `dy` is held with its rows apart when
-/// they would lie a multiple of 4 KiB apart ([`padded::rows_apart_tensor`]); contiguous `x` is
-/// padded so by the job that reads it, beside the rest of the backward pass.
+/// [rows, n]. The products read both across their rows, apart when they would lie a multiple of
+/// 4 KiB apart: `dy` is held so ([`padded::rows_apart_tensor`], shared with the input gradient);
+/// contiguous `x` is padded by whichever reads it (the job by rows, on the pool, or
+/// [`part_product`]), off the input gradient's path.
 #[derive(Clone)]
 struct GradPart {
     start: usize,
