@@ -35,36 +35,30 @@ pub fn f32_rows<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32
     }
 }
 
+/// The CPU storage behind a tensor's, or an error naming `op`.
+fn on_cpu<'a>(op: &str, s: &'a Storage) -> Result<&'a CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Ok(s),
+        _ => candle_core::bail!("{op}: expected a CPU tensor"),
+    }
+}
+
 /// Runs `f` on the rows of a 2-D f32 CPU tensor as [`f32_rows`] gives them, without copying.
 pub fn with_f32_rows<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => {
-            let (v, row_stride) = f32_rows(op, s, layout)?;
-            Ok(f(v, row_stride))
-        }
-        _ => candle_core::bail!("{op}: expected a CPU tensor"),
-    }
+    let (v, row_stride) = f32_rows(op, on_cpu(op, &storage)?, layout)?;
+    Ok(f(v, row_stride))
 }
 
 /// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
 pub fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => Ok(f(f32_slice(op, s, layout)?)),
-        _ => candle_core::bail!("{op}: expected a CPU tensor"),
-    }
+    Ok(f(f32_slice(op, on_cpu(op, &storage)?, layout)?))
 }
 
 /// [`with_f32_rows`] over several tensors at once: `f` gets each one's values and row distance.
 pub fn with_f32_rows_all<R>(op: &str, tensors: &[&Tensor], f: impl FnOnce(&[(&[f32], usize)]) -> R) -> Result<R> {
     let held: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let rows = held
-        .iter()
-        .map(|(s, l)| match &**s {
-            Storage::Cpu(s) => f32_rows(op, s, l),
-            _ => candle_core::bail!("{op}: expected a CPU tensor"),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let rows = held.iter().map(|(s, l)| f32_rows(op, on_cpu(op, s)?, l)).collect::<Result<Vec<_>>>()?;
     Ok(f(&rows))
 }
