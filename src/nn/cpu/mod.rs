@@ -121,23 +121,10 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     let run = |start: usize| {
         let size = block.min(len - start);
         let (rows, cols) = if by_cols { (m, size) } else { (size, n) };
-        let (lhs_off, rhs_off, dst_off) = if by_cols { (0, start * rhs.col_stride, start) } else { (start * lhs.row_stride, 0, start * ld) };
+        let (lhs_row, rhs_col, dst_off) = if by_cols { (0, start, start) } else { (start, 0, start * ld) };
         // SAFETY: the operands' bounds were checked above and `dst` has room for m rows of ld;
-        // the blocks write disjoint parts of it, and `gemm` without `read_dst` only writes.
-        unsafe {
-            gemm_into(
-                rows,
-                cols,
-                k,
-                out.get().add(dst_off),
-                ld,
-                lhs.data.as_ptr().add(lhs_off),
-                [lhs.col_stride, lhs.row_stride],
-                rhs.data.as_ptr().add(rhs_off),
-                [rhs.col_stride, rhs.row_stride],
-                gemm::Parallelism::None,
-            );
-        }
+        // the blocks write disjoint parts of it.
+        unsafe { block_into(rows, cols, k, out.get().add(dst_off), ld, lhs, lhs_row, rhs, rhs_col) };
         let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
         for r in row0..row0 + rows {
             // SAFETY: this block's part of row r, written by the product above and by no other thread.
@@ -186,21 +173,23 @@ pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, n: usi
     rhs.check(k, n, "rhs");
     count_flop((2 * rows * n * k) as u64);
     // SAFETY: the operands' bounds were checked above; `dst` holds rows x row_stride floats.
-    unsafe {
-        gemm_into(
-            rows,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            row_stride,
-            lhs.data.as_ptr().add(first * lhs.row_stride),
-            [lhs.col_stride, lhs.row_stride],
-            rhs.data.as_ptr(),
-            [rhs.col_stride, rhs.row_stride],
-            gemm::Parallelism::None,
-        )
-    };
+    unsafe { block_into(rows, n, k, dst.as_mut_ptr(), row_stride, lhs, first, rhs, 0) };
     dst.chunks_exact_mut(row_stride.max(1)).for_each(|row| row[n..].fill(0.0));
+}
+
+/// One thread's [rows, cols] block of a product over k into `dst` (rows `ld` apart): `lhs`'s
+/// rows from `lhs_row`, `rhs`'s columns from `rhs_col` ([`matmul_padded`]'s blocks and
+/// [`matmul_rows_into`]'s rows are the same call).
+///
+/// # Safety
+/// As [`gemm_into`]'s: the operands' blocks lie inside their slices, and `dst` holds `rows` rows
+/// of `ld` that nothing else reads or writes meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_into(rows: usize, cols: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, lhs_row: usize, rhs: MatRef, rhs_col: usize) {
+    let (l, r) = (lhs.data.as_ptr(), rhs.data.as_ptr());
+    let (l, r) = (l.wrapping_add(lhs_row * lhs.row_stride), r.wrapping_add(rhs_col * rhs.col_stride));
+    // SAFETY: as the caller promises.
+    unsafe { gemm_into(rows, cols, k, dst, ld, l, [lhs.col_stride, lhs.row_stride], r, [rhs.col_stride, rhs.row_stride], gemm::Parallelism::None) }
 }
 
 /// `dst = lhs rhs` for `lhs` [m, k] and `rhs` [k, n] given by their pointers and (column, row)
