@@ -8,115 +8,11 @@ use crate::rng::Noise;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Accuracy {
-    pub top1: f64,
-    pub top5: f64,
-    pub n: usize,
-    /// Mean over rows of the largest softmax probability (the head's confidence).
-    #[serde(default)]
-    pub mean_max_prob: f64,
-    /// Rows whose outputs are not all finite (a diverged model): counted as misses.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub non_finite: usize,
-}
+mod accuracy;
+mod reconstruction;
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-/// Rank of the true class in a row of scores: how many classes beat it (ties before it count
-/// as beating, so ties go to the lower class index).
-fn rank_of(row: &[f32], y: u32) -> usize {
-    // A row with NaN or infinite scores is a miss, never a hit (NaN beats nothing).
-    if row.iter().any(|v| !v.is_finite()) {
-        return row.len();
-    }
-    let target = row[y as usize];
-    row.iter().enumerate().filter(|&(c, &v)| v > target || (v == target && c < y as usize)).count()
-}
-
-/// Accuracy of row-major `logits` [N, C] against `labels`; ties go to the lower class index.
-pub fn topk_accuracy(logits: &[f32], classes: usize, labels: &[u32]) -> Accuracy {
-    let (mut hit1, mut hit5, mut conf, mut non_finite) = (0usize, 0usize, 0f64, 0usize);
-    for (row, &y) in logits.chunks_exact(classes).zip(labels) {
-        if row.iter().any(|v| !v.is_finite()) {
-            non_finite += 1;
-            continue;
-        }
-        let rank = rank_of(row, y);
-        hit1 += (rank == 0) as usize;
-        hit5 += (rank < 5) as usize;
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        conf += 1.0 / row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>();
-    }
-    let n = labels.len();
-    Accuracy { top1: hit1 as f64 / n as f64, top5: hit5 as f64 / n as f64, n, mean_max_prob: conf / n as f64, non_finite }
-}
-
-/// Per row of `logits` [N, C]: whether the top-1 class is the label (for paired tests).
-pub fn top1_hits(logits: &[f32], classes: usize, labels: &[u32]) -> Vec<bool> {
-    logits.chunks_exact(classes).zip(labels).map(|(row, &y)| rank_of(row, y) == 0).collect()
-}
-
-/// The class means of a split's text features: what a reconstruction x_CDR is matched against.
-pub struct TextReference {
-    /// Row-major [classes, ds], each mean scaled to unit length (zero stays zero).
-    means: Vec<f32>,
-    ds: usize,
-}
-
-impl TextReference {
-    /// Class means of `split`'s text (classes without rows get a zero mean); `None` without text.
-    pub fn class_means(split: &FeatureSplit, classes: usize) -> Option<Self> {
-        let text = split.text.as_ref()?;
-        let ds = split.ds;
-        let mut means = vec![0f32; classes * ds];
-        let mut counts = vec![0usize; classes];
-        for (row, &y) in text.chunks_exact(ds).zip(&split.label) {
-            counts[y as usize] += 1;
-            means[y as usize * ds..][..ds].iter_mut().zip(row).for_each(|(m, x)| *m += x);
-        }
-        for (c, &n) in counts.iter().enumerate() {
-            let m = &mut means[c * ds..][..ds];
-            m.iter_mut().for_each(|m| *m /= n.max(1) as f32);
-            let norm = m.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            m.iter_mut().for_each(|x| *x /= norm);
-        }
-        Some(Self { means, ds })
-    }
-}
-
-/// How well x_CDR reconstructs the text feature x_s (eq. 19's target).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Reconstruction {
-    /// Mean cosine similarity between x_CDR and the row's true x_s.
-    pub cosine: f64,
-    /// Share of rows whose x_CDR is closest (cosine) to its own class's mean text feature.
-    pub class_match: f64,
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-12)
-}
-
-/// Reconstruction quality of `x_cdr` [N, ds] against `split`'s text and the class means.
-pub fn reconstruction(x_cdr: &[f32], split: &FeatureSplit, reference: &TextReference) -> Option<Reconstruction> {
-    let text = split.text.as_ref()?;
-    let ds = reference.ds;
-    let (mut cos, mut hits) = (0f64, 0usize);
-    for ((x, xs), &y) in x_cdr.chunks_exact(ds).zip(text.chunks_exact(ds)).zip(&split.label) {
-        cos += cosine(x, xs);
-        // The means are unit length: ranking by x . m is ranking by cosine.
-        let sims: Vec<f32> = reference.means.chunks_exact(ds).map(|m| x.iter().zip(m).map(|(a, b)| a * b).sum()).collect();
-        hits += (rank_of(&sims, y) == 0) as usize;
-    }
-    let n = split.len().max(1) as f64;
-    Some(Reconstruction { cosine: cos / n, class_match: hits as f64 / n })
-}
+pub use accuracy::{Accuracy, top1_hits, topk_accuracy};
+pub use reconstruction::{Reconstruction, TextReference};
 
 /// Everything inference produced over a split, for metrics and plots.
 pub struct SplitOutputs {
@@ -210,18 +106,17 @@ pub fn evaluate(
 ) -> anyhow::Result<(EvalResult, Vec<bool>)> {
     let out = predict_split(model, split, inference, dev)?;
     let classes = model.config().classes;
-    Ok((accuracy(&out, split, classes, reference), top1_hits(&out.logits, classes, &split.label)))
+    Ok((accuracy(&out, split, classes, reference)?, top1_hits(&out.logits, classes, &split.label)))
 }
 
 /// Top-1 / top-5 of each head's outputs against `split`'s labels, and the reconstruction.
-pub fn accuracy(out: &SplitOutputs, split: &FeatureSplit, classes: usize, reference: Option<&TextReference>) -> EvalResult {
+pub fn accuracy(out: &SplitOutputs, split: &FeatureSplit, classes: usize, reference: Option<&TextReference>) -> anyhow::Result<EvalResult> {
     let acc = |l: &Vec<f32>| topk_accuracy(l, classes, &split.label);
-    EvalResult {
-        final_head: acc(&out.logits),
-        ema_head: out.ema_logits.as_ref().map(acc),
-        cdr_head: out.cdr_logits.as_ref().map(acc),
-        reconstruction: out.x_cdr.as_ref().zip(reference).and_then(|(x, r)| reconstruction(x, split, r)),
-    }
+    let reconstruction = match out.x_cdr.as_ref().zip(reference) {
+        Some((x, r)) => reconstruction::reconstruction(x, split, r)?,
+        None => None,
+    };
+    Ok(EvalResult { final_head: acc(&out.logits), ema_head: out.ema_logits.as_ref().map(acc), cdr_head: out.cdr_logits.as_ref().map(acc), reconstruction })
 }
 
 /// What `marnet eval` evaluates: a saved model on one split of a cache.
@@ -310,7 +205,7 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
         split: req.split.clone(),
         seed: req.inference.seed,
         sampler: req.inference.sampler,
-        result: accuracy(&out, &data, classes, reference.as_ref()),
+        result: accuracy(&out, &data, classes, reference.as_ref())?,
         inference_seconds,
         samples_per_s: data.len() as f64 / inference_seconds,
         predictions: row_predictions(&data, &out.logits, &ck.run.classes),
@@ -345,53 +240,4 @@ impl EvalReport {
 pub fn pct_mean_std(xs: &[f64]) -> String {
     let (m, s) = crate::stats::mean_std(xs);
     format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topk_counts_ranks() {
-        // 3 rows, 6 classes.
-        let logits = [
-            0.9, 0.1, 0.0, 0.0, 0.0, 0.0, // true 0: top-1
-            0.6, 0.5, 0.4, 0.3, 0.2, 0.1, // true 4: rank 4, top-5 only
-            0.6, 0.5, 0.4, 0.3, 0.2, 0.1, // true 5: rank 5, miss
-        ];
-        let a = topk_accuracy(&logits, 6, &[0, 4, 5]);
-        assert_eq!((a.top1, a.top5, a.n, a.non_finite), (1.0 / 3.0, 2.0 / 3.0, 3, 0));
-        // A diverged model's NaN scores are misses, not hits (NaN compares false with everything).
-        let nan = [f32::NAN; 6];
-        let d = topk_accuracy(&nan, 6, &[2]);
-        assert_eq!((d.top1, d.top5, d.non_finite), (0.0, 0.0, 1));
-        assert!(!top1_hits(&nan, 6, &[0])[0]);
-        assert_eq!(top1_hits(&logits, 6, &[0, 4, 5]), vec![true, false, false]);
-        // Row 1: softmax max = 1 / sum(exp(v - 0.9)).
-        let z1: f64 = [0.9f64, 0.1, 0.0, 0.0, 0.0, 0.0].iter().map(|v| (v - 0.9).exp()).sum();
-        let z2: f64 = [0.6f64, 0.5, 0.4, 0.3, 0.2, 0.1].iter().map(|v| (v - 0.6).exp()).sum();
-        let want = (1.0 / z1 + 2.0 / z2) / 3.0;
-        assert!((a.mean_max_prob - want).abs() < 1e-6, "{} vs {want}", a.mean_max_prob);
-    }
-
-    #[test]
-    fn reconstruction_scores_cosine_and_class_match() {
-        use crate::features::{FeatureSplit, SplitMeta};
-        // Two classes with orthogonal text; the second row's x_CDR points at the wrong class.
-        let split = FeatureSplit {
-            visual: vec![0.0; 4],
-            text: Some(vec![1.0, 0.0, 0.0, 2.0]),
-            label: vec![0, 1],
-            dv: 2,
-            ds: 2,
-            meta: SplitMeta::default(),
-            visual_tokens: None,
-            text_tokens: None,
-        };
-        let reference = TextReference::class_means(&split, 2).unwrap();
-        let r = reconstruction(&[3.0, 0.0, 2.0, 1.0], &split, &reference).unwrap();
-        assert!((r.cosine - (1.0 + 0.2f64.sqrt()) / 2.0).abs() < 1e-9, "{r:?}");
-        // Row 2 is closer to class 0's text (cosine 0.89 vs 0.45): a miss.
-        assert_eq!(r.class_match, 0.5);
-    }
 }
