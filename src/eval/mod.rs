@@ -5,6 +5,7 @@ use crate::features::FeatureSplit;
 use crate::model::cdr::SamplerConfig;
 use crate::model::marnet::Marnet;
 use crate::rng::Noise;
+use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +114,7 @@ pub fn evaluate(
 pub fn accuracy(out: &SplitOutputs, split: &FeatureSplit, classes: usize, reference: Option<&TextReference>) -> anyhow::Result<EvalResult> {
     let acc = |l: &Vec<f32>| topk_accuracy(l, classes, &split.label);
     let reconstruction = match out.x_cdr.as_ref().zip(reference) {
-        Some((x, r)) => reconstruction::reconstruction(x, split, r)?,
+        Some((x, r)) => reconstruction::reconstruction(x, split, r).context("the reconstruction metric")?,
         None => None,
     };
     Ok(EvalResult { final_head: acc(&out.logits), ema_head: out.ema_logits.as_ref().map(acc), cdr_head: out.cdr_logits.as_ref().map(acc), reconstruction })
@@ -160,7 +161,6 @@ pub struct EvalReport {
 /// cache relative to the run folder, which a bundle has left, so a bundle alone is refused.
 pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     use crate::features::FeatureCache;
-    use anyhow::Context;
     anyhow::ensure!(crate::features::SPLITS.contains(&req.split.as_str()), "--split {}: expected train, val or test", req.split);
     if req.cache.is_none() && crate::bundle::is_bundle(&req.model) {
         let b = req.model.display();
