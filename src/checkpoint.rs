@@ -198,17 +198,6 @@ impl Checkpoint {
         Ok(cache)
     }
 
-    /// Why this checkpoint is not a finished run's selected model, if it is not: its run
-    /// (`last/` beside it) stopped before its planned epochs.
-    pub fn unfinished(&self) -> Option<String> {
-        let last = crate::fsutil::recover_dir(&self.dir.parent()?.join("last"))?;
-        let state: crate::train::TrainState = crate::fsutil::read_json(&last.join(METRICS)).ok()?;
-        let planned = crate::fsutil::read_json::<RunConfig>(&last.join(CONFIG)).ok()?.train.epochs;
-        (state.epochs_done < planned || state.partial.is_some()).then(|| {
-            format!("the run was interrupted after {} of {planned} epochs: this is the best of those (`train --resume` finishes it)", state.epochs_done)
-        })
-    }
-
     /// Rebuilds the model and loads its weights.
     pub fn model(&self, dev: &Device) -> Result<LoadedModel> {
         let m = LoadedModel::init(&self.run.model, 0, dev)?;

@@ -98,6 +98,22 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_eq!(straight.test.unwrap().final_head, resumed.test.unwrap().final_head);
 }
 
+/// A finished run's selected model carries no note; once its `last/` says it stopped before the
+/// planned epochs, the note says how far it got and how to finish it.
+#[test]
+fn an_unfinished_run_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cache(&tmp.path().join("cache"));
+    let out = tmp.path().join("run");
+    let mut state = run(&c, Variant::Ema, 1, &out, false);
+    let best = || Checkpoint::open(&out.join("best"), &Device::Cpu).unwrap();
+    assert_eq!(marnet::train::unfinished(&best()), None);
+    state.epochs_done = 0;
+    std::fs::write(out.join("last").join(marnet::checkpoint::METRICS), serde_json::to_string(&state).unwrap()).unwrap();
+    let note = marnet::train::unfinished(&best()).expect("a note for an unfinished run");
+    assert!(note.contains("interrupted after 0 of 1 epochs") && note.contains("train --resume"), "{note}");
+}
+
 #[test]
 fn resume_refuses_a_different_configuration() {
     let tmp = tempfile::tempdir().unwrap();
