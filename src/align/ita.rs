@@ -3,6 +3,7 @@
 //! Learning", NeurIPS 2022; the MARNet paper's [32] and its eq. 9-11), the symmetric InfoNCE of
 //! EMA.
 
+use crate::nn::loss::cross_entropy;
 use crate::nn::norm::l2_normalize;
 use candle_core::{Result, Tensor};
 
@@ -21,8 +22,8 @@ pub fn ita_loss(v: &Tensor, s: &Tensor, tau: &Tensor) -> Result<Tensor> {
     let sim = similarity_logits(v, s, tau)?;
     let n = sim.dim(0)?;
     let target = Tensor::arange(0u32, n as u32, sim.device())?;
-    let v2s = candle_nn::loss::cross_entropy(&sim, &target)?;
-    let s2v = candle_nn::loss::cross_entropy(&sim.t()?.contiguous()?, &target)?;
+    let v2s = cross_entropy(&sim, &target)?;
+    let s2v = cross_entropy(&sim.t()?.contiguous()?, &target)?;
     v2s + s2v
 }
 

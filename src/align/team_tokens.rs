@@ -157,7 +157,7 @@ impl TeamTokens {
         // (T4) -log softmax([S_pos, S_neg_image, S_neg_text] / tau_tok)_0, batch mean (get_match_loss).
         let logits = scores.reshape((3, k))?.t()?.contiguous()?.broadcast_div(&self.tau()?)?;
         let target = Tensor::zeros(k, candle_core::DType::U32, logits.device())?;
-        global + candle_nn::loss::cross_entropy(&logits, &target)?
+        global + crate::nn::loss::cross_entropy(&logits, &target)?
     }
 }
 

@@ -7,10 +7,11 @@ use super::fusion::{Fusion, FusionHead, FusionInput};
 use super::text_scale::TextScale;
 use crate::align::team_tokens::TokenBatch;
 use crate::nn::linear::{Linear, linear};
+use crate::nn::loss::cross_entropy;
 use crate::rng::{Noise, SeededRng};
 use candle_core::D;
 use candle_core::{Module, Result, Tensor, Var};
-use candle_nn::{VarBuilder, loss::cross_entropy, ops::log_softmax};
+use candle_nn::{VarBuilder, ops::log_softmax};
 
 pub use super::marnet_config::{LossWeights, MarnetConfig, ModelOptions, Variant};
 

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod cpu;
 pub mod grads;
 pub mod linear;
+pub mod loss;
 pub mod norm;
 pub mod padded;
 pub mod pool;
