@@ -62,3 +62,16 @@ fn bench_refuses_empty_batches_and_zero_threads() {
         assert!(!out.status.success() && err.contains(want) && !err.contains("panicked"), "{flag} {value}: {err}");
     }
 }
+
+/// `--heads-only` prints one JSON line, and `--json` writes the same numbers to its file.
+#[test]
+fn heads_only_writes_its_json_where_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("heads.json");
+    let tiny = ["--dv", "16", "--ds", "12", "--classes", "5", "--d", "8", "--hidden", "32", "--temb", "8", "--iters", "2", "--infer-batch", "4"];
+    let out = common::ok(&[&["bench", "--heads-only", "--sampling-steps", "2", "--json", json.to_str().unwrap()][..], &tiny[..]].concat());
+    let printed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(printed, written);
+    assert!(written["train_step_ms_median"].as_f64().unwrap() > 0.0);
+}

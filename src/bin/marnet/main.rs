@@ -219,6 +219,9 @@ fn run() -> Result<()> {
             let cfg = model.config(variant, dv, ds, classes);
             if heads_only {
                 let r = marnet::bench::heads(&cfg, batch, iters, infer_batch, &sampling_steps, &dev)?;
+                if let Some(p) = &json {
+                    marnet::fsutil::write_atomic(p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+                }
                 out!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
