@@ -91,7 +91,7 @@ pub fn export(run: &Path, visual: Option<&str>, assets: Option<&Path>, inference
         ensure!(entries.is_empty() || replace, "{}: a bundle is already here; pass --force to replace it, or choose another --out", out.display());
     }
     let ck = Checkpoint::open(run, dev)?;
-    if let Some(why) = crate::train::unfinished(&ck) {
+    if let Some(why) = ck.unfinished() {
         eprintln!("note: {why}");
     }
     let visual = match visual {

@@ -108,6 +108,14 @@ pub fn save(dir: &Path, run: &RunConfig, model: &LoadedModel, extra: Vec<(String
     })
 }
 
+/// What [`Checkpoint::unfinished`] reads of a run's `metrics.json` (`train::TrainState` writes it).
+#[derive(Deserialize)]
+struct RunProgress {
+    epochs_done: usize,
+    #[serde(default)]
+    partial: Option<serde::de::IgnoredAny>,
+}
+
 /// A checkpoint read back: its config, all stored tensors, and its metrics.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -196,6 +204,17 @@ impl Checkpoint {
             dir.display()
         );
         Ok(cache)
+    }
+
+    /// Why this checkpoint is not a finished run's selected model, if it is not: its run
+    /// (`last/` beside it) stopped before its planned epochs.
+    pub fn unfinished(&self) -> Option<String> {
+        let last = crate::fsutil::recover_dir(&self.dir.parent()?.join("last"))?;
+        let progress: RunProgress = crate::fsutil::read_json(&last.join(METRICS)).ok()?;
+        let planned = crate::fsutil::read_json::<RunConfig>(&last.join(CONFIG)).ok()?.train.epochs;
+        (progress.epochs_done < planned || progress.partial.is_some()).then(|| {
+            format!("the run was interrupted after {} of {planned} epochs: this is the best of those (`train --resume` finishes it)", progress.epochs_done)
+        })
     }
 
     /// Rebuilds the model and loads its weights.

@@ -7,7 +7,7 @@ use marnet::config::TrainConfig;
 use marnet::features::FeatureCache;
 use marnet::model::marnet::{MarnetConfig, Variant};
 use marnet::synth::SynthConfig;
-use marnet::train::{Resume, TrainState, Verbosity, train};
+use marnet::train::{PartialEpoch, Resume, TrainState, Verbosity, train};
 use std::path::Path;
 
 mod common;
@@ -107,11 +107,16 @@ fn an_unfinished_run_is_named_as_such() {
     let out = tmp.path().join("run");
     let mut state = run(&c, Variant::Ema, 1, &out, false);
     let best = || Checkpoint::open(&out.join("best"), &Device::Cpu).unwrap();
-    assert_eq!(marnet::train::unfinished(&best()), None);
+    assert_eq!(best().unfinished(), None);
     state.epochs_done = 0;
     std::fs::write(out.join("last").join(marnet::checkpoint::METRICS), serde_json::to_string(&state).unwrap()).unwrap();
-    let note = marnet::train::unfinished(&best()).expect("a note for an unfinished run");
+    let note = best().unfinished().expect("a note for an unfinished run");
     assert!(note.contains("interrupted after 0 of 1 epochs") && note.contains("train --resume"), "{note}");
+    // All epochs done but one cut short after them (a resumed run stopped inside its next epoch).
+    state.epochs_done = 1;
+    state.partial = Some(PartialEpoch { epoch: 1, steps_done: 3, loss_sums: Default::default(), noise_word_pos: "0".into(), train_seconds: 0.5 });
+    std::fs::write(out.join("last").join(marnet::checkpoint::METRICS), serde_json::to_string(&state).unwrap()).unwrap();
+    assert!(best().unfinished().is_some_and(|n| n.contains("interrupted after 1 of 1 epochs")));
 }
 
 #[test]

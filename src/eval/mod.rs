@@ -190,7 +190,7 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     let t0 = std::time::Instant::now();
     let out = predict_split(&m.model, &data, &req.inference, dev)?;
     let inference_seconds = t0.elapsed().as_secs_f64();
-    let mut notes: Vec<String> = crate::train::unfinished(&ck).into_iter().collect();
+    let mut notes: Vec<String> = ck.unfinished().into_iter().collect();
     if data.text.is_none()
         && reference.is_some()
         && !matches!(ck.run.model.variant, crate::model::marnet::Variant::Baseline | crate::model::marnet::Variant::Ema)

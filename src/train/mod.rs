@@ -21,7 +21,7 @@ mod state;
 mod step;
 
 pub use order::epoch_order;
-pub use state::{EpochRecord, PartialEpoch, TrainState, unfinished};
+pub use state::{EpochRecord, PartialEpoch, TrainState};
 use step::train_step;
 pub use step::{Step, step, token_batch};
 

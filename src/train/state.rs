@@ -1,7 +1,6 @@
 //! What a run records of its progress (`metrics.json`): every epoch, the selected one, test
 //! results, and where an interrupted epoch stopped.
 
-use crate::checkpoint::{CONFIG, Checkpoint, METRICS, RunConfig};
 use crate::eval::EvalResult;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,14 +48,4 @@ pub struct PartialEpoch {
     /// `get_word_pos` of the epoch's noise stream (a u128, as decimal text).
     pub noise_word_pos: String,
     pub train_seconds: f64,
-}
-
-/// Why `ck` is not a finished run's selected model, if it is not: its run (`last/` beside it)
-/// stopped before its planned epochs.
-pub fn unfinished(ck: &Checkpoint) -> Option<String> {
-    let last = crate::fsutil::recover_dir(&ck.dir.parent()?.join("last"))?;
-    let state: TrainState = crate::fsutil::read_json(&last.join(METRICS)).ok()?;
-    let planned = crate::fsutil::read_json::<RunConfig>(&last.join(CONFIG)).ok()?.train.epochs;
-    (state.epochs_done < planned || state.partial.is_some())
-        .then(|| format!("the run was interrupted after {} of {planned} epochs: this is the best of those (`train --resume` finishes it)", state.epochs_done))
 }
