@@ -23,7 +23,7 @@ pub fn ita_loss(v: &Tensor, s: &Tensor, tau: &Tensor) -> Result<Tensor> {
     let n = sim.dim(0)?;
     let target = Tensor::arange(0u32, n as u32, sim.device())?;
     let v2s = cross_entropy(&sim, &target)?;
-    let s2v = cross_entropy(&sim.t()?.contiguous()?, &target)?;
+    let s2v = cross_entropy(&sim.t()?, &target)?;
     v2s + s2v
 }
 

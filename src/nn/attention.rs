@@ -10,7 +10,7 @@
 //! Every head is computed by one thread in a fixed order: results do not depend on the threads.
 
 use crate::nn::cpu::{SendPtr, f32_slice, gemm_into};
-use crate::nn::vmath::{exp_in_place, fold_in_lanes};
+use crate::nn::vmath::exp_from_max;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, IndexOp, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -108,7 +108,7 @@ impl Attention {
                 }
                 // Each row's exp(s - max), and its sum: the softmax's division is done on the
                 // d values of the context row instead of the T probabilities.
-                scores.chunks_exact_mut(t).zip(sums.iter_mut()).for_each(|(row, sum)| *sum = exp_from_max(row));
+                scores.chunks_exact_mut(t).zip(sums.iter_mut()).for_each(|(row, sum)| *sum = exp_from_max(row).1);
                 // context rows [tq, d] of this head = probs v, written into the output's rows.
                 let ctx = seq * tq * h + head * dh;
                 // SAFETY: the destination block (tq rows of `hidden`, this head's d columns) is
@@ -126,16 +126,6 @@ impl Attention {
         unsafe { out.set_len(b * tq * h) };
         Ok((CpuStorage::F32(out), Shape::from((b, tq, h))))
     }
-}
-
-/// `row = exp(row - max(row))`, returning the row's sum: softmax but for the division (with a
-/// vectorised `exp`). The max and the sum run over 16 interleaved lanes: as one chain, each step
-/// waited on the last (the max's bits do not depend on the order; the sum's last bits do).
-fn exp_from_max(row: &mut [f32]) -> f32 {
-    let max = fold_in_lanes(row, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|s| *s -= max);
-    exp_in_place(row);
-    fold_in_lanes(row, 0.0, |a, b| a + b).iter().sum()
 }
 
 impl CustomOp1 for Attention {

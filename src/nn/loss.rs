@@ -4,18 +4,22 @@
 //! five cross-entropies (three heads and ITA's two directions).
 
 use crate::nn::cpu::{f32_slice, with_f32};
-use crate::nn::vmath::{exp_in_place, fold_in_lanes};
+use crate::nn::vmath::exp_from_max;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// The mean over rows of `-log softmax(logits)[target]`: candle_nn's `loss::cross_entropy`
-/// (logits [b, c], target [b] of class indices).
+/// (logits [b, c], target [b] of class indices), which other devices, dtypes and targets still
+/// take.
 pub fn cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     if !(logits.device().is_cpu() && logits.dtype() == DType::F32 && target.dtype() == DType::U32) {
         return candle_nn::loss::cross_entropy(logits, target);
     }
     let (b, c) = logits.dims2()?;
     let target = target.to_vec1::<u32>()?;
-    if target.len() != b || b == 0 {
+    if b == 0 {
+        candle_core::bail!("cross-entropy: no rows of logits (an empty batch)");
+    }
+    if target.len() != b {
         candle_core::bail!("cross-entropy: {} targets for {b} rows of logits", target.len());
     }
     if let Some((row, t)) = target.iter().enumerate().find(|(_, t)| **t as usize >= c) {
@@ -28,12 +32,10 @@ struct CrossEntropyOp {
     target: Vec<u32>,
 }
 
-/// `row`'s largest value and `e^(row - max)` into `shifted`, whose sum it returns.
+/// `row`'s largest value and the sum of `e^(row - max)`, whose values go to `shifted`.
 fn shifted_exp(row: &[f32], shifted: &mut [f32]) -> (f32, f32) {
-    let max = fold_in_lanes(row, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max);
-    shifted.iter_mut().zip(row).for_each(|(s, &x)| *s = x - max);
-    exp_in_place(shifted);
-    (max, fold_in_lanes(shifted, 0.0, |a, x| a + x).iter().sum())
+    shifted.copy_from_slice(row);
+    exp_from_max(shifted)
 }
 
 impl CustomOp1 for CrossEntropyOp {
@@ -60,7 +62,7 @@ impl CustomOp1 for CrossEntropyOp {
     /// `d loss / d x_ij = g (softmax(x_i)_j - [j = target_i]) / b`.
     fn bwd(&self, logits: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let b = self.target.len();
-        let scale = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / b as f32;
+        let scale = grad.to_scalar::<f32>()? / b as f32;
         let out = with_f32("cross-entropy", logits, |x| {
             let c = x.len() / b;
             let mut out = vec![0f32; x.len()];
@@ -89,15 +91,21 @@ mod tests {
         let dev = Device::Cpu;
         let mut rng = stream(4, "test", 0);
         for (b, c, spread) in [(64, 172, 3.0), (7, 5, 1.0), (64, 64, 40.0)] {
-            let x = Var::from_tensor(&(randn(&mut rng, (b, c), &dev)? * spread)?)?;
+            // The logits as stored, as a transposed view, and as rows 1.. of a taller matrix.
+            let stored = Var::from_tensor(&(randn(&mut rng, (b, c), &dev)? * spread)?)?;
+            let transposed = Var::from_tensor(&(randn(&mut rng, (c, b), &dev)? * spread)?)?;
+            let taller = Var::from_tensor(&(randn(&mut rng, (b + 1, c), &dev)? * spread)?)?;
+            let views = [(&stored, stored.as_tensor().clone()), (&transposed, transposed.t()?), (&taller, taller.narrow(0, 1, b)?)];
             let target = Tensor::from_vec((0..b as u32).map(|i| (i * 7 + 3) % c as u32).collect(), b, &dev)?;
-            let ours = (cross_entropy(x.as_tensor(), &target)? * 1.7)?;
-            let theirs = (candle_nn::loss::cross_entropy(x.as_tensor(), &target)? * 1.7)?;
-            let (a, e) = (ours.to_scalar::<f32>()?, theirs.to_scalar::<f32>()?);
-            assert!((a - e).abs() <= 2e-6 * e.abs().max(1.0), "{b}x{c}: loss {a} against {e}");
-            let (ga, ge) = (ours.backward()?, theirs.backward()?);
-            let diff = (ga.get(x.as_tensor()).unwrap() - ge.get(x.as_tensor()).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 1e-6, "{b}x{c}: gradient differs by {diff}");
+            for (i, (var, x)) in views.iter().enumerate() {
+                let ours = (cross_entropy(x, &target)? * 1.7)?;
+                let theirs = (candle_nn::loss::cross_entropy(x, &target)? * 1.7)?;
+                let (a, e) = (ours.to_scalar::<f32>()?, theirs.to_scalar::<f32>()?);
+                assert!((a - e).abs() <= 2e-6 * e.abs().max(1.0), "{b}x{c}, view {i}: loss {a} against {e}");
+                let (ga, ge) = (ours.backward()?, theirs.backward()?);
+                let diff = (ga.get(var.as_tensor()).unwrap() - ge.get(var.as_tensor()).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff.is_finite() && diff < 1e-6, "{b}x{c}, view {i}: gradient differs by {diff}");
+            }
         }
         let x = randn(&mut rng, (3, 4), &dev)?;
         let err = cross_entropy(&x, &Tensor::new(&[0u32, 4, 1], &dev)?).unwrap_err().to_string();

@@ -145,6 +145,17 @@ pub fn fold_in_lanes(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f3
     acc
 }
 
+/// `row = e^(row - max(row))`, returning the max and the new row's sum: softmax but for the
+/// division (attention), or log-sum-exp as `max + ln(sum)` (cross-entropy). The max and the sum
+/// run over 16 interleaved lanes: as one chain, each step waited on the last (the max's bits do
+/// not depend on the order; the sum's last bits do).
+pub fn exp_from_max(row: &mut [f32]) -> (f32, f32) {
+    let max = fold_in_lanes(row, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|s| *s -= max);
+    exp_in_place(row);
+    (max, fold_in_lanes(row, 0.0, |a, b| a + b).iter().sum())
+}
+
 /// A loop to compile at each vector width: [`at_width`] runs it inside a function built for the
 /// width, so `run` must be `#[inline(always)]` to be vectorised there.
 pub(crate) trait Kernel {
