@@ -1,7 +1,7 @@
 //! Feature extraction speed: encoder forward passes at 224 px (with ViT-B/16's time by stage)
 //! and JPEG decoding.
 
-use super::throughput;
+use super::timing::throughput;
 use crate::data::image::Preprocess;
 use crate::encoders::ImageEncoder;
 use crate::nn::stages;

@@ -6,6 +6,7 @@
 mod extraction;
 mod peak;
 mod products;
+mod timing;
 
 pub use extraction::{DecodeBench, EncoderBench, Extraction, VitStages, decode, encoder, extraction, vit_b16_random, vit_stages};
 pub use peak::{Peak, fma_peak};
@@ -20,7 +21,7 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
+use timing::{median, throughput};
 
 /// Training step and inference of one head configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,11 +49,6 @@ impl HeadBench {
     pub fn train_gflops(&self) -> f64 {
         self.train_step_gflop / (self.train_step_ms_median / 1e3)
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 /// Times `iters` training steps (after 3 warm-up steps) and inference on random features.
@@ -109,21 +105,6 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
         infer_samples_per_s: infer,
         infer_gflops,
     })
-}
-
-/// Items/s of `run` (which handles `items` items): one warm-up run, then the median of three;
-/// also the products' floating-point operations of one run.
-fn throughput(items: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64, u64)> {
-    let (mut rates, mut flop) = (vec![], 0);
-    for rep in 0..4 {
-        let (t0, flop0) = (Instant::now(), crate::nn::cpu::matmul_flop());
-        run()?;
-        if rep > 0 {
-            rates.push(items as f64 / t0.elapsed().as_secs_f64());
-            flop = crate::nn::cpu::matmul_flop() - flop0;
-        }
-    }
-    Ok((median(rates), flop))
 }
 
 /// Runs `exe --threads N --device DEVICE --quiet bench --heads-only ARGS` and reads its result:

@@ -119,7 +119,7 @@ pub fn products() -> Vec<ProductBench> {
 /// many runs as fill 50 ms.
 fn rate(flop: f64, mut run: impl FnMut()) -> f64 {
     run();
-    super::median(
+    super::timing::median(
         (0..5)
             .map(|_| {
                 let (t0, mut n) = (Instant::now(), 0u32);

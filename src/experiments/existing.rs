@@ -3,7 +3,9 @@
 //! `old → new`, unless the table replaces them (`--force`, `demo`); every run is then reused,
 //! continued or trained again, and the table says how many of each.
 
-use super::{Arm, Table, TableSpec};
+use super::arms::Arm;
+use super::spec::{Existing, TableSpec};
+use super::table::Table;
 use crate::checkpoint::{CONFIG, METRICS, RunConfig};
 use crate::config::TrainConfig;
 use crate::features::FeatureCache;
@@ -16,17 +18,6 @@ use anyhow::Result;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// What a table does when its folder holds a table or runs made with other settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Existing {
-    /// Refuse before training anything, naming every difference (`ablate`, `compare`).
-    #[default]
-    Refuse,
-    /// Train those runs again from the start and write the table as asked, deleting nothing
-    /// else (`--force`, and `demo`, which owns its folder).
-    Replace,
-}
 
 /// What training does with a planned run, given what its folder holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,172 +2,31 @@
 //! budget, each over several seeds, reported as mean ± std on the test split.
 //! Table 2 is the ablation (variants); Table 1 compares alignment losses.
 
-use crate::align::Alignment;
+mod arms;
 mod card;
 mod existing;
 mod options;
+mod rows;
+mod spec;
 mod table;
 
+pub use arms::{Arm, ablation_arms, alignment_arms};
 pub use card::RunCard;
-pub use existing::Existing;
 use existing::PlannedRun;
 pub use options::TableOptions;
+use rows::add_paired_tests;
+pub use rows::{ResultRow, RunResult};
+pub use spec::{Existing, TableSpec};
 pub use table::{COLUMNS, FOOTNOTE, Table};
 
 use crate::config::TrainConfig;
-use crate::eval::EvalResult;
 use crate::eval::pct_mean_std;
 use crate::features::FeatureCache;
 use crate::features::folds::FoldSpec;
-use crate::model::marnet::{MarnetConfig, Variant};
-use crate::stats::PairedTest;
-use crate::stats::mean_std;
 use crate::train::{Verbosity, train};
 use crate::words::count;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
-use serde::{Deserialize, Serialize};
-
-/// One row of a table: a configuration, its folder name and its label.
-#[derive(Debug, Clone)]
-pub struct Arm {
-    pub key: String,
-    pub row: String,
-    pub cfg: MarnetConfig,
-}
-
-/// Table 2: the given variants (all five if empty), each as configured in `base`.
-pub fn ablation_arms(base: &MarnetConfig, variants: &[Variant]) -> Vec<Arm> {
-    let variants = if variants.is_empty() { &Variant::ALL[..] } else { variants };
-    variants.iter().map(|&v| Arm { key: v.name().into(), row: v.table_row().into(), cfg: MarnetConfig { variant: v, ..base.clone() } }).collect()
-}
-
-/// Table 1: the visual baseline, EMA with each alignment loss, and full MARNet (with ITA).
-pub fn alignment_arms(base: &MarnetConfig, aligns: &[Alignment]) -> Vec<Arm> {
-    let aligns = if aligns.is_empty() { &Alignment::ALL[..] } else { aligns };
-    let mut arms = vec![Arm { key: "baseline".into(), row: "Visual baseline".into(), cfg: MarnetConfig { variant: Variant::Baseline, ..base.clone() } }];
-    for &a in aligns {
-        arms.push(Arm {
-            // EMA with ITA is the ablation's +EMA row: same folder, trained once.
-            key: if a == Alignment::Ita { Variant::Ema.name().into() } else { format!("align-{}", a.name()) },
-            row: a.table_row().into(),
-            cfg: MarnetConfig { variant: Variant::Ema, align: a, ..base.clone() },
-        });
-    }
-    arms.push(Arm { key: "marnet".into(), row: "MARNet".into(), cfg: MarnetConfig { variant: Variant::Marnet, align: Alignment::Ita, ..base.clone() } });
-    arms
-}
-
-/// What one run of a row reported on its test split.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunResult {
-    /// Fold folder name (`fold-apple`), empty without folds.
-    pub fold: String,
-    pub seed: u64,
-    pub test: Option<EvalResult>,
-    pub val_top1: f64,
-    /// Per test row: top-1 right (for the paired tests; not written to the table JSON).
-    #[serde(skip)]
-    pub hits: Vec<bool>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResultRow {
-    pub key: String,
-    pub row: String,
-    pub config: MarnetConfig,
-    pub seeds: Vec<u64>,
-    /// Fold folder names in run order (empty: the cache's own splits).
-    #[serde(default)]
-    pub folds: Vec<String>,
-    /// Test top-1 / top-5 per run, fold-major (every seed of the first fold, then the next).
-    pub test_top1: Vec<f64>,
-    pub test_top5: Vec<f64>,
-    pub val_top1: Vec<f64>,
-    /// The EMA and CDR heads' own test top-1 per run, for rows that have them.
-    #[serde(default)]
-    pub ema_head_top1: Vec<f64>,
-    #[serde(default)]
-    pub cdr_head_top1: Vec<f64>,
-    /// Mean cosine of x_CDR to the true x_s on test, per run (rows with a reconstruction).
-    #[serde(default)]
-    pub test_cosine: Vec<f64>,
-    /// 95% t-interval of the mean test top-1 over the runs (folds x seeds).
-    #[serde(default)]
-    pub ci95_top1: (f64, f64),
-    /// Paired comparisons of top-1 on the same test images (scores averaged over seeds).
-    #[serde(default)]
-    pub vs_baseline: Option<PairedTest>,
-    #[serde(default)]
-    pub vs_ema: Option<PairedTest>,
-    /// Mean wall time of an epoch's training steps, and their sum over every epoch of every run.
-    pub train_seconds_per_epoch: f64,
-    #[serde(default)]
-    pub train_seconds: f64,
-    #[serde(skip)]
-    pub runs: Vec<RunResult>,
-}
-
-/// Resamples of the paired bootstrap.
-const BOOTSTRAP_REPS: usize = 10_000;
-
-impl ResultRow {
-    fn new(arm: &Arm, seeds: &[u64], runs: Vec<RunResult>, epoch_seconds: &[f64]) -> Self {
-        let pick = |f: &dyn Fn(&EvalResult) -> Option<f64>| -> Vec<f64> { runs.iter().filter_map(|r| r.test.as_ref().and_then(f)).collect() };
-        let mut folds: Vec<String> = runs.iter().map(|r| r.fold.clone()).filter(|f| !f.is_empty()).collect();
-        folds.dedup();
-        let test_top1 = pick(&|t| Some(t.final_head.top1));
-        Self {
-            key: arm.key.clone(),
-            row: arm.row.clone(),
-            config: arm.cfg.clone(),
-            seeds: seeds.to_vec(),
-            folds,
-            ci95_top1: crate::stats::ci95(&test_top1),
-            test_top1,
-            test_top5: pick(&|t| Some(t.final_head.top5)),
-            val_top1: runs.iter().map(|r| r.val_top1).collect(),
-            ema_head_top1: pick(&|t| t.ema_head.map(|a| a.top1)),
-            cdr_head_top1: pick(&|t| t.cdr_head.map(|a| a.top1)),
-            test_cosine: pick(&|t| t.reconstruction.map(|r| r.cosine)),
-            vs_baseline: None,
-            vs_ema: None,
-            train_seconds_per_epoch: mean_std(epoch_seconds).0,
-            train_seconds: epoch_seconds.iter().sum(),
-            runs,
-        }
-    }
-
-    /// Per test image (over all folds), the share of seeds whose top-1 was right.
-    fn image_scores(&self) -> Vec<f64> {
-        let seeds = self.seeds.len().max(1);
-        let mut out = vec![];
-        for fold_runs in self.runs.chunks(seeds) {
-            let n = fold_runs[0].hits.len();
-            out.extend((0..n).map(|i| fold_runs.iter().filter(|r| r.hits[i]).count() as f64 / fold_runs.len() as f64));
-        }
-        out
-    }
-
-    /// Mean test top-1 of each fold (over seeds).
-    pub fn fold_top1(&self) -> Vec<f64> {
-        self.test_top1.chunks(self.seeds.len().max(1)).map(|c| mean_std(c).0).collect()
-    }
-}
-
-/// Fills each row's paired tests against the rows keyed `baseline` and `ema`, when present.
-fn add_paired_tests(rows: &mut [ResultRow]) {
-    let scores: Vec<Vec<f64>> = rows.iter().map(ResultRow::image_scores).collect();
-    let find = |key: &str| rows.iter().position(|r| r.key == key);
-    let (base, ema) = (find("baseline"), find(Variant::Ema.name()));
-    for (i, row) in rows.iter_mut().enumerate() {
-        let test = |j: Option<usize>| {
-            j.filter(|&j| j != i && !scores[i].is_empty() && scores[i].len() == scores[j].len())
-                .map(|j| crate::stats::paired_test(&scores[i], &scores[j], BOOTSTRAP_REPS, 0))
-        };
-        (row.vs_baseline, row.vs_ema) = (test(base), test(ema));
-    }
-}
 
 /// The folds `spec` asks for, each with its fold of the cache (one entry without a fold
 /// without `--leave-one-out`). Every fold is checked, and every problem named, before any
@@ -262,28 +121,6 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
     }
     add_paired_tests(&mut rows);
     Ok(rows)
-}
-
-/// How a table is run and where it goes: `OUT/<file>.md` and `OUT/<file>.json`, the runs in
-/// `OUT/[<fold>/]<row>/seed<k>`.
-#[derive(Debug, Clone)]
-pub struct TableSpec {
-    /// Its title's start (`Ablation (Table 2)`) and its first column's heading (`Module`).
-    pub what: String,
-    pub first_column: String,
-    pub file: String,
-    pub out: std::path::PathBuf,
-    pub seeds: Vec<u64>,
-    /// Every group of rows (vendor) is the test split once, with validation as `fold_val` says.
-    pub leave_one_out: bool,
-    pub fold_val: crate::features::folds::FoldVal,
-    pub train: TrainConfig,
-    /// The command line, recorded with the table.
-    pub command: String,
-    /// What to do with a table or runs in `out` made with other settings.
-    pub existing: Existing,
-    /// Train only this task's share of the runs (a job array's task) and write no table.
-    pub task: Option<crate::cluster::TaskSlice>,
 }
 
 /// Trains every arm as `spec` says (see [`run_arms`]), writes the table and returns it.

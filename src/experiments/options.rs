@@ -1,7 +1,7 @@
 //! A table's settings as flags, declared once for the command line (`ablate`, `compare`) and the
 //! Python module (`marnet.ablate`).
 
-use super::{Existing, TableSpec};
+use super::spec::{Existing, TableSpec};
 use crate::config::TrainConfig;
 use crate::features::FeatureCache;
 use crate::model::marnet::{MarnetConfig, ModelOptions, Variant};

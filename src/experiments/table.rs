@@ -1,7 +1,7 @@
 //! A finished table: its rows with what produced them (`OUT/<name>.json`), and its markdown
 //! and HTML cells.
 
-use super::ResultRow;
+use super::rows::ResultRow;
 use crate::config::TrainConfig;
 use crate::eval::pct_mean_std;
 use crate::features::folds::FoldVal;
@@ -24,7 +24,7 @@ pub struct Table {
     pub rows: Vec<ResultRow>,
     /// When, where and on what it was made (absent in older tables).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub card: Option<super::RunCard>,
+    pub card: Option<super::card::RunCard>,
 }
 
 /// `"+1.23 (p = 0.004**)"`: a paired difference in points with its bootstrap p-value and marker.

@@ -4,55 +4,13 @@
 //! inside the training groups. One extracted cache serves every fold.
 
 use crate::data::TRAIN_ONLY;
+pub use crate::features::fold_spec::{FoldSpec, FoldVal, group_of};
 use crate::features::{FeatureCache, FeatureSplit};
 use anyhow::{Context, Result, ensure};
-use serde::{Deserialize, Serialize};
 
 /// Share of a fold's training rows held out for validation when `val` is `in-style`: as
 /// `extract --dataset emoji-*` does, at most one image per class.
 pub const IN_STYLE_VAL_FRACTION: f64 = 0.2;
-
-/// Where a fold's validation rows come from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum FoldVal {
-    /// A seeded 20% of the training rows, at most one image per class (styles seen in training).
-    #[default]
-    InStyle,
-    /// Every row of one training group (the next group after the test group, in sorted order):
-    /// a style the model has not trained on, for choosing settings that must transfer.
-    Group,
-}
-
-impl FoldVal {
-    /// The flag value: `in-style` or `group`.
-    pub fn name(self) -> &'static str {
-        match self {
-            FoldVal::InStyle => "in-style",
-            FoldVal::Group => "group",
-        }
-    }
-}
-
-/// One fold: which group is the test split and how validation is drawn.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FoldSpec {
-    pub test_group: String,
-    pub val: FoldVal,
-    pub seed: u64,
-}
-
-impl FoldSpec {
-    /// The folder name of the fold's runs.
-    pub fn name(&self) -> String {
-        format!("fold-{}", self.test_group)
-    }
-}
-
-/// The group of a row id when no group is recorded: its first path component.
-pub fn group_of(id: &str) -> &str {
-    id.split_once('/').map_or(id, |(g, _)| g)
-}
 
 /// Every row of the cache, in split order (train, val, test).
 fn all_rows(cache: &FeatureCache) -> Result<FeatureSplit> {

@@ -24,11 +24,12 @@
 //! A cache without tokens works for everything but `--align team-tokens`; a split without text
 //! has no `text_tokens` either.
 
+mod fold_spec;
 pub mod folds;
 mod split;
 mod tokens;
 
-pub use split::FeatureSplit;
+pub use split::{FeatureSplit, SplitMeta};
 pub use tokens::Tokens;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -38,32 +39,6 @@ use std::path::{Path, PathBuf};
 /// The three splits a cache may hold.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
 
-/// Descriptive metadata stored in each split file.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SplitMeta {
-    pub classes: Vec<String>,
-    pub ids: Vec<String>,
-    pub visual_encoder: String,
-    pub text_encoder: String,
-    pub dataset: String,
-    /// Per row, [`crate::rng::content_key`] of the image file (empty if unknown): the key of
-    /// the row's inference noise stream.
-    pub keys: Vec<u64>,
-    /// Per row, its group (a manifest's `group`: camera, site, vendor) for leave-one-group-out
-    /// folds; empty: the first path component of each id is its group.
-    pub groups: Vec<String>,
-}
-
-impl SplitMeta {
-    /// Row `i`'s group: its recorded group, else the first path component of its id.
-    pub fn group(&self, i: usize) -> &str {
-        match self.groups.get(i) {
-            Some(g) => g,
-            None => crate::features::folds::group_of(&self.ids[i]),
-        }
-    }
-}
-
 /// A feature-cache folder: `train` is required, `val` and `test` optional.
 #[derive(Debug, Clone)]
 pub struct FeatureCache {
@@ -72,7 +47,7 @@ pub struct FeatureCache {
     pub val: Option<FeatureSplit>,
     pub test: Option<FeatureSplit>,
     /// Set when the splits are a leave-one-group-out fold of the cache at `dir`.
-    pub fold: Option<crate::features::folds::FoldSpec>,
+    pub fold: Option<fold_spec::FoldSpec>,
 }
 
 impl FeatureCache {

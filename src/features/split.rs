@@ -1,12 +1,38 @@
 //! One split of a feature cache in host memory: reading and validating its file, writing it,
 //! row subsets, relabelling by class name and concatenation.
 
-use super::SplitMeta;
+use super::fold_spec::group_of;
 use super::tokens::{Tokens, read_tokens};
 use anyhow::{Context, Result, bail, ensure};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Descriptive metadata stored in each split file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SplitMeta {
+    pub classes: Vec<String>,
+    pub ids: Vec<String>,
+    pub visual_encoder: String,
+    pub text_encoder: String,
+    pub dataset: String,
+    /// Per row, [`crate::rng::content_key`] of the image file (empty if unknown): the key of
+    /// the row's inference noise stream.
+    pub keys: Vec<u64>,
+    /// Per row, its group (a manifest's `group`: camera, site, vendor) for leave-one-group-out
+    /// folds; empty: the first path component of each id is its group.
+    pub groups: Vec<String>,
+}
+
+impl SplitMeta {
+    /// Row `i`'s group: its recorded group, else the first path component of its id.
+    pub fn group(&self, i: usize) -> &str {
+        match self.groups.get(i) {
+            Some(g) => g,
+            None => group_of(&self.ids[i]),
+        }
+    }
+}
 
 /// One split held in host memory, row-major.
 #[derive(Debug, Clone, PartialEq)]
