@@ -2,7 +2,7 @@
 //! eq. 4-6 there): class-aware
 //! multi-kernel MMD between visual and text embeddings, intra-class minus inter-class.
 
-use super::class_groups;
+use super::batch::class_groups;
 use candle_core::{Result, Tensor};
 
 /// Gaussian kernels at bandwidths `bw * KERNEL_MUL^i`, `i = -KERNEL_NUM/2 ..= KERNEL_NUM/2`.

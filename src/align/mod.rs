@@ -1,6 +1,7 @@
 //! Cross-modal alignment losses compared in the paper's Table 1. Each plugs in where EMA's ITA
 //! loss sits: on the projected visual and text embeddings of a batch, with class labels.
 
+mod batch;
 pub mod cdd;
 pub mod ita;
 pub mod sdm;
@@ -10,6 +11,7 @@ pub mod team;
 pub mod team_tokens;
 
 use crate::rng::SeededRng;
+pub use batch::{AlignBatch, class_groups};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -81,24 +83,6 @@ impl Alignment {
     }
 }
 
-/// One batch as an alignment loss sees it.
-pub struct AlignBatch<'a> {
-    /// Projected visual embeddings [B, d].
-    pub v: &'a Tensor,
-    /// Projected text embeddings [B, d].
-    pub s: &'a Tensor,
-    /// Class labels, host copy.
-    pub labels: &'a [u32],
-    /// Learnable temperature (scalar tensor), present for the similarity-based losses.
-    pub tau: Option<&'a Tensor>,
-    /// Classifier logits of the visual and text embeddings (SSAN's soft-label term, SWD's
-    /// decisions).
-    pub v_logits: &'a Tensor,
-    pub s_logits: &'a Tensor,
-    /// The batch's token features (token-level TEAM only).
-    pub tokens: Option<&'a team_tokens::TokenBatch>,
-}
-
 /// The learned state some losses carry: SSAN's running centroids, token-level TEAM's projections.
 #[derive(Default, Clone, Copy)]
 pub struct AlignState<'a> {
@@ -128,18 +112,6 @@ pub fn alignment_loss(kind: Alignment, b: &AlignBatch, state: AlignState, rng: &
         }
         Alignment::Cdd => cdd::cdd_loss(b.v, b.s, b.labels),
     }
-}
-
-/// Row indices of each class present in `labels`, in order of first appearance.
-pub fn class_groups(labels: &[u32]) -> Vec<(u32, Vec<u32>)> {
-    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
-    for (i, &y) in labels.iter().enumerate() {
-        match groups.iter_mut().find(|(c, _)| *c == y) {
-            Some((_, rows)) => rows.push(i as u32),
-            None => groups.push((y, vec![i as u32])),
-        }
-    }
-    groups
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! Running centroids are non-trainable buffers (names containing `buffer.`), saved with the
 //! weights so a resumed run continues exactly.
 
-use super::{AlignBatch, class_groups};
+use super::batch::{AlignBatch, class_groups};
 use crate::nn::{BUFFER, norm::l2_normalize};
 use candle_core::{D, DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder, ops::log_softmax, ops::softmax};
