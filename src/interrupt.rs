@@ -2,14 +2,24 @@
 //! from [`stop_at_safe_points`] is alive: `train` and `extract` save their progress, `serve`
 //! finishes the requests in flight), Ctrl-C is a request to stop: the handler prints what the
 //! command will do, long loops poll [`requested`] and return [`Interrupted`], and a second Ctrl-C
-//! exits at once. Otherwise (`predict`, `eval`, `export`, ...: nothing to save) Ctrl-C exits at
+//! exits at once (one that comes within [`SAME_INTERRUPT`] of the first is the same one: `timeout -s
+//! INT` signals both the command and its process group). Otherwise (`predict`, `eval`, `export`, ...: nothing to save) Ctrl-C exits at
 //! once, with status 130.
 
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// When the first Ctrl-C of this process came.
+static FIRST: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Signals this soon after the first are taken as the same interrupt, not a second Ctrl-C: GNU
+/// `timeout -s INT` (and a terminal's job control) can deliver one to the process and one to its
+/// group microseconds apart, which aborted runs without saving.
+pub const SAME_INTERRUPT: Duration = Duration::from_millis(250);
 
 /// What the running command does on Ctrl-C, as the handler says it ("stopping after the current
 /// step"); `None`: nothing to finish, exit at once.
@@ -63,14 +73,22 @@ fn reaction(second: bool, on_stop: Option<&str>) -> (String, bool) {
     }
 }
 
-/// One Ctrl-C on `flag`: says what happens, then raises the flag; true when the process is to
-/// exit. The flag goes up only after the message is out: a command that sees it can finish and
+/// One Ctrl-C at `now` on `flag` (`first`: when the first came): says what happens, then raises
+/// the flag; true when the process is to exit. A repeat within [`SAME_INTERRUPT`] of the first is
+/// ignored. The flag goes up only after the message is out: a command that sees it can finish and
 /// exit before this thread runs again (a server with nothing in flight did, and its Ctrl-C
 /// message was lost).
-fn on_ctrl_c(flag: &AtomicBool, on_stop: Option<&str>, say: impl FnOnce(&str)) -> bool {
+fn on_ctrl_c(flag: &AtomicBool, first: &Mutex<Option<Instant>>, now: Instant, on_stop: Option<&str>, say: impl FnOnce(&str)) -> bool {
     // Ctrl-C reactions run one at a time on ctrlc's thread; `request` (tests, embedding
     // programs, which install no handler) is the only other writer.
-    let (said, exit) = reaction(flag.load(Ordering::SeqCst), on_stop);
+    let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+    let second = flag.load(Ordering::SeqCst);
+    match *first {
+        Some(t) if second && now.saturating_duration_since(t) < SAME_INTERRUPT => return false,
+        None => *first = Some(now),
+        Some(_) => {}
+    }
+    let (said, exit) = reaction(second, on_stop);
     say(&said);
     flag.store(true, Ordering::SeqCst);
     exit
@@ -84,7 +102,7 @@ pub fn install() {
         // tee gets the same Ctrl-C): that would end ctrlc's thread with the flag still down,
         // and every later Ctrl-C and SIGTERM would go unheard.
         let say = |said: &str| drop(writeln!(std::io::stderr(), "\n{said}"));
-        if on_ctrl_c(&REQUESTED, what, say) {
+        if on_ctrl_c(&REQUESTED, &FIRST, Instant::now(), what, say) {
             std::process::exit(130);
         }
     });
@@ -98,6 +116,7 @@ pub fn requested() -> bool {
 /// Forgets an earlier request: an embedding program (the Python module) starts each call afresh.
 pub fn clear() {
     REQUESTED.store(false, Ordering::SeqCst);
+    *FIRST.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// Requests a stop, as Ctrl-C does (for tests and embedding programs).
@@ -129,14 +148,19 @@ mod tests {
         assert_eq!(*on_stop(), before);
     }
 
-    /// The message is out before the stop is requested, and a second Ctrl-C exits.
+    /// The message is out before the stop is requested; a repeat within SAME_INTERRUPT of the
+    /// first (`timeout -s INT`'s two signals) is the same interrupt, and a later Ctrl-C exits.
     #[test]
     fn ctrl_c_says_what_happens_before_the_command_can_stop() {
-        let flag = AtomicBool::new(false);
+        let (flag, first, t0) = (AtomicBool::new(false), Mutex::new(None), Instant::now());
         let mut heard = Vec::new();
-        let exit = on_ctrl_c(&flag, Some("stopping"), |said| heard.push((said.to_string(), flag.load(Ordering::SeqCst))));
+        let exit = on_ctrl_c(&flag, &first, t0, Some("stopping"), |said| heard.push((said.to_string(), flag.load(Ordering::SeqCst))));
         assert!(!exit && flag.load(Ordering::SeqCst));
-        assert!(on_ctrl_c(&flag, Some("stopping"), |said| heard.push((said.to_string(), flag.load(Ordering::SeqCst)))));
+        let echo = t0 + SAME_INTERRUPT / 10;
+        assert!(!on_ctrl_c(&flag, &first, echo, Some("stopping"), |said| heard.push((said.to_string(), true))));
+        assert_eq!(heard.len(), 1, "the repeat said nothing: {heard:?}");
+        let later = t0 + SAME_INTERRUPT;
+        assert!(on_ctrl_c(&flag, &first, later, Some("stopping"), |said| heard.push((said.to_string(), flag.load(Ordering::SeqCst)))));
         let raised_when_said: Vec<bool> = heard.iter().map(|h| h.1).collect();
         assert_eq!(raised_when_said, [false, true], "{heard:?}");
         assert_eq!(heard[1].0, "second interrupt: exiting without saving");

@@ -45,6 +45,7 @@ pub mod features;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod interrupt;
+pub mod lock;
 pub mod model;
 pub mod nn;
 pub mod optim;

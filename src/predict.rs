@@ -33,9 +33,16 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Expands the command line's inputs: folders recursively (image extensions only, sorted), a
 /// `.txt`/`.lst` file as one path per line (relative to the list's folder), anything else as
-/// an image path (a missing one is kept and fails as that file's error). Finding no image at
-/// all is an error that names every input and what is looked for.
+/// an image path (a missing one is kept and fails as that file's error). An input that does not
+/// exist and is no image file name (a folder's, `photos/`) is an error, all of them named at
+/// once; so is finding no image at all, naming every input and what is looked for.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let missing: Vec<String> = inputs
+        .iter()
+        .filter(|p| !p.exists() && (!is_image(p) || p.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR)))
+        .map(|p| format!("`{}`", p.display()))
+        .collect();
+    anyhow::ensure!(missing.is_empty(), "no such file or folder: {}", missing.join(", "));
     let mut out = Vec::new();
     for p in inputs {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -180,5 +187,18 @@ mod tests {
         for want in [format!("`{}`", d.display()), format!("`{}`", d.join("list.txt").display()), ".png, .jpg, .jpeg, .webp".into()] {
             assert!(e.contains(&want), "{want} not in: {e}");
         }
+    }
+
+    /// A mistyped folder (or list) is named as missing, every one at once, not read as an image.
+    #[test]
+    fn missing_folders_are_named_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let e = collect_inputs(&[d.join("nophotos/"), d.join("typo"), d.join("gone.png")]).unwrap_err().to_string();
+        assert!(e.starts_with("no such file or folder:"), "{e}");
+        for want in ["nophotos/`", "typo`"] {
+            assert!(e.contains(want), "{want} not in: {e}");
+        }
+        assert!(!e.contains("gone.png"), "a missing image file stays that file's own error: {e}");
     }
 }

@@ -18,6 +18,7 @@
 //! splits, classes without training rows, `group` on some lines only. A UTF-8 byte order mark is
 //! ignored.
 
+use super::json_keys::Keys;
 use super::{Dataset, Sample};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
@@ -97,30 +98,8 @@ impl Problems<'_> {
     }
 }
 
-/// The keys of a JSON object in order, a repeated one as often as it appears (a parsed
-/// [`Value`] keeps only the last).
-struct Keys(Vec<String>);
-
-impl<'de> serde::Deserialize<'de> for Keys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Keys;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Keys, A::Error> {
-                let mut keys = vec![];
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
-                }
-                Ok(Keys(keys))
-            }
-        }
-        d.deserialize_map(Visit)
-    }
-}
+/// A manifest line, for messages.
+const EXAMPLE: &str = r#"{"image": "a.jpg", "label": "ramen", "text": "noodles, egg", "split": "train"}"#;
 
 /// A JSON value's kind, for messages.
 fn kind(v: &Value) -> &'static str {
@@ -292,7 +271,18 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             path.display()
         );
     }
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(first) = lines.first().filter(|l| !l.starts_with('{') && (l.contains(',') || l.contains('\t')) && !lines.iter().any(|l| l.starts_with('{'))) {
+        let shown: String = first.chars().take(60).collect();
+        anyhow::bail!("{}: this looks like CSV or TSV (line 1: `{shown}`); a manifest is JSON Lines, one object a line: {EXAMPLE}", path.display());
+    }
+    let single_quoted = lines.iter().filter(|l| l.starts_with("{'")).count();
     let mut p = Problems { file: path, list: vec![] };
+    if single_quoted > 0 {
+        p.whole(format!(
+            "{single_quoted} line(s) quote with ' (as Python prints a dict): JSON strings take double quotes, \"image\": \"a.jpg\" (json.dumps writes them)"
+        ));
+    }
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         match serde_json::from_str::<Value>(line) {
@@ -310,7 +300,7 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         }
     }
     if rows.is_empty() && p.list.is_empty() {
-        p.whole("no rows; write one JSON object a line: {\"image\": \"a.jpg\", \"label\": \"ramen\", \"text\": \"noodles, egg\", \"split\": \"train\"}");
+        p.whole(format!("no rows; write one JSON object a line: {EXAMPLE}"));
     }
     let resolved: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.image)).collect();
     if check_images {
@@ -372,6 +362,10 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         p.at(without[0], format!("`group` is set on some lines but not on {}: set it on every line or on none", line_list(&without)));
     }
     p.into_result()?;
+    // Allowed, but often a typo that made a class of its own: said, not refused.
+    for (name, (_, lines)) in classes.iter().filter(|(_, (_, lines))| lines.len() == 1) {
+        eprintln!("note: {}:{}: class `{name}` has this one row only; if the label is a typo, correct it", path.display(), lines[0]);
+    }
 
     let names: Vec<String> = classes.keys().map(|c| c.to_string()).collect();
     let mut ds = Dataset { name: format!("manifest({})", path.display()), classes: names, train: vec![], val: vec![], test: vec![] };

@@ -3,6 +3,7 @@
 pub mod emoji;
 pub mod food;
 pub mod image;
+mod json_keys;
 pub mod manifest;
 
 use anyhow::{Context, Result};

@@ -127,6 +127,8 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
 pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Table> {
     ensure!(spec.task.is_none(), "a task's share of a table writes no table: train it with run_arms");
     let t0 = std::time::Instant::now();
+    // One table per folder at a time (a job array's tasks share it: each locks only its runs).
+    let _lock = crate::lock::OutLock::acquire(&spec.out, "ablate/compare")?;
     let rows = run_arms(cache, arms, spec, verbosity, dev)?;
     // Each fold's test rows: the first row's first seed's run of each fold.
     let fold_test_rows = match rows.first() {

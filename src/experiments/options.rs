@@ -22,9 +22,10 @@ pub struct TableOptions {
     /// diffusion noise and any val carve-out); the table reports their mean ± std.
     #[arg(long, default_value_t = 3, value_parser = crate::options::at_least_one::<u64>)]
     pub seeds: u64,
-    /// Leave-one-vendor-out: every group of rows (the first path component of the row ids: the
-    /// vendor, for the emoji datasets) is the test split once, whatever split the cache put it
-    /// in; runs go to OUT/fold-<vendor>/. The table reports each fold and the mean.
+    /// Leave-one-group-out: every group of rows (a manifest's `group` field, e.g. camera or site;
+    /// without it, the first path component of the row ids: the vendor, for the emoji datasets)
+    /// is the test split once, whatever split the cache put it in; runs go to
+    /// OUT/fold-<group>/. The table reports each fold and the mean.
     #[arg(long)]
     pub leave_one_out: bool,
     /// With --leave-one-out, where validation comes from: `in-style` (one image each of 20% of

@@ -40,8 +40,18 @@ pub struct Extracted {
     pub splits: Vec<(&'static str, FeatureSplit)>,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
-    /// The cache already in `dir` was reused (same samples, settings and build).
-    pub reused: bool,
+    pub origin: Origin,
+}
+
+/// Where an extraction's cache came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Encoded now.
+    Encoded,
+    /// Encoded now from where an interrupted run's saved progress (`OUT.partial`) left off.
+    Continued,
+    /// The cache already in `dir` (same samples, settings and build).
+    Reused,
 }
 
 impl Extracted {
@@ -64,14 +74,17 @@ impl std::fmt::Display for Extracted {
         let rows = |name: &str| self.split(name).map_or(0, |s| s.len());
         let n = rows("train") + rows("val") + rows("test");
         let Some((_, first)) = self.splits.first() else { return write!(f, "no rows extracted") };
-        let ds = self.splits.iter().map(|(_, s)| s.ds).max().unwrap_or(0);
+        let ds = match self.splits.iter().map(|(_, s)| s.ds).max().unwrap_or(0) {
+            0 => "no text".to_string(),
+            d => format!("text {d}-d"),
+        };
         let tokens = match (&first.visual_tokens, self.splits.iter().find_map(|(_, s)| s.text_tokens.as_ref())) {
             (Some(v), Some(t)) => format!("; tokens: visual {} x {}, text up to {} x {}", v.len, v.dim, t.len, t.dim),
             (Some(v), None) => format!("; tokens: visual {} x {}", v.len, v.dim),
             _ => String::new(),
         };
         let what = format!(
-            "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, text {}-d{tokens}",
+            "{}: {} classes; train {} / val {} / test {} rows; visual {}-d, {}{tokens}",
             self.dataset,
             self.classes,
             rows("train"),
@@ -80,14 +93,18 @@ impl std::fmt::Display for Extracted {
             first.dv,
             ds
         );
-        if self.reused {
+        if self.origin == Origin::Reused {
             return write!(f, "{what}; reused the cache already in {} (same samples, settings and marnet build; --force extracts again)", self.dir.display());
         }
         let skipped = match self.skipped.len() {
             0 => "0 skipped".to_string(),
             k => format!("{k} skipped (listed in {})", self.dir.join("skipped.jsonl").display()),
         };
-        write!(f, "{what}; {n} images in {:.1}s ({:.1} images/s); {skipped}; wrote {}", self.seconds, n as f64 / self.seconds, self.dir.display())
+        let rate = match self.origin {
+            Origin::Continued => "continuing an interrupted run's saved progress".to_string(),
+            _ => format!("{:.1} images/s", n as f64 / self.seconds),
+        };
+        write!(f, "{what}; {n} images in {:.1}s ({rate}); {skipped}; wrote {}", self.seconds, self.dir.display())
     }
 }
 
@@ -162,9 +179,9 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
     let opts =
         ExtractOptions { batch: s.batch, limit, skip_bad: s.skip_bad, tokens: s.tokens, progress, settings: settings::recorded(&resolved)?, existing, whole };
     let t0 = std::time::Instant::now();
-    let (splits, skipped, reused) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
+    let (splits, skipped, origin) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     let seconds = t0.elapsed().as_secs_f64();
-    Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), dir: s.out.clone(), splits, skipped, seconds, reused })
+    Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), dir: s.out.clone(), splits, skipped, seconds, origin })
 }
 
 /// A finished cache's record of its extraction ([`progress::Job`]).
@@ -227,7 +244,7 @@ pub fn extract(
     opts: &ExtractOptions,
     out: &Path,
     dev: &Device,
-) -> Result<(Splits, Vec<Skipped>, bool)> {
+) -> Result<(Splits, Vec<Skipped>, Origin)> {
     let limit = |v: &Vec<crate::data::Sample>| -> Vec<crate::data::Sample> { v.iter().take(opts.limit.unwrap_or(usize::MAX)).cloned().collect() };
     let splits: Vec<(&str, Vec<crate::data::Sample>)> = vec![("train", limit(&ds.train)), ("val", limit(&ds.val)), ("test", limit(&ds.test))];
     ensure!(splits.iter().any(|(_, v)| !v.is_empty()), "the dataset has no samples");
@@ -248,10 +265,11 @@ pub fn extract(
         out.display(),
         other.unwrap_or_default()
     );
+    let _lock = crate::lock::OutLock::acquire(out, "extract")?;
     let rows = progress::row_hashes(&splits, &ds.classes);
     if let Some((saved, found, skipped)) = progress::cache_in(out).or_else(|e| if opts.existing == Existing::Replace { Ok(None) } else { Err(e) })? {
         match (saved.differs(&job), opts.existing) {
-            (None, Existing::ReuseOrRefuse | Existing::ReuseOrReplace) => return Ok((found, skipped, true)),
+            (None, Existing::ReuseOrRefuse | Existing::ReuseOrReplace) => return Ok((found, skipped, Origin::Reused)),
             (Some(why), Existing::ReuseOrRefuse) => {
                 let changes = match crate::fsutil::read_json::<progress::RowHashes>(&out.join(progress::ROWS)) {
                     Ok(saved_rows) if saved.samples != job.samples => format!(":\n{}\n", progress::describe_changes(&saved_rows, &rows, &splits)),
@@ -265,13 +283,19 @@ pub fn extract(
     }
     let partial = partial_dir(out);
     let _stop = crate::interrupt::stop_at_safe_points("stopping once the block of images being encoded is saved");
-    progress::claim_progress(&partial, &job, &rows, &splits, opts.existing)?;
+    let origin = match progress::claim_progress(&partial, &job, &rows, &splits, opts.existing)? {
+        true => {
+            eprintln!("{}: continuing the unfinished extraction saved there", partial.display());
+            Origin::Continued
+        }
+        false => Origin::Encoded,
+    };
     let result = write_cache(ds, &splits, image_enc, text_enc, opts, out, &partial, &job, dev);
     if result.is_err() && !progress::has_blocks(&partial) {
         // Nothing saved: nothing to resume, and nothing to stand in the way of the fixed rerun.
         let _ = std::fs::remove_dir_all(&partial);
     }
-    result.map(|(splits, skipped)| (splits, skipped, false))
+    result.map(|(splits, skipped)| (splits, skipped, origin))
 }
 
 /// Runs the encoders over `splits` (saving progress in `partial`) and writes the cache to `out`.

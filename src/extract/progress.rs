@@ -254,13 +254,13 @@ pub(super) fn cache_in(out: &Path) -> Result<Option<(Job, Splits, Vec<Skipped>)>
 
 /// Takes up the progress folder for `job`: resumes saved progress of the same job, refuses
 /// another job's (naming the rows that changed) unless `existing` is `Replace`, and records the
-/// job and its rows.
-pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<()> {
+/// job and its rows. True when it continues saved progress.
+pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<bool> {
     let (job_path, rows_path) = (partial.join("job.json"), partial.join(ROWS));
     if job_path.exists() {
         let saved: Job = crate::fsutil::read_json(&job_path)?;
         match saved.differs(job) {
-            None => return Ok(()),
+            None => return Ok(has_blocks(partial)),
             Some(_) if existing == Existing::Replace || !has_blocks(partial) => {
                 std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
             }
@@ -277,5 +277,6 @@ pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits
         }
     }
     crate::fsutil::write_atomic(&rows_path, serde_json::to_string(rows)?.as_bytes())?;
-    crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())
+    crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())?;
+    Ok(false)
 }

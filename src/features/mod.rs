@@ -78,8 +78,15 @@ impl FeatureCache {
         if let Some((_, what)) = kind {
             bail!("{}: this is {what}, not a feature cache; pass the cache folder `marnet extract` wrote", dir.display());
         }
-        let train = Self::read_split(dir, "train")?;
         let path = Self::split_path(dir, "train");
+        let others: Vec<&str> = ["val", "test"].into_iter().filter(|s| Self::split_path(dir, s).exists()).collect();
+        ensure!(
+            path.exists() || others.is_empty(),
+            "{}: this cache has no train split, only {}: it serves `eval --cache` (and `train --cache` needs a cache whose manifest has train rows)",
+            dir.display(),
+            others.join(" and ")
+        );
+        let train = Self::read_split(dir, "train")?;
         ensure!(train.text.is_some(), "{}: tensor `text` is missing; MARNet needs text features for training", path.display());
         let mut cache = FeatureCache { dir: dir.to_path_buf(), train, val: None, test: None, fold: None };
         for split in ["val", "test"] {

@@ -1,6 +1,7 @@
 //! The training loop: AdamW on the weighted losses, model selection on `val`, a checkpoint
-//! after every epoch (`RUN/last`, with optimiser state, for `--resume`) and the selected model
-//! in `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
+//! after each epoch (`RUN/last`, with optimiser state, for `--resume`; skipped while saving would
+//! cost more than [`SAVE_SHARE`] of the time, on small data) and the selected model in
+//! `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig};
 use crate::config::TrainConfig;
@@ -13,7 +14,19 @@ use candle_core::Device;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Most of a run's time that saving `RUN/last` after epochs may take: an epoch's end saves it
+/// only when at least `1 / SAVE_SHARE` times the previous save's duration has passed since that
+/// save ended (every epoch on real data; on a few dozen rows, where an epoch takes milliseconds
+/// and a save 0.1 s, every second or so). The last epoch, Ctrl-C and SIGTERM always save.
+pub const SAVE_SHARE: f64 = 0.05;
+
+/// Whether an epoch's end at `now` saves `RUN/last`, given when the previous save ended and how
+/// long it took ([`SAVE_SHARE`]).
+fn save_due(last: Option<(Instant, Duration)>, now: Instant) -> bool {
+    last.is_none_or(|(at, took)| now.saturating_duration_since(at).as_secs_f64() * SAVE_SHARE >= took.as_secs_f64())
+}
 
 mod gate;
 mod order;
@@ -111,6 +124,7 @@ pub fn train(
             cfg.seed
         );
     }
+    let _lock = crate::lock::OutLock::acquire(out, "train")?;
     let other = [crate::checkpoint::WEIGHTS, "train.safetensors", "extract.json", "bundle.json"].into_iter().find(|f| out.join(f).exists());
     ensure!(
         other.is_none(),
@@ -212,12 +226,17 @@ pub fn train(
                         cfg.epochs
                     )
                 }
-                std::cmp::Ordering::Less => eprintln!("resuming {} after epoch {done} of {planned}", out.display()),
+                std::cmp::Ordering::Less => match &state.partial {
+                    Some(p) => eprintln!("resuming {} inside epoch {} (after step {}) of {planned}", out.display(), p.epoch + 1, p.steps_done),
+                    None => eprintln!("resuming {} after epoch {done} of {planned}", out.display()),
+                },
                 _ => eprintln!("{}: the run already has {done} epochs (--epochs {}): nothing to train; its best/ stays as it is", out.display(), cfg.epochs),
             }
         }
     }
 
+    // When `RUN/last` was last saved, and how long that took.
+    let mut last_save: Option<(Instant, Duration)> = None;
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();
         let mut shuffle = crate::rng::stream(cfg.seed, "shuffle", epoch as u64);
@@ -258,11 +277,14 @@ pub fn train(
                 });
                 state.optimizer_steps = opt.steps_taken();
                 checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
+                let place = match steps_done == n_batches {
+                    true => format!("after epoch {}'s last step (its validation still to run)", epoch + 1),
+                    false => format!("inside epoch {} (step {steps_done} of {n_batches})", epoch + 1),
+                };
                 return Err(crate::interrupt::Interrupted {
                     resume_hint: format!(
-                        "saved {} inside epoch {} (step {steps_done} of {n_batches}); {}",
+                        "saved {} {place}; {}",
                         last_dir.display(),
-                        epoch + 1,
                         match resume {
                             Resume::IfCurrent => "run the same command again to continue",
                             _ => "rerun with --resume to continue",
@@ -310,7 +332,11 @@ pub fn train(
             state.best_val_top1 = val_res.final_head.top1;
             checkpoint::save(&out.join("best"), &run, &model, vec![], &serde_json::to_value(&state)?)?;
         }
-        checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
+        if save_due(last_save, Instant::now()) || epoch + 1 == cfg.epochs {
+            let t = Instant::now();
+            checkpoint::save(&last_dir, &run, &model, opt.state()?, &serde_json::to_value(&state)?)?;
+            last_save = Some((Instant::now(), t.elapsed()));
+        }
     }
 
     if model_cfg.gated() {
@@ -327,4 +353,21 @@ pub fn train(
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first epoch saves; later ones once 1 / SAVE_SHARE times the last save's duration has
+    /// passed: a 0.1 s save waits 2 s, a 1 ms one hardly at all.
+    #[test]
+    fn last_is_saved_while_saving_stays_a_small_share() {
+        let t0 = Instant::now();
+        assert!(save_due(None, t0));
+        let slow = Some((t0, Duration::from_millis(100)));
+        assert!(!save_due(slow, t0 + Duration::from_millis(1900)));
+        assert!(save_due(slow, t0 + Duration::from_millis(2000)));
+        assert!(save_due(Some((t0, Duration::from_millis(1))), t0 + Duration::from_millis(20)));
+    }
 }

@@ -159,6 +159,13 @@ fn manifest_catches_the_mistakes_people_make() {
     std::fs::write(&p, format!("[\n{},\n{}\n]\n", line("a.png", "x", "train"), line("b.png", "y", "train"))).unwrap();
     let err = format!("{:#}", manifest(&p, false).unwrap_err());
     assert!(err.contains("this is one JSON array; a manifest is JSON Lines") && err.matches(&f).count() == 1, "one message, not one a line: {err}");
+    // A CSV file is named as such once; Python's dict quoting gets one hint beside its lines.
+    std::fs::write(&p, "image,label,text,split\na.png,x,\"t, u\",train\nb.png,y,t,train\n").unwrap();
+    let err = format!("{:#}", manifest(&p, false).unwrap_err());
+    assert!(err.contains("this looks like CSV or TSV (line 1: `image,label,text,split`)") && err.matches(&f).count() == 1, "{err}");
+    std::fs::write(&p, "{'image': 'a.png', 'label': 'x', 'text': 't', 'split': 'train'}\n").unwrap();
+    let err = format!("{:#}", manifest(&p, false).unwrap_err());
+    assert!(err.contains(&format!("{f}: 1 line(s) quote with ' (as Python prints a dict): JSON strings take double quotes")), "{err}");
 
     image::RgbImage::from_pixel(5, 4, image::Rgb([9, 9, 9])).save(tmp.path().join("apple.png")).unwrap();
     image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(tmp.path().join("pear.png")).unwrap();

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 
 /// MARNet: train image classifiers with text as privileged information.
 ///
-/// Typical use: `marnet extract --dataset emoji-food --out cache` (after
-/// `scripts/fetch-assets`; or `marnet synth --out cache` for synthetic features), then
+/// Typical use: `marnet extract --dataset manifest --root data.jsonl --out cache` on your own
+/// images and texts (one JSON object a line; the README's "Your own data"), or `--dataset
+/// emoji-food` (after `scripts/fetch-assets`), or `marnet synth --out cache`; then
 /// `marnet ablate --cache cache --out runs --seeds 3` for the paper's Table 2,
 /// `marnet compare ...` for its Table 1, or `marnet train --cache cache --out run` and
 /// `marnet eval --model run --cache cache`.
@@ -64,7 +65,8 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value = "marnet")]
         variant: Variant,
         /// Continue from `OUT/last` if it exists: same configuration, and made by this build from
-        /// this cache (the fingerprints in its config.json), or it refuses.
+        /// this cache (the fingerprints in its config.json), or it refuses. Only --epochs may
+        /// differ: a larger one trains a finished run on (its best/ may change; export it again).
         #[arg(long)]
         resume: bool,
         /// Start over, replacing a run already in --out (without it, a finished or interrupted

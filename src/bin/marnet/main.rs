@@ -149,7 +149,7 @@ fn run() -> Result<()> {
         Cmd::Extract(settings) => out!("{}", marnet::extract::run(&settings, progress, marnet::extract::Existing::ReuseOrRefuse, &dev)?),
         Cmd::Export { model, out, visual, assets, inference, force } => {
             let b = marnet::bundle::export(&model, visual.as_deref(), assets.as_deref(), inference, &out, force, &dev)?;
-            out!("wrote bundle {}: {b}", out.display());
+            out!("wrote the bundle {}: {b}", out.display());
         }
         Cmd::Predict { model, inputs, top_k, format, batch } => {
             let files = marnet::predict::collect_inputs(&inputs)?;
