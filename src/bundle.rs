@@ -79,7 +79,9 @@ fn encoder_files(spec: &str, assets: &Path) -> Result<(Vec<(PathBuf, String)>, S
 pub fn export(run: &Path, visual: Option<&str>, assets: Option<&Path>, inference: Inference, out: &Path, replace: bool, dev: &Device) -> Result<BundleConfig> {
     if out.exists() {
         ensure!(out.is_dir(), "{}: --out is a file; name a folder for the bundle", out.display());
-        let entries: Vec<String> = std::fs::read_dir(out)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        // A lock file left by a killed command is no content.
+        let entries: Vec<String> =
+            std::fs::read_dir(out)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|e| e != crate::lock::LOCK_FILE).collect();
         let own = [BUNDLE, crate::checkpoint::CONFIG, crate::checkpoint::WEIGHTS, crate::checkpoint::METRICS, "encoder"];
         let foreign: Vec<&String> = entries.iter().filter(|e| !own.contains(&e.as_str())).collect();
         ensure!(

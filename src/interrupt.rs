@@ -19,7 +19,7 @@ static FIRST: Mutex<Option<Instant>> = Mutex::new(None);
 /// Signals this soon after the first are taken as the same interrupt, not a second Ctrl-C: GNU
 /// `timeout -s INT` (and a terminal's job control) can deliver one to the process and one to its
 /// group microseconds apart, which aborted runs without saving.
-pub const SAME_INTERRUPT: Duration = Duration::from_millis(250);
+pub const SAME_INTERRUPT: Duration = Duration::from_millis(100);
 
 /// What the running command does on Ctrl-C, as the handler says it ("stopping after the current
 /// step"); `None`: nothing to finish, exit at once.

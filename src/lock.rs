@@ -1,65 +1,59 @@
-//! One writer per output folder: `train`, `ablate`/`compare`, `extract` and `export` hold
+//! One writer per output folder: `train`, `ablate`/`compare`, `extract` and `merge-shards` hold
 //! [`OutLock`] on their `--out` while they write there, so a second command started on the same
 //! folder stops at once, naming the first, instead of both writing a mix of two runs.
 //!
-//! The lock is a file in the folder ([`LOCK_FILE`]) created exclusively, holding the owner's
-//! host, process id and start time; it is removed when the command ends, however it ends short
-//! of a kill. A lock left by a process that no longer runs on this host is taken over; one from
-//! another host (a shared file system) is respected until removed by hand.
+//! The lock is the operating system's lock on a file in the folder ([`LOCK_FILE`], holding the
+//! owner's command, process id and host for the message): it ends with its process however that
+//! ends (a kill, a lost node: the file system's lease), so a rerun is never blocked by a lock
+//! its predecessor left. The file is removed when the command ends normally.
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The lock's file name inside the folder.
 pub const LOCK_FILE: &str = ".marnet-lock";
 
-/// Who holds a folder.
+/// Who holds a folder, as its lock file says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Owner {
-    host: String,
-    pid: u32,
-    /// The process's start time in clock ticks since boot (Linux; 0 elsewhere): a reused pid
-    /// is not mistaken for the owner.
-    start: u64,
     command: String,
-}
-
-impl Owner {
-    fn me(command: &str) -> Self {
-        let pid = std::process::id();
-        Owner { host: host(), pid, start: start_time(pid).unwrap_or(0), command: command.to_string() }
-    }
-
-    /// Whether this owner is known to have ended: same host, and its process is gone or is
-    /// another process under the same id. Unknown (another host, no /proc) counts as running.
-    fn ended(&self) -> bool {
-        if self.host != host() || !Path::new("/proc/self/stat").exists() {
-            return false;
-        }
-        match start_time(self.pid) {
-            None => true,
-            Some(now) => self.start != 0 && now != self.start,
-        }
-    }
+    pid: u32,
+    host: String,
 }
 
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok()).map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
-/// Field 22 of `/proc/<pid>/stat` (after the command name, which may hold spaces).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+/// Whether `file` is still the file at `path` (its holder may have removed it between our open
+/// and our lock; then the lock is on a file nobody else will open).
+fn still_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
+    }
 }
 
-/// Held while a command writes into its output folder; dropping it removes the lock file.
+/// Held while a command writes into its output folder; dropping it removes the lock file and
+/// releases the lock.
 #[derive(Debug)]
 #[must_use = "the folder is locked only while this is alive"]
 pub struct OutLock {
     path: PathBuf,
+    /// The locked file: the lock lasts as long as it is open.
+    _file: File,
     /// The folder, when this lock created it: removed on release if nothing else was written.
     created: Option<PathBuf>,
 }
@@ -70,47 +64,44 @@ impl OutLock {
         let created = (!dir.exists()).then(|| dir.to_path_buf());
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         let path = dir.join(LOCK_FILE);
-        let me = Owner::me(command);
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let text = serde_json::to_string(&me)?;
-                    f.write_all(text.as_bytes()).with_context(|| format!("{}: cannot write", path.display()))?;
-                    return Ok(OutLock { path, created });
+        for _ in 0..8 {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("{}: cannot create", path.display()))?;
+            match file.try_lock() {
+                Ok(()) if !still_at(&file, &path) => continue,
+                Ok(()) => {
+                    let me = Owner { command: command.to_string(), pid: std::process::id(), host: host() };
+                    // Only for the message another command shows: a failed write leaves the lock as good.
+                    let _ = file.set_len(0).and_then(|_| file.write_all(serde_json::to_string(&me)?.as_bytes()));
+                    return Ok(OutLock { path, _file: file, created });
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(std::fs::TryLockError::WouldBlock) => {
                     let owner: Option<Owner> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
-                    match owner {
-                        Some(o) if o.ended() => {
-                            // Left by a run that was killed: taken over.
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        Some(o) => bail!(
-                            "{}: another marnet is writing here (`{}`, process {} on host {}); wait for it to end or choose another --out \
-                             (if it no longer runs, remove {})",
-                            dir.display(),
-                            o.command,
-                            o.pid,
-                            if o.host.is_empty() { "?" } else { &o.host },
-                            path.display()
-                        ),
-                        // Being written this instant by another command, or unreadable.
-                        None => bail!(
-                            "{}: another marnet is starting to write here; wait for it to end or choose another --out (if none runs, remove {})",
-                            dir.display(),
-                            path.display()
-                        ),
-                    }
+                    let who = match owner {
+                        Some(o) => format!("`{}`, process {} on host {}", o.command, o.pid, if o.host.is_empty() { "?" } else { &o.host }),
+                        None => "starting".to_string(),
+                    };
+                    bail!("{}: another marnet is writing here ({who}); wait for it to end, or choose another --out", dir.display())
                 }
-                Err(e) => return Err(e).with_context(|| format!("{}: cannot create", path.display())),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    // A file system without locks: work as before, unguarded.
+                    eprintln!("note: {}: this file system does not lock files ({e}); nothing stops a second command writing here", path.display());
+                    return Ok(OutLock { path, _file: file, created });
+                }
             }
         }
-        bail!("{}: cannot take the folder's lock {}", dir.display(), path.display())
+        bail!("{}: cannot take the folder's lock {}: its holders keep replacing it", dir.display(), path.display())
     }
 }
 
 impl Drop for OutLock {
     fn drop(&mut self) {
+        // Removed while still locked; a command that opened it meanwhile sees it gone and retries.
         let _ = std::fs::remove_file(&self.path);
         if let Some(dir) = &self.created {
             let _ = std::fs::remove_dir(dir); // fails, as wanted, unless empty
@@ -122,31 +113,24 @@ impl Drop for OutLock {
 mod tests {
     use super::*;
 
-    /// A second writer is refused while the first holds the folder, and gets it once released;
-    /// a lock left by a process that ended is taken over.
+    /// A second writer is refused while the first holds the folder and gets it once released; a
+    /// lock file left behind (its process killed) does not block; a folder the lock created and
+    /// nothing filled is removed again.
     #[test]
     fn one_writer_per_folder() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("marnet-lock-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("run");
         let first = OutLock::acquire(&dir, "train")?;
         let err = OutLock::acquire(&dir, "ablate").unwrap_err().to_string();
-        assert!(err.contains("another marnet is writing here (`train`, process") && err.contains(LOCK_FILE), "{err}");
+        assert!(err.contains(&format!("another marnet is writing here (`train`, process {}", std::process::id())), "{err}");
         drop(first);
         assert!(!dir.exists(), "a folder the lock created and nothing filled is removed");
         std::fs::create_dir_all(&dir)?;
-        drop(OutLock::acquire(&dir, "ablate")?);
+        std::fs::write(dir.join(LOCK_FILE), r#"{"command":"train","pid":1,"host":"gone"}"#)?;
+        let second = OutLock::acquire(&dir, "ablate")?;
+        assert!(std::fs::read_to_string(dir.join(LOCK_FILE))?.contains("ablate"));
+        drop(second);
         assert!(dir.is_dir() && !dir.join(LOCK_FILE).exists(), "a folder that was there stays");
-        if Path::new("/proc/self/stat").exists() {
-            // The same pid with another start time: a process that ended (its pid reused).
-            let stale = Owner { start: start_time(std::process::id()).unwrap() + 1, ..Owner::me("train") };
-            std::fs::write(dir.join(LOCK_FILE), serde_json::to_string(&stale)?)?;
-            drop(OutLock::acquire(&dir, "train")?);
-            // Another host's lock is respected.
-            let remote = Owner { host: format!("{}-other", host()), ..Owner::me("train") };
-            std::fs::write(dir.join(LOCK_FILE), serde_json::to_string(&remote)?)?;
-            assert!(OutLock::acquire(&dir, "train").is_err());
-        }
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

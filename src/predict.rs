@@ -33,13 +33,17 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Expands the command line's inputs: folders recursively (image extensions only, sorted), a
 /// `.txt`/`.lst` file as one path per line (relative to the list's folder), anything else as
-/// an image path (a missing one is kept and fails as that file's error). An input that does not
-/// exist and is no image file name (a folder's, `photos/`) is an error, all of them named at
-/// once; so is finding no image at all, naming every input and what is looked for.
+/// an image path (a missing one is kept and fails as that file's error). A missing input that
+/// names a folder or a list (`photos/`, `photos`, `list.txt`: a trailing separator, no
+/// extension, .txt or .lst) is an error, all of them named at once; so is finding no image at
+/// all, naming every input and what is looked for.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let missing: Vec<String> = inputs
         .iter()
-        .filter(|p| !p.exists() && (!is_image(p) || p.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR)))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str());
+            !p.exists() && (p.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) || matches!(ext, None | Some("txt" | "lst")))
+        })
         .map(|p| format!("`{}`", p.display()))
         .collect();
     anyhow::ensure!(missing.is_empty(), "no such file or folder: {}", missing.join(", "));
@@ -194,11 +198,11 @@ mod tests {
     fn missing_folders_are_named_at_once() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        let e = collect_inputs(&[d.join("nophotos/"), d.join("typo"), d.join("gone.png")]).unwrap_err().to_string();
+        let e = collect_inputs(&[d.join("nophotos/"), d.join("typo"), d.join("gone.png"), d.join("gone.bmp"), d.join("l.txt")]).unwrap_err().to_string();
         assert!(e.starts_with("no such file or folder:"), "{e}");
-        for want in ["nophotos/`", "typo`"] {
+        for want in ["nophotos/`", "typo`", "l.txt`"] {
             assert!(e.contains(want), "{want} not in: {e}");
         }
-        assert!(!e.contains("gone.png"), "a missing image file stays that file's own error: {e}");
+        assert!(!e.contains("gone."), "a missing file stays that file's own error: {e}");
     }
 }

@@ -225,6 +225,11 @@ fn train_refuses_a_run_already_there_unless_resume_or_force() {
     );
     let err = String::from_utf8(marnet(&[more.clone(), vec!["--lr", "0.01"]].concat()).stderr).unwrap();
     assert!(err.contains("the saved run used other settings (--lr 0.001 → 0.01)") && err.contains("--force"), "{err}");
+    // A folder another process writes into is refused, whatever the flags.
+    let held = marnet::lock::OutLock::acquire(Path::new(&out), "test").unwrap();
+    let err = String::from_utf8(marnet(&[args.clone(), vec!["--force"]].concat()).stderr).unwrap();
+    assert!(err.contains(&format!("another marnet is writing here (`test`, process {}", std::process::id())), "{err}");
+    drop(held);
     ok(&[args.clone(), vec!["--force", "--seed", "1"]].concat());
     assert_ne!(std::fs::read(tmp.path().join("run/best/metrics.json")).unwrap(), metrics, "replaced");
 }

@@ -7,7 +7,7 @@
 //! skin-tone/hair components. Either can add the training vendors' skin-tone variants as extra
 //! training images of their base emoji.
 
-use super::{Dataset, Sample};
+use super::dataset::{Dataset, Sample};
 use anyhow::{Context, Result, ensure};
 use serde::Deserialize;
 use serde_json::Value;
@@ -171,14 +171,14 @@ fn split_val(trainval: Vec<Sample>, n_classes: usize, val_fraction: f64, seed: u
 }
 
 /// Every skin-tone variant `vendor` draws of each class, as training samples of that class.
-/// Their ids are `{vendor}/train-only/{file}` ([`crate::data::TRAIN_ONLY`]): a
+/// Their ids are `{vendor}/train-only/{file}` ([`super::dataset::TRAIN_ONLY`]): a
 /// leave-one-vendor-out fold never puts them in val or test.
 fn skin_samples(npm_dir: &Path, vendor: &str, chosen: &[&EmojiEntry], texts: &[String]) -> Result<Vec<Sample>> {
     let mut out = Vec::new();
     for (label, e) in chosen.iter().enumerate() {
         for v in e.skin_variations.values().filter(|v| draws(&v.extra, vendor)) {
             let s = sample(npm_dir, vendor, &v.image, label, &texts[label])?;
-            out.push(Sample { id: format!("{vendor}/{}{}", crate::data::TRAIN_ONLY, v.image), ..s });
+            out.push(Sample { id: format!("{vendor}/{}{}", super::dataset::TRAIN_ONLY, v.image), ..s });
         }
     }
     Ok(out)

@@ -1,7 +1,7 @@
 //! The paper's datasets in their published on-disk layouts. Every malformed line is reported
 //! with its file and line number.
 
-use super::{Dataset, Sample};
+use super::dataset::{Dataset, Sample};
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -18,8 +18,8 @@
 //! splits, classes without training rows, `group` on some lines only. A UTF-8 byte order mark is
 //! ignored.
 
+use super::dataset::{Dataset, Sample};
 use super::json_keys::Keys;
-use super::{Dataset, Sample};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
@@ -362,9 +362,13 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         p.at(without[0], format!("`group` is set on some lines but not on {}: set it on every line or on none", line_list(&without)));
     }
     p.into_result()?;
-    // Allowed, but often a typo that made a class of its own: said, not refused.
-    for (name, (_, lines)) in classes.iter().filter(|(_, (_, lines))| lines.len() == 1) {
-        eprintln!("note: {}:{}: class `{name}` has this one row only; if the label is a typo, correct it", path.display(), lines[0]);
+    // Allowed, but often a typo that made a class of its own: said once, not refused.
+    let single: Vec<String> =
+        classes.iter().filter(|(_, (trained, lines))| *trained && lines.len() == 1).map(|(n, (_, l))| format!("`{n}` (line {})", l[0])).collect();
+    if !single.is_empty() {
+        let more = if single.len() > 5 { format!(" and {} more", single.len() - 5) } else { String::new() };
+        let what = if single.len() == 1 { "class" } else { "each of the classes" };
+        eprintln!("note: {}: one row only of {what} {}{more}; if a label is a typo, correct it", path.display(), single[..single.len().min(5)].join(", "));
     }
 
     let names: Vec<String> = classes.keys().map(|c| c.to_string()).collect();

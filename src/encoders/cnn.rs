@@ -32,7 +32,7 @@ impl<M: Module> CnnEncoder<M> {
     }
 }
 
-impl<M: Module + Send + Sync> super::ImageEncoder for CnnEncoder<M> {
+impl<M: Module + Send + Sync> super::image_encoder::ImageEncoder for CnnEncoder<M> {
     fn name(&self) -> &str {
         &self.name
     }

@@ -329,7 +329,7 @@ impl Swin {
 }
 
 /// Timm's Swin-T as a frozen visual backbone.
-impl super::ImageEncoder for Swin {
+impl super::image_encoder::ImageEncoder for Swin {
     fn name(&self) -> &str {
         "swin-t"
     }

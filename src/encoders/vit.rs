@@ -123,7 +123,7 @@ impl VitEncoder {
     }
 }
 
-impl super::ImageEncoder for VitEncoder {
+impl super::image_encoder::ImageEncoder for VitEncoder {
     fn name(&self) -> &str {
         "vit"
     }

@@ -141,7 +141,7 @@ fn check_out(out: &Path, shards: &[Shard]) -> Result<()> {
         bail!("{}: --out is (or holds) the shard {}; merge into a folder of its own", out.display(), s.dir.display());
     }
     ensure!(!out.is_file(), "{}: --out is a file; name a folder for the merged cache", out.display());
-    let cache_files = ["train.safetensors", "val.safetensors", "test.safetensors", super::JOB, "skipped.jsonl", ROWS];
+    let cache_files = ["train.safetensors", "val.safetensors", "test.safetensors", super::JOB, "skipped.jsonl", ROWS, crate::lock::LOCK_FILE];
     let other: Vec<String> = match std::fs::read_dir(out) {
         Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !cache_files.contains(&n.as_str())).collect(),
         Err(_) => vec![],
@@ -162,6 +162,7 @@ fn check_out(out: &Path, shards: &[Shard]) -> Result<()> {
 pub fn merge_shards(dirs: &[PathBuf], out: &Path, force: bool) -> Result<(FeatureCache, bool)> {
     let shards = check_set(dirs)?;
     check_out(out, &shards)?;
+    let _lock = crate::lock::OutLock::acquire(out, "merge-shards")?;
     let job = merged_job(&shards);
     if !force && (out.join(super::JOB).exists() || FeatureCache::split_path(out, "train").exists()) {
         let old = read_json::<Job>(&out.join(super::JOB)).ok();

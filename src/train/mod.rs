@@ -1,6 +1,6 @@
 //! The training loop: AdamW on the weighted losses, model selection on `val`, a checkpoint
-//! after each epoch (`RUN/last`, with optimiser state, for `--resume`; skipped while saving would
-//! cost more than [`SAVE_SHARE`] of the time, on small data) and the selected model in
+//! after each epoch (`RUN/last`, with optimiser state, for `--resume`; skipped where saving would
+//! cost more than [`SAVE_SHARE`] of the time, as on small data) and the selected model in
 //! `RUN/best`. Ctrl-C saves `RUN/last` mid-epoch and stops; `--resume` continues bit-identically.
 
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig};
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 /// Most of a run's time that saving `RUN/last` after epochs may take: an epoch's end saves it
 /// only when at least `1 / SAVE_SHARE` times the previous save's duration has passed since that
-/// save ended (every epoch on real data; on a few dozen rows, where an epoch takes milliseconds
-/// and a save 0.1 s, every second or so). The last epoch, Ctrl-C and SIGTERM always save.
+/// save ended (every epoch where an epoch takes 20 times a save, as on real data; on a few dozen
+/// rows, where an epoch takes milliseconds and a save 0.1 s, about every 2 s). The last epoch,
+/// Ctrl-C and SIGTERM always save.
 pub const SAVE_SHARE: f64 = 0.05;
 
 /// Whether an epoch's end at `now` saves `RUN/last`, given when the previous save ended and how
@@ -217,19 +218,18 @@ pub fn train(
         opt.load_state(&ck.tensors, state.optimizer_steps)?;
         if verbosity != Verbosity::Quiet && resume == Resume::Strict {
             let (done, planned) = (state.epochs_done, ck.run.train.epochs);
+            let place = match &state.partial {
+                Some(p) => format!("inside epoch {} (after step {})", p.epoch + 1, p.steps_done),
+                None => format!("after epoch {done}"),
+            };
             match done.cmp(&cfg.epochs) {
-                std::cmp::Ordering::Less if planned != cfg.epochs => {
-                    eprintln!(
-                        "resuming {} after epoch {done}: training on to epoch {} (--epochs {}; the run was started for {planned})",
-                        out.display(),
-                        cfg.epochs,
-                        cfg.epochs
-                    )
-                }
-                std::cmp::Ordering::Less => match &state.partial {
-                    Some(p) => eprintln!("resuming {} inside epoch {} (after step {}) of {planned}", out.display(), p.epoch + 1, p.steps_done),
-                    None => eprintln!("resuming {} after epoch {done} of {planned}", out.display()),
-                },
+                std::cmp::Ordering::Less if planned != cfg.epochs => eprintln!(
+                    "resuming {} {place}: training on to epoch {} (--epochs {}; the run was started for {planned})",
+                    out.display(),
+                    cfg.epochs,
+                    cfg.epochs
+                ),
+                std::cmp::Ordering::Less => eprintln!("resuming {} {place} of {planned}", out.display()),
                 _ => eprintln!("{}: the run already has {done} epochs (--epochs {}): nothing to train; its best/ stays as it is", out.display(), cfg.epochs),
             }
         }

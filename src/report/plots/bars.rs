@@ -1,6 +1,6 @@
 //! Bar figures: Figure 4's top-5 examples and confidence histogram, and per-fold accuracies.
 
-use super::{DrawResult, Figure, LABEL, Mark, TICK, TITLE, color, legend};
+use super::style::{DrawResult, Figure, LABEL, Mark, TICK, TITLE, color, legend};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};

@@ -1,7 +1,7 @@
 //! Training curves: each row's loss terms, and every row's val top-1, as mean ± std bands over
 //! its runs (seeds and folds).
 
-use super::{DrawResult, Figure, LABEL, Mark, TICK, TITLE, color, legend};
+use super::style::{DrawResult, Figure, LABEL, Mark, TICK, TITLE, color, legend};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
@@ -51,13 +51,13 @@ impl Figure for CurvesFigure {
                 let floor = lo.max(lo_pos * 0.5) * 0.8;
                 chart(area, panel, (floor..hi * 1.25).log_scale(), &format!("{} (log axis)", panel.y_desc), floor)?;
             } else {
-                chart(area, panel, super::padded([lo, hi].into_iter()), &panel.y_desc, f32::NEG_INFINITY)?;
+                chart(area, panel, super::style::padded([lo, hi].into_iter()), &panel.y_desc, f32::NEG_INFINITY)?;
             }
         }
         let (val_legend, val_plot) = val_area.split_vertically(40);
         legend(&val_legend, &self.val.series.iter().map(|s| (s.name.clone(), color(s.color), Mark::Line)).collect::<Vec<_>>())?;
         let ys = || self.val.series.iter().flat_map(|s| s.points.iter().flat_map(|p| [p.2, p.3]));
-        let r = super::padded(ys());
+        let r = super::style::padded(ys());
         chart(&val_plot, &self.val, r.start.max(0.0)..r.end.min(100.0), &self.val.y_desc, 0.0)
     }
 }
