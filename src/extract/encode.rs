@@ -1,10 +1,10 @@
 //! The encoders' pass over one split: images in saved blocks (resumable), then texts.
 
+use super::options::{BLOCK_BATCHES, ExtractOptions, Skipped};
 use crate::data::{Dataset, Sample};
 use crate::encoders::ImageEncoder;
 use crate::encoders::text::TextEncoder;
 use crate::extract::progress::{Block, block_path};
-use crate::extract::{BLOCK_BATCHES, ExtractOptions, Skipped};
 use crate::features::{FeatureSplit, SplitMeta, Tokens};
 use anyhow::{Result, ensure};
 use candle_core::Device;

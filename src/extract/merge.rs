@@ -2,8 +2,8 @@
 //! present once, finished, extracted from the same rows with the same settings by the same
 //! build) and joined in shard order into the cache one extraction would have written.
 
+use super::options::{JOB, Skipped, partial_dir};
 use super::progress::{Job, ROWS, RowHashes};
-use super::{Skipped, partial_dir};
 use crate::features::FeatureCache;
 use crate::fsutil::read_json;
 use crate::words::count;
@@ -55,19 +55,19 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
                     unfinished.insert((i, n), format!("{}: {} is unfinished; resubmit that task, which resumes it", progress.display(), shard_name(i, n)));
                 }
                 // Left by an extraction that saved nothing, beside its finished shard.
-                None if finished.join(super::JOB).exists() => {}
+                None if finished.join(JOB).exists() => {}
                 None => problems.push(format!("{}: an extraction that saved nothing; delete it and resubmit its task", progress.display())),
             }
             continue;
         }
-        let job: Job = match read_json(&dir.join(super::JOB)) {
+        let job: Job = match read_json(&dir.join(JOB)) {
             Ok(j) => j,
             Err(_) if !dir.exists() => {
                 problems.push(format!("{name}: no such folder"));
                 continue;
             }
             Err(_) => {
-                problems.push(format!("{name}: not a shard cache (no readable {}); give the --out folders of `extract --shard`", super::JOB));
+                problems.push(format!("{name}: not a shard cache (no readable {}); give the --out folders of `extract --shard`", JOB));
                 continue;
             }
         };
@@ -141,7 +141,7 @@ fn check_out(out: &Path, shards: &[Shard]) -> Result<()> {
         bail!("{}: --out is (or holds) the shard {}; merge into a folder of its own", out.display(), s.dir.display());
     }
     ensure!(!out.is_file(), "{}: --out is a file; name a folder for the merged cache", out.display());
-    let cache_files = ["train.safetensors", "val.safetensors", "test.safetensors", super::JOB, "skipped.jsonl", ROWS, crate::lock::LOCK_FILE];
+    let cache_files = ["train.safetensors", "val.safetensors", "test.safetensors", JOB, "skipped.jsonl", ROWS, crate::lock::LOCK_FILE];
     let other: Vec<String> = match std::fs::read_dir(out) {
         Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !cache_files.contains(&n.as_str())).collect(),
         Err(_) => vec![],
@@ -164,8 +164,8 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path, force: bool) -> Result<(Featur
     check_out(out, &shards)?;
     let _lock = crate::lock::OutLock::acquire(out, "merge-shards")?;
     let job = merged_job(&shards);
-    if !force && (out.join(super::JOB).exists() || FeatureCache::split_path(out, "train").exists()) {
-        let old = read_json::<Job>(&out.join(super::JOB)).ok();
+    if !force && (out.join(JOB).exists() || FeatureCache::split_path(out, "train").exists()) {
+        let old = read_json::<Job>(&out.join(JOB)).ok();
         let why = old.as_ref().map_or(Some("without an extract.json".to_string()), |old| old.differs(&job));
         ensure!(
             why.is_none(),
@@ -198,6 +198,6 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path, force: bool) -> Result<(Featur
         None if out.join(ROWS).exists() => std::fs::remove_file(out.join(ROWS)).with_context(|| format!("{}: cannot remove", out.join(ROWS).display()))?,
         None => {}
     }
-    crate::fsutil::write_atomic(&out.join(super::JOB), serde_json::to_string_pretty(&job)?.as_bytes())?;
+    crate::fsutil::write_atomic(&out.join(JOB), serde_json::to_string_pretty(&job)?.as_bytes())?;
     Ok((cache, false))
 }

@@ -15,10 +15,13 @@
 
 mod encode;
 mod merge;
+mod options;
 mod progress;
 mod settings;
 
 pub use merge::merge_shards;
+pub use options::{DEFAULT_TEXT, Existing, ExtractOptions, Skipped, partial_dir};
+use options::{JOB, Splits};
 pub use settings::ExtractSettings;
 
 use crate::data::Dataset;
@@ -28,7 +31,6 @@ use crate::features::{FeatureCache, FeatureSplit};
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 use progress::Job;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// A finished (or reused) extraction, for the one-line summary `extract` prints.
@@ -108,18 +110,6 @@ impl std::fmt::Display for Extracted {
     }
 }
 
-/// What an extraction does with a feature cache already in its output folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    /// Reuse it when this build made it from the same samples with the same settings; refuse
-    /// it otherwise, saying why (`marnet extract`).
-    ReuseOrRefuse,
-    /// Reuse it when current, extract again when not (`demo`, which owns its cache folder).
-    ReuseOrReplace,
-    /// Extract again, replacing it and discarding saved progress (`extract --force`).
-    Replace,
-}
-
 /// `marnet extract` (and `demo`'s extraction): the dataset and encoders `settings` name, from
 /// the assets folder, into `settings.out`; a cache already there as `existing` says (`--force`
 /// makes it [`Existing::Replace`]).
@@ -182,55 +172,6 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
     let (splits, skipped, origin) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), dir: s.out.clone(), splits, skipped, seconds, origin })
-}
-
-/// A finished cache's record of its extraction ([`progress::Job`]).
-const JOB: &str = "extract.json";
-
-/// The name the fetched default text encoder (`ASSETS/minilm`) is recorded under.
-pub const DEFAULT_TEXT: &str = "all-MiniLM-L6-v2";
-
-/// Batches per saved block: an interrupted run redoes at most this many.
-const BLOCK_BATCHES: usize = 8;
-
-pub struct ExtractOptions {
-    /// Images per forward pass.
-    pub batch: usize,
-    /// Keep only the first N samples of each split (quick runs).
-    pub limit: Option<usize>,
-    /// Leave out unreadable images (listed in `skipped.jsonl`) instead of stopping.
-    pub skip_bad: bool,
-    /// Also store the encoders' token features (`--tokens`).
-    pub tokens: bool,
-    pub progress: bool,
-    /// The command's settings, written to `OUT/extract.json`; a resumed run must match them.
-    pub settings: serde_json::Value,
-    /// What to do with a cache already in `OUT`.
-    pub existing: Existing,
-    /// A shard's: what one extraction of the whole dataset records of its splits (else empty).
-    pub whole: Vec<(String, usize, String)>,
-}
-
-/// A sample left out by `--skip-bad`: one line of `skipped.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Skipped {
-    pub split: String,
-    pub id: String,
-    pub image: PathBuf,
-    pub error: String,
-    /// Where the row is declared (`manifest.jsonl:12`), if anywhere.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub origin: String,
-}
-
-/// The splits written in `out`, if any.
-pub(crate) type Splits = Vec<(&'static str, FeatureSplit)>;
-
-/// `OUT.partial`: where an unfinished extraction keeps its blocks.
-pub fn partial_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    out.with_file_name(name)
 }
 
 /// Extracts every split of `ds` and writes the cache to `out` (resuming from `OUT.partial` if

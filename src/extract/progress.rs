@@ -3,8 +3,8 @@
 //! (`OUT.partial/<split>-NNNNN.safetensors`) and a hash per sample (`OUT.partial/rows.json`),
 //! which names the rows that changed when a rerun's dataset differs from the saved progress.
 
+use super::options::{Existing, Skipped, Splits};
 use crate::data::Sample;
-use crate::extract::{Existing, Skipped, Splits};
 use crate::features::FeatureCache;
 use anyhow::{Context, Result, ensure};
 use half::f16;

@@ -1,7 +1,7 @@
 //! The top of the report: the run card (what was run, where, how long, on what data) and the
 //! summary in words (which rows differ from the baseline and +EMA, beside the paper's numbers).
 
-use super::html::escape;
+use super::escape::escape;
 use crate::experiments::{ResultRow, RunCard, Table};
 use crate::features::folds::FoldVal;
 use crate::stats::{PairedTest, p_value};

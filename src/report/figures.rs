@@ -1,7 +1,9 @@
 //! The numbers behind each figure, taken from the saved runs, and the figures drawn from them.
 
+use super::options::ReportOptions;
 use super::plots::{self, Band, ConfidenceFigure, CurvePanel, CurvesFigure, Example, ExamplesFigure, FoldBars, FoldsFigure, Scatter, TsneFigure};
-use super::{ExampleRecord, FigureStats, ReportOptions, tsne};
+use super::stats::{ExampleRecord, FigureStats};
+use super::tsne;
 use crate::checkpoint::Checkpoint;
 use crate::eval::predict_split;
 use crate::experiments::Table;

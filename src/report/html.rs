@@ -1,14 +1,12 @@
 //! `report.html`: one self-contained page: run card and summary first, then the tables with
 //! their footnotes, the figures (SVG inline, thumbnails as data: URIs) and the configuration.
 
-use super::{FigureStats, card};
+use super::card;
+use super::escape::escape;
+use super::stats::FigureStats;
 use crate::experiments::{COLUMNS, FOOTNOTE, Table};
 use anyhow::Result;
 use std::path::Path;
-
-pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
 
 /// Text with `code` spans (Markdown backticks) as <code>.
 fn inline_code(s: &str) -> String {

@@ -12,93 +12,24 @@
 //!   Figure 4's images as thumbnails (`thumbs.rs`), the configuration last.
 
 mod card;
+mod escape;
 mod figures;
 pub mod html;
+mod options;
 pub mod plots;
+mod stats;
 mod thumbs;
 pub mod tsne;
+
+pub use options::ReportOptions;
+pub use stats::{ExampleRecord, FigureStats};
 
 use crate::checkpoint::Checkpoint;
 use crate::experiments::Table;
 use anyhow::{Result, ensure};
 use candle_core::Device;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// What `report` draws (the flags of `report` and `demo`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ReportOptions {
-    /// TrueType font for the figures [default: DejaVuSans.ttf in the assets folder, found as
-    /// for `extract --assets`].
-    #[arg(long)]
-    pub font: Option<PathBuf>,
-    /// Classes in the t-SNE figure (Fig. 3): those with the most test images.
-    #[arg(long, default_value_t = 5, value_parser = crate::options::at_least_one::<usize>)]
-    pub tsne_classes: usize,
-    /// Test images per class in the t-SNE figure, at most (the figure needs 2 per class).
-    #[arg(long, default_value_t = 100, value_parser = crate::options::at_least_two::<usize>)]
-    pub tsne_per_class: usize,
-    /// Test images in the top-5 figure (Fig. 4).
-    #[arg(long, default_value_t = 6, value_parser = crate::options::at_least_one::<usize>)]
-    pub examples: usize,
-    /// Show progress bars.
-    #[arg(skip)]
-    pub progress: bool,
-}
-
-impl ReportOptions {
-    /// The figures' font: `--font`, else the one in `assets` (else in the folder
-    /// [`crate::assets::resolve`] finds).
-    pub fn font(&self, assets: Option<&Path>) -> Result<PathBuf> {
-        match &self.font {
-            Some(f) => Ok(f.clone()),
-            None => Ok(crate::assets::resolve(assets)?.join(crate::assets::FONT)),
-        }
-    }
-}
-
-impl Default for ReportOptions {
-    fn default() -> Self {
-        crate::options::defaults()
-    }
-}
-
-/// Numbers behind the figures (`figures.json`).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FigureStats {
-    /// k-NN class purity of the t-SNE layouts of x_v and x_CDR (k = 5, or less for small classes).
-    pub tsne_purity_xv: Option<f64>,
-    pub tsne_purity_xcdr: Option<f64>,
-    pub tsne_points: usize,
-    pub tsne_k: usize,
-    /// Mean max-probability on test of the baseline and of the CDR head.
-    pub mean_max_prob_baseline: Option<f64>,
-    pub mean_max_prob_cdr: Option<f64>,
-    /// The classes in fig3_tsne: those with the most test images (`--tsne-classes`), and the
-    /// classes with test images that it leaves out.
-    pub tsne_classes: Vec<String>,
-    pub tsne_classes_left_out: Vec<String>,
-    /// Figure 4's test images, and how they were chosen.
-    pub examples: Vec<ExampleRecord>,
-    pub examples_rule: String,
-    /// Whose test images Figure 4 shows: the split (the first fold's) and the seed.
-    pub examples_source: String,
-    /// Figures not drawn (file stem) and why.
-    pub skipped: Vec<(String, String)>,
-}
-
-/// One of Figure 4's test images: its id, true class and both heads' top-5.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ExampleRecord {
-    pub id: String,
-    pub true_class: String,
-    pub heads: [Vec<(String, f32)>; 2],
-    pub heads_differ: bool,
-    /// The image, small, as a `data:` URI for the page (not in figures.json).
-    #[serde(skip)]
-    pub thumbnail: Option<String>,
-}
 
 /// Writes `DIR/report/` from the saved results in `dir`, all of it or, on failure, none (the
 /// previous report stays); returns the report folder.

@@ -2,7 +2,7 @@
 //! `extract.json` (the dataset, its root and the assets). Synthetic caches and images that are
 //! no longer there get none.
 
-use super::ExampleRecord;
+use super::stats::ExampleRecord;
 use crate::checkpoint::Checkpoint;
 use base64::Engine;
 use std::path::{Path, PathBuf};

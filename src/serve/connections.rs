@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::ServeOptions;
+use super::options::ServeOptions;
 
 /// Where a connection stands, for its timeouts.
 #[derive(Clone, Copy)]
@@ -29,7 +29,7 @@ enum Phase {
     Busy,
 }
 
-/// The addresses `--addr` names (`HOST:PORT`, see [`super::ServeOptions::addr`]), in the
+/// The addresses `--addr` names (`HOST:PORT`, see [`ServeOptions::addr`]), in the
 /// resolver's order; an error that names the option, the value and an example otherwise.
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
     let fail =
@@ -176,7 +176,7 @@ async fn expired(mut phase: watch::Receiver<Phase>, header: Duration, idle: Dura
 
 /// The answer to a refused request head: its JSON error, and the connection closes.
 fn refusal_answer(r: Refusal) -> axum::response::Response {
-    let mut answer = super::error(r.status, r.message);
+    let mut answer = super::answer::error(r.status, r.message);
     answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     answer
 }
