@@ -137,6 +137,8 @@ fn interrupt_extraction(signal: &str, extra: &[&str]) -> Option<std::process::Ou
     let out = child.wait_with_output().unwrap();
     assert!(!stopped.join("train.safetensors").exists(), "the run finished before it could be stopped");
     assert!(partial.join("train-00000.safetensors").exists());
+    let err = marnet::features::FeatureCache::open(&stopped).unwrap_err().to_string();
+    assert!(err.contains("an extraction into it is running or was interrupted") && err.contains("run the same `marnet extract` again"), "{err}");
     ok(&args(&stopped).iter().map(String::as_str).collect::<Vec<_>>());
     for split in ["train", "val", "test"] {
         let file = format!("{split}.safetensors");

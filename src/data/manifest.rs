@@ -256,6 +256,11 @@ fn line_list(lines: &[usize]) -> String {
 /// Rows may be all test (a cache for `eval --cache`): then no class needs training rows.
 pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    anyhow::ensure!(
+        !path.is_dir(),
+        "{}: a folder; --root takes the manifest file (JSON Lines, one row a line), whose folder the image paths are relative to",
+        path.display()
+    );
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the manifest", path.display()))?;
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
     let text = match std::str::from_utf8(bytes) {
@@ -276,12 +281,15 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         let shown: String = first.chars().take(60).collect();
         anyhow::bail!("{}: this looks like CSV or TSV (line 1: `{shown}`); a manifest is JSON Lines, one object a line: {EXAMPLE}", path.display());
     }
-    let single_quoted = lines.iter().filter(|l| l.starts_with("{'")).count();
     let mut p = Problems { file: path, list: vec![] };
-    if single_quoted > 0 {
-        p.whole(format!(
-            "{single_quoted} line(s) quote with ' (as Python prints a dict): JSON strings take double quotes, \"image\": \"a.jpg\" (json.dumps writes them)"
-        ));
+    // Python's dict quoting: one problem for all such lines (each would fail alike).
+    let single_quoted: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.trim().starts_with("{'")).map(|(i, _)| i + 1).collect();
+    if !single_quoted.is_empty() {
+        let lines = line_list(&single_quoted);
+        p.at(
+            single_quoted[0],
+            format!("{lines}: strings quoted with ' (as Python prints a dict); JSON takes double quotes, \"image\": \"a.jpg\" (json.dumps writes them)"),
+        );
     }
     let mut rows = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -296,6 +304,7 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
                 rows.extend(parse_line(&obj, i + 1, &mut p))
             }
             Ok(v) => p.at(i + 1, format!("expected a JSON object {{\"image\": ..., \"label\": ..., \"text\": ..., \"split\": ...}}, found {}", kind(&v))),
+            Err(_) if line.trim().starts_with("{'") => {}
             Err(e) => p.at(i + 1, json_error(&e)),
         }
     }
@@ -310,6 +319,10 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             if let Some(why) = problem {
                 p.at(r.line, format!("image `{}` {why}", r.image));
             }
+        }
+        let backslashed: Vec<usize> = rows.iter().filter(|r| r.image.contains('\\') && !root.join(&r.image).exists()).map(|r| r.line).collect();
+        if !backslashed.is_empty() {
+            p.whole(format!("image paths with \\ ({}): write them with / (a Windows path is one file name here)", line_list(&backslashed)));
         }
         if missing == rows.len() && missing > 1 {
             p.whole(format!("none of the {missing} images was found: the paths are relative to the manifest's folder, {}", root.display()));

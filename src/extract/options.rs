@@ -61,7 +61,5 @@ pub(crate) type Splits = Vec<(&'static str, FeatureSplit)>;
 
 /// `OUT.partial`: where an unfinished extraction keeps its blocks.
 pub fn partial_dir(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    out.with_file_name(name)
+    crate::fsutil::sibling(out, ".partial")
 }

@@ -73,12 +73,24 @@ impl FeatureCache {
                 false => String::new(),
             }
         );
+        // An extraction running or interrupted: its progress is in `DIR.partial` (extract's
+        // folder, named here by its suffix: extract imports this module).
+        let unfinished = |d: &Path| {
+            format!(
+                "{}: an extraction into it is running or was interrupted (its progress is in {}): let it finish, or run the same `marnet extract` again to continue it",
+                d.display(),
+                crate::fsutil::sibling(d, ".partial").display()
+            )
+        };
+        ensure!(!dir.to_string_lossy().ends_with(".partial"), "{}", unfinished(&dir.with_extension("")));
+        ensure!(dir.is_dir() || !crate::fsutil::sibling(dir, ".partial").is_dir(), "{}", unfinished(dir));
         ensure!(dir.is_dir(), "{}: feature cache folder not found", dir.display());
         let kind = [("best", "a training run"), ("last", "a training run"), ("bundle.json", "a bundle")].into_iter().find(|(f, _)| dir.join(f).exists());
         if let Some((_, what)) = kind {
             bail!("{}: this is {what}, not a feature cache; pass the cache folder `marnet extract` wrote", dir.display());
         }
         let path = Self::split_path(dir, "train");
+        ensure!(path.exists() || !crate::fsutil::sibling(dir, ".partial").is_dir(), "{}", unfinished(dir));
         let others: Vec<&str> = ["val", "test"].into_iter().filter(|s| Self::split_path(dir, s).exists()).collect();
         ensure!(
             path.exists() || others.is_empty(),

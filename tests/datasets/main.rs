@@ -165,7 +165,8 @@ fn manifest_catches_the_mistakes_people_make() {
     assert!(err.contains("this looks like CSV or TSV (line 1: `image,label,text,split`)") && err.matches(&f).count() == 1, "{err}");
     std::fs::write(&p, "{'image': 'a.png', 'label': 'x', 'text': 't', 'split': 'train'}\n").unwrap();
     let err = format!("{:#}", manifest(&p, false).unwrap_err());
-    assert!(err.contains(&format!("{f}: 1 line(s) quote with ' (as Python prints a dict): JSON strings take double quotes")), "{err}");
+    assert!(err.contains(&format!("{f}:1: line 1: strings quoted with ' (as Python prints a dict); JSON takes double quotes")), "{err}");
+    assert!(!err.contains("not a JSON object"), "one problem, not also one a line: {err}");
 
     image::RgbImage::from_pixel(5, 4, image::Rgb([9, 9, 9])).save(tmp.path().join("apple.png")).unwrap();
     image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(tmp.path().join("pear.png")).unwrap();
@@ -214,6 +215,9 @@ fn manifest_catches_the_mistakes_people_make() {
     std::fs::write(&p, [line("x/a.png", "a", "train"), line("x/b.png", "b", "train")].join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
     assert!(err.contains(&format!("none of the 2 images was found: the paths are relative to the manifest's folder, {}", tmp.path().display())), "{err}");
+    std::fs::write(&p, [line(r"phone\\a.png", "a", "train"), line("pear.png", "b", "train")].join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    assert!(err.contains(&format!("{f}: image paths with \\ (line 1): write them with /")), "{err}");
 }
 
 /// A class seen only outside train cannot be learned; a single class is no classifier.

@@ -130,7 +130,8 @@ pub enum Cmd {
         /// Bundle folder.
         #[arg(long)]
         model: PathBuf,
-        /// Images, folders or list files.
+        /// Images, folders (searched with their subfolders) or list files (.txt, .lst: one image
+        /// path a line, relative to the list file's folder).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Classes per image.
