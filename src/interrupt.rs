@@ -1,10 +1,10 @@
-//! Ctrl-C (SIGINT, and SIGTERM). While a command that can stop cleanly runs (a [`StopGuard`]
-//! from [`stop_at_safe_points`] is alive: `train` and `extract` save their progress, `serve`
-//! finishes the requests in flight), Ctrl-C is a request to stop: the handler prints what the
-//! command will do, long loops poll [`requested`] and return [`Interrupted`], and a second Ctrl-C
-//! exits at once (one that comes within [`SAME_INTERRUPT`] of the first is the same one: `timeout -s
-//! INT` signals both the command and its process group). Otherwise (`predict`, `eval`, `export`, ...: nothing to save) Ctrl-C exits at
-//! once, with status 130.
+//! Ctrl-C (SIGINT, and SIGTERM). While a command that can stop cleanly runs (a [`StopGuard`] from
+//! [`stop_at_safe_points`] is alive: `train` and `extract` save their progress, `serve` finishes
+//! the requests in flight), Ctrl-C is a request to stop: the handler prints what the command will
+//! do, long loops poll [`requested`] and return [`Interrupted`], and a second Ctrl-C exits at once
+//! (one that comes within [`SAME_INTERRUPT`] of the first is the same one: `timeout -s INT` signals
+//! both the command and its process group). Otherwise (`predict`, `eval`, `export`, ...: nothing to
+//! save) Ctrl-C exits at once, with status 130.
 
 use std::io::Write;
 use std::sync::Mutex;

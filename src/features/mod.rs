@@ -82,7 +82,8 @@ impl FeatureCache {
                 crate::fsutil::sibling(d, ".partial").display()
             )
         };
-        ensure!(!dir.to_string_lossy().ends_with(".partial"), "{}", unfinished(&dir.with_extension("")));
+        let progress_folder = dir.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".partial"));
+        ensure!(!progress_folder, "{}", unfinished(&dir.with_extension("")));
         ensure!(dir.is_dir() || !crate::fsutil::sibling(dir, ".partial").is_dir(), "{}", unfinished(dir));
         ensure!(dir.is_dir(), "{}: feature cache folder not found", dir.display());
         let kind = [("best", "a training run"), ("last", "a training run"), ("bundle.json", "a bundle")].into_iter().find(|(f, _)| dir.join(f).exists());
