@@ -130,6 +130,14 @@ impl Table {
         (head, rows)
     }
 
+    /// [`FOOTNOTE`], and that top-5 cannot miss when the cache has 5 classes or fewer.
+    pub fn footnote(&self) -> String {
+        match self.card.as_ref().map(|c| c.classes) {
+            Some(n @ 1..=5) => format!("{FOOTNOTE} With {n} classes, Acc-5 is 100% whatever the model does."),
+            _ => FOOTNOTE.to_string(),
+        }
+    }
+
     /// The rows as a markdown table under the title, with a legend for the statistics.
     pub fn markdown(&self) -> String {
         let (head, rows) = self.cells();
@@ -137,7 +145,7 @@ impl Table {
         for r in rows {
             s += &format!("| {} |\n", r.join(" | "));
         }
-        s + &format!("\n{FOOTNOTE}\n")
+        s + &format!("\n{}\n", self.footnote())
     }
 
     /// Writes `dir/<name>.md` and `dir/<name>.json`.

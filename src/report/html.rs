@@ -4,7 +4,7 @@
 use super::card;
 use super::escape::escape;
 use super::stats::FigureStats;
-use crate::experiments::{COLUMNS, FOOTNOTE, Table};
+use crate::experiments::{COLUMNS, Table};
 use anyhow::Result;
 use std::path::Path;
 
@@ -34,7 +34,7 @@ fn table_html(t: &Table, id: &str, earlier: &[&Table]) -> String {
         s += "</tr>\n";
     }
     s += "</table></div>\n";
-    s += &format!("<p class=\"note\">{}</p>\n", escape(FOOTNOTE));
+    s += &format!("<p class=\"note\">{}</p>\n", escape(&t.footnote()));
     for (row, other, title) in &shared {
         // `Ablation (Table 2) on `cache`: ...` is named by its part before ` on `.
         let table = title.split(" on `").next().unwrap_or(title);
