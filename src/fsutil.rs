@@ -80,6 +80,7 @@ pub fn relative_path(path: &Path, base: &Path) -> PathBuf {
 
 /// Removes its folder when dropped if the folder is then empty: a command that created its
 /// output folder and failed before writing anything leaves nothing behind.
+#[derive(Debug)]
 pub struct RemoveIfEmpty(pub PathBuf);
 
 impl Drop for RemoveIfEmpty {

@@ -54,14 +54,15 @@ pub struct OutLock {
     path: PathBuf,
     /// The locked file: the lock lasts as long as it is open.
     _file: File,
-    /// The folder, when this lock created it: removed on release if nothing else was written.
-    created: Option<PathBuf>,
+    /// The folder, when this lock created it: removed on release (after the lock file, fields
+    /// drop after `drop`) if nothing else was written.
+    _created: Option<crate::fsutil::RemoveIfEmpty>,
 }
 
 impl OutLock {
     /// Locks `dir` (created if missing) for `command` (`train`, ...), or says who holds it.
     pub fn acquire(dir: &Path, command: &str) -> Result<OutLock> {
-        let created = (!dir.exists()).then(|| dir.to_path_buf());
+        let created = (!dir.exists()).then(|| crate::fsutil::RemoveIfEmpty(dir.to_path_buf()));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         let path = dir.join(LOCK_FILE);
         for _ in 0..8 {
@@ -78,7 +79,7 @@ impl OutLock {
                     let me = Owner { command: command.to_string(), pid: std::process::id(), host: host() };
                     // Only for the message another command shows: a failed write leaves the lock as good.
                     let _ = file.set_len(0).and_then(|_| file.write_all(serde_json::to_string(&me)?.as_bytes()));
-                    return Ok(OutLock { path, _file: file, created });
+                    return Ok(OutLock { path, _file: file, _created: created });
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let owner: Option<Owner> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
@@ -91,7 +92,7 @@ impl OutLock {
                 Err(std::fs::TryLockError::Error(e)) => {
                     // A file system without locks: work as before, unguarded.
                     eprintln!("note: {}: this file system does not lock files ({e}); nothing stops a second command writing here", path.display());
-                    return Ok(OutLock { path, _file: file, created });
+                    return Ok(OutLock { path, _file: file, _created: created });
                 }
             }
         }
@@ -103,9 +104,6 @@ impl Drop for OutLock {
     fn drop(&mut self) {
         // Removed while still locked; a command that opened it meanwhile sees it gone and retries.
         let _ = std::fs::remove_file(&self.path);
-        if let Some(dir) = &self.created {
-            let _ = std::fs::remove_dir(dir); // fails, as wanted, unless empty
-        }
     }
 }
 

@@ -84,14 +84,15 @@ impl FeatureCache {
         };
         let progress_folder = dir.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".partial"));
         ensure!(!progress_folder, "{}", unfinished(&dir.with_extension("")));
-        ensure!(dir.is_dir() || !crate::fsutil::sibling(dir, ".partial").is_dir(), "{}", unfinished(dir));
+        let partial_there = crate::fsutil::sibling(dir, ".partial").is_dir();
+        ensure!(dir.is_dir() || !partial_there, "{}", unfinished(dir));
         ensure!(dir.is_dir(), "{}: feature cache folder not found", dir.display());
         let kind = [("best", "a training run"), ("last", "a training run"), ("bundle.json", "a bundle")].into_iter().find(|(f, _)| dir.join(f).exists());
         if let Some((_, what)) = kind {
             bail!("{}: this is {what}, not a feature cache; pass the cache folder `marnet extract` wrote", dir.display());
         }
         let path = Self::split_path(dir, "train");
-        ensure!(path.exists() || !crate::fsutil::sibling(dir, ".partial").is_dir(), "{}", unfinished(dir));
+        ensure!(path.exists() || !partial_there, "{}", unfinished(dir));
         let others: Vec<&str> = ["val", "test"].into_iter().filter(|s| Self::split_path(dir, s).exists()).collect();
         ensure!(
             path.exists() || others.is_empty(),

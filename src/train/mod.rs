@@ -155,8 +155,6 @@ pub fn train(
         }
         _ => {}
     }
-    let _cleanup = (!out.exists()).then(|| crate::fsutil::RemoveIfEmpty(out.to_path_buf()));
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let meta = &cache.train.meta;
     let (cache_rel, cache_absolute) = RunConfig::locate_cache(&cache.dir, out);
     let visual =
