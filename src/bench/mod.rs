@@ -325,7 +325,7 @@ impl Report {
         writeln!(f, "\nmatrix products alone, GFLOP/s (share of the FMA peak of the threads used)\n")?;
         writeln!(
             f,
-            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | one thread | marnet's split, rows 4 KiB apart padded |\n|---|---|---|---|---|---|"
+            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | matmul crate, one thread | marnet's split, rows 4 KiB apart padded |\n|---|---|---|---|---|---|"
         )?;
         for p in &self.products {
             let padded = p.padded_gflops.map_or("-".into(), |g| cell(g, all));

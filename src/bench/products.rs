@@ -1,10 +1,11 @@
 //! The matrix products alone, on the shapes the heads and ViT-B/16 run: marnet's split
-//! ([`crate::nn::cpu::matmul`], one single-threaded block per thread) against the matmul crate's
+//! ([`crate::nn::cpu::matmul`], one single-threaded block per thread, on marnet's own kernel for
+//! the heads' shapes where the CPU has AVX-512, `MARNET_KERNEL=gemm` to compare) against the matmul crate's
 //! own parallel split and against one thread, to tell the kernel's rate from the split's; and
 //! marnet's split with rows that lie a multiple of 4 KiB apart padded, as the head's layers hold
 //! them ([`crate::nn::padded`]), to show what that padding is worth on this CPU.
 
-use crate::nn::cpu::{MatRef, gemm_into, matmul, matmul_padded};
+use crate::nn::cpu::{MatRef, gemm_into, matmul, matmul_padded, runs_on_kernel, transpose};
 use crate::nn::padded;
 use serde::Serialize;
 use std::time::Instant;
@@ -17,11 +18,12 @@ pub struct ProductBench {
     pub n: usize,
     pub k: usize,
     /// GFLOP/s of marnet's split at this process's thread count (each run allocating its output,
-    /// as the layers' products do).
+    /// as the layers' products do; the input gradient's with the copy of dy^T that the layer
+    /// makes for marnet's kernel).
     pub marnet_gflops: f64,
     /// GFLOP/s of the matmul crate's own split over the same threads.
     pub crate_split_gflops: f64,
-    /// GFLOP/s of one single-threaded product.
+    /// GFLOP/s of one single-threaded product of the matmul crate.
     pub one_thread_gflops: f64,
     /// GFLOP/s of marnet's split with the operands and output padded as the head's layers pad
     /// them where rows would lie a multiple of 4 KiB apart (`None`: none is).
@@ -105,7 +107,11 @@ pub fn products() -> Vec<ProductBench> {
                 n,
                 k,
                 marnet_gflops: rate(flop, || {
-                    std::hint::black_box(matmul(m, n, k, lhs, rhs));
+                    std::hint::black_box(match rhs_t && runs_on_kernel(m, n, k) {
+                        // As the layer runs its input gradient on marnet's kernel: dy^T copied by rows.
+                        true => matmul(m, n, k, lhs, MatRef::rows(&transpose(&b, n, k), n)),
+                        false => matmul(m, n, k, lhs, rhs),
+                    });
                 }),
                 crate_split_gflops: rate(flop, || crate_product(gemm::Parallelism::Rayon(threads))),
                 one_thread_gflops: rate(flop, || crate_product(gemm::Parallelism::None)),

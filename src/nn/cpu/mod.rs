@@ -1,6 +1,7 @@
 //! CPU building blocks of the hand-written kernels (AdamW, linear, activations, depthwise
 //! conv): views of candle's CPU storage (`view.rs`), and matrix products split across threads.
 
+pub mod kernel;
 mod view;
 
 pub use view::{f32_rows, f32_slice, f32_slice_mut, with_f32, with_f32_rows, with_f32_rows_all};
@@ -118,13 +119,14 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     let fine = fine.filter(|&b| n.checked_sub((2 * threads - 1) * b).is_some_and(|last| last >= MIN_FINE_COLS));
     let block = fine.unwrap_or_else(|| len.div_ceil(threads).next_multiple_of(16));
     let out = SendPtr(dst.as_mut_ptr());
+    let tiles = uses_kernel(m, n, k, &rhs);
     let run = |start: usize| {
         let size = block.min(len - start);
         let (rows, cols) = if by_cols { (m, size) } else { (size, n) };
         let (lhs_row, rhs_col, dst_off) = if by_cols { (0, start, start) } else { (start, 0, start * ld) };
         // SAFETY: the operands' bounds were checked above and `dst` has room for m rows of ld;
         // the blocks write disjoint parts of it.
-        unsafe { block_into(rows, cols, k, out.get().add(dst_off), ld, lhs, lhs_row, rhs, rhs_col) };
+        unsafe { block_into(rows, cols, k, out.get().add(dst_off), ld, lhs, lhs_row, rhs, rhs_col, tiles) };
         let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
         for r in row0..row0 + rows {
             // SAFETY: this block's part of row r, written by the product above and by no other thread.
@@ -158,36 +160,57 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
     (3..=512).contains(&k) && n >= 128 && cuts_by_columns(m, n, threads)
 }
 
+/// Whether an [m, n] product over k whose right operand has adjacent columns runs on
+/// [`kernel::product`] (on a CPU with AVX-512): one of a few hundred rows (the heads' batches: each
+/// 64-column panel of the right operand stays in L2 while the rows run over it), or of at most 64
+/// columns (one panel: the left operand is read once, in order; a training batch's input
+/// gradients `W dy^T`).
+pub fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
+    (m <= kernel::MAX_ROWS || n <= kernel::PANEL) && k <= kernel::MAX_K && kernel::available()
+}
+
+/// [`runs_on_kernel`] for `rhs` as it is laid out.
+fn uses_kernel(m: usize, n: usize, k: usize, rhs: &MatRef) -> bool {
+    rhs.col_stride == 1 && runs_on_kernel(m, n, k)
+}
+
 /// Whether [`matmul_padded`] cuts an [m, n] output into blocks of columns (else of rows).
 fn cuts_by_columns(m: usize, n: usize, threads: usize) -> bool {
     n >= MIN_SPLIT_COLS * threads || n >= m
 }
 
-/// Rows `first..` of `lhs rhs` (`lhs` [.., k], `rhs` [k, n]) into `dst`, on the calling thread:
+/// Rows `first..` of `lhs rhs` (`lhs` [m, k], `rhs` [k, n]) into `dst`, on the calling thread:
 /// as many rows as `dst` holds, each `row_stride` (>= n) floats with zeros after column n (the
 /// bits of [`matmul_padded`]'s rows where [`rows_give_the_same_bits`] says so).
-pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) {
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) {
     assert!(row_stride >= n && dst.len().is_multiple_of(row_stride.max(1)), "matmul: output rows {row_stride} apart hold {n} columns");
     let rows = dst.len() / row_stride.max(1);
-    lhs.check(first + rows, k, "lhs");
+    assert!(first + rows <= m, "matmul: rows {first}..{} of {m}", first + rows);
+    lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
     count_flop((2 * rows * n * k) as u64);
     // SAFETY: the operands' bounds were checked above; `dst` holds rows x row_stride floats.
-    unsafe { block_into(rows, n, k, dst.as_mut_ptr(), row_stride, lhs, first, rhs, 0) };
+    unsafe { block_into(rows, n, k, dst.as_mut_ptr(), row_stride, lhs, first, rhs, 0, uses_kernel(m, n, k, &rhs)) };
     dst.chunks_exact_mut(row_stride.max(1)).for_each(|row| row[n..].fill(0.0));
 }
 
 /// One thread's [rows, cols] block of a product over k into `dst` (rows `ld` apart): `lhs`'s
 /// rows from `lhs_row`, `rhs`'s columns from `rhs_col` ([`matmul_padded`]'s blocks and
-/// [`matmul_rows_into`]'s rows are the same call).
+/// [`matmul_rows_into`]'s rows are the same call), on [`kernel::product`] where `tiles` (the
+/// whole product's [`uses_kernel`]: every block makes the same choice), else on the matmul crate.
 ///
 /// # Safety
 /// As [`gemm_into`]'s: the operands' blocks lie inside their slices, and `dst` holds `rows` rows
 /// of `ld` that nothing else reads or writes meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_into(rows: usize, cols: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, lhs_row: usize, rhs: MatRef, rhs_col: usize) {
+unsafe fn block_into(rows: usize, cols: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, lhs_row: usize, rhs: MatRef, rhs_col: usize, tiles: bool) {
     let (l, r) = (lhs.data.as_ptr(), rhs.data.as_ptr());
     let (l, r) = (l.wrapping_add(lhs_row * lhs.row_stride), r.wrapping_add(rhs_col * rhs.col_stride));
+    if tiles {
+        // SAFETY: as the caller promises; `uses_kernel` said the kernel runs here.
+        return unsafe { kernel::product(rows, cols, k, l, lhs.row_stride, lhs.col_stride, r, rhs.row_stride, dst, ld) };
+    }
     // SAFETY: as the caller promises.
     unsafe { gemm_into(rows, cols, k, dst, ld, l, [lhs.col_stride, lhs.row_stride], r, [rhs.col_stride, rhs.row_stride], gemm::Parallelism::None) }
 }
@@ -306,7 +329,7 @@ mod tests {
             for start in (0..n).step_by(block) {
                 let cols = block.min(n - start);
                 // SAFETY: the block's columns of m rows ld apart lie inside `want`, the operands' inside `a` and `b`.
-                unsafe { gemm_into(m, cols, k, want.as_mut_ptr().add(start), ld, a.as_ptr(), [1, k], b.as_ptr().add(start), [1, n], gemm::Parallelism::None) };
+                unsafe { block_into(m, cols, k, want.as_mut_ptr().add(start), ld, lhs, 0, rhs, start, uses_kernel(m, n, k, &rhs)) };
             }
             want.chunks_exact_mut(ld).for_each(|row| row[n..].fill(0.0));
             assert!(got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()), "{m} x {n} x {k} on {threads} threads");

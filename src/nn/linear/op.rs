@@ -3,7 +3,8 @@
 //! blocks of b rows, its product with W's last kt rows computed once.
 
 use crate::nn::cpu::{
-    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, transpose, with_f32, with_f32_rows_all,
+    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, runs_on_kernel, transpose, with_f32,
+    with_f32_rows_all,
 };
 use crate::nn::grads::{RowsSource, hand_over, update_by_rows};
 use crate::nn::padded;
@@ -69,7 +70,7 @@ fn weight_grad_rows(parts: Vec<GradPart>, ld: usize) -> RowsSource {
                     let (from, to) = (first.max(start), last.min(end));
                     if from < to {
                         let (xt, dy) = (MatRef::transposed(x, ldx), MatRef::strided_rows(dy, ldg));
-                        matmul_rows_into(from - start, &mut out[(from - first) * ld..(to - first) * ld], ld, n, rows, xt, dy);
+                        matmul_rows_into(from - start, &mut out[(from - first) * ld..(to - first) * ld], ld, end - start, n, rows, xt, dy);
                     }
                 }
             })
@@ -131,13 +132,19 @@ impl CustomOp3 for LinearOp {
         }
         // dy as the products read it, across its rows (padded once for all of them).
         let dy = padded::rows_apart_tensor(&grad)?;
-        // dx^T [kx, rows] = W dy^T (all operands row-major or plain views), transposed back;
-        // before the weight's update below, which may change W.
+        // dx^T [kx, rows] = W dy^T, transposed back; before the weight's update below, which may
+        // change W. marnet's kernel reads dy^T by rows (a copy, [n, rows]) and W once, in order;
+        // the matmul crate reads dy^T as a view of dy.
         let gx = match x.track_op() {
             true => Some(with_f32_rows_all("linear", &[w, &dy], |v| {
                 let ((w, ldw), (g, ldg)) = (v[0], v[1]);
-                transpose(&matmul(kx, rows, n, MatRef::strided_rows(w, ldw), MatRef::transposed(g, ldg)), kx, rows)
-            })?),
+                let w = MatRef::strided_rows(w, ldw);
+                let gx_t = match runs_on_kernel(kx, rows, n) {
+                    true => with_f32("linear", &grad, |g| matmul(kx, rows, n, w, MatRef::rows(&transpose(g, rows, n), rows)))?,
+                    false => matmul(kx, rows, n, w, MatRef::transposed(g, ldg)),
+                };
+                Ok::<_, candle_core::Error>(transpose(&gx_t, kx, rows))
+            })??),
             false => None,
         };
         let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, kx), x.device())).transpose()?;

@@ -1,0 +1,192 @@
+//! A product kernel for AVX-512 that reads the right-hand matrix in place, row by row.
+//!
+//! Each tile of the output, 6 rows by 64 columns (24 of the 32 vector registers), sums over k
+//! in order: per step, 4 vectors of the right-hand row (16 floats each) and 6 left-hand values
+//! broadcast, 24 fused multiply-adds. Nothing is packed: the right-hand panel (64 columns of k
+//! rows) stays in L2 while the tiles of rows run over it. On a Zen 4, the heads' 64-row products
+//! alone (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a
+//! training step's forward pass 4.5% faster (BENCHMARKS.md, 2026-12-06). `MARNET_KERNEL=gemm`
+//! runs every product on the matmul crate instead, to compare.
+//!
+//! Every element is `fma(a[i, k-1], b[k-1, j], ... fma(a[i, 0], b[0, j], 0))`, the sum in order
+//! with one rounding per step, however the output is cut into blocks, tiles or threads (the
+//! test's `reference`).
+
+/// Rows of the products that run on [`product`] (a training batch, a sampling pass of 500
+/// rows, serving's few) unless they have at most [`PANEL`] columns: the ViT-B/16's products of
+/// 1576 rows and 768 columns or more ran 0.5-2% slower on it than on the matmul crate (Zen 4).
+pub const MAX_ROWS: usize = 512;
+
+/// Columns of a tile, the width of the right operand's panels.
+pub const PANEL: usize = 64;
+
+/// Inner dimensions up to which [`product`] is used: its column panel (64 columns of k rows)
+/// then fits in L2.
+pub const MAX_K: usize = 2048;
+
+/// Whether [`product`] runs on this CPU (AVX-512F) and `MARNET_KERNEL` does not say `gemm`.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let wanted = std::env::var("MARNET_KERNEL").map_or(true, |v| v != "gemm");
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        wanted && cpu
+    })
+}
+
+/// `c = a b` for `a` [m, k] (element (i, p) at `a[i ars + p acs]`), `b` [k, n] (rows `ldb`
+/// apart, columns adjacent) and `c` [m, n] (rows `ldc` apart).
+///
+/// # Safety
+/// [`available`] must be true; every element the shapes and strides reach must lie inside live
+/// allocations, and nothing else may read or write `c`'s elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn product(m: usize, n: usize, k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        avx512::product(m, n, k, [a, b], [ars, acs, ldb], c, ldc)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("kernel::product without AVX-512: {m} {n} {k} {a:?} {ars} {acs} {b:?} {ldb} {c:?} {ldc}")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Rows of a tile.
+    const ROWS: usize = 6;
+
+    /// Tiles of 64 columns (the last one narrower, its last vector masked), each run over
+    /// blocks of [`ROWS`] rows and the rest.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn product(m: usize, n: usize, k: usize, [a, b]: [*const f32; 2], [ars, acs, ldb]: [usize; 3], c: *mut f32, ldc: usize) {
+        let mut j = 0;
+        while j < n {
+            let width = (n - j).min(crate::nn::cpu::kernel::PANEL);
+            let mask = match width % 16 {
+                0 => u16::MAX,
+                w => (1u16 << w) - 1,
+            };
+            let t = Tile { k, a, ars, acs, b: b.wrapping_add(j), ldb, c: c.wrapping_add(j), ldc, mask };
+            // SAFETY: the caller's promise covers every tile inside the product.
+            unsafe {
+                match width.div_ceil(16) {
+                    4 => t.rows::<4>(m),
+                    3 => t.rows::<3>(m),
+                    2 => t.rows::<2>(m),
+                    _ => t.rows::<1>(m),
+                }
+            }
+            j += width;
+        }
+    }
+
+    /// A column tile: its first column of `b` and `c`, and the mask of its last vector.
+    struct Tile {
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        mask: u16,
+    }
+
+    impl Tile {
+        /// All `m` rows of this tile of `V` vectors.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn rows<const V: usize>(&self, m: usize) {
+            let mut i = 0;
+            // SAFETY (all calls): rows i.. lie inside the product.
+            while i + ROWS <= m {
+                unsafe { self.block::<ROWS, V>(i) };
+                i += ROWS;
+            }
+            match m - i {
+                0 => {}
+                1 => unsafe { self.block::<1, V>(i) },
+                2 => unsafe { self.block::<2, V>(i) },
+                3 => unsafe { self.block::<3, V>(i) },
+                4 => unsafe { self.block::<4, V>(i) },
+                _ => unsafe { self.block::<5, V>(i) },
+            }
+        }
+
+        /// Rows `i..i + R`: the sum over k in registers, then stored.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn block<const R: usize, const V: usize>(&self, i: usize) {
+            let mask = |v: usize| if v + 1 == V { self.mask } else { u16::MAX };
+            let a = self.a.wrapping_add(i * self.ars);
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            for p in 0..self.k {
+                let row = self.b.wrapping_add(p * self.ldb);
+                // SAFETY: row p's columns of this tile (the last vector masked to them) and a's
+                // elements (i + r, p) lie inside the caller's operands.
+                let bv: [__m512; V] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(mask(v), row.add(16 * v)) });
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(unsafe { *a.add(r * self.ars + p * self.acs) });
+                    for (acc, bv) in acc.iter_mut().zip(&bv) {
+                        *acc = _mm512_fmadd_ps(av, *bv, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    // SAFETY: element (i + r, 16 v..) of this tile, inside c, written by this call only.
+                    unsafe { _mm512_mask_storeu_ps(self.c.add((i + r) * self.ldc + 16 * v), mask(v), *acc) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bits [`product`] gives, one element at a time.
+    fn reference(m: usize, n: usize, k: usize, a: &[f32], [ars, acs]: [usize; 2], b: &[f32], ldb: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for (i, row) in c.chunks_exact_mut(n.max(1)).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (0..k).fold(0.0f32, |acc, p| a[i * ars + p * acs].mul_add(b[p * ldb + j], acc));
+            }
+        }
+        c
+    }
+
+    /// Every shape's remainders (rows past the 6-row tiles, columns past 64 and past 16) and
+    /// strided operands give the reference's bits.
+    #[test]
+    fn product_gives_the_in_order_sum_s_bits() {
+        if !available() {
+            eprintln!("SKIPPED: no AVX-512 on this CPU");
+            return;
+        }
+        let mut rng = crate::rng::stream(3, "test", 0);
+        for (m, n, k) in [(1, 1, 1), (6, 64, 5), (7, 65, 9), (13, 130, 33), (64, 172, 17), (5, 15, 300)] {
+            let (ldb, ldc) = (n + 3, n + 5);
+            let a = crate::rng::normal_vec(&mut rng, m * k);
+            let b = crate::rng::normal_vec(&mut rng, k * ldb);
+            for strides in [[k, 1], [1, m]] {
+                let mut c = vec![f32::NAN; m * ldc];
+                // SAFETY: a holds m x k under either strides, b k rows of ldb, c m rows of ldc.
+                unsafe { product(m, n, k, a.as_ptr(), strides[0], strides[1], b.as_ptr(), ldb, c.as_mut_ptr(), ldc) };
+                let want = reference(m, n, k, &a, strides, &b, ldb);
+                for i in 0..m {
+                    let got: Vec<u32> = c[i * ldc..i * ldc + n].iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want[i * n..(i + 1) * n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{m}x{n}x{k} row {i}");
+                    assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan()), "{m}x{n}x{k}: wrote past column {n}");
+                }
+            }
+        }
+    }
+}
