@@ -18,8 +18,8 @@ pub struct ProductBench {
     pub n: usize,
     pub k: usize,
     /// GFLOP/s of marnet's split at this process's thread count (each run allocating its output,
-    /// as the layers' products do; the input gradient's with the copy of dy^T that the layer
-    /// makes for marnet's kernel).
+    /// as the layers' products do; the input gradient's, here and padded, with the copy of dy^T
+    /// that the layer makes for marnet's kernel).
     pub marnet_gflops: f64,
     /// GFLOP/s of the matmul crate's own split over the same threads.
     pub crate_split_gflops: f64,
@@ -71,6 +71,12 @@ fn stored(values: &[f32], cols: usize, pad: bool) -> (std::borrow::Cow<'_, [f32]
     if pad { padded::rows_apart(values, cols) } else { (values.into(), cols) }
 }
 
+/// A transposed right operand `b` (stored [n, k]) copied by rows, as the layer copies dy^T for
+/// its input gradient where marnet's kernel runs it; `None` where the product reads it as it is.
+fn as_the_layer_reads(rhs_t: bool, m: usize, n: usize, k: usize, b: &[f32]) -> Option<Vec<f32>> {
+    (rhs_t && runs_on_kernel(m, n, k)).then(|| transpose(b, n, k))
+}
+
 /// Times every shape in [`SHAPES`]: the median rate of five runs of at least 50 ms each.
 pub fn products() -> Vec<ProductBench> {
     let threads = candle_core::utils::get_num_threads().max(1);
@@ -98,7 +104,8 @@ pub fn products() -> Vec<ProductBench> {
                 let lhs = if lhs_t { MatRef::transposed(&ap, lda) } else { MatRef::strided_rows(&ap, lda) };
                 let rhs = if rhs_t { MatRef::transposed(&bp, ldb) } else { MatRef::strided_rows(&bp, ldb) };
                 rate(flop, || {
-                    std::hint::black_box(matmul_padded(m, n, k, lhs, rhs, ld_out, |_, _, _| {}));
+                    let copy = as_the_layer_reads(rhs_t, m, n, k, &b);
+                    std::hint::black_box(matmul_padded(m, n, k, lhs, copy.as_deref().map_or(rhs, |t| MatRef::rows(t, n)), ld_out, |_, _, _| {}));
                 })
             });
             ProductBench {
@@ -107,11 +114,8 @@ pub fn products() -> Vec<ProductBench> {
                 n,
                 k,
                 marnet_gflops: rate(flop, || {
-                    std::hint::black_box(match rhs_t && runs_on_kernel(m, n, k) {
-                        // As the layer runs its input gradient on marnet's kernel: dy^T copied by rows.
-                        true => matmul(m, n, k, lhs, MatRef::rows(&transpose(&b, n, k), n)),
-                        false => matmul(m, n, k, lhs, rhs),
-                    });
+                    let copy = as_the_layer_reads(rhs_t, m, n, k, &b);
+                    std::hint::black_box(matmul(m, n, k, lhs, copy.as_deref().map_or(rhs, |t| MatRef::rows(t, n))));
                 }),
                 crate_split_gflops: rate(flop, || crate_product(gemm::Parallelism::Rayon(threads))),
                 one_thread_gflops: rate(flop, || crate_product(gemm::Parallelism::None)),

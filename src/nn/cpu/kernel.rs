@@ -5,16 +5,17 @@
 //! broadcast, 24 fused multiply-adds. Nothing is packed: the right-hand panel (64 columns of k
 //! rows) stays in L2 while the tiles of rows run over it. On a Zen 4, the heads' 64-row products
 //! alone (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a
-//! training step's forward pass 4.5% faster (BENCHMARKS.md, 2026-12-06). `MARNET_KERNEL=gemm`
-//! runs every product on the matmul crate instead, to compare.
+//! training step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06). `MARNET_KERNEL=gemm`
+//! runs every product on the matmul crate instead, to compare (`marnet`, the default, where the
+//! CPU has AVX-512F).
 //!
 //! Every element is `fma(a[i, k-1], b[k-1, j], ... fma(a[i, 0], b[0, j], 0))`, the sum in order
 //! with one rounding per step, however the output is cut into blocks, tiles or threads (the
 //! test's `reference`).
 
-/// Rows of the products that run on [`product`] (a training batch, a sampling pass of 500
-/// rows, serving's few) unless they have at most [`PANEL`] columns: the ViT-B/16's products of
-/// 1576 rows and 768 columns or more ran 0.5-2% slower on it than on the matmul crate (Zen 4).
+/// The most rows of a product run on [`product`] (a training batch, a sampling pass of 500 rows,
+/// serving's few), unless it has at most [`PANEL`] columns (then any number): the ViT-B/16's
+/// products of 1576 rows did not run faster on it than on the matmul crate (Zen 4).
 pub const MAX_ROWS: usize = 512;
 
 /// Columns of a tile, the width of the right operand's panels.
@@ -24,16 +25,22 @@ pub const PANEL: usize = 64;
 /// then fits in L2.
 pub const MAX_K: usize = 2048;
 
-/// Whether [`product`] runs on this CPU (AVX-512F) and `MARNET_KERNEL` does not say `gemm`.
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let wanted = std::env::var("MARNET_KERNEL").map_or(true, |v| v != "gemm");
+/// Whether [`product`] is used: the CPU has AVX-512F and `MARNET_KERNEL` does not say `gemm`.
+pub fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         let cpu = std::arch::is_x86_feature_detected!("avx512f");
         #[cfg(not(target_arch = "x86_64"))]
         let cpu = false;
-        wanted && cpu
+        match std::env::var("MARNET_KERNEL").as_deref() {
+            Ok("gemm") => false,
+            Ok("marnet") | Err(_) => cpu,
+            Ok(other) => {
+                eprintln!("warning: MARNET_KERNEL={other} is neither `marnet` nor `gemm`; using {}", if cpu { "marnet" } else { "gemm" });
+                cpu
+            }
+        }
     })
 }
 
@@ -41,8 +48,9 @@ pub fn available() -> bool {
 /// apart, columns adjacent) and `c` [m, n] (rows `ldc` apart).
 ///
 /// # Safety
-/// [`available`] must be true; every element the shapes and strides reach must lie inside live
-/// allocations, and nothing else may read or write `c`'s elements meanwhile.
+/// The CPU must have AVX-512F ([`enabled`] true); every element the shapes and strides reach must
+/// lie inside the allocation that `a`, `b` or `c` points into, and nothing else may read or write
+/// `c`'s elements meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn product(m: usize, n: usize, k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -163,16 +171,18 @@ mod tests {
         c
     }
 
-    /// Every shape's remainders (rows past the 6-row tiles, columns past 64 and past 16) and
-    /// strided operands give the reference's bits.
+    /// Every shape's remainders (rows past the 6-row tiles, columns past 64 and past 16, a last
+    /// panel of whole vectors), empty ones and strided operands give the reference's bits.
     #[test]
     fn product_gives_the_in_order_sum_s_bits() {
-        if !available() {
+        if !enabled() {
             eprintln!("SKIPPED: no AVX-512 on this CPU");
             return;
         }
         let mut rng = crate::rng::stream(3, "test", 0);
-        for (m, n, k) in [(1, 1, 1), (6, 64, 5), (7, 65, 9), (13, 130, 33), (64, 172, 17), (5, 15, 300)] {
+        for (m, n, k) in
+            [(1, 1, 1), (6, 64, 5), (7, 65, 9), (13, 130, 33), (64, 172, 17), (5, 15, 300), (7, 48, 5), (7, 112, 5), (0, 20, 3), (3, 0, 3), (3, 20, 0)]
+        {
             let (ldb, ldc) = (n + 3, n + 5);
             let a = crate::rng::normal_vec(&mut rng, m * k);
             let b = crate::rng::normal_vec(&mut rng, k * ldb);

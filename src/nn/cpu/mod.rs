@@ -99,7 +99,7 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     rhs.check(k, n, "rhs");
     count_flop((2 * m * n * k) as u64);
     let ld = row_stride;
-    if k == 0 || n == 0 {
+    if m == 0 || k == 0 || n == 0 {
         let mut dst = vec![0.0; m * ld];
         dst.chunks_exact_mut(ld.max(1)).enumerate().for_each(|(r, row)| finish(r, 0, &mut row[..n]));
         return dst;
@@ -119,14 +119,14 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     let fine = fine.filter(|&b| n.checked_sub((2 * threads - 1) * b).is_some_and(|last| last >= MIN_FINE_COLS));
     let block = fine.unwrap_or_else(|| len.div_ceil(threads).next_multiple_of(16));
     let out = SendPtr(dst.as_mut_ptr());
-    let tiles = uses_kernel(m, n, k, &rhs);
+    let on_kernel = uses_kernel(m, n, k, &rhs);
     let run = |start: usize| {
         let size = block.min(len - start);
         let (rows, cols) = if by_cols { (m, size) } else { (size, n) };
         let (lhs_row, rhs_col, dst_off) = if by_cols { (0, start, start) } else { (start, 0, start * ld) };
         // SAFETY: the operands' bounds were checked above and `dst` has room for m rows of ld;
         // the blocks write disjoint parts of it.
-        unsafe { block_into(rows, cols, k, out.get().add(dst_off), ld, lhs, lhs_row, rhs, rhs_col, tiles) };
+        unsafe { block_into(rows, cols, k, out.get().add(dst_off), ld, lhs, lhs_row, rhs, rhs_col, on_kernel) };
         let (row0, col0) = if by_cols { (0, start) } else { (start, 0) };
         for r in row0..row0 + rows {
             // SAFETY: this block's part of row r, written by the product above and by no other thread.
@@ -155,6 +155,7 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
 /// [m, n] product over k: `3 <= k <= 512`, `n >= 128`, and `matmul_padded` cutting by columns.
 /// Every product of the matmul crate then sums over k in one run, in order, from zero; a block of
 /// 1 row (a cut by rows can leave one) takes its vector path, which can give -0 for +0.
+/// ([`kernel::product`]'s bits never depend on the cut.)
 pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
     let threads = candle_core::utils::get_num_threads().max(1);
     (3..=512).contains(&k) && n >= 128 && cuts_by_columns(m, n, threads)
@@ -166,7 +167,7 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
 /// columns (one panel: the left operand is read once, in order; a training batch's input
 /// gradients `W dy^T`).
 pub fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
-    (m <= kernel::MAX_ROWS || n <= kernel::PANEL) && k <= kernel::MAX_K && kernel::available()
+    (m <= kernel::MAX_ROWS || n <= kernel::PANEL) && k <= kernel::MAX_K && kernel::enabled()
 }
 
 /// [`runs_on_kernel`] for `rhs` as it is laid out.
@@ -197,18 +198,19 @@ pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, m: usi
 
 /// One thread's [rows, cols] block of a product over k into `dst` (rows `ld` apart): `lhs`'s
 /// rows from `lhs_row`, `rhs`'s columns from `rhs_col` ([`matmul_padded`]'s blocks and
-/// [`matmul_rows_into`]'s rows are the same call), on [`kernel::product`] where `tiles` (the
+/// [`matmul_rows_into`]'s rows are the same call), on [`kernel::product`] where `on_kernel` (the
 /// whole product's [`uses_kernel`]: every block makes the same choice), else on the matmul crate.
 ///
 /// # Safety
 /// As [`gemm_into`]'s: the operands' blocks lie inside their slices, and `dst` holds `rows` rows
-/// of `ld` that nothing else reads or writes meanwhile.
+/// of `ld` that nothing else reads or writes meanwhile; `on_kernel` only where [`uses_kernel`]
+/// holds for `rhs` (the CPU has AVX-512F, `rhs`'s columns are adjacent).
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_into(rows: usize, cols: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, lhs_row: usize, rhs: MatRef, rhs_col: usize, tiles: bool) {
+unsafe fn block_into(rows: usize, cols: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, lhs_row: usize, rhs: MatRef, rhs_col: usize, on_kernel: bool) {
     let (l, r) = (lhs.data.as_ptr(), rhs.data.as_ptr());
     let (l, r) = (l.wrapping_add(lhs_row * lhs.row_stride), r.wrapping_add(rhs_col * rhs.col_stride));
-    if tiles {
-        // SAFETY: as the caller promises; `uses_kernel` said the kernel runs here.
+    if on_kernel {
+        // SAFETY: as the caller promises, `uses_kernel` holds: the CPU has AVX-512F.
         return unsafe { kernel::product(rows, cols, k, l, lhs.row_stride, lhs.col_stride, r, rhs.row_stride, dst, ld) };
     }
     // SAFETY: as the caller promises.

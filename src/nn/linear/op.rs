@@ -20,7 +20,8 @@ pub(super) struct LinearOp {
 
 /// Rows `start..` of a weight gradient: `x^T dy`, summed over the rows of `x` [rows, k] and `dy`
 /// [rows, n]. The products read both across their rows, apart when they would lie a multiple of
-/// 4 KiB apart: `dy` is held so ([`padded::rows_apart_tensor`], shared with the input gradient);
+/// 4 KiB apart: `dy` is held so ([`padded::rows_apart_tensor`], shared with the input gradient
+/// where the matmul crate runs it);
 /// contiguous `x` is padded by whichever reads it (the job by rows, on the pool, or
 /// [`part_product`]), off the input gradient's path.
 #[derive(Clone)]
@@ -133,18 +134,20 @@ impl CustomOp3 for LinearOp {
         // dy as the products read it, across its rows (padded once for all of them).
         let dy = padded::rows_apart_tensor(&grad)?;
         // dx^T [kx, rows] = W dy^T, transposed back; before the weight's update below, which may
-        // change W. marnet's kernel reads dy^T by rows (a copy, [n, rows]) and W once, in order;
-        // the matmul crate reads dy^T as a view of dy.
+        // change W. marnet's kernel reads dy^T by rows (a copy, [n, rows]) and W in order, once
+        // per 64 rows of the batch; the matmul crate reads dy^T as a view of dy.
         let gx = match x.track_op() {
-            true => Some(with_f32_rows_all("linear", &[w, &dy], |v| {
-                let ((w, ldw), (g, ldg)) = (v[0], v[1]);
-                let w = MatRef::strided_rows(w, ldw);
-                let gx_t = match runs_on_kernel(kx, rows, n) {
-                    true => with_f32("linear", &grad, |g| matmul(kx, rows, n, w, MatRef::rows(&transpose(g, rows, n), rows)))?,
-                    false => matmul(kx, rows, n, w, MatRef::transposed(g, ldg)),
+            true => {
+                let dy_t = match runs_on_kernel(kx, rows, n) {
+                    true => Some(with_f32("linear", &grad, |g| transpose(g, rows, n))?),
+                    false => None,
                 };
-                Ok::<_, candle_core::Error>(transpose(&gx_t, kx, rows))
-            })??),
+                Some(with_f32_rows_all("linear", &[w, &dy], |v| {
+                    let ((w, ldw), (g, ldg)) = (v[0], v[1]);
+                    let dy_t = dy_t.as_deref().map_or(MatRef::transposed(g, ldg), |t| MatRef::rows(t, rows));
+                    transpose(&matmul(kx, rows, n, MatRef::strided_rows(w, ldw), dy_t), kx, rows)
+                })?)
+            }
             false => None,
         };
         let gx = gx.map(|gx| Tensor::from_vec(gx, (rows, kx), x.device())).transpose()?;
