@@ -5,7 +5,7 @@
 //! marnet's split with rows that lie a multiple of 4 KiB apart padded, as the head's layers hold
 //! them ([`crate::nn::padded`]), to show what that padding is worth on this CPU.
 
-use crate::nn::cpu::{MatRef, gemm_into, matmul, matmul_padded, runs_on_kernel, transpose};
+use crate::nn::cpu::{MatRef, gemm_into, matmul, matmul_padded, rhs_rows_for_kernel};
 use crate::nn::padded;
 use serde::Serialize;
 use std::time::Instant;
@@ -74,7 +74,7 @@ fn stored(values: &[f32], cols: usize, pad: bool) -> (std::borrow::Cow<'_, [f32]
 /// A transposed right operand `b` (stored [n, k]) copied by rows, as the layer copies dy^T for
 /// its input gradient where marnet's kernel runs it; `None` where the product reads it as it is.
 fn as_the_layer_reads(rhs_t: bool, m: usize, n: usize, k: usize, b: &[f32]) -> Option<Vec<f32>> {
-    (rhs_t && runs_on_kernel(m, n, k)).then(|| transpose(b, n, k))
+    rhs_t.then(|| rhs_rows_for_kernel(m, n, k, b)).flatten()
 }
 
 /// Times every shape in [`SHAPES`]: the median rate of five runs of at least 50 ms each.

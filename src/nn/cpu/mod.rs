@@ -166,8 +166,15 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
 /// 64-column panel of the right operand stays in L2 while the rows run over it), or of at most 64
 /// columns (one panel: the left operand is read once, in order; a training batch's input
 /// gradients `W dy^T`).
-pub fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
+fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
     (m <= kernel::MAX_ROWS || n <= kernel::PANEL) && k <= kernel::MAX_K && kernel::enabled()
+}
+
+/// A right operand [k, n] held as its transpose (`stored`, row-major [n, k]) copied by rows where
+/// an [m, n] product over k runs on [`kernel::product`], which needs its columns adjacent; `None`
+/// where the matmul crate runs it, which reads the transposed view as it is.
+pub fn rhs_rows_for_kernel(m: usize, n: usize, k: usize, stored: &[f32]) -> Option<Vec<f32>> {
+    runs_on_kernel(m, n, k).then(|| transpose(stored, n, k))
 }
 
 /// [`runs_on_kernel`] for `rhs` as it is laid out.

@@ -3,7 +3,7 @@
 //! blocks of b rows, its product with W's last kt rows computed once.
 
 use crate::nn::cpu::{
-    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rows_give_the_same_bits, runs_on_kernel, transpose, with_f32,
+    MatRef, f32_rows, f32_slice, matmul, matmul_padded, matmul_rows_into, matmul_then, rhs_rows_for_kernel, rows_give_the_same_bits, transpose, with_f32,
     with_f32_rows_all,
 };
 use crate::nn::grads::{RowsSource, hand_over, update_by_rows};
@@ -138,10 +138,7 @@ impl CustomOp3 for LinearOp {
         // per 64 rows of the batch; the matmul crate reads dy^T as a view of dy.
         let gx = match x.track_op() {
             true => {
-                let dy_t = match runs_on_kernel(kx, rows, n) {
-                    true => Some(with_f32("linear", &grad, |g| transpose(g, rows, n))?),
-                    false => None,
-                };
+                let dy_t = with_f32("linear", &grad, |g| rhs_rows_for_kernel(kx, rows, n, g))?;
                 Some(with_f32_rows_all("linear", &[w, &dy], |v| {
                     let ((w, ldw), (g, ldg)) = (v[0], v[1]);
                     let dy_t = dy_t.as_deref().map_or(MatRef::transposed(g, ldg), |t| MatRef::rows(t, rows));
