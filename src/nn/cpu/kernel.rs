@@ -14,12 +14,18 @@
 //! test's `reference`).
 
 /// The most rows of a product run on [`product`] (a training batch, a sampling pass of 500 rows,
-/// serving's few), unless it has at most [`PANEL`] columns (then any number): the ViT-B/16's
+/// serving's few), unless it has at most [`PANEL`] columns or its left operand at most
+/// [`MAX_LHS`] elements (then any number): the ViT-B/16's
 /// products of 1576 rows did not run faster on it than on the matmul crate (Zen 4).
 pub const MAX_ROWS: usize = 512;
 
 /// Columns of a tile, the width of the right operand's panels.
 pub const PANEL: usize = 64;
+
+/// Elements of a left operand small enough to stay in L2 (512 KiB) while every column panel
+/// reads it: the weight gradients of training batches of up to 128 rows (1024 x 1024 x 64
+/// alone, 2 threads: 117-177 GFLOP/s on the matmul crate, 194-209 here; Zen 4, BENCHMARKS.md).
+pub const MAX_LHS: usize = 128 * 1024;
 
 /// Inner dimensions up to which [`product`] is used: its column panel (64 columns of k rows)
 /// then fits in L2.

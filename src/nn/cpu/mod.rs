@@ -163,11 +163,13 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
 
 /// Whether an [m, n] product over k whose right operand has adjacent columns runs on
 /// [`kernel::product`] (on a CPU with AVX-512): one of a few hundred rows (the heads' batches: each
-/// 64-column panel of the right operand stays in L2 while the rows run over it), or of at most 64
+/// 64-column panel of the right operand stays in L2 while the rows run over it), of at most 64
 /// columns (one panel: the left operand is read once, in order; a training batch's input
-/// gradients `W dy^T`).
+/// gradients `W dy^T`), or whose left operand fits in L2 (read again for each panel: a training
+/// batch's weight gradients `x^T dy`).
 fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
-    (m <= kernel::MAX_ROWS || n <= kernel::PANEL) && k <= kernel::MAX_K && kernel::enabled()
+    let fits = m <= kernel::MAX_ROWS || n <= kernel::PANEL || m * k <= kernel::MAX_LHS;
+    fits && k <= kernel::MAX_K && kernel::enabled()
 }
 
 /// A right operand [k, n] held as its transpose (`stored`, row-major [n, k]) copied by rows where
