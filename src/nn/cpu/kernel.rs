@@ -15,8 +15,8 @@
 
 /// The most rows of a product run on [`product`] (a training batch, a sampling pass of 500 rows,
 /// serving's few), unless it has at most [`PANEL`] columns or its left operand at most
-/// [`MAX_LHS`] elements (then any number): the ViT-B/16's
-/// products of 1576 rows did not run faster on it than on the matmul crate (Zen 4).
+/// [`MAX_LHS`] elements (then any number): the ViT-B/16's products of 1576 rows did not run
+/// faster on it than on the matmul crate (Zen 4).
 pub const MAX_ROWS: usize = 512;
 
 /// Columns of a tile, the width of the right operand's panels.
