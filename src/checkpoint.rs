@@ -108,6 +108,22 @@ pub fn save(dir: &Path, run: &RunConfig, model: &LoadedModel, extra: Vec<(String
     })
 }
 
+/// The first run folder (one holding `best/`) under `dir`, in name order, at most `depth` folders
+/// down: a table's `ROW/seedS` or, with `--leave-one-out`, `fold-GROUP/ROW/seedS`.
+fn first_run_in(dir: &Path, depth: usize) -> Option<PathBuf> {
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    subdirs.sort();
+    subdirs.into_iter().find_map(|d| {
+        if d.join("best").is_dir() {
+            Some(d)
+        } else if depth > 1 {
+            first_run_in(&d, depth - 1)
+        } else {
+            None
+        }
+    })
+}
+
 /// What [`Checkpoint::unfinished`] reads of a run's `metrics.json` (`train::TrainState` writes it).
 #[derive(Deserialize)]
 struct RunProgress {
@@ -127,13 +143,14 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a checkpoint folder; a run folder (holding `best/`) resolves to its best model.
     pub fn open(dir: &Path, dev: &Device) -> Result<Self> {
+        ensure!(dir.exists(), "{}: no such folder; pass a run folder (`marnet train --out RUN` makes one)", dir.display());
         let table = ["ablation.json", "comparison.json"].into_iter().find(|t| dir.join(t).is_file());
         ensure!(
             table.is_none(),
             "{}: this is a table folder (`{}`), not a run; pass one of its runs, e.g. {}",
             dir.display(),
             table.unwrap_or_default(),
-            dir.join("marnet/seed0").display()
+            first_run_in(dir, 3).unwrap_or_else(|| dir.join("marnet/seed0")).display()
         );
         ensure!(
             !dir.join("train.safetensors").is_file(),

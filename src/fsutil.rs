@@ -51,6 +51,22 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
     Ok(())
 }
 
+/// The names in folder `dir` that are not hidden and that `own` (what a command writes there)
+/// does not claim, sorted; none when `dir` is missing. A folder that holds such names is a user's
+/// folder (their photos, manifests), not a command's output.
+pub fn foreign_entries(dir: &Path, own: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.') && !own(n)).collect();
+    names.sort();
+    names
+}
+
+/// `names` as a list for a message: the first five in backquotes, and how many more.
+pub fn name_list(names: &[String]) -> String {
+    let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
+    format!("`{}`{more}", names[..names.len().min(5)].join("`, `"))
+}
+
 /// The complete version of a folder written by [`replace_dir`]: `dir`, or `dir.old` if the
 /// process died between the two renames. `None` if neither exists.
 pub fn recover_dir(dir: &Path) -> Option<PathBuf> {

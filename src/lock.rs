@@ -62,6 +62,7 @@ pub struct OutLock {
 impl OutLock {
     /// Locks `dir` (created if missing) for `command` (`train`, ...), or says who holds it.
     pub fn acquire(dir: &Path, command: &str) -> Result<OutLock> {
+        anyhow::ensure!(!dir.is_file(), "{}: --out is a file; name a folder", dir.display());
         let created = (!dir.exists()).then(|| crate::fsutil::RemoveIfEmpty(dir.to_path_buf()));
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         let path = dir.join(LOCK_FILE);

@@ -53,29 +53,35 @@ fn extract_messy(extra: &[&str]) -> Option<(tempfile::TempDir, PathBuf, std::pro
     Some((tmp, out, run))
 }
 
-/// Without `--skip-bad`, the manifest check lists every image that is missing or whose header
-/// does not decode, each with its manifest line, before any work: nothing is written.
+/// Without `--skip-bad`, the manifest check lists every image that is missing, empty, cut short
+/// or whose header does not decode, each with its manifest line, before any work: nothing is written.
 #[test]
 fn bad_images_are_listed_together_with_their_lines_before_any_work() {
     let Some((_tmp, out, run)) = extract_messy(&[]) else { return };
     assert!(!run.status.success(), "marnet extract should have failed");
     let err = String::from_utf8(run.stderr).unwrap();
-    for (line, image, why) in [(5, "missing.png", "not found at"), (7, "not-an-image.jpg", "at "), (9, "empty.png", "at ")] {
-        assert!(err.contains(&format!("manifest.jsonl:{line}: image `{image}` {why}")), "line {line}: {err}");
+    for (line, image, why) in [
+        (3, "truncated.png", "is truncated: its data ends before the image's does"),
+        (5, "missing.png", "not found at"),
+        (7, "not-an-image.jpg", "is not a JPEG, PNG or WebP image"),
+        (9, "empty.png", "is an empty file (0 bytes)"),
+    ] {
+        assert!(err.contains(&format!("manifest.jsonl:{line}: image `{image}` ")) && err.contains(why), "line {line}: {err}");
     }
-    assert_eq!(err.matches("cannot be read as an image").count(), 2, "{err}");
-    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains("4 problems"), "{err}");
     assert!(!out.exists() && !marnet::extract::partial_dir(&out).exists(), "nothing created on disk");
 }
 
-/// An image whose header decodes but whose data is cut short fails during extraction: the
+/// An image whose header decodes but whose data is broken inside fails during extraction: the
 /// message names the sample, its manifest line and `--skip-bad`; as no block was saved, no
 /// `OUT.partial` stands in the way of the fixed rerun.
 #[test]
-fn a_truncated_image_stops_the_run_naming_its_line_and_leaves_no_progress_folder() {
+fn an_image_broken_inside_stops_the_run_naming_its_line_and_leaves_no_progress_folder() {
     let Some(assets) = asset("efficientnet-lite0").and_then(|p| Some(p.parent()?.display().to_string())) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let manifest = messy_manifest(tmp.path());
+    let png = std::fs::read(tmp.path().join("rgb.png")).unwrap();
+    std::fs::write(tmp.path().join("truncated.png"), common::broken_inside(&png)).unwrap();
     let keep = [1, 2, 3, 10];
     let text = std::fs::read_to_string(&manifest).unwrap();
     let lines: Vec<&str> = text.lines().enumerate().filter(|(i, _)| keep.contains(&(i + 1))).map(|(_, l)| l).collect();

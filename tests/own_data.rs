@@ -124,7 +124,7 @@ fn a_changed_manifest_against_saved_progress_names_the_rows_that_changed() {
     // The 12th image (line 12) decodes its header but not its data: the first 8 rows are saved
     // (batch 1 x 8 batches a block), then the run stops.
     let png = std::fs::read(tmp.path().join("photos/camera/red0.png")).unwrap();
-    std::fs::write(tmp.path().join("photos/phone/blue3.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(tmp.path().join("photos/phone/blue3.png"), common::broken_inside(&png)).unwrap();
     let args = [extract_args("manifest.jsonl", "cache"), vec!["--batch", "1"]].concat();
     let err = err_in(tmp.path(), &args);
     assert!(err.contains("blue3.png") && err.contains("manifest.jsonl:12"), "{err}");

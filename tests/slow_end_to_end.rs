@@ -169,7 +169,55 @@ fn bad_paths_fail_with_a_message() {
     assert!(err.contains("feature cache folder not found") && err.contains("missing"), "{err}");
     let out = marnet(&["eval", "--model", &missing.display().to_string(), "--cache", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint folder"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing: no such folder; pass a run folder"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A leave-one-out table's runs are a folder further down: the hint names one that is there.
+    let table = tmp.path().join("table");
+    std::fs::create_dir_all(table.join("fold-phone/marnet/seed0/best")).unwrap();
+    std::fs::write(table.join("ablation.json"), "{}").unwrap();
+    let out = marnet(&["eval", "--model", &table.display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("pass one of its runs, e.g. {}", table.join("fold-phone/marnet/seed0").display())), "{err}");
+}
+
+/// Outputs never land among a user's own files, and options that would be ignored are refused:
+/// `extract --out` the dataset's folder, `train --out` a folder of photos or a file, `train
+/// --cache` the dataset instead of its cache, `--val-fraction` with a cache that has a val split.
+#[test]
+fn outputs_never_land_among_a_users_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, path) = (tmp.path(), |rel: &str| tmp.path().join(rel).display().to_string());
+    std::fs::create_dir_all(dir.join("photos")).unwrap();
+    for (i, label) in ["soup", "cake", "soup", "cake"].iter().enumerate() {
+        image::RgbImage::from_pixel(20, 16, image::Rgb([40 * i as u8, 90, 200])).save(dir.join(format!("photos/{i}.png"))).unwrap();
+        let line = format!(r#"{{"image": "photos/{i}.png", "label": "{label}", "text": "salt, {label}", "split": "train"}}"#);
+        std::fs::write(dir.join("manifest.jsonl"), std::fs::read_to_string(dir.join("manifest.jsonl")).unwrap_or_default() + &line + "\n").unwrap();
+    }
+    let (vit, text) =
+        (concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny"), concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text-plain"));
+    let fails = |args: &[&str], want: &str| {
+        let out = marnet(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "marnet {args:?}: expected `{want}` in:\n{err}");
+    };
+    let (manifest, root) = (path("manifest.jsonl"), path(""));
+    let extract = ["extract", "--dataset", "manifest", "--root", &manifest, "--visual", vit, "--text", text, "--out"];
+    fails(&[&extract[..], &[&root]].concat(), "this folder holds other things than a feature cache (`manifest.jsonl`, `photos`)");
+    assert!(!dir.join("train.safetensors").exists() && !dir.join("extract.json").exists());
+    fails(
+        &["train", "--cache", &root, "--out", &path("run")],
+        &format!("not a feature cache (no train.safetensors here); if this is your dataset, `marnet extract --dataset manifest --root {manifest}"),
+    );
+    ok(&["synth", "--out", &path("cache"), "--classes", "3", "--n-train", "30", "--n-val", "6", "--n-test", "0"]);
+    fails(
+        &["train", "--cache", &path("cache"), "--out", &path("photos")],
+        "photos: this folder holds other things than a run (`0.png`, `1.png`, `2.png`, `3.png`)",
+    );
+    fails(&["train", "--cache", &path("cache"), "--out", &manifest], "manifest.jsonl: --out is a file; name a folder");
+    fails(
+        &["train", "--cache", &path("cache"), "--out", &path("run"), "--val-fraction", "0.3"],
+        "has a `val` split of its own (6 rows), which is used as it is",
+    );
+    assert!(!dir.join("photos/best").exists() && !dir.join("run").exists());
 }
 
 /// A pseudo-random delay (clock nanoseconds), so kills land at different points run to run.

@@ -93,6 +93,10 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<RgbImage> {
         .decode()
         .with_context(|| format!("{name}: cannot decode image"))?;
     anyhow::ensure!(img.width() > 0 && img.height() > 0, "{name}: image has size 0");
+    // A JPEG cut short decodes, grey where its data is missing: refused here.
+    if let Some(why) = super::image_check::truncation(bytes) {
+        anyhow::bail!("{name}: {why}");
+    }
     Ok(to_rgb_on_white(img))
 }
 

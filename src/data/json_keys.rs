@@ -1,5 +1,8 @@
-//! A JSON object's keys as written, repeats included: the manifest check names a field given
-//! twice, which a parsed `serde_json::Value` would silently keep once.
+//! JSON for the manifest check's messages: a JSON object's keys as written, repeats included
+//! (the check names a field given twice, which a parsed `serde_json::Value` would silently keep
+//! once), a value's kind, and serde_json's errors without their line.
+
+use serde_json::Value;
 
 /// The keys of a JSON object in order, a repeated one as often as it appears (a parsed
 /// [`Value`] keeps only the last).
@@ -24,4 +27,23 @@ impl<'de> serde::Deserialize<'de> for Keys {
         }
         d.deserialize_map(Visit)
     }
+}
+
+/// A JSON value's kind, for messages.
+pub(super) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// serde_json's message without its ` at line L column C` (a manifest line is one line).
+pub(super) fn json_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
+    format!("not a JSON object: {msg} at column {}", e.column())
 }

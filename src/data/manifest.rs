@@ -1,30 +1,22 @@
 //! Your own dataset as a JSON Lines manifest, checked in one pass before any work.
 //!
-//! One JSON object a line:
-//! `{"image": "photos/a.jpg", "label": "ramen", "text": "noodles, pork, egg", "split": "train", "group": "phone"}`
-//! - `image`: path of the image file, relative to the manifest's folder (or absolute); it is the
-//!   row's id in the cache, so it traces every row back to its file.
-//! - `label`: the class name (a string). Classes are the sorted distinct labels.
-//! - `text`: a string, or a list of strings joined with ", " (an ingredient list). Required on
-//!   training rows (the privileged information); optional on val and test rows.
-//! - `split`: `train`, `val` or `test`. Without val rows, `train` holds out a seeded share of train.
-//! - `group` (optional, on every line or none): the domain of the row (camera, site, vendor);
-//!   `--leave-one-out` tests on each group in turn. Without it the group is the first folder of
-//!   the image path.
+//! One JSON object a line; [`HELP`] has the fields, as `extract --help` shows them.
 //!
 //! Every problem is reported at once, each as `file:line: what is wrong (what to do)`: lines that
 //! are not JSON objects, unknown or missing fields, wrong types, an unknown split, empty text, an
-//! image that is missing or whose header does not decode, the same image listed twice or in two
-//! splits, classes without training rows, `group` on some lines only. A UTF-8 byte order mark is
-//! ignored.
+//! image that is missing, empty, truncated or whose header does not decode, the same image listed
+//! twice or in two splits, labels that differ only in case, spaces or Unicode form, classes
+//! without training rows, `group` on some lines only. A UTF-8 byte order mark is ignored.
 
 use super::dataset::{Dataset, Sample};
-use super::json_keys::Keys;
+use super::image_check::file_problem;
+use super::json_keys::{Keys, json_error, kind};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use unicode_normalization_alignments::UnicodeNormalization;
 
 /// The manifest's format, as `extract --help` shows it.
 pub const HELP: &str = "\
@@ -39,11 +31,15 @@ Manifest (--dataset manifest --root FILE.jsonl): one JSON object a line, e.g.
   group  optional, on every line or none: the row's domain (camera, site, vendor) for
          --leave-one-out; without it the group is the first folder of the image path
 Other keys are errors. The whole file is checked before any work (every image found and its
-header decoded, no image twice, every class with training rows) and every problem is listed with
+header decoded and its data complete, no image twice, every class with training rows) and every problem is listed with
 its line. A manifest of test rows only makes a cache for `eval --cache`.";
 
 /// The fields a manifest line may have.
 pub const FIELDS: [&str; 5] = ["image", "label", "text", "split", "group"];
+
+/// What a val or test split with text on some rows only means.
+const PARTIAL_TEXT: &str =
+    "the cache keeps no text of the SPLIT split, so the reconstruction metric and --leave-one-out cannot use it; give those rows their text";
 
 /// Problems listed in one error at most; the rest are counted.
 const MAX_PROBLEMS: usize = 50;
@@ -101,23 +97,14 @@ impl Problems<'_> {
 /// A manifest line, for messages.
 const EXAMPLE: &str = r#"{"image": "a.jpg", "label": "ramen", "text": "noodles, egg", "split": "train"}"#;
 
-/// A JSON value's kind, for messages.
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+/// What to do about a field given as an empty string.
+fn empty_fix(key: &str) -> &'static str {
+    match key {
+        "image" => "give the image file's path",
+        "label" => "give the class name, or leave the line out",
+        "split" => "give train, val or test",
+        _ => "give a value, or leave the key out",
     }
-}
-
-/// serde_json's message without its ` at line L column C` (a manifest line is one line).
-fn json_error(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
-    format!("not a JSON object: {msg} at column {}", e.column())
 }
 
 /// The fields of one line, every problem of the line reported; `None` when the line has no usable
@@ -130,7 +117,7 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option
         match obj.get(key) {
             None if required => p.at(line, format!("`{key}` is missing")),
             None => {}
-            Some(Value::String(s)) if s.trim().is_empty() => p.at(line, format!("`{key}` is empty")),
+            Some(Value::String(s)) if s.trim().is_empty() => p.at(line, format!("`{key}` is empty; {}", empty_fix(key))),
             Some(Value::String(s)) => return Some(s.clone()),
             Some(v) => p.at(line, format!("`{key}` must be a string, not {}", kind(v))),
         }
@@ -142,7 +129,9 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option
     let group = string("group", false, p);
     let split = match split {
         Some(s) if !["train", "val", "test"].contains(&s.as_str()) => {
-            p.at(line, format!("split `{s}` is not train, val or test"));
+            let lower = s.trim().to_lowercase();
+            let hint = if ["train", "val", "test"].contains(&lower.as_str()) { format!(": write `{lower}`") } else { String::new() };
+            p.at(line, format!("split `{s}` is not train, val or test{hint}"));
             None
         }
         s => s,
@@ -177,29 +166,6 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option
         p.at(line, format!("label `{l}` has spaces at its ends (it would be a class of its own); remove them"));
     }
     Some(Row { line, image: image?, label: label?, text, split: split?, group, has_group: obj.contains_key("group") })
-}
-
-/// Why the image at `path` cannot be used, if it cannot: missing, not a file, or a header that
-/// does not decode.
-fn image_problem(path: &Path) -> Option<String> {
-    if !path.exists() {
-        return Some(format!("not found at {} (paths are relative to the manifest's folder)", path.display()));
-    }
-    if !path.is_file() {
-        return Some(format!("at {} is not a file", path.display()));
-    }
-    let reader = match image::ImageReader::open(path).and_then(|r| r.with_guessed_format()) {
-        Ok(r) => r,
-        Err(e) => return Some(format!("at {} cannot be opened: {e}", path.display())),
-    };
-    match reader.into_dimensions() {
-        Ok((w, h)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
-        Ok(_) => None,
-        Err(image::ImageError::Unsupported(_)) => {
-            Some(format!("at {} is not a JPEG, PNG or WebP image (judged by its contents); convert it, or leave its line out", path.display()))
-        }
-        Err(e) => Some(format!("at {} cannot be read as an image: {e}", path.display())),
-    }
 }
 
 /// Reports files with the same bytes (the same photo saved under two names) in two splits, or
@@ -285,10 +251,10 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     // Python's dict quoting: one problem for all such lines (each would fail alike).
     let single_quoted: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.trim().starts_with("{'")).map(|(i, _)| i + 1).collect();
     if !single_quoted.is_empty() {
-        let lines = line_list(&single_quoted);
+        let also = if single_quoted.len() > 1 { format!(" (also {})", line_list(&single_quoted[1..])) } else { String::new() };
         p.at(
             single_quoted[0],
-            format!("{lines}: strings quoted with ' (as Python prints a dict); JSON takes double quotes, \"image\": \"a.jpg\" (json.dumps writes them)"),
+            format!("strings quoted with '{also} (as Python prints a dict); JSON takes double quotes, \"image\": \"a.jpg\" (json.dumps writes them)"),
         );
     }
     let mut rows = vec![];
@@ -313,9 +279,11 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     }
     let resolved: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.image)).collect();
     if check_images {
-        let found: Vec<Option<String>> = resolved.par_iter().map(|f| image_problem(f)).collect();
+        let found: Vec<Option<String>> = resolved.par_iter().map(|f| file_problem(f)).collect();
         let missing = found.iter().filter(|f| f.as_deref().is_some_and(|w| w.starts_with("not found"))).count();
-        for (r, problem) in rows.iter().zip(found) {
+        // None found: one line says why, and the first few rows show it.
+        let none_found = missing == rows.len() && missing > 1;
+        for (r, problem) in rows.iter().zip(found).take(if none_found { 3 } else { usize::MAX }) {
             if let Some(why) = problem {
                 p.at(r.line, format!("image `{}` {why}", r.image));
             }
@@ -324,8 +292,14 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         if !backslashed.is_empty() {
             p.whole(format!("image paths with \\ ({}): write them with / (a Windows path is one file name here)", line_list(&backslashed)));
         }
-        if missing == rows.len() && missing > 1 {
-            p.whole(format!("none of the {missing} images was found: the paths are relative to the manifest's folder, {}", root.display()));
+        if none_found {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let here = match rows.iter().all(|r| Path::new(&r.image).is_file()) {
+                true => format!("; they are there relative to the current folder, {}: write them relative to the manifest's folder", cwd.display()),
+                false => String::new(),
+            };
+            let listed = if missing > 3 { " (the first 3 are listed)" } else { "" };
+            p.whole(format!("none of the {missing} images was found{listed}: the paths are relative to the manifest's folder, {}{here}", root.display()));
         }
         same_bytes_in_two_splits(&rows, &resolved, &mut p);
     }
@@ -355,12 +329,13 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     }
     let mut by_case: BTreeMap<String, Vec<(&str, usize)>> = BTreeMap::new();
     for (name, (_, lines)) in &classes {
-        by_case.entry(name.trim().to_lowercase()).or_default().push((name, lines[0]));
+        let nfc: String = name.trim().nfc().map(|(c, _)| c).collect();
+        by_case.entry(nfc.to_lowercase()).or_default().push((name, lines[0]));
     }
     for spellings in by_case.values_mut().filter(|v| v.len() > 1) {
         spellings.sort_by_key(|(_, line)| *line);
         let listed: Vec<String> = spellings.iter().map(|(n, l)| format!("`{n}` (line {l})")).collect();
-        p.at(spellings[1].1, format!("labels {} differ only in case or spaces: they would be separate classes; use one spelling", listed.join(" and ")));
+        p.at(spellings[1].1, format!("labels {} differ only in case, spaces or Unicode form (é as one character or as e + accent, as macOS folder names hold it): they would be separate classes; use one spelling", listed.join(" and ")));
     }
     if rows.iter().any(|r| r.split == "train") {
         for (name, (_, lines)) in classes.iter().filter(|(_, (trained, _))| !trained) {
@@ -383,7 +358,19 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         let what = if single.len() == 1 { "class" } else { "each of the classes" };
         eprintln!("note: {}: one row only of {what} {}{more}; if a label is a typo, correct it", path.display(), single[..single.len().min(5)].join(", "));
     }
-
+    for split in ["val", "test"] {
+        let (with, without): (Vec<&Row>, Vec<&Row>) = rows.iter().filter(|r| r.split == split).partition(|r| r.text.is_some());
+        let (n, lines) = (without.len(), line_list(&without.iter().map(|r| r.line).collect::<Vec<_>>()));
+        if !with.is_empty() && n > 0 {
+            let verb = if n == 1 { "has" } else { "have" };
+            eprintln!(
+                "note: {}: {n} of the {} {split} rows {verb} no text ({lines}): {}",
+                path.display(),
+                with.len() + n,
+                PARTIAL_TEXT.replace("SPLIT", split)
+            );
+        }
+    }
     let names: Vec<String> = classes.keys().map(|c| c.to_string()).collect();
     let mut ds = Dataset { name: format!("manifest({})", path.display()), classes: names, train: vec![], val: vec![], test: vec![] };
     for (r, image) in rows.into_iter().zip(resolved) {

@@ -4,6 +4,7 @@ mod dataset;
 pub mod emoji;
 pub mod food;
 pub mod image;
+mod image_check;
 mod json_keys;
 pub mod manifest;
 

@@ -168,7 +168,18 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     }
     let ck = crate::checkpoint::Checkpoint::open(&req.model, dev)?;
     let classes = ck.run.model.classes;
-    let missing = |dir: &std::path::Path| format!("{}: no `{}` split", dir.display(), req.split);
+    let missing = |dir: &std::path::Path| {
+        let carved = req.split == "val" && req.cache.is_none();
+        let why = match carved {
+            true => format!(
+                "; the run validated on {:.0}% of its training rows, held out by its seed (its val scores are in {})",
+                100.0 * ck.run.train.val_fraction,
+                ck.dir.join(crate::checkpoint::METRICS).display()
+            ),
+            false => String::new(),
+        };
+        format!("{}: no `{}` split{why}", dir.display(), req.split)
+    };
     let (cache_dir, data, reference) = match &req.cache {
         None => {
             let cache = ck.open_cache()?;

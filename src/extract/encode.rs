@@ -148,7 +148,12 @@ impl Extraction<'_> {
                     done.write(&block_path(b))?;
                     blocks[b] = Some(done);
                     if crate::interrupt::requested() {
-                        let resume_hint = format!("saved {} images of {name} in {}; run the same command again to continue", bar.position(), partial.display());
+                        let resume_hint = format!(
+                            "saved {} of {} {name} images in {} (and any split encoded before it); run the same command again to continue",
+                            bar.position(),
+                            samples.len(),
+                            partial.display()
+                        );
                         return Err(crate::interrupt::Interrupted { resume_hint }.into());
                     }
                 }

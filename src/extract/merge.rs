@@ -3,7 +3,7 @@
 //! build) and joined in shard order into the cache one extraction would have written.
 
 use super::options::{JOB, Skipped, partial_dir};
-use super::progress::{Job, ROWS, RowHashes};
+use super::progress::{Job, ROWS, RowHashes, is_cache_file};
 use crate::features::FeatureCache;
 use crate::fsutil::read_json;
 use crate::words::count;
@@ -141,16 +141,12 @@ fn check_out(out: &Path, shards: &[Shard]) -> Result<()> {
         bail!("{}: --out is (or holds) the shard {}; merge into a folder of its own", out.display(), s.dir.display());
     }
     ensure!(!out.is_file(), "{}: --out is a file; name a folder for the merged cache", out.display());
-    let cache_files = ["train.safetensors", "val.safetensors", "test.safetensors", JOB, "skipped.jsonl", ROWS, crate::lock::LOCK_FILE];
-    let other: Vec<String> = match std::fs::read_dir(out) {
-        Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !cache_files.contains(&n.as_str())).collect(),
-        Err(_) => vec![],
-    };
+    let other = crate::fsutil::foreign_entries(out, is_cache_file);
     ensure!(
         other.is_empty(),
-        "{}: this folder holds other things than a feature cache (`{}`); merge into a new or empty folder",
+        "{}: this folder holds other things than a feature cache ({}); merge into a new or empty folder",
         out.display(),
-        other.join("`, `")
+        crate::fsutil::name_list(&other)
     );
     Ok(())
 }

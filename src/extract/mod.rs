@@ -206,6 +206,13 @@ pub fn extract(
         out.display(),
         other.unwrap_or_default()
     );
+    let other = crate::fsutil::foreign_entries(out, progress::is_cache_file);
+    ensure!(
+        other.is_empty() || out.join(JOB).is_file(),
+        "{}: this folder holds other things than a feature cache ({}); choose a new or empty folder for --out",
+        out.display(),
+        crate::fsutil::name_list(&other)
+    );
     let _lock = crate::lock::OutLock::acquire(out, "extract")?;
     let rows = progress::row_hashes(&splits, &ds.classes);
     if let Some((saved, found, skipped)) = progress::cache_in(out).or_else(|e| if opts.existing == Existing::Replace { Ok(None) } else { Err(e) })? {

@@ -3,7 +3,7 @@
 //! (`OUT.partial/<split>-NNNNN.safetensors`) and a hash per sample (`OUT.partial/rows.json`),
 //! which names the rows that changed when a rerun's dataset differs from the saved progress.
 
-use super::options::{Existing, Skipped, Splits};
+use super::options::{Existing, JOB, Skipped, Splits};
 use crate::data::Sample;
 use crate::features::FeatureCache;
 use anyhow::{Context, Result, ensure};
@@ -109,6 +109,12 @@ pub(super) fn samples_hash(samples: &[Sample], classes: &[String]) -> String {
 
 /// Where a cache and a progress folder keep their [`RowHashes`].
 pub(super) const ROWS: &str = "rows.json";
+
+/// Whether a feature cache's folder holds a file of this name (its splits, [`ROWS`], the job,
+/// the skipped images' list).
+pub(super) fn is_cache_file(name: &str) -> bool {
+    ["train.safetensors", "val.safetensors", "test.safetensors", JOB, "skipped.jsonl", ROWS].contains(&name)
+}
 
 /// Per split, each sample's id and hash (`rows.json` in the progress folder, then in the cache).
 pub(super) type RowHashes = BTreeMap<String, Vec<(String, String)>>;

@@ -100,6 +100,17 @@ impl FeatureCache {
             dir.display(),
             others.join(" and ")
         );
+        if !path.exists() {
+            let mut manifests: Vec<PathBuf> =
+                std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect();
+            manifests.sort_by_key(|p| (!p.to_string_lossy().contains("manifest"), p.clone()));
+            let manifest = manifests.first();
+            let hint = match manifest {
+                Some(m) => format!("; if this is your dataset, `marnet extract --dataset manifest --root {} --out CACHE` makes one", m.display()),
+                None => "; `marnet extract --out CACHE` makes one".to_string(),
+            };
+            bail!("{}: not a feature cache (no train.safetensors here){hint}", dir.display());
+        }
         let train = Self::read_split(dir, "train")?;
         ensure!(train.text.is_some(), "{}: tensor `text` is missing; MARNet needs text features for training", path.display());
         let mut cache = FeatureCache { dir: dir.to_path_buf(), train, val: None, test: None, fold: None };

@@ -53,6 +53,14 @@ pub enum Verbosity {
 /// Splits train into (train, val) unless the cache has its own `val`.
 pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSplit, FeatureSplit)> {
     if let Some(v) = &cache.val {
+        let default = TrainConfig::default().val_fraction;
+        ensure!(
+            cfg.val_fraction == default,
+            "--val-fraction {}: {} has a `val` split of its own ({}), which is used as it is; leave --val-fraction out (it takes a share of train only for a cache without one)",
+            cfg.val_fraction,
+            cache.dir.display(),
+            crate::words::count(v.len(), "row")
+        );
         return Ok((cache.train.clone(), v.clone()));
     }
     let n = cache.train.len();
@@ -135,6 +143,13 @@ pub fn train(
     );
     let last_dir = out.join("last");
     let saved_state = [last_dir.clone(), out.join("best")].iter().find_map(|d| crate::fsutil::recover_dir(d));
+    let other = crate::fsutil::foreign_entries(out, |n| n.starts_with("best") || n.starts_with("last"));
+    ensure!(
+        other.is_empty() || saved_state.is_some(),
+        "{}: this folder holds other things than a run ({}); a run writes best/ and last/ into --out: choose a new or empty folder",
+        out.display(),
+        crate::fsutil::name_list(&other)
+    );
     match (resume, saved_state) {
         (Resume::Refuse, Some(found)) => {
             let state: TrainState = crate::fsutil::read_json(&found.join(checkpoint::METRICS)).unwrap_or_default();

@@ -146,3 +146,19 @@ pub fn write(root: &Path, rel: &str, text: &str) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
 }
+
+/// A PNG broken inside its image data (as a bad disk sector leaves it): its chunks are all
+/// there, the header decodes and it ends with `IEND`, so only decoding finds it broken.
+pub fn broken_inside(png: &[u8]) -> Vec<u8> {
+    let mut out = png.to_vec();
+    let mut at = 8; // after the signature: chunks of length, type, data, CRC
+    while at + 8 <= out.len() {
+        let len = u32::from_be_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+        if &out[at + 4..at + 8] == b"IDAT" {
+            out[at + 8..at + 8 + len].iter_mut().skip(len / 4).for_each(|b| *b = 0xAB);
+            return out;
+        }
+        at += 12 + len;
+    }
+    panic!("a PNG without image data");
+}

@@ -132,7 +132,7 @@ fn manifest_problems_are_listed_together_with_their_lines() {
         format!("{f}:7: image `f.png` not found at {}", tmp.path().join("f.png").display()),
         format!("{f}:8: image `./ok.png` is in train (line 1) and in test"),
         format!("{f}:9: image `ok2.png` is listed twice (lines 2 and 9)"),
-        format!("{f}:10: image `a.png` at {} cannot be read as an image", tmp.path().join("a.png").display()),
+        format!("{f}:10: image `a.png` at {} is an empty file (0 bytes)", tmp.path().join("a.png").display()),
         format!("{f}:1: `group` is set on some lines but not on lines 1, 2, 5, 6, 7 and 2 more"),
         format!("{f}:11: not a JSON object: EOF while parsing a value at column"),
         format!("{f}:12: expected a JSON object"),
@@ -165,7 +165,7 @@ fn manifest_catches_the_mistakes_people_make() {
     assert!(err.contains("this looks like CSV or TSV (line 1: `image,label,text,split`)") && err.matches(&f).count() == 1, "{err}");
     std::fs::write(&p, "{'image': 'a.png', 'label': 'x', 'text': 't', 'split': 'train'}\n").unwrap();
     let err = format!("{:#}", manifest(&p, false).unwrap_err());
-    assert!(err.contains(&format!("{f}:1: line 1: strings quoted with ' (as Python prints a dict); JSON takes double quotes")), "{err}");
+    assert!(err.contains(&format!("{f}:1: strings quoted with ' (as Python prints a dict); JSON takes double quotes")), "{err}");
     assert!(!err.contains("not a JSON object"), "one problem, not also one a line: {err}");
 
     image::RgbImage::from_pixel(5, 4, image::Rgb([9, 9, 9])).save(tmp.path().join("apple.png")).unwrap();
@@ -182,7 +182,7 @@ fn manifest_catches_the_mistakes_people_make() {
     std::fs::write(&p, lines.join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
     for want in [
-        format!("{f}:2: labels `apple` (line 1) and `Apple` (line 2) differ only in case or spaces"),
+        format!("{f}:2: labels `apple` (line 1) and `Apple` (line 2) differ only in case, spaces or Unicode form"),
         format!("{f}:3: image `copy-of-apple.png` (test) has the same bytes as `apple.png` (train, line 1)"),
         format!("{f}:4: label ` pear` has spaces at its ends"),
         format!("{f}:4: image `notes.txt` at {} is not a JPEG, PNG or WebP image (judged by its contents)", tmp.path().join("notes.txt").display()),
@@ -218,6 +218,37 @@ fn manifest_catches_the_mistakes_people_make() {
     std::fs::write(&p, [line(r"phone\\a.png", "a", "train"), line("pear.png", "b", "train")].join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
     assert!(err.contains(&format!("{f}: image paths with \\ (line 1): write them with /")), "{err}");
+}
+
+/// Images cut short (an interrupted copy) or empty, and one label typed and one taken from a
+/// macOS folder name (the same letters in another Unicode form): all found before any work.
+#[test]
+fn manifest_finds_cut_images_and_labels_in_two_unicode_forms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, dir) = (tmp.path().join("m.jsonl"), tmp.path());
+    let f = p.display().to_string();
+    let photo = image::RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 7 + y * y) as u8, ((y * 3) ^ (x * 5)) as u8, (x * y) as u8]));
+    for name in ["a.jpg", "b.jpg", "c.png", "d.jpg"] {
+        photo.save(dir.join(name)).unwrap();
+    }
+    for name in ["b.jpg", "c.png"] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name), &bytes[..bytes.len() / 2]).unwrap();
+    }
+    std::fs::write(dir.join("e.jpg"), b"").unwrap();
+    let line = |img: &str, label: &str| format!(r#"{{"image": "{img}", "label": "{label}", "text": "t", "split": "train"}}"#);
+    let lines = [line("a.jpg", "ph\u{1edf}"), line("b.jpg", "pho\u{31b}\u{309}"), line("c.png", "x"), line("d.jpg", "x"), line("e.jpg", "x")];
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    for want in [
+        format!("{f}:2: labels `ph\u{1edf}` (line 1) and `pho\u{31b}\u{309}` (line 2) differ only in case, spaces or Unicode form"),
+        format!("{f}:2: image `b.jpg` at {} is truncated", dir.join("b.jpg").display()),
+        format!("{f}:3: image `c.png` at {} is truncated", dir.join("c.png").display()),
+        format!("{f}:5: image `e.jpg` at {} is an empty file (0 bytes)", dir.join("e.jpg").display()),
+    ] {
+        assert!(err.contains(&want), "expected `{want}` in:\n{err}");
+    }
+    assert!(!err.contains(":1: image") && !err.contains(":4:"), "whole images are not problems: {err}");
 }
 
 /// A class seen only outside train cannot be learned; a single class is no classifier.
