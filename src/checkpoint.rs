@@ -3,7 +3,7 @@
 
 use crate::config::TrainConfig;
 use crate::model::marnet::{Marnet, MarnetConfig};
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -160,6 +160,10 @@ impl Checkpoint {
         );
         let dir = if !dir.join(CONFIG).exists() && dir.join("best").is_dir() { dir.join("best") } else { dir.to_path_buf() };
         let dir = crate::fsutil::recover_dir(&dir).with_context(|| format!("{}: no checkpoint folder here", dir.display()))?;
+        if !dir.join(CONFIG).is_file() {
+            let below = first_run_in(&dir, 3).map_or(String::new(), |r| format!("; a run below it: {}", r.display()));
+            bail!("{}: not a run (no {CONFIG} or best/ here){below}; pass a folder that `marnet train --out` wrote", dir.display());
+        }
         let read = |name: &str| -> Result<String> {
             let p = dir.join(name);
             std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))

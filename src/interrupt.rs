@@ -6,7 +6,7 @@
 //! both the command and its process group). Otherwise (`predict`, `eval`, `export`, ...: nothing to
 //! save) Ctrl-C exits at once, with status 130.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -101,7 +101,9 @@ pub fn install() {
         // Not `eprintln!`, which panics when stderr is a closed pipe (`serve 2>&1 | tee log`:
         // tee gets the same Ctrl-C): that would end ctrlc's thread with the flag still down,
         // and every later Ctrl-C and SIGTERM would go unheard.
-        let say = |said: &str| drop(writeln!(std::io::stderr(), "\n{said}"));
+        // On a terminal, after the `^C` it echoed.
+        let lead = if std::io::stderr().is_terminal() { "\n" } else { "" };
+        let say = |said: &str| drop(writeln!(std::io::stderr(), "{lead}{said}"));
         if on_ctrl_c(&REQUESTED, &FIRST, Instant::now(), what, say) {
             std::process::exit(130);
         }

@@ -146,7 +146,8 @@ pub fn write_results(results: &[FileResult], format: Format, w: &mut impl Write)
             for r in results {
                 let cells = match (&r.top, &r.error) {
                     (Some(top), _) => top.iter().map(|c| format!("{} ({:.1}%)", c.class, 100.0 * c.prob)).collect::<Vec<_>>().join("  "),
-                    (None, e) => format!("ERROR {}", e.as_deref().unwrap_or("")),
+                    // The path is the row's first column: not again at the error's start.
+                    (None, e) => format!("ERROR {}", e.as_deref().map(|e| e.strip_prefix(&format!("{}: ", r.path.display())).unwrap_or(e)).unwrap_or("")),
                 };
                 writeln!(w, "{:width$}  {cells}", r.path.display())?;
             }

@@ -3,7 +3,7 @@
 //! figures as a plain line every [`LOG_EVERY`], which a log keeps readable.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,8 @@ impl TermLike for LogLines {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if !line.is_empty() && last.elapsed() >= LOG_EVERY {
             *last = Instant::now();
-            eprintln!("{line}");
+            // Not `eprintln!`, which panics when stderr is a closed pipe.
+            drop(writeln!(std::io::stderr(), "{line}"));
         }
         Ok(())
     }

@@ -177,6 +177,9 @@ fn bad_paths_fail_with_a_message() {
     let out = marnet(&["eval", "--model", &table.display().to_string()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("pass one of its runs, e.g. {}", table.join("fold-phone/marnet/seed0").display())), "{err}");
+    let out = marnet(&["eval", "--model", &table.join("fold-phone").display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("not a run (no config.json or best/ here); a run below it: {}", table.join("fold-phone/marnet/seed0").display())), "{err}");
 }
 
 /// Outputs never land among a user's own files, and options that would be ignored are refused:

@@ -18,7 +18,7 @@ pub fn truncation(bytes: &[u8]) -> Option<String> {
         [b'R', b'I', b'F', b'F', a, b, c, d, b'W', b'E', b'B', b'P', ..] => (bytes.len() as u64) < u32::from_le_bytes([*a, *b, *c, *d]) as u64 + 8,
         _ => false,
     };
-    cut.then(|| format!("is truncated: its data ends before the image's does ({} bytes)", bytes.len()))
+    cut.then(|| format!("is truncated: the file stops at {} bytes, before the image's data ends", bytes.len()))
 }
 
 /// Whether a JPEG's end-of-image marker (FF D9) follows the start of its first scan. The

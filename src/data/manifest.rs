@@ -334,7 +334,14 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     }
     for spellings in by_case.values_mut().filter(|v| v.len() > 1) {
         spellings.sort_by_key(|(_, line)| *line);
-        let listed: Vec<String> = spellings.iter().map(|(n, l)| format!("`{n}` (line {l})")).collect();
+        // Where the forms differ, say which is which: the two look the same on screen.
+        let forms = spellings.iter().any(|(n, _)| n.nfc().any(|(_, change)| change != 0));
+        let form = |n: &str| match (forms, n.nfc().any(|(_, change)| change != 0)) {
+            (false, _) => "",
+            (true, true) => ", letters and accents apart",
+            (true, false) => ", letters with their accents",
+        };
+        let listed: Vec<String> = spellings.iter().map(|(n, l)| format!("`{n}` (line {l}{})", form(n))).collect();
         p.at(spellings[1].1, format!("labels {} differ only in case, spaces or Unicode form (é as one character or as e + accent, as macOS folder names hold it): they would be separate classes; use one spelling", listed.join(" and ")));
     }
     if rows.iter().any(|r| r.split == "train") {

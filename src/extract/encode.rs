@@ -149,10 +149,10 @@ impl Extraction<'_> {
                     blocks[b] = Some(done);
                     if crate::interrupt::requested() {
                         let resume_hint = format!(
-                            "saved {} of {} {name} images in {} (and any split encoded before it); run the same command again to continue",
+                            "{} holds the images encoded so far ({name}: {} of {}); run the same command again to continue",
+                            partial.display(),
                             bar.position(),
-                            samples.len(),
-                            partial.display()
+                            samples.len()
                         );
                         return Err(crate::interrupt::Interrupted { resume_hint }.into());
                     }

@@ -69,6 +69,13 @@ impl Job {
         // Each phrase follows "made ...".
         Some(if old.code != now.code {
             format!("by {} (this is {})", if old.code.is_empty() { "an older marnet" } else { &old.code }, now.code)
+        } else if changed.len() == 1 && changed[0].starts_with("--batch ") {
+            // A speed setting to the user, but the encoders' sums can round differently at another batch.
+            let was = show(a.get("batch"));
+            format!(
+                "with --batch {was} (now {}; features can differ in their last bits between batch sizes: pass --batch {was} to use it)",
+                show(b.get("batch"))
+            )
         } else if !changed.is_empty() {
             format!("with other settings ({})", changed.join(", "))
         } else if old.visual_encoder != now.visual_encoder {
@@ -270,6 +277,10 @@ pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits
             Some(_) if existing == Existing::Replace || !has_blocks(partial) => {
                 std::fs::remove_dir_all(partial).with_context(|| format!("{}: cannot remove", partial.display()))?;
             }
+            Some(why) if why.starts_with("by ") => anyhow::bail!(
+                "{}: the saved progress of an unfinished extraction was made {why}, whose blocks this build cannot continue; pass --force to discard it and start over",
+                partial.display()
+            ),
             Some(why) => {
                 let changes = match crate::fsutil::read_json::<RowHashes>(&rows_path) {
                     Ok(saved_rows) if saved.samples != job.samples => format!("\n{}", describe_changes(&saved_rows, rows, splits)),
@@ -285,4 +296,25 @@ pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits
     crate::fsutil::write_atomic(&rows_path, serde_json::to_string(rows)?.as_bytes())?;
     crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job with `settings`, the rest alike.
+    fn job(settings: serde_json::Value) -> Job {
+        Job { settings, visual_encoder: "v".into(), text_encoder: Default::default(), code: "c".into(), samples: vec![], tokens: false, whole: vec![] }
+    }
+
+    /// The batch, a speed setting to a user, says how to use the cache; other settings are listed.
+    #[test]
+    fn a_batch_change_says_which_batch_to_pass() {
+        let saved = job(serde_json::json!({"batch": 7, "limit": null}));
+        let why = saved.differs(&job(serde_json::json!({"batch": 32, "limit": null}))).unwrap();
+        assert!(why.starts_with("with --batch 7 (now 32;") && why.ends_with("pass --batch 7 to use it)"), "{why}");
+        let why = saved.differs(&job(serde_json::json!({"batch": 32, "limit": 5}))).unwrap();
+        assert_eq!(why, "with other settings (--batch 7 → 32, --limit unset → 5)");
+        assert_eq!(saved.differs(&job(serde_json::json!({"batch": 7, "limit": null}))), None);
+    }
 }

@@ -241,7 +241,9 @@ fn manifest_finds_cut_images_and_labels_in_two_unicode_forms() {
     std::fs::write(&p, lines.join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
     for want in [
-        format!("{f}:2: labels `ph\u{1edf}` (line 1) and `pho\u{31b}\u{309}` (line 2) differ only in case, spaces or Unicode form"),
+        format!(
+            "{f}:2: labels `ph\u{1edf}` (line 1, letters with their accents) and `pho\u{31b}\u{309}` (line 2, letters and accents apart) differ only in case, spaces or Unicode form"
+        ),
         format!("{f}:2: image `b.jpg` at {} is truncated", dir.join("b.jpg").display()),
         format!("{f}:3: image `c.png` at {} is truncated", dir.join("c.png").display()),
         format!("{f}:5: image `e.jpg` at {} is an empty file (0 bytes)", dir.join("e.jpg").display()),
