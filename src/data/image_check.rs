@@ -107,7 +107,8 @@ mod tests {
     }
 
     /// A JPEG cut inside its scan still decodes (grey where the data is missing): the check is
-    /// what catches it, in `decode` too. An EXIF-like segment holding FF D9 before the scan does not count as the end.
+    /// what catches it, in `decode` too. An EXIF-like segment holding FF D9 before the scan does
+    /// not count as the end.
     #[test]
     fn a_cut_jpeg_decodes_but_is_refused() {
         let whole = encoded(image::ImageFormat::Jpeg);

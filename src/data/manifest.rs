@@ -30,9 +30,9 @@ Manifest (--dataset manifest --root FILE.jsonl): one JSON object a line, e.g.
   split  train, val or test; without val rows, `train` holds out --val-fraction of train (seeded)
   group  optional, on every line or none: the row's domain (camera, site, vendor) for
          --leave-one-out; without it the group is the first folder of the image path
-Other keys are errors. The whole file is checked before any work (every image found and its
-header decoded and its data complete, no image twice, every class with training rows) and every problem is listed with
-its line. A manifest of test rows only makes a cache for `eval --cache`.";
+Other keys are errors. The whole file is checked before any work (every image found, its header
+decoded and its data complete, no image twice, every class with training rows) and every problem
+is listed with its line. A manifest of test rows only makes a cache for `eval --cache`.";
 
 /// The fields a manifest line may have.
 pub const FIELDS: [&str; 5] = ["image", "label", "text", "split", "group"];
