@@ -17,15 +17,19 @@ fn is_image(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The images under `dir` (recursively, sorted) into `out`; the other files (not hidden) into
+/// `others`.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, others: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> =
         std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
+            walk(&p, out, others)?;
         } else if is_image(&p) {
             out.push(p);
+        } else if !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            others.push(p);
         }
     }
     Ok(())
@@ -47,18 +51,30 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .map(|p| format!("`{}`", p.display()))
         .collect();
     anyhow::ensure!(missing.is_empty(), "no such file or folder: {}", missing.join(", "));
-    let mut out = Vec::new();
+    let (mut out, mut others) = (Vec::new(), Vec::new());
     for p in inputs {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
         if p.is_dir() {
-            walk(p, &mut out)?;
+            walk(p, &mut out, &mut others)?;
         } else if ext == "txt" || ext == "lst" {
             let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read list", p.display()))?;
             let base = p.parent().unwrap_or(Path::new("."));
-            out.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| base.join(l)));
+            let listed: Vec<PathBuf> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| base.join(l)).collect();
+            anyhow::ensure!(
+                listed.is_empty() || listed.iter().any(|f| f.exists()),
+                "{}: none of its {} lines names an existing file: a .txt or .lst input is read as a list of image paths, one a line, relative to its folder (the first: `{}`)",
+                p.display(),
+                listed.len(),
+                listed[0].display()
+            );
+            out.extend(listed);
         } else {
             out.push(p.clone());
         }
+    }
+    if let Some(first) = others.first() {
+        let what = if others.len() == 1 { "file" } else { "files" };
+        eprintln!("note: left out {} {what} in folders not ending in .{}, e.g. {}", others.len(), IMAGE_EXTENSIONS.join(", ."), first.display());
     }
     if out.is_empty() {
         let searched: Vec<String> = inputs.iter().map(|p| format!("`{}`", p.display())).collect();
@@ -179,6 +195,10 @@ mod tests {
         let got = collect_inputs(&[d.join("a"), d.join("list.txt"), d.join("missing.png")]).unwrap();
         let want: Vec<PathBuf> = ["a/2.png", "a/b/1.JPG", "x.webp", "a/2.png", "missing.png"].iter().map(|f| d.join(f)).collect();
         assert_eq!(got, want);
+        // A text file given as an input is read as a list: one naming no file at all is refused.
+        std::fs::write(d.join("notes.txt"), "milk\neggs\n").unwrap();
+        let e = collect_inputs(&[d.join("notes.txt")]).unwrap_err().to_string();
+        assert!(e.contains("notes.txt: none of its 2 lines names an existing file: a .txt or .lst input is read as a list of image paths"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 /// Writes `DIR/report/` from the saved results in `dir`, all of it or, on failure, none (the
 /// previous report stays); returns the report folder.
 pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> {
+    ensure!(dir.is_dir(), "{}: no such folder; pass the --out folder of `marnet ablate`, `compare` or `demo`", dir.display());
     plots::use_font(&opts.font(None)?)?;
     let mut tables = vec![];
     for name in ["ablation", "comparison"] {

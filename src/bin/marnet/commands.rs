@@ -135,7 +135,7 @@ pub enum Cmd {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// Classes per image.
-        #[arg(long, default_value_t = 5, value_parser = marnet::options::at_least_one::<usize>)]
+        #[arg(short = 'k', long, default_value_t = 5, value_parser = marnet::options::at_least_one::<usize>)]
         top_k: usize,
         /// Output format on stdout.
         #[arg(long, value_enum, default_value = "table")]
