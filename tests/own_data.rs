@@ -167,6 +167,8 @@ fn a_run_moved_with_its_cache_works_from_any_folder_and_exports_its_own_encoder(
     std::fs::rename(&a, &b).unwrap();
     let report = ok_in(Path::new("/"), &["report", b.join("table").to_str().unwrap()]);
     assert!(report.contains("report.html") && b.join("table/report/report.html").is_file(), "{report}");
+    let html = std::fs::read_to_string(b.join("table/report/report.html")).unwrap();
+    assert!(html.contains("<b>Small test set</b>: 12 test images, so one image is 8.3 points of top-1"), "the summary warns of 12 test images");
     let run = b.join("runs/r1");
     let eval = ok_in(Path::new("/"), &["eval", "--model", run.to_str().unwrap()]);
     assert!(eval.contains("| test | 12 |"), "{eval}");

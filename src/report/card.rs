@@ -53,6 +53,9 @@ fn row_sentence(r: &ResultRow, ema: &str) -> Option<String> {
     (!parts.is_empty()).then(|| format!("<li><b>{}</b>: {}.</li>", escape(&r.row), parts.join("; ")))
 }
 
+/// Test images under which the summary says the test set is small.
+const SMALL_TEST: usize = 200;
+
 fn top1(r: &ResultRow) -> f64 {
     100.0 * crate::stats::mean_std(&r.test_top1).0
 }
@@ -97,6 +100,13 @@ pub fn summary(tables: &[(String, Table)]) -> String {
                 weak.join(", ")
             ));
         }
+    }
+    // A small test set: one image is a large step of top-1, and only large differences can show.
+    if let Some(n) = rows.iter().find_map(|r| r.vs_baseline.as_ref().or(r.vs_ema.as_ref()).map(|t| t.n)).filter(|&n| n > 0 && n < SMALL_TEST) {
+        head.push(format!(
+            "<b>Small test set</b>: {n} test images, so one image is {:.1} points of top-1; only differences of several images can be told from chance.",
+            100.0 / n as f64
+        ));
     }
     s += &format!("<p>{} A difference with p ≥ 0.05 (paired bootstrap over the test images) is reported as no difference.</p>\n", head.join(" "));
     let lines: Vec<String> = rows.iter().filter_map(|r| row_sentence(r, &ema)).collect();
