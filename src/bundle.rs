@@ -188,6 +188,13 @@ impl Predictor {
             let d = dir.display();
             anyhow::bail!("{d} is a training run, not a bundle: make one with `marnet export --model {d} --out BUNDLE`");
         }
+        if !dir.join(BUNDLE).is_file() {
+            // A table or any other folder with a run below it: name one, with the command.
+            if let Some(run) = crate::checkpoint::first_run_in(dir, 3) {
+                let r = run.display();
+                anyhow::bail!("{}: not a bundle; a run below it is {r}: make a bundle of it with `marnet export --model {r} --out BUNDLE`", dir.display());
+            }
+        }
         let config: BundleConfig = crate::fsutil::read_json(&dir.join(BUNDLE)).context("not a marnet model bundle (see `marnet export`)")?;
         let ck = Checkpoint::open(dir, dev)?;
         let spec = match config.visual.split_once(':') {

@@ -110,7 +110,7 @@ pub fn save(dir: &Path, run: &RunConfig, model: &LoadedModel, extra: Vec<(String
 
 /// The first run folder (one holding `best/`) under `dir`, in name order, at most `depth` folders
 /// down: a table's `ROW/seedS` or, with `--leave-one-out`, `fold-GROUP/ROW/seedS`.
-fn first_run_in(dir: &Path, depth: usize) -> Option<PathBuf> {
+pub fn first_run_in(dir: &Path, depth: usize) -> Option<PathBuf> {
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     subdirs.sort();
     subdirs.into_iter().find_map(|d| {

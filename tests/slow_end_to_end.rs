@@ -177,6 +177,12 @@ fn bad_paths_fail_with_a_message() {
     let out = marnet(&["eval", "--model", &table.display().to_string()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("pass one of its runs, e.g. {}", table.join("fold-phone/marnet/seed0").display())), "{err}");
+    let out = marnet(&["predict", "--model", &table.display().to_string(), "x.png"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("not a bundle; a run below it is {}: make a bundle of it with `marnet export", table.join("fold-phone/marnet/seed0").display())),
+        "{err}"
+    );
     let out = marnet(&["eval", "--model", &table.join("fold-phone").display().to_string()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("not a run (no config.json or best/ here); a run below it: {}", table.join("fold-phone/marnet/seed0").display())), "{err}");
