@@ -143,7 +143,9 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a checkpoint folder; a run folder (holding `best/`) resolves to its best model.
     pub fn open(dir: &Path, dev: &Device) -> Result<Self> {
-        ensure!(dir.exists(), "{}: no such folder; pass a run folder (`marnet train --out RUN` makes one)", dir.display());
+        // A checkpoint swapped out by a process that died mid-swap is in `DIR.old` (recovered below).
+        let there = dir.exists() || crate::fsutil::recover_dir(dir).is_some();
+        ensure!(there, "{}: no such folder; pass a run folder (`marnet train --out RUN` makes one)", dir.display());
         let table = ["ablation.json", "comparison.json"].into_iter().find(|t| dir.join(t).is_file());
         ensure!(
             table.is_none(),

@@ -227,6 +227,10 @@ fn outputs_never_land_among_a_users_files() {
         "has a `val` split of its own (6 rows), which is used as it is",
     );
     assert!(!dir.join("photos/best").exists() && !dir.join("run").exists());
+    // A checkpoint left as `best.old` by a kill between a swap's two renames still opens.
+    ok(&["train", "--cache", &path("cache"), "--out", &path("run"), "--epochs", "1"]);
+    std::fs::rename(dir.join("run/best"), dir.join("run/best.old")).unwrap();
+    assert!(ok(&["eval", "--model", &path("run/best"), "--split", "val"]).contains("| val |"));
 }
 
 /// A pseudo-random delay (clock nanoseconds), so kills land at different points run to run.
