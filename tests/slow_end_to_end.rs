@@ -196,11 +196,12 @@ fn outputs_never_land_among_a_users_files() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, path) = (tmp.path(), |rel: &str| tmp.path().join(rel).display().to_string());
     std::fs::create_dir_all(dir.join("photos")).unwrap();
+    let mut lines = String::new();
     for (i, label) in ["soup", "cake", "soup", "cake"].iter().enumerate() {
         image::RgbImage::from_pixel(20, 16, image::Rgb([40 * i as u8, 90, 200])).save(dir.join(format!("photos/{i}.png"))).unwrap();
-        let line = format!(r#"{{"image": "photos/{i}.png", "label": "{label}", "text": "salt, {label}", "split": "train"}}"#);
-        std::fs::write(dir.join("manifest.jsonl"), std::fs::read_to_string(dir.join("manifest.jsonl")).unwrap_or_default() + &line + "\n").unwrap();
+        lines += &format!("{{\"image\": \"photos/{i}.png\", \"label\": \"{label}\", \"text\": \"salt, {label}\", \"split\": \"train\"}}\n");
     }
+    std::fs::write(dir.join("manifest.jsonl"), lines).unwrap();
     let (vit, text) =
         (concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny"), concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text-plain"));
     let fails = |args: &[&str], want: &str| {
