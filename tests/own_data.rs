@@ -3,61 +3,12 @@
 //! unasked, a changed cache refused, a new test set matched by class name, bundles others can read.
 
 mod common;
+use common::own::{VIT, dataset, err_in, extract_args, marnet_in, ok_in};
 use common::{marnet, ok};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const TINY: &[&str] = &["--dim", "16", "--hidden", "32", "--time-embedding-dim", "8", "--epochs", "2", "--batch", "8"];
-
-/// Runs `marnet --quiet ARGS` in folder `cwd`.
-fn marnet_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_marnet")).current_dir(cwd).arg("--quiet").args(args).output().unwrap()
-}
-
-fn ok_in(cwd: &Path, args: &[&str]) -> String {
-    let out = marnet_in(cwd, args);
-    assert!(out.status.success(), "marnet {args:?} in {} failed:\n{}", cwd.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn err_in(cwd: &Path, args: &[&str]) -> String {
-    let out = marnet_in(cwd, args);
-    assert!(!out.status.success(), "marnet {args:?} should have failed");
-    String::from_utf8(out.stderr).unwrap()
-}
-
-/// `dir/photos/<group>/<class><i>.png` (a class's colour plus noise) and `dir/manifest.jsonl`:
-/// 3 classes, 2 groups, 4 images each per group; `test_group` tests, the rest trains.
-fn dataset(dir: &Path, test_group: &str) -> PathBuf {
-    let classes = [("red", [200u8, 30, 30], "tomato, chili, pepper"), ("green", [30, 180, 40], "lettuce, basil, lime"), ("blue", [40, 60, 200], "berry, plum")];
-    let mut lines = vec![];
-    for (g, group) in ["phone", "camera"].into_iter().enumerate() {
-        std::fs::create_dir_all(dir.join("photos").join(group)).unwrap();
-        for (c, (name, rgb, text)) in classes.iter().enumerate() {
-            for i in 0..4u32 {
-                let img = image::RgbImage::from_fn(24, 20, |x, y| {
-                    let n = ((x * 7 + y * 13 + i * 31 + c as u32 * 17 + g as u32 * 5) % 40) as u8;
-                    image::Rgb(rgb.map(|v| v.saturating_add(n)))
-                });
-                let rel = format!("photos/{group}/{name}{i}.png");
-                img.save(dir.join(&rel)).unwrap();
-                let split = if group == test_group { "test" } else { "train" };
-                lines.push(format!(r#"{{"image": "{rel}", "label": "{name}", "text": "{text}", "split": "{split}", "group": "{group}"}}"#));
-            }
-        }
-    }
-    let path = dir.join("manifest.jsonl");
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
-
-/// `extract` arguments with the tiny ViT and BERT fixtures.
-fn extract_args<'a>(manifest: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec!["extract", "--dataset", "manifest", "--root", manifest, "--out", out, "--visual", VIT, "--text", TEXT]
-}
-
-const VIT: &str = concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
-const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text-plain");
 
 #[test]
 fn extract_reuses_the_same_cache_refuses_another_and_replaces_it_with_force() {
@@ -115,18 +66,25 @@ fn extract_reuses_the_same_cache_refuses_another_and_replaces_it_with_force() {
     assert!(err.contains("not one `marnet extract` made"), "{err}");
 }
 
+/// The dataset in `dir` with image `broken` broken inside its data (its header decodes), and the
+/// extraction (batch 1, so 8 rows a block) that stops there: the manifest, the arguments, stderr.
+fn stopped_by_a_broken_image(dir: &Path, broken: &str) -> (PathBuf, Vec<&'static str>, String) {
+    let manifest = dataset(dir, "camera");
+    let png = std::fs::read(dir.join("photos/camera/red0.png")).unwrap();
+    std::fs::write(dir.join(broken), common::broken_inside(&png)).unwrap();
+    let args = [extract_args("manifest.jsonl", "cache"), vec!["--batch", "1"]].concat();
+    let err = err_in(dir, &args);
+    (manifest, args, err)
+}
+
 /// An extraction that saved blocks and then failed keeps them; a rerun after the manifest changed
 /// names the changed rows with their lines, and `--force` starts over.
 #[test]
 fn a_changed_manifest_against_saved_progress_names_the_rows_that_changed() {
     let tmp = tempfile::tempdir().unwrap();
-    let manifest = dataset(tmp.path(), "camera");
     // The 12th image (line 12) decodes its header but not its data: the first 8 rows are saved
     // (batch 1 x 8 batches a block), then the run stops.
-    let png = std::fs::read(tmp.path().join("photos/camera/red0.png")).unwrap();
-    std::fs::write(tmp.path().join("photos/phone/blue3.png"), common::broken_inside(&png)).unwrap();
-    let args = [extract_args("manifest.jsonl", "cache"), vec!["--batch", "1"]].concat();
-    let err = err_in(tmp.path(), &args);
+    let (manifest, args, err) = stopped_by_a_broken_image(tmp.path(), "photos/phone/blue3.png");
     assert!(err.contains("blue3.png") && err.contains("manifest.jsonl:12"), "{err}");
     assert!(tmp.path().join("cache.partial/train-00000.safetensors").exists(), "the saved block is kept");
     // Fix the image, but also change line 2's text and drop line 3.
@@ -146,6 +104,39 @@ fn a_changed_manifest_against_saved_progress_names_the_rows_that_changed() {
     let out = ok_in(tmp.path(), &[args, vec!["--force"]].concat());
     assert!(out.contains("train 11 / val 0 / test 12 rows"), "{out}");
     assert!(!tmp.path().join("cache.partial").exists());
+}
+
+/// A rerun after the manifest changed keeps the saved blocks whose rows did not change, names
+/// the rows that did, and writes the cache a fresh extraction of the edited manifest writes.
+#[test]
+fn a_rerun_after_a_fix_keeps_the_blocks_of_unchanged_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The last test image (line 24): train's blocks 0 (lines 1-8) and 1 (lines 9-12) and test's
+    // block 0 (lines 13-20) are saved, then the run stops.
+    let (manifest, args, _) = stopped_by_a_broken_image(tmp.path(), "photos/camera/blue3.png");
+    // The broken image's line left out, and line 10's photo (train's block 1) replaced.
+    let mut lines: Vec<String> = std::fs::read_to_string(&manifest).unwrap().lines().map(String::from).collect();
+    lines.truncate(23);
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    image::RgbImage::from_pixel(24, 20, image::Rgb([40, 60, 200])).save(tmp.path().join("photos/phone/blue1.png")).unwrap();
+    let out = marnet_in(tmp.path(), &args);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let m = manifest.display();
+    for part in [
+        "cache.partial: rows changed since this unfinished extraction was saved:",
+        &format!("train: 1 row changed (file, text, label or group): `photos/phone/blue1.png` ({m}:10)"),
+        "test: 1 row removed: `photos/camera/blue3.png`",
+        "keeping the 2 saved blocks whose rows did not change (16 images) and encoding the rest",
+    ] {
+        assert!(said.contains(part), "`{part}` in:\n{said}");
+    }
+    // Had train's block 1 been kept, the cache would hold the replaced photo's features.
+    ok_in(tmp.path(), &[extract_args("manifest.jsonl", "fresh"), vec!["--batch", "1"]].concat());
+    for f in ["train.safetensors", "test.safetensors", "extract.json", "rows.json", "skipped.jsonl"] {
+        let read = |dir: &str| std::fs::read(tmp.path().join(dir).join(f)).unwrap();
+        assert!(read("cache") == read("fresh"), "{f} differs from a fresh extraction's");
+    }
 }
 
 /// Extract, train and export with relative paths in one folder; move the whole folder; every

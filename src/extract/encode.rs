@@ -180,7 +180,13 @@ impl Extraction<'_> {
             kept.extend(block.kept.iter().map(|&(k, _)| samples[b * block_len + k].clone()));
             keys.extend(block.kept.iter().map(|&(_, key)| key));
             visual.extend(block.visual);
-            skipped.extend(block.skipped);
+            // Where each skipped row is now: the progress may be from before the dataset moved,
+            // or its manifest was edited around the row.
+            let rows = &samples[(b * block_len).min(samples.len())..((b + 1) * block_len).min(samples.len())];
+            skipped.extend(block.skipped.into_iter().map(|s| match rows.iter().find(|r| r.id == s.id) {
+                Some(r) => Skipped { image: r.image.clone(), origin: r.origin.clone(), ..s },
+                None => s,
+            }));
             dv = dv.max(block.dv);
             if !block.kept.is_empty() {
                 ensure!(

@@ -4,11 +4,11 @@
 //! killed or stopped with Ctrl-C resumes at the last completed block when the same command is
 //! run again; the finished cache is identical to an uninterrupted run's. A run that fails before
 //! saving a block leaves no `OUT.partial/`; a rerun whose dataset differs from the saved progress
-//! names the rows that changed. With `skip_bad`, images that cannot be read are left out and
-//! listed in `OUT/skipped.jsonl`. With `--tokens`, each split also stores the encoders' token
-//! features (see [`crate::features`]): the visual tokens are saved in the progress blocks with the
-//! pooled rows, the text tokens are computed with the pooled text features at the end of each
-//! split, as those are.
+//! names the rows that changed and keeps the blocks whose rows did not. With `skip_bad`, images
+//! that cannot be read are left out and listed in `OUT/skipped.jsonl`. With `--tokens`, each
+//! split also stores the encoders' token features (see [`crate::features`]): the visual tokens
+//! are saved in the progress blocks with the pooled rows, the text tokens are computed with the
+//! pooled text features at the end of each split, as those are.
 //!
 //! A cache already in `OUT` is never replaced unasked: made by this build from the same samples
 //! with the same settings, it is reused; otherwise it is refused unless `--force` (see [`Existing`]).
@@ -231,7 +231,7 @@ pub fn extract(
     }
     let partial = partial_dir(out);
     let _stop = crate::interrupt::stop_at_safe_points("stopping once the block of images being encoded is saved");
-    let origin = match progress::claim_progress(&partial, &job, &rows, &splits, opts.existing)? {
+    let origin = match progress::claim_progress(&partial, &job, &rows, &splits, opts.batch.max(1) * options::BLOCK_BATCHES, opts.existing)? {
         true => {
             eprintln!("{}: continuing the unfinished extraction saved there", partial.display());
             Origin::Continued

@@ -35,6 +35,13 @@ pub(super) struct Job {
 }
 
 impl Job {
+    /// Whether `self` (saved) and `now` differ in their rows alone (the dataset's, and a shard's
+    /// whole dataset's): the same settings, encoders and build.
+    pub fn same_but_rows(&self, now: &Job) -> bool {
+        let rowless = |j: &Job| Job { samples: vec![], whole: vec![], ..j.clone() };
+        rowless(self).differs(&rowless(now)).is_none()
+    }
+
     /// Why `self` (saved) is not `now`, in words; `None` if they are the same job. Where the
     /// dataset's root is (a moved dataset) does not count: its rows do.
     pub fn differs(&self, now: &Job) -> Option<String> {
@@ -265,13 +272,24 @@ pub(super) fn cache_in(out: &Path) -> Result<Option<(Job, Splits, Vec<Skipped>)>
     Ok(Some((job, splits, skipped)))
 }
 
-/// Takes up the progress folder for `job`: resumes saved progress of the same job, refuses
-/// another job's (naming the rows that changed) unless `existing` is `Replace`, and records the
-/// job and its rows. True when it continues saved progress.
-pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits: &[(&str, Vec<crate::data::Sample>)], existing: Existing) -> Result<bool> {
+/// Takes up the progress folder for `job`: resumes saved progress of the same job; of the same
+/// job on changed rows, keeps the blocks whose rows did not change (see [`unchanged_blocks`])
+/// and says which rows changed; refuses another job's (or one none of whose blocks can be kept,
+/// naming the rows that changed) unless `existing` is `Replace`; and records the job and its
+/// rows. True when it continues saved progress.
+pub(super) fn claim_progress(
+    partial: &Path,
+    job: &Job,
+    rows: &RowHashes,
+    splits: &[(&str, Vec<crate::data::Sample>)],
+    block_len: usize,
+    existing: Existing,
+) -> Result<bool> {
     let (job_path, rows_path) = (partial.join("job.json"), partial.join(ROWS));
+    let mut continues = false;
     if job_path.exists() {
         let saved: Job = crate::fsutil::read_json(&job_path)?;
+        let saved_rows = crate::fsutil::read_json::<RowHashes>(&rows_path).ok();
         match saved.differs(job) {
             None => return Ok(has_blocks(partial)),
             Some(_) if existing == Existing::Replace || !has_blocks(partial) => {
@@ -282,20 +300,71 @@ pub(super) fn claim_progress(partial: &Path, job: &Job, rows: &RowHashes, splits
                 partial.display()
             ),
             Some(why) => {
-                let changes = match crate::fsutil::read_json::<RowHashes>(&rows_path) {
-                    Ok(saved_rows) if saved.samples != job.samples => format!("\n{}", describe_changes(&saved_rows, rows, splits)),
+                let changes = match &saved_rows {
+                    Some(saved_rows) if saved.samples != job.samples => format!("\n{}", describe_changes(saved_rows, rows, splits)),
                     _ => String::new(),
                 };
-                anyhow::bail!(
+                let unchanged = match &saved_rows {
+                    Some(saved_rows) if saved.same_but_rows(job) => unchanged_blocks(partial, saved_rows, rows, block_len)?,
+                    _ => vec![],
+                };
+                ensure!(
+                    !unchanged.is_empty(),
                     "{}: the saved progress of an unfinished extraction is {why}:{changes}\nrerun with the dataset and settings it was made with to continue it, or pass --force to discard it and start over",
                     partial.display()
                 );
+                let images: usize = drop_changed_blocks(partial, &unchanged)?;
+                let what = match changes.is_empty() {
+                    true => "the dataset changed (this shard's rows did not)",
+                    false => "rows changed",
+                };
+                eprintln!(
+                    "{}: {what} since this unfinished extraction was saved{}{changes}\nkeeping the {} saved block{} whose rows did not change ({images} images) and encoding the rest",
+                    partial.display(),
+                    if changes.is_empty() { "" } else { ":" },
+                    unchanged.len(),
+                    if unchanged.len() == 1 { "" } else { "s" }
+                );
+                continues = true;
             }
         }
     }
     crate::fsutil::write_atomic(&rows_path, serde_json::to_string(rows)?.as_bytes())?;
     crate::fsutil::write_atomic(&job_path, serde_json::to_string_pretty(job)?.as_bytes())?;
-    Ok(false)
+    Ok(continues)
+}
+
+/// The saved blocks (file, images) that stay valid for the rows `now`: block `b` of a split holds
+/// the images of its rows `b * block_len ..`, so it is valid while those rows (ids and hashes, and
+/// how many there are) are the same in `saved` and `now`.
+fn unchanged_blocks(partial: &Path, saved: &RowHashes, now: &RowHashes, block_len: usize) -> Result<Vec<(PathBuf, usize)>> {
+    let mut valid = vec![];
+    for entry in std::fs::read_dir(partial).with_context(|| format!("{}: cannot read", partial.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let Some((split, Ok(b))) = name.strip_suffix(".safetensors").and_then(|n| n.rsplit_once('-')).map(|(s, b)| (s, b.parse::<usize>())) else {
+            continue;
+        };
+        fn rows<'h>(h: &'h RowHashes, split: &str, range: std::ops::Range<usize>) -> &'h [(String, String)] {
+            h.get(split).map_or(&[], |r| &r[range.start.min(r.len())..range.end.min(r.len())])
+        }
+        let (old, new) = (rows(saved, split, b * block_len..(b + 1) * block_len), rows(now, split, b * block_len..(b + 1) * block_len));
+        if !old.is_empty() && old == new {
+            valid.push((path, new.len()));
+        }
+    }
+    Ok(valid)
+}
+
+/// Removes every saved block of `partial` but `keep`; returns the images those hold.
+fn drop_changed_blocks(partial: &Path, keep: &[(PathBuf, usize)]) -> Result<usize> {
+    for entry in std::fs::read_dir(partial).with_context(|| format!("{}: cannot read", partial.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") && !keep.iter().any(|(k, _)| *k == path) {
+            std::fs::remove_file(&path).with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    Ok(keep.iter().map(|(_, n)| n).sum())
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests that need fetched assets or run the binary.
 #![allow(dead_code)]
 
+pub mod own;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
