@@ -75,6 +75,10 @@ impl Resize {
 
 /// RGB with any alpha composited on white.
 pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        // Opaque: the same values without the RGBA copy and the per-pixel blend.
+        return img.into_rgb8();
+    }
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
     RgbImage::from_fn(w, h, |x, y| {
@@ -87,11 +91,12 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
 /// Decodes an image held in memory; `name` (a file, a request) goes into the errors.
 pub fn decode(bytes: &[u8], name: &str) -> Result<RgbImage> {
     anyhow::ensure!(!bytes.is_empty(), "{name}: empty file (0 bytes)");
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .with_context(|| format!("{name}: cannot read image"))?
-        .decode()
-        .with_context(|| format!("{name}: cannot decode image"))?;
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().with_context(|| format!("{name}: cannot read image"));
+    let (w, h) = reader()?.into_dimensions().with_context(|| format!("{name}: cannot decode image"))?;
+    if let Some(why) = super::image_check::too_many_pixels(w, h) {
+        anyhow::bail!("{name}: {why}");
+    }
+    let img = reader()?.decode().with_context(|| format!("{name}: cannot decode image"))?;
     anyhow::ensure!(img.width() > 0 && img.height() > 0, "{name}: image has size 0");
     // A JPEG cut short decodes, grey where its data is missing: refused here.
     if let Some(why) = super::image_check::truncation(bytes) {
@@ -164,6 +169,17 @@ impl Preprocess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opaque images skip the blend: the same values as through it.
+    #[test]
+    fn opaque_images_convert_as_the_blend_would() {
+        let rgb = image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([(x * 37) as u8, (y * 51) as u8, (x * y * 13) as u8]));
+        let blended = to_rgb_on_white(DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb.clone()).to_rgba8()));
+        assert_eq!(to_rgb_on_white(DynamicImage::ImageRgb8(rgb.clone())), blended);
+        let grey = DynamicImage::ImageRgb16(DynamicImage::ImageRgb8(rgb).to_rgb16()).to_luma16();
+        let blended = to_rgb_on_white(DynamicImage::ImageRgba8(DynamicImage::ImageLuma16(grey.clone()).to_rgba8()));
+        assert_eq!(to_rgb_on_white(DynamicImage::ImageLuma16(grey)), blended);
+    }
 
     #[test]
     fn transparent_pixels_become_white_and_crop_is_centred() {

@@ -1,5 +1,6 @@
 //! What makes an image file unusable, found before any pixel is decoded: missing, empty, a header
-//! that does not decode, or data cut short (an interrupted copy or download). The `image`
+//! that does not decode, too many pixels to decode safely, or data cut short (an interrupted copy
+//! or download). The `image`
 //! crate decodes a JPEG cut short without an error, filling the missing part with grey, so the
 //! end of the data is checked here, for JPEG, PNG and WebP alike.
 
@@ -7,6 +8,22 @@ use std::path::Path;
 
 /// What to do with a manifest's image found empty or truncated.
 const TRUNCATED_FIX: &str = "copy it again, or leave its line out";
+
+/// The most pixels an image may have: Pillow's limit for a decompression bomb (twice its warning
+/// threshold of 89,478,485). A 438 KB PNG of 20000 x 20000 pixels took 3.3 GB and 27 s to decode.
+pub const MAX_PIXELS: u64 = 2 * 89_478_485;
+
+/// Why an image of `w` x `h` pixels is not decoded, if it is not: more than [`MAX_PIXELS`].
+pub fn too_many_pixels(w: u32, h: u32) -> Option<String> {
+    let n = w as u64 * h as u64;
+    (n > MAX_PIXELS).then(|| {
+        format!(
+            "is {w} x {h} pixels ({} megapixels), more than the {} marnet decodes; downscale it first (the encoders see 224-260 pixels)",
+            n / 1_000_000,
+            MAX_PIXELS / 1_000_000
+        )
+    })
+}
 
 /// Why `bytes` (a whole image file) end before the image's data does, if they do: a JPEG without
 /// its end marker after the first scan, a PNG without its `IEND` chunk, a WebP shorter than its
@@ -52,7 +69,7 @@ fn jpeg_ends(b: &[u8]) -> bool {
 }
 
 /// Why the image file at `path` cannot be used, if it cannot: missing, not a file, empty, a
-/// header that does not decode, or truncated ([`truncation`]). Reads the whole file.
+/// header that does not decode, too many pixels, or truncated ([`truncation`]). Reads the whole file.
 pub fn file_problem(path: &Path) -> Option<String> {
     if !path.exists() {
         return Some(format!("not found at {} (paths are relative to the manifest's folder)", path.display()));
@@ -73,6 +90,7 @@ pub fn file_problem(path: &Path) -> Option<String> {
     };
     match reader.into_dimensions() {
         Ok((w, h)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
+        Ok((w, h)) if too_many_pixels(w, h).is_some() => too_many_pixels(w, h).map(|why| format!("at {} {why}", path.display())),
         Ok(_) => truncation(&bytes).map(|why| format!("at {} {why}; {TRUNCATED_FIX}", path.display())),
         Err(image::ImageError::Unsupported(_)) => {
             Some(format!("at {} is not a JPEG, PNG or WebP image (judged by its contents); convert it, or leave its line out", path.display()))
@@ -104,6 +122,28 @@ mod tests {
             let padded = [&whole[..], &[0u8; 40]].concat();
             assert_eq!(truncation(&padded), None, "{format:?} padded");
         }
+    }
+
+    /// An image whose header claims more pixels than [`MAX_PIXELS`] is refused before decoding,
+    /// by the manifest check and by `decode` alike.
+    #[test]
+    fn a_decompression_bomb_is_refused_before_decoding() {
+        let mut bomb = encoded(image::ImageFormat::Jpeg);
+        // The frame header (FF C0, length, precision) holds the height and width.
+        let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        let refused = crate::data::image::decode(&bomb, "upload").unwrap_err().to_string();
+        assert!(refused.starts_with("upload: is 60000 x 60000 pixels (3600 megapixels), more than the 178 marnet decodes"), "{refused}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bomb.jpg"), &bomb).unwrap();
+        let found = file_problem(&dir.path().join("bomb.jpg")).unwrap();
+        assert!(
+            found.ends_with(
+                "bomb.jpg is 60000 x 60000 pixels (3600 megapixels), more than the 178 marnet decodes; downscale it first (the encoders see 224-260 pixels)"
+            ),
+            "{found}"
+        );
+        assert_eq!(too_many_pixels(13_000, 13_000), None, "169 megapixels pass");
     }
 
     /// A JPEG cut inside its scan still decodes (grey where the data is missing): the check is
