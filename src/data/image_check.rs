@@ -18,7 +18,7 @@ pub fn too_many_pixels(w: u32, h: u32) -> Option<String> {
     let n = w as u64 * h as u64;
     (n > MAX_PIXELS).then(|| {
         format!(
-            "is {w} x {h} pixels ({} megapixels), more than the {} marnet decodes; downscale it first (the encoders see 224-260 pixels)",
+            "is {w} x {h} pixels ({} megapixels), over the {} megapixels marnet decodes; downscale it first (the encoders see 224-260 pixels)",
             n / 1_000_000,
             MAX_PIXELS / 1_000_000
         )
@@ -133,13 +133,13 @@ mod tests {
         let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
         let refused = crate::data::image::decode(&bomb, "upload").unwrap_err().to_string();
-        assert!(refused.starts_with("upload: is 60000 x 60000 pixels (3600 megapixels), more than the 178 marnet decodes"), "{refused}");
+        assert!(refused.starts_with("upload: is 60000 x 60000 pixels (3600 megapixels), over the 178 megapixels marnet decodes"), "{refused}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bomb.jpg"), &bomb).unwrap();
         let found = file_problem(&dir.path().join("bomb.jpg")).unwrap();
         assert!(
             found.ends_with(
-                "bomb.jpg is 60000 x 60000 pixels (3600 megapixels), more than the 178 marnet decodes; downscale it first (the encoders see 224-260 pixels)"
+                "bomb.jpg is 60000 x 60000 pixels (3600 megapixels), over the 178 megapixels marnet decodes; downscale it first (the encoders see 224-260 pixels)"
             ),
             "{found}"
         );
