@@ -90,15 +90,29 @@ pub struct PairedTest {
 ///
 /// Panics if `a` and `b` differ in length, are empty, or `reps` is 0.
 pub fn paired_test(a: &[f64], b: &[f64], reps: usize, seed: u64) -> PairedTest {
+    paired_test_in_groups(a, b, &[a.len()], reps, seed)
+}
+
+/// [`paired_test`] with the items in consecutive groups of `sizes` (the folds of a
+/// leave-one-group-out table): `diff` is the mean over the groups of each group's mean(a) −
+/// mean(b), as a table's accuracy is the mean over its folds, and each resample draws every
+/// group's items from that group alone. One group is [`paired_test`]; McNemar's test counts the
+/// items of all groups.
+///
+/// Panics as [`paired_test`] does, and if `sizes` has a zero or does not add up to the items.
+pub fn paired_test_in_groups(a: &[f64], b: &[f64], sizes: &[usize], reps: usize, seed: u64) -> PairedTest {
     assert_eq!(a.len(), b.len(), "paired_test: a, b lengths differ");
     assert!(!a.is_empty(), "paired_test: no items to compare");
     assert!(reps > 0, "paired_test: reps must be > 0");
-    let n = a.len();
-    let diff = mean_std(a).0 - mean_std(b).0;
+    assert!(sizes.iter().all(|&m| m > 0) && sizes.iter().sum::<usize>() == a.len(), "paired_test: groups {sizes:?} for {} items", a.len());
+    let groups = || sizes.iter().scan(0, |start, &m| Some((std::mem::replace(start, *start + m), m)));
+    let k = sizes.len() as f64;
+    let diff = groups().map(|(s, m)| mean_std(&a[s..s + m]).0 - mean_std(&b[s..s + m]).0).sum::<f64>() / k;
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
 
     let mut rng = ChaCha12Rng::seed_from_u64(seed);
-    let mut boot: Vec<f64> = (0..reps).map(|_| (0..n).map(|_| d[rng.random_range(0..n)]).sum::<f64>() / n as f64).collect();
+    let mut resample = || groups().map(|(s, m)| (0..m).map(|_| d[s + rng.random_range(0..m)]).sum::<f64>() / m as f64).sum::<f64>() / k;
+    let mut boot: Vec<f64> = (0..reps).map(|_| resample()).collect();
     boot.sort_by(f64::total_cmp);
     let le = boot.iter().filter(|&&x| x <= 0.0).count();
     let ge = boot.iter().filter(|&&x| x >= 0.0).count();
@@ -110,7 +124,7 @@ pub fn paired_test(a: &[f64], b: &[f64], reps: usize, seed: u64) -> PairedTest {
         disc_b += usize::from(x > 0.5 && y <= 0.5);
         disc_c += usize::from(x <= 0.5 && y > 0.5);
     }
-    PairedTest { diff, ci_lo: percentile(&boot, 0.025), ci_hi: percentile(&boot, 0.975), p_bootstrap, p_mcnemar: mcnemar_exact(disc_b, disc_c), n }
+    PairedTest { diff, ci_lo: percentile(&boot, 0.025), ci_hi: percentile(&boot, 0.975), p_bootstrap, p_mcnemar: mcnemar_exact(disc_b, disc_c), n: a.len() }
 }
 
 /// The q-quantile of sorted, non-empty `xs`, interpolating linearly at rank q·(len − 1).
@@ -261,6 +275,20 @@ mod tests {
         assert_ne!(r, paired_test(&a, &b, 10_000, 8));
         assert_eq!(significance_marker(0.03), "*");
         assert_eq!(significance_marker(0.05), "");
+    }
+
+    /// With groups of unequal size, the difference is the mean of the groups' differences (not the
+    /// items' pooled one); one group gives `paired_test`'s bits.
+    #[test]
+    fn grouped_difference_weighs_each_group_alike() {
+        // Group 1: 3 items, A right on all, B on none (+1); group 2: 80 items, B right on 10 more (-0.125).
+        let a: Vec<f64> = [vec![1.0; 3], vec![0.0; 80]].concat();
+        let b: Vec<f64> = [vec![0.0; 3], vec![1.0; 10], vec![0.0; 70]].concat();
+        let r = paired_test_in_groups(&a, &b, &[3, 80], 4000, 5);
+        assert!(close(r.diff, (1.0 - 0.125) / 2.0, 1e-12), "{r:?}");
+        assert!(close(paired_test(&a, &b, 4000, 5).diff, (3.0 - 10.0) / 83.0, 1e-12), "pooled, the sign flips");
+        assert!(r.ci_lo <= r.diff && r.diff <= r.ci_hi && r.ci_lo > 0.0, "{r:?}");
+        assert_eq!(paired_test_in_groups(&a, &b, &[83], 4000, 5), paired_test(&a, &b, 4000, 5));
     }
 
     #[test]

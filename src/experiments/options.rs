@@ -28,9 +28,10 @@ pub struct TableOptions {
     /// OUT/fold-<group>/. The table reports each fold and the mean.
     #[arg(long)]
     pub leave_one_out: bool,
-    /// With --leave-one-out, where validation comes from: `in-style` (one image each of 20% of
-    /// the training rows' classes) or `group` (every image of the next training vendor: a style
-    /// the model has not trained on, for choosing settings that must transfer).
+    /// With --leave-one-out, where validation comes from: `in-style` (a seeded 20% of the fold's
+    /// training rows, one image of each class in turn; your own val rows train) or `group` (every
+    /// image of the next training group: a style the model has not trained on, for choosing
+    /// settings that must transfer).
     #[arg(long, value_enum, default_value = "in-style", requires = "leave_one_out")]
     pub fold_val: crate::features::folds::FoldVal,
     /// Replace what a table made with other settings left in --out: its runs made with other

@@ -44,7 +44,8 @@ pub struct ResultRow {
     /// 95% t-interval of the mean test top-1 over the runs (folds x seeds).
     #[serde(default)]
     pub ci95_top1: (f64, f64),
-    /// Paired comparisons of top-1 on the same test images (scores averaged over seeds).
+    /// Paired comparisons of top-1 on the same test images (scores averaged over seeds; with
+    /// folds, the mean of the folds' differences, as `test_top1`'s mean is).
     #[serde(default)]
     pub vs_baseline: Option<PairedTest>,
     #[serde(default)]
@@ -87,15 +88,17 @@ impl ResultRow {
         }
     }
 
-    /// Per test image (over all folds), the share of seeds whose top-1 was right.
-    fn image_scores(&self) -> Vec<f64> {
+    /// Per test image (over all folds), the share of seeds whose top-1 was right; and the number
+    /// of test images of each fold.
+    fn image_scores(&self) -> (Vec<f64>, Vec<usize>) {
         let seeds = self.seeds.len().max(1);
-        let mut out = vec![];
+        let (mut out, mut sizes) = (vec![], vec![]);
         for fold_runs in self.runs.chunks(seeds) {
             let n = fold_runs[0].hits.len();
             out.extend((0..n).map(|i| fold_runs.iter().filter(|r| r.hits[i]).count() as f64 / fold_runs.len() as f64));
+            sizes.push(n);
         }
-        out
+        (out, sizes)
     }
 
     /// Mean test top-1 of each fold (over seeds).
@@ -106,13 +109,15 @@ impl ResultRow {
 
 /// Fills each row's paired tests against the rows keyed `baseline` and `ema`, when present.
 pub(super) fn add_paired_tests(rows: &mut [ResultRow]) {
-    let scores: Vec<Vec<f64>> = rows.iter().map(ResultRow::image_scores).collect();
+    let scores: Vec<(Vec<f64>, Vec<usize>)> = rows.iter().map(ResultRow::image_scores).collect();
     let find = |key: &str| rows.iter().position(|r| r.key == key);
     let (base, ema) = (find("baseline"), find(Variant::Ema.name()));
     for (i, row) in rows.iter_mut().enumerate() {
+        // Fold by fold, as the accuracies are averaged (a fold with no test image has no place).
         let test = |j: Option<usize>| {
-            j.filter(|&j| j != i && !scores[i].is_empty() && scores[i].len() == scores[j].len())
-                .map(|j| crate::stats::paired_test(&scores[i], &scores[j], BOOTSTRAP_REPS, 0))
+            let ((a, sizes), (b, other)) = (&scores[i], &scores[j?]);
+            let usable = j != Some(i) && !a.is_empty() && a.len() == b.len() && sizes == other && !sizes.contains(&0);
+            usable.then(|| crate::stats::paired_test_in_groups(a, b, sizes, BOOTSTRAP_REPS, 0))
         };
         (row.vs_baseline, row.vs_ema) = (test(base), test(ema));
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum FoldVal {
-    /// A seeded 20% of the training rows, at most one image per class (styles seen in training).
+    /// A seeded 20% of the training rows, one image of each class in turn (styles seen in training).
     #[default]
     InStyle,
     /// Every row of one training group (the next group after the test group, in sorted order):

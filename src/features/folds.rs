@@ -8,8 +8,8 @@ pub use crate::features::fold_spec::{FoldSpec, FoldVal, group_of};
 use crate::features::{FeatureCache, FeatureSplit};
 use anyhow::{Context, Result, ensure};
 
-/// Share of a fold's training rows held out for validation when `val` is `in-style`: as
-/// `extract --dataset emoji-*` does, at most one image per class.
+/// Share of a fold's training rows held out for validation when `val` is `in-style`, one image
+/// of each class in turn (as `extract --dataset emoji-*` holds out one image per class).
 pub const IN_STYLE_VAL_FRACTION: f64 = 0.2;
 
 /// Every row of the cache, in split order (train, val, test).
@@ -127,17 +127,34 @@ fn no_training_rows(rows: &FeatureSplit, c: usize, test: &str, val: Option<&str>
     )
 }
 
-/// Splits `rows` (indices into `all`) into (val, train): one row each of a seeded
-/// `IN_STYLE_VAL_FRACTION` share of the rows' count in classes, only from classes with at least
-/// two rows, so every class keeps a training row.
+/// Splits `rows` (indices into `all`) into (val, train): a seeded `IN_STYLE_VAL_FRACTION` share
+/// of the rows, one row of each class in a seeded order, then (while the share is not reached: a
+/// dataset of few classes with many rows each) a second of each, and so on, taking only from
+/// classes that keep a training row.
 fn in_style_val(all: &FeatureSplit, rows: &[usize], classes: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut by_class: Vec<Vec<usize>> = vec![vec![]; classes];
-    rows.iter().for_each(|&i| by_class[all.label[i] as usize].push(i));
+    let mut left: Vec<Vec<usize>> = vec![vec![]; classes];
+    rows.iter().for_each(|&i| left[all.label[i] as usize].push(i));
     let n_val = (rows.len() as f64 * IN_STYLE_VAL_FRACTION).round() as usize;
     let mut rng = crate::rng::stream(seed, "fold-val", 0);
     let order = crate::rng::permutation(&mut rng, classes);
-    let mut val: Vec<usize> =
-        order.iter().filter(|&&c| by_class[c].len() >= 2).take(n_val).map(|&c| by_class[c][rand::Rng::random_range(&mut rng, 0..by_class[c].len())]).collect();
+    let mut val: Vec<usize> = vec![];
+    // The first round draws as the rule of one image per class did (emoji's tables stay as they were).
+    while val.len() < n_val {
+        let before = val.len();
+        for &c in &order {
+            if val.len() == n_val {
+                break;
+            }
+            if left[c].len() < 2 {
+                continue;
+            }
+            let k = rand::Rng::random_range(&mut rng, 0..left[c].len());
+            val.push(left[c].remove(k));
+        }
+        if val.len() == before {
+            break;
+        }
+    }
     val.sort();
     let train = rows.iter().copied().filter(|i| val.binary_search(i).is_err()).collect();
     (val, train)
@@ -188,6 +205,35 @@ mod tests {
         let mut v: Vec<&str> = s.meta.ids.iter().map(|id| group_of(id)).collect();
         v.dedup();
         v
+    }
+
+    /// Rows labelled `labels`, nothing else.
+    fn labelled(labels: Vec<u32>) -> FeatureSplit {
+        FeatureSplit { visual: vec![], dv: 0, text: None, ds: 0, label: labels, meta: SplitMeta::default(), visual_tokens: None, text_tokens: None }
+    }
+
+    /// Many classes of three rows (emoji's folds): one image of 20% of the rows' classes, the
+    /// rows the rule of one image per class drew; few classes of many rows: 20% of the rows,
+    /// spread over the classes, each class keeping training rows.
+    #[test]
+    fn in_style_validation_takes_a_fifth_of_the_rows_however_many_classes() {
+        let emoji = labelled((0..300u32).map(|i| i / 3).collect());
+        let rows: Vec<usize> = (0..300).collect();
+        let (val, _) = in_style_val(&emoji, &rows, 100, 4);
+        // One image per class, as drawn before this rule took more.
+        let mut rng = crate::rng::stream(4, "fold-val", 0);
+        let order = crate::rng::permutation(&mut rng, 100);
+        let mut one_each: Vec<usize> = order.iter().take(60).map(|&c| 3 * c + rand::Rng::random_range(&mut rng, 0..3)).collect();
+        one_each.sort();
+        assert_eq!(val, one_each);
+        let few = labelled((0..160u32).map(|i| i % 5).chain([5]).collect());
+        let rows: Vec<usize> = (0..161).collect();
+        let (val, train) = in_style_val(&few, &rows, 6, 4);
+        assert_eq!((val.len(), train.len()), (32, 129), "a fifth of 161 rows");
+        let per_class = |c: u32| val.iter().filter(|&&i| few.label[i] == c).count();
+        let mut counts: Vec<usize> = (0..5).map(per_class).collect();
+        counts.sort();
+        assert_eq!((counts, per_class(5)), (vec![6, 6, 6, 7, 7], 0), "spread over the classes; a class of one row keeps it");
     }
 
     #[test]

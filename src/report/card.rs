@@ -183,7 +183,7 @@ pub fn run_card(tables: &[(String, Table)], demo: Option<&serde_json::Value>) ->
             .collect();
         let val = match t.fold_val {
             Some(FoldVal::Group) => "validation: every row of the next training group (a style not trained on)",
-            _ => "validation: a seeded 20% of each fold's training rows, at most one image per class (in-style)",
+            _ => "validation: a seeded 20% of each fold's training rows, one image of each class in turn (in-style)",
         };
         items.push(item("Folds", &format!("leave-one-group-out, {}: {}; {val}", count(folds.len(), "fold"), escape(&list.join(", ")))));
     }
