@@ -165,6 +165,13 @@ fn a_tables_tasks_then_the_same_command_give_the_one_process_table() {
             .collect()
     };
     assert_eq!(rows("arr"), rows("one"), "the assembled table is the one-process table");
+    // Its run card says the runs were trained by earlier commands (the tasks), not by this one.
+    let card = |dir: &str| serde_json::from_slice::<serde_json::Value>(&read(&tmp.path().join(dir).join("ablation.json"))).unwrap()["card"].clone();
+    assert_eq!((card("arr")["runs"].as_u64(), card("arr")["reused_runs"].as_u64()), (Some(30), Some(30)));
+    assert_eq!((card("one")["runs"].as_u64(), card("one")["reused_runs"].as_u64()), (Some(30), Some(0)));
+    ok(&["report", &p("arr")]);
+    let html = String::from_utf8(read(&tmp.path().join("arr/report/report.html"))).unwrap();
+    assert!(html.contains("(30 of the 30 runs reused from earlier commands: the machine, threads and time above are the last command"), "the card");
 }
 
 const VIT: &str = concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");

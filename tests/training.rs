@@ -171,7 +171,7 @@ fn a_table_reuses_current_runs_and_recomputes_rows_whose_cache_changed() {
         existing: Existing::Refuse,
         task: None,
     };
-    let table = |c: &FeatureCache| run_arms(c, &arms, &spec, Verbosity::Quiet, &Device::Cpu).unwrap();
+    let table = |c: &FeatureCache| run_arms(c, &arms, &spec, Verbosity::Quiet, &Device::Cpu).unwrap().0;
     let config = || std::fs::read_to_string(out.join("ema/seed0/best/config.json")).unwrap();
     let mtime = || std::fs::metadata(out.join("ema/seed0/best/model.safetensors")).unwrap().modified().unwrap();
     table(&c);

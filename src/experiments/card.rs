@@ -20,6 +20,12 @@ pub struct RunCard {
     pub threads: usize,
     /// Wall time of the command that wrote the table (runs it reused cost it nothing).
     pub wall_seconds: f64,
+    /// The table's runs, and how many of them that command found finished and reused (trained
+    /// by earlier commands, with their own threads and time); 0 and 0 in older tables.
+    #[serde(default)]
+    pub runs: usize,
+    #[serde(default)]
+    pub reused_runs: usize,
     /// The cache: its folder, dataset, classes and rows per split.
     pub cache: String,
     pub dataset: String,
@@ -45,6 +51,8 @@ impl RunCard {
             device: if dev.is_cuda() { "CUDA GPU".into() } else { "CPU".into() },
             threads: candle_core::utils::get_num_threads(),
             wall_seconds,
+            runs: 0,
+            reused_runs: 0,
             cache: std::path::absolute(&cache.dir).unwrap_or_else(|_| cache.dir.clone()).display().to_string(),
             dataset: cache.train.meta.dataset.clone(),
             encoders: format!("image: {}; text: {}", cache.train.meta.visual_encoder, cache.train.meta.text_encoder),

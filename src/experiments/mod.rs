@@ -46,8 +46,9 @@ fn folds(cache: &FeatureCache, spec: &TableSpec) -> Result<Vec<(Option<FoldSpec>
 /// the runs (every n-th, in the order planned) and no rows. First it looks at what `OUT` holds: a table or
 /// runs made with other settings are refused unless `spec.existing` replaces them. Finished runs
 /// made by this code from this data are reused, interrupted ones continued, stale ones trained
-/// again; the table says how many of each on stderr (unless quiet).
-pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<Vec<ResultRow>> {
+/// again; the table says how many of each on stderr (unless quiet). Also returns how many of the
+/// table's runs were found finished and reused.
+pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity: Verbosity, dev: &Device) -> Result<(Vec<ResultRow>, usize)> {
     let plan = folds(cache, spec)?;
     // Checked before anything trains.
     ensure!(
@@ -120,7 +121,7 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         eprintln!("{of}{}", existing::summary(&share));
     }
     add_paired_tests(&mut rows);
-    Ok(rows)
+    Ok((rows, runs.iter().filter(|r| r.status == existing::RunStatus::Finished).count()))
 }
 
 /// Trains every arm as `spec` says (see [`run_arms`]), writes the table and returns it.
@@ -129,7 +130,8 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
     let t0 = std::time::Instant::now();
     // One table per folder at a time (a job array's tasks share it: each locks only its runs).
     let _lock = crate::lock::OutLock::acquire(&spec.out, "ablate/compare")?;
-    let rows = run_arms(cache, arms, spec, verbosity, dev)?;
+    let (rows, reused) = run_arms(cache, arms, spec, verbosity, dev)?;
+    let runs = rows.iter().map(|r| r.runs.len()).sum();
     // Each fold's test rows: the first row's first seed's run of each fold.
     let fold_test_rows = match rows.first() {
         Some(r) if !r.folds.is_empty() => r.runs.chunks(r.seeds.len().max(1)).filter_map(|c| c[0].test.as_ref().map(|t| t.final_head.n)).collect(),
@@ -147,7 +149,7 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
         train: spec.train.clone(),
         fold_val: spec.leave_one_out.then_some(spec.fold_val),
         rows,
-        card: Some(RunCard::now(cache, fold_test_rows, t0.elapsed().as_secs_f64(), dev)),
+        card: Some(RunCard { runs, reused_runs: reused, ..RunCard::now(cache, fold_test_rows, t0.elapsed().as_secs_f64(), dev) }),
     };
     table.write(&spec.out, &spec.file)?;
     Ok(table)

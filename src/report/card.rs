@@ -56,6 +56,9 @@ fn row_sentence(r: &ResultRow, ema: &str) -> Option<String> {
 /// Test images under which the summary says the test set is small.
 const SMALL_TEST: usize = 200;
 
+/// A fold's test images under which the summary names it: it weighs as much as any other fold.
+const SMALL_FOLD: usize = 30;
+
 fn top1(r: &ResultRow) -> f64 {
     100.0 * crate::stats::mean_std(&r.test_top1).0
 }
@@ -108,6 +111,20 @@ pub fn summary(tables: &[(String, Table)]) -> String {
             100.0 / n as f64
         ));
     }
+    // A leave-one-out fold of few test images moves the means as much as a large one.
+    let folds = tables.iter().find_map(|(_, t)| Some((&t.rows.first()?.folds, &t.card.as_ref()?.fold_test_rows)));
+    if let Some((names, sizes)) = folds.filter(|(names, sizes)| names.len() == sizes.len() && sizes.len() > 1) {
+        let small: Vec<String> =
+            names.iter().zip(sizes).filter(|(_, n)| **n < SMALL_FOLD).map(|(f, n)| format!("{} ({n})", escape(f.trim_start_matches("fold-")))).collect();
+        if !small.is_empty() {
+            let (lo, hi) = (sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0));
+            head.push(format!(
+                "<b>Small fold{}</b>: {} test images, where the folds have {lo}-{hi}; every fold weighs the same in Acc-1 and in the differences, so a few images there move them as much as a large fold's many.",
+                if small.len() == 1 { "" } else { "s" },
+                small.join(", ")
+            ));
+        }
+    }
     s += &format!("<p>{} A difference with p ≥ 0.05 (paired bootstrap over the test images) is reported as no difference.</p>\n", head.join(" "));
     let lines: Vec<String> = rows.iter().filter_map(|r| row_sentence(r, &ema)).collect();
     if !lines.is_empty() {
@@ -152,7 +169,7 @@ pub fn run_card(tables: &[(String, Table)], demo: Option<&serde_json::Value>) ->
     let mut items = vec![item("Command", &cmd)];
     items.push(item("Date", &or_not(card.map(|c| escape(&c.date)))));
     items.push(item("marnet", &or_not(card.map(|c| format!("{} (commit {})", c.version, if c.commit.is_empty() { "unknown" } else { &c.commit })))));
-    items.push(item("Machine", &or_not(card.map(|c| escape(&format!("{}; ran on the {}, {} math threads", c.cpu, c.device, c.threads))))));
+    items.push(item("Machine", &or_not(card.map(|c| escape(&format!("{}; ran on the {}, {}", c.cpu, c.device, count(c.threads, "math thread")))))));
     let times: Vec<String> = match demo.and_then(|d| d["seconds"].as_object()) {
         Some(secs) => {
             ["extract", "ablation", "comparison", "report"].iter().filter_map(|k| Some(format!("{k} {}", duration(secs.get(*k)?.as_f64()?)))).collect()
@@ -161,6 +178,11 @@ pub fn run_card(tables: &[(String, Table)], demo: Option<&serde_json::Value>) ->
     };
     let train: f64 = tables.iter().flat_map(|(_, t)| &t.rows).map(|r| r.train_seconds).sum();
     let mut time = if times.is_empty() { NOT_RECORDED.to_string() } else { times.join(", ") };
+    // Runs an earlier command trained: the machine, threads and wall time above are not theirs.
+    let (runs, reused) = tables.iter().filter_map(|(_, t)| t.card.as_ref()).fold((0, 0), |(n, r), c| (n + c.runs, r + c.reused_runs));
+    if reused > 0 && demo.is_none() {
+        time += &format!(" ({reused} of the {runs} runs reused from earlier commands: the machine, threads and time above are the last command's, not theirs)");
+    }
     if train > 0.0 {
         time += &format!("; training steps of every run: {}", duration(train));
     }
