@@ -151,6 +151,15 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
         rows,
         card: Some(RunCard { runs, reused_runs: reused, ..RunCard::now(cache, fold_test_rows, t0.elapsed().as_secs_f64(), dev) }),
     };
+    let before = Table::read(&spec.out, &spec.file).ok().flatten();
     table.write(&spec.out, &spec.file)?;
+    let report = spec.out.join("report/report.html");
+    if report.exists() && before.is_some_and(|b| b.markdown() != table.markdown()) {
+        eprintln!(
+            "note: {} shows the table this one replaced; `marnet report {}` redoes it",
+            report.display(),
+            spec.out.display()
+        );
+    }
     Ok(table)
 }
