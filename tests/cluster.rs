@@ -202,6 +202,9 @@ fn a_merge_is_the_one_extraction_and_refuses_shards_of_other_rows_or_a_wrong_out
     extract(&p("one"), &[]);
     extract(&p("s/0"), &["--shard", "0/2"]);
     extract(&p("s/1"), &["--shard", "1/2"]);
+    // More shards than the largest split (train, 8) has rows: shard 0 of 20 has none.
+    let err = err_env(&["extract", "--dataset", "manifest", "--root", &m, "--visual", VIT, "--text", TEXT, "--out", &p("s/x"), "--shard", "0/20"], &[]);
+    assert!(err.contains("--shard 0/20: this slice has no rows") && err.contains("use at most 8 shards"), "{err}");
     // A leftover empty progress folder beside a finished shard is no problem.
     std::fs::create_dir_all(p("s/1.partial")).unwrap();
     ok(&["merge-shards", "--out", &p("merged"), &p("s/0"), &p("s/1"), &p("s/1.partial")]);
@@ -216,7 +219,8 @@ fn a_merge_is_the_one_extraction_and_refuses_shards_of_other_rows_or_a_wrong_out
     manifest(tmp.path(), ["red and round", "a green leaf"]);
     extract(&p("s/1-edited"), &["--shard", "1/2"]);
     let err = err_env(&["merge-shards", "--out", &p("m2"), &p("s/0"), &p("s/1-edited")], &[]);
-    assert!(err.contains("s/1-edited: made, next to") && err.contains("from other rows of the dataset"), "{err}");
+    assert!(err.contains("the shards come from 2 extractions, the second made from other rows of the dataset than the first:"), "{err}");
+    assert!(err.contains("s/0 (extracted ") && err.contains("s/1-edited (extracted ") && err.contains("made before you last changed the dataset"), "{err}");
     // --out: one of the shards, or a folder holding a run.
     let err = err_env(&["merge-shards", "--force", "--out", &p("s/0"), &p("s/0"), &p("s/1")], &[]);
     assert!(err.contains("--out is (or holds) the shard"), "{err}");

@@ -81,7 +81,9 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
     unfinished.retain(|(i, n), _| !shards.iter().any(|s| s.index == *i && s.count == *n));
     let first = shards.first().map(|s| (s.dir.clone(), s.count, set_job(&s.job)));
     if let Some((first_dir, n, first_job)) = first {
-        for s in &shards[1..] {
+        // The shards of this count by the job they come from: more than one is a mix.
+        let mut jobs: Vec<(Job, Vec<&Shard>)> = vec![(first_job, vec![])];
+        for s in &shards {
             if s.count != n {
                 problems.push(format!(
                     "{}: shard {}/{} of another set ({} is one of {n}); give the shards of one extraction",
@@ -90,10 +92,25 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
                     s.count,
                     first_dir.display()
                 ));
-            } else if let Some(why) = first_job.differs(&set_job(&s.job)) {
-                // `why` reads from the first to this one: `with other settings (--limit 30 → 20)`.
-                problems.push(format!("{}: made, next to {}, {why}; extract it again like the others", s.dir.display(), first_dir.display()));
+                continue;
             }
+            let job = set_job(&s.job);
+            match jobs.iter_mut().find(|(j, _)| j.differs(&job).is_none()) {
+                Some((_, members)) => members.push(s),
+                None => jobs.push((job, vec![s])),
+            }
+        }
+        if jobs.len() > 1 {
+            // Which job is the stale one, the folders cannot tell: when each was made can.
+            let made = |s: &Shard| std::fs::metadata(s.dir.join(JOB)).and_then(|m| m.modified()).map(httpdate::fmt_http_date).unwrap_or_else(|_| "?".into());
+            let list: Vec<String> = jobs.iter().map(|(_, m)| m.iter().map(|s| format!("{} (extracted {})", s.dir.display(), made(s))).collect::<Vec<_>>().join(", ")).collect();
+            // `differs` reads from the first job to the second: `with other settings (--limit 30 → 20)`.
+            let why = jobs[0].0.differs(&jobs[1].0).unwrap_or_default();
+            problems.push(format!(
+                "the shards come from {} extractions, the second made {why} than the first:\n    {}\n  extract again (with --force) the shards made before you last changed the dataset or the settings, so that all come from one",
+                jobs.len(),
+                list.join("\n    ")
+            ));
         }
         for i in 0..n {
             let found: Vec<&Shard> = shards.iter().filter(|s| s.index == i && s.count == n).collect();
