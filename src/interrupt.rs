@@ -68,7 +68,7 @@ pub fn stop_at_safe_points(what: &'static str) -> StopGuard {
 fn reaction(second: bool, on_stop: Option<&str>) -> (String, bool) {
     match (second, on_stop) {
         (true, _) => ("second interrupt: exiting without saving".into(), true),
-        (false, Some(what)) => (format!("interrupt: {what} (Ctrl-C again to abort)"), false),
+        (false, Some(what)) => (format!("interrupt: {what} (Ctrl-C or SIGTERM again to abort)"), false),
         (false, None) => ("interrupted".into(), true),
     }
 }
@@ -140,7 +140,7 @@ mod tests {
         {
             let _serve = stop_at_safe_points("stopping: finishing the requests in flight");
             let (said, exit) = reaction(false, *on_stop());
-            assert_eq!((said.as_str(), exit), ("interrupt: stopping: finishing the requests in flight (Ctrl-C again to abort)", false));
+            assert_eq!((said.as_str(), exit), ("interrupt: stopping: finishing the requests in flight (Ctrl-C or SIGTERM again to abort)", false));
             {
                 let _train = stop_at_safe_points("stopping after the current step");
                 assert_eq!(*on_stop(), Some("stopping after the current step"));
