@@ -172,6 +172,10 @@ fn a_tables_tasks_then_the_same_command_give_the_one_process_table() {
     ok(&["report", &p("arr")]);
     let html = String::from_utf8(read(&tmp.path().join("arr/report/report.html"))).unwrap();
     assert!(html.contains("(30 of the 30 runs reused from earlier commands: the machine, threads and time above are the last command"), "the card");
+    // `report` on a run inside it names the table's folder.
+    let fold = std::fs::read_dir(tmp.path().join("arr")).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("fold-")).unwrap().path();
+    let err = err_env(&["report", &fold.join("marnet/seed0").display().to_string()], &[]);
+    assert!(err.contains(&format!("this folder is inside the table in {}: `marnet report {}`", p("arr"), p("arr"))), "{err}");
 }
 
 const VIT: &str = concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
