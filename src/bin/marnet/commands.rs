@@ -240,8 +240,8 @@ pub enum Cmd {
     Ablate {
         #[command(flatten)]
         table: TableArgs,
-        /// Variants to run (default: all five rows).
-        #[arg(long, value_enum, value_delimiter = ',')]
+        /// Variants to run (default: all five rows; any case).
+        #[arg(long, value_enum, value_delimiter = ',', ignore_case = true)]
         variants: Vec<Variant>,
     },
     /// The alignment comparison (Table 1): visual baseline, EMA with each alignment loss
@@ -251,8 +251,8 @@ pub enum Cmd {
         #[command(flatten)]
         table: TableArgs,
         /// Alignment losses to compare (default: the six on pooled features; `team-tokens`, on
-        /// request, needs a cache extracted with --tokens).
-        #[arg(long = "methods", value_enum, value_delimiter = ',')]
+        /// request, needs a cache extracted with --tokens; any case: `ITA` is `ita`).
+        #[arg(long = "methods", value_enum, value_delimiter = ',', ignore_case = true)]
         aligns: Vec<Alignment>,
     },
     /// Encode a dataset into a feature cache with frozen encoders (by default EfficientNet-Lite0
