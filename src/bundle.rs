@@ -96,6 +96,13 @@ pub fn export(run: &Path, visual: Option<&str>, assets: Option<&Path>, inference
     if let Some(why) = ck.unfinished() {
         eprintln!("note: {why}");
     }
+    if let Some(fold) = &ck.run.fold {
+        eprintln!(
+            "note: {} is a run of one leave-one-out fold: it never trained on group `{}`'s images (held out to test it); a model to deploy is trained with `marnet train` on the cache's own splits",
+            ck.dir.display(),
+            fold.test_group
+        );
+    }
     let visual = match visual {
         Some(v) => v.to_string(),
         None => ck.run.visual.clone().with_context(|| {

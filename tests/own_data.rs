@@ -328,6 +328,11 @@ fn eval_of_a_fold_run_names_its_fold_and_takes_a_new_test_set_as_it_is() {
     marnet::features::write_splits(&new, &[("test", &test)]).unwrap();
     let said = ok(&["eval", "--model", &run, "--cache", new.to_str().unwrap()]);
     assert!(said.contains("| test | 30 |") && !said.contains("fold-g0 of"), "{said}");
+    // Exported, it says that it never trained on its fold's group (before this cache's missing
+    // encoder stops it).
+    let out = marnet(&["export", "--model", &run, "--out", tmp.path().join("bundle").to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("is a run of one leave-one-out fold: it never trained on group `g0`'s images"), "{said}");
 }
 
 /// A second new user's findings: a diverged run is refused before anything is saved (and leaves
