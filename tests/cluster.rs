@@ -80,8 +80,8 @@ fn extraction_shards_of_a_slurm_array_merge_into_the_one_process_cache() {
     std::fs::remove_dir_all(p("shards/3")).unwrap();
     let err = err_env(&["merge-shards", "--out", &p("m2"), &p("shards/1"), &p("shards/2.partial"), &p("shards/0-other"), &p("one")], &[]);
     for want in [
-        "shard 1/3 (the array's task #2) is unfinished; resubmit that task",
-        "shard 2/3 (the array's task #3) is missing",
+        "shard 1/3 (array task 1 of --array=0-2, 2 of --array=1-3) is unfinished; rerun its extraction (the whole array, or `extract --shard 1/3`",
+        "shard 2/3 (array task 2 of --array=0-2, 3 of --array=1-3) is missing",
         "--limit 30 → 20",
         "shard 0/3 given twice",
         "extracted without --shard",

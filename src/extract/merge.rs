@@ -35,9 +35,9 @@ fn set_job(job: &Job) -> Job {
     j
 }
 
-/// `shard 1/3 (the array's task #2)`.
+/// `shard 1/3 (array task 1 of --array=0-2, 2 of --array=1-3)`.
 fn shard_name(index: usize, n: usize) -> String {
-    format!("shard {index}/{n} (the array's task #{})", index + 1)
+    format!("shard {index}/{n} (array task {index} of --array=0-{}, {} of --array=1-{n})", n - 1, index + 1)
 }
 
 /// Checks `dirs` as one complete set of shards, naming every problem at once.
@@ -52,7 +52,7 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
             let finished = progress.with_extension("");
             match read_json::<Job>(&progress.join("job.json")).ok().as_ref().and_then(slice_of) {
                 Some((i, n)) => {
-                    unfinished.insert((i, n), format!("{}: {} is unfinished; resubmit that task, which resumes it", progress.display(), shard_name(i, n)));
+                    unfinished.insert((i, n), format!("{}: {} is unfinished; rerun its extraction (the whole array, or `extract --shard {i}/{n}`: finished shards are reused), which resumes it", progress.display(), shard_name(i, n)));
                 }
                 // Left by an extraction that saved nothing, beside its finished shard.
                 None if finished.join(JOB).exists() => {}
