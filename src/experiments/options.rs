@@ -63,6 +63,13 @@ impl TableOptions {
     /// The table's settings: `what` and `first_column` head it, `file` names its files in `out`,
     /// `command` is recorded with it.
     pub fn spec(&self, out: &Path, what: &str, first_column: &str, file: &str, command: String) -> Result<TableSpec> {
+        if self.train.seed != 0 && !(self.leave_one_out && self.fold_val == crate::features::folds::FoldVal::InStyle) {
+            eprintln!(
+                "note: --seed {} is unused here (it picks --leave-one-out's in-style validation images); the runs train with seeds 0..{} (--seeds)",
+                self.train.seed,
+                self.seeds - 1
+            );
+        }
         Ok(TableSpec {
             what: what.into(),
             first_column: first_column.into(),
