@@ -1,8 +1,7 @@
 //! What makes an image file unusable, found before any pixel is decoded: missing, empty, a header
 //! that does not decode, too many pixels to decode safely, or data cut short (an interrupted copy
-//! or download). The `image`
-//! crate decodes a JPEG cut short without an error, filling the missing part with grey, so the
-//! end of the data is checked here, for JPEG, PNG and WebP alike.
+//! or download). The `image` crate decodes a JPEG cut short without an error, filling the missing
+//! part with grey, so the end of the data is checked here, for JPEG, PNG and WebP alike.
 
 use std::path::Path;
 
@@ -69,7 +68,8 @@ fn jpeg_ends(b: &[u8]) -> bool {
 }
 
 /// Why the image file at `path` cannot be used, if it cannot: missing, not a file, empty, a
-/// header that does not decode, too many pixels, or truncated ([`truncation`]). Reads the whole file.
+/// header that does not decode, too many pixels, or truncated ([`truncation`]). Reads the whole
+/// file.
 pub fn file_problem(path: &Path) -> Option<String> {
     if !path.exists() {
         return Some(format!("not found at {} (paths are relative to the manifest's folder)", path.display()));
@@ -90,8 +90,9 @@ pub fn file_problem(path: &Path) -> Option<String> {
     };
     match reader.into_dimensions() {
         Ok((w, h)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
-        Ok((w, h)) if too_many_pixels(w, h).is_some() => too_many_pixels(w, h).map(|why| format!("at {} {why}", path.display())),
-        Ok(_) => truncation(&bytes).map(|why| format!("at {} {why}; {TRUNCATED_FIX}", path.display())),
+        Ok((w, h)) => too_many_pixels(w, h)
+            .map(|why| format!("at {} {why}", path.display()))
+            .or_else(|| truncation(&bytes).map(|why| format!("at {} {why}; {TRUNCATED_FIX}", path.display()))),
         Err(image::ImageError::Unsupported(_)) => {
             Some(format!("at {} is not a JPEG, PNG or WebP image (judged by its contents); convert it, or leave its line out", path.display()))
         }

@@ -155,11 +155,7 @@ pub fn run_table(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity
     table.write(&spec.out, &spec.file)?;
     let report = spec.out.join("report/report.html");
     if report.exists() && before.is_some_and(|b| b.markdown() != table.markdown()) {
-        eprintln!(
-            "note: {} shows the table this one replaced; `marnet report {}` redoes it",
-            report.display(),
-            spec.out.display()
-        );
+        eprintln!("note: {} shows the table this one replaced; `marnet report {}` redoes it", report.display(), spec.out.display());
     }
     Ok(table)
 }

@@ -42,8 +42,8 @@ pub struct TableOptions {
     pub force: bool,
     /// Train only this task's share of the table's runs (every n-th of folds x rows x seeds) and
     /// write no table, for a job array: `i/n` (i counts from 0: `0/4` to `3/4`), or `env` (a
-    /// Slurm array task's index and count)
-    /// or `env/N` (also a Kubernetes Indexed Job's JOB_COMPLETION_INDEX, of N). Then the same
+    /// Slurm array task's index and count) or `env/N` (also a Kubernetes Indexed Job's
+    /// JOB_COMPLETION_INDEX, of N). Then the same
     /// command without --task reuses the finished runs, trains what is missing, and writes the
     /// table. Tasks never share a run folder; a killed task rerun as it was resumes its run.
     #[arg(long, value_name = "i/n|env|env/N", value_parser = crate::options::task_slice)]

@@ -85,7 +85,7 @@ fn pct_list(xs: &[f64]) -> String {
 /// The statistics under every table.
 pub const FOOTNOTE: &str = "Acc: mean ± std over runs (the seeds, of every fold with --leave-one-out; the mean alone for one run); 95% CI: t-interval of that mean (‡ cut to [0, 100]). vs baseline / vs +EMA (ITA): \
      difference in top-1 points on the same test images (per-image accuracy averaged over seeds; with folds, the mean of the folds' differences, as Acc is), \
-     paired bootstrap p-value (resampling within each fold) (* p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
+     paired bootstrap p-value, resampled within each fold (* p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
 
 impl Table {
     /// The header and the cells of every row, shared by the markdown and HTML renderings.

@@ -103,7 +103,8 @@ fn check_set(dirs: &[PathBuf]) -> Result<Vec<Shard>> {
         if jobs.len() > 1 {
             // Which job is the stale one, the folders cannot tell: when each was made can.
             let made = |s: &Shard| std::fs::metadata(s.dir.join(JOB)).and_then(|m| m.modified()).map(httpdate::fmt_http_date).unwrap_or_else(|_| "?".into());
-            let list: Vec<String> = jobs.iter().map(|(_, m)| m.iter().map(|s| format!("{} (extracted {})", s.dir.display(), made(s))).collect::<Vec<_>>().join(", ")).collect();
+            let list: Vec<String> =
+                jobs.iter().map(|(_, m)| m.iter().map(|s| format!("{} (extracted {})", s.dir.display(), made(s))).collect::<Vec<_>>().join(", ")).collect();
             // `differs` reads from the first job to the second: `with other settings (--limit 30 → 20)`.
             let why = jobs[0].0.differs(&jobs[1].0).unwrap_or_default();
             problems.push(format!(

@@ -44,10 +44,17 @@ pub fn write(dir: &Path, opts: &ReportOptions, dev: &Device) -> Result<PathBuf> 
     }
     if tables.is_empty() {
         // A run, or a folder inside a table: say which folder the report is made from.
-        let table = dir.ancestors().skip(1).take(4).filter(|d| !d.as_os_str().is_empty()).find(|d| ["ablation.json", "comparison.json"].iter().any(|t| d.join(t).is_file()));
+        let table = dir
+            .ancestors()
+            .skip(1)
+            .take(4)
+            .filter(|d| !d.as_os_str().is_empty())
+            .find(|d| ["ablation.json", "comparison.json"].iter().any(|t| d.join(t).is_file()));
         let why = match (dir.join("best").is_dir() || dir.join("last").is_dir(), table) {
             (_, Some(t)) => format!("this folder is inside the table in {}: `marnet report {}`", t.display(), t.display()),
-            (true, None) => format!("this is a training run: `marnet eval --model {}` scores it; report draws the tables of `ablate`, `compare` or `demo`", dir.display()),
+            (true, None) => {
+                format!("this is a training run: `marnet eval --model {}` scores it; report draws the tables of `ablate`, `compare` or `demo`", dir.display())
+            }
             (false, None) => "run `marnet ablate`, `compare` or `demo` first, and pass its --out folder".into(),
         };
         anyhow::bail!("{}: no ablation.json or comparison.json; {why}", dir.display());
