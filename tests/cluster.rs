@@ -206,9 +206,10 @@ fn a_merge_is_the_one_extraction_and_refuses_shards_of_other_rows_or_a_wrong_out
     extract(&p("one"), &[]);
     extract(&p("s/0"), &["--shard", "0/2"]);
     extract(&p("s/1"), &["--shard", "1/2"]);
-    // More shards than the largest split (train, 8) has rows: shard 0 of 20 has none.
-    let err = err_env(&["extract", "--dataset", "manifest", "--root", &m, "--visual", VIT, "--text", TEXT, "--out", &p("s/x"), "--shard", "0/20"], &[]);
-    assert!(err.contains("--shard 0/20: this slice has no rows") && err.contains("use at most 8 shards"), "{err}");
+    // More shards than the largest split (train, 8) has rows: refused in every task, also in
+    // one whose slice has rows (19 of 20: a test row).
+    let err = err_env(&["extract", "--dataset", "manifest", "--root", &m, "--visual", VIT, "--text", TEXT, "--out", &p("s/x"), "--shard", "19/20"], &[]);
+    assert!(err.contains("--shard 19/20: more shards than rows") && err.contains("use at most 8 shards"), "{err}");
     // A leftover empty progress folder beside a finished shard is no problem.
     std::fs::create_dir_all(p("s/1.partial")).unwrap();
     ok(&["merge-shards", "--out", &p("merged"), &p("s/0"), &p("s/1"), &p("s/1.partial")]);

@@ -92,15 +92,15 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
 pub fn decode(bytes: &[u8], name: &str) -> Result<RgbImage> {
     anyhow::ensure!(!bytes.is_empty(), "{name}: empty file (0 bytes)");
     let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().with_context(|| format!("{name}: cannot read image"));
-    let (w, h) = reader()?.into_dimensions().with_context(|| format!("{name}: cannot decode image"))?;
-    if let Some(why) = super::image_check::too_many_pixels(w, h) {
-        anyhow::bail!("{name}: {why}");
+    let (w, h, decoded) = super::image_check::header_size(reader()?).with_context(|| format!("{name}: cannot decode image"))?;
+    if let Some(why) = super::image_check::too_big(w, h, decoded) {
+        anyhow::bail!("{name}: image {why}");
     }
     let img = reader()?.decode().with_context(|| format!("{name}: cannot decode image"))?;
     anyhow::ensure!(img.width() > 0 && img.height() > 0, "{name}: image has size 0");
     // A JPEG cut short decodes, grey where its data is missing: refused here.
     if let Some(why) = super::image_check::truncation(bytes) {
-        anyhow::bail!("{name}: {why}");
+        anyhow::bail!("{name}: image {why}");
     }
     Ok(to_rgb_on_white(img))
 }

@@ -12,14 +12,32 @@ const TRUNCATED_FIX: &str = "copy it again, or leave its line out";
 /// threshold of 89,478,485). A 438 KB PNG of 20000 x 20000 pixels took 3.3 GB and 27 s to decode.
 pub const MAX_PIXELS: u64 = 2 * 89_478_485;
 
-/// Why an image of `w` x `h` pixels is not decoded, if it is not: more than [`MAX_PIXELS`].
-pub fn too_many_pixels(w: u32, h: u32) -> Option<String> {
+/// The most bytes an image may decode into: the `image` crate's own limit, which it reports only
+/// once decoding starts ("Memory limit exceeded"); 16-bit RGBA reaches it at 67 megapixels.
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
+
+/// An image's width, height and decoded bytes, from its header.
+pub fn header_size<R: std::io::BufRead + std::io::Seek>(reader: image::ImageReader<R>) -> image::ImageResult<(u32, u32, u64)> {
+    use image::ImageDecoder;
+    let d = reader.into_decoder()?;
+    let (w, h) = d.dimensions();
+    Ok((w, h, d.total_bytes()))
+}
+
+/// Why an image of `w` x `h` pixels that decodes into `bytes` is not decoded, if it is not: more
+/// than [`MAX_PIXELS`] or [`MAX_DECODED_BYTES`].
+pub fn too_big(w: u32, h: u32, bytes: u64) -> Option<String> {
     let n = w as u64 * h as u64;
-    (n > MAX_PIXELS).then(|| {
+    const FIX: &str = "downscale it first (the encoders see 224-260 pixels)";
+    if n > MAX_PIXELS {
+        return Some(format!("is {w} x {h} pixels ({} megapixels), over the {} megapixels marnet decodes; {FIX}", n / 1_000_000, MAX_PIXELS / 1_000_000));
+    }
+    (bytes > MAX_DECODED_BYTES).then(|| {
         format!(
-            "is {w} x {h} pixels ({} megapixels), over the {} megapixels marnet decodes; downscale it first (the encoders see 224-260 pixels)",
-            n / 1_000_000,
-            MAX_PIXELS / 1_000_000
+            "is {w} x {h} pixels of {} bytes each, {} MB decoded, over the {} MB marnet decodes; {FIX}, or save it with 8 bits a channel",
+            bytes / n.max(1),
+            bytes >> 20,
+            MAX_DECODED_BYTES >> 20
         )
     })
 }
@@ -88,9 +106,9 @@ pub fn file_problem(path: &Path) -> Option<String> {
         Ok(r) => r,
         Err(e) => return Some(format!("at {} cannot be opened: {e}", path.display())),
     };
-    match reader.into_dimensions() {
-        Ok((w, h)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
-        Ok((w, h)) => too_many_pixels(w, h)
+    match header_size(reader) {
+        Ok((w, h, _)) if w == 0 || h == 0 => Some(format!("at {} has size {w} x {h}", path.display())),
+        Ok((w, h, decoded)) => too_big(w, h, decoded)
             .map(|why| format!("at {} {why}", path.display()))
             .or_else(|| truncation(&bytes).map(|why| format!("at {} {why}; {TRUNCATED_FIX}", path.display()))),
         Err(image::ImageError::Unsupported(_)) => {
@@ -134,7 +152,7 @@ mod tests {
         let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
         let refused = crate::data::image::decode(&bomb, "upload").unwrap_err().to_string();
-        assert!(refused.starts_with("upload: is 60000 x 60000 pixels (3600 megapixels), over the 178 megapixels marnet decodes"), "{refused}");
+        assert!(refused.starts_with("upload: image is 60000 x 60000 pixels (3600 megapixels), over the 178 megapixels marnet decodes"), "{refused}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bomb.jpg"), &bomb).unwrap();
         let found = file_problem(&dir.path().join("bomb.jpg")).unwrap();
@@ -144,7 +162,12 @@ mod tests {
             ),
             "{found}"
         );
-        assert_eq!(too_many_pixels(13_000, 13_000), None, "169 megapixels pass");
+        assert_eq!(too_big(13_000, 13_000, 3 * 169_000_000), None, "169 megapixels of RGB pass");
+        let deep = too_big(13_000, 13_000, 8 * 169_000_000).unwrap();
+        assert_eq!(
+            deep,
+            "is 13000 x 13000 pixels of 8 bytes each, 1289 MB decoded, over the 512 MB marnet decodes; downscale it first (the encoders see 224-260 pixels), or save it with 8 bits a channel"
+        );
     }
 
     /// A JPEG cut inside its scan still decodes (grey where the data is missing): the check is
@@ -158,7 +181,7 @@ mod tests {
         assert!(image::load_from_memory(cut).is_ok(), "the decoder itself refuses it: the check is not needed");
         assert!(truncation(cut).is_some());
         let refused = crate::data::image::decode(cut, "upload").unwrap_err().to_string();
-        assert!(refused.starts_with("upload: is truncated"), "{refused}");
+        assert!(refused.starts_with("upload: image is truncated"), "{refused}");
         let app1 = [&[0xFF, 0xE1, 0x00, 0x06][..], &[0xFF, 0xD9, 0xFF, 0xD9]].concat();
         let with_app1 = [&whole[..2], &app1, &cut[2..]].concat();
         assert!(truncation(&with_app1).is_some());

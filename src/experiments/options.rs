@@ -65,9 +65,9 @@ impl TableOptions {
     pub fn spec(&self, out: &Path, what: &str, first_column: &str, file: &str, command: String) -> Result<TableSpec> {
         if self.train.seed != 0 && !(self.leave_one_out && self.fold_val == crate::features::folds::FoldVal::InStyle) {
             eprintln!(
-                "note: --seed {} is unused here (it picks --leave-one-out's in-style validation images); the runs train with seeds 0..{} (--seeds)",
+                "note: --seed {} is unused here (it picks --leave-one-out's in-style validation images); the runs train with {} (--seeds)",
                 self.train.seed,
-                self.seeds - 1
+                if self.seeds == 1 { "seed 0".to_string() } else { format!("seeds 0..{}", self.seeds - 1) }
             );
         }
         Ok(TableSpec {

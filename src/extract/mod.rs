@@ -148,16 +148,15 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
         Some(t) => {
             let ds = ds.limited(s.limit);
             let whole = progress::splits_record(&[("train", ds.train.clone()), ("val", ds.val.clone()), ("test", ds.test.clone())], &ds.classes);
-            let shard = ds.shard(t.index, t.count);
             // Each shard takes a share of every split: with more shards than the largest split
-            // has rows, some get none.
+            // has rows, some get none, and the set could never be merged (refused in every task).
             let most = [&ds.train, &ds.val, &ds.test].map(Vec::len).into_iter().max().unwrap_or(0);
             ensure!(
-                [&shard.train, &shard.val, &shard.test].iter().any(|v| !v.is_empty()),
-                "--shard {t}: this slice has no rows: each shard takes a share of every split, and the largest split has {}, so use at most {most} shards (n in i/n)",
+                t.count <= most,
+                "--shard {t}: more shards than rows: each shard takes a share of every split, and the largest split has {}, so use at most {most} shards (n in i/n)",
                 crate::words::count(most, "row")
             );
-            (shard, None, whole)
+            (ds.shard(t.index, t.count), None, whole)
         }
         None => (ds, s.limit, vec![]),
     };

@@ -31,7 +31,7 @@ fn paper_delta(key: &str) -> Option<(f64, f64)> {
 /// `lower than the baseline by 4.80 points (p < 0.001)`, or `no different from ...` when p ≥ 0.05
 /// (points to two decimals, as in the tables).
 fn verdict(t: &PairedTest, than: &str) -> String {
-    let p = p_value(t.p_bootstrap);
+    let p = escape(&p_value(t.p_bootstrap));
     match (t.p_bootstrap < 0.05, t.diff > 0.0) {
         (false, _) => format!("no different from {than} ({:+.2} points, {p})", 100.0 * t.diff),
         (true, true) => format!("<b>higher</b> than {than} by {:.2} points ({p})", 100.0 * t.diff),
@@ -114,12 +114,16 @@ pub fn summary(tables: &[(String, Table)]) -> String {
     // A leave-one-out fold of few test images moves the means as much as a large one.
     let folds = tables.iter().find_map(|(_, t)| Some((&t.rows.first()?.folds, &t.card.as_ref()?.fold_test_rows)));
     if let Some((names, sizes)) = folds.filter(|(names, sizes)| names.len() == sizes.len() && sizes.len() > 1) {
-        let small: Vec<String> =
-            names.iter().zip(sizes).filter(|(_, n)| **n < SMALL_FOLD).map(|(f, n)| format!("{} ({n})", escape(f.trim_start_matches("fold-")))).collect();
+        let small: Vec<String> = names
+            .iter()
+            .zip(sizes)
+            .filter(|(_, n)| **n < SMALL_FOLD)
+            .map(|(f, n)| format!("<code>{}</code> has {n}", escape(f.trim_start_matches("fold-"))))
+            .collect();
         if !small.is_empty() {
             let (lo, hi) = (sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0));
             head.push(format!(
-                "<b>Small fold{}</b>: {} test images, where the folds have {lo}-{hi}; every fold weighs the same in Acc-1 and in the differences, so a few images there move them as much as a large fold's many.",
+                "<b>Small fold{}</b>: {} test images (the folds have {lo} to {hi}); every fold weighs the same in Acc-1 and in the differences, so a few images there move them as much as a large fold's many.",
                 if small.len() == 1 { "" } else { "s" },
                 small.join(", ")
             ));
@@ -134,7 +138,7 @@ pub fn summary(tables: &[(String, Table)]) -> String {
         .iter()
         .filter_map(|r| {
             let (v, i) = paper_delta(&r.key)?;
-            let ours = r.vs_baseline.as_ref().map_or("—".into(), |t| format!("{:+.2} ({})", 100.0 * t.diff, p_value(t.p_bootstrap)));
+            let ours = r.vs_baseline.as_ref().map_or("—".into(), |t| format!("{:+.2} ({})", 100.0 * t.diff, escape(&p_value(t.p_bootstrap))));
             Some(format!("<tr><td>{}</td><td>{ours}</td><td>{v:+.1}</td><td>{i:+.1}</td></tr>", escape(&r.row)))
         })
         .collect();

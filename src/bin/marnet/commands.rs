@@ -251,7 +251,8 @@ pub enum Cmd {
         #[command(flatten)]
         table: TableArgs,
         /// Alignment losses to compare (default: the six on pooled features; `team-tokens`, on
-        /// request, needs a cache extracted with --tokens; any case: `ITA` is `ita`).
+        /// request, needs a cache extracted with --tokens; any case: `ITA` is `ita`). ITA is
+        /// EMA's own loss: its runs are the +EMA row's, in OUT/ema/.
         #[arg(long = "methods", value_enum, value_delimiter = ',', ignore_case = true)]
         aligns: Vec<Alignment>,
     },
