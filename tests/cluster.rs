@@ -5,6 +5,7 @@
 //! the one-process table.
 
 mod common;
+use common::own::{TEXT, VIT};
 use common::{asset, ok};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -177,9 +178,6 @@ fn a_tables_tasks_then_the_same_command_give_the_one_process_table() {
     let err = err_env(&["report", &fold.join("marnet/seed0").display().to_string()], &[]);
     assert!(err.contains(&format!("this folder is inside the table in {}: `marnet report {}`", p("arr"), p("arr"))), "{err}");
 }
-
-const VIT: &str = concat!("vit:", env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vit-tiny");
-const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text-plain");
 
 /// `dir/m.jsonl` over 12 flat-colour images of 2 classes (8 train, 4 test); `texts[c]` is class
 /// c's text.
