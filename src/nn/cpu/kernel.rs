@@ -3,9 +3,11 @@
 //! Each tile of the output, 6 rows by 64 columns (24 of the 32 vector registers), sums over k
 //! in order: per step, 4 vectors of the right-hand row (16 floats each) and 6 left-hand values
 //! broadcast, 24 fused multiply-adds. Nothing is packed: the right-hand panel (64 columns of k
-//! rows) stays in L2 while the tiles of rows run over it. On a Zen 4, the heads' 64-row products
+//! rows) stays in L2 while the tiles of rows run over it; the first tile, which reads it from
+//! memory, prefetches its rows a few steps ahead. On a Zen 4, the heads' 64-row products
 //! alone (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a
-//! training step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06). `MARNET_KERNEL=gemm`
+//! training step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06); the prefetch took a
+//! Zen 5's forward pass another 11% (2026-12-06, afternoon). `MARNET_KERNEL=gemm`
 //! runs every product on the matmul crate instead, to compare (`marnet`, the default, where the
 //! CPU has AVX-512F).
 //!
@@ -75,6 +77,10 @@ mod avx512 {
     /// Rows of a tile.
     const ROWS: usize = 6;
 
+    /// Steps of k between a prefetch of the panel's row and its use: on a Zen 5, 12 to 48 gave
+    /// the same forward pass (BENCHMARKS.md, 2026-12-06, afternoon).
+    const AHEAD: usize = 16;
+
     /// Tiles of 64 columns (the last one narrower, its last vector masked), each run over
     /// blocks of [`ROWS`] rows and the rest.
     #[target_feature(enable = "avx512f")]
@@ -114,34 +120,52 @@ mod avx512 {
     }
 
     impl Tile {
-        /// All `m` rows of this tile of `V` vectors.
+        /// All `m` rows of this tile of `V` vectors. The first block of rows finds the panel in
+        /// memory (a layer's weights, read once a pass): it prefetches the rows it reads next.
         #[target_feature(enable = "avx512f")]
         unsafe fn rows<const V: usize>(&self, m: usize) {
-            let mut i = 0;
+            let first = m.min(ROWS);
             // SAFETY (all calls): rows i.. lie inside the product.
+            unsafe { self.few::<V, true>(0, first) };
+            let mut i = first;
             while i + ROWS <= m {
-                unsafe { self.block::<ROWS, V>(i) };
+                unsafe { self.block::<ROWS, V, false>(i) };
                 i += ROWS;
             }
-            match m - i {
+            unsafe { self.few::<V, false>(i, m - i) };
+        }
+
+        /// Rows `i..i + r`, `r` at most [`ROWS`].
+        #[target_feature(enable = "avx512f")]
+        unsafe fn few<const V: usize, const PREFETCH: bool>(&self, i: usize, r: usize) {
+            // SAFETY (all calls): as the caller promises.
+            match r {
                 0 => {}
-                1 => unsafe { self.block::<1, V>(i) },
-                2 => unsafe { self.block::<2, V>(i) },
-                3 => unsafe { self.block::<3, V>(i) },
-                4 => unsafe { self.block::<4, V>(i) },
-                _ => unsafe { self.block::<5, V>(i) },
+                1 => unsafe { self.block::<1, V, PREFETCH>(i) },
+                2 => unsafe { self.block::<2, V, PREFETCH>(i) },
+                3 => unsafe { self.block::<3, V, PREFETCH>(i) },
+                4 => unsafe { self.block::<4, V, PREFETCH>(i) },
+                5 => unsafe { self.block::<5, V, PREFETCH>(i) },
+                _ => unsafe { self.block::<ROWS, V, PREFETCH>(i) },
             }
         }
 
-        /// Rows `i..i + R`: the sum over k in registers, then stored.
+        /// Rows `i..i + R`: the sum over k in registers, then stored; with `PREFETCH`, each step
+        /// first asks for the panel's row [`AHEAD`] steps on (a hint: no fault past the end).
         #[target_feature(enable = "avx512f")]
         #[inline]
-        unsafe fn block<const R: usize, const V: usize>(&self, i: usize) {
+        unsafe fn block<const R: usize, const V: usize, const PREFETCH: bool>(&self, i: usize) {
             let mask = |v: usize| if v + 1 == V { self.mask } else { u16::MAX };
             let a = self.a.wrapping_add(i * self.ars);
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             for p in 0..self.k {
                 let row = self.b.wrapping_add(p * self.ldb);
+                if PREFETCH {
+                    let ahead = row.wrapping_add(AHEAD * self.ldb);
+                    for v in 0..V {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * v).cast());
+                    }
+                }
                 // SAFETY: row p's columns of this tile (the last vector masked to them) and a's
                 // elements (i + r, p) lie inside the caller's operands.
                 let bv: [__m512; V] = std::array::from_fn(|v| unsafe { _mm512_maskz_loadu_ps(mask(v), row.add(16 * v)) });
