@@ -4,12 +4,13 @@
 //! in order: per step, 4 vectors of the right-hand row (16 floats each) and 6 left-hand values
 //! broadcast, 24 fused multiply-adds. Nothing is packed: the right-hand panel (64 columns of k
 //! rows) stays in L2 while the tiles of rows run over it; the first tile, which reads it from
-//! memory, prefetches its rows a few steps ahead. On a Zen 4, the heads' 64-row products
-//! alone (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a
-//! training step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06); the prefetch took a
-//! Zen 5's forward pass another 11% (2026-12-06, afternoon). `MARNET_KERNEL=gemm`
-//! runs every product on the matmul crate instead, to compare (`marnet`, the default, where the
-//! CPU has AVX-512F).
+//! memory, prefetches its rows a few steps ahead, and each block of rows prefetches the next
+//! block's rows of a left operand laid out by rows. On a Zen 4, the heads' 64-row products alone
+//! (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a training
+//! step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06); the prefetches took a Zen 5's
+//! forward pass another 11% and its backward pass 8% (2026-12-06, afternoon).
+//! `MARNET_KERNEL=gemm` runs every product on the matmul crate instead, to compare (`marnet`, the
+//! default, where the CPU has AVX-512F).
 //!
 //! Every element is `fma(a[i, k-1], b[k-1, j], ... fma(a[i, 0], b[0, j], 0))`, the sum in order
 //! with one rounding per step, however the output is cut into blocks, tiles or threads (the
@@ -151,15 +152,25 @@ mod avx512 {
         }
 
         /// Rows `i..i + R`: the sum over k in registers, then stored; with `PREFETCH`, each step
-        /// first asks for the panel's row [`AHEAD`] steps on (a hint: no fault past the end).
+        /// first asks for the panel's row [`AHEAD`] steps on (prefetches are hints: no fault past
+        /// the end of an operand).
         #[target_feature(enable = "avx512f")]
         #[inline]
         unsafe fn block<const R: usize, const V: usize, const PREFETCH: bool>(&self, i: usize) {
             let mask = |v: usize| if v + 1 == V { self.mask } else { u16::MAX };
             let a = self.a.wrapping_add(i * self.ars);
             let mut acc = [[_mm512_setzero_ps(); V]; R];
+            // The next block's rows of a (when each lies in order: a weight, in an input
+            // gradient `W dy^T`, read once from memory), a cache line of each every 16 steps.
+            let next = self.a.wrapping_add((i + ROWS) * self.ars);
+            let ahead_in_a = self.acs == 1;
             for p in 0..self.k {
                 let row = self.b.wrapping_add(p * self.ldb);
+                if ahead_in_a && p % 16 == 0 {
+                    for r in 0..ROWS {
+                        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(r * self.ars + p).cast());
+                    }
+                }
                 if PREFETCH {
                     let ahead = row.wrapping_add(AHEAD * self.ldb);
                     for v in 0..V {
