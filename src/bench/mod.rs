@@ -6,6 +6,7 @@
 mod extraction;
 mod peak;
 mod products;
+mod step_products;
 mod timing;
 
 pub use extraction::{DecodeBench, EncoderBench, Extraction, VitStages, decode, encoder, extraction, vit_b16_random, vit_stages};
@@ -43,6 +44,10 @@ pub struct HeadBench {
     pub infer_samples_per_s: Vec<(usize, f64)>,
     /// (sampling steps, GFLOP/s of the products) for the inference batch.
     pub infer_gflops: Vec<(usize, f64)>,
+    /// The timed training steps' products by shape, inside the steps (CPU only), over
+    /// `timed_steps` steps.
+    pub step_products: Vec<crate::nn::cpu::log::ShapeTime>,
+    pub timed_steps: usize,
 }
 
 impl HeadBench {
@@ -65,6 +70,9 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let (mut times, mut fwd, mut bwd, mut upd, mut flop) = (vec![], vec![], vec![], vec![], 0);
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     for i in 0..iters.max(1) + 3 {
+        if i == 3 {
+            crate::nn::cpu::log::start();
+        }
         let flop0 = crate::nn::cpu::matmul_flop();
         // In candle's CPU thread pool, as training steps run (see train.rs).
         let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, None, &y, &mut rng, 0.0))?;
@@ -76,6 +84,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
             flop = crate::nn::cpu::matmul_flop() - flop0;
         }
     }
+    let step_products = crate::nn::cpu::log::stop();
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
     let (mut infer, mut infer_gflops) = (vec![], vec![]);
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
@@ -96,6 +105,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
         threads: candle_core::utils::get_num_threads(),
         batch,
         params,
+        timed_steps: times.len(),
         train_step_ms_median: median(times.clone()),
         train_step_ms_min: times.iter().cloned().fold(f64::INFINITY, f64::min),
         forward_ms_median: median(fwd),
@@ -104,6 +114,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
         train_step_gflop: flop as f64 / 1e9,
         infer_samples_per_s: infer,
         infer_gflops,
+        step_products,
     })
 }
 
@@ -290,7 +301,8 @@ impl Report {
                 writeln!(f, "| {s} sampling steps | {} | {rate:.0} | {products} |", h.threads)?;
             }
         }
-        writeln!(f)
+        writeln!(f)?;
+        self.heads.iter().try_for_each(|h| step_products::fmt(f, h.threads, h.timed_steps, &h.step_products))
     }
 
     /// The encoder and decoding table.

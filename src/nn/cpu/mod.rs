@@ -2,6 +2,7 @@
 //! conv): views of candle's CPU storage (`view.rs`), and matrix products split across threads.
 
 pub mod kernel;
+pub mod log;
 mod view;
 
 pub use view::{f32_rows, f32_slice, f32_slice_mut, with_f32, with_f32_rows, with_f32_rows_all};
@@ -141,11 +142,13 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
         }
     };
     let starts: Vec<usize> = (0..len).step_by(block.max(1)).collect();
+    let t0 = log::timer();
     if starts.len() <= 1 {
         starts.into_iter().for_each(run);
     } else {
         starts.into_par_iter().for_each(run);
     }
+    log::note(t0, (m, n, k), false, (2 * m * n * k) as u64);
     // SAFETY: every element was written above, padding included.
     unsafe { dst.set_len(m * ld) };
     dst
@@ -200,8 +203,10 @@ pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, m: usi
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
     count_flop((2 * rows * n * k) as u64);
+    let t0 = log::timer();
     // SAFETY: the operands' bounds were checked above; `dst` holds rows x row_stride floats.
     unsafe { block_into(rows, n, k, dst.as_mut_ptr(), row_stride, lhs, first, rhs, 0, uses_kernel(m, n, k, &rhs)) };
+    log::note(t0, (m, n, k), true, (2 * rows * n * k) as u64);
     dst.chunks_exact_mut(row_stride.max(1)).for_each(|row| row[n..].fill(0.0));
 }
 
