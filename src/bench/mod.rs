@@ -47,6 +47,7 @@ pub struct HeadBench {
     /// The timed training steps' products by shape, inside the steps (CPU only), over
     /// `timed_steps` steps.
     pub step_products: Vec<crate::nn::cpu::log::ShapeTime>,
+    /// The training steps timed (after the warm-up ones).
     pub timed_steps: usize,
 }
 
@@ -69,22 +70,27 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let y = Tensor::from_vec(y, batch, dev)?;
     let (mut times, mut fwd, mut bwd, mut upd, mut flop) = (vec![], vec![], vec![], vec![], 0);
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    for i in 0..iters.max(1) + 3 {
-        if i == 3 {
-            crate::nn::cpu::log::start();
+    let mut steps = || -> Result<()> {
+        for i in 0..iters.max(1) + 3 {
+            if i == 3 {
+                crate::nn::cpu::log::start();
+            }
+            let flop0 = crate::nn::cpu::matmul_flop();
+            // In candle's CPU thread pool, as training steps run (see train.rs).
+            let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, None, &y, &mut rng, 0.0))?;
+            if i >= 3 {
+                times.push(ms(s.forward + s.backward + s.update));
+                fwd.push(ms(s.forward));
+                bwd.push(ms(s.backward));
+                upd.push(ms(s.update));
+                flop = crate::nn::cpu::matmul_flop() - flop0;
+            }
         }
-        let flop0 = crate::nn::cpu::matmul_flop();
-        // In candle's CPU thread pool, as training steps run (see train.rs).
-        let s = dev.with_context(|| crate::train::step(&m.model, &mut opt, &xv, &xs, None, &y, &mut rng, 0.0))?;
-        if i >= 3 {
-            times.push(ms(s.forward + s.backward + s.update));
-            fwd.push(ms(s.forward));
-            bwd.push(ms(s.backward));
-            upd.push(ms(s.update));
-            flop = crate::nn::cpu::matmul_flop() - flop0;
-        }
-    }
+        Ok(())
+    };
+    let done = steps();
     let step_products = crate::nn::cpu::log::stop();
+    done?;
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
     let (mut infer, mut infer_gflops) = (vec![], vec![]);
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };

@@ -24,12 +24,21 @@ pub(super) fn fmt(f: &mut std::fmt::Formatter, threads: usize, timed_steps: usiz
         let how = if s.by_rows { "blocks of rows, one thread each" } else { "split across threads" };
         row(f, &format!("{} x {} x {}", s.m, s.n, s.k), how, s.calls, s.seconds, s.flop)?;
     }
+    // The rest summed by kind: a thread's time (blocks of rows) and wall time do not add up.
     let rest = &shapes[SHOWN.min(shapes.len())..];
-    if !rest.is_empty() {
-        let sum = |g: fn(&ShapeTime) -> f64| rest.iter().map(g).sum::<f64>();
-        row(f, &format!("{} other shapes", rest.len()), "", sum(|s| s.calls as f64) as u64, sum(|s| s.seconds), sum(|s| s.flop as f64) as u64)?;
+    for (by_rows, how) in [(false, "split across threads"), (true, "blocks of rows, one thread each")] {
+        let kind: Vec<&ShapeTime> = rest.iter().filter(|s| s.by_rows == by_rows).collect();
+        if !kind.is_empty() {
+            let (calls, flop) = (kind.iter().map(|s| s.calls).sum(), kind.iter().map(|s| s.flop).sum());
+            row(f, &format!("{} other shape{}", kind.len(), if kind.len() == 1 { "" } else { "s" }), how, calls, kind.iter().map(|s| s.seconds).sum(), flop)?;
+        }
     }
-    writeln!(f, "\n(Blocks of rows are timed on their own thread, beside other work; the rest from the product's start to its end.)\n")
+    writeln!(
+        f,
+        "\n(Blocks of rows are timed on their own thread, beside other work; the rest from the product's start to its end, which \
+         includes any AdamW job a thread took while it waited for the product's other blocks: those jobs' blocks of rows are \
+         also in their own rows.)\n"
+    )
 }
 
 #[cfg(test)]
@@ -55,8 +64,9 @@ mod tests {
         assert!(t.contains("| 64 x 1 x 8 | split across threads | 2.0 | 2.000 | 50 |"), "{t}");
         assert!(t.contains("| 64 x 2 x 8 | blocks of rows, one thread each | 2.0 | 1.900 | 53 |"), "{t}");
         assert!(!t.contains("| 64 x 13 x 8 |"), "{t}");
-        // The last two (8 and 7 ms over 10 steps, 2 GFLOP in 15 ms) in one row.
-        assert!(t.contains("| 2 other shapes |  | 4.0 | 1.500 | 133 |"), "{t}");
+        // The last two (8 and 7 ms over 10 steps), one of each kind, in a row each.
+        assert!(t.contains("| 1 other shape | split across threads | 2.0 | 0.800 | 125 |"), "{t}");
+        assert!(t.contains("| 1 other shape | blocks of rows, one thread each | 2.0 | 0.700 | 143 |"), "{t}");
         assert_eq!(Table(10, vec![]).to_string(), "", "no products logged (a GPU): no table");
     }
 }

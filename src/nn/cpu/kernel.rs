@@ -147,7 +147,8 @@ mod avx512 {
                 3 => unsafe { self.block::<3, V, PREFETCH>(i) },
                 4 => unsafe { self.block::<4, V, PREFETCH>(i) },
                 5 => unsafe { self.block::<5, V, PREFETCH>(i) },
-                _ => unsafe { self.block::<ROWS, V, PREFETCH>(i) },
+                6 => unsafe { self.block::<ROWS, V, PREFETCH>(i) },
+                _ => unreachable!("a block of {r} rows"),
             }
         }
 
