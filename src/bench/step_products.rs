@@ -4,7 +4,7 @@
 
 use crate::nn::cpu::log::ShapeTime;
 
-/// Rows shown; the rest are summed in one row.
+/// Rows shown; the rest are summed, a row for each kind.
 const SHOWN: usize = 12;
 
 /// Writes the table of the products of `timed_steps` steps at `threads` threads (nothing where no
