@@ -21,16 +21,22 @@ pub(super) fn fmt(f: &mut std::fmt::Formatter, threads: usize, timed_steps: usiz
         writeln!(f, "| {name} | {how} | {:.1} | {:.3} | {rate:.0} |", calls as f64 / steps, seconds * 1e3 / steps)
     };
     for s in shapes.iter().take(SHOWN) {
-        let how = if s.by_rows { "blocks of rows, one thread each" } else { "split across threads" };
-        row(f, &format!("{} x {} x {}", s.m, s.n, s.k), how, s.calls, s.seconds, s.flop)?;
+        row(f, &format!("{} x {} x {}", s.m, s.n, s.k), how(s.by_rows), s.calls, s.seconds, s.flop)?;
     }
     // The rest summed by kind: a thread's time (blocks of rows) and wall time do not add up.
     let rest = &shapes[SHOWN.min(shapes.len())..];
-    for (by_rows, how) in [(false, "split across threads"), (true, "blocks of rows, one thread each")] {
+    for by_rows in [false, true] {
         let kind: Vec<&ShapeTime> = rest.iter().filter(|s| s.by_rows == by_rows).collect();
         if !kind.is_empty() {
             let (calls, flop) = (kind.iter().map(|s| s.calls).sum(), kind.iter().map(|s| s.flop).sum());
-            row(f, &format!("{} other shape{}", kind.len(), if kind.len() == 1 { "" } else { "s" }), how, calls, kind.iter().map(|s| s.seconds).sum(), flop)?;
+            row(
+                f,
+                &format!("{} other shape{}", kind.len(), if kind.len() == 1 { "" } else { "s" }),
+                how(by_rows),
+                calls,
+                kind.iter().map(|s| s.seconds).sum(),
+                flop,
+            )?;
         }
     }
     writeln!(
@@ -39,6 +45,11 @@ pub(super) fn fmt(f: &mut std::fmt::Formatter, threads: usize, timed_steps: usiz
          includes any AdamW job a thread took while it waited for the product's other blocks: those jobs' blocks of rows are \
          also in their own rows.)\n"
     )
+}
+
+/// How a kind of product ran ([`ShapeTime::by_rows`]).
+fn how(by_rows: bool) -> &'static str {
+    if by_rows { "blocks of rows, one thread each" } else { "split across threads" }
 }
 
 #[cfg(test)]

@@ -98,7 +98,8 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     assert!(row_stride >= n, "matmul: output rows {row_stride} apart hold {n} columns");
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
-    count_flop((2 * m * n * k) as u64);
+    let flop = (2 * m * n * k) as u64;
+    count_flop(flop);
     let ld = row_stride;
     if m == 0 || k == 0 || n == 0 {
         let mut dst = vec![0.0; m * ld];
@@ -148,7 +149,7 @@ pub fn matmul_padded(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef, row
     } else {
         starts.into_par_iter().for_each(run);
     }
-    log::note(t0, (m, n, k), false, (2 * m * n * k) as u64);
+    log::note(t0, (m, n, k), false, flop);
     // SAFETY: every element was written above, padding included.
     unsafe { dst.set_len(m * ld) };
     dst
@@ -202,11 +203,12 @@ pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, m: usi
     assert!(first + rows <= m, "matmul: rows {first}..{} of {m}", first + rows);
     lhs.check(m, k, "lhs");
     rhs.check(k, n, "rhs");
-    count_flop((2 * rows * n * k) as u64);
+    let flop = (2 * rows * n * k) as u64;
+    count_flop(flop);
     let t0 = log::timer();
     // SAFETY: the operands' bounds were checked above; `dst` holds rows x row_stride floats.
     unsafe { block_into(rows, n, k, dst.as_mut_ptr(), row_stride, lhs, first, rhs, 0, uses_kernel(m, n, k, &rhs)) };
-    log::note(t0, (m, n, k), true, (2 * rows * n * k) as u64);
+    log::note(t0, (m, n, k), true, flop);
     dst.chunks_exact_mut(row_stride.max(1)).for_each(|row| row[n..].fill(0.0));
 }
 
