@@ -138,6 +138,11 @@ impl SameConv {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_plus(x, None)
+    }
+
+    /// [`Self::forward`] with `residual` added at the end (the block's skip connection).
+    fn forward_plus(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let k = self.weight.dim(D::Minus1)?;
         let pad = |n: usize| {
             let total = ((n.div_ceil(self.stride) - 1) * self.stride + k).saturating_sub(n);
@@ -148,8 +153,12 @@ impl SameConv {
         if self.depthwise && x.device().is_cpu() {
             // candle runs grouped convolutions as one convolution per group: far too slow for
             // depthwise layers with hundreds of channels. Padding, bias and ReLU6 are fused.
-            let op = crate::nn::conv::DepthwiseConv { stride: self.stride, pad: (t, l), relu6: self.relu6 };
-            return x.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op);
+            let op = crate::nn::depthwise::DepthwiseConv { stride: self.stride, pad: (t, l), relu6: self.relu6 };
+            let y = x.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op)?;
+            return match residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
         }
         let y = if k == 1 && self.stride == 1 {
             // A 1x1 convolution is one matrix product per image: [Cout, Cin] x [Cin, H*W].
@@ -159,8 +168,7 @@ impl SameConv {
             let groups = if self.depthwise { c } else { 1 };
             x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?.conv2d(&self.weight, 0, self.stride, 1, groups)?
         };
-        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        if self.relu6 { y.clamp(0f32, 6f32) } else { Ok(y) }
+        crate::nn::conv::finish_channels(y, &self.bias, self.relu6, residual)
     }
 }
 
@@ -187,8 +195,7 @@ impl MbConv {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let h = self.project.forward(&self.depthwise.forward(&h)?)?;
-        if self.residual { h + x } else { Ok(h) }
+        self.project.forward_plus(&self.depthwise.forward(&h)?, self.residual.then_some(x))
     }
 }
 

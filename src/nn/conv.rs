@@ -1,7 +1,7 @@
 //! Inference-form 2-D convolutions of the frozen CNN encoders: a PyTorch `nn.Conv2d` weight
 //! `[out, in, k, k]` with its bias, or with the `nn.BatchNorm2d` after it folded in at load
-//! (`w * gamma / sqrt(var + eps)`, bias `beta - mean * gamma / sqrt(var + eps)`); and the
-//! depthwise convolution of EfficientNet-Lite's blocks, as a CPU op.
+//! (`w * gamma / sqrt(var + eps)`, bias `beta - mean * gamma / sqrt(var + eps)`). EfficientNet-Lite's
+//! depthwise convolution is [`crate::nn::depthwise`].
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -58,72 +58,123 @@ impl Conv {
     }
 }
 
-/// Depthwise convolution (one kxk filter per channel) with implicit zero padding `(top, left)`
-/// to `ceil(size / stride)` outputs, plus a per-channel bias and optional ReLU6; CPU, inference.
-pub struct DepthwiseConv {
-    pub stride: usize,
-    pub pad: (usize, usize),
-    pub relu6: bool,
+/// What follows a convolution's product in the CNN encoders, in place on its output `y`
+/// `[N, C, H, W]` (contiguous, and held by nothing else): each channel's `bias`, then ReLU6 if
+/// asked, then `residual` (`y`'s shape) added. The bits of `broadcast_add`, `clamp(0, 6)` and `+`
+/// one after the other, in one pass over `y` instead of three that each wrote a new tensor
+/// (EfficientNet-Lite0 ran those passes on candle's elementwise pool: 17% of `serve`'s CPU time
+/// on a Zen 5; BENCHMARKS.md, 2026-12-06, evening). Other devices run those three ops.
+pub fn finish_channels(y: Tensor, bias: &Tensor, relu6: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+    if !y.device().is_cpu() {
+        let y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        let y = if relu6 { y.clamp(0f32, 6f32)? } else { y };
+        return match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        };
+    }
+    let (_, c, h, w) = y.dims4()?;
+    let op = ChannelEpilogue { channels: c, plane: h * w, relu6 };
+    match residual {
+        Some(r) => y.inplace_op3(&bias.contiguous()?, &r.contiguous()?, &op)?,
+        None => y.inplace_op2(&bias.contiguous()?, &op)?,
+    }
+    Ok(y)
 }
 
-impl candle_core::CustomOp3 for DepthwiseConv {
+/// [`finish_channels`]'s pass, over blocks of whole channel planes on the thread pool.
+struct ChannelEpilogue {
+    channels: usize,
+    plane: usize,
+    relu6: bool,
+}
+
+impl ChannelEpilogue {
+    fn apply(&self, y: &mut [f32], bias: &[f32], residual: Option<&[f32]>) -> Result<()> {
+        use rayon::prelude::*;
+        if bias.len() != self.channels || !y.len().is_multiple_of(self.plane.max(1)) || residual.is_some_and(|r| r.len() != y.len()) {
+            candle_core::bail!(
+                "finish_channels: {} values, {} biases, planes of {}, residual {:?}",
+                y.len(),
+                bias.len(),
+                self.plane,
+                residual.map(<[f32]>::len)
+            );
+        }
+        let plane = self.plane.max(1);
+        // Tasks of at least 16K values: late layers have planes of 49.
+        let per_task = (1usize << 14).div_ceil(plane);
+        y.par_chunks_mut(plane * per_task).enumerate().for_each(|(task, block)| {
+            for (i, p) in block.chunks_mut(plane).enumerate() {
+                let index = task * per_task + i;
+                let b = bias[index % self.channels];
+                p.iter_mut().for_each(|v| *v += b);
+                if self.relu6 {
+                    p.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+                }
+                if let Some(r) = residual {
+                    p.iter_mut().zip(&r[index * plane..(index + 1) * plane]).for_each(|(v, &r)| *v += r);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp2 for ChannelEpilogue {
     fn name(&self) -> &'static str {
-        "depthwise-conv2d"
+        "finish-channels"
+    }
+
+    fn cpu_fwd(&self, y: &mut candle_core::CpuStorage, yl: &candle_core::Layout, b: &candle_core::CpuStorage, bl: &candle_core::Layout) -> Result<()> {
+        self.apply(crate::nn::cpu::f32_slice_mut(self.name(), y, yl)?, crate::nn::cpu::f32_slice(self.name(), b, bl)?, None)
+    }
+}
+
+impl candle_core::InplaceOp3 for ChannelEpilogue {
+    fn name(&self) -> &'static str {
+        "finish-channels"
     }
 
     fn cpu_fwd(
         &self,
-        xs: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        ws: &candle_core::CpuStorage,
-        wl: &candle_core::Layout,
-        bs: &candle_core::CpuStorage,
+        y: &mut candle_core::CpuStorage,
+        yl: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
         bl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::CpuStorage;
-        use rayon::prelude::*;
-        let name = "depthwise-conv2d";
-        let (x, w, bias) = (crate::nn::cpu::f32_slice(name, xs, xl)?, crate::nn::cpu::f32_slice(name, ws, wl)?, crate::nn::cpu::f32_slice(name, bs, bl)?);
-        let (n, c, h, wd) = xl.shape().dims4()?;
-        let k = wl.shape().dims4()?.2;
-        let (s, (pt, pl)) = (self.stride, self.pad);
-        let (oh, ow) = (h.div_ceil(s), wd.div_ceil(s));
-        let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, o)| {
-            let ch = plane % c;
-            let src = &x[plane * h * wd..(plane + 1) * h * wd];
-            let filt = &w[ch * k * k..(ch + 1) * k * k];
-            o.fill(bias[ch]);
-            for oy in 0..oh {
-                let orow = &mut o[oy * ow..(oy + 1) * ow];
-                for ky in 0..k {
-                    let Some(iy) = (oy * s + ky).checked_sub(pt).filter(|&iy| iy < h) else { continue };
-                    let srow = &src[iy * wd..(iy + 1) * wd];
-                    for kx in 0..k {
-                        let wv = filt[ky * k + kx];
-                        // Output columns whose input column ox*s + kx - pl lies inside the row.
-                        let lo = pl.saturating_sub(kx).div_ceil(s);
-                        let hi = (wd + pl - kx).div_ceil(s).min(ow);
-                        if lo >= hi {
-                            continue;
-                        }
-                        if s == 1 {
-                            let start = lo + kx - pl;
-                            for (o, &v) in orow[lo..hi].iter_mut().zip(&srow[start..start + (hi - lo)]) {
-                                *o += wv * v;
-                            }
-                        } else {
-                            for ox in lo..hi {
-                                orow[ox] += wv * srow[ox * s + kx - pl];
-                            }
-                        }
-                    }
-                }
+        r: &candle_core::CpuStorage,
+        rl: &candle_core::Layout,
+    ) -> Result<()> {
+        let name = candle_core::InplaceOp3::name(self);
+        self.apply(crate::nn::cpu::f32_slice_mut(name, y, yl)?, crate::nn::cpu::f32_slice(name, b, bl)?, Some(crate::nn::cpu::f32_slice(name, r, rl)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused pass gives the bits of the three ops, with and without ReLU6 and a residual,
+    /// on planes smaller and larger than a task, with a NaN and a negative zero inside.
+    #[test]
+    fn finish_channels_gives_the_bits_of_the_three_ops() {
+        let dev = candle_core::Device::Cpu;
+        let mut rng = crate::rng::stream(6, "test", 0);
+        for (n, c, h, w) in [(2, 3, 7, 7), (1, 5, 130, 129), (3, 1, 1, 1)] {
+            let mut v = crate::rng::normal_vec(&mut rng, n * c * h * w);
+            v.iter_mut().for_each(|x| *x *= 5.0);
+            (v[0], v[1]) = (f32::NAN, -0.0);
+            let y = Tensor::from_vec(v, (n, c, h, w), &dev).unwrap();
+            let bias = Tensor::from_vec(crate::rng::normal_vec(&mut rng, c), c, &dev).unwrap();
+            let residual = crate::rng::randn(&mut rng, (n, c, h, w), &dev).unwrap();
+            for (relu6, res) in [(true, None), (false, None), (false, Some(&residual)), (true, Some(&residual))] {
+                let want = y.broadcast_add(&bias.reshape((1, c, 1, 1)).unwrap()).unwrap();
+                let want = if relu6 { want.clamp(0f32, 6f32).unwrap() } else { want };
+                let want = res.map_or(want.clone(), |r| (want + r).unwrap());
+                let got = finish_channels(y.copy().unwrap(), &bias, relu6, res).unwrap();
+                let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{n}x{c}x{h}x{w} relu6 {relu6} residual {}", res.is_some());
             }
-            if self.relu6 {
-                o.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
-            }
-        });
-        Ok((CpuStorage::F32(out), candle_core::Shape::from((n, c, oh, ow))))
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod cpu;
+pub mod depthwise;
 pub mod grads;
 pub mod linear;
 pub mod loss;
