@@ -243,11 +243,13 @@ impl EfficientNetLite {
     /// The head's feature map [N, 1280, H/32, W/32] (7 x 7 at 224 px, 9 x 9 at 260), before
     /// pooling.
     pub fn feature_map(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.stem.forward(x)?;
-        for b in &self.blocks {
-            h = b.forward(&h)?;
-        }
-        self.head.forward(&h)
+        crate::nn::pool::with_workers_awake(|| {
+            let mut h = self.stem.forward(x)?;
+            for b in &self.blocks {
+                h = b.forward(&h)?;
+            }
+            self.head.forward(&h)
+        })
     }
 
     /// The pooled 1280-d feature before the classifier: the mean of the feature map.
