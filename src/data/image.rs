@@ -58,8 +58,8 @@ impl Filter {
 }
 
 impl Resize {
-    /// The resized image and the top-left corner of its centre `size` crop (`side >= size`).
-    fn apply(&self, img: &RgbImage, size: u32) -> (RgbImage, u32, u32) {
+    /// The resized size, and the top-left corner of its centre `size` crop (`side >= size`).
+    fn geometry(&self, img: &RgbImage, size: u32) -> ((u32, u32), (u32, u32)) {
         let (w, h) = img.dimensions();
         let (nw, nh) = if self.squash {
             (self.side, self.side)
@@ -67,9 +67,8 @@ impl Resize {
             let long = |l: u32, s: u32| ((self.side as u64 * l as u64) as f64 / s as f64) as u32;
             if w <= h { (self.side, long(h, w)) } else { (long(w, h), self.side) }
         };
-        let resized = image::imageops::resize(img, nw, nh, self.filter.kernel());
         let offset = |d: u32| if self.round_offset && d % 2 == 1 && (d / 2) % 2 == 1 { d / 2 + 1 } else { d / 2 };
-        (resized, offset(nw - size), offset(nh - size))
+        ((nw, nh), (offset(nw - size), offset(nh - size)))
     }
 }
 
@@ -116,23 +115,27 @@ impl Preprocess {
     /// CHW f32 values of one image: resize, centre-crop to `size`, normalise.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
         let s = self.size;
-        let (resized, x0, y0) = match &self.resize {
-            Some(r) => r.apply(img, s),
+        let (resized, crop, filter) = match &self.resize {
+            Some(r) => {
+                let (resized, crop) = r.geometry(img, s);
+                (resized, crop, r.filter.kernel())
+            }
             None => {
                 let (w, h) = img.dimensions();
                 let scale = s as f32 / w.min(h) as f32;
                 let (nw, nh) = (((w as f32 * scale).round() as u32).max(s), ((h as f32 * scale).round() as u32).max(s));
-                (image::imageops::resize(img, nw, nh, FilterType::CatmullRom), (nw - s) / 2, (nh - s) / 2)
+                ((nw, nh), ((nw - s) / 2, (nh - s) / 2), FilterType::CatmullRom)
             }
         };
+        let rgb = super::resize::resized_crop(img, resized, crop, s, filter).unwrap_or_else(|| {
+            let full = image::imageops::resize(img, resized.0, resized.1, filter);
+            image::imageops::crop_imm(&full, crop.0, crop.1, s, s).to_image().into_raw()
+        });
         let n = (s * s) as usize;
         let mut out = vec![0f32; 3 * n];
-        for y in 0..s {
-            for x in 0..s {
-                let p = resized.get_pixel(x0 + x, y0 + y).0;
-                for c in 0..3 {
-                    out[c * n + (y * s + x) as usize] = (p[c] as f32 - self.mean[c]) / self.std[c];
-                }
+        for (i, p) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * n + i] = (p[c] as f32 - self.mean[c]) / self.std[c];
             }
         }
         out

@@ -7,6 +7,7 @@ pub mod image;
 mod image_check;
 mod json_keys;
 pub mod manifest;
+mod resize;
 
 use anyhow::{Context, Result};
 pub use dataset::{Dataset, Sample, TRAIN_ONLY};
