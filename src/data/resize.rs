@@ -62,14 +62,7 @@ pub fn resized_crop(img: &RgbImage, (nw, nh): (u32, u32), (x0, y0): (u32, u32), 
                 }
             }
             for (o, s) in o.iter_mut().zip(sum) {
-                *o = (if s < 0.0 {
-                    0.0
-                } else if s > 255.0 {
-                    255.0
-                } else {
-                    s
-                })
-                .round() as u8;
+                *o = s.clamp(0.0, 255.0).round() as u8;
             }
         }
     }
