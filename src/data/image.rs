@@ -131,6 +131,7 @@ impl Preprocess {
             let full = image::imageops::resize(img, resized.0, resized.1, filter);
             image::imageops::crop_imm(&full, crop.0, crop.1, s, s).to_image().into_raw()
         });
+        assert_eq!(rgb.len(), 3 * (s * s) as usize, "the {s} px crop at {crop:?} lies outside the image resized to {resized:?}");
         let n = (s * s) as usize;
         let mut out = vec![0f32; 3 * n];
         for (i, p) in rgb.chunks_exact(3).enumerate() {

@@ -2,13 +2,14 @@
 //!
 //! The `image` crate resizes in two passes, the columns then the rows, each output value a sum
 //! of input values times normalised filter weights; it evaluates the filter for every output
-//! value and reads each input pixel through a bounds-checked accessor, and rounds with libm's
-//! `roundf`. Preprocessing a 64 px PNG for `serve` took 1.2 ms of CPU that way, 10% of the
+//! value and reads each input pixel through a bounds-checked accessor, and rounds through a call
+//! to `roundf`. Preprocessing a 64 px PNG for `serve` took 1.2 ms of CPU that way, 10% of the
 //! encoder's own time per image once EfficientNet-Lite0 got faster (BENCHMARKS.md, 2026-12-06,
 //! evening). Here the weights are computed once per output row and column, only the rows and
 //! columns of the crop are resampled, and the sums run over plain slices: the same IEEE
 //! operations in the same order (weights, their normalisation, sums from 0 in tap order, the
-//! clamp and rounding), so the same bytes, which the test checks against the crate.
+//! clamp and rounding), so the same bytes, which the test checks against the crate (this follows
+//! image 0.25.10's `imageops::sample`; the test is what catches a later version that differs).
 
 use image::RgbImage;
 use image::imageops::FilterType;

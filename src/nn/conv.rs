@@ -58,13 +58,15 @@ impl Conv {
     }
 }
 
-/// What follows a convolution's product in the CNN encoders, in place on its output `y`
-/// `[N, C, H, W]` (contiguous, and held by nothing else): each channel's `bias`, then ReLU6 if
+/// What follows a convolution's product in the frozen CNN encoders, in place on its output `y`
+/// `[N, C, H, W]` (contiguous, held by nothing else, and recording no graph): each channel's `bias`, then ReLU6 if
 /// asked, then `residual` (`y`'s shape) added. The bits of `broadcast_add`, `clamp(0, 6)` and `+`
 /// one after the other, in one pass over `y` instead of three that each wrote a new tensor
 /// (EfficientNet-Lite0 ran those passes on candle's elementwise pool: 17% of `serve`'s CPU time
 /// on a Zen 5; BENCHMARKS.md, 2026-12-06, evening). Other devices run those three ops.
-pub fn finish_channels(y: Tensor, bias: &Tensor, relu6: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn finish_channels(y: Tensor, bias: &Tensor, relu6: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+    // In place: no gradient could flow through the bias, ReLU6 or residual.
+    debug_assert!(!y.track_op(), "finish_channels on a tensor that records its graph");
     if !y.device().is_cpu() {
         let y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
         let y = if relu6 { y.clamp(0f32, 6f32)? } else { y };

@@ -9,7 +9,7 @@
 //! 2026-12-06, evening). Where the CPU has AVX-512F, [`avx512`] holds a row of up to 64 outputs
 //! in registers through all the taps, masking the outputs a tap does not reach, and gathers a
 //! stride-2 tap's inputs by a permutation: the same operations in the same order, so the same
-//! bits. `MARNET_SIMD=sse2` or `avx2` forces the plain loop (the test compares both).
+//! bits (but for which NaN's payload comes out where two NaNs meet). `MARNET_SIMD=sse2` or `avx2` forces the plain loop (the test compares both).
 
 use crate::nn::vmath::{Kernel, Simd, at_width};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
@@ -80,12 +80,13 @@ impl Plane {
         (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h)
     }
 
-    /// Output plane `o` of input plane `x` with filter `f` and `bias`.
+    /// Output plane `o` of input plane `x` with filter `f` and `bias`, at `level`, one of
+    /// [`Simd::available`].
     fn run(&self, level: Simd, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
         assert!(x.len() == self.h * self.w && f.len() == self.k * self.k && o.len() == self.oh * self.ow);
         #[cfg(target_arch = "x86_64")]
-        if level == Simd::Avx512 && self.s <= 2 && self.k <= avx512::MAX_K {
-            // SAFETY: `level` is one the CPU has (`Simd::detected`); the lengths are checked above.
+        if level == Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && self.s <= 2 && self.k <= avx512::MAX_K {
+            // SAFETY: the CPU has AVX-512F (checked); the lengths are checked above.
             return unsafe { avx512::plane(self, x, f, bias, o) };
         }
         at_width(level, Loop { g: self, x, f, bias, o })
@@ -256,7 +257,7 @@ mod tests {
     fn every_width_gives_the_plain_loops_bits() {
         let mut rng = crate::rng::stream(5, "test", 0);
         for (h, w) in [(7, 7), (14, 14), (5, 17), (9, 33), (4, 70), (3, 130), (1, 1), (2, 3)] {
-            for (k, s, relu6) in [(3, 1, true), (5, 1, false), (3, 2, true), (5, 2, false)] {
+            for (k, s, relu6) in [(3, 1, true), (5, 1, false), (3, 2, true), (5, 2, false), (7, 2, true), (7, 1, false)] {
                 for (top, left) in [((k - 1) / 2, (k - 1) / 2), (0, 0), (k - 1, 1)] {
                     let g = Plane::new(h, w, k, s, (top, left), relu6);
                     let mut x = crate::rng::normal_vec(&mut rng, h * w);
