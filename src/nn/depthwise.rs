@@ -143,9 +143,6 @@ mod avx512 {
     use super::Plane;
     use std::arch::x86_64::*;
 
-    /// Vectors of 16 outputs held in registers at once: rows of up to 64 outputs in one sweep.
-    const V: usize = 4;
-
     /// Largest filter this path takes (EfficientNet-Lite's: 3 and 5).
     pub(super) const MAX_K: usize = 7;
 
@@ -177,12 +174,27 @@ mod avx512 {
     /// [`super::Loop`]'s plane, stride 1 or 2, filters up to [`MAX_K`]: each run of up to 64
     /// outputs of a row starts at the bias, takes every tap in filter order in the lanes it
     /// reaches (a product, then a sum), then ReLU6 (`f32::clamp`'s comparisons: NaN and -0
-    /// kept) and is stored once.
+    /// kept) and is stored once. Runs hold as few vectors as the row needs, up to four (rows of
+    /// 7 and 14 outputs: one).
     ///
     /// # Safety
     /// The CPU must have AVX-512F; `x`, `f` and `o` must have the plane's lengths.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn plane(g: &Plane, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            match g.ow.div_ceil(16) {
+                0 | 1 => runs::<1>(g, x, f, bias, o),
+                2 => runs::<2>(g, x, f, bias, o),
+                3 => runs::<3>(g, x, f, bias, o),
+                _ => runs::<4>(g, x, f, bias, o),
+            }
+        }
+    }
+
+    /// [`plane`] by runs of up to `V` vectors of 16 outputs.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn runs<const V: usize>(g: &Plane, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
         let (k, s) = (g.k, g.s as isize);
         // Element 2j of the 32 in two vectors: a stride-2 tap's inputs.
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
