@@ -3,13 +3,16 @@
 //!
 //! Each output element is `bias + w[0] x[0] + w[1] x[1] + ...` over the taps that fall inside
 //! the input, in filter order, a product then a sum per tap (two roundings; Rust never fuses
-//! them). The plain loop, compiled at the CPU's widest vector width ([`Simd`]), vectorised only
-//! rows of 16 outputs and more, and strided ones not at all: on a Zen 5 it took 42% of `serve`'s
-//! CPU time with EfficientNet-Lite0, whose late layers have rows of 7 and 14 (BENCHMARKS.md,
-//! 2026-12-06, evening). Where the CPU has AVX-512F, [`avx512`] holds a row of up to 64 outputs
-//! in registers through all the taps, masking the outputs a tap does not reach, and gathers a
-//! stride-2 tap's inputs by a permutation: the same operations in the same order, so the same
-//! bits (but for which NaN's payload comes out where two NaNs meet). `MARNET_SIMD=sse2` or `avx2` forces the plain loop (the test compares both).
+//! them). The loop this replaced ran at SSE2 width, recomputed each tap's output columns with
+//! integer divisions, and vectorised rows only 4 wide and strided taps not at all: on a Zen 5 it
+//! took 42% of `serve`'s CPU time with EfficientNet-Lite0, whose late layers have rows of 7
+//! and 14 (BENCHMARKS.md, 2026-12-06, evening). Now the plain loop ([`Loop`]) runs at the CPU's
+//! widest vector width ([`Simd`]) with the columns computed once, and where the CPU has
+//! AVX-512F, [`avx512`] holds a row of up to 64 outputs in registers through all the taps,
+//! masking the outputs a tap does not reach, and gathers a stride-2 tap's inputs by a
+//! permutation: the same operations in the same order, so the same bits (but for which NaN's
+//! payload comes out where two NaNs meet). `MARNET_SIMD=sse2` or `avx2` forces the plain loop
+//! (the test compares both).
 
 use crate::nn::vmath::{Kernel, Simd, at_width};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
