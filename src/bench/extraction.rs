@@ -117,9 +117,10 @@ pub struct Extraction {
 }
 
 /// The extraction rows: EfficientNet-Lite0 (real weights from `assets`, left out with a note
-/// when absent) at each of `lite0_batches`, ViT-B/16 (random weights) at batch 8 with its time by
+/// when absent) and each of the `visual` encoders (`--visual` specs: a CNN of Table 1 with its
+/// weights file) at each of `batches`, ViT-B/16 (random weights) at batch 8 with its time by
 /// stage (on the CPU), and JPEG decoding.
-pub fn extraction(assets: &std::path::Path, lite0_batches: &[usize], verbose: bool, dev: &Device) -> Result<Extraction> {
+pub fn extraction(assets: &std::path::Path, batches: &[usize], visual: &[String], verbose: bool, dev: &Device) -> Result<Extraction> {
     use crate::encoders::efficientnet_lite::{Config, EfficientNetLite, PREPROCESS};
     if verbose {
         eprintln!("timing the encoders and decoding...");
@@ -127,11 +128,19 @@ pub fn extraction(assets: &std::path::Path, lite0_batches: &[usize], verbose: bo
     let mut encoders = vec![];
     match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), Config::lite0(), dev) {
         Ok(enc) => {
-            for &batch in lite0_batches {
+            for &batch in batches {
                 encoders.push(encoder("EfficientNet-Lite0", "real", &enc, batch, dev)?);
             }
         }
         Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
+    }
+    for spec in visual {
+        let enc = crate::encoders::load_image_encoder(spec, assets, dev)?;
+        let (name, path) = spec.split_once(':').unwrap_or((spec, "assets"));
+        let file = std::path::Path::new(path).file_name().map_or(path.into(), |f| f.to_string_lossy());
+        for &batch in batches {
+            encoders.push(encoder(name, &file, enc.as_ref(), batch, dev)?);
+        }
     }
     let vit = vit_b16_random(dev)?;
     encoders.push(encoder("ViT-B/16", "random", &vit, 8, dev)?);

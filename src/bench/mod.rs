@@ -160,8 +160,11 @@ pub struct BenchRequest {
     pub heads: bool,
     /// The encoder rows need the assets folder; `None` leaves them out.
     pub assets: Option<std::path::PathBuf>,
-    /// EfficientNet-Lite0's batch sizes, one row each (ViT-B/16 is timed at batch 8).
+    /// EfficientNet-Lite0's and the `visual` encoders' batch sizes, one row each (ViT-B/16 is
+    /// timed at batch 8).
     pub encoder_batches: Vec<usize>,
+    /// More encoders to time, as `--visual` names them (`resnet50:FILE`, ...).
+    pub visual: Vec<String>,
     /// This process's `bench` arguments (after `bench`), passed on to the child processes.
     pub args: Vec<String>,
     /// The `--device` the child processes time the heads on (`cpu`, `cuda`, `cuda:N`).
@@ -190,7 +193,7 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
     }
     let Extraction { encoders, decode, vit_stages } = match &req.assets {
         None => Extraction { encoders: vec![], decode: None, vit_stages: None },
-        Some(a) => extraction(a, &req.encoder_batches, req.progress, dev)?,
+        Some(a) => extraction(a, &req.encoder_batches, &req.visual, req.progress, dev)?,
     };
     // The products alone: with the extraction rows, and only where marnet's kernels run.
     let (products, peak_one_thread) = match req.assets.is_some() && dev.is_cpu() {
@@ -209,8 +212,10 @@ pub fn run(req: &BenchRequest, dev: &Device) -> Result<Report> {
 /// The `bench` arguments that the per-thread-count child processes take too: all but those
 /// that set threads, outputs and extraction.
 fn child_args(args: &[String]) -> Vec<String> {
-    let (with_value, flags) =
-        (["--threads", "--thread-counts", "--assets", "--json", "--device", "--encoder-batches"], ["--skip-extraction", "--quiet", "-q", "--verbose", "-v"]);
+    let (with_value, flags) = (
+        ["--threads", "--thread-counts", "--assets", "--json", "--device", "--encoder-batches", "--visual"],
+        ["--skip-extraction", "--quiet", "-q", "--verbose", "-v"],
+    );
     let mut out = vec![];
     let mut it = args.iter();
     while let Some(a) = it.next() {

@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use std::path::Path;
 
 use crate::data::image::Preprocess;
+use crate::nn::conv::{Placement, Then, conv2d};
 
 /// Input scaling of the TF-Lite models: `(x - 127) / 128` (the Lite builder's MEAN_RGB and
 /// STDDEV_RGB), here at Lite0's 224 px.
@@ -133,10 +134,6 @@ impl SameConv {
         Ok(Self { weight, bias, stride, depthwise, relu6 })
     }
 
-    fn out_channels(&self) -> candle_core::Result<usize> {
-        self.weight.dim(0)
-    }
-
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_plus(x, None)
     }
@@ -148,7 +145,7 @@ impl SameConv {
             let total = ((n.div_ceil(self.stride) - 1) * self.stride + k).saturating_sub(n);
             (total / 2, total - total / 2)
         };
-        let (n, c, h, w) = x.dims4()?;
+        let (_, c, h, w) = x.dims4()?;
         let ((t, b), (l, r)) = (pad(h), pad(w));
         if self.depthwise && x.device().is_cpu() {
             // candle runs grouped convolutions as one convolution per group: far too slow for
@@ -160,15 +157,21 @@ impl SameConv {
                 None => Ok(y),
             };
         }
-        let y = if k == 1 && self.stride == 1 {
-            // A 1x1 convolution is one matrix product per image: [Cout, Cin] x [Cin, H*W].
-            let w2 = self.weight.reshape((self.out_channels()?, c))?;
-            w2.broadcast_left(n)?.matmul(&x.reshape((n, c, h * w))?)?.reshape((n, (), h, w))?
-        } else {
-            let groups = if self.depthwise { c } else { 1 };
-            x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?.conv2d(&self.weight, 0, self.stride, 1, groups)?
-        };
-        crate::nn::conv::finish_channels(y, &self.bias, self.relu6, residual)
+        if self.depthwise {
+            // Elsewhere than the CPU: candle's grouped convolution.
+            let y = x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?.conv2d(&self.weight, 0, self.stride, 1, c)?;
+            let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+            let y = if self.relu6 { y.clamp(0f32, 6f32)? } else { y };
+            return match residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
+        }
+        // The blocks' skip connections follow convolutions without ReLU6: the order of the two
+        // never matters here.
+        debug_assert!(!(self.relu6 && residual.is_some()), "ReLU6 and a skip connection after one convolution");
+        let at = Placement { stride: self.stride, pad: (t, l), out: (h.div_ceil(self.stride), w.div_ceil(self.stride)) };
+        conv2d(x, &self.weight, &self.bias, at, residual, if self.relu6 { Then::Relu6 } else { Then::Nothing })
     }
 }
 

@@ -12,7 +12,7 @@
 //! The feature is the global average pool of the last stage (timm's
 //! `forward_head(pre_logits=True)`; these models have no final convolution): 1408-d for A2.
 
-use crate::nn::conv::{Conv, batch_norm_affine};
+use crate::nn::conv::{Conv, Then, batch_norm_affine};
 use anyhow::Result;
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -90,7 +90,7 @@ impl Module for RepVgg {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for conv in &self.convs {
-            x = conv.forward(&x)?.relu()?;
+            x = conv.forward_then(&x, None, Then::Relu)?;
         }
         x.mean(D::Minus1)?.mean(D::Minus1)
     }

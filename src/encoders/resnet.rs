@@ -10,7 +10,7 @@
 //! convolutions at load.
 
 use super::cnn::CnnEncoder;
-use crate::nn::conv::Conv;
+use crate::nn::conv::{Conv, Then};
 use anyhow::Result;
 use candle_core::{D, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -78,15 +78,17 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = x.clone();
-        for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward(&if i == 0 { y } else { y.relu()? })?;
-        }
         let shortcut = match &self.downsample {
             Some(ds) => ds.forward(x)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        let (last, inner) = self.convs.split_last().expect("a block has convolutions");
+        let mut y = x.clone();
+        for conv in inner {
+            y = conv.forward_then(&y, None, Then::Relu)?;
+        }
+        // The skip connection and the ReLU after it, in the last convolution's pass.
+        last.forward_then(&y, Some(&shortcut), Then::Relu)
     }
 }
 
@@ -117,7 +119,8 @@ impl Module for ResNet {
     /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // 3x3/2 max pool with padding 1, padded by repeating the edge (which changes no maximum).
-        let mut x = self.stem.forward(x)?.relu()?.pad_with_same(D::Minus1, 1, 1)?.pad_with_same(D::Minus2, 1, 1)?.max_pool2d_with_stride(3, 2)?;
+        let mut x =
+            self.stem.forward_then(x, None, Then::Relu)?.pad_with_same(D::Minus1, 1, 1)?.pad_with_same(D::Minus2, 1, 1)?.max_pool2d_with_stride(3, 2)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }

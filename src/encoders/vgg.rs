@@ -12,7 +12,7 @@
 //! and torchvision's `classifier[:5]` (without dropout). Smaller inputs are pooled up to 7x7
 //! as both do; larger ones follow torchvision (timm would run fc6 as a convolution there).
 
-use crate::nn::conv::Conv;
+use crate::nn::conv::{Conv, Then};
 use crate::nn::linear::Linear;
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -93,7 +93,7 @@ impl Module for Vgg {
         let mut x = x.clone();
         for convs in &self.stages {
             for conv in convs {
-                x = conv.forward(&x)?.relu()?;
+                x = conv.forward_then(&x, None, Then::Relu)?;
             }
             x = x.max_pool2d_with_stride(2, 2)?;
         }

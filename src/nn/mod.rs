@@ -10,6 +10,7 @@ pub mod conv;
 pub mod cpu;
 pub mod depthwise;
 pub mod grads;
+pub mod im2col;
 pub mod linear;
 pub mod loss;
 pub mod norm;

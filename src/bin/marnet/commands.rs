@@ -314,9 +314,14 @@ pub enum Cmd {
         /// rows a multiple of 4 KiB apart padded, as the heads' layers hold them): leave out the heads.
         #[arg(long, conflicts_with = "skip_extraction")]
         extraction_only: bool,
-        /// Batch sizes to time EfficientNet-Lite0 at, one row each (ViT-B/16 runs at batch 8).
+        /// Batch sizes to time EfficientNet-Lite0 and the --visual encoders at, one row each
+        /// (ViT-B/16 runs at batch 8).
         #[arg(long, value_delimiter = ',', default_value = "32", value_parser = marnet::options::at_least_one::<usize>)]
         encoder_batches: Vec<usize>,
+        /// Also time this visual encoder on random images, named as `extract --visual` takes it
+        /// (`resnet50:FILE`, `vgg19:FILE`, `repvgg_a2:FILE`, ...); repeat for more.
+        #[arg(long = "visual", value_name = "SPEC")]
+        visual: Vec<String>,
         /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
         /// assets/ of the checkout marnet was built from].
         #[arg(long)]

@@ -212,6 +212,30 @@ pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, m: usi
     dst.chunks_exact_mut(row_stride.max(1)).for_each(|row| row[n..].fill(0.0));
 }
 
+/// `dst = lhs rhs` for `lhs` [m, k] and `rhs` [k, n] on the calling thread, `dst` rows `ld`
+/// (>= n) apart: on [`kernel::product`] where it suits the shape, else on the matmul crate (callers
+/// that split a larger product across threads themselves: the CNN encoders' convolutions).
+///
+/// # Safety
+/// `dst` must hold `m` rows of `ld` floats (the last one `n`) that nothing else reads or writes
+/// meanwhile.
+pub(crate) unsafe fn product_here(m: usize, n: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, rhs: MatRef) {
+    assert!(ld >= n, "product: output rows {ld} apart hold {n} columns");
+    lhs.check(m, k, "lhs");
+    rhs.check(k, n, "rhs");
+    count_flop((2 * m * n * k) as u64);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // SAFETY: as the caller promises, `dst` holds m rows of ld.
+        (0..m).for_each(|r| unsafe { std::ptr::write_bytes(dst.add(r * ld), 0, n) });
+        return;
+    }
+    // SAFETY: the operands' bounds were checked above; `dst` as the caller promises.
+    unsafe { block_into(m, n, k, dst, ld, lhs, 0, rhs, 0, uses_kernel(m, n, k, &rhs)) }
+}
+
 /// One thread's [rows, cols] block of a product over k into `dst` (rows `ld` apart): `lhs`'s
 /// rows from `lhs_row`, `rhs`'s columns from `rhs_col` ([`matmul_padded`]'s blocks and
 /// [`matmul_rows_into`]'s rows are the same call), on [`kernel::product`] where `on_kernel` (the

@@ -1,0 +1,182 @@
+//! Dense 2-D convolutions on the CPU as matrix products over tiles of output pixels.
+//!
+//! For each image and tile of its output pixels, the tile's im2col columns (one row per input
+//! channel and filter tap, one column per output pixel) are built from the input's rows, a
+//! segment copied per tap and output row, zeros where the filter overhangs the input. One
+//! product with the weight `[out, in k_h k_w]` (its own layout: no copy) on the calling thread
+//! writes the tile's block of the output in place, and the block's bias, residual and activation
+//! follow while it is in cache. A 1x1 convolution at stride 1 without padding reads the input
+//! itself as its columns. Tiles hold a fixed number of pixels (by the filter's size) and never
+//! span two images, so an image's output does not depend on the batch around it.
+//!
+//! candle 0.11's `conv2d` built its columns one element at a time with the index arithmetic of
+//! every tap, converted the whole input to NHWC first, and copied each product's output again,
+//! element by element; ResNet-50 ran at 0.43x timm's speed on a Zen 5 (BENCHMARKS.md, 2026-12-06,
+//! night).
+
+use crate::nn::cpu::{MatRef, SendPtr, product_here};
+
+/// What follows each output element's product: after its channel's bias and the residual's
+/// value (when there is one), this activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    Nothing,
+    Relu,
+    Relu6,
+}
+
+/// Floats of a tile's columns (512 KiB: half of a Zen's L2), which set its pixels.
+const COLUMNS_BUDGET: usize = 128 * 1024;
+
+/// Fewest output channels in a block when a plane's few tiles are cut by channels too.
+const MIN_BLOCK_ROWS: usize = 32;
+
+/// A convolution's filters: `cout` of them, `weight` `[cout, c, kh, kw]`, one `bias` each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filters<'a> {
+    pub cout: usize,
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+}
+
+/// One convolution's shapes: input `[c, h, w]` per image, a `kh` x `kw` filter at stride `s`
+/// with zero padding `top` and `left`, an `oh` x `ow` output; and for each filter column, the
+/// output columns `lo..hi` whose input column lies inside the row.
+#[derive(Debug, Clone)]
+pub(crate) struct Geometry {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub s: usize,
+    pub top: usize,
+    pub left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geometry {
+    fn taps(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// A 1x1 filter at stride 1 without padding: the input is its own columns.
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.s == 1 && self.top == 0 && self.left == 0 && (self.oh, self.ow) == (self.h, self.w)
+    }
+
+    /// Output pixels per tile: as many as [`COLUMNS_BUDGET`] holds columns for, a multiple of 64
+    /// (the product kernel's panel), 64 to 1024.
+    fn tile(&self) -> usize {
+        (COLUMNS_BUDGET / self.taps().max(1)).clamp(64, 1024) / 64 * 64
+    }
+
+    /// Filter column `kx`'s output columns whose input column `ox s + kx - left` is inside.
+    fn reach(&self, kx: usize) -> (usize, usize) {
+        let lo = self.left.saturating_sub(kx).div_ceil(self.s);
+        let hi = (self.w + self.left).saturating_sub(kx).div_ceil(self.s).min(self.ow);
+        (lo, hi.max(lo))
+    }
+
+    /// The im2col columns of output pixels `p0..p1` of one image `x` `[c, h, w]`: row
+    /// `(ci kh + ky) kw + kx` holds, for each pixel, the input value under that tap (zero outside).
+    pub(crate) fn columns(&self, x: &[f32], p0: usize, p1: usize) -> Vec<f32> {
+        let t = p1 - p0;
+        let mut cols = vec![0f32; self.taps() * t];
+        if t == 0 {
+            return cols;
+        }
+        let mut rows = cols.chunks_exact_mut(t);
+        for ci in 0..self.c {
+            let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let row = rows.next().expect("one row per tap");
+                    let (lo, hi) = self.reach(kx);
+                    // The tile's pixels by output row: columns ox0..ox1 of row oy.
+                    let mut p = p0;
+                    while p < p1 {
+                        let (oy, ox0) = (p / self.ow, p % self.ow);
+                        let ox1 = self.ow.min(ox0 + (p1 - p));
+                        let iy = (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h);
+                        let (a, b) = (lo.max(ox0), hi.min(ox1));
+                        if let Some(iy) = iy.filter(|_| a < b) {
+                            let src = &plane[iy * self.w..(iy + 1) * self.w];
+                            let dst = &mut row[p - p0 + (a - ox0)..p - p0 + (b - ox0)];
+                            let first = a * self.s + kx - self.left;
+                            if self.s == 1 {
+                                dst.copy_from_slice(&src[first..first + (b - a)]);
+                            } else {
+                                dst.iter_mut().zip(src[first..].iter().step_by(self.s)).for_each(|(d, &v)| *d = v);
+                            }
+                        }
+                        p += ox1 - ox0;
+                    }
+                }
+            }
+        }
+        cols
+    }
+
+    /// The convolution of `n` images `x` `[n, c, h, w]` with the filters `f`, then per output
+    /// element its channel's bias, the `residual`'s value `[n, cout, oh, ow]` and `then`:
+    /// `[n, cout, oh, ow]`. Tasks of one tile of one image each (cut by output channels
+    /// too where a plane has fewer tiles than two per thread) run on the thread pool.
+    pub(crate) fn run(&self, n: usize, x: &[f32], f: Filters, residual: Option<&[f32]>, then: Then) -> Vec<f32> {
+        use rayon::prelude::*;
+        let Filters { cout, weight, bias } = f;
+        let (k, plane) = (self.taps(), self.oh * self.ow);
+        assert!(x.len() == n * self.c * self.h * self.w && weight.len() == cout * k && bias.len() == cout, "conv2d: operands do not match the shapes");
+        assert!(residual.is_none_or(|r| r.len() == n * cout * plane), "conv2d: the residual does not match the output");
+        let tile = if self.direct() { self.tile().min(plane.max(1)) } else { self.tile() };
+        let tiles = plane.div_ceil(tile);
+        let threads = rayon::current_num_threads().max(1);
+        let blocks = if tiles >= 2 * threads { 1 } else { (2 * threads).div_ceil(tiles.max(1)).min(cout / MIN_BLOCK_ROWS).max(1) };
+        let rows = cout.div_ceil(blocks).next_multiple_of(8);
+        let mut out: Vec<f32> = Vec::with_capacity(n * cout * plane);
+        let dst = SendPtr(out.as_mut_ptr());
+        let image = self.c * self.h * self.w;
+        (0..n * tiles * blocks).into_par_iter().for_each(|task| {
+            let (img, t, b) = (task / (tiles * blocks), task / blocks % tiles, task % blocks);
+            let (p0, co0) = (t * tile, b * rows);
+            let (p1, co1) = ((p0 + tile).min(plane), (co0 + rows).min(cout));
+            if co0 >= co1 || p0 >= p1 {
+                return;
+            }
+            let x = &x[img * image..(img + 1) * image];
+            let built;
+            let rhs = if self.direct() {
+                MatRef::strided_rows(&x[p0..], plane)
+            } else {
+                built = self.columns(x, p0, p1);
+                MatRef::rows(&built, p1 - p0)
+            };
+            let first = img * cout * plane + co0 * plane + p0;
+            // SAFETY: rows co0..co1, columns p0..p1 of image img, written by this task only.
+            unsafe { product_here(co1 - co0, p1 - p0, k, dst.get().add(first), plane, MatRef::rows(&weight[co0 * k..co1 * k], k), rhs) };
+            for (co, &b) in bias.iter().enumerate().take(co1).skip(co0) {
+                let at = img * cout * plane + co * plane + p0;
+                // SAFETY: this task's part of row co, written by the product above.
+                let y = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), p1 - p0) };
+                finish(y, b, residual.map(|r| &r[at..at + (p1 - p0)]), then);
+            }
+        });
+        // SAFETY: the tasks cover every image, channel and pixel.
+        unsafe { out.set_len(n * cout * plane) };
+        out
+    }
+}
+
+/// `then(y + bias (+ residual))`, in that order, on one row of a block.
+fn finish(y: &mut [f32], bias: f32, residual: Option<&[f32]>, then: Then) {
+    y.iter_mut().for_each(|v| *v += bias);
+    if let Some(r) = residual {
+        y.iter_mut().zip(r).for_each(|(v, &r)| *v += r);
+    }
+    match then {
+        Then::Nothing => {}
+        Then::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Then::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+    }
+}
