@@ -11,6 +11,7 @@
 
 use super::cnn::CnnEncoder;
 use crate::nn::conv::{Conv, Then};
+use crate::nn::max_pool::max_pool2d;
 use anyhow::Result;
 use candle_core::{D, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -118,9 +119,8 @@ impl ResNet {
 impl Module for ResNet {
     /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // 3x3/2 max pool with padding 1, padded by repeating the edge (which changes no maximum).
-        let mut x =
-            self.stem.forward_then(x, None, Then::Relu)?.pad_with_same(D::Minus1, 1, 1)?.pad_with_same(D::Minus2, 1, 1)?.max_pool2d_with_stride(3, 2)?;
+        // 3x3/2 max pool with padding 1.
+        let mut x = max_pool2d(&self.stem.forward_then(x, None, Then::Relu)?, 3, 2, 1)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }

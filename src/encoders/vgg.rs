@@ -14,6 +14,7 @@
 
 use crate::nn::conv::{Conv, Then};
 use crate::nn::linear::Linear;
+use crate::nn::max_pool::max_pool2d;
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -95,7 +96,7 @@ impl Module for Vgg {
             for conv in convs {
                 x = conv.forward_then(&x, None, Then::Relu)?;
             }
-            x = x.max_pool2d_with_stride(2, 2)?;
+            x = max_pool2d(&x, 2, 2, 0)?;
         }
         let (n, _, h, w) = x.dims4()?;
         if (h, w) != (POOL, POOL) {

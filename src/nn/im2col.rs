@@ -79,13 +79,14 @@ impl Geometry {
         (lo, hi.max(lo))
     }
 
-    /// The im2col columns of output pixels `p0..p1` of one image `x` `[c, h, w]`: row
-    /// `(ci kh + ky) kw + kx` holds, for each pixel, the input value under that tap (zero outside).
-    pub(crate) fn columns(&self, x: &[f32], p0: usize, p1: usize) -> Vec<f32> {
+    /// The im2col columns of output pixels `p0..p1` of one image `x` `[c, h, w]` into `cols`
+    /// (`taps x (p1 - p0)` values, every one written): row `(ci kh + ky) kw + kx` holds, for each
+    /// pixel, the input value under that tap (zero outside).
+    pub(crate) fn columns(&self, x: &[f32], p0: usize, p1: usize, cols: &mut [f32]) {
         let t = p1 - p0;
-        let mut cols = vec![0f32; self.taps() * t];
+        assert_eq!(cols.len(), self.taps() * t, "im2col: room for {} columns of {t}", self.taps());
         if t == 0 {
-            return cols;
+            return;
         }
         let mut rows = cols.chunks_exact_mut(t);
         for ci in 0..self.c {
@@ -94,21 +95,38 @@ impl Geometry {
                 for kx in 0..self.kw {
                     let row = rows.next().expect("one row per tap");
                     let (lo, hi) = self.reach(kx);
+                    if self.s == 1 && self.ow == self.w {
+                        self.shifted(plane, (ky, kx), (lo, hi), p0, row);
+                        continue;
+                    }
                     // The tile's pixels by output row: columns ox0..ox1 of row oy.
                     let mut p = p0;
                     while p < p1 {
                         let (oy, ox0) = (p / self.ow, p % self.ow);
                         let ox1 = self.ow.min(ox0 + (p1 - p));
                         let iy = (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h);
-                        let (a, b) = (lo.max(ox0), hi.min(ox1));
-                        if let Some(iy) = iy.filter(|_| a < b) {
-                            let src = &plane[iy * self.w..(iy + 1) * self.w];
-                            let dst = &mut row[p - p0 + (a - ox0)..p - p0 + (b - ox0)];
-                            let first = a * self.s + kx - self.left;
-                            if self.s == 1 {
-                                dst.copy_from_slice(&src[first..first + (b - a)]);
-                            } else {
-                                dst.iter_mut().zip(src[first..].iter().step_by(self.s)).for_each(|(d, &v)| *d = v);
+                        let seg = &mut row[p - p0..p - p0 + (ox1 - ox0)];
+                        // Inside the input: columns a..b of the segment.
+                        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+                        match iy.filter(|_| a < b) {
+                            None => seg.fill(0.0),
+                            Some(iy) => {
+                                let src = &plane[iy * self.w..(iy + 1) * self.w];
+                                let (head, rest) = seg.split_at_mut(a - ox0);
+                                let (dst, tail) = rest.split_at_mut(b - a);
+                                head.fill(0.0);
+                                tail.fill(0.0);
+                                let first = a * self.s + kx - self.left;
+                                match self.s {
+                                    1 => dst.copy_from_slice(&src[first..first + (b - a)]),
+                                    // Pairs, which the compiler turns into vector shuffles.
+                                    2 => {
+                                        let (last, body) = dst.split_last_mut().expect("a < b");
+                                        body.iter_mut().zip(src[first..].chunks_exact(2)).for_each(|(d, pair)| *d = pair[0]);
+                                        *last = src[first + 2 * body.len()];
+                                    }
+                                    s => dst.iter_mut().zip(src[first..].iter().step_by(s)).for_each(|(d, &v)| *d = v),
+                                }
                             }
                         }
                         p += ox1 - ox0;
@@ -116,7 +134,38 @@ impl Geometry {
                 }
             }
         }
-        cols
+    }
+
+    /// [`Self::columns`]'s row of tap `(ky, kx)` (output columns `lo..hi` inside the input) where
+    /// the output rows are as long as the input's at stride 1: pixel `p`'s value lies at `p +
+    /// (ky - top) w + kx - left` of the plane, so the row is one copy of the plane's values, then
+    /// zeros where that index leaves the plane (rows above or below) and in each output row's
+    /// columns outside `lo..hi` (where the index wrapped into the next or previous row).
+    fn shifted(&self, plane: &[f32], (ky, kx): (usize, usize), (lo, hi): (usize, usize), p0: usize, row: &mut [f32]) {
+        let t = row.len() as isize;
+        let offset = (ky as isize - self.top as isize) * self.w as isize + kx as isize - self.left as isize;
+        // Pixels p0 + j with 0 <= p0 + j + offset < h w: j in a..b.
+        let start = p0 as isize + offset;
+        let a = (-start).clamp(0, t) as usize;
+        let b = (plane.len() as isize - start).clamp(a as isize, t) as usize;
+        row[..a].fill(0.0);
+        row[b..].fill(0.0);
+        if a < b {
+            let from = (start + a as isize) as usize;
+            row[a..b].copy_from_slice(&plane[from..from + (b - a)]);
+        }
+        if (lo, hi) != (0, self.ow) {
+            let mut p = p0 - p0 % self.ow;
+            while p < p0 + row.len() {
+                // Output row starting at pixel p: columns 0..lo and hi..ow are outside the input.
+                for ox in (0..lo).chain(hi..self.ow) {
+                    if let Some(v) = (p + ox).checked_sub(p0).and_then(|j| row.get_mut(j)) {
+                        *v = 0.0;
+                    }
+                }
+                p += self.ow;
+            }
+        }
     }
 
     /// The convolution of `n` images `x` `[n, c, h, w]` with the filters `f`, then per output
@@ -145,16 +194,23 @@ impl Geometry {
                 return;
             }
             let x = &x[img * image..(img + 1) * image];
-            let built;
-            let rhs = if self.direct() {
-                MatRef::strided_rows(&x[p0..], plane)
-            } else {
-                built = self.columns(x, p0, p1);
-                MatRef::rows(&built, p1 - p0)
-            };
             let first = img * cout * plane + co0 * plane + p0;
-            // SAFETY: rows co0..co1, columns p0..p1 of image img, written by this task only.
-            unsafe { product_here(co1 - co0, p1 - p0, k, dst.get().add(first), plane, MatRef::rows(&weight[co0 * k..co1 * k], k), rhs) };
+            let product = |rhs: MatRef| {
+                // SAFETY: rows co0..co1, columns p0..p1 of image img, written by this task only.
+                unsafe { product_here(co1 - co0, p1 - p0, k, dst.get().add(first), plane, MatRef::rows(&weight[co0 * k..co1 * k], k), rhs) }
+            };
+            if self.direct() {
+                product(MatRef::strided_rows(&x[p0..], plane));
+            } else {
+                COLUMNS.with_borrow_mut(|buf| {
+                    let need = k * (p1 - p0);
+                    if buf.len() < need {
+                        buf.resize(need, 0.0);
+                    }
+                    self.columns(x, p0, p1, &mut buf[..need]);
+                    product(MatRef::rows(&buf[..need], p1 - p0));
+                });
+            }
             for (co, &b) in bias.iter().enumerate().take(co1).skip(co0) {
                 let at = img * cout * plane + co * plane + p0;
                 // SAFETY: this task's part of row co, written by the product above.
@@ -168,15 +224,22 @@ impl Geometry {
     }
 }
 
-/// `then(y + bias (+ residual))`, in that order, on one row of a block.
+thread_local! {
+    /// A thread's im2col columns, kept from task to task.
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `then(y + bias (+ residual))`, in that order, on one row of a block, in one pass.
 fn finish(y: &mut [f32], bias: f32, residual: Option<&[f32]>, then: Then) {
-    y.iter_mut().for_each(|v| *v += bias);
-    if let Some(r) = residual {
-        y.iter_mut().zip(r).for_each(|(v, &r)| *v += r);
+    fn each(y: &mut [f32], bias: f32, residual: Option<&[f32]>, act: impl Fn(f32) -> f32) {
+        match residual {
+            Some(r) => y.iter_mut().zip(r).for_each(|(v, &r)| *v = act(*v + bias + r)),
+            None => y.iter_mut().for_each(|v| *v = act(*v + bias)),
+        }
     }
     match then {
-        Then::Nothing => {}
-        Then::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Then::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        Then::Nothing => each(y, bias, residual, |v| v),
+        Then::Relu => each(y, bias, residual, |v| v.max(0.0)),
+        Then::Relu6 => each(y, bias, residual, |v| v.clamp(0.0, 6.0)),
     }
 }

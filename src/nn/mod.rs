@@ -13,6 +13,7 @@ pub mod grads;
 pub mod im2col;
 pub mod linear;
 pub mod loss;
+pub mod max_pool;
 pub mod norm;
 pub mod padded;
 pub mod pool;
