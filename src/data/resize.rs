@@ -63,11 +63,19 @@ pub fn resized_crop(img: &RgbImage, (nw, nh): (u32, u32), (x0, y0): (u32, u32), 
                 }
             }
             for (o, s) in o.iter_mut().zip(sum) {
-                *o = s.clamp(0.0, 255.0).round() as u8;
+                *o = round_byte(s.clamp(0.0, 255.0));
             }
         }
     }
     Some(out)
+}
+
+/// `x.round() as u8` for `x` in 0..=255 (or NaN, which gives 0 either way), without a call to
+/// `roundf` (x86-64 before SSE4.1 has no rounding instruction): the fraction `x - trunc(x)` is
+/// exact there, and a half rounds up, away from zero.
+fn round_byte(x: f32) -> u8 {
+    let t = x as u8;
+    if x - t as f32 >= 0.5 { t + 1 } else { t }
 }
 
 /// The inputs one output value reads: from `first`, one weight each.
@@ -118,6 +126,20 @@ fn catmull_rom(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same byte as `round() as u8` on every value of the clamped range's halves and their
+    /// neighbours, and on NaN.
+    #[test]
+    fn round_byte_rounds_as_the_crate() {
+        let mut xs = vec![f32::NAN, 0.0, 255.0, 254.99998];
+        for i in 0..=255u32 {
+            let half = i as f32 + 0.5;
+            xs.extend([i as f32, half, half.next_down(), half.next_up(), (i as f32).next_up()]);
+        }
+        for x in xs.into_iter().map(|x| x.clamp(0.0, 255.0)) {
+            assert_eq!(round_byte(x), x.round() as u8, "{x}");
+        }
+    }
 
     /// The same bytes as the crate's resize then crop: enlarging and shrinking, sides of 1 and
     /// odd ones, crops at the corner and inside, each filter done here; other filters say `None`.
