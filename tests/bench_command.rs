@@ -75,3 +75,18 @@ fn heads_only_writes_its_json_where_asked() {
     assert_eq!(printed, written);
     assert!(written["train_step_ms_median"].as_f64().unwrap() > 0.0);
 }
+
+/// A `--visual` encoder that cannot load stops the bench before any timing, naming the spec;
+/// `--visual` with `--skip-extraction` is refused.
+#[test]
+fn a_visual_encoder_that_cannot_load_is_named_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.safetensors");
+    let spec = format!("resnet50:{}", missing.display());
+    let out = common::marnet(&["bench", "--extraction-only", "--assets", tmp.path().to_str().unwrap(), "--visual", &spec]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("--visual {spec}")) && !err.contains("panicked"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("images/s"), "timed something first");
+    let out = common::marnet(&["bench", "--skip-extraction", "--visual", &spec]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

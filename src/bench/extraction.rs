@@ -6,7 +6,7 @@ use crate::data::image::Preprocess;
 use crate::encoders::ImageEncoder;
 use crate::nn::stages;
 use crate::rng::{randn, stream};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::Serialize;
@@ -125,6 +125,11 @@ pub fn extraction(assets: &std::path::Path, batches: &[usize], visual: &[String]
     if verbose {
         eprintln!("timing the encoders and decoding...");
     }
+    // Loaded first, so that a wrong spec fails before any timing.
+    let visual = visual
+        .iter()
+        .map(|spec| crate::encoders::load_image_encoder(spec, assets, dev).with_context(|| format!("--visual {spec}")).map(|enc| (spec, enc)))
+        .collect::<Result<Vec<_>>>()?;
     let mut encoders = vec![];
     match EfficientNetLite::load_dir(&assets.join("efficientnet-lite0"), Config::lite0(), dev) {
         Ok(enc) => {
@@ -134,8 +139,7 @@ pub fn extraction(assets: &std::path::Path, batches: &[usize], visual: &[String]
         }
         Err(e) => eprintln!("note: EfficientNet-Lite0 left out: {e:#}"),
     }
-    for spec in visual {
-        let enc = crate::encoders::load_image_encoder(spec, assets, dev)?;
+    for (spec, enc) in &visual {
         let (name, path) = spec.split_once(':').unwrap_or((spec, "assets"));
         let file = std::path::Path::new(path).file_name().map_or(path.into(), |f| f.to_string_lossy());
         for &batch in batches {

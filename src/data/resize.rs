@@ -74,6 +74,7 @@ pub fn resized_crop(img: &RgbImage, (nw, nh): (u32, u32), (x0, y0): (u32, u32), 
 /// `roundf` (x86-64 before SSE4.1 has no rounding instruction): the fraction `x - trunc(x)` is
 /// exact there, and a half rounds up, away from zero.
 fn round_byte(x: f32) -> u8 {
+    debug_assert!(x.is_nan() || (0.0..=255.0).contains(&x), "round_byte({x})");
     let t = x as u8;
     if x - t as f32 >= 0.5 { t + 1 } else { t }
 }

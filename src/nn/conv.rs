@@ -22,9 +22,9 @@ pub struct Placement {
 impl Placement {
     /// PyTorch's `padding` on all four sides of an `h` x `w` input, for a `k` x `k` filter.
     pub fn symmetric(k: usize, stride: usize, padding: usize, (h, w): (usize, usize)) -> Result<Self> {
-        let out = |n: usize| (n + 2 * padding).checked_sub(k).map(|d| d / stride + 1);
+        let out = |n: usize| (n + 2 * padding).checked_sub(k).and_then(|d| d.checked_div(stride)).map(|d| d + 1);
         match (out(h), out(w)) {
-            (Some(oh), Some(ow)) if stride > 0 => Ok(Self { stride, pad: (padding, padding), out: (oh, ow) }),
+            (Some(oh), Some(ow)) => Ok(Self { stride, pad: (padding, padding), out: (oh, ow) }),
             _ => candle_core::bail!("conv2d: a {k}x{k} filter at stride {stride}, padding {padding} does not fit a {h}x{w} input"),
         }
     }
@@ -127,7 +127,7 @@ impl Conv {
     }
 
     /// [`Self::forward`] with `residual` (the output's shape) added, then `then` (ResNet's skip
-    /// connection and ReLU), in one pass over the output.
+    /// connection and ReLU), in one pass over the output. (The encoders' filters are square.)
     pub fn forward_then(&self, x: &Tensor, residual: Option<&Tensor>, then: Then) -> Result<Tensor> {
         let k = self.weight.dim(2)?;
         let (_, _, h, w) = x.dims4()?;
@@ -164,6 +164,10 @@ mod tests {
             ((1, 5, 16, 16), (9, 3), 2, (0, 1), (8, 8)),
             ((1, 64, 7, 7), (96, 3), 1, (1, 1), (7, 7)),
             ((2, 16, 30, 30), (33, 3), 1, (1, 1), (30, 30)),
+            // Tiles that start inside an output row: strided (320-pixel tiles over 19 x 19) and
+            // read in place (640-pixel tiles over 33 x 33).
+            ((1, 40, 37, 37), (16, 3), 2, (1, 1), (19, 19)),
+            ((1, 200, 33, 33), (16, 1), 1, (0, 0), (33, 33)),
         ];
         for ((n, c, h, w), (cout, k), stride, pad, out) in cases {
             let at = Placement { stride, pad, out };

@@ -7,7 +7,8 @@
 //! writes the tile's block of the output in place, and the block's bias, residual and activation
 //! follow while it is in cache. A 1x1 convolution at stride 1 without padding reads the input
 //! itself as its columns. Tiles hold a fixed number of pixels (by the filter's size) and never
-//! span two images, so an image's output does not depend on the batch around it.
+//! span two images, so at a given thread count an image's output does not depend on the batch
+//! around it (the cut by output channels, and with it the bits, depend on the thread count).
 //!
 //! candle 0.11's `conv2d` built its columns one element at a time with the index arithmetic of
 //! every tap, converted the whole input to NHWC first, and copied each product's output again,
@@ -25,10 +26,12 @@ pub enum Then {
     Relu6,
 }
 
-/// Floats of a tile's columns (512 KiB: half of a Zen's L2), which set its pixels.
+/// Floats of a tile's columns (512 KiB: half of a Zen's L2), which set its pixels (tiles of at
+/// least 64 pixels exceed it for filters of more than 2,048 taps).
 const COLUMNS_BUDGET: usize = 128 * 1024;
 
-/// Fewest output channels in a block when a plane's few tiles are cut by channels too.
+/// Fewest output channels a block is cut to when a plane's few tiles are cut by channels too
+/// (the last block may hold fewer).
 const MIN_BLOCK_ROWS: usize = 32;
 
 /// A convolution's filters: `cout` of them, `weight` `[cout, c, kh, kw]`, one `bias` each.
@@ -40,8 +43,7 @@ pub(crate) struct Filters<'a> {
 }
 
 /// One convolution's shapes: input `[c, h, w]` per image, a `kh` x `kw` filter at stride `s`
-/// with zero padding `top` and `left`, an `oh` x `ow` output; and for each filter column, the
-/// output columns `lo..hi` whose input column lies inside the row.
+/// with zero padding `top` and `left`, an `oh` x `ow` output.
 #[derive(Debug, Clone)]
 pub(crate) struct Geometry {
     pub c: usize,

@@ -8,7 +8,8 @@
 use candle_core::{D, Result, Tensor};
 
 /// `k` x `k` max pooling at stride `s` with `pad` on every side of `x` `[N, C, H, W]`:
-/// `[N, C, (H + 2 pad - k) / s + 1, (W + 2 pad - k) / s + 1]`. `pad < k`, as PyTorch requires.
+/// `[N, C, (H + 2 pad - k) / s + 1, (W + 2 pad - k) / s + 1]`, a window holding a NaN giving NaN
+/// as PyTorch's does. `pad < k` (PyTorch asks `pad <= k / 2`), so no window lies in the padding.
 pub fn max_pool2d(x: &Tensor, k: usize, s: usize, pad: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if k == 0 || s == 0 || pad >= k || h + 2 * pad < k || w + 2 * pad < k {
@@ -30,7 +31,7 @@ pub fn max_pool2d(x: &Tensor, k: usize, s: usize, pad: usize) -> Result<Tensor> 
         out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
             for (o_row, &(r0, r1)) in out.chunks_mut(ow).zip(&rows) {
                 for (o, &(c0, c1)) in o_row.iter_mut().zip(&cols) {
-                    *o = (r0..r1).flat_map(|r| &plane[r * w + c0..r * w + c1]).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    *o = (r0..r1).flat_map(|r| &plane[r * w + c0..r * w + c1]).fold(f32::NEG_INFINITY, |m, &v| if v > m || v.is_nan() { v } else { m });
                 }
             }
         });

@@ -320,7 +320,7 @@ pub enum Cmd {
         encoder_batches: Vec<usize>,
         /// Also time this visual encoder on random images, named as `extract --visual` takes it
         /// (`resnet50:FILE`, `vgg19:FILE`, `repvgg_a2:FILE`, ...); repeat for more.
-        #[arg(long = "visual", value_name = "SPEC")]
+        #[arg(long = "visual", value_name = "SPEC", conflicts_with = "skip_extraction")]
         visual: Vec<String>,
         /// Folder `scripts/fetch-assets` filled [default: $MARNET_ASSETS, else ./assets, else the
         /// assets/ of the checkout marnet was built from].

@@ -1,5 +1,6 @@
-//! CPU building blocks of the hand-written kernels (AdamW, linear, activations, depthwise
-//! conv): views of candle's CPU storage (`view.rs`), and matrix products split across threads.
+//! CPU building blocks of the hand-written kernels (AdamW, linear, activations, convolutions):
+//! views of candle's CPU storage (`view.rs`), and matrix products, split across threads or on
+//! the calling thread.
 
 pub mod kernel;
 pub mod log;
@@ -40,7 +41,7 @@ impl<'a> MatRef<'a> {
 /// A destination shared by threads that each write their own disjoint part of it.
 pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: users write disjoint parts only (`matmul`: a block each; attention: a head each;
-// `transpose`: a block of rows each).
+// `transpose`: a block of rows each; the convolutions of `nn::im2col`: a tile's block each).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
