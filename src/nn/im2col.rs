@@ -109,7 +109,8 @@ impl Geometry {
                         let iy = (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h);
                         let seg = &mut row[p - p0..p - p0 + (ox1 - ox0)];
                         // Inside the input: columns a..b of the segment.
-                        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1).max(lo.clamp(ox0, ox1)));
+                        let a = lo.clamp(ox0, ox1);
+                        let b = hi.clamp(a, ox1);
                         match iy.filter(|_| a < b) {
                             None => seg.fill(0.0),
                             Some(iy) => {
@@ -121,7 +122,7 @@ impl Geometry {
                                 let first = a * self.s + kx - self.left;
                                 match self.s {
                                     1 => dst.copy_from_slice(&src[first..first + (b - a)]),
-                                    // Pairs, which the compiler turns into vector shuffles.
+                                    // By pairs of input values, the first of each.
                                     2 => {
                                         let (last, body) = dst.split_last_mut().expect("a < b");
                                         body.iter_mut().zip(src[first..].chunks_exact(2)).for_each(|(d, pair)| *d = pair[0]);
