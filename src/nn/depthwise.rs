@@ -68,13 +68,7 @@ struct Plane {
 impl Plane {
     fn new(h: usize, w: usize, k: usize, s: usize, (top, left): (usize, usize), relu6: bool) -> Self {
         let ow = w.div_ceil(s);
-        let columns = (0..k)
-            .map(|kx| {
-                let lo = left.saturating_sub(kx).div_ceil(s);
-                let hi = (w + left).saturating_sub(kx).div_ceil(s).min(ow);
-                (lo, hi.max(lo))
-            })
-            .collect();
+        let columns = (0..k).map(|kx| crate::nn::im2col::columns_inside(w, left, s, ow, kx)).collect();
         Plane { h, w, k, s, top, left, relu6, oh: h.div_ceil(s), ow, columns }
     }
 

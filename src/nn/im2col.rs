@@ -34,6 +34,15 @@ const COLUMNS_BUDGET: usize = 128 * 1024;
 /// (the last block may hold fewer).
 const MIN_BLOCK_ROWS: usize = 32;
 
+/// The output columns `lo..hi` (of `ow`) whose input column `ox s + kx - left` lies inside a row
+/// of `w`, for filter column `kx` at stride `s` with `left` columns of padding (here and in
+/// [`crate::nn::depthwise`]).
+pub(crate) fn columns_inside(w: usize, left: usize, s: usize, ow: usize, kx: usize) -> (usize, usize) {
+    let lo = left.saturating_sub(kx).div_ceil(s);
+    let hi = (w + left).saturating_sub(kx).div_ceil(s).min(ow);
+    (lo, hi.max(lo))
+}
+
 /// A convolution's filters: `cout` of them, `weight` `[cout, c, kh, kw]`, one `bias` each.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Filters<'a> {
@@ -74,13 +83,6 @@ impl Geometry {
         (COLUMNS_BUDGET / self.taps().max(1)).clamp(64, 1024) / 64 * 64
     }
 
-    /// Filter column `kx`'s output columns whose input column `ox s + kx - left` is inside.
-    fn reach(&self, kx: usize) -> (usize, usize) {
-        let lo = self.left.saturating_sub(kx).div_ceil(self.s);
-        let hi = (self.w + self.left).saturating_sub(kx).div_ceil(self.s).min(self.ow);
-        (lo, hi.max(lo))
-    }
-
     /// The im2col columns of output pixels `p0..p1` of one image `x` `[c, h, w]` into `cols`
     /// (`taps x (p1 - p0)` values, every one written): row `(ci kh + ky) kw + kx` holds, for each
     /// pixel, the input value under that tap (zero outside).
@@ -90,13 +92,13 @@ impl Geometry {
         if t == 0 {
             return;
         }
+        let reach: Vec<(usize, usize)> = (0..self.kw).map(|kx| columns_inside(self.w, self.left, self.s, self.ow, kx)).collect();
         let mut rows = cols.chunks_exact_mut(t);
         for ci in 0..self.c {
             let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ky in 0..self.kh {
-                for kx in 0..self.kw {
+                for (kx, &(lo, hi)) in reach.iter().enumerate() {
                     let row = rows.next().expect("one row per tap");
-                    let (lo, hi) = self.reach(kx);
                     if self.s == 1 && self.ow == self.w {
                         self.shifted(plane, (ky, kx), (lo, hi), p0, row);
                         continue;
