@@ -127,17 +127,16 @@ impl Preprocess {
                 ((nw, nh), ((nw - s) / 2, (nh - s) / 2), FilterType::CatmullRom)
             }
         };
-        let rgb = super::resize::resized_crop(img, resized, crop, s, filter).unwrap_or_else(|| {
+        let planes = super::resize::resized_crop(img, resized, crop, s, filter).unwrap_or_else(|| {
             let full = image::imageops::resize(img, resized.0, resized.1, filter);
-            image::imageops::crop_imm(&full, crop.0, crop.1, s, s).to_image().into_raw()
+            super::resize::planes(image::imageops::crop_imm(&full, crop.0, crop.1, s, s).to_image().as_raw())
         });
-        assert_eq!(rgb.len(), 3 * (s * s) as usize, "the {s} px crop at {crop:?} lies outside the image resized to {resized:?}");
         let n = (s * s) as usize;
-        let mut out = vec![0f32; 3 * n];
-        for (i, p) in rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * n + i] = (p[c] as f32 - self.mean[c]) / self.std[c];
-            }
+        assert_eq!(planes.len(), 3 * n, "the {s} px crop at {crop:?} lies outside the image resized to {resized:?}");
+        let mut out = Vec::with_capacity(3 * n);
+        for (c, plane) in planes.chunks_exact(n).enumerate() {
+            let (mean, std) = (self.mean[c], self.std[c]);
+            out.extend(plane.iter().map(|&p| (p as f32 - mean) / std));
         }
         out
     }
@@ -155,7 +154,8 @@ impl Preprocess {
 
     /// Stacks prepared images into a [N, 3, size, size] batch.
     pub fn stack<'a>(&self, items: impl IntoIterator<Item = &'a Prepared>, dev: &Device) -> Result<Tensor> {
-        let data: Vec<f32> = items.into_iter().flat_map(|p| p.pixels.iter().copied()).collect();
+        let mut data: Vec<f32> = Vec::new();
+        items.into_iter().for_each(|p| data.extend_from_slice(&p.pixels));
         let s = self.size as usize;
         let n = data.len() / (3 * s * s);
         Ok(Tensor::from_vec(data, (n, 3, s, s), dev)?)

@@ -206,6 +206,12 @@ impl Cdr {
         }
     }
 
+    /// This CDR with the denoiser's weights packed for sampling ([`Linear::packed`]: a loaded
+    /// bundle's, which no longer change; ten or more products read each weight per request).
+    pub fn packed(&self) -> Result<Self> {
+        Ok(Self { den: self.den.packed()?, ..self.clone() })
+    }
+
     /// Inference: `cfg.samples` draws of x_CDR from Gaussian noise guided by x_v.
     pub fn sample(&self, xv: &Tensor, cfg: &SamplerConfig, noise: &mut Noise) -> Result<Vec<Tensor>> {
         let first = self.first_layer(xv)?;
@@ -250,46 +256,14 @@ impl Cdr {
                 // Eq. 22: posterior mean; eq. 21 and 23: add noise of variance beta_hat.
                 let (c0, ct) = sch.posterior_mean_coeffs(t, s);
                 let z = if s > 0 { Some((noise.randn(b, self.ds, &dev)?, sch.posterior_variance(t, s).sqrt())) } else { None };
-                weighted_sum(&x0, c0, &x, ct, z)
+                super::diffusion::weighted_sum(&x0, c0, &x, ct, z)
             }
             SamplerMode::Ddim => {
                 let (c0, ct) = sch.ddim_coeffs(t, s);
-                weighted_sum(&x0, c0, &x, ct, None)
+                super::diffusion::weighted_sum(&x0, c0, &x, ct, None)
             }
         }
     }
-}
-
-/// `x0 c0 + x ct (+ z sigma)`, computed as candle computes `(x0 * c0 + x * ct) + z * sigma`
-/// (each scaling `v * c + 0`, then the sums left to right: the same bits), in one pass on the
-/// CPU instead of five, each with a tensor of its own.
-fn weighted_sum(x0: &Tensor, c0: f64, x: &Tensor, ct: f64, z: Option<(Tensor, f64)>) -> Result<Tensor> {
-    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 2) {
-        let mean = ((x0 * c0)? + (x * ct)?)?;
-        return match z {
-            Some((z, sigma)) => mean + (z * sigma)?,
-            None => Ok(mean),
-        };
-    }
-    if x0.dims() != x.dims() || z.as_ref().is_some_and(|(z, _)| z.dims() != x.dims()) {
-        candle_core::bail!("sampler: x0 {:?}, x {:?}, noise {:?}", x0.shape(), x.shape(), z.as_ref().map(|(z, _)| z.shape()));
-    }
-    let (c0, ct) = (c0 as f32, ct as f32);
-    let (x0, x) = (x0.contiguous()?, x.contiguous()?);
-    let (z, sigma) = match z {
-        Some((z, sigma)) => (Some(z.contiguous()?), sigma as f32),
-        None => (None, 0.0),
-    };
-    let mut parts = vec![&x0, &x];
-    parts.extend(z.as_ref());
-    let values = crate::nn::cpu::with_f32_rows_all("sampler", &parts, |v| {
-        let mean = v[0].0.iter().zip(v[1].0).map(|(&a, &b)| (a * c0 + 0.0) + (b * ct + 0.0));
-        match v.get(2) {
-            Some((z, _)) => mean.zip(*z).map(|(m, &z)| m + (z * sigma + 0.0)).collect::<Vec<f32>>(),
-            None => mean.collect(),
-        }
-    })?;
-    Tensor::from_vec(values, x.shape(), x.device())
 }
 
 #[cfg(test)]
@@ -298,19 +272,6 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
-    /// The sampler's one-pass update gives the bits of candle's `(x0 * c0 + x * ct) + z * sigma`.
-    #[test]
-    fn weighted_sum_gives_candle_s_bits() -> Result<()> {
-        let (dev, mut rng) = (Device::Cpu, crate::rng::stream(9, "test", 0));
-        let [x0, x, z] = [0, 1, 2].map(|_| crate::rng::randn(&mut rng, (7, 33), &dev).unwrap());
-        let (c0, ct, sigma) = (0.3127, 0.9431, 0.1093);
-        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect()) };
-        let mean = ((&x0 * c0)? + (&x * ct)?)?;
-        assert_eq!(bits(&weighted_sum(&x0, c0, &x, ct, None)?)?, bits(&mean)?);
-        assert_eq!(bits(&weighted_sum(&x0, c0, &x, ct, Some((z.clone(), sigma)))?)?, bits(&(mean + (z * sigma)?)?)?);
-        Ok(())
-    }
-
     /// A CDR with dv 6, ds 5, hidden 16 and temb 4, its variables in `vm`.
     fn small_cdr(vm: &VarMap) -> Cdr {
         let cfg = CdrConfig { dv: 6, ds: 5, hidden: 16, temb: 4, act: Activation::Silu, schedule: ScheduleConfig::default() };
@@ -318,7 +279,8 @@ mod tests {
     }
 
     /// Sampling with the first layer split (x_v part once, emb(t) part once per step) gives
-    /// what the plain denoiser on the concatenated input gives, step by step.
+    /// what the plain denoiser on the concatenated input gives, step by step; with the weights
+    /// packed, the same bits.
     #[test]
     fn split_first_layer_sampling_matches_the_plain_denoiser() -> Result<()> {
         let (dev, vm) = (Device::Cpu, VarMap::new());
@@ -347,8 +309,12 @@ mod tests {
                     }
                 };
             }
-            let diff = (got - x)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let diff = (&got - x)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "{mode:?}: {diff}");
+            // Packed weights: the same bits.
+            let packed = cdr.packed()?.sample(&xv, &sampler, &mut Noise::Shared(&mut crate::rng::stream(2, "test", 0)))?.remove(0);
+            let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect()) };
+            assert_eq!(bits(&packed)?, bits(&got)?, "{mode:?}, packed");
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! `abar(0) = 1` is the clean signal.
 
 use anyhow::{Result, ensure};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -138,9 +139,55 @@ impl Schedule {
     }
 }
 
+/// `x0 c0 + x ct (+ z sigma)`, computed as candle computes `(x0 * c0 + x * ct) + z * sigma`
+/// (each scaling `v * c + 0`, then the sums left to right: the same bits), in one pass on the
+/// CPU instead of five, each with a tensor of its own.
+pub(super) fn weighted_sum(x0: &Tensor, c0: f64, x: &Tensor, ct: f64, z: Option<(Tensor, f64)>) -> candle_core::Result<Tensor> {
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 2) {
+        let mean = ((x0 * c0)? + (x * ct)?)?;
+        return match z {
+            Some((z, sigma)) => mean + (z * sigma)?,
+            None => Ok(mean),
+        };
+    }
+    if x0.dims() != x.dims() || z.as_ref().is_some_and(|(z, _)| z.dims() != x.dims()) {
+        candle_core::bail!("sampler: x0 {:?}, x {:?}, noise {:?}", x0.shape(), x.shape(), z.as_ref().map(|(z, _)| z.shape()));
+    }
+    let (c0, ct) = (c0 as f32, ct as f32);
+    let (x0, x) = (x0.contiguous()?, x.contiguous()?);
+    let (z, sigma) = match z {
+        Some((z, sigma)) => (Some(z.contiguous()?), sigma as f32),
+        None => (None, 0.0),
+    };
+    let mut parts = vec![&x0, &x];
+    parts.extend(z.as_ref());
+    let values = crate::nn::cpu::with_f32_rows_all("sampler", &parts, |v| {
+        let mean = v[0].0.iter().zip(v[1].0).map(|(&a, &b)| (a * c0 + 0.0) + (b * ct + 0.0));
+        match v.get(2) {
+            Some((z, _)) => mean.zip(*z).map(|(m, &z)| m + (z * sigma + 0.0)).collect::<Vec<f32>>(),
+            None => mean.collect(),
+        }
+    })?;
+    Tensor::from_vec(values, x.shape(), x.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+
+    /// The sampler's one-pass update gives the bits of candle's `(x0 * c0 + x * ct) + z * sigma`.
+    #[test]
+    fn weighted_sum_gives_candle_s_bits() -> Result<()> {
+        let (dev, mut rng) = (Device::Cpu, crate::rng::stream(9, "test", 0));
+        let [x0, x, z] = [0, 1, 2].map(|_| crate::rng::randn(&mut rng, (7, 33), &dev).unwrap());
+        let (c0, ct, sigma) = (0.3127, 0.9431, 0.1093);
+        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect()) };
+        let mean = ((&x0 * c0)? + (&x * ct)?)?;
+        assert_eq!(bits(&weighted_sum(&x0, c0, &x, ct, None)?)?, bits(&mean)?);
+        assert_eq!(bits(&weighted_sum(&x0, c0, &x, ct, Some((z.clone(), sigma)))?)?, bits(&(mean + (z * sigma)?)?)?);
+        Ok(())
+    }
 
     fn sched() -> Schedule {
         Schedule::new(&ScheduleConfig::default()).unwrap()

@@ -209,9 +209,25 @@ impl Marnet {
         Ok(out)
     }
 
+    /// This model with the CDR's denoiser packed for sampling ([`Cdr::packed`]), for inference
+    /// with weights that no longer change (a loaded bundle's).
+    pub fn packed_for_sampling(mut self) -> Result<Self> {
+        if let Some((Reconstructor::Diffusion(cdr), _)) = &mut self.recon {
+            *cdr = cdr.packed()?;
+        }
+        Ok(self)
+    }
+
     /// Image-only inference (eq. 1-4): x_v in, class scores out. With `sampler.samples = K > 1`
     /// the K draws of x_CDR are combined as `sampler.average` says.
     pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, noise: &mut Noise) -> Result<Prediction> {
+        // Dozens of short products (four a sampling step): at a serving batch (8 rows) they took
+        // 1.6-2x as long with the pool's workers going to sleep between them (BENCHMARKS.md,
+        // 2026-12-07).
+        crate::nn::pool::awake_on(xv.device(), || self.predict_here(xv, sampler, noise))
+    }
+
+    fn predict_here(&self, xv: &Tensor, sampler: &SamplerConfig, noise: &mut Noise) -> Result<Prediction> {
         if self.cfg.variant == Variant::Baseline {
             let cls = self.cls_v.as_ref().expect("the baseline has a classifier");
             return Ok(Prediction { logits: cls.forward(xv)?, ema_logits: None, cdr_logits: None, x_cdr: None });

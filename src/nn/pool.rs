@@ -62,6 +62,14 @@ pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// [`with_workers_awake`] where `dev` is the CPU; elsewhere `f` runs as it is.
+pub fn awake_on<R: Send>(dev: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    match dev.is_cpu() {
+        true => with_workers_awake(f),
+        false => f(),
+    }
+}
+
 struct StopOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for StopOnDrop<'_> {

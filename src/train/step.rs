@@ -37,7 +37,7 @@ pub fn step(
     noise: &mut SeededRng,
     clip_grad: f64,
 ) -> Result<Step> {
-    let mut phases = move || -> Result<Step> {
+    let phases = move || -> Result<Step> {
         let t0 = Instant::now();
         let mut forward_backward = |params: &[(String, Var)]| -> Result<_> {
             let losses = model.losses_with_tokens(xv, xs, tokens, y, noise)?;
@@ -61,10 +61,7 @@ pub fn step(
         Ok(Step { losses, forward: t1 - t0, backward: t2 - t1, update: t2.elapsed() })
     };
     // Dozens of short parallel sections: on the CPU the pool's workers wait awake between them.
-    match xv.device().is_cpu() {
-        true => crate::nn::pool::with_workers_awake(phases),
-        false => phases(),
-    }
+    crate::nn::pool::awake_on(xv.device(), phases)
 }
 
 /// One optimiser step on the training rows `idx`.

@@ -21,6 +21,7 @@
 mod op;
 
 use crate::nn::activation::Activation;
+use crate::nn::cpu::panels::Panels;
 use crate::nn::cpu::{MatRef, matmul_then, with_f32, with_f32_rows};
 use crate::nn::grads::note_use;
 use crate::nn::padded;
@@ -36,6 +37,8 @@ pub struct Linear {
     bias: Tensor,
     /// The variable holding the weight in padded rows ([`crate::nn::padded`]).
     padded: Option<Tensor>,
+    /// The weight packed for [`Linear::forward_frozen`]'s CPU products ([`Linear::packed`]).
+    panels: Option<Panels>,
 }
 
 /// `y = x W + b` with W [in, out]; initialised as PyTorch's `nn.Linear`: U(-1/sqrt(in), 1/sqrt(in)).
@@ -44,13 +47,26 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let init = Init::Uniform { lo: -bound, up: bound };
     let (weight, padded) = padded::linear_weight(|| vb.get_with_hints((in_dim, out_dim), "weight", init))?;
     let bias = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(Linear { weight, bias, padded })
+    Ok(Linear { weight, bias, padded, panels: None })
 }
 
 impl Linear {
     /// A layer from its weight [in, out] and bias [out].
     pub fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias, padded: None }
+        Self { weight, bias, padded: None, panels: None }
+    }
+
+    /// This layer with its weight packed once for [`Linear::forward_frozen`] on the CPU
+    /// ([`Panels`]: the same bits, faster for few rows), for a weight that no longer changes (a
+    /// loaded bundle's): the packed copy would not follow training. Training goes on reading
+    /// the weight itself.
+    pub fn packed(&self) -> Result<Linear> {
+        let (k, n) = self.weight.dims2()?;
+        let panels = match self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
+            true => with_f32_rows("linear", &self.weight, |w, ldw| Panels::pack(MatRef::strided_rows(w, ldw), k, n))?,
+            false => None,
+        };
+        Ok(Linear { panels, ..self.clone() })
     }
 
     /// The layer cut by input blocks of the given sizes: `x W + b` equals the sum of the parts
@@ -63,7 +79,8 @@ impl Linear {
             let part = self.weight.narrow(0, start, n)?;
             let weight = if self.padded.is_some() { part } else { part.contiguous()? }.detach();
             let bias = if i == 0 { self.bias.detach() } else { self.bias.zeros_like()? };
-            parts.push(Linear::new(weight, bias));
+            let panels = self.panels.as_ref().map(|p| p.rows(start, n));
+            parts.push(Linear { panels, ..Linear::new(weight, bias) });
             start += n;
         }
         if start != self.weight.dim(0)? {
@@ -140,13 +157,17 @@ impl Linear {
             with_f32_rows("linear", &self.weight, |w, ldw| {
                 with_f32("linear", &bias, |b| {
                     let product = |add: Option<&[f32]>| {
-                        matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), |r, c, y| {
+                        let finish = |r: usize, c: usize, y: &mut [f32]| {
                             y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b);
                             if let Some(a) = add {
                                 y.iter_mut().zip(&a[r * n + c..]).for_each(|(y, a)| *y += a);
                             }
                             then.apply_in_place(y);
-                        })
+                        };
+                        match self.panels.as_ref().filter(|p| p.fits(rows)) {
+                            Some(p) => p.matmul_then(rows, MatRef::rows(x, k), finish),
+                            None => matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), finish),
+                        }
                     };
                     match &add {
                         Some(a) => with_f32("linear", a, |a| product(Some(a))),
