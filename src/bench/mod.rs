@@ -91,6 +91,8 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let done = steps();
     let step_products = crate::nn::cpu::log::stop();
     done?;
+    // Inference as a bundle runs it (`predict`, `serve`): the denoiser's weights packed.
+    let model = m.model.packed_for_sampling()?;
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
     let (mut infer, mut infer_gflops) = (vec![], vec![]);
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
@@ -99,7 +101,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
         let (rate, flop) = throughput(infer_batch, || {
             // One noise stream per row, as `eval`, `predict` and `serve` draw it.
             let mut rngs: Vec<_> = (0..infer_batch as u64).map(|row| crate::rng::image_noise(0, row)).collect();
-            let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::PerRow(&mut rngs)))?;
+            let p = dev.with_context(|| model.predict(&xv, &sampler, &mut Noise::PerRow(&mut rngs)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
             Ok(())
         })?;

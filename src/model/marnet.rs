@@ -221,9 +221,9 @@ impl Marnet {
     /// Image-only inference (eq. 1-4): x_v in, class scores out. With `sampler.samples = K > 1`
     /// the K draws of x_CDR are combined as `sampler.average` says.
     pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, noise: &mut Noise) -> Result<Prediction> {
-        // Dozens of short products (four a sampling step): at a serving batch (8 rows) they took
-        // 1.6-2x as long with the pool's workers going to sleep between them (BENCHMARKS.md,
-        // 2026-12-07).
+        // Dozens of short products (four a sampling step): at a serving batch (8 rows) the pool's
+        // workers went to sleep between them; kept awake, and the denoiser packed, `serve`'s heads
+        // took 2.1-2.3 ms a pass instead of 3.5-3.9 (BENCHMARKS.md, 2026-12-07).
         crate::nn::pool::awake_on(xv.device(), || self.predict_here(xv, sampler, noise))
     }
 

@@ -3,9 +3,11 @@
 //!
 //! The kernel reads a panel row by row, 256 bytes of each row of the weight, rows 4 KiB apart in
 //! a [1024, 1024] weight. A serving batch's sampling step (8 rows, the denoiser's four layers,
-//! 11 MB of weights) is bound by that reading: packed, the same products ran 1.5x as fast on one
-//! thread (BENCHMARKS.md, 2026-12-07). Packing reads the weight once, so it pays only where a
-//! weight serves many products: a loaded bundle's denoiser, ten or more a request.
+//! 11 MB of weights) is bound by that reading; packed, the panel is one run of memory. With the
+//! pool kept awake through the sampling ([`crate::model::marnet::Marnet::predict`]), `serve`'s heads
+//! took 2.1-2.3 ms a pass of 7.8 images instead of 3.5-3.9 (BENCHMARKS.md, 2026-12-07). Packing
+//! reads the weight once, so it pays only where a weight serves many products: a loaded
+//! bundle's denoiser, ten or more a request.
 //!
 //! The products give the bits of [`super::matmul_then`]'s on the weight as it is: each element
 //! is the kernel's sum over k in order, however the columns are cut.
