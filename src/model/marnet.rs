@@ -210,7 +210,7 @@ impl Marnet {
     }
 
     /// This model with the CDR's denoiser packed for sampling ([`Cdr::packed`]), for inference
-    /// with weights that no longer change (a loaded bundle's).
+    /// with weights that no longer change (a loaded bundle's): not to be trained afterwards.
     pub fn packed_for_sampling(mut self) -> Result<Self> {
         if let Some((Reconstructor::Diffusion(cdr), _)) = &mut self.recon {
             *cdr = cdr.packed()?;

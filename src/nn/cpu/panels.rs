@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// Rows `first..first + k` of a weight [k_all, n] packed by [`Panels::pack`] (a view of the
 /// packed rows: [`Panels::rows`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Panels {
     data: Arc<Vec<f32>>,
     /// Rows of every packed panel.
@@ -25,6 +25,12 @@ pub struct Panels {
     first: usize,
     k: usize,
     n: usize,
+}
+
+impl std::fmt::Debug for Panels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Panels {{ k: {}, n: {}, rows {}.. of {} }}", self.k, self.n, self.first, self.k_all)
+    }
 }
 
 impl Panels {
@@ -62,9 +68,10 @@ impl Panels {
         runs_on_kernel(m, self.n, self.k)
     }
 
-    /// [`super::matmul_then`] for `lhs` [m, k] and this weight: the output's columns cut into
-    /// blocks of whole panels (two per thread when there are enough), `finish(row, first_column,
-    /// values)` on each row's part of a block by the thread that ran it.
+    /// [`super::matmul_then`] for `lhs` [m, k] and this weight: the output cut into blocks of
+    /// whole panels (two per thread when there are enough), and by rows too when there are fewer
+    /// panels than threads; `finish(row, first_column, values)` on each row's part of a block by
+    /// the thread that ran it.
     pub fn matmul_then(&self, m: usize, lhs: MatRef, finish: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
         use rayon::prelude::*;
         assert!(self.fits(m), "panels: a product of {m} rows by [{}, {}] does not run on the kernel", self.k, self.n);
@@ -76,25 +83,29 @@ impl Panels {
         let out = SendPtr(dst.as_mut_ptr());
         let panels = n.div_ceil(kernel::PANEL);
         let threads = candle_core::utils::get_num_threads().max(1);
-        let blocks = if panels >= 4 * threads { 2 * threads } else { threads };
-        let per_block = panels.div_ceil(blocks).max(1) * kernel::PANEL;
-        let run = |c0: usize| {
-            let c1 = (c0 + per_block).min(n);
+        let col_blocks = if panels >= 4 * threads { 2 * threads } else { threads.min(panels) };
+        let per_block = panels.div_ceil(col_blocks.max(1)).max(1) * kernel::PANEL;
+        // Rows in blocks of whole 6-row tiles, so that every thread has a block.
+        let row_blocks = threads.div_ceil(panels.div_ceil(per_block / kernel::PANEL).max(1));
+        let rows_per_block = m.div_ceil(row_blocks).next_multiple_of(6).max(6);
+        let run = |(r0, c0): (usize, usize)| {
+            let (r1, c1) = ((r0 + rows_per_block).min(m), (c0 + per_block).min(n));
+            let a = lhs.data[r0 * lhs.row_stride..].as_ptr();
             for j in (c0..c1).step_by(kernel::PANEL) {
                 let width = (n - j).min(kernel::PANEL);
                 let panel = &self.data[j * self.k_all + self.first * width..][..k * width];
-                // SAFETY: the kernel is enabled (`fits`); lhs holds m x k (checked), the panel
-                // k rows of `width`, and `dst` m rows of n whose columns j..j + width this block
-                // alone writes.
-                unsafe { kernel::product(m, width, k, lhs.data.as_ptr(), lhs.row_stride, lhs.col_stride, panel.as_ptr(), width, out.get().add(j), n) };
+                // SAFETY: the kernel is enabled (`fits`); lhs holds m x k (checked), so rows
+                // r0..r1 from `a`; the panel k rows of `width`; `dst` m rows of n, of which rows
+                // r0..r1, columns j..j + width, this block alone writes.
+                unsafe { kernel::product(r1 - r0, width, k, a, lhs.row_stride, lhs.col_stride, panel.as_ptr(), width, out.get().add(r0 * n + j), n) };
             }
-            for r in 0..m {
+            for r in r0..r1 {
                 // SAFETY: this block's part of row r, written above and by no other thread.
                 finish(r, c0, unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + c0), c1 - c0) });
             }
         };
         let t0 = log::timer();
-        let starts: Vec<usize> = (0..n).step_by(per_block).collect();
+        let starts: Vec<(usize, usize)> = (0..m).step_by(rows_per_block).flat_map(|r| (0..n).step_by(per_block).map(move |c| (r, c))).collect();
         if m == 0 || k == 0 {
             // The kernel's empty sum: zeros, as the product gives.
             dst.resize(m * n, 0.0);
@@ -117,15 +128,19 @@ mod tests {
     use super::*;
 
     /// Packed products, of the whole weight and of row blocks of it, give the bits of the
-    /// products on the weight as it is, with the same finishing; widths that leave a narrow last
-    /// panel included.
+    /// products on the weight as it is, with the same finishing: widths that leave a narrow last
+    /// panel, one panel for more rows than a tile (cut by rows too), and a weight whose rows lie
+    /// further apart than its width (padded) included.
     #[test]
     fn packed_products_give_the_bits_of_the_plain_ones() {
         let mut rng = crate::rng::stream(5, "test", 0);
-        for (m, n, k) in [(8, 1024, 384), (1, 70, 9), (13, 130, 33), (6, 64, 300), (3, 20, 1), (0, 20, 3), (4, 33, 0)] {
-            let w = crate::rng::normal_vec(&mut rng, k * n);
+        for (m, n, k, ldw) in
+            [(8, 1024, 384, 1024), (1, 70, 9, 70), (13, 130, 33, 146), (6, 64, 300, 64), (40, 50, 17, 50), (3, 20, 1, 20), (0, 20, 3, 20), (4, 33, 0, 33)]
+        {
+            let padded = crate::rng::normal_vec(&mut rng, k * ldw);
+            let w: Vec<f32> = padded.chunks_exact(ldw.max(1)).flat_map(|row| row[..n].to_vec()).collect();
             let x = crate::rng::normal_vec(&mut rng, m * k);
-            let Some(p) = Panels::pack(MatRef::rows(&w, n), k, n) else {
+            let Some(p) = Panels::pack(MatRef::strided_rows(&padded, ldw), k, n) else {
                 eprintln!("SKIPPED: no AVX-512 on this CPU");
                 return;
             };

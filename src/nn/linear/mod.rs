@@ -58,8 +58,8 @@ impl Linear {
 
     /// This layer with its weight packed once for [`Linear::forward_frozen`] on the CPU
     /// ([`Panels`]: the same bits, faster for few rows), for a weight that no longer changes (a
-    /// loaded bundle's): the packed copy would not follow training. Training goes on reading
-    /// the weight itself.
+    /// loaded bundle's): the packed copy does not follow changes to the weight, so a packed
+    /// layer must not be trained (sampling inside a training step reads it too).
     pub fn packed(&self) -> Result<Linear> {
         let (k, n) = self.weight.dims2()?;
         let panels = match self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
@@ -164,6 +164,9 @@ impl Linear {
                             }
                             then.apply_in_place(y);
                         };
+                        if let Some(p) = &self.panels {
+                            assert_eq!(p.dims(), (k, n), "linear: packed weight of another shape");
+                        }
                         match self.panels.as_ref().filter(|p| p.fits(rows)) {
                             Some(p) => p.matmul_then(rows, MatRef::rows(x, k), finish),
                             None => matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), finish),
