@@ -350,11 +350,12 @@ impl Report {
         writeln!(f, "\nmatrix products alone, GFLOP/s (share of the FMA peak of the threads used)\n")?;
         writeln!(
             f,
-            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | matmul crate, one thread | marnet's split, rows 4 KiB apart padded |\n|---|---|---|---|---|---|"
+            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | matmul crate, one thread | marnet's split, rows 4 KiB apart padded | marnet's split, weight packed (a bundle's) |\n|---|---|---|---|---|---|---|"
         )?;
+        let some = |g: Option<f64>| g.map_or("-".into(), |g| cell(g, all));
         for p in &self.products {
-            let padded = p.padded_gflops.map_or("-".into(), |g| cell(g, all));
-            let cells = [cell(p.marnet_gflops, all), cell(p.crate_split_gflops, all), cell(p.one_thread_gflops, one), padded];
+            let cells =
+                [cell(p.marnet_gflops, all), cell(p.crate_split_gflops, all), cell(p.one_thread_gflops, one), some(p.padded_gflops), some(p.packed_gflops)];
             writeln!(f, "| {} | {} x {} x {} | {} |", p.what, p.m, p.n, p.k, cells.join(" | "))?;
         }
         Ok(())
@@ -379,6 +380,7 @@ mod tests {
             crate_split_gflops: 50.0,
             one_thread_gflops: 60.0,
             padded_gflops: Some(150.0),
+            packed_gflops: Some(170.0),
         };
         let report = Report {
             cpu: "test CPU".into(),
@@ -393,6 +395,6 @@ mod tests {
             epoch_rows: 1,
         };
         let text = report.to_string();
-        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) | 150 (75%) |"), "{text}");
+        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) | 150 (75%) | 170 (85%) |"), "{text}");
     }
 }
