@@ -210,9 +210,7 @@ impl Predictor {
         };
         let encoder = crate::encoders::load_image_encoder(&spec, dir, dev)?;
         ensure!(encoder.preprocess() == config.preprocess, "{}: preprocessing differs from the encoder's own", dir.join(BUNDLE).display());
-        let LoadedModel { model, vars } = ck.model(dev)?;
-        let model = LoadedModel { model: model.packed_for_sampling()?, vars };
-        Ok(Predictor { encoder, model, config, dir: dir.to_path_buf(), dev: dev.clone() })
+        Ok(Predictor { encoder, model: ck.model(dev)?, config, dir: dir.to_path_buf(), dev: dev.clone() })
     }
 
     pub fn preprocess(&self) -> Preprocess {

@@ -91,8 +91,6 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
     let done = steps();
     let step_products = crate::nn::cpu::log::stop();
     done?;
-    // Inference as a bundle runs it (`predict`, `serve`): the denoiser's weights packed.
-    let model = m.model.packed_for_sampling()?;
     let xv = randn(&mut rng, (infer_batch, cfg.dv), dev)?;
     let (mut infer, mut infer_gflops) = (vec![], vec![]);
     let steps: Vec<usize> = if cfg.variant.is_diffusive() { sampling_steps.to_vec() } else { vec![0] };
@@ -101,7 +99,7 @@ pub fn heads(cfg: &MarnetConfig, batch: usize, iters: usize, infer_batch: usize,
         let (rate, flop) = throughput(infer_batch, || {
             // One noise stream per row, as `eval`, `predict` and `serve` draw it.
             let mut rngs: Vec<_> = (0..infer_batch as u64).map(|row| crate::rng::image_noise(0, row)).collect();
-            let p = dev.with_context(|| model.predict(&xv, &sampler, &mut Noise::PerRow(&mut rngs)))?;
+            let p = dev.with_context(|| m.model.predict(&xv, &sampler, &mut Noise::PerRow(&mut rngs)))?;
             p.logits.flatten_all()?.to_vec1::<f32>()?;
             Ok(())
         })?;
@@ -350,12 +348,11 @@ impl Report {
         writeln!(f, "\nmatrix products alone, GFLOP/s (share of the FMA peak of the threads used)\n")?;
         writeln!(
             f,
-            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | matmul crate, one thread | marnet's split, rows 4 KiB apart padded | marnet's split, weight packed (a bundle's) |\n|---|---|---|---|---|---|---|"
+            "| product | m x n x k | marnet's split, {t} threads | matmul crate's split, {t} threads | matmul crate, one thread | marnet's split, rows 4 KiB apart padded |\n|---|---|---|---|---|---|"
         )?;
-        let some = |g: Option<f64>| g.map_or("-".into(), |g| cell(g, all));
         for p in &self.products {
-            let cells =
-                [cell(p.marnet_gflops, all), cell(p.crate_split_gflops, all), cell(p.one_thread_gflops, one), some(p.padded_gflops), some(p.packed_gflops)];
+            let padded = p.padded_gflops.map_or("-".into(), |g| cell(g, all));
+            let cells = [cell(p.marnet_gflops, all), cell(p.crate_split_gflops, all), cell(p.one_thread_gflops, one), padded];
             writeln!(f, "| {} | {} x {} x {} | {} |", p.what, p.m, p.n, p.k, cells.join(" | "))?;
         }
         Ok(())
@@ -380,7 +377,6 @@ mod tests {
             crate_split_gflops: 50.0,
             one_thread_gflops: 60.0,
             padded_gflops: Some(150.0),
-            packed_gflops: Some(170.0),
         };
         let report = Report {
             cpu: "test CPU".into(),
@@ -395,6 +391,6 @@ mod tests {
             epoch_rows: 1,
         };
         let text = report.to_string();
-        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) | 150 (75%) | 170 (85%) |"), "{text}");
+        assert!(text.contains("| layer | 64 x 1024 x 1024 | 100 (50%) | 50 (25%) | 60 (50%) | 150 (75%) |"), "{text}");
     }
 }

@@ -3,10 +3,8 @@
 //! the heads' shapes where the CPU has AVX-512, `MARNET_KERNEL=gemm` to compare) against the matmul crate's
 //! own parallel split and against one thread, to tell the kernel's rate from the split's; and
 //! marnet's split with rows that lie a multiple of 4 KiB apart padded, as the head's layers hold
-//! them ([`crate::nn::padded`]), to show what that padding is worth on this CPU, and with the
-//! weight packed by panels, as a loaded bundle holds its denoiser ([`crate::nn::cpu::panels`]).
+//! them ([`crate::nn::padded`]), to show what that padding is worth on this CPU.
 
-use crate::nn::cpu::panels::Panels;
 use crate::nn::cpu::{MatRef, gemm_into, matmul, matmul_padded, rhs_rows_for_kernel};
 use crate::nn::padded;
 use serde::Serialize;
@@ -30,9 +28,6 @@ pub struct ProductBench {
     /// GFLOP/s of marnet's split with the operands and output padded as the head's layers pad
     /// them where rows would lie a multiple of 4 KiB apart (`None`: none is).
     pub padded_gflops: Option<f64>,
-    /// GFLOP/s of marnet's split on the weight packed by panels, as a bundle holds its denoiser
-    /// ([`Panels`]): the heads' forward products where the kernel runs them (`None` elsewhere).
-    pub packed_gflops: Option<f64>,
 }
 
 /// A product as a layer runs it; see `nn::linear` for the head's forward and backward products.
@@ -113,8 +108,6 @@ pub fn products() -> Vec<ProductBench> {
                     std::hint::black_box(matmul_padded(m, n, k, lhs, copy.as_deref().map_or(rhs, |t| MatRef::rows(t, n)), ld_out, |_, _, _| {}));
                 })
             });
-            let packed = ([pad_lhs, pad_rhs, pad_out] == FORWARD).then(|| Panels::pack(MatRef::rows(&b, n), k, n)).flatten();
-            let packed_gflops = packed.filter(|p| p.fits(m)).map(|p| rate(flop, || drop(std::hint::black_box(p.matmul_then(m, lhs, |_, _, _| {})))));
             ProductBench {
                 what,
                 m,
@@ -127,7 +120,6 @@ pub fn products() -> Vec<ProductBench> {
                 crate_split_gflops: rate(flop, || crate_product(gemm::Parallelism::Rayon(threads))),
                 one_thread_gflops: rate(flop, || crate_product(gemm::Parallelism::None)),
                 padded_gflops,
-                packed_gflops,
             }
         })
         .collect()

@@ -30,12 +30,6 @@ impl DenoiserMlp {
         Ok(h)
     }
 
-    /// This MLP with its weights packed for [`Self::sample_forward`] ([`Linear::packed`]: a
-    /// weight that no longer changes).
-    pub(super) fn packed(&self) -> Result<Self> {
-        Ok(Self { layers: self.layers.iter().map(Linear::packed).collect::<Result<_>>()?, act: self.act })
-    }
-
     /// The first layer cut by input blocks (see [`Linear::split_inputs`]).
     pub(super) fn split_first(&self, sizes: &[usize]) -> Result<Vec<Linear>> {
         self.layers[0].split_inputs(sizes)

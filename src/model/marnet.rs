@@ -209,21 +209,12 @@ impl Marnet {
         Ok(out)
     }
 
-    /// This model with the CDR's denoiser packed for sampling ([`Cdr::packed`]), for inference
-    /// with weights that no longer change (a loaded bundle's): not to be trained afterwards.
-    pub fn packed_for_sampling(mut self) -> Result<Self> {
-        if let Some((Reconstructor::Diffusion(cdr), _)) = &mut self.recon {
-            *cdr = cdr.packed()?;
-        }
-        Ok(self)
-    }
-
     /// Image-only inference (eq. 1-4): x_v in, class scores out. With `sampler.samples = K > 1`
     /// the K draws of x_CDR are combined as `sampler.average` says.
     pub fn predict(&self, xv: &Tensor, sampler: &SamplerConfig, noise: &mut Noise) -> Result<Prediction> {
         // Dozens of short products (four a sampling step): at a serving batch (8 rows) the pool's
-        // workers went to sleep between them; kept awake, and the denoiser packed, `serve`'s heads
-        // took 2.1-2.3 ms a pass instead of 3.5-3.9 (BENCHMARKS.md, 2026-12-07).
+        // workers went to sleep between them; kept awake, `serve`'s heads took 2.2 ms a pass
+        // instead of 3.5-3.9 (BENCHMARKS.md, 2026-12-07).
         crate::nn::pool::awake_on(xv.device(), || self.predict_here(xv, sampler, noise))
     }
 

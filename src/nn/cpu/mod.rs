@@ -4,7 +4,6 @@
 
 pub mod kernel;
 pub mod log;
-pub mod panels;
 mod view;
 
 pub use view::{f32_rows, f32_slice, f32_slice_mut, with_f32, with_f32_rows, with_f32_rows_all};

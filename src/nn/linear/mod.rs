@@ -21,7 +21,6 @@
 mod op;
 
 use crate::nn::activation::Activation;
-use crate::nn::cpu::panels::Panels;
 use crate::nn::cpu::{MatRef, matmul_then, with_f32, with_f32_rows};
 use crate::nn::grads::note_use;
 use crate::nn::padded;
@@ -37,8 +36,6 @@ pub struct Linear {
     bias: Tensor,
     /// The variable holding the weight in padded rows ([`crate::nn::padded`]).
     padded: Option<Tensor>,
-    /// The weight packed for [`Linear::forward_frozen`]'s CPU products ([`Linear::packed`]).
-    panels: Option<Panels>,
 }
 
 /// `y = x W + b` with W [in, out]; initialised as PyTorch's `nn.Linear`: U(-1/sqrt(in), 1/sqrt(in)).
@@ -47,26 +44,13 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let init = Init::Uniform { lo: -bound, up: bound };
     let (weight, padded) = padded::linear_weight(|| vb.get_with_hints((in_dim, out_dim), "weight", init))?;
     let bias = vb.get_with_hints(out_dim, "bias", init)?;
-    Ok(Linear { weight, bias, padded, panels: None })
+    Ok(Linear { weight, bias, padded })
 }
 
 impl Linear {
     /// A layer from its weight [in, out] and bias [out].
     pub fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias, padded: None, panels: None }
-    }
-
-    /// This layer with its weight packed once for [`Linear::forward_frozen`] on the CPU
-    /// ([`Panels`]: the same bits, faster for few rows), for a weight that no longer changes (a
-    /// loaded bundle's): the packed copy does not follow changes to the weight, so a packed
-    /// layer must not be trained (sampling inside a training step reads it too).
-    pub fn packed(&self) -> Result<Linear> {
-        let (k, n) = self.weight.dims2()?;
-        let panels = match self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
-            true => with_f32_rows("linear", &self.weight, |w, ldw| Panels::pack(MatRef::strided_rows(w, ldw), k, n))?,
-            false => None,
-        };
-        Ok(Linear { panels, ..self.clone() })
+        Self { weight, bias, padded: None }
     }
 
     /// The layer cut by input blocks of the given sizes: `x W + b` equals the sum of the parts
@@ -79,8 +63,7 @@ impl Linear {
             let part = self.weight.narrow(0, start, n)?;
             let weight = if self.padded.is_some() { part } else { part.contiguous()? }.detach();
             let bias = if i == 0 { self.bias.detach() } else { self.bias.zeros_like()? };
-            let panels = self.panels.as_ref().map(|p| p.rows(start, n));
-            parts.push(Linear { panels, ..Linear::new(weight, bias) });
+            parts.push(Linear::new(weight, bias));
             start += n;
         }
         if start != self.weight.dim(0)? {
@@ -157,20 +140,13 @@ impl Linear {
             with_f32_rows("linear", &self.weight, |w, ldw| {
                 with_f32("linear", &bias, |b| {
                     let product = |add: Option<&[f32]>| {
-                        let finish = |r: usize, c: usize, y: &mut [f32]| {
+                        matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), |r, c, y| {
                             y.iter_mut().zip(&b[c..]).for_each(|(y, b)| *y += b);
                             if let Some(a) = add {
                                 y.iter_mut().zip(&a[r * n + c..]).for_each(|(y, a)| *y += a);
                             }
                             then.apply_in_place(y);
-                        };
-                        if let Some(p) = &self.panels {
-                            assert_eq!(p.dims(), (k, n), "linear: packed weight of another shape");
-                        }
-                        match self.panels.as_ref().filter(|p| p.fits(rows)) {
-                            Some(p) => p.matmul_then(rows, MatRef::rows(x, k), finish),
-                            None => matmul_then(rows, n, k, MatRef::rows(x, k), MatRef::strided_rows(w, ldw), finish),
-                        }
+                        })
                     };
                     match &add {
                         Some(a) => with_f32("linear", a, |a| product(Some(a))),
