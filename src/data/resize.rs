@@ -9,17 +9,17 @@
 //! columns of the crop are resampled, the sums run over plain slices, and the second pass runs
 //! down the columns (an output column's taps on all its rows at once, which the compiler
 //! vectorises; under load, `serve`'s preprocessing went from 3.6% to 1.8% of its CPU time,
-//! BENCHMARKS.md, 2026-12-07): the same IEEE
-//! operations in the same order (weights, their normalisation, sums from 0 in tap order, the
-//! clamp and rounding), so the same bytes, which the test checks against the crate (this follows
-//! image 0.25.10's `imageops::sample`; the test is what catches a later version that differs).
+//! BENCHMARKS.md, 2026-12-07): the same IEEE operations in the same order (weights, their
+//! normalisation, sums from 0 in tap order, the clamp and rounding), so the same bytes, which the
+//! test checks against the crate (this follows image 0.25.10's `imageops::sample`; the test is
+//! what catches a later version that differs).
 
 use image::RgbImage;
 use image::imageops::FilterType;
 
 /// The `size` x `size` crop at `(x0, y0)` of `image::imageops::resize(img, nw, nh, filter)`,
-/// as three planes (R, G, B) of bytes row by row; `None` for a filter done here (Gaussian, Lanczos3: the caller uses the
-/// crate) or a crop outside the resized image.
+/// as three planes (R, G, B) of bytes row by row; `None` for a filter done here (Gaussian,
+/// Lanczos3: the caller uses the crate) or a crop outside the resized image.
 pub fn resized_crop(img: &RgbImage, (nw, nh): (u32, u32), (x0, y0): (u32, u32), size: u32, filter: FilterType) -> Option<Vec<u8>> {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 || x0 + size > nw || y0 + size > nh {
