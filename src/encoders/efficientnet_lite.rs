@@ -246,7 +246,7 @@ impl EfficientNetLite {
     /// The head's feature map [N, 1280, H/32, W/32] (7 x 7 at 224 px, 9 x 9 at 260), before
     /// pooling.
     pub fn feature_map(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::pool::with_workers_awake(|| {
+        crate::nn::pool::awake_on(x.device(), || {
             let mut h = self.stem.forward(x)?;
             for b in &self.blocks {
                 h = b.forward(&h)?;
