@@ -45,3 +45,37 @@ impl<M: Module + Send + Sync> super::image_encoder::ImageEncoder for CnnEncoder<
         self.model.forward(images)
     }
 }
+
+/// Helpers for the backbones' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    /// A model `load` builds on weights drawn at random, every tensor it reads (positive, as
+    /// batch norms' variances must be; by name, so the same draws each time).
+    pub fn random<M>(load: impl Fn(VarBuilder) -> candle_core::Result<M>) -> M {
+        let map = candle_nn::VarMap::new();
+        // The first load creates every tensor it reads, as zeros.
+        load(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
+        let mut vars: Vec<_> = map.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rng = crate::rng::stream(4, "test", 0);
+        for (_, v) in vars {
+            v.set(&(crate::rng::randn(&mut rng, v.shape(), &Device::Cpu).unwrap().abs().unwrap() * 0.2).unwrap()).unwrap();
+        }
+        load(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap()
+    }
+
+    /// `forward` on five images on two threads gives the bits of `layers` on the whole batch.
+    pub fn same_bits_by_image(forward: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync, layers: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync) {
+        let x = crate::rng::randn(&mut crate::rng::stream(5, "test", 0), (5, 3, 32, 32), &Device::Cpu).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (each, whole) = pool.install(|| (forward(&x).unwrap(), layers(&x).unwrap()));
+        let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(each.dims(), whole.dims());
+        let (each, whole) = (bits(each), bits(whole));
+        assert!(each.iter().any(|&b| b != 0), "all zeros: the test says nothing");
+        assert_eq!(each, whole);
+    }
+}

@@ -246,13 +246,16 @@ impl EfficientNetLite {
     /// The head's feature map [N, 1280, H/32, W/32] (7 x 7 at 224 px, 9 x 9 at 260), before
     /// pooling.
     pub fn feature_map(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::pool::awake_on(x.device(), || {
-            let mut h = self.stem.forward(x)?;
-            for b in &self.blocks {
-                h = b.forward(&h)?;
-            }
-            self.head.forward(&h)
-        })
+        crate::nn::pool::awake_on(x.device(), || crate::nn::pool::by_image(x, |x| self.layers(x)))
+    }
+
+    /// [`Self::feature_map`] of the whole batch, layer after layer.
+    fn layers(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = self.stem.forward(x)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        self.head.forward(&h)
     }
 
     /// The pooled 1280-d feature before the classifier: the mean of the feature map.
@@ -304,9 +307,8 @@ mod tests {
         assert_eq!((l2[4].kernel, l2[7].kernel, l2[20].c_in, Config::lite2().preprocess.size), (5, 3, 208, 260));
     }
 
-    /// Loading checks every shape against the table and refuses extra blocks, naming the tensor.
-    #[test]
-    fn loading_checks_shapes_against_the_config() {
+    /// A small config, and the name and shape of every tensor its weights hold.
+    fn tiny() -> (Config, Vec<(String, Vec<usize>)>) {
         let config = Config { name: "tiny", stem: 4, stages: vec![stage(1, 3, 1, 1, 4), stage(2, 5, 2, 2, 8)], head: 6, classes: 3, preprocess: PREPROCESS };
         let mut shapes: Vec<(String, Vec<usize>)> = vec![];
         let conv = |shapes: &mut Vec<(String, Vec<usize>)>, conv: &str, bn: &str, dims: [usize; 4]| {
@@ -324,6 +326,13 @@ mod tests {
         }
         conv(&mut shapes, "_conv_head", "_bn1", [6, 8, 1, 1]);
         shapes.extend([("_fc.weight".into(), vec![3, 6]), ("_fc.bias".into(), vec![3])]);
+        (config, shapes)
+    }
+
+    /// Loading checks every shape against the table and refuses extra blocks, naming the tensor.
+    #[test]
+    fn loading_checks_shapes_against_the_config() {
+        let (config, shapes) = tiny();
         let load = |shapes: &[(String, Vec<usize>)]| {
             let map = shapes.iter().map(|(n, s)| (n.clone(), Tensor::ones(s.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap())).collect();
             EfficientNetLite::load(VarBuilder::from_tensors(map, candle_core::DType::F32, &Device::Cpu), config.clone()).map(|_| ())
@@ -336,6 +345,22 @@ mod tests {
         let mut extra = shapes.clone();
         extra.push(("_blocks.3._project_conv.weight".into(), vec![8, 16, 1, 1]));
         assert!(format!("{:#}", load(&extra).unwrap_err()).contains("more than the 3 blocks of tiny"));
+    }
+
+    /// A batch's feature map, image by image on two threads, is the same bits as the whole
+    /// batch's layer after layer (random weights, variances kept positive).
+    #[test]
+    fn images_alone_give_the_batch_s_bits() {
+        let (config, shapes) = tiny();
+        let mut rng = crate::rng::stream(4, "test", 0);
+        let map = shapes.iter().map(|(n, s)| (n.clone(), crate::rng::randn(&mut rng, s.as_slice(), &Device::Cpu).unwrap().abs().unwrap())).collect();
+        let model = EfficientNetLite::load(VarBuilder::from_tensors(map, candle_core::DType::F32, &Device::Cpu), config).unwrap();
+        let x = crate::rng::randn(&mut rng, (5, 3, 33, 33), &Device::Cpu).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (each, whole) = pool.install(|| (model.feature_map(&x).unwrap(), model.layers(&x).unwrap()));
+        let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(each.dims(), [5, 6, 9, 9]);
+        assert_eq!(bits(each), bits(whole));
     }
 
     /// The fused depthwise kernel equals candle's grouped convolution on the padded input.

@@ -86,12 +86,33 @@ impl RepVgg {
 }
 
 impl Module for RepVgg {
-    /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`.
+    /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`; on the CPU image by image
+    /// ([`crate::nn::pool::by_image`]).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        crate::nn::pool::awake_on(x.device(), || crate::nn::pool::by_image(x, |x| self.layers(x)))
+    }
+}
+
+impl RepVgg {
+    /// [`Module::forward`] of the whole batch, layer after layer.
+    fn layers(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for conv in &self.convs {
             x = conv.forward_then(&x, None, Then::Relu)?;
         }
         x.mean(D::Minus1)?.mean(D::Minus1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Image by image on two threads, the features are the same bits as the whole batch's.
+    #[test]
+    fn images_alone_give_the_batch_s_bits() {
+        let cfg = Config { stem: 8, depths: [1, 1, 1, 1], widths: [8, 8, 16, 16] };
+        let model = super::super::cnn::testing::random(|vb| RepVgg::load(vb, &cfg));
+        super::super::cnn::testing::same_bits_by_image(|x| model.forward(x), |x| model.layers(x));
     }
 }

@@ -117,8 +117,16 @@ impl ResNet {
 }
 
 impl Module for ResNet {
-    /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`.
+    /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`; on the CPU image by image
+    /// ([`crate::nn::pool::by_image`]).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        crate::nn::pool::awake_on(x.device(), || crate::nn::pool::by_image(x, |x| self.layers(x)))
+    }
+}
+
+impl ResNet {
+    /// [`Module::forward`] of the whole batch, layer after layer.
+    fn layers(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // 3x3/2 max pool with padding 1.
         let mut x = max_pool2d(&self.stem.forward_then(x, None, Then::Relu)?, 3, 2, 1)?;
         for block in &self.blocks {
@@ -141,5 +149,22 @@ impl ResnetEncoder {
     pub fn load_file(path: &Path, arch: &str, dev: &candle_core::Device) -> Result<Self> {
         let cfg = Config::by_name(arch)?;
         Self::from_file(path, arch, dev, |vb| ResNet::load(vb, &cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Image by image on two threads, the features are the same bits as the whole batch's.
+    #[test]
+    fn images_alone_give_the_batch_s_bits() {
+        for cfg in
+            [Config { layers: [1, 1, 1, 1], bottleneck: true, base_width: 64, channels: [4, 4, 8, 8] }, Config { bottleneck: false, ..Config::resnet18() }]
+        {
+            let cfg = Config { layers: [1, 1, 1, 1], ..cfg };
+            let model = super::super::cnn::testing::random(|vb| ResNet::load(vb, &cfg));
+            super::super::cnn::testing::same_bits_by_image(|x| model.forward(x), |x| model.layers(x));
+        }
     }
 }
