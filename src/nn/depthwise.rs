@@ -11,11 +11,17 @@
 //! AVX-512F, [`avx512`] holds a row of up to 64 outputs in registers through all the taps,
 //! masking the outputs a tap does not reach, and gathers a stride-2 tap's inputs by a
 //! permutation: the same operations in the same order, so the same bits (but for which NaN's
-//! payload comes out where two NaNs meet). `MARNET_SIMD=sse2` or `avx2` forces the plain loop
+//! payload comes out where two NaNs meet). On rows of up to 32 outputs it runs four or two
+//! channels side by side: a row of 7 or 14 outputs holds one vector, whose sum otherwise waits on
+//! each tap's addition (EfficientNet-Lite0's 14 x 14 and 7 x 7 layers 25-35% faster, and the
+//! encoder about 9%, on a Zen 5). `MARNET_SIMD=sse2` or `avx2` forces the plain loop
 //! (the test compares both).
 
 use crate::nn::vmath::{Kernel, Simd, at_width};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+
+/// Channels of one image a task of [`DepthwiseConv`] convolves.
+const TASK: usize = 16;
 
 /// Depthwise convolution with implicit zero padding `(top, left)` to `ceil(size / stride)`
 /// outputs, plus a per-channel bias and optional ReLU6; CPU, inference.
@@ -38,10 +44,14 @@ impl CustomOp3 for DepthwiseConv {
         let k = wl.shape().dims4()?.2;
         let g = Plane::new(h, wd, k, self.stride, self.pad, self.relu6);
         let level = Simd::detected();
-        let mut out = vec![0f32; n * c * g.oh * g.ow];
-        out.par_chunks_mut(g.oh * g.ow).enumerate().for_each(|(plane, o)| {
-            let ch = plane % c;
-            g.run(level, &x[plane * h * wd..(plane + 1) * h * wd], &w[ch * k * k..(ch + 1) * k * k], bias[ch], o);
+        let (plane_in, plane_out) = (h * wd, g.oh * g.ow);
+        let mut out = vec![0f32; n * c * plane_out];
+        // A task: up to TASK channels of one image.
+        out.par_chunks_mut(c * plane_out).enumerate().for_each(|(img, o)| {
+            o.par_chunks_mut(TASK * plane_out).enumerate().for_each(|(t, o)| {
+                let (c0, c1) = (t * TASK, t * TASK + o.len() / plane_out.max(1));
+                g.run_channels(level, &x[(img * c + c0) * plane_in..(img * c + c1) * plane_in], &w[c0 * k * k..c1 * k * k], &bias[c0..c1], o);
+            });
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, g.oh, g.ow))))
     }
@@ -77,6 +87,41 @@ impl Plane {
         (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h)
     }
 
+    /// [`Self::run`] for `bias.len()` channels: their planes `x`, filters `f` and outputs `o`
+    /// one after the other; on the AVX-512 path, as many channels side by side as there are
+    /// registers for (rows of up to 16 outputs: four).
+    fn run_channels(&self, level: Simd, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
+        let (plane_in, plane_out, taps) = (self.h * self.w, self.oh * self.ow, self.k * self.k);
+        #[cfg(target_arch = "x86_64")]
+        if level == Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && self.s <= 2 && self.k <= avx512::MAX_K {
+            assert!(x.len() == bias.len() * plane_in && f.len() == bias.len() * taps && o.len() == bias.len() * plane_out);
+            let side_by_side = match self.ow.div_ceil(16) {
+                0 | 1 => 4,
+                2 => 2,
+                _ => 1,
+            };
+            let mut c = 0;
+            while c < bias.len() {
+                let n = if bias.len() - c >= side_by_side { side_by_side } else { 1 };
+                let (x, f, b, o) =
+                    (&x[c * plane_in..(c + n) * plane_in], &f[c * taps..(c + n) * taps], &bias[c..c + n], &mut o[c * plane_out..(c + n) * plane_out]);
+                // SAFETY: the CPU has AVX-512F (checked); the slices hold n channels.
+                unsafe {
+                    match n {
+                        4 => avx512::planes::<4>(self, x, f, b, o),
+                        2 => avx512::planes::<2>(self, x, f, b, o),
+                        _ => avx512::planes::<1>(self, x, f, b, o),
+                    }
+                }
+                c += n;
+            }
+            return;
+        }
+        for (ch, &b) in bias.iter().enumerate() {
+            self.run(level, &x[ch * plane_in..(ch + 1) * plane_in], &f[ch * taps..(ch + 1) * taps], b, &mut o[ch * plane_out..(ch + 1) * plane_out]);
+        }
+    }
+
     /// Output plane `o` of input plane `x` with filter `f` and `bias`, at `level`, one of
     /// [`Simd::available`].
     fn run(&self, level: Simd, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
@@ -84,7 +129,7 @@ impl Plane {
         #[cfg(target_arch = "x86_64")]
         if level == Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && self.s <= 2 && self.k <= avx512::MAX_K {
             // SAFETY: the CPU has AVX-512F (checked); the lengths are checked above.
-            return unsafe { avx512::plane(self, x, f, bias, o) };
+            return unsafe { avx512::planes::<1>(self, x, f, std::slice::from_ref(&bias), o) };
         }
         at_width(level, Loop { g: self, x, f, bias, o })
     }
@@ -168,31 +213,36 @@ mod avx512 {
         }
     }
 
-    /// [`super::Loop`]'s plane, stride 1 or 2, filters up to [`MAX_K`]: each run of up to 64
-    /// outputs of a row starts at the bias, takes every tap in filter order in the lanes it
-    /// reaches (a product, then a sum), then ReLU6 (`f32::clamp`'s comparisons: NaN and -0
-    /// kept) and is stored once. Runs hold as few vectors as the row needs, up to four (rows of
-    /// 7 and 14 outputs: one).
+    /// [`super::Loop`]'s plane, stride 1 or 2, filters up to [`MAX_K`], for `C` channels at
+    /// once (`x`, `f`, `bias` and `o` hold `C` planes, filters, biases and outputs one after the
+    /// other): each run of up to 64 outputs of a row starts at the bias, takes every tap in filter
+    /// order in the lanes it reaches (a product, then a sum), then ReLU6 (`f32::clamp`'s
+    /// comparisons: NaN and -0 kept) and is stored once. Runs hold as few vectors as the row
+    /// needs, up to four (rows of 7 and 14 outputs: one); the channels' sums advance side by
+    /// side, so that a tap's sum does not wait on the previous tap's (a sum's latency).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `x`, `f` and `o` must have the plane's lengths.
+    /// The CPU must have AVX-512F; `x`, `f`, `bias` and `o` must have `C` times the plane's
+    /// lengths.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn plane(g: &Plane, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
+    pub(super) unsafe fn planes<const C: usize>(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
+        assert!(x.len() == C * g.h * g.w && f.len() == C * g.k * g.k && bias.len() == C && o.len() == C * g.oh * g.ow);
         // SAFETY: as the caller promises.
         unsafe {
             match g.ow.div_ceil(16) {
-                0 | 1 => runs::<1>(g, x, f, bias, o),
-                2 => runs::<2>(g, x, f, bias, o),
-                3 => runs::<3>(g, x, f, bias, o),
-                _ => runs::<4>(g, x, f, bias, o),
+                0 | 1 => runs::<1, C>(g, x, f, bias, o),
+                2 => runs::<2, C>(g, x, f, bias, o),
+                3 => runs::<3, C>(g, x, f, bias, o),
+                _ => runs::<4, C>(g, x, f, bias, o),
             }
         }
     }
 
-    /// [`plane`] by runs of up to `V` vectors of 16 outputs.
+    /// [`planes`] by runs of up to `V` vectors of 16 outputs.
     #[target_feature(enable = "avx512f")]
-    unsafe fn runs<const V: usize>(g: &Plane, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
+    unsafe fn runs<const V: usize, const C: usize>(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
         let (k, s) = (g.k, g.s as isize);
+        let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
         // Element 2j of the 32 in two vectors: a stride-2 tap's inputs.
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
@@ -208,47 +258,52 @@ mod avx512 {
                 }
             }
             for oy in 0..g.oh {
-                let mut acc = [_mm512_set1_ps(bias); V];
+                let mut acc: [[__m512; V]; C] = std::array::from_fn(|c| [_mm512_set1_ps(bias[c]); V]);
                 for ky in 0..k {
                     let Some(iy) = g.input_row(oy, ky) else { continue };
                     let xrow = x[iy * g.w..].as_ptr();
                     for (kx, reach) in reach.iter().enumerate().take(k) {
-                        let wv = _mm512_set1_ps(f[ky * k + kx]);
                         // Input column of lane j of vector v: (start + 16 v + j) s + kx - left.
                         let from = xrow.wrapping_offset(start as isize * s + kx as isize - g.left as isize);
-                        for (v, (acc, r)) in acc.iter_mut().zip(reach).enumerate() {
-                            if r.lanes == 0 {
-                                continue;
-                            }
-                            let at = from.wrapping_offset(16 * v as isize * s);
-                            // SAFETY: masked loads touch only the lanes in their masks, which lie
-                            // inside the row (`Plane::columns`).
-                            let xv = unsafe {
-                                if s == 1 {
-                                    _mm512_maskz_loadu_ps(r.lanes, at)
-                                } else {
-                                    let x0 = _mm512_maskz_loadu_ps(r.load[0], at);
-                                    let x1 = _mm512_maskz_loadu_ps(r.load[1], at.wrapping_add(16));
-                                    _mm512_permutex2var_ps(x0, even, x1)
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            let wv = _mm512_set1_ps(f[c * k * k + ky * k + kx]);
+                            let from = from.wrapping_add(c * plane_in);
+                            for (v, (acc, r)) in acc.iter_mut().zip(reach).enumerate() {
+                                if r.lanes == 0 {
+                                    continue;
                                 }
-                            };
-                            *acc = _mm512_mask_add_ps(*acc, r.lanes, *acc, _mm512_mul_ps(wv, xv));
+                                let at = from.wrapping_offset(16 * v as isize * s);
+                                // SAFETY: masked loads touch only the lanes in their masks, which lie
+                                // inside channel c's row (`Plane::columns`).
+                                let xv = unsafe {
+                                    if s == 1 {
+                                        _mm512_maskz_loadu_ps(r.lanes, at)
+                                    } else {
+                                        let x0 = _mm512_maskz_loadu_ps(r.load[0], at);
+                                        let x1 = _mm512_maskz_loadu_ps(r.load[1], at.wrapping_add(16));
+                                        _mm512_permutex2var_ps(x0, even, x1)
+                                    }
+                                };
+                                *acc = _mm512_mask_add_ps(*acc, r.lanes, *acc, _mm512_mul_ps(wv, xv));
+                            }
                         }
                     }
                 }
-                for (v, &y) in acc.iter().enumerate() {
-                    let base = start + 16 * v;
-                    if base >= end {
-                        break;
+                for (c, acc) in acc.iter().enumerate() {
+                    for (v, &y) in acc.iter().enumerate() {
+                        let base = start + 16 * v;
+                        if base >= end {
+                            break;
+                        }
+                        let y = if g.relu6 {
+                            let y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero), zero);
+                            _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, six), six)
+                        } else {
+                            y
+                        };
+                        // SAFETY: outputs `base..end` (at most 16) of channel c's row `oy` lie inside `o`.
+                        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(c * plane_out + oy * g.ow + base), lanes(0, (end - base) as isize), y) };
                     }
-                    let y = if g.relu6 {
-                        let y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero), zero);
-                        _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y, six), six)
-                    } else {
-                        y
-                    };
-                    // SAFETY: outputs `base..end` (at most 16) of row `oy` lie inside `o`.
-                    unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(oy * g.ow + base), lanes(0, (end - base) as isize), y) };
                 }
             }
         }
@@ -285,6 +340,35 @@ mod tests {
                         assert_eq!(bits(level), want, "{level:?} {g:?}");
                     }
                 }
+            }
+        }
+    }
+
+    /// Channels side by side (four, two, and the ones left over) give each channel's bits alone.
+    #[test]
+    fn channels_side_by_side_give_each_channel_s_bits() {
+        let mut rng = crate::rng::stream(6, "test", 0);
+        for (h, w, k, s) in [(7, 7, 5, 1), (14, 14, 3, 1), (28, 28, 5, 2), (9, 40, 3, 1), (5, 70, 5, 2)] {
+            let g = Plane::new(h, w, k, s, ((k - 1) / 2, (k - 1) / 2), true);
+            let c = 7;
+            let x = crate::rng::normal_vec(&mut rng, c * h * w);
+            let f = crate::rng::normal_vec(&mut rng, c * k * k);
+            let bias = crate::rng::normal_vec(&mut rng, c);
+            let (plane_in, plane_out) = (h * w, g.oh * g.ow);
+            let mut want = vec![0f32; c * plane_out];
+            for ch in 0..c {
+                g.run(
+                    Simd::Sse2,
+                    &x[ch * plane_in..(ch + 1) * plane_in],
+                    &f[ch * k * k..(ch + 1) * k * k],
+                    bias[ch],
+                    &mut want[ch * plane_out..(ch + 1) * plane_out],
+                );
+            }
+            for level in Simd::available() {
+                let mut got = vec![f32::NAN; c * plane_out];
+                g.run_channels(level, &x, &f, &bias, &mut got);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{level:?} {g:?}");
             }
         }
     }
