@@ -54,7 +54,7 @@ pub(crate) mod testing {
 
     /// A model `load` builds on weights drawn at random, every tensor it reads (positive, as
     /// batch norms' variances must be; by name, so the same draws each time).
-    pub fn random<M>(load: impl Fn(VarBuilder) -> candle_core::Result<M>) -> M {
+    pub fn random<M, E: std::fmt::Debug>(load: impl Fn(VarBuilder) -> Result<M, E>) -> M {
         let map = candle_nn::VarMap::new();
         // The first load creates every tensor it reads, as zeros.
         load(VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();

@@ -159,10 +159,9 @@ mod tests {
     /// Image by image on two threads, the features are the same bits as the whole batch's.
     #[test]
     fn images_alone_give_the_batch_s_bits() {
-        for cfg in
-            [Config { layers: [1, 1, 1, 1], bottleneck: true, base_width: 64, channels: [4, 4, 8, 8] }, Config { bottleneck: false, ..Config::resnet18() }]
-        {
-            let cfg = Config { layers: [1, 1, 1, 1], ..cfg };
+        // A narrow bottleneck ResNet, and ResNet-18's basic blocks.
+        let narrow = Config { layers: [1, 1, 1, 1], bottleneck: true, base_width: 64, channels: [4, 4, 8, 8] };
+        for cfg in [narrow, Config { layers: [1, 1, 1, 1], ..Config::resnet18() }] {
             let model = super::super::cnn::testing::random(|vb| ResNet::load(vb, &cfg));
             super::super::cnn::testing::same_bits_by_image(|x| model.forward(x), |x| model.layers(x));
         }

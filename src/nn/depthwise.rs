@@ -20,8 +20,8 @@
 use crate::nn::vmath::{Kernel, Simd, at_width};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 
-/// Channels of one image a task of [`DepthwiseConv`] convolves.
-const TASK: usize = 16;
+/// Outputs a task of [`DepthwiseConv`] computes, about (a 14 x 14 plane's 42 channels).
+const TASK_PIXELS: usize = 8192;
 
 /// Depthwise convolution with implicit zero padding `(top, left)` to `ceil(size / stride)`
 /// outputs, plus a per-channel bias and optional ReLU6; CPU, inference.
@@ -46,10 +46,18 @@ impl CustomOp3 for DepthwiseConv {
         let level = Simd::detected();
         let (plane_in, plane_out) = (h * wd, g.oh * g.ow);
         let mut out = vec![0f32; n * c * plane_out];
-        // A task: up to TASK channels of one image.
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from((n, c, g.oh, g.ow))));
+        }
+        // A task: `per_task` channels of one image, about TASK_PIXELS outputs (a whole number of
+        // the channels the kernel runs side by side), fewer where the batch would have fewer
+        // than four tasks a thread.
+        let threads = rayon::current_num_threads().max(1);
+        let side = g.side_by_side();
+        let per_task = (TASK_PIXELS / plane_out).clamp(1, (n * c).div_ceil(4 * threads)).next_multiple_of(side).min(c);
         out.par_chunks_mut(c * plane_out).enumerate().for_each(|(img, o)| {
-            o.par_chunks_mut(TASK * plane_out).enumerate().for_each(|(t, o)| {
-                let (c0, c1) = (t * TASK, t * TASK + o.len() / plane_out.max(1));
+            o.par_chunks_mut(per_task * plane_out).enumerate().for_each(|(t, o)| {
+                let (c0, c1) = (t * per_task, t * per_task + o.len() / plane_out);
                 g.run_channels(level, &x[(img * c + c0) * plane_in..(img * c + c1) * plane_in], &w[c0 * k * k..c1 * k * k], &bias[c0..c1], o);
             });
         });
@@ -87,35 +95,24 @@ impl Plane {
         (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h)
     }
 
+    /// Channels [`avx512::channels`] runs side by side on planes of this width.
+    fn side_by_side(&self) -> usize {
+        match self.ow.div_ceil(16) {
+            0 | 1 => 4,
+            2 => 2,
+            _ => 1,
+        }
+    }
+
     /// [`Self::run`] for `bias.len()` channels: their planes `x`, filters `f` and outputs `o`
-    /// one after the other; on the AVX-512 path, as many channels side by side as there are
-    /// registers for (rows of up to 16 outputs: four).
+    /// one after the other; on the AVX-512 path [`Self::side_by_side`] channels at a time.
     fn run_channels(&self, level: Simd, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
         let (plane_in, plane_out, taps) = (self.h * self.w, self.oh * self.ow, self.k * self.k);
+        assert!(x.len() == bias.len() * plane_in && f.len() == bias.len() * taps && o.len() == bias.len() * plane_out);
         #[cfg(target_arch = "x86_64")]
         if level == Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && self.s <= 2 && self.k <= avx512::MAX_K {
-            assert!(x.len() == bias.len() * plane_in && f.len() == bias.len() * taps && o.len() == bias.len() * plane_out);
-            let side_by_side = match self.ow.div_ceil(16) {
-                0 | 1 => 4,
-                2 => 2,
-                _ => 1,
-            };
-            let mut c = 0;
-            while c < bias.len() {
-                let n = if bias.len() - c >= side_by_side { side_by_side } else { 1 };
-                let (x, f, b, o) =
-                    (&x[c * plane_in..(c + n) * plane_in], &f[c * taps..(c + n) * taps], &bias[c..c + n], &mut o[c * plane_out..(c + n) * plane_out]);
-                // SAFETY: the CPU has AVX-512F (checked); the slices hold n channels.
-                unsafe {
-                    match n {
-                        4 => avx512::planes::<4>(self, x, f, b, o),
-                        2 => avx512::planes::<2>(self, x, f, b, o),
-                        _ => avx512::planes::<1>(self, x, f, b, o),
-                    }
-                }
-                c += n;
-            }
-            return;
+            // SAFETY: the CPU has AVX-512F (checked); the slices hold bias.len() channels (asserted).
+            return unsafe { avx512::channels(self, x, f, bias, o) };
         }
         for (ch, &b) in bias.iter().enumerate() {
             self.run(level, &x[ch * plane_in..(ch + 1) * plane_in], &f[ch * taps..(ch + 1) * taps], b, &mut o[ch * plane_out..(ch + 1) * plane_out]);
@@ -129,7 +126,7 @@ impl Plane {
         #[cfg(target_arch = "x86_64")]
         if level == Simd::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && self.s <= 2 && self.k <= avx512::MAX_K {
             // SAFETY: the CPU has AVX-512F (checked); the lengths are checked above.
-            return unsafe { avx512::planes::<1>(self, x, f, std::slice::from_ref(&bias), o) };
+            return unsafe { avx512::channels(self, x, f, std::slice::from_ref(&bias), o) };
         }
         at_width(level, Loop { g: self, x, f, bias, o })
     }
@@ -213,32 +210,51 @@ mod avx512 {
         }
     }
 
-    /// [`super::Loop`]'s plane, stride 1 or 2, filters up to [`MAX_K`], for `C` channels at
-    /// once (`x`, `f`, `bias` and `o` hold `C` planes, filters, biases and outputs one after the
-    /// other): each run of up to 64 outputs of a row starts at the bias, takes every tap in filter
-    /// order in the lanes it reaches (a product, then a sum), then ReLU6 (`f32::clamp`'s
-    /// comparisons: NaN and -0 kept) and is stored once. Runs hold as few vectors as the row
-    /// needs, up to four (rows of 7 and 14 outputs: one); the channels' sums advance side by
-    /// side, so that a tap's sum does not wait on the previous tap's (a sum's latency).
+    /// [`super::Loop`]'s plane, stride 1 or 2, filters up to [`MAX_K`], for `bias.len()`
+    /// channels (`x`, `f` and `o` hold their planes, filters and outputs one after the other):
+    /// each run of up to 64 outputs of a row starts at the bias, takes every tap in filter order
+    /// in the lanes it reaches (a product, then a sum), then ReLU6 (`f32::clamp`'s comparisons:
+    /// NaN and -0 kept) and is stored once. Runs hold as few vectors as the row needs, up to four
+    /// (rows of 7 and 14 outputs: one). Rows of one or two vectors run four or two channels side
+    /// by side ([`Plane::side_by_side`]), so that a tap's sum does not wait on the previous
+    /// tap's (a sum's latency).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `x`, `f`, `bias` and `o` must have `C` times the plane's
-    /// lengths.
+    /// The CPU must have AVX-512F; `x`, `f` and `o` must hold `bias.len()` channels.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn planes<const C: usize>(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
-        assert!(x.len() == C * g.h * g.w && f.len() == C * g.k * g.k && bias.len() == C && o.len() == C * g.oh * g.ow);
+    pub(super) unsafe fn channels(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
         // SAFETY: as the caller promises.
         unsafe {
             match g.ow.div_ceil(16) {
-                0 | 1 => runs::<1, C>(g, x, f, bias, o),
-                2 => runs::<2, C>(g, x, f, bias, o),
-                3 => runs::<3, C>(g, x, f, bias, o),
-                _ => runs::<4, C>(g, x, f, bias, o),
+                0 | 1 => grouped::<1, 4>(g, x, f, bias, o),
+                2 => grouped::<2, 2>(g, x, f, bias, o),
+                3 => grouped::<3, 1>(g, x, f, bias, o),
+                _ => grouped::<4, 1>(g, x, f, bias, o),
             }
         }
     }
 
-    /// [`planes`] by runs of up to `V` vectors of 16 outputs.
+    /// [`channels`] `C` at a time, then one at a time.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn grouped<const V: usize, const C: usize>(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
+        let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.k * g.k);
+        let mut c = 0;
+        while c < bias.len() {
+            let n = if bias.len() - c >= C { C } else { 1 };
+            let (x, f, b, o) =
+                (&x[c * plane_in..(c + n) * plane_in], &f[c * taps..(c + n) * taps], &bias[c..c + n], &mut o[c * plane_out..(c + n) * plane_out]);
+            // SAFETY: as the caller promises, for these n channels.
+            unsafe {
+                match n == C {
+                    true => runs::<V, C>(g, x, f, b, o),
+                    false => runs::<V, 1>(g, x, f, b, o),
+                }
+            }
+            c += n;
+        }
+    }
+
+    /// `C` channels of [`channels`] by runs of up to `V` vectors of 16 outputs.
     #[target_feature(enable = "avx512f")]
     unsafe fn runs<const V: usize, const C: usize>(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
         let (k, s) = (g.k, g.s as isize);
@@ -344,11 +360,12 @@ mod tests {
         }
     }
 
-    /// Channels side by side (four, two, and the ones left over) give each channel's bits alone.
+    /// Channels side by side (four on rows of 7 and 14, two on rows of 20, and the ones left
+    /// over) give each channel's bits alone.
     #[test]
     fn channels_side_by_side_give_each_channel_s_bits() {
         let mut rng = crate::rng::stream(6, "test", 0);
-        for (h, w, k, s) in [(7, 7, 5, 1), (14, 14, 3, 1), (28, 28, 5, 2), (9, 40, 3, 1), (5, 70, 5, 2)] {
+        for (h, w, k, s) in [(7, 7, 5, 1), (14, 14, 3, 1), (28, 28, 5, 2), (20, 20, 3, 1), (40, 40, 5, 2), (9, 40, 3, 1), (5, 70, 5, 2)] {
             let g = Plane::new(h, w, k, s, ((k - 1) / 2, (k - 1) / 2), true);
             let c = 7;
             let x = crate::rng::normal_vec(&mut rng, c * h * w);

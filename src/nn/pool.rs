@@ -1,4 +1,5 @@
-//! Keeping the thread pool's workers awake through a run of short parallel sections.
+//! How the CPU encoders and heads use the thread pool: its workers kept awake through a run of
+//! short parallel sections, and a batch's images spread over the threads ([`by_image`]).
 //!
 //! Between two matrix products of a training step the calling thread works alone for a while (a
 //! loss term, a transpose); rayon's idle workers go to sleep meanwhile, and waking them took
@@ -74,7 +75,8 @@ pub fn awake_on<R: Send>(dev: &candle_core::Device, f: impl FnOnce() -> R + Send
 /// outputs joined again; `f(x)` where `x` is not on the CPU or has fewer images than the pool has
 /// threads. Each thread then takes one image through all of `f`'s layers, whose activations stay
 /// in its core's caches, where a pass of the whole batch sends every layer's output through
-/// memory (EfficientNet-Lite0 at batch 8: 20-25% faster on a Zen 5, BENCHMARKS.md). `f` must
+/// memory (EfficientNet-Lite0 at batch 8: 20-25% faster on a Zen 5, BENCHMARKS.md, 2026-12-07,
+/// later). `f` must
 /// give an image the same bits alone as in a batch (the convolutions of `nn::im2col` and
 /// `nn::depthwise` do), so that the result does not depend on the batch.
 pub fn by_image(
