@@ -14,13 +14,13 @@
 //! payload comes out where two NaNs meet). On rows of up to 32 outputs it runs four or two
 //! channels side by side: a row of 7 or 14 outputs holds one vector, whose sum otherwise waits on
 //! each tap's addition (EfficientNet-Lite0's 14 x 14 and 7 x 7 layers 25-35% faster, and the
-//! encoder about 9%, on a Zen 5). `MARNET_SIMD=sse2` or `avx2` forces the plain loop
+//! encoder about 9%, on a Zen 5: BENCHMARKS.md, 2026-12-07, later). `MARNET_SIMD=sse2` or `avx2` forces the plain loop
 //! (the test compares both).
 
 use crate::nn::vmath::{Kernel, Simd, at_width};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 
-/// Outputs a task of [`DepthwiseConv`] computes, about (a 14 x 14 plane's 42 channels).
+/// About how many outputs a task of [`DepthwiseConv`] computes (42 channels of a 14 x 14 plane).
 const TASK_PIXELS: usize = 8192;
 
 /// Depthwise convolution with implicit zero padding `(top, left)` to `ceil(size / stride)`
@@ -95,7 +95,8 @@ impl Plane {
         (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h)
     }
 
-    /// Channels [`avx512::channels`] runs side by side on planes of this width.
+    /// Channels [`avx512::channels`] runs side by side on planes of this width (the pairs it
+    /// names; here only to size the tasks).
     fn side_by_side(&self) -> usize {
         match self.ow.div_ceil(16) {
             0 | 1 => 4,
