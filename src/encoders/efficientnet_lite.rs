@@ -246,7 +246,7 @@ impl EfficientNetLite {
     /// The head's feature map [N, 1280, H/32, W/32] (7 x 7 at 224 px, 9 x 9 at 260), before
     /// pooling.
     pub fn feature_map(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::pool::awake_on(x.device(), || crate::nn::pool::by_image(x, |x| self.layers(x)))
+        crate::nn::pool::by_image(x, |x| self.layers(x))
     }
 
     /// [`Self::feature_map`] of the whole batch, layer after layer.

@@ -120,7 +120,7 @@ impl Module for ResNet {
     /// `[N, 3, H, W]` -> the average-pooled last stage `[N, C]`; on the CPU image by image
     /// ([`crate::nn::pool::by_image`]).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::nn::pool::awake_on(x.device(), || crate::nn::pool::by_image(x, |x| self.layers(x)))
+        crate::nn::pool::by_image(x, |x| self.layers(x))
     }
 }
 

@@ -71,25 +71,44 @@ pub fn awake_on<R: Send>(dev: &candle_core::Device, f: impl FnOnce() -> R + Send
     }
 }
 
-/// `f` on each image of `x` `[N, ...]` alone, the images spread over the pool's threads, the
-/// outputs joined again; `f(x)` where `x` is not on the CPU or has fewer images than the pool has
-/// threads. Each thread then takes one image through all of `f`'s layers, whose activations stay
-/// in its core's caches, where a pass of the whole batch sends every layer's output through
-/// memory (EfficientNet-Lite0 at batch 8: 20-25% faster on a Zen 5, BENCHMARKS.md, 2026-12-07,
-/// later). `f` must
-/// give an image the same bits alone as in a batch (the convolutions of `nn::im2col` and
-/// `nn::depthwise` do), so that the result does not depend on the batch.
+/// `f` on each image of `x` `[N, ...]` alone, the images spread over the pool's threads (kept
+/// awake, [`awake_on`]), the outputs joined again; `f(x)` where `x` is not on the CPU or has
+/// fewer images than the pool has threads. Each thread then takes one image through all of `f`'s
+/// layers, whose activations stay in its core's caches, where a pass of the whole batch sends
+/// every layer's output through memory (EfficientNet-Lite0 at batch 8: 20-25% faster on a Zen 5,
+/// BENCHMARKS.md, 2026-12-07, later). `f` must give an image the same bits alone as in a batch
+/// (the convolutions of `nn::im2col` and `nn::depthwise` do), so that the result does not depend
+/// on the batch.
 pub fn by_image(
     x: &candle_core::Tensor,
-    f: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> + Sync,
+    f: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> + Sync + Send,
 ) -> candle_core::Result<candle_core::Tensor> {
     use rayon::prelude::*;
-    let n = x.dim(0)?;
-    if !x.device().is_cpu() || n < 2 || n < rayon::current_num_threads() {
-        return f(x);
-    }
-    let outputs = (0..n).into_par_iter().map(|i| f(&x.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
-    candle_core::Tensor::cat(&outputs, 0)
+    awake_on(x.device(), || {
+        let n = x.dim(0)?;
+        if !x.device().is_cpu() || n < 2 || n < rayon::current_num_threads() {
+            return f(x);
+        }
+        let outputs = (0..n).into_par_iter().map(|i| f(&x.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+        candle_core::Tensor::cat(&outputs, 0)
+    })
+}
+
+/// Test support: `a(x)` and `b(x)` on a pool of two threads give the same shape and bits, not
+/// all zero (a comparison that says something).
+#[cfg(test)]
+pub(crate) fn assert_same_bits_on_two_threads(
+    x: &candle_core::Tensor,
+    a: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> + Sync + Send,
+    b: impl Fn(&candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> + Sync + Send,
+) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let (a, b) = pool.install(|| (a(x).unwrap(), b(x).unwrap()));
+    let bits = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (bits(a), bits(b));
+    assert!(a.iter().any(|&v| v != 0), "all zeros: the comparison says nothing");
+    assert_eq!(a, b);
 }
 
 struct StopOnDrop<'a>(&'a AtomicBool);
@@ -144,13 +163,9 @@ mod tests {
         let b = crate::rng::randn(&mut rng, 6, &dev).unwrap();
         let at = crate::nn::conv::Placement::symmetric(3, 2, 1, (9, 9)).unwrap();
         let f = |x: &candle_core::Tensor| crate::nn::conv::conv2d(x, &w, &b, at, None, crate::nn::conv::Then::Relu6)?.sqr();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for n in [1, 2, 5] {
             let x = crate::rng::randn(&mut rng, (n, 3, 9, 9), &dev).unwrap();
-            let bits = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            let (each, whole) = pool.install(|| (by_image(&x, f).unwrap(), f(&x).unwrap()));
-            assert_eq!(each.dims(), whole.dims());
-            assert_eq!(bits(each), bits(whole), "{n} images");
+            assert_same_bits_on_two_threads(&x, |x| by_image(x, f), f);
         }
     }
 
