@@ -2,10 +2,13 @@
 //!
 //! Each tile of the output, 6 rows by 64 columns (24 of the 32 vector registers), sums over k
 //! in order: per step, 4 vectors of the right-hand row (16 floats each) and 6 left-hand values
-//! broadcast, 24 fused multiply-adds. Nothing is packed: the right-hand panel (64 columns of k
-//! rows) stays in L2 while the tiles of rows run over it; the first tile, which reads it from
-//! memory, prefetches its rows a few steps ahead, and each block of rows prefetches the next
-//! block's rows of a left operand laid out by rows. On a Zen 4, the heads' 64-row products alone
+//! broadcast, 24 fused multiply-adds. A product of 7 or 8 rows (serving's batches) takes tiles
+//! of all its rows by 48 columns instead, so that each weight is read once, not by a block of 6
+//! rows and again by the rest (the heads' pass at 8 rows 17% faster on a Zen 5; BENCHMARKS.md,
+//! 2026-12-07, night). Nothing is packed: the right-hand panel (64 columns of k rows) stays in
+//! L2 while the tiles of rows run over it; the first tile, which reads it from memory,
+//! prefetches its rows a few steps ahead, and each block of rows prefetches the next block's
+//! rows of a left operand laid out by rows. On a Zen 4, the heads' 64-row products alone
 //! (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a training
 //! step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06); the prefetches took a Zen 5's
 //! forward pass another 11% and its backward pass 8% (2026-12-06, afternoon).
@@ -78,17 +81,25 @@ mod avx512 {
     /// Rows of a tile.
     const ROWS: usize = 6;
 
+    /// The most rows of a product that runs as one block of rows, on panels of [`FEW_PANEL`]
+    /// columns (3 vectors: 24 sums in registers, as [`ROWS`] by 4).
+    const FEW_ROWS: usize = 8;
+
+    /// Columns of a tile of more than [`ROWS`] and at most [`FEW_ROWS`] rows.
+    const FEW_PANEL: usize = 48;
+
     /// Steps of k between a prefetch of the panel's row and its use: on a Zen 5, 12 to 48 gave
     /// the same forward pass (BENCHMARKS.md, 2026-12-06, afternoon).
     const AHEAD: usize = 16;
 
-    /// Tiles of 64 columns (the last one narrower, its last vector masked), each run over
-    /// blocks of [`ROWS`] rows and the rest.
+    /// Tiles of 64 columns (48 for 7 or 8 rows; the last one narrower, its last vector masked),
+    /// each run over blocks of [`ROWS`] rows and the rest.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn product(m: usize, n: usize, k: usize, [a, b]: [*const f32; 2], [ars, acs, ldb]: [usize; 3], c: *mut f32, ldc: usize) {
+        let panel = if (ROWS + 1..=FEW_ROWS).contains(&m) { FEW_PANEL } else { crate::nn::cpu::kernel::PANEL };
         let mut j = 0;
         while j < n {
-            let width = (n - j).min(crate::nn::cpu::kernel::PANEL);
+            let width = (n - j).min(panel);
             let mask = match width % 16 {
                 0 => u16::MAX,
                 w => (1u16 << w) - 1,
@@ -125,6 +136,10 @@ mod avx512 {
         /// memory (a layer's weights, read once a pass): it prefetches the rows it reads next.
         #[target_feature(enable = "avx512f")]
         unsafe fn rows<const V: usize>(&self, m: usize) {
+            if V * 16 <= FEW_PANEL && m <= FEW_ROWS {
+                // SAFETY: rows 0..m lie inside the product.
+                return unsafe { self.few::<V, true>(0, m) };
+            }
             let first = m.min(ROWS);
             // SAFETY (all calls): rows i.. lie inside the product.
             unsafe { self.few::<V, true>(0, first) };
@@ -136,7 +151,8 @@ mod avx512 {
             unsafe { self.few::<V, false>(i, m - i) };
         }
 
-        /// Rows `i..i + r`, `r` at most [`ROWS`].
+        /// Rows `i..i + r`, `r` at most [`ROWS`], or [`FEW_ROWS`] on tiles of at most
+        /// [`FEW_PANEL`] columns.
         #[target_feature(enable = "avx512f")]
         unsafe fn few<const V: usize, const PREFETCH: bool>(&self, i: usize, r: usize) {
             // SAFETY (all calls): as the caller promises.
@@ -148,7 +164,9 @@ mod avx512 {
                 4 => unsafe { self.block::<4, V, PREFETCH>(i) },
                 5 => unsafe { self.block::<5, V, PREFETCH>(i) },
                 6 => unsafe { self.block::<ROWS, V, PREFETCH>(i) },
-                _ => unreachable!("a block of {r} rows"),
+                7 if V * 16 <= FEW_PANEL => unsafe { self.block::<7, V, PREFETCH>(i) },
+                8 if V * 16 <= FEW_PANEL => unsafe { self.block::<FEW_ROWS, V, PREFETCH>(i) },
+                _ => unreachable!("a block of {r} rows of {V} vectors"),
             }
         }
 
@@ -214,7 +232,7 @@ mod tests {
     }
 
     /// Every shape's remainders (rows past the 6-row tiles, columns past 64 and past 16, a last
-    /// panel of whole vectors), empty ones and strided operands give the reference's bits.
+    /// panel of whole vectors; 7 and 8 rows on 48-column tiles), empty ones and strided operands give the reference's bits.
     #[test]
     fn product_gives_the_in_order_sum_s_bits() {
         if !enabled() {
@@ -223,7 +241,7 @@ mod tests {
         }
         let mut rng = crate::rng::stream(3, "test", 0);
         for (m, n, k) in
-            [(1, 1, 1), (6, 64, 5), (7, 65, 9), (13, 130, 33), (64, 172, 17), (5, 15, 300), (7, 48, 5), (7, 112, 5), (0, 20, 3), (3, 0, 3), (3, 20, 0)]
+            [(1, 1, 1), (6, 64, 5), (7, 65, 9), (13, 130, 33), (64, 172, 17), (5, 15, 300), (7, 48, 5), (7, 112, 5), (8, 100, 20), (8, 96, 3), (0, 20, 3), (3, 0, 3), (3, 20, 0)]
         {
             let (ldb, ldc) = (n + 3, n + 5);
             let a = crate::rng::normal_vec(&mut rng, m * k);
