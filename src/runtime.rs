@@ -18,10 +18,14 @@ const BARRIER_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 pub fn init(threads: Option<usize>) {
     crate::interrupt::install();
     init_embedded(threads);
+    // The pool that runs the encoders, heads and training, its threads named (`top -H`;
+    // `scripts/bench-serve` counts their CPU time apart from serve's other threads). Built here,
+    // not in `init_embedded`: a host process may have built rayon's global pool its own way.
+    let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("marnet-pool-{i}")).build_global();
 }
 
-/// [`init`] without the Ctrl-C handler, for a host process that owns its signals (Python: the
-/// module polls the host's signals and calls [`crate::interrupt::request`]).
+/// [`init`] without the Ctrl-C handler and the named pool, for a host process that owns its
+/// signals (Python: the module polls the host's signals and calls [`crate::interrupt::request`]).
 pub fn init_embedded(threads: Option<usize>) {
     // Keep freed memory mapped: training frees and reallocates the same activation-sized blocks
     // every step, and returning them to the OS made every step page-fault and zero them again
