@@ -4,9 +4,9 @@
 //! in order: per step, 4 vectors of the right-hand row (16 floats each) and 6 left-hand values
 //! broadcast, 24 fused multiply-adds. A product of 7 or 8 rows (serving's batches) takes tiles
 //! of all its rows by 48 columns instead, so that each weight is read once, not by a block of 6
-//! rows and again by the rest (the heads' pass at 8 rows 17% faster on a Zen 5; BENCHMARKS.md,
-//! 2026-12-07, night). Nothing is packed: the right-hand panel (64 columns of k rows) stays in
-//! L2 while the tiles of rows run over it; the first tile, which reads it from memory,
+//! rows and again by the rest (the heads' pass at 8 rows 17% shorter on a Zen 5; BENCHMARKS.md,
+//! 2026-12-07, night). Nothing is packed: the right-hand panel (64 or 48 columns of k rows)
+//! stays in L2 while the tiles of rows run over it; the first tile, which reads it from memory,
 //! prefetches its rows a few steps ahead, and each block of rows prefetches the next block's
 //! rows of a left operand laid out by rows. On a Zen 4, the heads' 64-row products alone
 //! (operands in cache, one thread) ran 10-15% faster than on the matmul crate, and a training
@@ -181,8 +181,9 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             // The next block's rows of a (when each lies in order: a weight, in an input
             // gradient `W dy^T`, read once from memory), a cache line of each every 16 steps.
+            // A block of more than ROWS rows is a whole product: no next block.
             let next = self.a.wrapping_add((i + ROWS) * self.ars);
-            let ahead_in_a = self.acs == 1;
+            let ahead_in_a = self.acs == 1 && R <= ROWS;
             for p in 0..self.k {
                 let row = self.b.wrapping_add(p * self.ldb);
                 if ahead_in_a && p % 16 == 0 {
@@ -232,7 +233,7 @@ mod tests {
     }
 
     /// Every shape's remainders (rows past the 6-row tiles, columns past 64 and past 16, a last
-    /// panel of whole vectors; 7 and 8 rows on 48-column tiles), empty ones and strided operands give the reference's bits.
+    /// panel of whole vectors; 7 and 8 rows on 48-column tiles, whole or masked), empty ones and strided operands give the reference's bits.
     #[test]
     fn product_gives_the_in_order_sum_s_bits() {
         if !enabled() {
@@ -251,6 +252,9 @@ mod tests {
             (7, 112, 5),
             (8, 100, 20),
             (8, 96, 3),
+            (8, 80, 17),
+            (7, 40, 33),
+            (7, 10, 3),
             (0, 20, 3),
             (3, 0, 3),
             (3, 20, 0),
