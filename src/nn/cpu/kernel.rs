@@ -233,7 +233,8 @@ mod tests {
     }
 
     /// Every shape's remainders (rows past the 6-row tiles, columns past 64 and past 16, a last
-    /// panel of whole vectors; 7 and 8 rows on 48-column tiles, whole or masked), empty ones and strided operands give the reference's bits.
+    /// panel of whole vectors; 7 and 8 rows on 48-column tiles, whole or masked), empty ones and
+    /// strided operands give the reference's bits.
     #[test]
     fn product_gives_the_in_order_sum_s_bits() {
         if !enabled() {
