@@ -14,8 +14,8 @@
 //! payload comes out where two NaNs meet). On rows of up to 32 outputs it runs four or two
 //! channels side by side: a row of 7 or 14 outputs holds one vector, whose sum otherwise waits on
 //! each tap's addition (EfficientNet-Lite0's 14 x 14 and 7 x 7 layers 25-35% faster, and the
-//! encoder about 9%, on a Zen 5: BENCHMARKS.md, 2026-12-07, later). `MARNET_SIMD=sse2` or `avx2` forces the plain loop
-//! (the test compares both).
+//! encoder about 9%, on a Zen 5: BENCHMARKS.md, 2026-12-07, later). `MARNET_SIMD=sse2` or
+//! `avx2` forces the plain loop (the test compares both).
 
 use crate::nn::vmath::{Kernel, Simd, at_width};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
@@ -83,6 +83,16 @@ struct Plane {
     columns: Vec<(usize, usize)>,
 }
 
+/// Channels run side by side on rows of `vectors` vectors of 16 outputs: four on rows of up to
+/// 16 outputs, two up to 32, else one (a longer row's own vectors keep the sums busy).
+const fn side_by_side(vectors: usize) -> usize {
+    match vectors {
+        0 | 1 => 4,
+        2 => 2,
+        _ => 1,
+    }
+}
+
 impl Plane {
     fn new(h: usize, w: usize, k: usize, s: usize, (top, left): (usize, usize), relu6: bool) -> Self {
         let ow = w.div_ceil(s);
@@ -95,14 +105,9 @@ impl Plane {
         (oy * self.s + ky).checked_sub(self.top).filter(|&iy| iy < self.h)
     }
 
-    /// Channels [`avx512::channels`] runs side by side on planes of this width (the pairs it
-    /// names; here only to size the tasks).
+    /// Channels [`avx512::channels`] runs side by side on planes of this width.
     fn side_by_side(&self) -> usize {
-        match self.ow.div_ceil(16) {
-            0 | 1 => 4,
-            2 => 2,
-            _ => 1,
-        }
+        side_by_side(self.ow.div_ceil(16))
     }
 
     /// [`Self::run`] for `bias.len()` channels: their planes `x`, filters `f` and outputs `o`
@@ -227,10 +232,10 @@ mod avx512 {
         // SAFETY: as the caller promises.
         unsafe {
             match g.ow.div_ceil(16) {
-                0 | 1 => grouped::<1, 4>(g, x, f, bias, o),
-                2 => grouped::<2, 2>(g, x, f, bias, o),
-                3 => grouped::<3, 1>(g, x, f, bias, o),
-                _ => grouped::<4, 1>(g, x, f, bias, o),
+                0 | 1 => grouped::<1, { super::side_by_side(1) }>(g, x, f, bias, o),
+                2 => grouped::<2, { super::side_by_side(2) }>(g, x, f, bias, o),
+                3 => grouped::<3, { super::side_by_side(3) }>(g, x, f, bias, o),
+                _ => grouped::<4, { super::side_by_side(4) }>(g, x, f, bias, o),
             }
         }
     }

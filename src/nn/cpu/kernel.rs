@@ -136,7 +136,8 @@ mod avx512 {
         /// memory (a layer's weights, read once a pass): it prefetches the rows it reads next.
         #[target_feature(enable = "avx512f")]
         unsafe fn rows<const V: usize>(&self, m: usize) {
-            if V * 16 <= FEW_PANEL && m <= FEW_ROWS {
+            if m <= FEW_ROWS {
+                // One block: at most ROWS rows, or 7 or 8 on a FEW_PANEL-column panel (`product`).
                 // SAFETY: rows 0..m lie inside the product.
                 return unsafe { self.few::<V, true>(0, m) };
             }
