@@ -151,7 +151,8 @@ impl InplaceOp1 for AdamWByRows<'_> {
                 BLOCK.with_borrow_mut(|g| {
                     g.resize(g.len().max(p.len()), 0.0);
                     let g = &mut g[..p.len()];
-                    (self.grad)(i * self.block_rows, g);
+                    // The rows' parameter and moments come from memory during their gradient's product.
+                    crate::nn::cpu::kernel::prefetching([&*p, &*m, &*v], || (self.grad)(i * self.block_rows, g));
                     k.update(p, g, m, v);
                 })
             })
