@@ -2,6 +2,9 @@
 //! the library; [`parse`] builds one from flags for callers without a command line (`demo`,
 //! tests), every other field at its declared default.
 
+use serde_json::Value;
+use std::collections::BTreeMap;
+
 /// `T` from `args` (flags as on the command line, without a program name).
 pub fn parse<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> anyhow::Result<T> {
     let cmd = T::augment_args(clap::Command::new("options").no_binary_name(true));
@@ -11,6 +14,59 @@ pub fn parse<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> anyhow::Res
 /// `T` with every field at its declared default.
 pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
     parse(&[]).expect("every option of the struct has a default")
+}
+
+/// Every command-line flag of `T` by argument id (`d` → `--dim`).
+pub fn flag_names<T: clap::Args>() -> BTreeMap<String, String> {
+    let cmd = T::augment_args(clap::Command::new("flags"));
+    cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (a.get_id().to_string(), format!("--{l}")))).collect()
+}
+
+/// The flag that sets the saved setting at `path` (`optim.lr` of a training config: `--lr`),
+/// else the path itself.
+pub(crate) fn flag_of(path: &str, flags: &BTreeMap<String, String>) -> String {
+    // The one field whose argument id is not its name: `--timesteps`.
+    let id = if path == "schedule.steps" { "t_steps" } else { path.rsplit('.').next().unwrap_or(path) };
+    flags.get(id).cloned().unwrap_or_else(|| path.to_string())
+}
+
+/// Every leaf of a JSON object, by its dotted path.
+pub(crate) fn leaves(v: &Value, path: &str, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(m) => m.iter().for_each(|(k, v)| leaves(v, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out)),
+        _ => {
+            out.insert(path.to_string(), v.clone());
+        }
+    }
+}
+
+/// A setting as typed on the command line: `0.001`, `1` (not `1.0`), `on`/`off`, `ancestral`.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "on" } else { "off" }.into(),
+        Value::Number(n) if n.is_f64() => format!("{}", n.as_f64().unwrap_or_default()),
+        Value::Null => "none".into(),
+        v => v.to_string(),
+    }
+}
+
+/// `--flag old → new` for every leaf of `old` and `new` (saved settings) that differs, in path
+/// order, but those in `skip`; `flags` ([`flag_names`]) names each leaf's flag.
+pub fn changed_flags<T: serde::Serialize>(old: &T, new: &T, skip: &[&str], flags: &BTreeMap<String, String>) -> Vec<String> {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    leaves(&serde_json::to_value(old).unwrap_or_default(), "", &mut a);
+    leaves(&serde_json::to_value(new).unwrap_or_default(), "", &mut b);
+    let paths: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = Value::Null;
+    paths
+        .into_iter()
+        .filter(|p| !skip.contains(&p.as_str()))
+        .filter_map(|p| {
+            let (x, y) = (a.get(p).unwrap_or(&none), b.get(p).unwrap_or(&none));
+            (x != y).then(|| format!("{} {} → {}", flag_of(p, flags), shown(x), shown(y)))
+        })
+        .collect()
 }
 
 // Value parsers for numeric options (`#[arg(value_parser = options::at_least_one)]`): each

@@ -18,13 +18,25 @@ pub fn bar(show: bool, len: u64, unit: &str, msg: &str) -> ProgressBar {
     let terminal = std::io::stderr().is_terminal();
     let template = match terminal {
         true => format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{rate}} eta {{eta}}"),
-        false => format!("{{msg}}: {{pos}}/{{len}} {unit} ({{percent}}%), {{rate}}, {{elapsed}} so far, eta {{eta}}"),
+        false => format!("{{msg}}: {{pos}}/{{len}} {unit} ({{percent}}%), {{rate}}, {{spent}} so far, eta {{eta}}"),
     };
     let style = ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> ");
     let bar = ProgressBar::with_draw_target(Some(len), if terminal { ProgressDrawTarget::stderr() } else { log_target() });
-    bar.set_style(style.with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| _ = write!(w, "{}/s", rate(s.per_sec()))));
+    let style = style.with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| _ = write!(w, "{}/s", rate(s.per_sec())));
+    bar.set_style(style.with_key("spent", |s: &ProgressState, w: &mut dyn std::fmt::Write| _ = write!(w, "{}", spent(s.elapsed()))));
     bar.set_message(msg.to_string());
     bar
+}
+
+/// Time spent to the second (`45s`, `1m39s`, `2h05m07s`): indicatif's own `{elapsed}` rounds to
+/// one unit (99 s showed as `2m`).
+fn spent(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, sec) => format!("{h}h{min:02}m{sec:02}s"),
+    }
 }
 
 /// A rate with three significant digits at most (`37.8`, `1520`, `0.412`).
@@ -89,5 +101,11 @@ mod tests {
     #[test]
     fn rates_keep_three_digits() {
         assert_eq!([37.8035, 1520.4, 4.123_45, 0.412_34].map(super::rate), ["37.8", "1520", "4.12", "0.412"]);
+    }
+
+    #[test]
+    fn time_spent_is_shown_to_the_second() {
+        let shown = [45, 62, 99, 7507].map(|s| super::spent(std::time::Duration::from_secs(s)));
+        assert_eq!(shown, ["45s", "1m02s", "1m39s", "2h05m07s"]);
     }
 }

@@ -13,12 +13,22 @@ fn train_refuses_out_of_range_values_before_touching_the_cache_or_the_run() {
         ("--val-fraction", "1.5", "invalid value '1.5' for '--val-fraction <VAL_FRACTION>': must be strictly between 0 and 1"),
         ("--timesteps", "1", "invalid value '1' for '--timesteps <T>': must be at least 2"),
         ("--T", "1", "invalid value '1' for '--timesteps <T>': must be at least 2"),
+        // Each flag in range, the schedule they make together not (betas scaled by 1000 / T).
+        ("--timesteps", "10", "with --beta-end 0.02, use --timesteps 21 or more"),
+        ("--beta-start", "0.05", "0 < --beta-start < --beta-end < 1; got 0.05 and 0.02"),
     ] {
         let out = common::marnet(&["train", "--cache", "no-such-cache", "--out", run.to_str().unwrap(), flag, value]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
         assert!(err.contains(want), "{flag} {value}: {err}");
         assert!(!run.exists(), "{flag} {value}: wrote {}", run.display());
+    }
+    // The tables' commands check the schedule before any row trains.
+    for cmd in ["ablate", "compare"] {
+        let out = common::marnet(&[cmd, "--cache", "no-such-cache", "--out", run.to_str().unwrap(), "--timesteps", "20"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("use --timesteps 21 or more") && !run.exists(), "{cmd}: {err}");
     }
 }
 

@@ -151,6 +151,18 @@ fn added_rows_an_interrupted_table_and_a_changed_cache_train_only_what_is_missin
 
 /// `compare` into an `ablate` folder shares its baseline and MARNet runs: runs made with other
 /// settings are refused too, and the same settings reuse them.
+/// A row whose training would refuse its settings (a token-level alignment on a cache without
+/// tokens) stops the table before any row trains, so that fixing it leaves no runs to refuse.
+#[test]
+fn a_row_that_cannot_train_stops_the_table_before_any_row_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("t"));
+    synth(&cache, "0", &[]);
+    let (success, _, err) = run_table("compare", &cache, &out, &["--methods", "team-tokens,ita"]);
+    assert!(!success && err.contains("nothing was trained") && err.contains("TEAM (tokens)") && err.contains("marnet extract --tokens"), "{err}");
+    assert!(!out.join("baseline").exists(), "the baseline row trained first");
+}
+
 #[test]
 fn compare_refuses_runs_of_another_table_made_with_other_settings() {
     let tmp = tempfile::tempdir().unwrap();

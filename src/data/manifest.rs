@@ -97,7 +97,7 @@ impl Problems<'_> {
 /// A manifest line, for messages.
 const EXAMPLE: &str = r#"{"image": "a.jpg", "label": "ramen", "text": "noodles, egg", "split": "train"}"#;
 
-/// What to do about a field given as an empty string.
+/// What to do about a required field that is missing or given as an empty string.
 fn empty_fix(key: &str) -> &'static str {
     match key {
         "image" => "give the image file's path",
@@ -107,15 +107,23 @@ fn empty_fix(key: &str) -> &'static str {
     }
 }
 
+/// A line's image, and its split where that is usable: every line that names an image, problems
+/// or not, so that an image listed twice is reported in the same pass as the lines' other problems.
+struct Listed {
+    line: usize,
+    image: String,
+    split: Option<String>,
+}
+
 /// The fields of one line, every problem of the line reported; `None` when the line has no usable
-/// image, label or split (the other checks then leave it out).
-fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option<Row> {
+/// image, label or split (the other checks then leave it out). Its image goes to `listed`.
+fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems, listed: &mut Vec<Listed>) -> Option<Row> {
     for key in obj.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
         p.at(line, format!("unknown field `{key}` (the fields are {})", FIELDS.join(", ")));
     }
     let string = |key: &str, required: bool, p: &mut Problems| -> Option<String> {
         match obj.get(key) {
-            None if required => p.at(line, format!("`{key}` is missing")),
+            None if required => p.at(line, format!("`{key}` is missing; {}", empty_fix(key))),
             None => {}
             Some(Value::String(s)) if s.trim().is_empty() => p.at(line, format!("`{key}` is empty; {}", empty_fix(key))),
             Some(Value::String(s)) => return Some(s.clone()),
@@ -136,22 +144,22 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems) -> Option
         }
         s => s,
     };
+    if let Some(image) = &image {
+        listed.push(Listed { line, image: image.clone(), split: split.clone() });
+    }
     if let Some(g) = group.as_deref().filter(|g| g.contains(['/', '\\']) || *g == "." || *g == "..") {
         p.at(line, format!("group `{g}` cannot name a folder (it names the fold's run folder): no `/`, `\\`, `.` or `..`"));
     }
     let text = match obj.get("text") {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Array(items)) => {
-            let parts: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
-            match parts {
-                Some(parts) => Some(parts.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")),
-                None => {
-                    p.at(line, "`text` must be a string or a list of strings");
-                    None
-                }
+        Some(Value::Array(items)) => match items.iter().position(|v| !v.is_string()) {
+            None => Some(items.iter().filter_map(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")),
+            Some(i) => {
+                p.at(line, format!("`text` must be a string or a list of strings; its item {} is {}: quote it", i + 1, kind(&items[i])));
+                None
             }
-        }
+        },
         Some(v) => {
             p.at(line, format!("`text` must be a string or a list of strings, not {}", kind(v)));
             None
@@ -257,7 +265,7 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             format!("strings quoted with '{also} (as Python prints a dict); JSON takes double quotes, \"image\": \"a.jpg\" (json.dumps writes them)"),
         );
     }
-    let mut rows = vec![];
+    let (mut rows, mut listed) = (vec![], vec![]);
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(obj)) => {
@@ -267,7 +275,7 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
                         p.at(i + 1, format!("`{k}` is given more than once (JSON keeps the last); keep one"));
                     }
                 }
-                rows.extend(parse_line(&obj, i + 1, &mut p))
+                rows.extend(parse_line(&obj, i + 1, &mut p, &mut listed))
             }
             Ok(v) => p.at(i + 1, format!("expected a JSON object {{\"image\": ..., \"label\": ..., \"text\": ..., \"split\": ...}}, found {}", kind(&v))),
             Err(_) if line.trim().starts_with("{'") => {}
@@ -279,22 +287,23 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     }
     let resolved: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.image)).collect();
     if check_images {
-        let found: Vec<Option<String>> = resolved.par_iter().map(|f| file_problem(f)).collect();
+        // Every line's image, the lines with problems of their own too.
+        let found: Vec<Option<String>> = listed.par_iter().map(|r| file_problem(&root.join(&r.image))).collect();
         let missing = found.iter().filter(|f| f.as_deref().is_some_and(|w| w.starts_with("not found"))).count();
         // None found: one line says why, and the first few rows show it.
-        let none_found = missing == rows.len() && missing > 1;
-        for (r, problem) in rows.iter().zip(found).take(if none_found { 3 } else { usize::MAX }) {
+        let none_found = missing == listed.len() && missing > 1;
+        for (r, problem) in listed.iter().zip(found).take(if none_found { 3 } else { usize::MAX }) {
             if let Some(why) = problem {
                 p.at(r.line, format!("image `{}` {why}", r.image));
             }
         }
-        let backslashed: Vec<usize> = rows.iter().filter(|r| r.image.contains('\\') && !root.join(&r.image).exists()).map(|r| r.line).collect();
+        let backslashed: Vec<usize> = listed.iter().filter(|r| r.image.contains('\\') && !root.join(&r.image).exists()).map(|r| r.line).collect();
         if !backslashed.is_empty() {
             p.whole(format!("image paths with \\ ({}): write them with / (a Windows path is one file name here)", line_list(&backslashed)));
         }
         if none_found {
             let cwd = std::env::current_dir().unwrap_or_default();
-            let here = match rows.iter().all(|r| Path::new(&r.image).is_file()) {
+            let here = match listed.iter().all(|r| Path::new(&r.image).is_file()) {
                 true => format!("; they are there relative to the current folder, {}: write them relative to the manifest's folder", cwd.display()),
                 false => String::new(),
             };
@@ -303,19 +312,19 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         }
         same_bytes_in_two_splits(&rows, &resolved, &mut p);
     }
-    // The same file twice, however its path is written.
-    let mut first_line: HashMap<PathBuf, &Row> = HashMap::new();
-    for (r, f) in rows.iter().zip(&resolved) {
-        let key = f.canonicalize().unwrap_or_else(|_| f.clone());
+    // The same file twice, however its path is written (lines with other problems too).
+    let mut first_line: HashMap<PathBuf, &Listed> = HashMap::new();
+    for r in &listed {
+        let f = root.join(&r.image);
+        let key = f.canonicalize().unwrap_or(f);
         match first_line.get(&key) {
-            Some(o) if o.split == r.split => p.at(r.line, format!("image `{}` is listed twice (lines {} and {}); keep one line", r.image, o.line, r.line)),
-            Some(o) => p.at(
-                r.line,
-                format!(
-                    "image `{}` is in {} (line {}) and in {}: an image in two splits makes the score meaningless; keep it in one",
-                    r.image, o.split, o.line, r.split
+            Some(o) => match (&o.split, &r.split) {
+                (Some(a), Some(b)) if a != b => p.at(
+                    r.line,
+                    format!("image `{}` is in {a} (line {}) and in {b}: an image in two splits makes the score meaningless; keep it in one", r.image, o.line),
                 ),
-            ),
+                _ => p.at(r.line, format!("image `{}` is listed twice (lines {} and {}); keep one line", r.image, o.line, r.line)),
+            },
             None => {
                 first_line.insert(key, r);
             }

@@ -12,11 +12,10 @@ use crate::features::FeatureCache;
 use crate::features::folds::{FoldSpec, FoldVal};
 use crate::fingerprint::Fingerprint;
 use crate::model::marnet::{MarnetConfig, ModelOptions};
+use crate::options::{changed_flags, flag_names};
 use crate::train::{Resume, TrainState};
 use crate::words::count;
 use anyhow::Result;
-use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What training does with a planned run, given what its folder holds.
@@ -54,59 +53,6 @@ pub struct PlannedRun {
     pub status: RunStatus,
 }
 
-/// Every command-line flag of `T` by argument id (`d` → `--dim`).
-fn flags<T: clap::Args>() -> BTreeMap<String, String> {
-    let cmd = T::augment_args(clap::Command::new("flags"));
-    cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (a.get_id().to_string(), format!("--{l}")))).collect()
-}
-
-/// The flag that sets the saved setting at `path` (`optim.lr` of a training config: `--lr`),
-/// else the path itself.
-fn flag_of(path: &str, flags: &BTreeMap<String, String>) -> String {
-    // The one field whose argument id is not its name: `--timesteps`.
-    let id = if path == "schedule.steps" { "t_steps" } else { path.rsplit('.').next().unwrap_or(path) };
-    flags.get(id).cloned().unwrap_or_else(|| path.to_string())
-}
-
-/// Every leaf of a JSON object, by its dotted path.
-fn leaves(v: &Value, path: &str, out: &mut BTreeMap<String, Value>) {
-    match v {
-        Value::Object(m) => m.iter().for_each(|(k, v)| leaves(v, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out)),
-        _ => {
-            out.insert(path.to_string(), v.clone());
-        }
-    }
-}
-
-/// A setting as typed on the command line: `0.001`, `1` (not `1.0`), `on`/`off`, `ancestral`.
-fn shown(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => if *b { "on" } else { "off" }.into(),
-        Value::Number(n) if n.is_f64() => format!("{}", n.as_f64().unwrap_or_default()),
-        Value::Null => "none".into(),
-        v => v.to_string(),
-    }
-}
-
-/// `--flag old → new` for every leaf of `old` and `new` that differs, in path order, but those
-/// in `skip`.
-fn diff<T: serde::Serialize>(old: &T, new: &T, skip: &[&str], flags: &BTreeMap<String, String>) -> Vec<String> {
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    leaves(&serde_json::to_value(old).unwrap_or_default(), "", &mut a);
-    leaves(&serde_json::to_value(new).unwrap_or_default(), "", &mut b);
-    let paths: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let none = Value::Null;
-    paths
-        .into_iter()
-        .filter(|p| !skip.contains(&p.as_str()))
-        .filter_map(|p| {
-            let (x, y) = (a.get(p).unwrap_or(&none), b.get(p).unwrap_or(&none));
-            (x != y).then(|| format!("{} {} → {}", flag_of(p, flags), shown(x), shown(y)))
-        })
-        .collect()
-}
-
 /// Settings of a model that the cache fixes, not the command line (a changed cache makes a run
 /// stale instead), and the row's own variant.
 const MODEL_FROM_CACHE: &[&str] = &["variant", "dv", "ds", "classes", "tokens"];
@@ -117,12 +63,12 @@ pub fn model_diff(old: &MarnetConfig, new: &MarnetConfig) -> Vec<String> {
     old.tokens = None;
     let mut new = new.clone();
     new.tokens = None;
-    diff(&old, &new, MODEL_FROM_CACHE, &flags::<ModelOptions>())
+    changed_flags(&old, &new, MODEL_FROM_CACHE, &flag_names::<ModelOptions>())
 }
 
 /// Differences of two training settings but the seed (each run's own, a table's fold seed).
 pub fn train_diff(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
-    diff(old, new, &["seed"], &flags::<TrainConfig>())
+    changed_flags(old, new, &["seed"], &flag_names::<TrainConfig>())
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -290,6 +236,8 @@ pub fn summary(runs: &[PlannedRun]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::{flag_of, leaves};
+    use std::collections::BTreeMap;
 
     /// Every setting a table records maps to the flag that sets it.
     #[test]
@@ -297,13 +245,13 @@ mod tests {
         let (train, model) = (TrainConfig::default(), MarnetConfig::new(crate::model::marnet::Variant::Marnet, 4, 4, 2));
         let mut t = BTreeMap::new();
         leaves(&serde_json::to_value(&train).unwrap(), "", &mut t);
-        let tf = flags::<TrainConfig>();
+        let tf = flag_names::<TrainConfig>();
         for path in t.keys().filter(|p| !p.starts_with("optim.beta") && *p != "optim.eps") {
             assert!(flag_of(path, &tf).starts_with("--"), "training setting {path}");
         }
         let mut m = BTreeMap::new();
         leaves(&serde_json::to_value(&model).unwrap(), "", &mut m);
-        let mf = flags::<ModelOptions>();
+        let mf = flag_names::<ModelOptions>();
         for path in m.keys().filter(|p| !MODEL_FROM_CACHE.contains(&p.as_str())) {
             assert!(flag_of(path, &mf).starts_with("--"), "model setting {path}");
         }

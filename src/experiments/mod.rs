@@ -56,6 +56,19 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         "{}: the cache has no test split, and a table scores on it; give the manifest `test` rows (or use --leave-one-out over groups)",
         cache.dir.display()
     );
+    // Every row's settings on every fold, all problems at once.
+    let mut problems: Vec<String> = vec![];
+    for arm in arms {
+        for (_, fold_cache) in &plan {
+            if let Err(e) = arm.cfg.check(fold_cache) {
+                let e = format!("{}: {e:#}", arm.row);
+                if !problems.contains(&e) {
+                    problems.push(e);
+                }
+            }
+        }
+    }
+    ensure!(problems.is_empty(), "nothing was trained:\n  {}", problems.join("\n  "));
     let run = ["best", "last", "bundle.json", "train.safetensors"].into_iter().find(|f| spec.out.join(f).exists());
     ensure!(
         run.is_none(),

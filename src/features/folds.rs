@@ -57,6 +57,13 @@ pub fn fold(cache: &FeatureCache, spec: &FoldSpec) -> Result<FeatureCache> {
 pub fn folds(cache: &FeatureCache, specs: &[FoldSpec]) -> Result<Vec<FeatureCache>> {
     let rows = all_rows(cache)?;
     let all_groups = groups(cache)?;
+    ensure!(
+        all_groups.len() >= 3 || specs.iter().all(|s| s.val != FoldVal::Group),
+        "{}: --fold-val group validates each fold on a group of its own, so --leave-one-out needs three groups or more (test, validation, training), and this cache has {} ({}); use --fold-val in-style, or give the manifest rows of more groups",
+        cache.dir.display(),
+        all_groups.len(),
+        all_groups.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(" and ")
+    );
     let (mut out, mut problems) = (vec![], vec![]);
     for spec in specs {
         let (fold, missing) = build(cache, &rows, &all_groups, spec)?;
@@ -297,6 +304,16 @@ mod tests {
         let err = format!("{:#}", folds(&c, &specs(FoldVal::Group)).unwrap_err());
         let (b, c) = ("with `b` held out for test and `c` for validation (--fold-val group)", "with `c` held out for test and `a` for validation");
         assert!(err.contains(b) && err.contains(c) && err.contains("use --fold-val in-style, or leave out --leave-one-out"), "{err}");
+    }
+
+    /// With two groups, validating on a group leaves no group to train on: one line says so.
+    #[test]
+    fn group_validation_needs_three_groups() {
+        let c = FeatureCache { test: None, ..cache() };
+        let specs = |val| ["a", "b"].map(|g| FoldSpec { test_group: g.into(), val, seed: 0 });
+        let err = format!("{:#}", folds(&c, &specs(FoldVal::Group)).unwrap_err());
+        assert!(err.contains("needs three groups or more") && err.contains("this cache has 2 (`a` and `b`); use --fold-val in-style"), "{err}");
+        assert_eq!(folds(&c, &specs(FoldVal::InStyle)).unwrap().len(), 2);
     }
 
     #[test]

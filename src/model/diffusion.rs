@@ -55,10 +55,15 @@ impl Schedule {
             let f = i as f64 / (t_max - 1) as f64;
             betas.push(b0 + f * (b1 - b0));
         }
-        ensure!(
-            betas[1..].iter().all(|&b| b > 0.0 && b < 1.0),
-            "the diffusion betas must lie in (0, 1); --beta-start and --beta-end scaled by 1000 / T (--timesteps {t_max}) give [{b0}, {b1}]"
-        );
+        if !betas[1..].iter().all(|&b| b > 0.0 && b < 1.0) {
+            // The last beta is the largest: T must exceed 1000 --beta-end.
+            let min_t = (2..).find(|&t| cfg.beta_end * (1000.0 / t as f64) < 1.0).unwrap_or(usize::MAX);
+            anyhow::bail!(
+                "the diffusion betas must lie in (0, 1); --beta-start and --beta-end scaled by 1000 / T (--timesteps {t_max}) give [{b0}, {b1}]: with --beta-end {}, use --timesteps {min_t} or more, or with --timesteps {t_max} a --beta-end below {}",
+                cfg.beta_end,
+                t_max as f64 / 1000.0
+            );
+        }
         let mut abar = vec![1.0];
         for t in 1..=t_max {
             abar.push(abar[t - 1] * (1.0 - betas[t]));
@@ -214,6 +219,8 @@ mod tests {
         // Each within (0, 1), but above 1 once scaled by 1000 / T.
         let e = err(ScheduleConfig { steps: 10, beta_start: 1e-4, beta_end: 0.02 });
         assert!(e.contains("--beta-start and --beta-end") && e.contains("--timesteps 10"), "{e}");
+        assert!(e.contains("with --beta-end 0.02, use --timesteps 21 or more, or with --timesteps 10 a --beta-end below 0.01"), "{e}");
+        assert!(Schedule::new(&ScheduleConfig { steps: 21, ..d }).is_ok() && Schedule::new(&ScheduleConfig { steps: 20, ..d }).is_err());
     }
 
     /// Eq. 15 closed form equals composing eq. 14 step by step: the variance of

@@ -232,6 +232,17 @@ impl MarnetConfig {
         Ok(cfg)
     }
 
+    /// What training this configuration on `cache` would refuse before its first step, found
+    /// without training: a token-level alignment on a cache without tokens, a noise schedule
+    /// outside (0, 1) for a diffusive variant. A table checks every row with it up front.
+    pub fn check(&self, cache: &crate::features::FeatureCache) -> anyhow::Result<()> {
+        self.with_cache_tokens(cache)?;
+        if self.variant.is_diffusive() {
+            super::diffusion::Schedule::new(&self.schedule)?;
+        }
+        Ok(())
+    }
+
     /// Whether the model has the late-fusion gate (`gate` applies to MARNet only).
     pub fn gated(&self) -> bool {
         self.gate && self.variant == Variant::Marnet

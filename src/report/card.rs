@@ -122,8 +122,9 @@ pub fn summary(tables: &[(String, Table)]) -> String {
             .collect();
         if !small.is_empty() {
             let (lo, hi) = (sizes.iter().min().unwrap_or(&0), sizes.iter().max().unwrap_or(&0));
+            let range = if lo == hi { format!("every fold has {lo}") } else { format!("the folds have {lo} to {hi}") };
             head.push(format!(
-                "<b>Small fold{}</b>: {} test images (the folds have {lo} to {hi}); every fold weighs the same in Acc-1 and in the differences, so a few images there move them as much as a large fold's many.",
+                "<b>Small fold{}</b>: {} test images ({range}); every fold weighs the same in Acc-1 and in the differences, so a few images there move them as much as a large fold's many.",
                 if small.len() == 1 { "" } else { "s" },
                 small.join(", ")
             ));

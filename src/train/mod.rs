@@ -11,7 +11,6 @@ use crate::model::marnet::MarnetConfig;
 use crate::optim::AdamW;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -73,23 +72,6 @@ pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSpli
     );
     let perm = crate::rng::permutation(&mut crate::rng::stream(cfg.seed, "val-split", 0), n);
     Ok((cache.train.subset(&perm[n_val..]), cache.train.subset(&perm[..n_val])))
-}
-
-/// The settings that differ between two configurations, as `--field old → new`.
-fn config_changes<T: Serialize>(saved: &T, now: &T) -> Vec<String> {
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (serde_json::to_value(saved), serde_json::to_value(now)) else { return vec![] };
-    let mut out = vec![];
-    for (k, v) in &a {
-        match (v, b.get(k)) {
-            (serde_json::Value::Object(_), Some(w @ serde_json::Value::Object(_))) => out.extend(config_changes(v, w)),
-            (v, Some(w)) if v != w => {
-                let show = |x: &serde_json::Value| x.as_str().map_or_else(|| x.to_string(), String::from);
-                out.push(format!("--{} {} → {}", k.replace('_', "-"), show(v), show(w)))
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 /// What [`train`] does with a run already saved in its folder (`RUN/last`, `RUN/best`).
@@ -212,7 +194,12 @@ pub fn train(
         // Only the epoch budget may change on resume.
         let saved_train = TrainConfig { epochs: cfg.epochs, ..ck.run.train.clone() };
         if ck.run.model != run.model || saved_train != run.train {
-            let changed = [config_changes(&ck.run.model, &run.model), config_changes(&saved_train, &run.train)].concat();
+            use crate::options::{changed_flags, flag_names};
+            let changed = [
+                changed_flags(&ck.run.model, &run.model, &[], &flag_names::<crate::model::marnet::ModelOptions>()),
+                changed_flags(&saved_train, &run.train, &[], &flag_names::<TrainConfig>()),
+            ]
+            .concat();
             anyhow::bail!(
                 "{}: cannot resume: the saved run used other settings ({}); resume with its settings (its config.json), or --force to start over",
                 ck.dir.display(),

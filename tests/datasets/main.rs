@@ -118,6 +118,9 @@ fn manifest_problems_are_listed_together_with_their_lines() {
         r#"{"image": "a.png", "label": "soup", "text": "t", "split": "train", "group": "x"}"#,
         r#"{"image": "g.png", "label": "soup", "text": "t", "split": "train", "#,
         r#"["not", "an", "object"]"#,
+        r#"{"image": "ok.png", "split": "train"}"#,
+        r#"{"image": "ok2.png", "label": "soup", "text": "t", "split": "Train"}"#,
+        r#"{"image": "h.png", "label": "soup", "text": ["blue", 5], "split": "val"}"#,
     ];
     std::fs::write(&p, lines.join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
@@ -126,6 +129,7 @@ fn manifest_problems_are_listed_together_with_their_lines() {
         format!("{f}:2: unknown field `note`"),
         format!("{f}:3: `label` must be a string, not a number"),
         format!("{f}:4: split `training` is not train, val or test"),
+        format!("{f}:4: image `c.png` not found"),
         format!("{f}:5: `text` is empty"),
         format!("{f}:6: training rows need `text`"),
         format!("{f}:7: class `cake` has no training rows (line 7)"),
@@ -133,16 +137,23 @@ fn manifest_problems_are_listed_together_with_their_lines() {
         format!("{f}:8: image `./ok.png` is in train (line 1) and in test"),
         format!("{f}:9: image `ok2.png` is listed twice (lines 2 and 9)"),
         format!("{f}:10: image `a.png` at {} is an empty file (0 bytes)", tmp.path().join("a.png").display()),
-        format!("{f}:1: `group` is set on some lines but not on lines 1, 2, 5, 6, 7 and 2 more"),
+        format!("{f}:1: `group` is set on some lines but not on lines 1, 2, 5, 6, 7 and 3 more"),
         format!("{f}:11: not a JSON object: EOF while parsing a value at column"),
         format!("{f}:12: expected a JSON object"),
+        // Lines with problems of their own are still checked for images listed twice.
+        format!("{f}:13: `label` is missing; give the class name"),
+        format!("{f}:13: image `ok.png` is listed twice (lines 1 and 13)"),
+        format!("{f}:14: split `Train` is not train, val or test: write `train`"),
+        format!("{f}:14: image `ok2.png` is listed twice (lines 2 and 14)"),
+        format!("{f}:15: `text` must be a string or a list of strings; its item 2 is a number: quote it"),
     ] {
         assert!(err.contains(&want), "expected `{want}` in:\n{err}");
     }
     assert!(!err.contains("at line 1 column"), "one line number per error: {err}");
-    // Rows with a usable image, label and split get every other check (lines 5 and 6: their
-    // images are missing too); line 3 (no label) and line 4 (no split) get no further ones.
-    assert_eq!(err.matches(&format!("\n  {f}:")).count(), 15, "{err}");
+    // Every line that names an image has it checked and compared with the others' (lines 3 to
+    // 6 and 15: their images are missing too; lines 13 and 14: listed twice); the other checks take
+    // rows with a usable image, label and split.
+    assert_eq!(err.matches(&format!("\n  {f}:")).count(), 24, "{err}");
     // With --skip-bad the images are not checked (unreadable ones are left out later).
     let err = format!("{:#}", manifest(&p, false).unwrap_err());
     assert!(!err.contains("not found") && !err.contains("cannot be read"), "{err}");

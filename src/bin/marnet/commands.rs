@@ -336,3 +336,14 @@ pub enum Cmd {
         model: ModelOptions,
     },
 }
+
+impl Cmd {
+    /// The model's options, for the commands that take them.
+    pub fn model_options(&self) -> Option<&ModelOptions> {
+        match self {
+            Cmd::Train { model, .. } | Cmd::Demo { model, .. } | Cmd::Bench { model, .. } => Some(model),
+            Cmd::Ablate { table, .. } | Cmd::Compare { table, .. } => Some(&table.options.model),
+            _ => None,
+        }
+    }
+}

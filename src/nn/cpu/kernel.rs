@@ -119,7 +119,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn product(m: usize, n: usize, k: usize, [a, b]: [*const f32; 2], [ars, acs, ldb]: [usize; 3], c: *mut f32, ldc: usize) {
         let panel = if (ROWS + 1..=FEW_ROWS).contains(&m) { FEW_PANEL } else { crate::nn::cpu::kernel::PANEL };
-        let beside = Beside::new(super::BESIDE.replace([(0, 0); 3]), n.div_ceil(panel) * m.div_ceil(ROWS) * k);
+        let beside = Beside::new(crate::nn::cpu::kernel::BESIDE.replace([(0, 0); 3]), n.div_ceil(panel) * m.div_ceil(ROWS) * k);
         let mut j = 0;
         while j < n {
             let width = (n - j).min(panel);
@@ -141,7 +141,7 @@ mod avx512 {
         }
     }
 
-    /// The memory a product prefetches beside its own operands ([`super::prefetching`]): a line
+    /// The memory a product prefetches beside its own operands (`kernel::prefetching`): a line
     /// every `every` steps of its sums (0: none), in order through the ranges.
     struct Beside {
         ranges: [(usize, usize); 3],
