@@ -11,6 +11,7 @@
 use super::dataset::{Dataset, Sample};
 use super::image_check::file_problem;
 use super::json_keys::{Keys, json_error, kind};
+use super::problems::Problems;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
@@ -41,9 +42,6 @@ pub const FIELDS: [&str; 5] = ["image", "label", "text", "split", "group"];
 const PARTIAL_TEXT: &str =
     "the cache keeps no text of the SPLIT split, so the reconstruction metric and --leave-one-out cannot use it; give those rows their text";
 
-/// Problems listed in one error at most; the rest are counted.
-const MAX_PROBLEMS: usize = 50;
-
 /// One line as read: its fields, or nothing if the line had problems of its own.
 struct Row {
     line: usize,
@@ -54,44 +52,6 @@ struct Row {
     group: Option<String>,
     /// The line names a `group` (even an unusable one).
     has_group: bool,
-}
-
-/// The problems found so far: line (0: the whole file) and message.
-struct Problems<'a> {
-    file: &'a Path,
-    list: Vec<(usize, String)>,
-}
-
-impl Problems<'_> {
-    fn at(&mut self, line: usize, msg: impl std::fmt::Display) {
-        self.list.push((line, msg.to_string()));
-    }
-
-    fn whole(&mut self, msg: impl std::fmt::Display) {
-        self.at(0, msg);
-    }
-
-    /// `Err` listing every problem (up to [`MAX_PROBLEMS`]) in line order, each as
-    /// `file:line: message`, if there is any.
-    fn into_result(mut self) -> Result<()> {
-        let n = self.list.len();
-        if n == 0 {
-            return Ok(());
-        }
-        self.list.sort_by_key(|(line, _)| *line);
-        let file = self.file.display();
-        let mut msg = format!("{file} has {n} problem{}; nothing was extracted:", if n == 1 { "" } else { "s" });
-        for (line, p) in self.list.iter().take(MAX_PROBLEMS) {
-            msg += &match line {
-                0 => format!("\n  {file}: {p}"),
-                l => format!("\n  {file}:{l}: {p}"),
-            };
-        }
-        if n > MAX_PROBLEMS {
-            msg += &format!("\n  ... and {} more", n - MAX_PROBLEMS);
-        }
-        Err(anyhow::anyhow!(msg))
-    }
 }
 
 /// A manifest line, for messages.

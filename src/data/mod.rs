@@ -7,6 +7,7 @@ pub mod image;
 mod image_check;
 mod json_keys;
 pub mod manifest;
+mod problems;
 mod resize;
 
 use anyhow::{Context, Result};
