@@ -17,7 +17,7 @@ pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> T {
 }
 
 /// Every command-line flag of `T` by argument id (`d` → `--dim`).
-pub fn flag_names<T: clap::Args>() -> BTreeMap<String, String> {
+pub(crate) fn flag_names<T: clap::Args>() -> BTreeMap<String, String> {
     let cmd = T::augment_args(clap::Command::new("flags"));
     cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (a.get_id().to_string(), format!("--{l}")))).collect()
 }
@@ -53,7 +53,7 @@ fn shown(v: &Value) -> String {
 
 /// `--flag old → new` for every leaf of `old` and `new` (saved settings) that differs, in path
 /// order, but those in `skip`; `flags` ([`flag_names`]) names each leaf's flag.
-pub fn changed_flags<T: serde::Serialize>(old: &T, new: &T, skip: &[&str], flags: &BTreeMap<String, String>) -> Vec<String> {
+pub(crate) fn changed_flags<T: serde::Serialize>(old: &T, new: &T, skip: &[&str], flags: &BTreeMap<String, String>) -> Vec<String> {
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
     leaves(&serde_json::to_value(old).unwrap_or_default(), "", &mut a);
     leaves(&serde_json::to_value(new).unwrap_or_default(), "", &mut b);

@@ -23,6 +23,10 @@ fn train_refuses_out_of_range_values_before_touching_the_cache_or_the_run() {
         assert!(err.contains(want), "{flag} {value}: {err}");
         assert!(!run.exists(), "{flag} {value}: wrote {}", run.display());
     }
+    // A model without diffusion does not use the schedule: nothing to refuse at parsing.
+    let out = common::marnet(&["train", "--cache", "no-such-cache", "--out", run.to_str().unwrap(), "--variant", "ema", "--timesteps", "10"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("no-such-cache"), "{err}");
     // The tables' commands check the schedule before any row trains.
     for cmd in ["ablate", "compare"] {
         let out = common::marnet(&[cmd, "--cache", "no-such-cache", "--out", run.to_str().unwrap(), "--timesteps", "20"]);

@@ -219,8 +219,8 @@ fn train_refuses_a_run_already_there_unless_resume_or_force() {
     let err = String::from_utf8(marnet(&[more.clone(), vec!["--lr", "0.01"]].concat()).stderr).unwrap();
     assert!(err.contains("the saved run used other settings (--lr 0.001 → 0.01)") && err.contains("--force"), "{err}");
     // Each setting named by its flag, as typed (not its field: `d`, `schedule.steps`).
-    let err = String::from_utf8(marnet(&[more.clone(), vec!["--act", "relu", "--timesteps", "60"]].concat()).stderr).unwrap();
-    assert!(err.contains("other settings (--activation silu → relu, --timesteps 50 → 60)"), "{err}");
+    let err = String::from_utf8(marnet(&[more.clone(), vec!["--act", "relu", "--timesteps", "60", "--variant", "ema"]].concat()).stderr).unwrap();
+    assert!(err.contains("other settings (--activation silu → relu, --timesteps 50 → 60, --variant marnet → ema)"), "{err}");
     // A folder another process writes into is refused, whatever the flags.
     let held = marnet::lock::OutLock::acquire(Path::new(&out), "test").unwrap();
     let err = String::from_utf8(marnet(&[args.clone(), vec!["--force"]].concat()).stderr).unwrap();

@@ -149,8 +149,6 @@ fn added_rows_an_interrupted_table_and_a_changed_cache_train_only_what_is_missin
     assert!(success && stderr.is_empty(), "{stderr}");
 }
 
-/// `compare` into an `ablate` folder shares its baseline and MARNet runs: runs made with other
-/// settings are refused too, and the same settings reuse them.
 /// A row whose training would refuse its settings (a token-level alignment on a cache without
 /// tokens) stops the table before any row trains, so that fixing it leaves no runs to refuse.
 #[test]
@@ -163,6 +161,8 @@ fn a_row_that_cannot_train_stops_the_table_before_any_row_trains() {
     assert!(!out.join("baseline").exists(), "the baseline row trained first");
 }
 
+/// `compare` into an `ablate` folder shares its baseline and MARNet runs: runs made with other
+/// settings are refused too, and the same settings reuse them.
 #[test]
 fn compare_refuses_runs_of_another_table_made_with_other_settings() {
     let tmp = tempfile::tempdir().unwrap();

@@ -116,7 +116,8 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems, listed: &
         Some(Value::Array(items)) => match items.iter().position(|v| !v.is_string()) {
             None => Some(items.iter().filter_map(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(", ")),
             Some(i) => {
-                p.at(line, format!("`text` must be a string or a list of strings; its item {} is {}: quote it", i + 1, kind(&items[i])));
+                let fix = if items[i].is_number() || items[i].is_boolean() { ": quote it" } else { "" };
+                p.at(line, format!("`text` must be a string or a list of strings; its item {} is {}{fix}", i + 1, kind(&items[i])));
                 None
             }
         },

@@ -233,8 +233,9 @@ impl MarnetConfig {
     }
 
     /// What training this configuration on `cache` would refuse before its first step, found
-    /// without training: a token-level alignment on a cache without tokens, a noise schedule
-    /// outside (0, 1) for a diffusive variant. A table checks every row with it up front.
+    /// without training: a token-level alignment on a cache without tokens, a noise schedule that
+    /// [`Schedule::new`](super::diffusion::Schedule::new) refuses for a diffusive variant. A table
+    /// checks every row with it up front.
     pub fn check(&self, cache: &crate::features::FeatureCache) -> anyhow::Result<()> {
         self.with_cache_tokens(cache)?;
         if self.variant.is_diffusive() {

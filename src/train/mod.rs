@@ -195,11 +195,12 @@ pub fn train(
         let saved_train = TrainConfig { epochs: cfg.epochs, ..ck.run.train.clone() };
         if ck.run.model != run.model || saved_train != run.train {
             use crate::options::{changed_flags, flag_names};
-            let changed = [
-                changed_flags(&ck.run.model, &run.model, &[], &flag_names::<crate::model::marnet::ModelOptions>()),
-                changed_flags(&saved_train, &run.train, &[], &flag_names::<TrainConfig>()),
-            ]
-            .concat();
+            // `--variant` is the train command's own flag, beside the model's options.
+            let mut model_flags = flag_names::<crate::model::marnet::ModelOptions>();
+            model_flags.insert("variant".into(), "--variant".into());
+            let changed =
+                [changed_flags(&ck.run.model, &run.model, &[], &model_flags), changed_flags(&saved_train, &run.train, &[], &flag_names::<TrainConfig>())]
+                    .concat();
             anyhow::bail!(
                 "{}: cannot resume: the saved run used other settings ({}); resume with its settings (its config.json), or --force to start over",
                 ck.dir.display(),

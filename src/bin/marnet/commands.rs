@@ -338,11 +338,16 @@ pub enum Cmd {
 }
 
 impl Cmd {
-    /// The model's options, for the commands that take them.
-    pub fn model_options(&self) -> Option<&ModelOptions> {
+    /// The model's options where the command trains or times a diffusive model with them (a
+    /// table of rows of which one is), with the subcommand's name.
+    pub fn diffusive_model_options(&self) -> Option<(&'static str, &ModelOptions)> {
         match self {
-            Cmd::Train { model, .. } | Cmd::Demo { model, .. } | Cmd::Bench { model, .. } => Some(model),
-            Cmd::Ablate { table, .. } | Cmd::Compare { table, .. } => Some(&table.options.model),
+            Cmd::Train { model, variant, .. } if variant.is_diffusive() => Some(("train", model)),
+            Cmd::Bench { model, variant, .. } if variant.is_diffusive() => Some(("bench", model)),
+            Cmd::Ablate { table, variants } if variants.is_empty() || variants.iter().any(|v| v.is_diffusive()) => Some(("ablate", &table.options.model)),
+            // Every comparison and demo has a MARNet row.
+            Cmd::Compare { table, .. } => Some(("compare", &table.options.model)),
+            Cmd::Demo { model, .. } => Some(("demo", model)),
             _ => None,
         }
     }

@@ -61,8 +61,12 @@ fn table_or_task(
 fn run() -> Result<()> {
     let cli = Cli::parse();
     // The noise schedule's flags are checked together, as the command line is parsed (exit status 2).
-    if let Some(Err(e)) = cli.cmd.model_options().map(|m| marnet::model::diffusion::Schedule::new(&m.schedule)) {
-        <Cli as clap::CommandFactory>::command().error(clap::error::ErrorKind::ValueValidation, e).exit();
+    if let Some((name, m)) = cli.cmd.diffusive_model_options()
+        && let Err(e) = marnet::model::diffusion::Schedule::new(&m.schedule)
+    {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        cmd.find_subcommand_mut(name).expect("a subcommand of marnet").error(clap::error::ErrorKind::ValueValidation, e).exit();
     }
     marnet::runtime::init(cli.threads);
     let dev = marnet::runtime::device(&cli.device)?;

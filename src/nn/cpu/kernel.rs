@@ -65,17 +65,28 @@ thread_local! {
     static BESIDE: std::cell::Cell<[(usize, usize); 3]> = const { std::cell::Cell::new([(0, 0); 3]) };
 }
 
-/// `f`, with the first [`product`] it runs on this thread prefetching `ranges` into L2 as it goes,
-/// a cache line every few steps of its sums, spread over the product. AdamW's update by rows
-/// reads a block's parameter and moments from memory right after the product of the block's
-/// gradient: prefetched during it, the memory's time overlaps the arithmetic instead of following
-/// it (a training step about 5% shorter on a Zen 5; BENCHMARKS.md, 2026-12-07, morning).
+#[cfg(test)]
+thread_local! {
+    /// The last [`product`]'s prefetches beside: (lines asked for, lines due).
+    static ASKED: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// `f`, with the first [`product`] it runs on this thread prefetching `ranges` into L2 as it goes:
+/// their cache lines spread evenly over the product's steps, a line of each range in turn. AdamW's
+/// update by rows reads a block's parameter and moments from memory right after the product of the
+/// block's gradient: prefetched during it, the memory's time overlaps the arithmetic instead of
+/// following it (a training step about 5% shorter on a Zen 5; BENCHMARKS.md, 2026-12-07, morning).
 /// Prefetches are hints: the product's bits do not change.
 pub fn prefetching<R>(ranges: [&[f32]; 3], f: impl FnOnce() -> R) -> R {
-    BESIDE.set(ranges.map(|r| (r.as_ptr() as usize, std::mem::size_of_val(r))));
-    let out = f();
-    BESIDE.set([(0, 0); 3]);
-    out
+    /// Puts back what was there before (another call's ranges, or none), even if `f` panics.
+    struct Restore([(usize, usize); 3]);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BESIDE.set(self.0);
+        }
+    }
+    let _restore = Restore(BESIDE.replace(ranges.map(|r| (r.as_ptr() as usize, std::mem::size_of_val(r)))));
+    f()
 }
 
 /// `c = a b` for `a` [m, k] (element (i, p) at `a[i ars + p acs]`), `b` [k, n] (rows `ldb`
@@ -119,7 +130,9 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn product(m: usize, n: usize, k: usize, [a, b]: [*const f32; 2], [ars, acs, ldb]: [usize; 3], c: *mut f32, ldc: usize) {
         let panel = if (ROWS + 1..=FEW_ROWS).contains(&m) { FEW_PANEL } else { crate::nn::cpu::kernel::PANEL };
-        let beside = Beside::new(crate::nn::cpu::kernel::BESIDE.replace([(0, 0); 3]), n.div_ceil(panel) * m.div_ceil(ROWS) * k);
+        // Steps of the product: k for each block of rows (one block of at most FEW_ROWS, `rows`) of each panel.
+        let blocks = if m <= FEW_ROWS { m.min(1) } else { m.div_ceil(ROWS) };
+        let beside = Beside::new(crate::nn::cpu::kernel::BESIDE.replace([(0, 0); 3]), n.div_ceil(panel) * blocks * k);
         let mut j = 0;
         while j < n {
             let width = (n - j).min(panel);
@@ -139,37 +152,39 @@ mod avx512 {
             }
             j += width;
         }
+        #[cfg(test)]
+        crate::nn::cpu::kernel::ASKED.set((beside.state.get().0, beside.slots));
     }
 
-    /// The memory a product prefetches beside its own operands (`kernel::prefetching`): a line
-    /// every `every` steps of its sums (0: none), in order through the ranges.
+    /// The memory a product prefetches beside its own operands (`kernel::prefetching`): slots of
+    /// a cache line, a line of each range in turn (as AdamW reads them), spread evenly over the
+    /// product's steps (a step: one k of one block of rows).
     struct Beside {
         ranges: [(usize, usize); 3],
-        /// The range and byte offset of the next line.
-        next: std::cell::Cell<(usize, usize)>,
-        every: usize,
+        /// The lines of the longest range times the ranges (0: nothing to prefetch); a shorter
+        /// range's last slots ask for nothing.
+        slots: usize,
+        /// Steps of the product.
+        steps: usize,
+        /// Slots asked for so far, and `slots` a step summed past the whole steps paid for.
+        state: std::cell::Cell<(usize, usize)>,
     }
 
     impl Beside {
-        /// Lines spread over a product of about `steps` steps (tiles times k).
         fn new(ranges: [(usize, usize); 3], steps: usize) -> Self {
-            let lines: usize = ranges.iter().map(|r| r.1.div_ceil(64)).sum();
-            let every = if lines == 0 { 0 } else { steps.div_ceil(lines).max(1) };
-            Self { ranges, next: std::cell::Cell::new((0, 0)), every }
+            let longest = ranges.iter().map(|r| r.1.div_ceil(64)).max().unwrap_or(0);
+            let slots = if steps == 0 { 0 } else { longest * ranges.len() };
+            Self { ranges, slots, steps, state: std::cell::Cell::new((0, 0)) }
         }
 
-        /// Asks for the next line into L2 (nothing once all are asked for).
+        /// Asks for slot `s`'s line into L2, if its range reaches it.
         #[target_feature(enable = "avx512f")]
         #[inline]
-        fn prefetch_next(&self) {
-            let (mut r, mut offset) = self.next.get();
-            while r < self.ranges.len() && offset >= self.ranges[r].1 {
-                (r, offset) = (r + 1, 0);
-            }
-            if let Some(&(start, _)) = self.ranges.get(r) {
+        fn prefetch(&self, s: usize) {
+            let ((start, len), offset) = (self.ranges[s % 3], s / 3 * 64);
+            if offset < len {
                 _mm_prefetch::<_MM_HINT_T1>((start + offset) as *const i8);
             }
-            self.next.set((r, offset + 64));
         }
     }
 
@@ -242,14 +257,17 @@ mod avx512 {
             // A block of more than ROWS rows is a whole product: no next block.
             let next = self.a.wrapping_add((i + ROWS) * self.ars);
             let ahead_in_a = self.acs == 1 && R <= ROWS;
-            let (every, mut countdown) = (self.beside.every, self.beside.every);
+            // Each step owes `slots / steps` of the prefetches beside, paid as whole slots fall due.
+            let (slots, steps) = (self.beside.slots, self.beside.steps);
+            let (mut asked, mut owed) = self.beside.state.get();
             for p in 0..self.k {
                 let row = self.b.wrapping_add(p * self.ldb);
-                if every != 0 {
-                    countdown -= 1;
-                    if countdown == 0 {
-                        countdown = every;
-                        self.beside.prefetch_next();
+                if slots != 0 {
+                    owed += slots;
+                    while owed >= steps {
+                        owed -= steps;
+                        self.beside.prefetch(asked);
+                        asked += 1;
                     }
                 }
                 if ahead_in_a && p % 16 == 0 {
@@ -272,6 +290,9 @@ mod avx512 {
                         *acc = _mm512_fmadd_ps(av, *bv, *acc);
                     }
                 }
+            }
+            if slots != 0 {
+                self.beside.state.set((asked, owed));
             }
             for (r, acc) in acc.iter().enumerate() {
                 for (v, acc) in acc.iter().enumerate() {
@@ -337,10 +358,13 @@ mod tests {
                 // SAFETY: a holds m x k under either strides, b k rows of ldb, c m rows of ldc.
                 let mut run = || unsafe { product(m, n, k, a.as_ptr(), strides[0], strides[1], b.as_ptr(), ldb, c.as_mut_ptr(), ldc) };
                 if beside {
-                    prefetching(ranges, run)
+                    prefetching(ranges, run);
+                    // Every line of the ranges asked for, once (none where the product has no steps).
+                    let lines = if m * n * k == 0 { 0 } else { 3 * (m * n + 40).div_ceil(16) };
+                    assert_eq!(ASKED.get(), (lines, lines), "{m}x{n}x{k}: lines asked for, lines due");
                 } else {
                     run()
-                };
+                }
                 let want = reference(m, n, k, &a, strides, &b, ldb);
                 for i in 0..m {
                     let got: Vec<u32> = c[i * ldc..i * ldc + n].iter().map(|v| v.to_bits()).collect();
