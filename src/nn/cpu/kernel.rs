@@ -72,7 +72,7 @@ thread_local! {
 }
 
 /// `f`, with the first [`product`] it runs on this thread prefetching `ranges` into L2 as it goes:
-/// their cache lines spread evenly over the product's steps, a line of each range in turn. AdamW's
+/// their cache lines, one range after the other, spread evenly over the product's steps. AdamW's
 /// update by rows reads a block's parameter and moments from memory right after the product of the
 /// block's gradient: prefetched during it, the memory's time overlaps the arithmetic instead of
 /// following it (a training step about 5% shorter on a Zen 5; BENCHMARKS.md, 2026-12-07, morning).
@@ -157,8 +157,9 @@ mod avx512 {
     }
 
     /// The memory a product prefetches beside its own operands (`kernel::prefetching`): slots of
-    /// a cache line, a line of each range in turn (as AdamW reads them), spread evenly over the
-    /// product's steps (a step: one k of one block of rows).
+    /// a cache line, the ranges one after the other, spread evenly over the product's steps (a
+    /// step: one k of one block of rows). A line of each range in turn, as AdamW reads them, left
+    /// AdamW slower (BENCHMARKS.md, 2026-12-07, morning).
     struct Beside {
         ranges: [(usize, usize); 3],
         /// The lines of the longest range times the ranges (0: nothing to prefetch); a shorter
@@ -181,7 +182,8 @@ mod avx512 {
         #[target_feature(enable = "avx512f")]
         #[inline]
         fn prefetch(&self, s: usize) {
-            let ((start, len), offset) = (self.ranges[s % 3], s / 3 * 64);
+            let per_range = self.slots / self.ranges.len();
+            let ((start, len), offset) = (self.ranges[s / per_range], s % per_range * 64);
             if offset < len {
                 _mm_prefetch::<_MM_HINT_T1>((start + offset) as *const i8);
             }
