@@ -1,6 +1,7 @@
 //! Option structs are declared once, as clap `Args` with their defaults, and used as they are by
 //! the library; [`parse`] builds one from flags for callers without a command line (`demo`,
-//! tests), every other field at its declared default.
+//! tests), every other field at its declared default; [`changed_flags`] says how two saved
+//! settings differ, each by the flag that sets it (a table's runs, a resumed run).
 
 use serde_json::Value;
 use std::collections::BTreeMap;
