@@ -247,9 +247,10 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         p.whole(format!("no rows; write one JSON object a line: {EXAMPLE}"));
     }
     let resolved: Vec<PathBuf> = rows.iter().map(|r| root.join(&r.image)).collect();
+    // Every line's image as a path, the lines with problems of their own too.
+    let paths: Vec<PathBuf> = listed.iter().map(|r| root.join(&r.image)).collect();
     if check_images {
-        // Every line's image, the lines with problems of their own too.
-        let found: Vec<Option<String>> = listed.par_iter().map(|r| file_problem(&root.join(&r.image))).collect();
+        let found: Vec<Option<String>> = paths.par_iter().map(|f| file_problem(f)).collect();
         let missing = found.iter().filter(|f| f.as_deref().is_some_and(|w| w.starts_with("not found"))).count();
         // None found: one line says why, and the first few rows show it.
         let none_found = missing == listed.len() && missing > 1;
@@ -258,7 +259,7 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
                 p.at(r.line, format!("image `{}` {why}", r.image));
             }
         }
-        let backslashed: Vec<usize> = listed.iter().filter(|r| r.image.contains('\\') && !root.join(&r.image).exists()).map(|r| r.line).collect();
+        let backslashed: Vec<usize> = listed.iter().zip(&paths).filter(|(r, f)| r.image.contains('\\') && !f.exists()).map(|(r, _)| r.line).collect();
         if !backslashed.is_empty() {
             p.whole(format!("image paths with \\ ({}): write them with / (a Windows path is one file name here)", line_list(&backslashed)));
         }
@@ -275,9 +276,8 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
     }
     // The same file twice, however its path is written (lines with other problems too).
     let mut first_line: HashMap<PathBuf, &Listed> = HashMap::new();
-    for r in &listed {
-        let f = root.join(&r.image);
-        let key = f.canonicalize().unwrap_or(f);
+    for (r, f) in listed.iter().zip(&paths) {
+        let key = f.canonicalize().unwrap_or_else(|_| f.clone());
         match first_line.get(&key) {
             Some(o) => match (&o.split, &r.split) {
                 (Some(a), Some(b)) if a != b => p.at(
