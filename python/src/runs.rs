@@ -94,8 +94,9 @@ impl Run {
 /// `marnet train`: trains a head on `cache` (a saved FeatureCache or a cache folder) into the run
 /// folder `out`. Options: the command line's, as keywords (`epochs=30`, `align_weight=0.5`,
 /// `variant="ema"`). An existing run in `out` is refused unless `resume=True` (continue it) or
-/// `force=True` (start again). Ctrl-C stops after the current step and keeps the run, which
-/// `resume=True` continues; then KeyboardInterrupt is raised.
+/// `force=True` (start again); `resume=True` without `epochs=` trains on to the epochs the run was
+/// started for. Ctrl-C stops after the current step and keeps the run, which `resume=True`
+/// continues; then KeyboardInterrupt is raised.
 #[pyfunction]
 #[pyo3(signature = (cache, out, resume=false, force=false, progress=true, **options))]
 pub fn train(
@@ -107,11 +108,15 @@ pub fn train(
     progress: bool,
     options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<Run> {
-    let o: TrainOptions = crate::options(options)?;
+    let mut o: TrainOptions = crate::options(options)?;
     if resume && force {
         return Err(PyValueError::new_err("resume=True continues the run in `out`, force=True starts it again: give one"));
     }
     let out = std::path::absolute(&out)?;
+    if resume && !options.is_some_and(|d| d.contains("epochs").unwrap_or(false)) {
+        // Resumed without epochs=: on to the epochs the run was started for.
+        o.train.epochs = marnet::train::saved_epochs(&out).unwrap_or(o.train.epochs);
+    }
     let saved = saved(py, cache)?;
     let c: &marnet::features::FeatureCache = &saved;
     let cfg = o.model.config(o.variant, c.train.dv, c.train.ds, c.num_classes());

@@ -83,7 +83,9 @@ def test_ctrl_c_stops_training_and_leaves_a_run_that_resumes(tmp_path):
     assert p.returncode != 0 and "KeyboardInterrupt" in err and "rerun with --resume" in err, err
     with pytest.raises(RuntimeError, match="interrupted run"):
         marnet.train(tmp_path / "cache", tmp_path / "run", progress=False, **opts)
-    resumed = marnet.train(tmp_path / "cache", tmp_path / "run", resume=True, progress=False, **opts)
+    # Without epochs=, resume trains on to the run's own 2 (not the default 10).
+    same = {k: v for k, v in opts.items() if k != "epochs"}
+    resumed = marnet.train(tmp_path / "cache", tmp_path / "run", resume=True, progress=False, **same)
     straight = marnet.train(tmp_path / "cache", tmp_path / "straight", progress=False, **opts)
     assert resumed.test == straight.test
 

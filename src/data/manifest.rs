@@ -72,6 +72,7 @@ fn empty_fix(key: &str) -> &'static str {
 struct Listed {
     line: usize,
     image: String,
+    label: Option<String>,
     split: Option<String>,
 }
 
@@ -105,7 +106,7 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems, listed: &
         s => s,
     };
     if let Some(image) = &image {
-        listed.push(Listed { line, image: image.clone(), split: split.clone() });
+        listed.push(Listed { line, image: image.clone(), label: label.clone(), split: split.clone() });
     }
     if let Some(g) = group.as_deref().filter(|g| g.contains(['/', '\\']) || *g == "." || *g == "..") {
         p.at(line, format!("group `{g}` cannot name a folder (it names the fold's run folder): no `/`, `\\`, `.` or `..`"));
@@ -240,7 +241,19 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             }
             Ok(v) => p.at(i + 1, format!("expected a JSON object {{\"image\": ..., \"label\": ..., \"text\": ..., \"split\": ...}}, found {}", kind(&v))),
             Err(_) if line.trim().starts_with("{'") => {}
-            Err(e) => p.at(i + 1, json_error(&e)),
+            Err(_) if line.trim_start().starts_with(['#', '/']) => {
+                p.at(i + 1, "JSON Lines has no comments: delete this line (blank lines are skipped)".to_string())
+            }
+            Err(e) => {
+                let end = line.trim_end();
+                let hint = match () {
+                    _ if end.ends_with("},") => ": JSON Lines puts no comma after a line's closing `}`",
+                    _ if end.ends_with(',') => ": the line ends with a comma where its closing `}` belongs",
+                    _ if end.trim_end_matches('}').trim_end().ends_with(',') => ": JSON allows no comma before the closing `}`",
+                    _ => "",
+                };
+                p.at(i + 1, format!("{}{hint}", json_error(&e)))
+            }
         }
     }
     if rows.is_empty() && p.list.is_empty() {
@@ -284,7 +297,13 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
                     r.line,
                     format!("image `{}` is in {a} (line {}) and in {b}: an image in two splits makes the score meaningless; keep it in one", r.image, o.line),
                 ),
-                _ => p.at(r.line, format!("image `{}` is listed twice (lines {} and {}); keep one line", r.image, o.line, r.line)),
+                _ => {
+                    let labels = match (&o.label, &r.label) {
+                        (Some(a), Some(b)) if a != b => format!(" with two labels, `{a}` and `{b}`"),
+                        _ => String::new(),
+                    };
+                    p.at(r.line, format!("image `{}` is listed twice{labels} (lines {} and {}); keep one line", r.image, o.line, r.line))
+                }
             },
             None => {
                 first_line.insert(key, r);
@@ -335,10 +354,16 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         let what = if single.len() == 1 { "class" } else { "each of the classes" };
         eprintln!("note: {}: one row only of {what} {}{more}; if a label is a typo, correct it", path.display(), single[..single.len().min(5)].join(", "));
     }
+    let groups: std::collections::BTreeSet<&str> = rows.iter().filter_map(|r| r.group.as_deref()).collect();
     for split in ["val", "test"] {
         let (with, without): (Vec<&Row>, Vec<&Row>) = rows.iter().filter(|r| r.split == split).partition(|r| r.text.is_some());
         let (n, lines) = (without.len(), line_list(&without.iter().map(|r| r.line).collect::<Vec<_>>()));
-        if !with.is_empty() && n > 0 {
+        if with.is_empty() && n > 0 && groups.len() > 1 {
+            eprintln!(
+                "note: {}: the {split} rows have no text: train and eval need none there, but --leave-one-out trains on every group in turn and needs every row's text",
+                path.display()
+            );
+        } else if !with.is_empty() && n > 0 {
             let verb = if n == 1 { "has" } else { "have" };
             eprintln!(
                 "note: {}: {n} of the {} {split} rows {verb} no text ({lines}): {}",

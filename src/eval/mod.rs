@@ -180,10 +180,13 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
         };
         format!("{}: no `{}` split{why}", dir.display(), req.split)
     };
+    // The run's own train split, which held out its validation rows (no `val` split, no fold).
+    let mut with_held_out_val = false;
     let (cache_dir, data, reference) = match &req.cache {
         None => {
             let cache = ck.open_cache()?;
             let data = cache.split(&req.split)?.with_context(|| missing(&cache.dir))?.clone();
+            with_held_out_val = req.split == "train" && cache.val.is_none() && ck.run.fold.is_none();
             (cache.dir.clone(), data, TextReference::class_means(&cache.train, classes))
         }
         // Another cache is a new test set, taken as it is (a fold run too: its fold is a split of
@@ -207,6 +210,17 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
         && !matches!(ck.run.model.variant, crate::model::marnet::Variant::Baseline | crate::model::marnet::Variant::Ema)
     {
         notes.push(format!("no reconstruction measured: the {} split has no text for some or all of its rows", req.split));
+    }
+    if with_held_out_val {
+        let held = (data.len() as f64 * ck.run.train.val_fraction).round() as usize;
+        notes.push(format!(
+            "these {} include the {held} the run held out for validation (--val-fraction {}), which it did not train on",
+            crate::words::count(data.len(), "row"),
+            ck.run.train.val_fraction
+        ));
+    }
+    if classes <= 5 {
+        notes.push(format!("with {classes} classes, Acc-5 is 100% whatever the model does"));
     }
     Ok(EvalReport {
         fold: req.cache.is_none().then(|| ck.run.fold.as_ref().map(|f| f.name())).flatten(),

@@ -28,6 +28,15 @@ use crate::words::count;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 
+/// Whether a folder of tables may hold `name`: a row's runs (`ema/`, `align-swd/`), a fold's
+/// (`fold-apple/`), `report/`, a demo's `cache/`, the tables' JSON and Markdown files, and a
+/// write's leftover temporary file.
+fn table_folder_holds(name: &str) -> bool {
+    let row = <crate::model::marnet::Variant as clap::ValueEnum>::value_variants().iter().any(|v| v.name() == name);
+    let prefixed = ["align-", "fold-", "report"].iter().any(|p| name.starts_with(p)) || name == "cache";
+    row || prefixed || [".json", ".md", ".tmp"].iter().any(|e| name.ends_with(e))
+}
+
 /// The folds `spec` asks for, each with its fold of the cache (one entry without a fold
 /// without `--leave-one-out`). Every fold is checked, and every problem named, before any
 /// training.
@@ -75,6 +84,13 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         "{}: this folder holds a run, a bundle or a cache (`{}`); choose another --out for the table",
         spec.out.display(),
         run.unwrap_or_default()
+    );
+    let other = crate::fsutil::foreign_entries(&spec.out, table_folder_holds);
+    ensure!(
+        other.is_empty(),
+        "{}: this folder holds other things than tables and their runs ({}); a table writes a folder per row into --out: choose a new or empty folder",
+        spec.out.display(),
+        crate::fsutil::name_list(&other)
     );
     let previous = existing::previous(spec)?;
     let now: Vec<_> = plan.iter().map(|(_, c)| existing::current(c)).collect();

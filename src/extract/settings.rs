@@ -4,6 +4,15 @@ use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// The datasets `--dataset` names.
+const DATASETS: [&str; 5] = ["emoji-food", "emoji-all", "vireo172", "ingredient101", "manifest"];
+
+/// A `--dataset` name in any case, as its lower-case name.
+fn dataset_name(s: &str) -> Result<String, String> {
+    let name = s.trim().to_lowercase();
+    DATASETS.contains(&name.as_str()).then_some(name).ok_or_else(|| format!("expected one of {}", DATASETS.join(", ")))
+}
+
 /// What `marnet extract` extracts, and how; recorded in the cache's `extract.json` (a resumed or
 /// reused extraction must match it).
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -12,7 +21,7 @@ pub struct ExtractSettings {
     /// `emoji-all` (built in; the 1,583 emoji all four vendors draw, without flags), `vireo172`,
     /// `ingredient101` (their published layouts under --root) or `manifest` (--root is a
     /// JSON Lines file).
-    #[arg(long, default_value = "emoji-food")]
+    #[arg(long, default_value = "emoji-food", value_parser = dataset_name)]
     pub dataset: String,
     /// Dataset folder (vireo172, ingredient101) or manifest file (JSON Lines, format below); the
     /// emoji datasets take none.

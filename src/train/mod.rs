@@ -90,6 +90,13 @@ pub enum Resume {
     IfCurrent,
 }
 
+/// The number of epochs the run saved in `out` was last trained for (its `last/` config): what
+/// `train --resume` trains on to when no `--epochs` is given. `None` where no run is saved.
+pub fn saved_epochs(out: &Path) -> Option<usize> {
+    let last = crate::fsutil::recover_dir(&out.join("last"))?;
+    crate::fsutil::read_json::<RunConfig>(&last.join(checkpoint::CONFIG)).ok().map(|r| r.train.epochs)
+}
+
 /// Trains (or resumes) a run in `out`; returns the final state with test metrics if the cache
 /// has a test split.
 pub fn train(
@@ -143,6 +150,7 @@ pub fn train(
             };
             anyhow::bail!("{}: {what} is already here; --resume continues it, --force replaces it, or choose another --out", out.display())
         }
+        (Resume::Strict, None) if verbosity != Verbosity::Quiet => eprintln!("{}: no run here to resume: training a new one", out.display()),
         (Resume::Never, Some(_)) => {
             for dir in [last_dir.clone(), out.join("best")] {
                 for d in [Some(dir.clone()), crate::fsutil::recover_dir(&dir)].into_iter().flatten().filter(|d| d.exists()) {
@@ -231,7 +239,12 @@ pub fn train(
                     cfg.epochs
                 ),
                 std::cmp::Ordering::Less => eprintln!("resuming {} {place} of {planned}", out.display()),
-                _ => eprintln!("{}: the run already has {done} epochs (--epochs {}): nothing to train; its best/ stays as it is", out.display(), cfg.epochs),
+                _ => eprintln!(
+                    "{}: the run already has {} (--epochs {}): nothing to train; its best/ stays as it is",
+                    out.display(),
+                    crate::words::count(done, "epoch"),
+                    cfg.epochs
+                ),
             }
         }
     }

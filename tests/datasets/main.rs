@@ -229,6 +229,27 @@ fn manifest_catches_the_mistakes_people_make() {
     std::fs::write(&p, [line(r"phone\\a.png", "a", "train"), line("pear.png", "b", "train")].join("\n")).unwrap();
     let err = format!("{:#}", manifest(&p, true).unwrap_err());
     assert!(err.contains(&format!("{f}: image paths with \\ (line 1): write them with /")), "{err}");
+
+    // A comment, commas where JSON has none, one image under two labels.
+    let lines = [
+        "# my dishes".to_string(),
+        r#"{"image": "apple.png", "label": "apple", "text": "t", "split": "train",}"#.to_string(),
+        line("pear.png", "pear", "train") + ",",
+        r#"{"image": "apple.png", "label": "apple", "text": "t", "split": "train","#.to_string(),
+        line("apple.png", "apple", "train"),
+        line("apple.png", "pear", "train"),
+    ];
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    for want in [
+        format!("{f}:1: JSON Lines has no comments: delete this line"),
+        format!("{f}:2: not a JSON object: trailing comma at column 72: JSON allows no comma before the closing `}}`"),
+        format!("{f}:3: not a JSON object: trailing characters at column 70: JSON Lines puts no comma after a line's closing `}}`"),
+        format!("{f}:4: not a JSON object: EOF while parsing a value at column 71: the line ends with a comma where its closing `}}` belongs"),
+        format!("{f}:6: image `apple.png` is listed twice with two labels, `apple` and `pear` (lines 5 and 6)"),
+    ] {
+        assert!(err.contains(&want), "expected `{want}` in:\n{err}");
+    }
 }
 
 /// Images cut short (an interrupted copy) or empty, and one label typed and one taken from a

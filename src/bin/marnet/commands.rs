@@ -38,6 +38,17 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// The command line's parser: [`Cli`]'s, every option's value allowed to be a negative number,
+/// so that `--lr -1` meets the option's own range check instead of clap's "unexpected argument".
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let negative = |a: clap::Arg| {
+        let takes_values = a.get_action().takes_values();
+        a.allow_negative_numbers(takes_values)
+    };
+    Cli::command().mut_args(negative).mut_subcommands(|s| s.mut_args(negative))
+}
+
 /// The heading of the options every command takes, apart from its own.
 const GLOBAL: &str = "Global options";
 
@@ -66,7 +77,8 @@ pub enum Cmd {
         variant: Variant,
         /// Continue from `OUT/last` if it exists: same configuration, and made by this build from
         /// this cache (the fingerprints in its config.json), or it refuses. Only --epochs may
-        /// differ: a larger one trains a finished run on (its best/ may change; export it again).
+        /// differ: a larger one trains a finished run on (its best/ may change; export it again);
+        /// without --epochs it trains on to the epochs the run was started for.
         #[arg(long)]
         resume: bool,
         /// Start over, replacing a run already in --out (without it, a finished or interrupted

@@ -4,7 +4,6 @@ mod commands;
 mod options;
 
 use anyhow::Result;
-use clap::Parser;
 use commands::{Cli, Cmd};
 use marnet::features::FeatureCache;
 use marnet::model::marnet::Variant;
@@ -59,12 +58,15 @@ fn table_or_task(
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = commands::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Whether the subcommand's `flag` was given on the command line (not left at its default).
+    let given = |flag: &str| matches.subcommand().is_some_and(|(_, m)| m.value_source(flag) == Some(clap::parser::ValueSource::CommandLine));
     // The noise schedule's flags are checked together, as the command line is parsed (exit status 2).
     if let Some((name, m)) = cli.cmd.diffusive_model_options()
         && let Err(e) = marnet::model::diffusion::Schedule::new(&m.schedule)
     {
-        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let mut cmd = commands::command();
         cmd.build();
         cmd.find_subcommand_mut(name).expect("a subcommand of marnet").error(clap::error::ErrorKind::ValueValidation, e).exit();
     }
@@ -90,7 +92,11 @@ fn run() -> Result<()> {
             }
             out!("wrote {}", out.display());
         }
-        Cmd::Train { cache, out, variant, resume, force, model, train } => {
+        Cmd::Train { cache, out, variant, resume, force, model, mut train } => {
+            if resume && !given("epochs") {
+                // Resumed without --epochs: on to the epochs the run was started for.
+                train.epochs = marnet::train::saved_epochs(&out).unwrap_or(train.epochs);
+            }
             let cache = FeatureCache::open(&cache)?;
             let mcfg = model.config(variant, cache.train.dv, cache.train.ds, cache.num_classes());
             let resume = match (resume, force) {
@@ -102,7 +108,9 @@ fn run() -> Result<()> {
             let best = out.join("best");
             out!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
             if let Some(t) = state.test {
-                out!("test top1 {:.2}% top5 {:.2}%", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
+                let few = cache.num_classes() <= 5;
+                let note = if few { format!(" (with {} classes, top5 is 100% whatever the model does)", cache.num_classes()) } else { String::new() };
+                out!("test top1 {:.2}% top5 {:.2}%{note}", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
             }
         }
         Cmd::Eval { model, cache, split, inference, json, predictions } => {

@@ -4,6 +4,7 @@
 fn cli_definition_is_consistent() {
     use clap::CommandFactory;
     super::Cli::command().debug_assert();
+    super::commands::command().debug_assert();
 }
 
 /// `demo` trains with `TrainConfig::default()` and the other commands with the flags'
@@ -49,8 +50,8 @@ fn every_argument_of_every_command_has_help() {
 
 /// The error `args` (after `marnet`) give at parsing.
 fn parse_error(args: &[&str]) -> String {
-    use clap::Parser;
-    match super::Cli::try_parse_from(std::iter::once(&"marnet").chain(args)) {
+    use clap::FromArgMatches;
+    match super::commands::command().try_get_matches_from(std::iter::once(&"marnet").chain(args)).and_then(|m| super::Cli::from_arg_matches(&m)) {
         Ok(_) => panic!("{args:?} parsed"),
         Err(e) => e.to_string(),
     }
@@ -66,6 +67,8 @@ fn numeric_options_are_checked_at_parsing() {
         (&["--eval-batch", "0"], "'--eval-batch <EVAL_BATCH>'", "must be at least 1"),
         (&["--lr", "0"], "'--lr <LR>'", "must be a finite number above 0"),
         (&["--lr=-1e-3"], "'--lr <LR>'", "must be a finite number above 0"),
+        (&["--lr", "-1"], "'--lr <LR>'", "must be a finite number above 0"),
+        (&["--seed", "-3"], "'--seed <SEED>'", "invalid digit"),
         (&["--lr", "inf"], "'--lr <LR>'", "must be a finite number above 0"),
         (&["--weight-decay=-0.1"], "'--weight-decay <WEIGHT_DECAY>'", "must be a finite number, 0 or more"),
         (&["--clip-grad=-1"], "'--clip-grad <CLIP_GRAD>'", "must be a finite number, 0 or more"),
