@@ -29,12 +29,20 @@ pub struct DemoOptions {
     pub verbosity: Verbosity,
 }
 
+/// A `--dataset` name for the demo (`emoji-food`, `emoji-all`) in any case, as its lower-case name.
+pub fn dataset_name(s: &str) -> Result<String, String> {
+    let name = s.trim().to_lowercase();
+    ["emoji-food", "emoji-all"].contains(&name.as_str()).then_some(name).ok_or_else(|| "expected emoji-food or emoji-all".to_string())
+}
+
 /// Runs the demo. Returns the tables and the wall time of each stage.
 pub fn run(opts: &DemoOptions, dev: &Device) -> Result<(Vec<Table>, serde_json::Value)> {
     let t0 = Instant::now();
     // Fail now, not after the training, if the figures' font is missing.
     let report = crate::report::ReportOptions { font: Some(opts.report.font(Some(&opts.assets))?), ..opts.report.clone() };
     crate::report::plots::use_font(&report.font(None)?)?;
+    // A folder of other things is refused before the extraction, not after it.
+    crate::experiments::check_table_folder(&opts.out)?;
     let cache_dir = opts.out.join("cache");
     if let Ok(existing) = FeatureCache::read_split(&cache_dir, "train") {
         anyhow::ensure!(

@@ -60,6 +60,21 @@ fn a_table_refuses_a_folder_that_holds_other_things_before_it_trains() {
     ok(&args);
 }
 
+/// `demo` (its `--dataset` in any case) refuses a folder of other things before it extracts.
+#[test]
+fn demo_refuses_a_folder_of_other_things_before_extracting() {
+    if common::asset("npm").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
+    let out = tmp.path().display().to_string();
+    let res = marnet(&["demo", "--dataset", "Emoji-Food", "--out", &out, "--seeds", "1", "--epochs", "1"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && err.contains("holds other things than tables and their runs (`notes.txt`)"), "{err}");
+    assert!(!tmp.path().join("cache").exists(), "nothing extracted");
+}
+
 /// `--dataset` in any case; a negative number reaches the option's own range check.
 #[test]
 fn option_values_as_people_type_them() {

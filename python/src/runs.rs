@@ -94,8 +94,8 @@ impl Run {
 /// `marnet train`: trains a head on `cache` (a saved FeatureCache or a cache folder) into the run
 /// folder `out`. Options: the command line's, as keywords (`epochs=30`, `align_weight=0.5`,
 /// `variant="ema"`). An existing run in `out` is refused unless `resume=True` (continue it) or
-/// `force=True` (start again); `resume=True` without `epochs=` trains on to the epochs the run was
-/// started for. Ctrl-C stops after the current step and keeps the run, which `resume=True`
+/// `force=True` (start again); `resume=True` without `epochs=` trains on to the run's own (the
+/// epochs it last trained with). Ctrl-C stops after the current step and keeps the run, which `resume=True`
 /// continues; then KeyboardInterrupt is raised.
 #[pyfunction]
 #[pyo3(signature = (cache, out, resume=false, force=false, progress=true, **options))]
@@ -113,8 +113,9 @@ pub fn train(
         return Err(PyValueError::new_err("resume=True continues the run in `out`, force=True starts it again: give one"));
     }
     let out = std::path::absolute(&out)?;
-    if resume && !options.is_some_and(|d| d.contains("epochs").unwrap_or(false)) {
-        // Resumed without epochs=: on to the epochs the run was started for.
+    let epochs_given = options.and_then(|d| d.get_item("epochs").ok().flatten()).is_some_and(|v| !v.is_none());
+    if resume && !epochs_given {
+        // Resumed without epochs= (or with None): on to the run's own (the epochs it last trained with).
         o.train.epochs = marnet::train::saved_epochs(&out).unwrap_or(o.train.epochs);
     }
     let saved = saved(py, cache)?;

@@ -47,3 +47,23 @@ pub(super) fn json_error(e: &serde_json::Error) -> String {
     let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m);
     format!("not a JSON object: {msg} at column {}", e.column())
 }
+
+/// Whether a manifest line is a comment (`#`, `//`, `/*`), which JSON Lines does not have.
+pub(super) fn is_comment(line: &str) -> bool {
+    ["#", "//", "/*"].iter().any(|c| line.trim_start().starts_with(c))
+}
+
+/// What to add to [`json_error`] for a line that is an object but for a comma JSON does not
+/// allow: one the line parses without. Empty for any other line.
+pub(super) fn comma_hint(line: &str) -> &'static str {
+    let t = line.trim();
+    let object = |s: &str| matches!(serde_json::from_str::<Value>(s), Ok(Value::Object(_)));
+    let before_brace = t.strip_suffix('}').map(str::trim_end).and_then(|b| b.strip_suffix(','));
+    match () {
+        _ if !t.starts_with('{') => "",
+        _ if t.strip_suffix(',').is_some_and(object) => ": JSON Lines puts no comma after a line's closing `}`",
+        _ if t.strip_suffix(',').is_some_and(|b| object(&format!("{b}}}"))) => ": the line ends with a comma where its closing `}` belongs",
+        _ if before_brace.is_some_and(|b| object(&format!("{b}}}"))) => ": JSON allows no comma before the closing `}`",
+        _ => "",
+    }
+}

@@ -10,7 +10,7 @@
 
 use super::dataset::{Dataset, Sample};
 use super::image_check::file_problem;
-use super::json_keys::{Keys, json_error, kind};
+use super::json_keys::{Keys, comma_hint, is_comment, json_error, kind};
 use super::problems::Problems;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
@@ -217,6 +217,12 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
         let shown: String = first.chars().take(60).collect();
         anyhow::bail!("{}: this looks like CSV or TSV (line 1: `{shown}`); a manifest is JSON Lines, one object a line: {EXAMPLE}", path.display());
     }
+    if lines.first() == Some(&"{") {
+        anyhow::bail!(
+            "{}: this looks like pretty-printed JSON (line 1 is `{{` alone); a manifest is JSON Lines, one whole object a line: {EXAMPLE}",
+            path.display()
+        );
+    }
     let mut p = Problems { file: path, list: vec![] };
     // Python's dict quoting: one problem for all such lines (each would fail alike).
     let single_quoted: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.trim().starts_with("{'")).map(|(i, _)| i + 1).collect();
@@ -241,19 +247,8 @@ pub fn manifest(path: &Path, check_images: bool) -> Result<Dataset> {
             }
             Ok(v) => p.at(i + 1, format!("expected a JSON object {{\"image\": ..., \"label\": ..., \"text\": ..., \"split\": ...}}, found {}", kind(&v))),
             Err(_) if line.trim().starts_with("{'") => {}
-            Err(_) if line.trim_start().starts_with(['#', '/']) => {
-                p.at(i + 1, "JSON Lines has no comments: delete this line (blank lines are skipped)".to_string())
-            }
-            Err(e) => {
-                let end = line.trim_end();
-                let hint = match () {
-                    _ if end.ends_with("},") => ": JSON Lines puts no comma after a line's closing `}`",
-                    _ if end.ends_with(',') => ": the line ends with a comma where its closing `}` belongs",
-                    _ if end.trim_end_matches('}').trim_end().ends_with(',') => ": JSON allows no comma before the closing `}`",
-                    _ => "",
-                };
-                p.at(i + 1, format!("{}{hint}", json_error(&e)))
-            }
+            Err(_) if is_comment(line) => p.at(i + 1, "JSON Lines has no comments: delete this line (blank lines are skipped)".to_string()),
+            Err(e) => p.at(i + 1, format!("{}{}", json_error(&e), comma_hint(line))),
         }
     }
     if rows.is_empty() && p.list.is_empty() {

@@ -180,13 +180,15 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
         };
         format!("{}: no `{}` split{why}", dir.display(), req.split)
     };
-    // The run's own train split, which held out its validation rows (no `val` split, no fold).
-    let mut with_held_out_val = false;
+    // The rows the run held out of the train split for validation (its cache has no `val`).
+    let mut held_out = None;
     let (cache_dir, data, reference) = match &req.cache {
         None => {
             let cache = ck.open_cache()?;
             let data = cache.split(&req.split)?.with_context(|| missing(&cache.dir))?.clone();
-            with_held_out_val = req.split == "train" && cache.val.is_none() && ck.run.fold.is_none();
+            if req.split == "train" && cache.val.is_none() {
+                held_out = Some(crate::train::val_split::train_val(&cache, &ck.run.train)?.1.len());
+            }
             (cache.dir.clone(), data, TextReference::class_means(&cache.train, classes))
         }
         // Another cache is a new test set, taken as it is (a fold run too: its fold is a split of
@@ -211,8 +213,7 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
     {
         notes.push(format!("no reconstruction measured: the {} split has no text for some or all of its rows", req.split));
     }
-    if with_held_out_val {
-        let held = (data.len() as f64 * ck.run.train.val_fraction).round() as usize;
+    if let Some(held) = held_out {
         notes.push(format!(
             "these {} include the {held} the run held out for validation (--val-fraction {}), which it did not train on",
             crate::words::count(data.len(), "row"),

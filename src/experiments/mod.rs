@@ -28,13 +28,23 @@ use crate::words::count;
 use anyhow::{Context, Result, ensure};
 use candle_core::Device;
 
-/// Whether a folder of tables may hold `name`: a row's runs (`ema/`, `align-swd/`), a fold's
-/// (`fold-apple/`), `report/`, a demo's `cache/`, the tables' JSON and Markdown files, and a
-/// write's leftover temporary file.
-fn table_folder_holds(name: &str) -> bool {
-    let row = <crate::model::marnet::Variant as clap::ValueEnum>::value_variants().iter().any(|v| v.name() == name);
-    let prefixed = ["align-", "fold-", "report"].iter().any(|p| name.starts_with(p)) || name == "cache";
-    row || prefixed || [".json", ".md", ".tmp"].iter().any(|e| name.ends_with(e))
+/// Refuses a folder for tables that holds anything else than a row's runs (`ema/`, `align-swd/`),
+/// a fold's (`fold-apple/`), `report/`, a demo's `cache/`, the tables' JSON and Markdown files
+/// and a write's leftover temporary file: `--out` naming a dataset's folder, say.
+pub fn check_table_folder(out: &std::path::Path) -> Result<()> {
+    let holds = |name: &str| {
+        let row = crate::model::marnet::Variant::ALL.iter().any(|v| v.name() == name);
+        let prefixed = ["align-", "fold-", "report", "cache"].iter().any(|p| name.starts_with(p));
+        row || prefixed || [".json", ".md", ".tmp"].iter().any(|e| name.ends_with(e))
+    };
+    let other = crate::fsutil::foreign_entries(out, holds);
+    ensure!(
+        other.is_empty(),
+        "{}: this folder holds other things than tables and their runs ({}); a table writes a folder per row into --out: choose a new or empty folder",
+        out.display(),
+        crate::fsutil::name_list(&other)
+    );
+    Ok(())
 }
 
 /// The folds `spec` asks for, each with its fold of the cache (one entry without a fold
@@ -53,7 +63,8 @@ fn folds(cache: &FeatureCache, spec: &TableSpec) -> Result<Vec<(Option<FoldSpec>
 /// Trains every arm for each fold and seed as `spec` says into `OUT/[<fold>/]<key>/seed<k>` and
 /// returns the rows (without writing the table); with `spec.task`, only that task's share of
 /// the runs (every n-th, in the order planned) and no rows. First it looks at what `OUT` holds: a table or
-/// runs made with other settings are refused unless `spec.existing` replaces them. Finished runs
+/// runs made with other settings are refused unless `spec.existing` replaces them, and anything
+/// else than tables and runs always ([`check_table_folder`]). Finished runs
 /// made by this code from this data are reused, interrupted ones continued, stale ones trained
 /// again; the table says how many of each on stderr (unless quiet). Also returns how many of the
 /// table's runs were found finished and reused.
@@ -85,13 +96,7 @@ pub fn run_arms(cache: &FeatureCache, arms: &[Arm], spec: &TableSpec, verbosity:
         spec.out.display(),
         run.unwrap_or_default()
     );
-    let other = crate::fsutil::foreign_entries(&spec.out, table_folder_holds);
-    ensure!(
-        other.is_empty(),
-        "{}: this folder holds other things than tables and their runs ({}); a table writes a folder per row into --out: choose a new or empty folder",
-        spec.out.display(),
-        crate::fsutil::name_list(&other)
-    );
+    check_table_folder(&spec.out)?;
     let previous = existing::previous(spec)?;
     let now: Vec<_> = plan.iter().map(|(_, c)| existing::current(c)).collect();
     let mut runs = vec![];

@@ -6,7 +6,7 @@
 use crate::checkpoint::{self, Checkpoint, LoadedModel, RunConfig};
 use crate::config::TrainConfig;
 use crate::eval::{TextReference, evaluate};
-use crate::features::{FeatureCache, FeatureSplit};
+use crate::features::FeatureCache;
 use crate::model::marnet::MarnetConfig;
 use crate::optim::AdamW;
 use anyhow::{Context, Result, ensure};
@@ -32,11 +32,13 @@ mod gate;
 mod order;
 mod state;
 mod step;
+pub mod val_split;
 
 pub use order::epoch_order;
 pub use state::{EpochRecord, PartialEpoch, TrainState};
 use step::train_step;
 pub use step::{Step, step, token_batch};
+pub use val_split::train_val;
 
 /// How a run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,31 +49,6 @@ pub enum Verbosity {
     Progress,
     /// Bars and a line per epoch with every loss term and the val metrics (`train`, or `-v`).
     Epochs,
-}
-
-/// Splits train into (train, val) unless the cache has its own `val`.
-pub fn train_val(cache: &FeatureCache, cfg: &TrainConfig) -> Result<(FeatureSplit, FeatureSplit)> {
-    if let Some(v) = &cache.val {
-        let default = TrainConfig::default().val_fraction;
-        ensure!(
-            cfg.val_fraction == default,
-            "--val-fraction {}: {} has a `val` split of its own ({}), which is used as it is; leave --val-fraction out (it takes a share of train only for a cache without one)",
-            cfg.val_fraction,
-            cache.dir.display(),
-            crate::words::count(v.len(), "row")
-        );
-        return Ok((cache.train.clone(), v.clone()));
-    }
-    let n = cache.train.len();
-    let n_val = ((n as f64) * cfg.val_fraction).round() as usize;
-    ensure!(
-        n_val >= 1 && n_val < n,
-        "{}: no `val` split, and {:.0}% of {n} training rows leaves no validation or no training data",
-        cache.dir.display(),
-        100.0 * cfg.val_fraction
-    );
-    let perm = crate::rng::permutation(&mut crate::rng::stream(cfg.seed, "val-split", 0), n);
-    Ok((cache.train.subset(&perm[n_val..]), cache.train.subset(&perm[..n_val])))
 }
 
 /// What [`train`] does with a run already saved in its folder (`RUN/last`, `RUN/best`).
@@ -90,8 +67,8 @@ pub enum Resume {
     IfCurrent,
 }
 
-/// The number of epochs the run saved in `out` was last trained for (its `last/` config): what
-/// `train --resume` trains on to when no `--epochs` is given. `None` where no run is saved.
+/// The `--epochs` the run saved in `out` last trained with (its `last/` config): what `train
+/// --resume` trains on to when no `--epochs` is given. `None` where no run is saved in `last/`.
 pub fn saved_epochs(out: &Path) -> Option<usize> {
     let last = crate::fsutil::recover_dir(&out.join("last"))?;
     crate::fsutil::read_json::<RunConfig>(&last.join(checkpoint::CONFIG)).ok().map(|r| r.train.epochs)

@@ -250,6 +250,15 @@ fn manifest_catches_the_mistakes_people_make() {
     ] {
         assert!(err.contains(&want), "expected `{want}` in:\n{err}");
     }
+    // A comma hint only where dropping the comma mends the line; a path is no comment.
+    std::fs::write(&p, ["{\"image\": \"apple.png\" \"label\": \"apple\",}", "/data/apple.png", &line("pear.png", "pear", "train")].join("\n")).unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    assert!(err.contains(&format!("{f}:1: not a JSON object: expected `,` or `}}` at column 23\n")), "{err}");
+    assert!(err.contains(&format!("{f}:2: not a JSON object: expected value at column 1")) && !err.contains("comments"), "{err}");
+    // Pretty-printed JSON: one message for the file, not one a line.
+    std::fs::write(&p, "{\n  \"image\": \"apple.png\",\n  \"label\": \"apple\"\n}\n").unwrap();
+    let err = format!("{:#}", manifest(&p, true).unwrap_err());
+    assert!(err.contains("this looks like pretty-printed JSON (line 1 is `{` alone)") && err.matches(&f).count() == 1, "{err}");
 }
 
 /// Images cut short (an interrupted copy) or empty, and one label typed and one taken from a

@@ -38,8 +38,9 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-/// The command line's parser: [`Cli`]'s, every option's value allowed to be a negative number,
-/// so that `--lr -1` meets the option's own range check instead of clap's "unexpected argument".
+/// The command line's parser: [`Cli`]'s, every option's value allowed to be a plain negative
+/// number (`-1`, `-0.5`), so that `--lr -1` meets the option's own range check instead of clap's
+/// "unexpected argument" (`-1e-3` still needs `--lr=-1e-3`: clap reads it as a flag).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     let negative = |a: clap::Arg| {
@@ -78,7 +79,7 @@ pub enum Cmd {
         /// Continue from `OUT/last` if it exists: same configuration, and made by this build from
         /// this cache (the fingerprints in its config.json), or it refuses. Only --epochs may
         /// differ: a larger one trains a finished run on (its best/ may change; export it again);
-        /// without --epochs it trains on to the epochs the run was started for.
+        /// without --epochs it trains on to the run's own (the --epochs it last trained with).
         #[arg(long)]
         resume: bool,
         /// Start over, replacing a run already in --out (without it, a finished or interrupted
@@ -217,7 +218,7 @@ pub enum Cmd {
         out: PathBuf,
         /// `emoji-food` (128 classes, minutes) or `emoji-all` (1,583 classes: every emoji all
         /// four vendors draw, without flags; use its own --out).
-        #[arg(long, default_value = "emoji-food")]
+        #[arg(long, default_value = "emoji-food", value_parser = marnet::demo::dataset_name)]
         dataset: String,
         /// Test on every vendor in turn (leave-one-vendor-out, 4 folds) instead of Apple alone.
         #[arg(long)]

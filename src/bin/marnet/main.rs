@@ -60,7 +60,8 @@ fn table_or_task(
 fn run() -> Result<()> {
     let matches = commands::command().get_matches();
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    // Whether the subcommand's `flag` was given on the command line (not left at its default).
+    // Whether the subcommand's option `flag` (an id it has: clap checks in debug builds) was given
+    // on the command line, not left at its default.
     let given = |flag: &str| matches.subcommand().is_some_and(|(_, m)| m.value_source(flag) == Some(clap::parser::ValueSource::CommandLine));
     // The noise schedule's flags are checked together, as the command line is parsed (exit status 2).
     if let Some((name, m)) = cli.cmd.diffusive_model_options()
@@ -94,7 +95,7 @@ fn run() -> Result<()> {
         }
         Cmd::Train { cache, out, variant, resume, force, model, mut train } => {
             if resume && !given("epochs") {
-                // Resumed without --epochs: on to the epochs the run was started for.
+                // Resumed without --epochs: on to the run's own (the --epochs it last trained with).
                 train.epochs = marnet::train::saved_epochs(&out).unwrap_or(train.epochs);
             }
             let cache = FeatureCache::open(&cache)?;
