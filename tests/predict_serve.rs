@@ -213,6 +213,8 @@ fn serve_answers_every_error_in_json() {
     let too_large = "request body larger than the limit of 0.05 MiB (52428 bytes), which `marnet serve --max-body-mib` sets";
     assert_error(&predict("", "image/png", &vec![7u8; 60_000]), 413, too_large);
     assert_error(&predict("", "image/png", b"not an image"), 400, "cannot decode image");
+    let as_form = predict("", "application/x-www-form-urlencoded", b"not an image");
+    assert_error(&as_form, 400, "(the body came as a form: with curl, send the file with --data-binary @FILE, not -d)");
     assert_error(&predict("", "multipart/form-data", b"x"), 400, "boundary");
     let form = b"--XX\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--XX--\r\n";
     assert_error(&predict("", "multipart/form-data; boundary=XX", form), 400, "no file part");

@@ -3,7 +3,7 @@
 //! other things, and `eval` says what a train split or a handful of classes make of its numbers.
 
 mod common;
-use common::own::{dataset, extract_args, marnet_in};
+use common::own::{dataset, err_in, extract_args, marnet_in};
 use common::{marnet, ok};
 use std::process::Command;
 
@@ -29,6 +29,12 @@ fn resume_without_epochs_keeps_the_runs_own_and_an_empty_folder_says_it_starts_a
     let err = said(&[run.clone(), vec!["--resume"]].concat());
     assert!(err.contains("the run already has 2 epochs (--epochs 2): nothing to train"), "{err}");
     assert_eq!(std::fs::read(tmp.path().join("run/last/metrics.json")).unwrap(), metrics, "untouched");
+    // Another cache: the refusal says it is the data, and where the run's came from.
+    let other = tmp.path().join("other").display().to_string();
+    ok(&["synth", "--out", &other, "--classes", "4", "--n-train", "80", "--n-val", "0", "--n-test", "30", "--dv", "8", "--ds", "8"]);
+    let res = marnet(&[&["train", "--cache", &other, "--out", &out, "--resume"][..], TINY].concat());
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains(&format!("cannot resume: the saved run was made from other data (it was trained on the cache at {cache};")), "{err}");
     let fresh = tmp.path().join("fresh").display().to_string();
     let err = said(&["train", "--cache", &cache, "--out", &fresh, "--resume", "--epochs", "1", "--dim", "16", "--hidden", "32", "--time-embedding-dim", "8"]);
     assert!(err.contains(&format!("{fresh}: no run here to resume: training a new one")), "{err}");
@@ -75,12 +81,15 @@ fn demo_refuses_a_folder_of_other_things_before_extracting() {
     assert!(!tmp.path().join("cache").exists(), "nothing extracted");
 }
 
-/// `--dataset` in any case; a negative number reaches the option's own range check.
+/// `--dataset` and named values in any case; a negative number reaches the option's own range check.
 #[test]
 fn option_values_as_people_type_them() {
     let out = marnet(&["extract", "--dataset", "Manifest", "--out", "nowhere"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--dataset manifest needs --root"), "{err}");
+    let out = marnet(&["train", "--cache", "no-such-cache", "--out", "o", "--variant", "MARNet", "--fusion", "Concat"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("no-such-cache"), "parsed: {err}");
     let out = marnet(&["train", "--cache", "c", "--out", "o", "--lr", "-1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.code() == Some(2) && err.contains("'--lr <LR>': must be a finite number above 0"), "{err}");
@@ -111,4 +120,18 @@ fn extract_says_when_a_whole_split_lacks_the_text_leave_one_out_needs() {
         ),
         "{err}"
     );
+}
+
+/// `--limit n` takes the first n rows of each split in the manifest's order: a training split left
+/// with one class is refused, one left without some classes noted.
+#[test]
+fn a_limit_that_leaves_training_one_class_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(tmp.path(), "camera"); // training rows: 4 red, 4 green, 4 blue
+    let err = err_in(tmp.path(), &[extract_args("manifest.jsonl", "c3"), vec!["--limit", "3"]].concat());
+    assert!(err.contains("--limit 3: the first 3 rows of the training split are all of class `red`"), "{err}");
+    assert!(!tmp.path().join("c3").exists());
+    let out = marnet_in(tmp.path(), &[extract_args("manifest.jsonl", "c6"), vec!["--limit", "6"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("note: --limit 6 keeps the training rows of 2 of the 3 classes"), "{err}");
 }

@@ -98,8 +98,13 @@ fn parse_line(obj: &Map<String, Value>, line: usize, p: &mut Problems, listed: &
     let group = string("group", false, p);
     let split = match split {
         Some(s) if !["train", "val", "test"].contains(&s.as_str()) => {
-            let lower = s.trim().to_lowercase();
-            let hint = if ["train", "val", "test"].contains(&lower.as_str()) { format!(": write `{lower}`") } else { String::new() };
+            let meant = match s.trim().to_lowercase().as_str() {
+                "train" | "training" => Some("train"),
+                "val" | "valid" | "validation" | "dev" => Some("val"),
+                "test" | "testing" => Some("test"),
+                _ => None,
+            };
+            let hint = meant.map_or(String::new(), |m| format!(": write `{m}`"));
             p.at(line, format!("split `{s}` is not train, val or test{hint}"));
             None
         }

@@ -27,10 +27,10 @@ pub struct Table {
     pub card: Option<super::card::RunCard>,
 }
 
-/// `"+1.23 (p = 0.004**)"`: a paired difference in points with its bootstrap p-value and marker.
+/// `"+1.23 (p = 0.004**)"`: a paired difference in points with its p-value ([`PairedTest::p`]) and marker.
 fn paired_cell(t: &Option<PairedTest>) -> String {
     match t {
-        Some(t) => format!("{:+.2} ({}{})", 100.0 * t.diff, crate::stats::p_value(t.p_bootstrap), crate::stats::significance_marker(t.p_bootstrap)),
+        Some(t) => format!("{:+.2} ({}{})", 100.0 * t.diff, crate::stats::p_value(t.p()), crate::stats::significance_marker(t.p())),
         None => "".into(),
     }
 }
@@ -44,7 +44,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("Acc-1 per held-out group", "leave-one-out tables: each fold's test top-1 (mean over seeds), the fold named by the group it tests on"),
     (
         "vs baseline",
-        "difference in test top-1 points from the baseline row on the same test images (each image's accuracy averaged over seeds), with its paired-bootstrap p-value (10,000 resamples); * p < 0.05, ** p < 0.01, *** p < 0.001",
+        "difference in test top-1 points from the baseline row on the same test images (each image's accuracy averaged over seeds), with its p-value: the larger of a paired bootstrap's (10,000 resamples) and an exact McNemar test's; * p < 0.05, ** p < 0.01, *** p < 0.001",
     ),
     ("vs +EMA", "the same against the +EMA row (EMA with the ITA loss: Table 1's ITA row)"),
     (
@@ -85,7 +85,7 @@ fn pct_list(xs: &[f64]) -> String {
 /// The statistics under every table.
 pub const FOOTNOTE: &str = "Acc: mean ± std over runs (the seeds, of every fold with --leave-one-out; the mean alone for one run); 95% CI: t-interval of that mean (‡ cut to [0, 100]). vs baseline / vs +EMA (ITA): \
      difference in top-1 points on the same test images (per-image accuracy averaged over seeds; with folds, the mean of the folds' differences, as Acc is), \
-     paired bootstrap p-value, resampled within each fold (* p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
+     p-value: the larger of a paired bootstrap's (resampled within each fold) and an exact McNemar test's (* p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
 
 impl Table {
     /// The header and the cells of every row, shared by the markdown and HTML renderings.

@@ -142,6 +142,7 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
         check_images: !s.skip_bad,
     };
     let ds = crate::data::open_with(&s.dataset, s.root.as_deref(), &assets, &open)?;
+    check_limit(&ds, s.limit)?;
     // A shard is a slice of what one extraction would encode: --limit first.
     let slice = s.shard.as_deref().map(|sh| crate::cluster::TaskSlice::resolve(sh, "--shard")).transpose()?;
     let (ds, limit, whole) = match slice {
@@ -180,6 +181,24 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
     let (splits, skipped, origin) = extract(&ds, image_enc.as_ref(), &text_enc, &opts, &s.out, dev).with_context(|| format!("extracting {}", s.dataset))?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok(Extracted { dataset: ds.name.clone(), classes: ds.classes.len(), dir: s.out.clone(), splits, skipped, seconds, origin })
+}
+
+/// `--limit n` keeps the first n rows of each split in the dataset's order (a manifest's lines):
+/// refused where that leaves the training rows one class, noted where it leaves some without.
+fn check_limit(ds: &Dataset, limit: Option<usize>) -> Result<()> {
+    let Some(n) = limit.filter(|&n| n < ds.train.len()) else { return Ok(()) };
+    let classes = |rows: &[crate::data::Sample]| rows.iter().map(|r| r.label).collect::<std::collections::BTreeSet<u32>>();
+    let (kept, all) = (classes(&ds.train[..n]), classes(&ds.train));
+    let first = &ds.classes[ds.train[0].label as usize];
+    ensure!(
+        kept.len() >= 2 || all.len() < 2,
+        "--limit {n}: the first {} of the training split are all of class `{first}`, and a classifier needs two classes; raise --limit, or list the rows with their classes mixed",
+        crate::words::count(n, "row")
+    );
+    if kept.len() < all.len() {
+        eprintln!("note: --limit {n} keeps the training rows of {} of the {} classes (the first {n} rows of each split, in order)", kept.len(), all.len());
+    }
+    Ok(())
 }
 
 /// Extracts every split of `ds` and writes the cache to `out` (resuming from `OUT.partial` if

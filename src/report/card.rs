@@ -31,8 +31,8 @@ fn paper_delta(key: &str) -> Option<(f64, f64)> {
 /// `lower than the baseline by 4.80 points (p < 0.001)`, or `no different from ...` when p ≥ 0.05
 /// (points to two decimals, as in the tables).
 fn verdict(t: &PairedTest, than: &str) -> String {
-    let p = escape(&p_value(t.p_bootstrap));
-    match (t.p_bootstrap < 0.05, t.diff > 0.0) {
+    let p = escape(&p_value(t.p()));
+    match (t.p() < 0.05, t.diff > 0.0) {
         (false, _) => format!("no different from {than} ({:+.2} points, {p})", 100.0 * t.diff),
         (true, true) => format!("<b>higher</b> than {than} by {:.2} points ({p})", 100.0 * t.diff),
         (true, false) => format!("<b>lower</b> than {than} by {:.2} points ({p})", -100.0 * t.diff),
@@ -139,7 +139,7 @@ pub fn summary(tables: &[(String, Table)]) -> String {
         .iter()
         .filter_map(|r| {
             let (v, i) = paper_delta(&r.key)?;
-            let ours = r.vs_baseline.as_ref().map_or("—".into(), |t| format!("{:+.2} ({})", 100.0 * t.diff, escape(&p_value(t.p_bootstrap))));
+            let ours = r.vs_baseline.as_ref().map_or("—".into(), |t| format!("{:+.2} ({})", 100.0 * t.diff, escape(&p_value(t.p()))));
             Some(format!("<tr><td>{}</td><td>{ours}</td><td>{v:+.1}</td><td>{i:+.1}</td></tr>", escape(&r.row)))
         })
         .collect();

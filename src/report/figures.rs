@@ -231,7 +231,12 @@ pub fn curves_figure(dir: &Path, tables: &[(String, Table)], out: &Path) -> Resu
     for (key, row) in &rows {
         let (mut terms, mut val): (BTreeMap<String, PerEpoch>, PerEpoch) = Default::default();
         for run in run_dirs(dir, key, tables, true) {
-            let last = crate::fsutil::recover_dir(&run.join("last")).with_context(|| format!("{}: no last/ checkpoint", run.display()))?;
+            let last = crate::fsutil::recover_dir(&run.join("last")).with_context(|| {
+                format!(
+                    "{}: no last/ checkpoint, whose metrics.json has the run's training curves; run the table's command again to train the run anew",
+                    run.display()
+                )
+            })?;
             let state: TrainState = crate::fsutil::read_json(&last.join(crate::checkpoint::METRICS))?;
             for h in &state.history {
                 for (k, v) in &h.losses {

@@ -186,12 +186,19 @@ async fn predict(State(state): State<AppState>, req: Request) -> Response {
         Ok(k) => k,
         Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
     };
+    // `curl -d @photo.jpg` sends a form (and drops the file's line breaks), not the file.
+    let form = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
     let work = async {
         let bytes = image_bytes(&state, req).await?;
         if bytes.is_empty() {
             return Err(error(StatusCode::BAD_REQUEST, "empty body: send the image bytes"));
         }
-        state.pipeline.submit(bytes, k).await.map_err(failure)
+        state.pipeline.submit(bytes, k).await.map_err(|f| match f {
+            Failure::BadImage(e) if form => {
+                failure(Failure::BadImage(format!("{e} (the body came as a form: with curl, send the file with --data-binary @FILE, not -d)")))
+            }
+            f => failure(f),
+        })
     };
     match tokio::time::timeout(state.opts.timeout, work).await {
         Err(_) => error(StatusCode::GATEWAY_TIMEOUT, format!("no answer within {:?}", state.opts.timeout)),

@@ -91,14 +91,6 @@ pub fn train(
     // The token widths come from the cache (and a token-level alignment without tokens stops here).
     let model_cfg = &model_cfg.with_cache_tokens(cache)?;
     let (train, val) = train_val(cache, cfg)?;
-    if cache.val.is_none() && verbosity == Verbosity::Epochs {
-        eprintln!(
-            "val: {:.0}% of train, {}, seeded (--seed {}); give rows `\"split\": \"val\"` to choose them yourself",
-            100.0 * cfg.val_fraction,
-            crate::words::count(val.len(), "row"),
-            cfg.seed
-        );
-    }
     let _lock = crate::lock::OutLock::acquire(out, "train")?;
     let other = [crate::checkpoint::WEIGHTS, "train.safetensors", "extract.json", "bundle.json"].into_iter().find(|f| out.join(f).exists());
     ensure!(
@@ -192,12 +184,17 @@ pub fn train(
                 changed.join(", ")
             );
         }
+        let (saved, now) = (&ck.run.fingerprint, &run.fingerprint);
+        let trained_on = ck.run.cache_absolute.as_ref().unwrap_or(&ck.run.cache).display();
+        let why = match (saved.code == now.code, saved.data == now.data) {
+            (true, _) => format!("from other data (it was trained on the cache at {trained_on}; --cache holds other rows, or they changed since)"),
+            (false, true) => "by another build of marnet".to_string(),
+            (false, false) => format!("by another build of marnet and from other data (it was trained on the cache at {trained_on})"),
+        };
         ensure!(
-            ck.run.fingerprint.matches(&run.fingerprint),
-            "{}: cannot resume: the saved run was made by other code or from other data\n  saved: {}\n  now:   {}\nrerun with --force instead of --resume to start over",
-            ck.dir.display(),
-            ck.run.fingerprint,
-            run.fingerprint
+            saved.matches(now),
+            "{}: cannot resume: the saved run was made {why}\n  saved: {saved}\n  now:   {now}\nrerun with --force instead of --resume to start over",
+            ck.dir.display()
         );
         model.set_weights(&ck.tensors, &ck.dir)?;
         state = serde_json::from_value(ck.metrics.clone()).with_context(|| format!("{}: unreadable metrics.json", ck.dir.display()))?;
@@ -226,7 +223,17 @@ pub fn train(
         }
     }
 
+    // Said once nothing refuses the run (not before a refusal).
+    if cache.val.is_none() && verbosity == Verbosity::Epochs {
+        eprintln!(
+            "val: {:.0}% of train, {}, seeded (--seed {}); give rows `\"split\": \"val\"` to choose them yourself",
+            100.0 * cfg.val_fraction,
+            crate::words::count(val.len(), "row"),
+            cfg.seed
+        );
+    }
     // When `RUN/last` was last saved, and how long that took.
+
     let mut last_save: Option<(Instant, Duration)> = None;
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();

@@ -128,7 +128,7 @@ fn manifest_problems_are_listed_together_with_their_lines() {
     for want in [
         format!("{f}:2: unknown field `note`"),
         format!("{f}:3: `label` must be a string, not a number"),
-        format!("{f}:4: split `training` is not train, val or test"),
+        format!("{f}:4: split `training` is not train, val or test: write `train`"),
         format!("{f}:4: image `c.png` not found"),
         format!("{f}:5: `text` is empty"),
         format!("{f}:6: training rows need `text`"),

@@ -40,14 +40,15 @@ pub struct Cli {
 
 /// The command line's parser: [`Cli`]'s, every option's value allowed to be a plain negative
 /// number (`-1`, `-0.5`), so that `--lr -1` meets the option's own range check instead of clap's
-/// "unexpected argument" (`-1e-3` still needs `--lr=-1e-3`: clap reads it as a flag).
+/// "unexpected argument" (`-1e-3` still needs `--lr=-1e-3`: clap reads it as a flag), and the
+/// named values in any case (`--variant MARNet`).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let negative = |a: clap::Arg| {
-        let takes_values = a.get_action().takes_values();
-        a.allow_negative_numbers(takes_values)
+    let lenient = |a: clap::Arg| {
+        let (takes_values, named_values) = (a.get_action().takes_values(), !a.get_possible_values().is_empty());
+        a.allow_negative_numbers(takes_values).ignore_case(named_values)
     };
-    Cli::command().mut_args(negative).mut_subcommands(|s| s.mut_args(negative))
+    Cli::command().mut_args(lenient).mut_subcommands(|s| s.mut_args(lenient))
 }
 
 /// The heading of the options every command takes, apart from its own.

@@ -107,7 +107,7 @@ fn run() -> Result<()> {
             };
             let state = marnet::train::train(&cache, &mcfg, &train, &out, resume, verbosity, &dev)?;
             let best = out.join("best");
-            out!("best epoch {} (val top1 {:.2}%) saved in {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
+            out!("best epoch {} (val top1 {:.2}%): {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
             if let Some(t) = state.test {
                 let few = cache.num_classes() <= 5;
                 let note = if few { format!(" (with {} classes, top5 is 100% whatever the model does)", cache.num_classes()) } else { String::new() };
