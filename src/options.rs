@@ -6,10 +6,23 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// `T` from `args` (flags as on the command line, without a program name).
+/// `T` from `args` (flags as on the command line, without a program name), read as
+/// [`lenient`] says.
 pub fn parse<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> anyhow::Result<T> {
-    let cmd = T::augment_args(clap::Command::new("options").no_binary_name(true));
+    let cmd = lenient(T::augment_args(clap::Command::new("options").no_binary_name(true)));
     Ok(T::from_arg_matches(&cmd.try_get_matches_from(args)?)?)
+}
+
+/// `cmd` and its subcommands with every option's value allowed to be a plain negative number
+/// (`-1`, `-0.5`), so that `--lr -1` meets the option's own range check instead of clap's
+/// "unexpected argument" (`-1e-3` still needs `--lr=-1e-3`: clap reads it as a flag), and the
+/// named values in any case (`--variant MARNet`).
+pub fn lenient(cmd: clap::Command) -> clap::Command {
+    let arg = |a: clap::Arg| {
+        let (takes_values, named_values) = (a.get_action().takes_values(), !a.get_possible_values().is_empty());
+        a.allow_negative_numbers(takes_values).ignore_case(named_values)
+    };
+    cmd.mut_args(arg).mut_subcommands(|s| s.mut_args(arg))
 }
 
 /// `T` with every field at its declared default.

@@ -44,7 +44,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("Acc-1 per held-out group", "leave-one-out tables: each fold's test top-1 (mean over seeds), the fold named by the group it tests on"),
     (
         "vs baseline",
-        "difference in test top-1 points from the baseline row on the same test images (each image's accuracy averaged over seeds), with its p-value: the larger of a paired bootstrap's (10,000 resamples) and an exact McNemar test's; * p < 0.05, ** p < 0.01, *** p < 0.001",
+        "difference in test top-1 points from the baseline row on the same test images (each image's accuracy averaged over seeds), with its p-value: the larger of a paired bootstrap's (10,000 resamples) and an exact McNemar test's (on each image's majority-of-seeds correctness); * p < 0.05, ** p < 0.01, *** p < 0.001",
     ),
     ("vs +EMA", "the same against the +EMA row (EMA with the ITA loss: Table 1's ITA row)"),
     (
@@ -85,7 +85,7 @@ fn pct_list(xs: &[f64]) -> String {
 /// The statistics under every table.
 pub const FOOTNOTE: &str = "Acc: mean ± std over runs (the seeds, of every fold with --leave-one-out; the mean alone for one run); 95% CI: t-interval of that mean (‡ cut to [0, 100]). vs baseline / vs +EMA (ITA): \
      difference in top-1 points on the same test images (per-image accuracy averaged over seeds; with folds, the mean of the folds' differences, as Acc is), \
-     p-value: the larger of a paired bootstrap's (resampled within each fold) and an exact McNemar test's (* p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
+     p-value: the larger of a paired bootstrap's (resampled within each fold) and an exact McNemar test's (each image right or wrong by the majority of seeds, all folds' images; * p < 0.05, ** p < 0.01, *** p < 0.001; a difference with p ≥ 0.05 is no difference).";
 
 impl Table {
     /// The header and the cells of every row, shared by the markdown and HTML renderings.

@@ -192,8 +192,7 @@ fn check_limit(ds: &Dataset, limit: Option<usize>) -> Result<()> {
     let first = &ds.classes[ds.train[0].label as usize];
     ensure!(
         kept.len() >= 2 || all.len() < 2,
-        "--limit {n}: the first {} of the training split are all of class `{first}`, and a classifier needs two classes; raise --limit, or list the rows with their classes mixed",
-        crate::words::count(n, "row")
+        "--limit {n}: the training rows it keeps (the first {n}) are all of class `{first}`, and a classifier needs two classes; raise --limit, or list the rows with their classes mixed"
     );
     if kept.len() < all.len() {
         eprintln!("note: --limit {n} keeps the training rows of {} of the {} classes (the first {n} rows of each split, in order)", kept.len(), all.len());

@@ -130,7 +130,10 @@ pub fn summary(tables: &[(String, Table)]) -> String {
             ));
         }
     }
-    s += &format!("<p>{} A difference with p ≥ 0.05 (paired bootstrap over the test images) is reported as no difference.</p>\n", head.join(" "));
+    s += &format!(
+        "<p>{} A difference with p ≥ 0.05 (the larger of a paired bootstrap's and an exact McNemar test's, over the test images) is reported as no difference.</p>\n",
+        head.join(" ")
+    );
     let lines: Vec<String> = rows.iter().filter_map(|r| row_sentence(r, &ema)).collect();
     if !lines.is_empty() {
         s += &format!("<ul class=\"verdicts\">{}</ul>\n", lines.join(""));

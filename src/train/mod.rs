@@ -187,6 +187,7 @@ pub fn train(
         let (saved, now) = (&ck.run.fingerprint, &run.fingerprint);
         let trained_on = ck.run.cache_absolute.as_ref().unwrap_or(&ck.run.cache).display();
         let why = match (saved.code == now.code, saved.data == now.data) {
+            _ if saved.code.is_empty() => "by an older build, which recorded no fingerprint".to_string(),
             (true, _) => format!("from other data (it was trained on the cache at {trained_on}; --cache holds other rows, or they changed since)"),
             (false, true) => "by another build of marnet".to_string(),
             (false, false) => format!("by another build of marnet and from other data (it was trained on the cache at {trained_on})"),
@@ -233,7 +234,6 @@ pub fn train(
         );
     }
     // When `RUN/last` was last saved, and how long that took.
-
     let mut last_save: Option<(Instant, Duration)> = None;
     for epoch in state.epochs_done..cfg.epochs {
         let t0 = Instant::now();

@@ -38,17 +38,11 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-/// The command line's parser: [`Cli`]'s, every option's value allowed to be a plain negative
-/// number (`-1`, `-0.5`), so that `--lr -1` meets the option's own range check instead of clap's
-/// "unexpected argument" (`-1e-3` still needs `--lr=-1e-3`: clap reads it as a flag), and the
-/// named values in any case (`--variant MARNet`).
+/// The command line's parser: [`Cli`]'s, read as [`marnet::options::lenient`] says (negative
+/// numbers reach the options' range checks; named values in any case).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let lenient = |a: clap::Arg| {
-        let (takes_values, named_values) = (a.get_action().takes_values(), !a.get_possible_values().is_empty());
-        a.allow_negative_numbers(takes_values).ignore_case(named_values)
-    };
-    Cli::command().mut_args(lenient).mut_subcommands(|s| s.mut_args(lenient))
+    marnet::options::lenient(Cli::command())
 }
 
 /// The heading of the options every command takes, apart from its own.
