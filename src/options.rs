@@ -20,7 +20,7 @@ pub fn parse<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> anyhow::Res
 pub fn lenient(cmd: clap::Command) -> clap::Command {
     let arg = |a: clap::Arg| {
         let (takes_values, named_values) = (a.get_action().takes_values(), !a.get_possible_values().is_empty());
-        a.allow_negative_numbers(takes_values).ignore_case(named_values)
+        a.allow_negative_numbers(takes_values).ignore_case(takes_values && named_values)
     };
     cmd.mut_args(arg).mut_subcommands(|s| s.mut_args(arg))
 }
