@@ -31,8 +31,7 @@ pub struct DemoOptions {
 
 /// A `--dataset` name for the demo (`emoji-food`, `emoji-all`) in any case, as its lower-case name.
 pub fn dataset_name(s: &str) -> Result<String, String> {
-    let name = s.trim().to_lowercase();
-    ["emoji-food", "emoji-all"].contains(&name.as_str()).then_some(name).ok_or_else(|| "expected emoji-food or emoji-all".to_string())
+    crate::options::one_of(s, &["emoji-food", "emoji-all"])
 }
 
 /// Runs the demo. Returns the tables and the wall time of each stage.

@@ -151,6 +151,12 @@ pub fn fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// One of `names` in any case (and with spaces around it), as `names` writes it.
+pub fn one_of(s: &str, names: &[&str]) -> Result<String, String> {
+    let name = s.trim();
+    names.iter().find(|n| n.eq_ignore_ascii_case(name)).map(|n| n.to_string()).ok_or_else(|| format!("expected one of {}", names.join(", ")))
+}
+
 /// A task's slice `i/n` with `0 <= i < n`, or `env` / `env/N` (`extract --shard`, the tables'
 /// `--task`), kept as given: resolved by [`crate::cluster::TaskSlice::resolve`] when used.
 pub fn task_slice(s: &str) -> Result<String, String> {
@@ -168,6 +174,8 @@ mod tests {
         assert_eq!(at_least_one::<usize>("0"), Err("must be at least 1".into()));
         assert!(at_least_one::<usize>("-1").is_err() && at_least_one::<usize>("x").is_err());
         assert_eq!(at_least_two::<usize>("2"), Ok(2));
+        assert_eq!(one_of(" Emoji-ALL ", &["emoji-food", "emoji-all"]), Ok("emoji-all".into()));
+        assert_eq!(one_of("emoji", &["emoji-food", "emoji-all"]), Err("expected one of emoji-food, emoji-all".into()));
         assert_eq!(at_least_two::<usize>("1"), Err("must be at least 2".into()));
         assert_eq!(positive_even("128"), Ok(128));
         for bad in ["0", "7"] {

@@ -24,6 +24,12 @@ pub struct SplitOutputs {
     pub x_cdr: Option<Vec<f32>>,
 }
 
+/// The note that top-5 accuracy cannot miss, where there are 5 classes or fewer (`eval`, `train`,
+/// the tables' footnote).
+pub fn trivial_top5(classes: usize) -> Option<String> {
+    (classes <= 5).then(|| format!("with {classes} classes, Acc-5 is 100% whatever the model does"))
+}
+
 /// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Every
 /// row draws its noise from a stream of its own (drawn in parallel; a row's prediction does not
 /// depend on the batch size): rows with image keys (caches from `marnet extract`) from their
@@ -220,9 +226,7 @@ pub fn run(req: &EvalRequest, dev: &Device) -> anyhow::Result<EvalReport> {
             ck.run.train.val_fraction
         ));
     }
-    if classes <= 5 {
-        notes.push(format!("with {classes} classes, Acc-5 is 100% whatever the model does"));
-    }
+    notes.extend(trivial_top5(classes));
     Ok(EvalReport {
         fold: req.cache.is_none().then(|| ck.run.fold.as_ref().map(|f| f.name())).flatten(),
         notes,

@@ -132,9 +132,9 @@ impl Table {
 
     /// [`FOOTNOTE`], and that top-5 cannot miss when the cache has 5 classes or fewer.
     pub fn footnote(&self) -> String {
-        match self.card.as_ref().map(|c| c.classes) {
-            Some(n @ 1..=5) => format!("{FOOTNOTE} With {n} classes, Acc-5 is 100% whatever the model does."),
-            _ => FOOTNOTE.to_string(),
+        match self.card.as_ref().and_then(|c| crate::eval::trivial_top5(c.classes)) {
+            Some(note) => format!("{FOOTNOTE} {}{}.", note[..1].to_uppercase(), &note[1..]),
+            None => FOOTNOTE.to_string(),
         }
     }
 

@@ -9,8 +9,7 @@ const DATASETS: [&str; 5] = ["emoji-food", "emoji-all", "vireo172", "ingredient1
 
 /// A `--dataset` name in any case, as its lower-case name.
 fn dataset_name(s: &str) -> Result<String, String> {
-    let name = s.trim().to_lowercase();
-    DATASETS.contains(&name.as_str()).then_some(name).ok_or_else(|| format!("expected one of {}", DATASETS.join(", ")))
+    crate::options::one_of(s, &DATASETS)
 }
 
 /// What `marnet extract` extracts, and how; recorded in the cache's `extract.json` (a resumed or

@@ -109,8 +109,7 @@ fn run() -> Result<()> {
             let best = out.join("best");
             out!("best epoch {} (val top1 {:.2}%): {}", state.best_epoch.unwrap_or(0), 100.0 * state.best_val_top1, best.display());
             if let Some(t) = state.test {
-                let few = cache.num_classes() <= 5;
-                let note = if few { format!(" (with {} classes, top5 is 100% whatever the model does)", cache.num_classes()) } else { String::new() };
+                let note = marnet::eval::trivial_top5(cache.num_classes()).map(|n| format!(" ({n})")).unwrap_or_default();
                 out!("test top1 {:.2}% top5 {:.2}%{note}", 100.0 * t.final_head.top1, 100.0 * t.final_head.top5);
             }
         }
