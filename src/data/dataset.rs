@@ -42,6 +42,11 @@ pub struct Dataset {
     pub test: Vec<Sample>,
 }
 
+/// The samples of a split that `limit` keeps ([`Dataset::limited`]): its first `limit`, in order.
+pub fn limited_rows(split: &[Sample], limit: Option<usize>) -> &[Sample] {
+    &split[..limit.unwrap_or(usize::MAX).min(split.len())]
+}
+
 impl Dataset {
     /// Every class needs at least one training sample (a class never seen in training cannot
     /// be learned, and usually means a label typo).
@@ -58,9 +63,8 @@ impl Dataset {
 
     /// The first `limit` samples of each split (all without a limit).
     pub fn limited(self, limit: Option<usize>) -> Dataset {
-        let Some(n) = limit else { return self };
         let cut = |mut v: Vec<Sample>| {
-            v.truncate(n);
+            v.truncate(limited_rows(&v, limit).len());
             v
         };
         Dataset { train: cut(self.train), val: cut(self.val), test: cut(self.test), ..self }

@@ -11,7 +11,7 @@ mod problems;
 mod resize;
 
 use anyhow::{Context, Result};
-pub use dataset::{Dataset, Sample, TRAIN_ONLY};
+pub use dataset::{Dataset, Sample, TRAIN_ONLY, limited_rows};
 use std::path::{Path, PathBuf};
 
 /// Parses `i/n` (0-based shard i of n).

@@ -188,7 +188,7 @@ pub fn run(settings: &ExtractSettings, progress: bool, existing: Existing, dev: 
 fn check_limit(ds: &Dataset, limit: Option<usize>) -> Result<()> {
     let Some(n) = limit.filter(|&n| n < ds.train.len()) else { return Ok(()) };
     let classes = |rows: &[crate::data::Sample]| rows.iter().map(|r| r.label).collect::<std::collections::BTreeSet<u32>>();
-    let (kept, all) = (classes(&ds.clone().limited(limit).train), classes(&ds.train));
+    let (kept, all) = (classes(crate::data::limited_rows(&ds.train, limit)), classes(&ds.train));
     let first = &ds.classes[ds.train[0].label as usize];
     ensure!(
         kept.len() >= 2 || all.len() < 2,
@@ -212,8 +212,8 @@ pub fn extract(
     out: &Path,
     dev: &Device,
 ) -> Result<(Splits, Vec<Skipped>, Origin)> {
-    let kept = ds.clone().limited(opts.limit);
-    let splits: Vec<(&str, Vec<crate::data::Sample>)> = vec![("train", kept.train), ("val", kept.val), ("test", kept.test)];
+    let kept = |split: &[crate::data::Sample]| crate::data::limited_rows(split, opts.limit).to_vec();
+    let splits: Vec<(&str, Vec<crate::data::Sample>)> = vec![("train", kept(&ds.train)), ("val", kept(&ds.val)), ("test", kept(&ds.test))];
     ensure!(splits.iter().any(|(_, v)| !v.is_empty()), "the dataset has no samples");
     let job = Job {
         settings: opts.settings.clone(),
