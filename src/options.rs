@@ -174,9 +174,9 @@ mod tests {
         assert_eq!(at_least_one::<usize>("0"), Err("must be at least 1".into()));
         assert!(at_least_one::<usize>("-1").is_err() && at_least_one::<usize>("x").is_err());
         assert_eq!(at_least_two::<usize>("2"), Ok(2));
+        assert_eq!(at_least_two::<usize>("1"), Err("must be at least 2".into()));
         assert_eq!(one_of(" Emoji-ALL ", &["emoji-food", "emoji-all"]), Ok("emoji-all".into()));
         assert_eq!(one_of("emoji", &["emoji-food", "emoji-all"]), Err("expected one of emoji-food, emoji-all".into()));
-        assert_eq!(at_least_two::<usize>("1"), Err("must be at least 2".into()));
         assert_eq!(positive_even("128"), Ok(128));
         for bad in ["0", "7"] {
             assert_eq!(positive_even(bad), Err("must be an even number, at least 2".into()));

@@ -43,7 +43,7 @@ fn resume_without_epochs_keeps_the_runs_own_and_an_empty_folder_says_it_starts_a
     // eval on the run's own train split, which held out its validation rows; 4 classes.
     let report = ok(&["eval", "--model", &out, "--split", "train"]);
     assert!(report.contains("note: these 80 rows include the 8 the run held out for validation (--val-fraction 0.1)"), "{report}");
-    assert!(report.contains("note: with 4 classes, Acc-5 is 100% whatever the model does"), "{report}");
+    assert!(report.contains("note: Acc-5 is 100% with 4 classes, whatever the model does"), "{report}");
     assert!(!ok(&["eval", "--model", &out]).contains("held out"), "the test split holds none of them");
 }
 

@@ -27,7 +27,7 @@ pub struct SplitOutputs {
 /// The note that top-5 accuracy cannot miss, where there are 1 to 5 classes (`eval`, `train`, the
 /// tables' footnote).
 pub fn trivial_top5(classes: usize) -> Option<String> {
-    (1..=5).contains(&classes).then(|| format!("with {classes} classes, Acc-5 is 100% whatever the model does"))
+    (1..=5).contains(&classes).then(|| format!("Acc-5 is 100% with {classes} classes, whatever the model does"))
 }
 
 /// Runs the model on `split`'s visual features only, in batches, with a seeded sampler. Every

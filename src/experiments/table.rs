@@ -133,7 +133,7 @@ impl Table {
     /// [`FOOTNOTE`], and that top-5 cannot miss when the cache has 5 classes or fewer.
     pub fn footnote(&self) -> String {
         match self.card.as_ref().and_then(|c| crate::eval::trivial_top5(c.classes)) {
-            Some(note) => format!("{FOOTNOTE} {}{}.", note[..1].to_uppercase(), &note[1..]),
+            Some(note) => format!("{FOOTNOTE} {note}."),
             None => FOOTNOTE.to_string(),
         }
     }
