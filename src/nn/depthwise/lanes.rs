@@ -132,18 +132,28 @@ impl Lanes for __m256 {
             _mm256_blendv_ps(y, six, _mm256_cmp_ps::<_CMP_GT_OQ>(y, six))
         }
     }
-    /// A whole vector is one store; fewer lanes go through a copy on the stack: AMD's Zen 2
-    /// and 3 run a masked store (`vmaskmovps`) as microcode, which took most of the kernel's
-    /// time there.
+
+    /// A whole vector is one store, fewer lanes are stored 4, 2 and 1 at a time: AMD's Zen 2
+    /// and 3 run a masked store (`vmaskmovps`) as microcode, and with it after every vector the
+    /// kernel ran Lite0 about 1.15x faster than the plain loop instead of 1.45-1.55x
+    /// (BENCHMARKS.md, 2026-12-07, late).
     #[inline(always)]
     unsafe fn store_first(count: usize, p: *mut f32, y: Self) {
         unsafe {
             if count == 8 {
-                _mm256_storeu_ps(p, y)
-            } else {
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), y);
-                std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, count)
+                return _mm256_storeu_ps(p, y);
+            }
+            let (mut part, mut p, mut left) = (_mm256_castps256_ps128(y), p, count);
+            if left >= 4 {
+                _mm_storeu_ps(p, part);
+                (part, p, left) = (_mm256_extractf128_ps::<1>(y), p.add(4), left - 4);
+            }
+            if left >= 2 {
+                _mm_store_sd(p.cast(), _mm_castps_pd(part));
+                (part, p, left) = (_mm_movehl_ps(part, part), p.add(2), left - 2);
+            }
+            if left == 1 {
+                _mm_store_ss(p, part);
             }
         }
     }

@@ -6,21 +6,24 @@
 //! them). The loop this replaced ran at SSE2 width, recomputed each tap's output columns with
 //! integer divisions, and vectorised rows only 4 wide and strided taps not at all: on a Zen 5 it
 //! took 42% of `serve`'s CPU time with EfficientNet-Lite0, whose late layers have rows of 7
-//! and 14 (BENCHMARKS.md, 2026-12-06, evening). Now the plain loop ([`Loop`]) runs at the CPU's
-//! widest vector width ([`Simd`]) with the columns computed once, and where the CPU has
-//! AVX-512F or AVX2, [`rows`]' kernel holds a row of up to 4 vectors of outputs (64 or 32) in
-//! registers through all the taps, masking the outputs a tap does not reach, and gathers a
-//! stride-2 tap's inputs by a permutation: the same operations in the same order, so the same
-//! bits (but for which NaN's payload comes out where two NaNs meet). On rows of one or two
+//! and 14 (BENCHMARKS.md, 2026-12-06, evening). Now, where the CPU has AVX-512F or AVX2, the
+//! kernel of [`rows`] holds a row of up to 4 vectors of outputs (64 or 32) in registers through
+//! all the taps, masking the outputs a tap does not reach, and gathers a stride-2 tap's inputs by
+//! a permutation: the same operations in the same order as the plain loop ([`Loop`]), so the
+//! same bits (but for which NaN's payload comes out where two NaNs meet). On rows of one or two
 //! vectors it runs four or two channels side by side: a row of 7 or 14 outputs holds one vector
 //! at AVX-512, whose sum otherwise waits on each tap's addition (EfficientNet-Lite0's 14 x 14 and
 //! 7 x 7 layers 25-35% faster, and the encoder about 9%, on a Zen 5: BENCHMARKS.md, 2026-12-07,
 //! later). At AVX2 it runs EfficientNet-Lite0 1.45-1.55x as fast as the plain loop, which passes
-//! over each output row once per tap, on a Zen 3 (BENCHMARKS.md, 2026-12-07, late).
-//! `MARNET_SIMD=sse2` forces the plain loop (the tests compare every width against it).
+//! over each output row once per tap, on a Zen 3 (BENCHMARKS.md, 2026-12-07, late). The plain
+//! loop, compiled at the CPU's widest vector width ([`Simd`]) with the columns computed once,
+//! takes the filters and strides the kernel does not, and every plane under `MARNET_SIMD=sse2`
+//! (the tests compare every width against it).
 
+#[cfg(target_arch = "x86_64")]
 mod lanes;
 mod plane;
+#[cfg(target_arch = "x86_64")]
 mod rows;
 
 use crate::nn::vmath::{Kernel, Simd, at_width};
@@ -77,14 +80,16 @@ impl Plane {
     /// does: where the CPU has AVX-512F or AVX2 and `level` asks for it, at stride 1 or 2 with
     /// filters up to [`rows::MAX_K`].
     fn row_lanes(&self, level: Simd) -> Option<usize> {
-        let fits = self.s <= 2 && self.k <= rows::MAX_K;
         #[cfg(target_arch = "x86_64")]
-        match level {
-            Simd::Avx512 if fits && std::arch::is_x86_feature_detected!("avx512f") => return Some(16),
-            Simd::Avx2 if fits && std::arch::is_x86_feature_detected!("avx2") => return Some(8),
-            _ => {}
+        if self.s <= 2 && self.k <= rows::MAX_K {
+            match level {
+                Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => return Some(16),
+                Simd::Avx2 if std::arch::is_x86_feature_detected!("avx2") => return Some(8),
+                _ => {}
+            }
         }
-        let _ = (level, fits);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = level;
         None
     }
 
@@ -115,12 +120,6 @@ impl Plane {
             let (x, f, o) = (&x[ch * plane_in..(ch + 1) * plane_in], &f[ch * taps..(ch + 1) * taps], &mut o[ch * plane_out..(ch + 1) * plane_out]);
             at_width(level, Loop { g: self, x, f, bias, o });
         }
-    }
-
-    /// [`Self::run_channels`] for one channel.
-    #[cfg(test)]
-    fn run(&self, level: Simd, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
-        self.run_channels(level, x, f, std::slice::from_ref(&bias), o)
     }
 }
 
@@ -173,38 +172,53 @@ impl Kernel for Loop<'_> {
 mod tests {
     use super::*;
 
+    /// One channel's plane at `level`.
+    fn run(g: &Plane, level: Simd, x: &[f32], f: &[f32], bias: f32, o: &mut [f32]) {
+        g.run_channels(level, x, f, std::slice::from_ref(&bias), o)
+    }
+
     /// Every width the CPU has gives the bits of the plain loop, on rows shorter and longer than
-    /// a vector and than a sweep of 64, both strides, both filter sizes, odd paddings, ReLU6,
-    /// and a NaN, an infinity and a negative zero in the input.
+    /// a vector and than a run of 4 vectors, both strides the kernel takes (and a filter and a
+    /// stride it does not: the plain loop at each width), odd paddings, ReLU6, and a NaN, an
+    /// infinity and a negative zero in the input; then with an infinite filter tap on finite
+    /// input, so that a sum in a lane the tap does not reach (w 0 for the masked-out input) would
+    /// give NaN. At AVX2 and AVX-512 the kernel runs every plane it takes.
     #[test]
     fn every_width_gives_the_plain_loops_bits() {
         let mut rng = crate::rng::stream(5, "test", 0);
         for (h, w) in [(7, 7), (14, 14), (5, 17), (9, 33), (4, 70), (3, 130), (1, 1), (2, 3)] {
-            for (k, s, relu6) in [(3, 1, true), (5, 1, false), (3, 2, true), (5, 2, false), (7, 2, true), (7, 1, false)] {
+            for (k, s, relu6) in [(3, 1, true), (5, 1, false), (3, 2, true), (5, 2, false), (7, 2, true), (7, 1, false), (9, 1, true), (3, 3, false)] {
                 for (top, left) in [((k - 1) / 2, (k - 1) / 2), (0, 0), (k - 1, 1)] {
                     let g = Plane::new(h, w, k, s, (top, left), relu6);
-                    let mut x = crate::rng::normal_vec(&mut rng, h * w);
-                    x[0] = -0.0;
-                    if h * w > 4 {
-                        (x[2], x[3]) = (f32::NAN, f32::INFINITY);
-                    }
-                    let f = crate::rng::normal_vec(&mut rng, k * k);
-                    let bits = |level| {
-                        let mut o = vec![0f32; g.oh * g.ow];
-                        g.run(level, &x, &f, -0.0, &mut o);
-                        o.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-                    };
-                    let want = bits(Simd::Sse2);
-                    for level in Simd::available() {
-                        assert_eq!(bits(level), want, "{level:?} {g:?}");
+                    for infinite_tap in [false, true] {
+                        let mut x = crate::rng::normal_vec(&mut rng, h * w);
+                        let mut f = crate::rng::normal_vec(&mut rng, k * k);
+                        x[0] = -0.0;
+                        if infinite_tap {
+                            f[k * k - 1] = f32::INFINITY;
+                        } else if h * w > 4 {
+                            (x[2], x[3]) = (f32::NAN, f32::INFINITY);
+                        }
+                        let bits = |level| {
+                            let mut o = vec![0f32; g.oh * g.ow];
+                            run(&g, level, &x, &f, -0.0, &mut o);
+                            o.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                        };
+                        let want = bits(Simd::Sse2);
+                        for level in Simd::available() {
+                            assert_eq!(bits(level), want, "{level:?} {g:?} infinite tap {infinite_tap}");
+                            let on_kernel = g.row_lanes(level).is_some();
+                            assert_eq!(on_kernel, level != Simd::Sse2 && s <= 2 && k <= 7, "{level:?} {g:?}");
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Channels side by side (four on rows of 7 and 14, two on rows of 20, and the ones left
-    /// over) give each channel's bits alone.
+    /// Channels side by side (at AVX-512 four on rows of 7 and 14, two on rows of 20; at AVX2
+    /// four on rows of 7, two on rows of 14; and the ones left over) give each channel's bits
+    /// alone.
     #[test]
     fn channels_side_by_side_give_each_channel_s_bits() {
         let mut rng = crate::rng::stream(6, "test", 0);
@@ -217,7 +231,8 @@ mod tests {
             let (plane_in, plane_out) = (h * w, g.oh * g.ow);
             let mut want = vec![0f32; c * plane_out];
             for ch in 0..c {
-                g.run(
+                run(
+                    &g,
                     Simd::Sse2,
                     &x[ch * plane_in..(ch + 1) * plane_in],
                     &f[ch * k * k..(ch + 1) * k * k],

@@ -7,13 +7,14 @@ use super::plane::{Plane, side_by_side};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
-/// Largest filter this kernel takes (EfficientNet-Lite's: 3 and 5).
+/// Largest filter this kernel takes (EfficientNet-Lite's are 3 and 5; the table of each filter
+/// column's reach is this long).
 pub(super) const MAX_K: usize = 7;
 
-/// Lanes `a..b` of a vector of `n` (clamped to 0..n), as bits.
-fn lanes(a: isize, b: isize, n: usize) -> u32 {
+/// Lanes `a..b` of a vector of `n` <= 16 (clamped to 0..n), as bits.
+fn lane_bits(a: isize, b: isize, n: usize) -> u32 {
     let (a, b) = (a.clamp(0, n as isize) as u32, b.clamp(0, n as isize) as u32);
-    if b <= a { 0 } else { (((1u64 << b) - 1) & !((1u64 << a) - 1)) as u32 }
+    if b <= a { 0 } else { ((1 << b) - 1) & !((1 << a) - 1) }
 }
 
 /// Which lanes of a vector of outputs a filter column reaches, whether that is all of them, and
@@ -32,9 +33,9 @@ impl<L: Lanes> Reach<L> {
     unsafe fn new(bits: u32) -> Self {
         let (first, last) = (bits.trailing_zeros() as isize, 31 - bits.leading_zeros() as isize);
         let (a, b, n) = (2 * first, 2 * last + 1, L::N as isize);
-        let load = if bits == 0 { [0, 0] } else { [lanes(a, b, L::N), lanes(a - n, b - n, L::N)] };
+        let load = if bits == 0 { [0, 0] } else { [lane_bits(a, b, L::N), lane_bits(a - n, b - n, L::N)] };
         // SAFETY: as the caller promises, the CPU has the width's features.
-        unsafe { Reach { lanes: bits, full: bits == lanes(0, n, L::N), mask: L::mask(bits), load: [L::mask(load[0]), L::mask(load[1])] } }
+        unsafe { Reach { lanes: bits, full: bits == lane_bits(0, n, L::N), mask: L::mask(bits), load: [L::mask(load[0]), L::mask(load[1])] } }
     }
 }
 
@@ -109,8 +110,8 @@ unsafe fn runs<L: Lanes, const V: usize, const C: usize>(g: &Plane, x: &[f32], f
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     for start in (0..g.ow).step_by(n * V) {
         let end = (start + n * V).min(g.ow);
-        // Plain loops, not closures, fill the tables: a closure is not built with the caller's
-        // target features, so the intrinsics in it would be calls.
+        // Plain loops, not closures, fill the tables: a closure takes the target features of
+        // the function it is written in (`runs`: none), so the intrinsics in it would be calls.
         // SAFETY (every block below): the CPU has L's features, as the caller promises.
         let none = unsafe { Reach::<L>::new(0) };
         let mut reach = [[none; V]; MAX_K];
@@ -119,7 +120,7 @@ unsafe fn runs<L: Lanes, const V: usize, const C: usize>(g: &Plane, x: &[f32], f
             let (lo, hi) = (lo.max(start) as isize, hi.min(end) as isize);
             for (v, r) in reach.iter_mut().enumerate() {
                 let base = (start + n * v) as isize;
-                *r = unsafe { Reach::new(lanes(lo - base, hi - base, n)) };
+                *r = unsafe { Reach::new(lane_bits(lo - base, hi - base, n)) };
             }
         }
         for oy in 0..g.oh {
@@ -141,8 +142,9 @@ unsafe fn runs<L: Lanes, const V: usize, const C: usize>(g: &Plane, x: &[f32], f
                                 continue;
                             }
                             let at = from.wrapping_offset((n * v) as isize * s);
-                            // SAFETY: the loads touch only the lanes their masks name (all of
-                            // them when `full`), which lie inside channel c's row (`Plane::columns`).
+                            // SAFETY: the loads touch only the lanes their masks name (at stride 1,
+                            // all of them when `full`), which lie inside channel c's row
+                            // (`Plane::columns`).
                             unsafe {
                                 *acc = match (s == 1, r.full) {
                                     (true, true) => L::add_product(*acc, wv, L::load(at)),
