@@ -2,6 +2,9 @@
 //! views of candle's CPU storage (`view.rs`), and matrix products, split across threads or on
 //! the calling thread.
 
+mod dispatch;
+#[cfg(target_arch = "x86_64")]
+mod few_rows;
 pub mod kernel;
 pub mod log;
 mod view;
@@ -167,14 +170,13 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
 }
 
 /// Whether an [m, n] product over k whose right operand has adjacent columns runs on
-/// [`kernel::product`] (on a CPU with AVX-512): one of a few hundred rows (the heads' batches: each
-/// 64-column panel of the right operand stays in L2 while the rows run over it), of at most 64
-/// columns (one panel: the left operand is read once, in order; a training batch's input
-/// gradients `W dy^T`), or whose left operand fits in L2 (read again for each panel: a training
-/// batch's weight gradients `x^T dy`).
+/// [`kernel::product`] ([`dispatch::runs_here`]). At AVX-512: one of a few hundred rows (the heads'
+/// batches: each 64-column panel of the right operand stays in L2 while the rows run over it), of
+/// at most 64 columns (one panel: the left operand is read once, in order; a training batch's
+/// input gradients `W dy^T`), or whose left operand fits in L2 (read again for each panel: a
+/// training batch's weight gradients `x^T dy`); at AVX2, serving's few rows.
 fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
-    let fits = m <= kernel::MAX_ROWS || n <= kernel::PANEL || m * k <= kernel::MAX_LHS;
-    fits && k <= kernel::MAX_K && kernel::enabled()
+    dispatch::runs_here(m, n, k)
 }
 
 /// A right operand [k, n] held as its transpose (`stored`, row-major [n, k]) copied by rows where
@@ -245,14 +247,14 @@ pub(crate) unsafe fn product_here(m: usize, n: usize, k: usize, dst: *mut f32, l
 /// # Safety
 /// As [`gemm_into`]'s: the operands' blocks lie inside their slices, and `dst` holds `rows` rows
 /// of `ld` that nothing else reads or writes meanwhile; `on_kernel` only where [`uses_kernel`]
-/// holds for `rhs` (the CPU has AVX-512F, `rhs`'s columns are adjacent).
+/// holds for `rhs` (the CPU has the kernel's features, `rhs`'s columns are adjacent).
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_into(rows: usize, cols: usize, k: usize, dst: *mut f32, ld: usize, lhs: MatRef, lhs_row: usize, rhs: MatRef, rhs_col: usize, on_kernel: bool) {
     let (l, r) = (lhs.data.as_ptr(), rhs.data.as_ptr());
     let (l, r) = (l.wrapping_add(lhs_row * lhs.row_stride), r.wrapping_add(rhs_col * rhs.col_stride));
-    if on_kernel {
-        // SAFETY: as the caller promises, `uses_kernel` holds: the CPU has AVX-512F.
-        return unsafe { kernel::product(rows, cols, k, l, lhs.row_stride, lhs.col_stride, r, rhs.row_stride, dst, ld) };
+    if on_kernel && dispatch::takes_block(rows, cols, k) {
+        // SAFETY: as the caller promises, `uses_kernel` holds: the CPU has the kernel's features.
+        return unsafe { dispatch::product(rows, cols, k, l, lhs.row_stride, lhs.col_stride, r, rhs.row_stride, dst, ld) };
     }
     // SAFETY: as the caller promises.
     unsafe { gemm_into(rows, cols, k, dst, ld, l, [lhs.col_stride, lhs.row_stride], r, [rhs.col_stride, rhs.row_stride], gemm::Parallelism::None) }

@@ -2,7 +2,6 @@
 //! (16 floats, mask registers) and AVX2 (8 floats, masks held in vectors, a masked sum as a
 //! blend). Both do each lane's product then sum, as the plain loop does: the same bits.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// One vector of floats and the operations the kernel runs on it. Every method is `unsafe`:
@@ -32,7 +31,6 @@ pub(super) trait Lanes: Copy {
     unsafe fn store_first(count: usize, p: *mut f32, y: Self);
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Lanes for __m512 {
     const N: usize = 16;
     type Mask = __mmask16;
@@ -82,7 +80,6 @@ impl Lanes for __m512 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Lanes for __m256 {
     const N: usize = 8;
     /// All bits set in a lane of the mask, none elsewhere.

@@ -4,7 +4,6 @@
 
 use super::lanes::Lanes;
 use super::plane::{Plane, side_by_side};
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
 /// Largest filter this kernel takes (EfficientNet-Lite's are 3 and 5; the table of each filter
@@ -43,7 +42,6 @@ impl<L: Lanes> Reach<L> {
 ///
 /// # Safety
 /// As [`channels`]'s; the CPU must have AVX-512F.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn channels_avx512(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
     // SAFETY: as the caller promises.
@@ -54,7 +52,6 @@ pub(super) unsafe fn channels_avx512(g: &Plane, x: &[f32], f: &[f32], bias: &[f3
 ///
 /// # Safety
 /// As [`channels`]'s; the CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn channels_avx2(g: &Plane, x: &[f32], f: &[f32], bias: &[f32], o: &mut [f32]) {
     // SAFETY: as the caller promises.
