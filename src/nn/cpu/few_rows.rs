@@ -1,18 +1,18 @@
-//! Products of 2 to [`MAX_ROWS`] rows (serving's batches) at AVX2, on CPUs without AVX-512, with
-//! the bits the matmul crate gives them: the sum over k cut where the crate cuts it (blocks of
-//! [`crate_block`]), each block summed in order from zero in registers, one rounding a step, and
-//! added to the blocks before it, as the crate's kernel does. So a row's features and answers do
-//! not depend on whether its batch ran here or on the crate (a merged extraction is the one
-//! process's, byte for byte); the test compares the two.
+//! Products of 2 to [`MAX_ROWS`] rows (serving's batches, a linear layer's tail of few rows, a
+//! convolution of few output channels) at AVX2, on CPUs without AVX-512, with the bits the matmul
+//! crate gives the same call (NaN payloads aside): the sum over k cut where the crate cuts it
+//! (blocks of [`crate_block`]), each block summed in order from zero in registers, one rounding
+//! a step, and added to the blocks before it, as the crate's kernel does. So results are what
+//! they were when the crate ran these products; the test compares the two.
 //!
 //! Each panel of 16 columns (2 vectors) runs over blocks of at most 4 rows: 8 sums in
 //! registers, a step 2 vectors of the right-hand row and 4 left-hand values broadcast. The first
 //! block reads the panel from memory or L3 (a layer's weight, read once a pass) and prefetches
 //! its rows a few steps ahead; the second finds it in L2. Tiles of 4 rows by 3 vectors (12 sums)
 //! left LLVM one register short, a sum spilled to the stack and the product slower than the
-//! crate; 8 rows by one vector ran at two-thirds of this. The crate runs such a product as a tile
-//! of 6 rows and one of 2 and packs the weight first; here a bundle's heads on 8 rows take about
-//! two-thirds of the time they took there on a Zen 3 (BENCHMARKS.md, 2026-12-08).
+//! crate; 8 rows by one vector ran at 0.55-0.65 of this. The crate runs an 8-row product as a
+//! tile of 6 rows and one of 2; here a bundle's heads on 8 rows take about two-thirds of the
+//! time they took there on a Zen 3 (BENCHMARKS.md, 2026-12-08).
 
 use std::arch::x86_64::*;
 
@@ -28,7 +28,8 @@ pub fn takes(m: usize, n: usize, k: usize) -> bool {
 
 /// The block of k the matmul crate (f32 at AVX2: tiles of 16 by 6) sums in one run for an
 /// [m, n] product over k: up to 512 on products of at most 64 rows and columns, else its
-/// cache-sized block, k cut evenly (`gemm_common::gemm::gemm_basic_generic`).
+/// cache-sized block, k cut evenly (`gemm_common::gemm::gemm_basic_generic`; the crate transposes
+/// our row-major product, but neither rule depends on which of m and n is which).
 fn crate_block(m: usize, n: usize, k: usize) -> usize {
     if m <= 64 && n <= 64 { k.min(512) } else { gemm_common::cache::kernel_params(m, n, k, 16, 6, std::mem::size_of::<f32>()).kc }
 }
@@ -158,21 +159,23 @@ impl Tile {
                 for (v, acc) in acc.iter().enumerate() {
                     let out = self.c.wrapping_add((i + r) * self.ldc + 8 * v);
                     let whole = v + 1 < V || !MASKED;
-                    // SAFETY (both): columns of row i + r of this panel (the last vector masked to
-                    // them), inside c and written by this call only.
                     let mut sum = *acc;
                     if start > 0 {
                         // The blocks before, summed and stored: the crate adds each block to them.
+                        // SAFETY: columns of row i + r of this panel (the last vector masked to
+                        // them), inside c, written by this call only.
                         sum = _mm256_add_ps(unsafe { if whole { _mm256_loadu_ps(out) } else { _mm256_maskload_ps(out, mask) } }, sum);
                     }
                     if whole {
+                        // SAFETY: 8 columns of row i + r of this panel, inside c, written by this call only.
                         unsafe { _mm256_storeu_ps(out, sum) };
                     } else {
-                        let mut lanes = [0f32; 8];
-                        // SAFETY: a local array of 8 floats; then the last vector's `last` columns.
+                        let mut first = [0f32; 8];
+                        // SAFETY: a local array of 8 floats; then the last vector's `last` columns
+                        // of row i + r, inside c, written by this call only.
                         unsafe {
-                            _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-                            std::ptr::copy_nonoverlapping(lanes.as_ptr(), out, self.last);
+                            _mm256_storeu_ps(first.as_mut_ptr(), sum);
+                            std::ptr::copy_nonoverlapping(first.as_ptr(), out, self.last);
                         }
                     }
                 }
@@ -192,16 +195,34 @@ mod tests {
     /// written.
     #[test]
     fn product_gives_the_matmul_crate_s_bits() {
-        if !available() {
-            eprintln!("SKIPPED: no AVX2 and FMA on this CPU");
+        // With AVX-512 the crate runs its AVX-512 tiles, whose block over k can differ (and this
+        // kernel never runs: marnet's own does).
+        if !available() || std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: this kernel runs on CPUs with AVX2 and FMA but not AVX-512");
             return;
         }
         let mut rng = crate::rng::stream(5, "test", 0);
         for m in 2..=MAX_ROWS {
-            for (n, k) in [(2, 3), (7, 5), (8, 17), (9, 40), (17, 300), (24, 513), (64, 1100), (65, 768), (100, 1024), (130, 2048), (33, 2100)] {
+            for (n, k, pad) in [
+                (2, 3, 0),
+                (7, 5, 3),
+                (8, 17, 0),
+                (9, 40, 3),
+                (13, 7, 0),
+                (17, 300, 3),
+                (24, 513, 0),
+                (29, 20, 3),
+                (64, 1100, 0),
+                (65, 768, 3),
+                (100, 1024, 0),
+                (130, 2048, 3),
+                (33, 2100, 0),
+            ] {
                 assert!(takes(m, n, k));
-                let (ldb, ldc) = (n + 3, n + 5);
-                let a = crate::rng::normal_vec(&mut rng, m * k);
+                let (ldb, ldc) = (n + pad, n + 2 * pad);
+                let mut a = crate::rng::normal_vec(&mut rng, m * k);
+                // Zeros in a (its first row by rows): sums of signed zeros.
+                a[..k].fill(-0.0);
                 let b = crate::rng::normal_vec(&mut rng, k * ldb);
                 for [ars, acs] in [[k, 1], [1, m]] {
                     let mut c = vec![f32::NAN; m * ldc];

@@ -13,7 +13,7 @@
 //! step's forward pass 4.3% faster (BENCHMARKS.md, 2026-12-06); the prefetches took a Zen 5's
 //! forward pass another 11% and its backward pass 8% (2026-12-06, afternoon).
 //! `MARNET_KERNEL=gemm` runs every product on the matmul crate instead, to compare (`marnet`, the
-//! default, where the CPU has AVX-512F). Which kernel runs a product: [`super::dispatch`].
+//! default). Which kernel runs a product, this one or (without AVX-512) `few_rows.rs`: `dispatch.rs`.
 //!
 //! A product can also bring other memory into cache as it runs ([`prefetching`]): AdamW's
 //! moments and parameter rows, which the update by rows reads right after the product of their

@@ -170,17 +170,17 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
 }
 
 /// Whether an [m, n] product over k whose right operand has adjacent columns runs on
-/// [`kernel::product`] ([`dispatch::runs_here`]). At AVX-512: one of a few hundred rows (the heads'
+/// [`dispatch::product`] ([`dispatch::runs_here`]). At AVX-512: one of a few hundred rows (the heads'
 /// batches: each 64-column panel of the right operand stays in L2 while the rows run over it), of
 /// at most 64 columns (one panel: the left operand is read once, in order; a training batch's
 /// input gradients `W dy^T`), or whose left operand fits in L2 (read again for each panel: a
-/// training batch's weight gradients `x^T dy`); at AVX2, serving's few rows.
+/// training batch's weight gradients `x^T dy`); at AVX2, 2 to 8 rows (`few_rows.rs`).
 fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
     dispatch::runs_here(m, n, k)
 }
 
 /// A right operand [k, n] held as its transpose (`stored`, row-major [n, k]) copied by rows where
-/// an [m, n] product over k runs on [`kernel::product`], which needs its columns adjacent; `None`
+/// an [m, n] product over k runs on [`dispatch::product`], which needs its columns adjacent; `None`
 /// where the matmul crate runs it, which reads the transposed view as it is.
 pub fn rhs_rows_for_kernel(m: usize, n: usize, k: usize, stored: &[f32]) -> Option<Vec<f32>> {
     runs_on_kernel(m, n, k).then(|| transpose(stored, n, k))
@@ -216,7 +216,7 @@ pub fn matmul_rows_into(first: usize, dst: &mut [f32], row_stride: usize, m: usi
 }
 
 /// `dst = lhs rhs` for `lhs` [m, k] and `rhs` [k, n] on the calling thread, `dst` rows `ld`
-/// (>= n) apart: on [`kernel::product`] where it suits the shape, else on the matmul crate (callers
+/// (>= n) apart: on [`dispatch::product`] where it suits the shape, else on the matmul crate (callers
 /// that split a larger product across threads themselves: the CNN encoders' convolutions).
 ///
 /// # Safety
@@ -241,8 +241,8 @@ pub(crate) unsafe fn product_here(m: usize, n: usize, k: usize, dst: *mut f32, l
 
 /// One thread's [rows, cols] block of a product over k into `dst` (rows `ld` apart): `lhs`'s
 /// rows from `lhs_row`, `rhs`'s columns from `rhs_col` ([`matmul_padded`]'s blocks and
-/// [`matmul_rows_into`]'s rows are the same call), on [`kernel::product`] where `on_kernel` (the
-/// whole product's [`uses_kernel`]: every block makes the same choice), else on the matmul crate.
+/// [`matmul_rows_into`]'s rows are the same call), on [`dispatch::product`] where `on_kernel` (the
+/// whole product's [`uses_kernel`]) and the block suits it, else on the matmul crate.
 ///
 /// # Safety
 /// As [`gemm_into`]'s: the operands' blocks lie inside their slices, and `dst` holds `rows` rows
