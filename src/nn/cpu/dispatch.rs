@@ -5,10 +5,13 @@
 
 use super::kernel;
 
-/// Whether an [m, n] product over k runs on [`product`]: at AVX-512, one of at most
-/// [`kernel::MAX_ROWS`] rows, of at most [`kernel::PANEL`] columns or whose left operand has at
-/// most [`kernel::MAX_LHS`] elements, k at most [`kernel::MAX_K`]; at AVX2, one the few-row
-/// kernel takes.
+/// Whether an [m, n] product over k runs on [`product`]. At AVX-512 (k at most
+/// [`kernel::MAX_K`]): one of at most [`kernel::MAX_ROWS`] rows (the heads' batches: each 64-column
+/// panel of the right operand stays in L2 while the rows run over it), of at most
+/// [`kernel::PANEL`] columns (one panel: the left operand is read once, in order; a training
+/// batch's input gradients `W dy^T`), or whose left operand has at most [`kernel::MAX_LHS`]
+/// elements (read again for each panel: a training batch's weight gradients `x^T dy`); at AVX2,
+/// one the few-row kernel takes.
 pub fn runs_here(m: usize, n: usize, k: usize) -> bool {
     if kernel::enabled() {
         (m <= kernel::MAX_ROWS || n <= kernel::PANEL || m * k <= kernel::MAX_LHS) && k <= kernel::MAX_K

@@ -43,7 +43,7 @@ const PANEL: usize = 16;
 /// Steps of k between a prefetch of the panel's row and its use.
 const AHEAD: usize = 16;
 
-/// Whether products of at most [`MAX_ROWS`] rows run here: the CPU has AVX2 and FMA.
+/// Whether the CPU has what this kernel needs: AVX2 and FMA.
 pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }

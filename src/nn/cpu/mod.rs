@@ -169,26 +169,16 @@ pub fn rows_give_the_same_bits(m: usize, n: usize, k: usize) -> bool {
     (3..=512).contains(&k) && n >= 128 && cuts_by_columns(m, n, threads)
 }
 
-/// Whether an [m, n] product over k whose right operand has adjacent columns runs on
-/// [`dispatch::product`] ([`dispatch::runs_here`]). At AVX-512: one of a few hundred rows (the heads'
-/// batches: each 64-column panel of the right operand stays in L2 while the rows run over it), of
-/// at most 64 columns (one panel: the left operand is read once, in order; a training batch's
-/// input gradients `W dy^T`), or whose left operand fits in L2 (read again for each panel: a
-/// training batch's weight gradients `x^T dy`); at AVX2, 2 to 8 rows (`few_rows.rs`).
-fn runs_on_kernel(m: usize, n: usize, k: usize) -> bool {
-    dispatch::runs_here(m, n, k)
-}
-
 /// A right operand [k, n] held as its transpose (`stored`, row-major [n, k]) copied by rows where
 /// an [m, n] product over k runs on [`dispatch::product`], which needs its columns adjacent; `None`
 /// where the matmul crate runs it, which reads the transposed view as it is.
 pub fn rhs_rows_for_kernel(m: usize, n: usize, k: usize, stored: &[f32]) -> Option<Vec<f32>> {
-    runs_on_kernel(m, n, k).then(|| transpose(stored, n, k))
+    dispatch::runs_here(m, n, k).then(|| transpose(stored, n, k))
 }
 
-/// [`runs_on_kernel`] for `rhs` as it is laid out.
+/// [`dispatch::runs_here`] for `rhs` as it is laid out.
 fn uses_kernel(m: usize, n: usize, k: usize, rhs: &MatRef) -> bool {
-    rhs.col_stride == 1 && runs_on_kernel(m, n, k)
+    rhs.col_stride == 1 && dispatch::runs_here(m, n, k)
 }
 
 /// Whether [`matmul_padded`] cuts an [m, n] output into blocks of columns (else of rows).
